@@ -1,0 +1,17 @@
+//! OCI vocabulary for Pier: validated identifiers (digests, repository names, tags,
+//! references), manifest parsing and validation, and the OCI error codes with their
+//! HTTP statuses. Nothing here does I/O.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+mod digest;
+mod error;
+mod manifest;
+mod name;
+
+pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use error::ErrorCode;
+pub use manifest::{
+    Descriptor, Manifest, ManifestError, ManifestKind, MAX_MANIFEST_SIZE, media_types,
+};
+pub use name::{NameError, Reference, RepoName, Tag};

@@ -1,0 +1,309 @@
+//! Manifest parsing and validation: OCI image manifest and index, Docker schema 2
+//! manifest and manifest list, and OCI 1.1 artifacts (`artifactType`, `subject`).
+//! The bytes are never rewritten: parsing only extracts what the registry must check.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+
+/// Manifests larger than this are refused (the OCI spec's recommended limit).
+pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
+
+pub mod media_types {
+    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    pub const DOCKER_MANIFEST_LIST: &str =
+        "application/vnd.docker.distribution.manifest.list.v2+json";
+    pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+    pub const DOCKER_SCHEMA1_SIGNED: &str =
+        "application/vnd.docker.distribution.manifest.v1+prettyjws";
+    pub const DOCKER_FOREIGN_LAYER: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+    pub const OCI_NONDISTRIBUTABLE_PREFIX: &str = "application/vnd.oci.image.layer.nondistributable.";
+    pub const OCTET_STREAM: &str = "application/octet-stream";
+    pub const JSON: &str = "application/json";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ManifestKind {
+    OciManifest,
+    OciIndex,
+    DockerManifest,
+    DockerManifestList,
+}
+
+impl ManifestKind {
+    pub fn from_media_type(mt: &str) -> Option<ManifestKind> {
+        match mt {
+            media_types::OCI_MANIFEST => Some(ManifestKind::OciManifest),
+            media_types::OCI_INDEX => Some(ManifestKind::OciIndex),
+            media_types::DOCKER_MANIFEST => Some(ManifestKind::DockerManifest),
+            media_types::DOCKER_MANIFEST_LIST => Some(ManifestKind::DockerManifestList),
+            _ => None,
+        }
+    }
+
+    pub fn media_type(self) -> &'static str {
+        match self {
+            ManifestKind::OciManifest => media_types::OCI_MANIFEST,
+            ManifestKind::OciIndex => media_types::OCI_INDEX,
+            ManifestKind::DockerManifest => media_types::DOCKER_MANIFEST,
+            ManifestKind::DockerManifestList => media_types::DOCKER_MANIFEST_LIST,
+        }
+    }
+
+    /// An index or manifest list: its children are manifests, not blobs.
+    pub fn is_index(self) -> bool {
+        matches!(self, ManifestKind::OciIndex | ManifestKind::DockerManifestList)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest is {0} bytes, over the {MAX_MANIFEST_SIZE} byte limit")]
+    TooLarge(usize),
+    #[error("manifest is not valid JSON: {0}")]
+    Json(String),
+    #[error("manifest schemaVersion must be 2")]
+    SchemaVersion,
+    #[error("manifest media type {0:?} is not supported")]
+    UnsupportedMediaType(String),
+    #[error("Content-Type {header:?} does not match the manifest's mediaType {body:?}")]
+    MediaTypeMismatch { header: String, body: String },
+    #[error("manifest of type {0} is missing required field {1:?}")]
+    MissingField(&'static str, &'static str),
+    #[error("invalid descriptor in {field}: {reason}")]
+    BadDescriptor { field: &'static str, reason: String },
+}
+
+/// A content descriptor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urls: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<serde_json::Value>,
+}
+
+impl Descriptor {
+    /// A layer the registry is not expected to hold (foreign / non-distributable with URLs).
+    pub fn is_foreign(&self) -> bool {
+        self.media_type == media_types::DOCKER_FOREIGN_LAYER
+            || self
+                .media_type
+                .starts_with(media_types::OCI_NONDISTRIBUTABLE_PREFIX)
+    }
+}
+
+/// The parts of a manifest the registry checks and indexes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub kind: ManifestKind,
+    pub config: Option<Descriptor>,
+    pub layers: Vec<Descriptor>,
+    pub manifests: Vec<Descriptor>,
+    pub subject: Option<Descriptor>,
+    pub artifact_type: Option<String>,
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Raw {
+    schema_version: Option<serde_json::Value>,
+    media_type: Option<String>,
+    artifact_type: Option<String>,
+    config: Option<serde_json::Value>,
+    layers: Option<Vec<serde_json::Value>>,
+    manifests: Option<Vec<serde_json::Value>>,
+    subject: Option<serde_json::Value>,
+    annotations: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    fs_layers: Option<serde_json::Value>,
+}
+
+fn descriptor(field: &'static str, v: serde_json::Value) -> Result<Descriptor, ManifestError> {
+    serde_json::from_value(v).map_err(|e| ManifestError::BadDescriptor {
+        field,
+        reason: e.to_string(),
+    })
+}
+
+/// Content-Type values that carry no manifest type information.
+fn is_generic_content_type(ct: &str) -> bool {
+    ct.is_empty()
+        || ct == media_types::JSON
+        || ct == media_types::OCTET_STREAM
+        || ct.starts_with("text/plain")
+}
+
+impl Manifest {
+    /// Parses and validates manifest bytes. `content_type` is the `Content-Type` the client
+    /// sent (parameters stripped), if any.
+    pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, ManifestError> {
+        if bytes.len() > MAX_MANIFEST_SIZE {
+            return Err(ManifestError::TooLarge(bytes.len()));
+        }
+        let raw: Raw = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+        let header = content_type
+            .map(|c| c.split(';').next().unwrap_or("").trim())
+            .filter(|c| !is_generic_content_type(c));
+
+        let kind_of = |mt: &str| {
+            ManifestKind::from_media_type(mt)
+                .ok_or_else(|| ManifestError::UnsupportedMediaType(mt.to_owned()))
+        };
+        let kind = match (header, raw.media_type.as_deref()) {
+            (Some(h), Some(b)) if h != b => {
+                return Err(ManifestError::MediaTypeMismatch {
+                    header: h.to_owned(),
+                    body: b.to_owned(),
+                });
+            }
+            (Some(mt), _) | (None, Some(mt)) => kind_of(mt)?,
+            (None, None) => {
+                if raw.fs_layers.is_some() {
+                    return Err(ManifestError::UnsupportedMediaType(
+                        media_types::DOCKER_SCHEMA1.to_owned(),
+                    ));
+                } else if raw.manifests.is_some() {
+                    ManifestKind::OciIndex
+                } else if raw.config.is_some() {
+                    ManifestKind::OciManifest
+                } else {
+                    return Err(ManifestError::MissingField("unknown", "mediaType"));
+                }
+            }
+        };
+        if raw.schema_version.as_ref().and_then(|v| v.as_u64()) != Some(2) {
+            return Err(ManifestError::SchemaVersion);
+        }
+        let name = kind.media_type();
+        let mut m = Manifest {
+            kind,
+            config: None,
+            layers: Vec::new(),
+            manifests: Vec::new(),
+            subject: raw.subject.map(|s| descriptor("subject", s)).transpose()?,
+            artifact_type: raw.artifact_type,
+            annotations: raw.annotations,
+        };
+        if kind.is_index() {
+            let children = raw
+                .manifests
+                .ok_or(ManifestError::MissingField(name, "manifests"))?;
+            m.manifests = children
+                .into_iter()
+                .map(|d| descriptor("manifests", d))
+                .collect::<Result<_, _>>()?;
+        } else {
+            let config = raw.config.ok_or(ManifestError::MissingField(name, "config"))?;
+            m.config = Some(descriptor("config", config)?);
+            let layers = match (kind, raw.layers) {
+                (_, Some(l)) => l,
+                (ManifestKind::OciManifest, None) => Vec::new(),
+                (_, None) => return Err(ManifestError::MissingField(name, "layers")),
+            };
+            m.layers = layers
+                .into_iter()
+                .map(|d| descriptor("layers", d))
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(m)
+    }
+
+    /// The artifact type a referrers listing reports for this manifest.
+    pub fn effective_artifact_type(&self) -> Option<&str> {
+        self.artifact_type
+            .as_deref()
+            .or_else(|| self.config.as_ref().map(|c| c.media_type.as_str()))
+    }
+
+    /// Every blob (config and layers) the registry must hold for this manifest.
+    pub fn blob_references(&self) -> impl Iterator<Item = &Descriptor> {
+        self.config.iter().chain(self.layers.iter().filter(|d| !d.is_foreign()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D1: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn image(mt: Option<&str>) -> String {
+        let mt = mt.map(|m| format!(r#""mediaType":"{m}","#)).unwrap_or_default();
+        format!(
+            r#"{{"schemaVersion":2,{mt}"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{D1}","size":0}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{D1}","size":0}}]}}"#
+        )
+    }
+
+    #[test]
+    fn parses_oci_image() {
+        let m = Manifest::parse(image(Some(media_types::OCI_MANIFEST)).as_bytes(), None).unwrap();
+        assert_eq!(m.kind, ManifestKind::OciManifest);
+        assert_eq!(m.blob_references().count(), 2);
+        assert_eq!(
+            m.effective_artifact_type(),
+            Some("application/vnd.oci.image.config.v1+json")
+        );
+    }
+
+    #[test]
+    fn infers_kind_without_media_type() {
+        let m = Manifest::parse(image(None).as_bytes(), Some(media_types::OCI_MANIFEST)).unwrap();
+        assert_eq!(m.kind, ManifestKind::OciManifest);
+        let m = Manifest::parse(image(None).as_bytes(), None).unwrap();
+        assert_eq!(m.kind, ManifestKind::OciManifest);
+    }
+
+    #[test]
+    fn rejects_mismatch_and_garbage() {
+        assert!(matches!(
+            Manifest::parse(image(Some(media_types::OCI_MANIFEST)).as_bytes(), Some(media_types::DOCKER_MANIFEST)),
+            Err(ManifestError::MediaTypeMismatch { .. })
+        ));
+        assert!(matches!(Manifest::parse(b"{", None), Err(ManifestError::Json(_))));
+        assert!(matches!(
+            Manifest::parse(br#"{"schemaVersion":1,"fsLayers":[]}"#, None),
+            Err(ManifestError::UnsupportedMediaType(_))
+        ));
+        let idx = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"}"#;
+        assert!(matches!(
+            Manifest::parse(idx.as_bytes(), None),
+            Err(ManifestError::MissingField(_, "manifests"))
+        ));
+        let bad = image(Some(media_types::OCI_MANIFEST)).replace(D1, "sha256:1234");
+        assert!(matches!(
+            Manifest::parse(bad.as_bytes(), None),
+            Err(ManifestError::BadDescriptor { .. })
+        ));
+        let big = vec![b' '; MAX_MANIFEST_SIZE + 1];
+        assert!(matches!(Manifest::parse(&big, None), Err(ManifestError::TooLarge(_))));
+    }
+
+    #[test]
+    fn index_with_subject_and_artifact_type() {
+        let s = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","artifactType":"application/x-sbom","manifests":[{{"mediaType":"{}","digest":"{D1}","size":1}}],"subject":{{"mediaType":"{}","digest":"{D1}","size":2}}}}"#,
+            media_types::OCI_INDEX,
+            media_types::OCI_MANIFEST,
+            media_types::OCI_MANIFEST
+        );
+        let m = Manifest::parse(s.as_bytes(), Some("application/vnd.oci.image.index.v1+json; charset=utf-8")).unwrap();
+        assert!(m.kind.is_index());
+        assert_eq!(m.manifests.len(), 1);
+        assert_eq!(m.subject.unwrap().size, 2);
+        assert_eq!(m.artifact_type.as_deref(), Some("application/x-sbom"));
+    }
+}
