@@ -89,7 +89,9 @@ impl Digest {
     /// Builds a digest from an algorithm and hex, validating the hex.
     pub fn from_parts(algorithm: Algorithm, hex: &str) -> Result<Digest, DigestError> {
         if hex.len() != algorithm.hex_len()
-            || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err(DigestError::BadEncoding(format!("{algorithm}:{hex}")));
         }
@@ -103,8 +105,11 @@ impl Digest {
 fn is_algorithm_grammar(s: &str) -> bool {
     // algorithm-component (separator algorithm-component)*, component [a-z0-9]+, separator [+._-]
     !s.is_empty()
-        && s.split(['+', '.', '_', '-'])
-            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        && s.split(['+', '.', '_', '-']).all(|c| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
 }
 
 fn is_encoded_grammar(s: &str) -> bool {
@@ -123,8 +128,8 @@ impl FromStr for Digest {
         if !is_algorithm_grammar(alg) || !is_encoded_grammar(enc) {
             return Err(DigestError::Malformed(s.to_owned()));
         }
-        let algorithm =
-            Algorithm::parse(alg).ok_or_else(|| DigestError::UnsupportedAlgorithm(alg.to_owned()))?;
+        let algorithm = Algorithm::parse(alg)
+            .ok_or_else(|| DigestError::UnsupportedAlgorithm(alg.to_owned()))?;
         Digest::from_parts(algorithm, enc)
     }
 }

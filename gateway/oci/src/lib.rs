@@ -12,6 +12,6 @@ mod name;
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::ErrorCode;
 pub use manifest::{
-    Descriptor, Manifest, ManifestError, ManifestKind, MAX_MANIFEST_SIZE, media_types,
+    Descriptor, MAX_MANIFEST_SIZE, Manifest, ManifestError, ManifestKind, media_types,
 };
 pub use name::{NameError, Reference, RepoName, Tag};

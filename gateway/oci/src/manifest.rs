@@ -20,8 +20,10 @@ pub mod media_types {
     pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
     pub const DOCKER_SCHEMA1_SIGNED: &str =
         "application/vnd.docker.distribution.manifest.v1+prettyjws";
-    pub const DOCKER_FOREIGN_LAYER: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
-    pub const OCI_NONDISTRIBUTABLE_PREFIX: &str = "application/vnd.oci.image.layer.nondistributable.";
+    pub const DOCKER_FOREIGN_LAYER: &str =
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+    pub const OCI_NONDISTRIBUTABLE_PREFIX: &str =
+        "application/vnd.oci.image.layer.nondistributable.";
     pub const OCTET_STREAM: &str = "application/octet-stream";
     pub const JSON: &str = "application/json";
 }
@@ -56,7 +58,10 @@ impl ManifestKind {
 
     /// An index or manifest list: its children are manifests, not blobs.
     pub fn is_index(self) -> bool {
-        matches!(self, ManifestKind::OciIndex | ManifestKind::DockerManifestList)
+        matches!(
+            self,
+            ManifestKind::OciIndex | ManifestKind::DockerManifestList
+        )
     }
 }
 
@@ -154,7 +159,8 @@ impl Manifest {
         if bytes.len() > MAX_MANIFEST_SIZE {
             return Err(ManifestError::TooLarge(bytes.len()));
         }
-        let raw: Raw = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+        let raw: Raw =
+            serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
         let header = content_type
             .map(|c| c.split(';').next().unwrap_or("").trim())
             .filter(|c| !is_generic_content_type(c));
@@ -207,7 +213,9 @@ impl Manifest {
                 .map(|d| descriptor("manifests", d))
                 .collect::<Result<_, _>>()?;
         } else {
-            let config = raw.config.ok_or(ManifestError::MissingField(name, "config"))?;
+            let config = raw
+                .config
+                .ok_or(ManifestError::MissingField(name, "config"))?;
             m.config = Some(descriptor("config", config)?);
             let layers = match (kind, raw.layers) {
                 (_, Some(l)) => l,
@@ -231,7 +239,9 @@ impl Manifest {
 
     /// Every blob (config and layers) the registry must hold for this manifest.
     pub fn blob_references(&self) -> impl Iterator<Item = &Descriptor> {
-        self.config.iter().chain(self.layers.iter().filter(|d| !d.is_foreign()))
+        self.config
+            .iter()
+            .chain(self.layers.iter().filter(|d| !d.is_foreign()))
     }
 }
 
@@ -242,7 +252,9 @@ mod tests {
     const D1: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     fn image(mt: Option<&str>) -> String {
-        let mt = mt.map(|m| format!(r#""mediaType":"{m}","#)).unwrap_or_default();
+        let mt = mt
+            .map(|m| format!(r#""mediaType":"{m}","#))
+            .unwrap_or_default();
         format!(
             r#"{{"schemaVersion":2,{mt}"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{D1}","size":0}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{D1}","size":0}}]}}"#
         )
@@ -270,10 +282,16 @@ mod tests {
     #[test]
     fn rejects_mismatch_and_garbage() {
         assert!(matches!(
-            Manifest::parse(image(Some(media_types::OCI_MANIFEST)).as_bytes(), Some(media_types::DOCKER_MANIFEST)),
+            Manifest::parse(
+                image(Some(media_types::OCI_MANIFEST)).as_bytes(),
+                Some(media_types::DOCKER_MANIFEST)
+            ),
             Err(ManifestError::MediaTypeMismatch { .. })
         ));
-        assert!(matches!(Manifest::parse(b"{", None), Err(ManifestError::Json(_))));
+        assert!(matches!(
+            Manifest::parse(b"{", None),
+            Err(ManifestError::Json(_))
+        ));
         assert!(matches!(
             Manifest::parse(br#"{"schemaVersion":1,"fsLayers":[]}"#, None),
             Err(ManifestError::UnsupportedMediaType(_))
@@ -289,7 +307,10 @@ mod tests {
             Err(ManifestError::BadDescriptor { .. })
         ));
         let big = vec![b' '; MAX_MANIFEST_SIZE + 1];
-        assert!(matches!(Manifest::parse(&big, None), Err(ManifestError::TooLarge(_))));
+        assert!(matches!(
+            Manifest::parse(&big, None),
+            Err(ManifestError::TooLarge(_))
+        ));
     }
 
     #[test]
@@ -300,7 +321,11 @@ mod tests {
             media_types::OCI_MANIFEST,
             media_types::OCI_MANIFEST
         );
-        let m = Manifest::parse(s.as_bytes(), Some("application/vnd.oci.image.index.v1+json; charset=utf-8")).unwrap();
+        let m = Manifest::parse(
+            s.as_bytes(),
+            Some("application/vnd.oci.image.index.v1+json; charset=utf-8"),
+        )
+        .unwrap();
         assert!(m.kind.is_index());
         assert_eq!(m.manifests.len(), 1);
         assert_eq!(m.subject.unwrap().size, 2);

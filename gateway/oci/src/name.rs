@@ -8,7 +8,9 @@ use crate::digest::{Digest, DigestError};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
-    #[error("invalid repository name {0:?}: components must match [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)* joined by '/', at most 255 characters")]
+    #[error(
+        "invalid repository name {0:?}: components must match [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)* joined by '/', at most 255 characters"
+    )]
     InvalidName(String),
     #[error("invalid tag {0:?}: must match [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}")]
     InvalidTag(String),
@@ -205,7 +207,10 @@ mod tests {
             "a b",
             long.as_str(),
         ] {
-            assert!(bad.parse::<RepoName>().is_err(), "{bad:?} should be invalid");
+            assert!(
+                bad.parse::<RepoName>().is_err(),
+                "{bad:?} should be invalid"
+            );
         }
     }
 
@@ -224,7 +229,10 @@ mod tests {
 
     #[test]
     fn references() {
-        assert!(matches!("latest".parse::<Reference>(), Ok(Reference::Tag(_))));
+        assert!(matches!(
+            "latest".parse::<Reference>(),
+            Ok(Reference::Tag(_))
+        ));
         assert!(matches!(
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
                 .parse::<Reference>(),

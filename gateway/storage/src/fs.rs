@@ -1,0 +1,820 @@
+//! Filesystem backend in CNCF distribution's layout (see [`crate::paths`]).
+//!
+//! Writes are crash-safe: content goes to a temporary sibling, is fsynced and renamed into
+//! place, so a blob, link or tag is only ever seen whole. Upload sessions are plain files
+//! (`_uploads/<id>/data`), so they survive restarts; their running hash is kept in memory
+//! and recomputed from the file when the process restarted in between.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use pier_oci::{Algorithm, Digest, Hasher, RepoName, Tag};
+
+use crate::paths::{Layout, REPO_META_DIRS};
+use crate::{
+    BlobBody, BlobEntry, BlobRead, BlobStore, ByteStream, ManifestStore, RangeSpec, RepoStore,
+    Result, StorageError, UploadId, UploadStatus, UploadStore,
+};
+
+/// Blobs up to this size are read whole; larger ones are streamed in [`CHUNK`]s.
+const SMALL_BLOB: u64 = 2 * 1024 * 1024;
+const CHUNK: usize = 256 * 1024;
+/// How many chunks a stream reads ahead of the client.
+const READ_AHEAD: usize = 2;
+
+/// State of an upload session that only lives in memory.
+#[derive(Default)]
+struct Session {
+    /// Running hash of `data[..hashed_to]`.
+    hasher: Option<Hasher>,
+    hashed_to: u64,
+}
+
+type SessionKey = (RepoName, UploadId);
+
+/// The filesystem store. Implements every storage role.
+pub struct FsStore {
+    layout: Layout,
+    sessions: Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<Session>>>>,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::Task(io::Error::other(e)))?
+}
+
+fn tmp_sibling(path: &Path) -> PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    path.with_file_name(format!("{name}.tmp-{}", uuid::Uuid::new_v4()))
+}
+
+fn create_parent(path: &Path) -> Result<()> {
+    let parent = path.parent().expect("storage paths have parents");
+    fs::create_dir_all(parent).map_err(StorageError::io("create directory", parent))
+}
+
+fn fsync_dir(dir: &Path) {
+    // Best effort: makes a rename durable across power loss. Not all filesystems allow it.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Writes `data` to `path` atomically: temp sibling, fsync, rename.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    create_parent(path)?;
+    let tmp = tmp_sibling(path);
+    let res = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = res {
+        let _ = fs::remove_file(&tmp);
+        return Err(StorageError::Io {
+            op: "write",
+            path: path.to_owned(),
+            source: e,
+        });
+    }
+    Ok(())
+}
+
+fn read_link(path: &Path) -> Result<Option<Digest>> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(s.trim().parse().ok()),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(StorageError::Io {
+            op: "read link",
+            path: path.to_owned(),
+            source: e,
+        }),
+    }
+}
+
+fn is_missing(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
+/// Removes a directory tree; false if it did not exist.
+fn remove_tree(path: &Path) -> Result<bool> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(true),
+        Err(e) if is_missing(&e) => Ok(false),
+        Err(e) => Err(StorageError::Io {
+            op: "remove",
+            path: path.to_owned(),
+            source: e,
+        }),
+    }
+}
+
+fn exists(path: &Path) -> Result<bool> {
+    match fs::metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if is_missing(&e) => Ok(false),
+        Err(e) => Err(StorageError::Io {
+            op: "stat",
+            path: path.to_owned(),
+            source: e,
+        }),
+    }
+}
+
+/// Names of the entries of a directory; empty if it does not exist.
+fn dir_names(dir: &Path) -> Result<Vec<String>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if is_missing(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(StorageError::io("list", dir)(e)),
+    };
+    let mut names = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(StorageError::io("list", dir))?;
+        if let Some(n) = entry.file_name().to_str() {
+            names.push(n.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// Digests linked under `dir/<alg>/<hex>/link`.
+fn linked_digests(dir: &Path) -> Result<Vec<Digest>> {
+    let mut out = Vec::new();
+    for alg in Algorithm::ALL {
+        for hex in dir_names(&dir.join(alg.as_str()))? {
+            if let Ok(d) = Digest::from_parts(alg, &hex)
+                && exists(&dir.join(alg.as_str()).join(&hex).join("link"))?
+            {
+                out.push(d);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn hash_file(path: &Path, algorithm: Algorithm) -> Result<(Digest, u64)> {
+    let mut f = File::open(path).map_err(StorageError::io("open", path))?;
+    let mut h = algorithm.hasher();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let r = f.read(&mut buf).map_err(StorageError::io("read", path))?;
+        if r == 0 {
+            break;
+        }
+        h.update(&buf[..r]);
+        n += r as u64;
+    }
+    Ok((h.finish(), n))
+}
+
+/// Streams `len` bytes of `file` from `start` in chunks, read on a blocking thread a few
+/// chunks ahead of the consumer; stops when the consumer goes away.
+fn stream_file(file: File, start: u64, len: u64) -> ByteStream {
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let mut off = start;
+        let end = start + len;
+        while off < end {
+            let n = CHUNK.min((end - off) as usize);
+            let mut buf = vec![0u8; n];
+            let item = file.read_exact_at(&mut buf, off).map(|()| Bytes::from(buf));
+            let failed = item.is_err();
+            if tx.blocking_send(item).is_err() || failed {
+                return;
+            }
+            off += n as u64;
+        }
+    });
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+impl FsStore {
+    /// A store rooted at `root` (the directory that holds `docker/registry/v2`).
+    pub fn new(root: &Path) -> Result<FsStore> {
+        let layout = Layout::new(root);
+        fs::create_dir_all(layout.base())
+            .map_err(StorageError::io("create directory", layout.base()))?;
+        Ok(FsStore {
+            layout,
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn session(&self, repo: &RepoName, id: &UploadId) -> Arc<tokio::sync::Mutex<Session>> {
+        let mut map = self.sessions.lock().expect("session map poisoned");
+        map.entry((repo.clone(), id.clone())).or_default().clone()
+    }
+
+    fn forget_session(&self, repo: &RepoName, id: &UploadId) {
+        let mut map = self.sessions.lock().expect("session map poisoned");
+        map.remove(&(repo.clone(), id.clone()));
+    }
+
+    /// Current length of an upload session's data, off the runtime.
+    async fn upload_len(&self, repo: &RepoName, id: &UploadId) -> Result<u64> {
+        let path = self.layout.upload_data(repo, id);
+        let id = id.to_string();
+        blocking(move || match fs::metadata(&path) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if is_missing(&e) => Err(StorageError::UploadNotFound(id)),
+            Err(e) => Err(StorageError::io("stat", path)(e)),
+        })
+        .await
+    }
+}
+
+/// Walks `repositories/` for directories holding `_manifests` (as distribution does).
+fn walk_repos(dir: &Path, prefix: &str, out: &mut Vec<RepoName>) -> Result<()> {
+    let names = dir_names(dir)?;
+    if names.iter().any(|n| n == "_manifests")
+        && let Ok(name) = prefix.parse()
+    {
+        out.push(name);
+    }
+    for n in names {
+        if n.starts_with('_') || n.contains(".tmp-") {
+            continue;
+        }
+        let child = dir.join(&n);
+        if child.is_dir() {
+            let p = if prefix.is_empty() {
+                n
+            } else {
+                format!("{prefix}/{n}")
+            };
+            walk_repos(&child, &p, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every upload session directory: (repo, id, last modified).
+fn walk_uploads(
+    layout: &Layout,
+    dir: &Path,
+    prefix: &str,
+    out: &mut Vec<(RepoName, UploadId, SystemTime)>,
+) -> Result<()> {
+    for n in dir_names(dir)? {
+        let child = dir.join(&n);
+        if n == "_uploads" {
+            let Ok(repo) = prefix.parse::<RepoName>() else {
+                continue;
+            };
+            for id in dir_names(&child)? {
+                let Some(id) = UploadId::parse(&id) else {
+                    continue;
+                };
+                let data = layout.upload_data(&repo, &id);
+                let dir = layout.upload_dir(&repo, &id);
+                let modified = fs::metadata(&data)
+                    .or_else(|_| fs::metadata(&dir))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                out.push((repo.clone(), id, modified));
+            }
+        } else if !REPO_META_DIRS.contains(&n.as_str()) && child.is_dir() {
+            let p = if prefix.is_empty() {
+                n
+            } else {
+                format!("{prefix}/{n}")
+            };
+            walk_uploads(layout, &child, &p, out)?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl BlobStore for FsStore {
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>> {
+        let path = self.layout.blob_data(digest);
+        blocking(move || match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(StorageError::io("stat", path)(e)),
+        })
+        .await
+    }
+
+    async fn read(&self, digest: &Digest, range: Option<RangeSpec>) -> Result<BlobRead> {
+        let path = self.layout.blob_data(digest);
+        let digest = digest.clone();
+        let (file, size, start, len, resolved) = blocking(move || {
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if is_missing(&e) => return Err(StorageError::BlobNotFound(digest)),
+                Err(e) => return Err(StorageError::io("open", path)(e)),
+            };
+            let size = file
+                .metadata()
+                .map_err(StorageError::io("stat", &path))?
+                .len();
+            let (start, end, resolved) = match range {
+                None if size == 0 => (0, 0, None),
+                None => (0, size - 1, None),
+                Some(r) => {
+                    let (s, e) = r
+                        .resolve(size)
+                        .ok_or(StorageError::RangeNotSatisfiable { size })?;
+                    (s, e, Some((s, e)))
+                }
+            };
+            let len = if size == 0 { 0 } else { end - start + 1 };
+            if len <= SMALL_BLOB {
+                let mut buf = vec![0u8; len as usize];
+                file.read_exact_at(&mut buf, start)
+                    .map_err(StorageError::io("read", &path))?;
+                return Ok((Err(Bytes::from(buf)), size, start, len, resolved));
+            }
+            Ok((Ok(file), size, start, len, resolved))
+        })
+        .await?;
+        let body = match file {
+            Err(bytes) => BlobBody::Bytes(bytes),
+            Ok(file) => BlobBody::Stream(stream_file(file, start, len)),
+        };
+        Ok(BlobRead::Content {
+            size,
+            range: resolved,
+            body,
+        })
+    }
+
+    async fn put(&self, digest: &Digest, data: Bytes) -> Result<()> {
+        let computed = Digest::of(digest.algorithm(), &data);
+        if &computed != digest {
+            return Err(StorageError::DigestMismatch {
+                expected: digest.clone(),
+                computed,
+            });
+        }
+        let path = self.layout.blob_data(digest);
+        blocking(move || {
+            if exists(&path)? {
+                return Ok(());
+            }
+            write_atomic(&path, &data)?;
+            fsync_dir(path.parent().expect("blob dir"));
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<bool> {
+        let dir = self.layout.blob_dir(digest);
+        blocking(move || remove_tree(&dir)).await
+    }
+
+    async fn list(&self) -> Result<Vec<BlobEntry>> {
+        let root = self.layout.blobs_root();
+        blocking(move || {
+            let mut out = Vec::new();
+            for alg in Algorithm::ALL {
+                let alg_dir = root.join(alg.as_str());
+                for prefix in dir_names(&alg_dir)? {
+                    for hex in dir_names(&alg_dir.join(&prefix))? {
+                        let Ok(digest) = Digest::from_parts(alg, &hex) else {
+                            continue;
+                        };
+                        let data = alg_dir.join(&prefix).join(&hex).join("data");
+                        if let Ok(m) = fs::metadata(&data) {
+                            out.push(BlobEntry {
+                                digest,
+                                size: m.len(),
+                                modified: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                            });
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl RepoStore for FsStore {
+    async fn repo_exists(&self, repo: &RepoName) -> Result<bool> {
+        let path = self.layout.repo(repo);
+        blocking(move || exists(&path)).await
+    }
+
+    async fn repositories(&self) -> Result<Vec<RepoName>> {
+        let root = self.layout.repos_root();
+        blocking(move || {
+            let mut out = Vec::new();
+            walk_repos(&root, "", &mut out)?;
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let path = self.layout.layer_link(repo, digest);
+        let content = digest.to_string();
+        blocking(move || write_atomic(&path, content.as_bytes())).await
+    }
+
+    async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let path = self.layout.layer_link(repo, digest);
+        blocking(move || exists(&path)).await
+    }
+
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let path = self.layout.layer_link(repo, digest);
+        let dir = path.parent().expect("link dir").to_owned();
+        blocking(move || remove_tree(&dir)).await
+    }
+}
+
+#[async_trait]
+impl ManifestStore for FsStore {
+    async fn link_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let path = self.layout.revision_link(repo, digest);
+        let content = digest.to_string();
+        blocking(move || write_atomic(&path, content.as_bytes())).await
+    }
+
+    async fn manifest_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let path = self.layout.revision_link(repo, digest);
+        blocking(move || exists(&path)).await
+    }
+
+    async fn unlink_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let dir = self
+            .layout
+            .revision_link(repo, digest)
+            .parent()
+            .expect("link dir")
+            .to_owned();
+        blocking(move || remove_tree(&dir)).await
+    }
+
+    async fn manifests(&self, repo: &RepoName) -> Result<Vec<Digest>> {
+        let dir = self.layout.revisions_dir(repo);
+        blocking(move || linked_digests(&dir)).await
+    }
+
+    async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
+        let path = self.layout.tag_current_link(repo, tag);
+        blocking(move || read_link(&path)).await
+    }
+
+    async fn set_tag(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
+        let current = self.layout.tag_current_link(repo, tag);
+        let index = self.layout.tag_index_link(repo, tag, digest);
+        let content = digest.to_string();
+        blocking(move || {
+            write_atomic(&index, content.as_bytes())?;
+            write_atomic(&current, content.as_bytes())
+        })
+        .await
+    }
+
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        let dir = self.layout.tag_dir(repo, tag);
+        blocking(move || remove_tree(&dir)).await
+    }
+
+    async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<Tag>>> {
+        let repo_dir = self.layout.repo(repo);
+        let dir = self.layout.tags_dir(repo);
+        blocking(move || {
+            if !exists(&repo_dir)? {
+                return Ok(None);
+            }
+            let mut tags: Vec<Tag> = Vec::new();
+            for n in dir_names(&dir)? {
+                if let Ok(t) = n.parse::<Tag>()
+                    && exists(&dir.join(&n).join("current/link"))?
+                {
+                    tags.push(t);
+                }
+            }
+            tags.sort();
+            Ok(Some(tags))
+        })
+        .await
+    }
+
+    async fn add_referrer(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<()> {
+        let path = self.layout.referrer_link(repo, subject, referrer);
+        let content = referrer.to_string();
+        blocking(move || write_atomic(&path, content.as_bytes())).await
+    }
+
+    async fn remove_referrer(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<()> {
+        let dir = self
+            .layout
+            .referrer_link(repo, subject, referrer)
+            .parent()
+            .expect("link dir")
+            .to_owned();
+        blocking(move || remove_tree(&dir).map(|_| ())).await
+    }
+
+    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Digest>> {
+        let dir = self.layout.referrers_dir(repo, subject);
+        blocking(move || linked_digests(&dir)).await
+    }
+}
+
+#[async_trait]
+impl UploadStore for FsStore {
+    async fn create(&self, repo: &RepoName) -> Result<UploadStatus> {
+        let id = UploadId::new_random();
+        let data = self.layout.upload_data(repo, &id);
+        let started = self.layout.upload_started_at(repo, &id);
+        blocking(move || {
+            create_parent(&data)?;
+            File::create(&data).map_err(StorageError::io("create", &data))?;
+            let now = humantime_rfc3339(SystemTime::now());
+            write_atomic(&started, now.as_bytes())
+        })
+        .await?;
+        let session = self.session(repo, &id);
+        session.lock().await.hasher = Some(Algorithm::Sha256.hasher());
+        Ok(UploadStatus { id, offset: 0 })
+    }
+
+    async fn status(&self, repo: &RepoName, id: &UploadId) -> Result<UploadStatus> {
+        let session = self.session(repo, id);
+        let _guard = session.lock().await;
+        match self.upload_len(repo, id).await {
+            Ok(offset) => Ok(UploadStatus {
+                id: id.clone(),
+                offset,
+            }),
+            Err(e) => {
+                drop(_guard);
+                self.forget_session(repo, id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn append(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        start: Option<u64>,
+        mut body: ByteStream,
+    ) -> Result<UploadStatus> {
+        let session = self.session(repo, id);
+        let mut st = session.lock().await;
+        let path = self.layout.upload_data(repo, id);
+        let open_path = path.clone();
+        let id_str = id.to_string();
+        let (file, offset) = blocking(move || {
+            let f = match OpenOptions::new().append(true).open(&open_path) {
+                Ok(f) => f,
+                Err(e) if is_missing(&e) => return Err(StorageError::UploadNotFound(id_str)),
+                Err(e) => return Err(StorageError::io("open", open_path)(e)),
+            };
+            let len = f
+                .metadata()
+                .map_err(StorageError::io("stat", &open_path))?
+                .len();
+            Ok((f, len))
+        })
+        .await?;
+        if let Some(s) = start
+            && s != offset
+        {
+            return Err(StorageError::OffsetMismatch {
+                expected: offset,
+                got: s,
+            });
+        }
+        let hasher = if st.hashed_to == offset {
+            st.hasher.take()
+        } else {
+            None
+        };
+
+        // Hash and write on a blocking thread while this task reads the network.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            let mut hasher = hasher;
+            let mut written = 0u64;
+            while let Some(chunk) = rx.blocking_recv() {
+                if let Err(e) = file.write_all(&chunk) {
+                    // A partial write leaves the file longer than `written`: drop the hash.
+                    return (None, written, Some(e));
+                }
+                if let Some(h) = &mut hasher {
+                    h.update(&chunk);
+                }
+                written += chunk.len() as u64;
+            }
+            (hasher, written, None)
+        });
+        let mut body_err = None;
+        while let Some(item) = body.next().await {
+            match item {
+                Ok(chunk) => {
+                    if tx.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    body_err = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let (hasher, written, write_err) = writer
+            .await
+            .map_err(|e| StorageError::Task(io::Error::other(e)))?;
+        st.hashed_to = if hasher.is_some() {
+            offset + written
+        } else {
+            0
+        };
+        st.hasher = hasher;
+        if let Some(e) = write_err {
+            return Err(StorageError::io("write", path)(e));
+        }
+        if let Some(e) = body_err {
+            return Err(StorageError::Body(e));
+        }
+        Ok(UploadStatus {
+            id: id.clone(),
+            offset: offset + written,
+        })
+    }
+
+    async fn commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<u64> {
+        let session = self.session(repo, id);
+        let mut st = session.lock().await;
+        let len = self.upload_len(repo, id).await?;
+        let data = self.layout.upload_data(repo, id);
+        let upload_dir = self.layout.upload_dir(repo, id);
+        let computed = match st.hasher.take() {
+            Some(h) if st.hashed_to == len && h.algorithm() == digest.algorithm() => h.finish(),
+            _ => {
+                let (path, alg) = (data.clone(), digest.algorithm());
+                blocking(move || hash_file(&path, alg)).await?.0
+            }
+        };
+        st.hashed_to = 0;
+        if &computed != digest {
+            let dir = upload_dir.clone();
+            blocking(move || remove_tree(&dir)).await?;
+            drop(st);
+            self.forget_session(repo, id);
+            return Err(StorageError::DigestMismatch {
+                expected: digest.clone(),
+                computed,
+            });
+        }
+        let blob = self.layout.blob_data(digest);
+        blocking(move || {
+            File::open(&data)
+                .and_then(|f| f.sync_all())
+                .map_err(StorageError::io("fsync", &data))?;
+            if !exists(&blob)? {
+                create_parent(&blob)?;
+                fs::rename(&data, &blob).map_err(StorageError::io("rename into", &blob))?;
+                fsync_dir(blob.parent().expect("blob dir"));
+            }
+            remove_tree(&upload_dir)?;
+            Ok(())
+        })
+        .await?;
+        self.link_blob(repo, digest).await?;
+        drop(st);
+        self.forget_session(repo, id);
+        Ok(len)
+    }
+
+    async fn abort(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
+        let session = self.session(repo, id);
+        let guard = session.lock().await;
+        let dir = self.layout.upload_dir(repo, id);
+        let id_str = id.to_string();
+        let removed = blocking(move || remove_tree(&dir)).await;
+        drop(guard);
+        self.forget_session(repo, id);
+        match removed? {
+            true => Ok(()),
+            false => Err(StorageError::UploadNotFound(id_str)),
+        }
+    }
+
+    async fn expire(&self, idle: Duration) -> Result<usize> {
+        let root = self.layout.repos_root();
+        let layout = self.layout.clone();
+        let found = blocking(move || {
+            let mut out = Vec::new();
+            walk_uploads(&layout, &root, "", &mut out)?;
+            Ok(out)
+        })
+        .await?;
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for (repo, id, modified) in found {
+            if now.duration_since(modified).unwrap_or_default() < idle {
+                continue;
+            }
+            let session = self.session(&repo, &id);
+            // A session busy with a request is not idle.
+            let Ok(guard) = session.try_lock() else {
+                continue;
+            };
+            let dir = self.layout.upload_dir(&repo, &id);
+            if blocking(move || remove_tree(&dir)).await? {
+                removed += 1;
+                tracing::info!(repository = %repo, upload = %id, "expired idle upload session");
+            }
+            drop(guard);
+            self.forget_session(&repo, &id);
+        }
+        Ok(removed)
+    }
+}
+
+/// RFC 3339 UTC timestamp, as distribution writes `startedat`.
+fn humantime_rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(
+            humantime_rfc3339(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00Z"
+        );
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        assert_eq!(humantime_rfc3339(t), "2026-11-18T11:06:40Z");
+    }
+
+    #[tokio::test]
+    async fn fs_store_passes_the_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FsStore::new(dir.path()).unwrap());
+        crate::testsuite::run_all(store).await;
+    }
+}

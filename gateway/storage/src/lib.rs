@@ -1,0 +1,255 @@
+//! Storage roles for Pier and their backends.
+//!
+//! Small traits, one per role: [`BlobStore`] (content-addressed bytes), [`RepoStore`]
+//! (which blobs a repository may serve, which repositories exist), [`ManifestStore`]
+//! (manifest revisions, tags, referrers) and [`UploadStore`] (resumable upload sessions
+//! that commit into the blob store). Storage never sees HTTP: a read can answer with bytes,
+//! a stream, or (for object stores) a URL to redirect to, as data.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+use pier_oci::{Digest, RepoName, Tag};
+
+pub mod fs;
+pub mod paths;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
+
+/// A stream of bytes, as read from a client or from storage.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("blob {0} not found")]
+    BlobNotFound(Digest),
+    #[error("upload session {0} not found")]
+    UploadNotFound(String),
+    #[error("chunk starts at byte {got} but the upload session is at byte {expected}")]
+    OffsetMismatch { expected: u64, got: u64 },
+    #[error("range not satisfiable for a blob of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("uploaded content has digest {computed}, not {expected}")]
+    DigestMismatch { expected: Digest, computed: Digest },
+    #[error("reading the request body failed")]
+    Body(#[source] io::Error),
+    #[error("storage I/O failed: {op} {}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("storage task failed")]
+    Task(#[source] io::Error),
+}
+
+impl StorageError {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> StorageError {
+        let path = path.into();
+        move |source| StorageError::Io { op, path, source }
+    }
+}
+
+/// An upload session id: a UUID as Pier makes them, or any `[A-Za-z0-9_-]{1,128}` id another
+/// registry left in the same directory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UploadId(String);
+
+impl UploadId {
+    pub fn new_random() -> UploadId {
+        UploadId(uuid::Uuid::new_v4().to_string())
+    }
+
+    pub fn parse(s: &str) -> Option<UploadId> {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        ok.then(|| UploadId(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for UploadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A requested byte range, before it is resolved against the blob's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeSpec {
+    /// `bytes=a-b` (inclusive)
+    FromTo(u64, u64),
+    /// `bytes=a-`
+    From(u64),
+    /// `bytes=-n`: the last n bytes
+    Suffix(u64),
+}
+
+impl RangeSpec {
+    /// The inclusive `(start, end)` this range selects in a blob of `size` bytes.
+    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
+        let (start, end) = match self {
+            RangeSpec::FromTo(a, b) => (a, b.min(size.checked_sub(1)?)),
+            RangeSpec::From(a) => (a, size.checked_sub(1)?),
+            RangeSpec::Suffix(0) => return None,
+            RangeSpec::Suffix(n) => (size.saturating_sub(n), size.checked_sub(1)?),
+        };
+        (start <= end && start < size).then_some((start, end))
+    }
+}
+
+/// Bytes of a blob read from storage.
+pub enum BlobBody {
+    /// Small content, read whole.
+    Bytes(Bytes),
+    /// Large content, streamed.
+    Stream(ByteStream),
+}
+
+/// The answer to a blob read.
+pub enum BlobRead {
+    Content {
+        /// Size of the whole blob.
+        size: u64,
+        /// The inclusive byte range served, when a range was asked for.
+        range: Option<(u64, u64)>,
+        body: BlobBody,
+    },
+    /// The client should fetch the bytes from this URL (object stores).
+    Redirect(String),
+}
+
+/// A blob as listed for garbage collection.
+#[derive(Debug, Clone)]
+pub struct BlobEntry {
+    pub digest: Digest,
+    pub size: u64,
+    pub modified: SystemTime,
+}
+
+/// Where an upload session stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadStatus {
+    pub id: UploadId,
+    /// Bytes received so far.
+    pub offset: u64,
+}
+
+/// Content-addressed blob bytes, shared by all repositories.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Size of the blob, if stored.
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// Reads the blob, or a range of it.
+    async fn read(&self, digest: &Digest, range: Option<RangeSpec>) -> Result<BlobRead>;
+    /// Stores small content (manifests) after checking it hashes to `digest`.
+    async fn put(&self, digest: &Digest, data: Bytes) -> Result<()>;
+    /// Removes the blob's bytes; false if it was not there.
+    async fn delete(&self, digest: &Digest) -> Result<bool>;
+    /// Every stored blob.
+    async fn list(&self) -> Result<Vec<BlobEntry>>;
+}
+
+/// Repositories and the blobs linked into them.
+#[async_trait]
+pub trait RepoStore: Send + Sync + 'static {
+    async fn repo_exists(&self, repo: &RepoName) -> Result<bool>;
+    /// All repositories holding manifests, sorted.
+    async fn repositories(&self) -> Result<Vec<RepoName>>;
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()>;
+    async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+}
+
+/// Manifest revisions, tags and referrers of a repository. Manifest bytes live in the
+/// blob store.
+#[async_trait]
+pub trait ManifestStore: Send + Sync + 'static {
+    async fn link_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<()>;
+    async fn manifest_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+    async fn unlink_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+    async fn manifests(&self, repo: &RepoName) -> Result<Vec<Digest>>;
+    async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>>;
+    async fn set_tag(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()>;
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;
+    /// Tags of the repository, sorted; `None` when the repository does not exist.
+    async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<Tag>>>;
+    async fn add_referrer(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<()>;
+    async fn remove_referrer(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<()>;
+    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Digest>>;
+}
+
+/// Resumable upload sessions. A committed upload becomes a blob linked into its repository.
+#[async_trait]
+pub trait UploadStore: Send + Sync + 'static {
+    async fn create(&self, repo: &RepoName) -> Result<UploadStatus>;
+    async fn status(&self, repo: &RepoName, id: &UploadId) -> Result<UploadStatus>;
+    /// Appends the body at `start` (must equal the current offset when given).
+    async fn append(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        start: Option<u64>,
+        body: ByteStream,
+    ) -> Result<UploadStatus>;
+    /// Verifies the content against `digest`, makes it a blob and links it into `repo`;
+    /// returns its size. On a digest mismatch the session is discarded.
+    async fn commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<u64>;
+    async fn abort(&self, repo: &RepoName, id: &UploadId) -> Result<()>;
+    /// Removes sessions idle for longer than `idle`; returns how many.
+    async fn expire(&self, idle: Duration) -> Result<usize>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_resolve() {
+        assert_eq!(RangeSpec::FromTo(0, 9).resolve(100), Some((0, 9)));
+        assert_eq!(RangeSpec::FromTo(90, 200).resolve(100), Some((90, 99)));
+        assert_eq!(RangeSpec::From(10).resolve(100), Some((10, 99)));
+        assert_eq!(RangeSpec::Suffix(5).resolve(100), Some((95, 99)));
+        assert_eq!(RangeSpec::Suffix(500).resolve(100), Some((0, 99)));
+        assert_eq!(RangeSpec::From(100).resolve(100), None);
+        assert_eq!(RangeSpec::FromTo(5, 4).resolve(100), None);
+        assert_eq!(RangeSpec::Suffix(0).resolve(100), None);
+        assert_eq!(RangeSpec::From(0).resolve(0), None);
+    }
+
+    #[test]
+    fn upload_ids_are_path_safe() {
+        assert!(UploadId::parse("..").is_none());
+        assert!(UploadId::parse("a/b").is_none());
+        assert!(UploadId::parse("").is_none());
+        assert!(UploadId::parse(UploadId::new_random().as_str()).is_some());
+    }
+}
