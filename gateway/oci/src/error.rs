@@ -16,6 +16,7 @@ pub enum ErrorCode {
     SizeInvalid,
     TagInvalid,
     RangeInvalid,
+    PaginationNumberInvalid,
     Unauthorized,
     Denied,
     Unsupported,
@@ -41,6 +42,7 @@ impl ErrorCode {
             SizeInvalid => "SIZE_INVALID",
             TagInvalid => "TAG_INVALID",
             RangeInvalid => "RANGE_INVALID",
+            PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             Unauthorized => "UNAUTHORIZED",
             Denied => "DENIED",
             Unsupported => "UNSUPPORTED",
@@ -55,8 +57,14 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             BlobUnknown | BlobUploadUnknown | ManifestUnknown | NameUnknown => 404,
-            BlobUploadInvalid | DigestInvalid | ManifestBlobUnknown | ManifestInvalid
-            | NameInvalid | SizeInvalid | TagInvalid => 400,
+            BlobUploadInvalid
+            | DigestInvalid
+            | ManifestBlobUnknown
+            | ManifestInvalid
+            | NameInvalid
+            | SizeInvalid
+            | TagInvalid
+            | PaginationNumberInvalid => 400,
             RangeInvalid => 416,
             Unauthorized => 401,
             Denied => 403,
@@ -83,6 +91,7 @@ impl ErrorCode {
             SizeInvalid => "provided length did not match content length",
             TagInvalid => "manifest tag did not match URI",
             RangeInvalid => "invalid content range",
+            PaginationNumberInvalid => "invalid number of results requested",
             Unauthorized => "authentication required",
             Denied => "requested access to the resource is denied",
             Unsupported => "the operation is unsupported",

@@ -61,6 +61,12 @@ impl RepoName {
     }
 }
 
+impl AsRef<str> for RepoName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl FromStr for RepoName {
     type Err = NameError;
 
@@ -90,6 +96,12 @@ pub struct Tag(String);
 
 impl Tag {
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Tag {
+    fn as_ref(&self) -> &str {
         &self.0
     }
 }

@@ -436,8 +436,16 @@ impl RepoStore for FsStore {
 
     async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         let path = self.layout.layer_link(repo, digest);
+        let data = self.layout.blob_data(digest);
         let content = digest.to_string();
-        blocking(move || write_atomic(&path, content.as_bytes())).await
+        blocking(move || {
+            // A blob linked again is in use again: restart its garbage-collection grace.
+            if let Ok(f) = OpenOptions::new().write(true).open(&data) {
+                let _ = f.set_modified(SystemTime::now());
+            }
+            write_atomic(&path, content.as_bytes())
+        })
+        .await
     }
 
     async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {

@@ -1,0 +1,63 @@
+use std::io;
+
+use pier_oci::{Digest, ManifestError, RepoName};
+use pier_storage::StorageError;
+
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+/// Everything a use case can fail with. Variants say who caused the failure: the client
+/// (bad input, unknown names), or Pier itself (`Storage`).
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("repository {0} is not known")]
+    NameUnknown(RepoName),
+    #[error("blob {0} is not known to this repository")]
+    BlobUnknown(Digest),
+    #[error("manifest {0} is not known to this repository")]
+    ManifestUnknown(String),
+    #[error("manifest references {0}, which this repository does not hold")]
+    ManifestBlobUnknown(Digest),
+    #[error("manifest is invalid: {0}")]
+    ManifestInvalid(#[source] ManifestError),
+    #[error("manifest is {0} bytes, over the 4 MiB limit")]
+    ManifestTooLarge(usize),
+    #[error("content has digest {computed}, not {expected}")]
+    DigestMismatch { expected: Digest, computed: Digest },
+    #[error("upload session {0} is not known")]
+    UploadUnknown(String),
+    #[error("chunk starts at byte {got}, but the upload is at byte {expected}")]
+    ChunkOutOfOrder { expected: u64, got: u64 },
+    #[error("range not satisfiable for a blob of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("reading the request body failed")]
+    Body(#[source] io::Error),
+    #[error("storage failed")]
+    Storage(#[source] StorageError),
+}
+
+impl From<StorageError> for CoreError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::BlobNotFound(d) => CoreError::BlobUnknown(d),
+            StorageError::UploadNotFound(id) => CoreError::UploadUnknown(id),
+            StorageError::OffsetMismatch { expected, got } => {
+                CoreError::ChunkOutOfOrder { expected, got }
+            }
+            StorageError::RangeNotSatisfiable { size } => CoreError::RangeNotSatisfiable { size },
+            StorageError::DigestMismatch { expected, computed } => {
+                CoreError::DigestMismatch { expected, computed }
+            }
+            StorageError::Body(e) => CoreError::Body(e),
+            other => CoreError::Storage(other),
+        }
+    }
+}
+
+impl From<ManifestError> for CoreError {
+    fn from(e: ManifestError) -> Self {
+        match e {
+            ManifestError::TooLarge(n) => CoreError::ManifestTooLarge(n),
+            other => CoreError::ManifestInvalid(other),
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Pier's use cases, over the storage roles: what a push, a pull, a delete, a listing and a
+//! garbage collection mean, independent of HTTP.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+mod error;
+pub mod gc;
+mod page;
+mod registry;
+
+pub use error::{CoreError, Result};
+pub use page::{Page, paginate};
+pub use registry::{ManifestContent, PutManifest, Registry, Stores};

@@ -1,0 +1,404 @@
+//! The registry use cases.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pier_oci::{Algorithm, Descriptor, Digest, Manifest, Reference, RepoName, Tag, media_types};
+use pier_storage::{
+    BlobBody, BlobRead, BlobStore, ByteStream, ManifestStore, RangeSpec, RepoStore, UploadId,
+    UploadStatus, UploadStore,
+};
+
+use crate::{CoreError, Page, Result, paginate};
+
+/// The storage roles the registry works on. One backend may fill all of them.
+#[derive(Clone)]
+pub struct Stores {
+    pub blobs: Arc<dyn BlobStore>,
+    pub repos: Arc<dyn RepoStore>,
+    pub manifests: Arc<dyn ManifestStore>,
+    pub uploads: Arc<dyn UploadStore>,
+}
+
+impl Stores {
+    /// All roles from one backend.
+    pub fn from_backend<S>(backend: Arc<S>) -> Stores
+    where
+        S: BlobStore + RepoStore + ManifestStore + UploadStore,
+    {
+        Stores {
+            blobs: backend.clone(),
+            repos: backend.clone(),
+            manifests: backend.clone(),
+            uploads: backend,
+        }
+    }
+}
+
+/// A manifest as served.
+#[derive(Debug, Clone)]
+pub struct ManifestContent {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+    pub subject: Option<Digest>,
+}
+
+/// The outcome of a manifest push.
+#[derive(Debug, Clone)]
+pub struct PutManifest {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+}
+
+/// Manifests by digest are immutable, so they can be cached without invalidation.
+type ManifestCache = moka::sync::Cache<Digest, Arc<ManifestContent>>;
+
+pub struct Registry {
+    stores: Stores,
+    manifest_cache: ManifestCache,
+}
+
+/// The media type to serve stored manifest bytes with.
+fn media_type_of(bytes: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    match serde_json::from_slice::<Probe>(bytes) {
+        Ok(Probe {
+            media_type: Some(mt),
+        }) => mt,
+        _ => Manifest::parse(bytes, None)
+            .map(|m| m.kind.media_type())
+            .unwrap_or(media_types::OCI_MANIFEST)
+            .to_owned(),
+    }
+}
+
+impl Registry {
+    pub fn new(stores: Stores) -> Registry {
+        Registry {
+            stores,
+            manifest_cache: moka::sync::Cache::builder()
+                .max_capacity(64 * 1024 * 1024)
+                .weigher(|_, v: &Arc<ManifestContent>| v.bytes.len().try_into().unwrap_or(u32::MAX))
+                .build(),
+        }
+    }
+
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    // ---- blobs ----
+
+    /// Size of a blob the repository holds.
+    pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        if !self.stores.repos.blob_linked(repo, digest).await? {
+            return Err(CoreError::BlobUnknown(digest.clone()));
+        }
+        self.stores
+            .blobs
+            .stat(digest)
+            .await?
+            .ok_or_else(|| CoreError::BlobUnknown(digest.clone()))
+    }
+
+    pub async fn blob_read(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<RangeSpec>,
+    ) -> Result<BlobRead> {
+        if !self.stores.repos.blob_linked(repo, digest).await? {
+            return Err(CoreError::BlobUnknown(digest.clone()));
+        }
+        Ok(self.stores.blobs.read(digest, range).await?)
+    }
+
+    /// Removes the blob from the repository (its bytes go at the next garbage collection).
+    pub async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        if !self.stores.repos.unlink_blob(repo, digest).await? {
+            return Err(CoreError::BlobUnknown(digest.clone()));
+        }
+        Ok(())
+    }
+
+    // ---- uploads ----
+
+    pub async fn upload_start(&self, repo: &RepoName) -> Result<UploadStatus> {
+        Ok(self.stores.uploads.create(repo).await?)
+    }
+
+    /// Cross-repository mount: links `digest` from `from` into `repo` when `from` holds it.
+    /// Returns the size when mounted.
+    pub async fn mount(
+        &self,
+        repo: &RepoName,
+        from: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>> {
+        if !self.stores.repos.blob_linked(from, digest).await? {
+            return Ok(None);
+        }
+        let Some(size) = self.stores.blobs.stat(digest).await? else {
+            return Ok(None);
+        };
+        self.stores.repos.link_blob(repo, digest).await?;
+        Ok(Some(size))
+    }
+
+    pub async fn upload_status(&self, repo: &RepoName, id: &UploadId) -> Result<UploadStatus> {
+        Ok(self.stores.uploads.status(repo, id).await?)
+    }
+
+    pub async fn upload_append(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        start: Option<u64>,
+        body: ByteStream,
+    ) -> Result<UploadStatus> {
+        Ok(self.stores.uploads.append(repo, id, start, body).await?)
+    }
+
+    /// Appends the optional last chunk and commits the upload as `digest`.
+    pub async fn upload_finish(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        digest: &Digest,
+        last_chunk: Option<(Option<u64>, ByteStream)>,
+    ) -> Result<u64> {
+        if let Some((start, body)) = last_chunk {
+            self.stores.uploads.append(repo, id, start, body).await?;
+        }
+        Ok(self.stores.uploads.commit(repo, id, digest).await?)
+    }
+
+    /// A whole blob in one request.
+    pub async fn upload_monolithic(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let session = self.stores.uploads.create(repo).await?;
+        let res = async {
+            self.stores
+                .uploads
+                .append(repo, &session.id, Some(0), body)
+                .await?;
+            self.stores.uploads.commit(repo, &session.id, digest).await
+        }
+        .await;
+        if res.is_err() {
+            // Nothing partial stays behind; the session may already be gone.
+            let _ = self.stores.uploads.abort(repo, &session.id).await;
+        }
+        Ok(res?)
+    }
+
+    pub async fn upload_cancel(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
+        Ok(self.stores.uploads.abort(repo, id).await?)
+    }
+
+    // ---- manifests ----
+
+    async fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<Digest> {
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(t) => self
+                .stores
+                .manifests
+                .resolve_tag(repo, t)
+                .await?
+                .ok_or_else(|| CoreError::ManifestUnknown(t.to_string()))?,
+        };
+        if !self.stores.manifests.manifest_linked(repo, &digest).await? {
+            return Err(CoreError::ManifestUnknown(reference.to_string()));
+        }
+        Ok(digest)
+    }
+
+    async fn load_manifest(&self, digest: &Digest) -> Result<Arc<ManifestContent>> {
+        if let Some(m) = self.manifest_cache.get(digest) {
+            return Ok(m);
+        }
+        let bytes = match self.stores.blobs.read(digest, None).await {
+            Ok(BlobRead::Content {
+                body: BlobBody::Bytes(b),
+                ..
+            }) => b,
+            Ok(_) => return Err(CoreError::ManifestUnknown(digest.to_string())),
+            Err(pier_storage::StorageError::BlobNotFound(_)) => {
+                return Err(CoreError::ManifestUnknown(digest.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let subject = Manifest::parse(&bytes, None)
+            .ok()
+            .and_then(|m| m.subject.map(|s| s.digest));
+        let content = Arc::new(ManifestContent {
+            digest: digest.clone(),
+            media_type: media_type_of(&bytes),
+            bytes,
+            subject,
+        });
+        self.manifest_cache.insert(digest.clone(), content.clone());
+        Ok(content)
+    }
+
+    pub async fn manifest_get(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Arc<ManifestContent>> {
+        let digest = self.resolve(repo, reference).await?;
+        self.load_manifest(&digest).await
+    }
+
+    /// Validates and stores a manifest, tagging it when `reference` is a tag.
+    pub async fn manifest_put(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Bytes,
+    ) -> Result<PutManifest> {
+        let manifest = Manifest::parse(&bytes, content_type)?;
+        let algorithm = match reference {
+            Reference::Digest(d) => d.algorithm(),
+            Reference::Tag(_) => Algorithm::Sha256,
+        };
+        let digest = Digest::of(algorithm, &bytes);
+        if let Reference::Digest(expected) = reference
+            && expected != &digest
+        {
+            return Err(CoreError::DigestMismatch {
+                expected: expected.clone(),
+                computed: digest,
+            });
+        }
+        for d in manifest.blob_references() {
+            if !self.stores.repos.blob_linked(repo, &d.digest).await?
+                || self.stores.blobs.stat(&d.digest).await?.is_none()
+            {
+                return Err(CoreError::ManifestBlobUnknown(d.digest.clone()));
+            }
+        }
+        for child in &manifest.manifests {
+            if !self
+                .stores
+                .manifests
+                .manifest_linked(repo, &child.digest)
+                .await?
+            {
+                return Err(CoreError::ManifestBlobUnknown(child.digest.clone()));
+            }
+        }
+        self.stores.blobs.put(&digest, bytes).await?;
+        self.stores.manifests.link_manifest(repo, &digest).await?;
+        let subject = manifest.subject.map(|s| s.digest);
+        if let Some(s) = &subject {
+            self.stores.manifests.add_referrer(repo, s, &digest).await?;
+        }
+        if let Reference::Tag(t) = reference {
+            self.stores.manifests.set_tag(repo, t, &digest).await?;
+        }
+        Ok(PutManifest { digest, subject })
+    }
+
+    /// Deleting by tag removes the tag only; by digest, the manifest and every tag on it.
+    pub async fn manifest_delete(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        match reference {
+            Reference::Tag(t) => {
+                if !self.stores.manifests.delete_tag(repo, t).await? {
+                    return Err(CoreError::ManifestUnknown(t.to_string()));
+                }
+            }
+            Reference::Digest(d) => {
+                if !self.stores.manifests.manifest_linked(repo, d).await? {
+                    return Err(CoreError::ManifestUnknown(d.to_string()));
+                }
+                let subject = self
+                    .load_manifest(d)
+                    .await
+                    .ok()
+                    .and_then(|m| m.subject.clone());
+                for t in self.stores.manifests.tags(repo).await?.unwrap_or_default() {
+                    if self.stores.manifests.resolve_tag(repo, &t).await?.as_ref() == Some(d) {
+                        self.stores.manifests.delete_tag(repo, &t).await?;
+                    }
+                }
+                if let Some(s) = subject {
+                    self.stores.manifests.remove_referrer(repo, &s, d).await?;
+                }
+                self.stores.manifests.unlink_manifest(repo, d).await?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- listings ----
+
+    pub async fn tags(
+        &self,
+        repo: &RepoName,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Page<Tag>> {
+        let tags = self
+            .stores
+            .manifests
+            .tags(repo)
+            .await?
+            .ok_or_else(|| CoreError::NameUnknown(repo.clone()))?;
+        Ok(paginate(tags, n, last))
+    }
+
+    pub async fn catalog(&self, n: Option<usize>, last: Option<&str>) -> Result<Page<RepoName>> {
+        let repos = self.stores.repos.repositories().await?;
+        Ok(paginate(repos, n, last))
+    }
+
+    /// Descriptors of the manifests whose subject is `subject`, optionally only those of
+    /// one artifact type.
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>> {
+        let mut out = Vec::new();
+        for d in self.stores.manifests.referrers(repo, subject).await? {
+            if !self.stores.manifests.manifest_linked(repo, &d).await? {
+                continue;
+            }
+            let content = match self.load_manifest(&d).await {
+                Ok(c) => c,
+                Err(CoreError::ManifestUnknown(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let Ok(m) = Manifest::parse(&content.bytes, Some(&content.media_type)) else {
+                continue;
+            };
+            let at = m.effective_artifact_type().map(str::to_owned);
+            if artifact_type.is_some() && artifact_type != at.as_deref() {
+                continue;
+            }
+            out.push(Descriptor {
+                media_type: content.media_type.clone(),
+                digest: d,
+                size: content.bytes.len() as u64,
+                urls: None,
+                annotations: m.annotations.clone(),
+                artifact_type: at,
+                platform: None,
+            });
+        }
+        Ok(out)
+    }
+}

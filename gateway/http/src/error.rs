@@ -1,0 +1,182 @@
+//! Every failure of a registry request, and the one function that turns it into the OCI
+//! error JSON.
+
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use pier_core::CoreError;
+use pier_oci::{DigestError, ErrorCode, NameError};
+use serde_json::json;
+
+use crate::body::{RespBody, full};
+use crate::range::RangeError;
+use crate::route::RouteError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
+    Range(#[from] RangeError),
+    #[error("method {0} is not allowed on this endpoint")]
+    MethodNotAllowed(Method),
+    #[error("the digest query parameter is required to complete an upload")]
+    MissingDigest,
+    #[error("invalid digest in query: {0}")]
+    Digest(#[source] DigestError),
+    #[error("invalid repository name in query: {0}")]
+    Name(#[source] NameError),
+    #[error("invalid page size n={0:?}: expected a non-negative integer")]
+    BadPageSize(String),
+    #[error("manifest body is over the 4 MiB limit")]
+    ManifestTooLarge,
+    #[error("chunk Content-Range {start}-{end} does not match its {len} byte body")]
+    ChunkLengthMismatch { start: u64, end: u64, len: u64 },
+    #[error("reading the request body failed: {0}")]
+    Body(String),
+}
+
+/// What the wire says for an error: status, code, message, detail and extra headers.
+fn classify(
+    err: &ApiError,
+) -> (
+    StatusCode,
+    ErrorCode,
+    serde_json::Value,
+    Vec<(&'static str, String)>,
+) {
+    use ErrorCode as C;
+    let none = serde_json::Value::Null;
+    let by_code =
+        |c: C| StatusCode::from_u16(c.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let simple = |c: C| (by_code(c), c, serde_json::Value::Null, Vec::new());
+    match err {
+        ApiError::Core(e) => match e {
+            CoreError::NameUnknown(n) => (
+                by_code(C::NameUnknown),
+                C::NameUnknown,
+                json!({"name": n.as_str()}),
+                vec![],
+            ),
+            CoreError::BlobUnknown(d) => (
+                by_code(C::BlobUnknown),
+                C::BlobUnknown,
+                json!({"digest": d}),
+                vec![],
+            ),
+            CoreError::ManifestUnknown(r) => (
+                by_code(C::ManifestUnknown),
+                C::ManifestUnknown,
+                json!({"reference": r}),
+                vec![],
+            ),
+            CoreError::ManifestBlobUnknown(d) => (
+                by_code(C::ManifestBlobUnknown),
+                C::ManifestBlobUnknown,
+                json!({"digest": d}),
+                vec![],
+            ),
+            CoreError::ManifestInvalid(_) => simple(C::ManifestInvalid),
+            CoreError::ManifestTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, C::SizeInvalid, none, vec![])
+            }
+            CoreError::DigestMismatch { expected, computed } => (
+                by_code(C::DigestInvalid),
+                C::DigestInvalid,
+                json!({"expected": expected, "computed": computed}),
+                vec![],
+            ),
+            CoreError::UploadUnknown(_) => simple(C::BlobUploadUnknown),
+            CoreError::ChunkOutOfOrder { expected, .. } => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                C::RangeInvalid,
+                json!({"offset": expected}),
+                vec![("Range", format!("0-{}", expected.saturating_sub(1)))],
+            ),
+            CoreError::RangeNotSatisfiable { size } => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                C::RangeInvalid,
+                json!({"size": size}),
+                vec![("Content-Range", format!("bytes */{size}"))],
+            ),
+            CoreError::Body(_) => simple(C::BlobUploadInvalid),
+            CoreError::Storage(_) => simple(C::Unknown),
+        },
+        ApiError::Route(e) => match e {
+            RouteError::NotFound => (StatusCode::NOT_FOUND, C::Unsupported, none, vec![]),
+            RouteError::Name(_) => simple(C::NameInvalid),
+            RouteError::Reference(_) => simple(C::TagInvalid),
+            RouteError::Digest(_) => simple(C::DigestInvalid),
+            RouteError::UploadUnknown(_) => simple(C::BlobUploadUnknown),
+        },
+        ApiError::Range(_) => (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            C::RangeInvalid,
+            none,
+            vec![],
+        ),
+        ApiError::MethodNotAllowed(_) => simple(C::Unsupported),
+        ApiError::MissingDigest | ApiError::Digest(_) => simple(C::DigestInvalid),
+        ApiError::Name(_) => simple(C::NameInvalid),
+        ApiError::BadPageSize(_) => simple(C::PaginationNumberInvalid),
+        ApiError::ManifestTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, C::SizeInvalid, none, vec![]),
+        ApiError::ChunkLengthMismatch { .. } => (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            C::RangeInvalid,
+            none,
+            vec![],
+        ),
+        ApiError::Body(_) => simple(C::BlobUploadInvalid),
+    }
+}
+
+/// The full error chain, for messages and logs.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut src = err.source();
+    while let Some(e) = src {
+        let m = e.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        src = e.source();
+    }
+    s
+}
+
+impl ApiError {
+    /// Whether Pier (not the client) is at fault.
+    pub fn is_internal(&self) -> bool {
+        matches!(self, ApiError::Core(CoreError::Storage(_)))
+    }
+
+    /// The OCI error response for this error.
+    pub fn into_response(self) -> Response<RespBody> {
+        let (status, code, detail, headers) = classify(&self);
+        let message = if self.is_internal() {
+            tracing::error!(error = %chain(&self), "internal error");
+            "internal storage error; see the server log".to_owned()
+        } else {
+            chain(&self)
+        };
+        let mut entry = json!({"code": code.as_str(), "message": message});
+        if !detail.is_null() {
+            entry["detail"] = detail;
+        }
+        let body = serde_json::to_vec(&json!({"errors": [entry]})).unwrap_or_default();
+        let mut resp = Response::new(full(body.into()));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        for (k, v) in headers {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(k, v);
+            }
+        }
+        resp
+    }
+}

@@ -1,0 +1,114 @@
+//! Pier's HTTP face: the OCI distribution API as a hyper service. Requests are parsed into
+//! a [`route::Route`], handled against the core [`pier_core::Registry`], and every failure
+//! leaves through [`error::ApiError::into_response`].
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod body;
+pub mod error;
+mod handlers;
+pub mod metrics;
+pub mod range;
+pub mod route;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response, header};
+use hyper::body::Incoming;
+use pier_core::Registry;
+
+pub use body::RespBody;
+pub use metrics::Metrics;
+
+/// Everything a request handler needs; built once by the binary.
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    request_ids: AtomicU64,
+    id_prefix: String,
+}
+
+impl AppState {
+    pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>) -> AppState {
+        let id_prefix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        AppState {
+            registry,
+            metrics,
+            request_ids: AtomicU64::new(0),
+            id_prefix,
+        }
+    }
+
+    fn next_request_id(&self) -> String {
+        let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.id_prefix)
+    }
+}
+
+fn content_length<B>(r: &Response<B>) -> u64 {
+    r.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Serves one registry request: dispatch, access log line, metrics.
+pub async fn serve(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, std::convert::Infallible> {
+    let start = Instant::now();
+    let _in_flight = state.metrics.start();
+    let request_id = state.next_request_id();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let received: u64 = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let route = route::parse(&path);
+    let (kind, repo) = match &route {
+        Ok(r) => (r.kind(), r.repository().map(|n| n.to_string())),
+        Err(_) => ("invalid", None),
+    };
+    let mut resp = match route {
+        Ok(r) => handlers::dispatch(&state, r, req).await,
+        Err(e) => Err(e.into()),
+    }
+    .unwrap_or_else(error::ApiError::into_response);
+    let h = resp.headers_mut();
+    h.insert(
+        "Docker-Distribution-API-Version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert("X-Request-Id", v);
+    }
+    let status = resp.status().as_u16();
+    let sent = if method == http::Method::HEAD {
+        0
+    } else {
+        content_length(&resp)
+    };
+    let took = start.elapsed();
+    state
+        .metrics
+        .record(kind, method.as_str(), status, sent, received, took);
+    tracing::info!(
+        target: "pier::access",
+        request_id = %request_id,
+        method = %method,
+        path = %path,
+        route = kind,
+        repository = repo.as_deref().unwrap_or("-"),
+        status,
+        bytes = sent,
+        duration_ms = took.as_secs_f64() * 1000.0,
+    );
+    Ok(resp)
+}

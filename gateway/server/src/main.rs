@@ -1,0 +1,131 @@
+//! `pier`: the registry gateway binary.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+mod admin;
+mod config;
+mod error;
+mod serve;
+mod tls;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use pier_core::gc::{GcOptions, collect};
+use pier_core::{Registry, Stores};
+use pier_storage::fs::FsStore;
+
+use crate::config::{Config, LogFormat, ServeArgs, parse_duration};
+use crate::error::ServerError;
+
+#[derive(Parser)]
+#[command(name = "pier", version, about = "Pier: an OCI registry gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the registry
+    Serve(ServeArgs),
+    /// Remove blobs (and optionally untagged manifests) nothing references
+    Gc(GcArgs),
+}
+
+#[derive(Args)]
+struct GcArgs {
+    /// Storage root directory
+    #[arg(long, env = "PIER_ROOT", default_value = "./pier-data")]
+    root: PathBuf,
+    /// Print what would be removed, remove nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Also remove manifests that no tag reaches
+    #[arg(long)]
+    untagged: bool,
+    /// Keep blobs modified more recently than this (protects uploads in flight)
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    grace: Duration,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PIER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn report(err: &ServerError) -> ExitCode {
+    let mut msg = err.to_string();
+    let mut src = std::error::Error::source(err);
+    while let Some(e) = src {
+        msg.push_str(": ");
+        msg.push_str(&e.to_string());
+        src = e.source();
+    }
+    eprintln!("pier: {msg}");
+    ExitCode::FAILURE
+}
+
+async fn gc(args: GcArgs) -> Result<(), ServerError> {
+    let store = Arc::new(FsStore::new(&args.root)?);
+    let registry = Registry::new(Stores::from_backend(store));
+    let opts = GcOptions {
+        dry_run: args.dry_run,
+        untagged: args.untagged,
+        grace: args.grace,
+    };
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    let report = collect(&registry, &opts, |line| println!("{line}")).await?;
+    println!(
+        "gc: {verb} {} manifests and {} blobs ({} bytes); {} blobs referenced; {} unreferenced blobs kept by the {:?} grace period",
+        report.manifests_removed.len(),
+        report.blobs_removed.len(),
+        report.bytes_freed(),
+        report.blobs_marked,
+        report.blobs_kept_by_grace,
+        args.grace,
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return report(&ServerError::Io(e)),
+    };
+    let result = match cli.command {
+        Command::Serve(args) => match Config::resolve(args) {
+            Ok(config) => {
+                init_logging(config.log_format);
+                runtime.block_on(serve::run(config))
+            }
+            Err(e) => Err(e),
+        },
+        Command::Gc(args) => {
+            init_logging(LogFormat::Text);
+            runtime.block_on(gc(args))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}

@@ -1,0 +1,196 @@
+//! `pier serve`: listeners, connections, background maintenance, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use pier_core::{Registry, Stores};
+use pier_http::{AppState, Metrics};
+use pier_storage::fs::FsStore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::error::ServerError;
+
+/// Connection builders: protocol sniffing (h2c), HTTP/1.1 only, HTTP/2 only.
+#[derive(Clone)]
+struct Builders {
+    sniff: auto::Builder<TokioExecutor>,
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new() -> Builders {
+        let mut b = auto::Builder::new(TokioExecutor::new());
+        b.http1().keep_alive(true).max_buf_size(1024 * 1024);
+        b.http2()
+            .initial_stream_window_size(4 * 1024 * 1024)
+            .initial_connection_window_size(16 * 1024 * 1024)
+            .max_frame_size(1024 * 1024 - 1)
+            .max_concurrent_streams(256);
+        Builders {
+            sniff: b.clone(),
+            h1: b.clone().http1_only(),
+            h2: b.http2_only(),
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+pub async fn run(config: Config) -> Result<(), ServerError> {
+    let store = Arc::new(FsStore::new(&config.root)?);
+    let registry = Arc::new(Registry::new(Stores::from_backend(store)));
+    let metrics = Arc::new(Metrics::default());
+    let state = Arc::new(AppState::new(registry.clone(), metrics.clone()));
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()?
+        .map(TlsAcceptor::from);
+
+    let listener = bind(config.listen).await?;
+    let admin_listener = bind(config.admin_listen).await?;
+    let admin_state = Arc::new(AdminState {
+        metrics,
+        ready: AtomicBool::new(true),
+        root: config.root.clone(),
+    });
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        admin = %admin_listener.local_addr()?,
+        root = %config.root.display(),
+        tls = tls.is_some(),
+        h2c = config.h2c,
+        "pier serving"
+    );
+
+    let admin_task = tokio::spawn(admin_loop(admin_listener, admin_state.clone()));
+    let expiry_task = tokio::spawn(expire_uploads(registry.clone(), config.upload_idle_timeout));
+
+    let builders = Builders::new();
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let watcher = graceful.watcher();
+                let (state, builders, tls, h2c) = (state.clone(), builders.clone(), tls.clone(), config.h2c);
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, state, builders, tls, h2c, watcher).await {
+                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+
+    admin_state.ready.store(false, Ordering::Relaxed);
+    drop(listener);
+    tracing::info!(timeout = ?config.shutdown_timeout, "no longer accepting; finishing in-flight requests");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(config.shutdown_timeout) => {
+            tracing::warn!("shutdown timeout reached; closing remaining connections");
+        }
+    }
+    expiry_task.abort();
+    admin_task.abort();
+    Ok(())
+}
+
+async fn connection(
+    stream: TcpStream,
+    state: Arc<AppState>,
+    builders: Builders,
+    tls: Option<TlsAcceptor>,
+    h2c: bool,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let svc = service_fn(move |req| pier_http::serve(state.clone(), req));
+    match tls {
+        Some(acceptor) => {
+            let tls_stream = acceptor.accept(stream).await?;
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let builder = if h2 { &builders.h2 } else { &builders.h1 };
+            let conn = builder
+                .serve_connection(TokioIo::new(tls_stream), svc)
+                .into_owned();
+            watcher.watch(conn).await
+        }
+        None => {
+            let builder = if h2c { &builders.sniff } else { &builders.h1 };
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), svc)
+                .into_owned();
+            watcher.watch(conn).await
+        }
+    }
+}
+
+async fn admin_loop(listener: TcpListener, state: Arc<AdminState>) {
+    let builder = hyper::server::conn::http1::Builder::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| admin::serve(state.clone(), req));
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+/// Removes idle upload sessions, checking a few times per timeout period.
+async fn expire_uploads(registry: Arc<Registry>, idle: Duration) {
+    let every = (idle / 4).clamp(Duration::from_millis(500), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match registry.stores().uploads.expire(idle).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "expired idle upload sessions"),
+            Err(e) => tracing::warn!(error = %e, "upload expiry failed"),
+        }
+    }
+}
