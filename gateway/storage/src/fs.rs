@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use pier_oci::{Algorithm, Digest, Hasher, RepoName, Tag};
 
@@ -29,6 +29,11 @@ const SMALL_BLOB: u64 = 2 * 1024 * 1024;
 const CHUNK: usize = 256 * 1024;
 /// How many chunks a stream reads ahead of the client.
 const READ_AHEAD: usize = 2;
+/// While an upload streams in, its bytes are handed to the disk every this many bytes, so
+/// the fsync at commit has little left to do.
+const WRITEBACK_EVERY: u64 = 32 * 1024 * 1024;
+/// Upload bytes are gathered into pieces of this size before they are hashed and written.
+const COALESCE: usize = 1024 * 1024;
 
 /// State of an upload session that only lives in memory.
 #[derive(Default)]
@@ -165,6 +170,20 @@ fn linked_digests(dir: &Path) -> Result<Vec<Digest>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Starts writing back `len` dirty bytes of `file` from `offset` without waiting for them.
+#[allow(unsafe_code)]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range only reads its integer arguments; the fd is owned by `file`,
+    // which outlives the call. Failure only means the fsync at commit does more work.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 fn hash_file(path: &Path, algorithm: Algorithm) -> Result<(Digest, u64)> {
@@ -635,42 +654,78 @@ impl UploadStore for FsStore {
             None
         };
 
-        // Hash and write on a blocking thread while this task reads the network.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        // Hash and write on two blocking threads while this task reads the network.
+        let (wtx, mut wrx) = tokio::sync::mpsc::channel::<Bytes>(16);
         let writer = tokio::task::spawn_blocking(move || {
             let mut file = file;
-            let mut hasher = hasher;
             let mut written = 0u64;
-            while let Some(chunk) = rx.blocking_recv() {
+            let mut flushed = offset;
+            while let Some(chunk) = wrx.blocking_recv() {
                 if let Err(e) = file.write_all(&chunk) {
-                    // A partial write leaves the file longer than `written`: drop the hash.
-                    return (None, written, Some(e));
-                }
-                if let Some(h) = &mut hasher {
-                    h.update(&chunk);
+                    return (written, Some(e));
                 }
                 written += chunk.len() as u64;
-            }
-            (hasher, written, None)
-        });
-        let mut body_err = None;
-        while let Some(item) = body.next().await {
-            match item {
-                Ok(chunk) => {
-                    if tx.send(chunk).await.is_err() {
-                        break;
-                    }
+                if offset + written - flushed >= WRITEBACK_EVERY {
+                    start_writeback(&file, flushed, offset + written - flushed);
+                    flushed = offset + written;
                 }
-                Err(e) => {
-                    body_err = Some(e);
+            }
+            (written, None)
+        });
+        let (htx, hasher_task) = match hasher {
+            Some(mut h) => {
+                let (htx, mut hrx) = tokio::sync::mpsc::channel::<Bytes>(16);
+                let task = tokio::task::spawn_blocking(move || {
+                    while let Some(chunk) = hrx.blocking_recv() {
+                        h.update(&chunk);
+                    }
+                    h
+                });
+                (Some(htx), Some(task))
+            }
+            None => (None, None),
+        };
+        // Coalesce the network's small chunks: fewer thread wake-ups and write calls.
+        let mut pending = BytesMut::new();
+        let mut body_err = None;
+        loop {
+            let item = body.next().await;
+            let flush = match &item {
+                Some(Ok(chunk)) => {
+                    pending.extend_from_slice(chunk);
+                    pending.len() >= COALESCE
+                }
+                Some(Err(_)) | None => true,
+            };
+            if flush && !pending.is_empty() {
+                let chunk = pending.split().freeze();
+                pending.reserve(COALESCE);
+                if let Some(htx) = &htx {
+                    // The hasher only stops early if its thread died; the writer decides.
+                    let _ = htx.send(chunk.clone()).await;
+                }
+                if wtx.send(chunk).await.is_err() {
                     break;
                 }
             }
+            match item {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    body_err = Some(e);
+                    break;
+                }
+                None => break,
+            }
         }
-        drop(tx);
-        let (hasher, written, write_err) = writer
-            .await
-            .map_err(|e| StorageError::Task(io::Error::other(e)))?;
+        drop((wtx, htx));
+        let task_err = |e: tokio::task::JoinError| StorageError::Task(io::Error::other(e));
+        let (written, write_err) = writer.await.map_err(task_err)?;
+        let hasher = match hasher_task {
+            Some(t) => Some(t.await.map_err(task_err)?),
+            None => None,
+        };
+        // After a failed write the file and the hash may disagree: rehash at commit.
+        let hasher = if write_err.is_some() { None } else { hasher };
         st.hashed_to = if hasher.is_some() {
             offset + written
         } else {

@@ -5,7 +5,7 @@
 //! (manifest revisions, tags, referrers) and [`UploadStore`] (resumable upload sessions
 //! that commit into the blob store). Storage never sees HTTP: a read can answer with bytes,
 //! a stream, or (for object stores) a URL to redirect to, as data.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 use std::io;
