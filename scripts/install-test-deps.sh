@@ -26,10 +26,18 @@ if ((${#missing[@]} > 0)); then
     log "installing Debian packages: ${missing[*]}"
     SUDO=""
     if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
-    export DEBIAN_FRONTEND=noninteractive
+    export DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a
+    # The tests start their own daemons on loopback ports: keep the packages' init
+    # scripts from starting system-wide ones (dockerd would then share a system
+    # containerd) while apt runs, if no policy is in place already.
+    POLICY=/usr/sbin/policy-rc.d
+    if [[ ! -e $POLICY ]]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" >/dev/null
+        $SUDO chmod 755 "$POLICY"
+        trap '$SUDO rm -f "$POLICY"' EXIT
+    fi
     $SUDO apt-get update -qq
-    # No systemd here: nothing Debian installs starts by itself, the tests start their own daemons.
-    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 else
     log "Debian packages present"
 fi

@@ -390,8 +390,9 @@ run_wrk() { # label duration url [wrk args...]
         return 1
     fi
     read -r _ req bytes us errs st <<<"$line"
-    if ((st > 0)) || ((req == 0)); then
-        fail "$label: $req requests, $st non-2xx/3xx answers"
+    # A short run of 100 MiB GETs may complete no request at all: judge by bytes read.
+    if ((st > 0)) || ((bytes == 0)); then
+        fail "$label: $req requests, $bytes bytes, $st answers with status >= 400"
         return 1
     fi
     ((errs > 0)) && log "  note: $label: $errs socket errors/timeouts"
@@ -400,7 +401,7 @@ run_wrk() { # label duration url [wrk args...]
 
 # ab -k -i (HEAD) -c32, time-bound; sets OUT=req/s.
 run_ab_head() { # label duration url
-    local label=$1 dur=$2 url=$3 out rps failed non2xx complete
+    local label=$1 dur=$2 url=$3 out rps failed non2xx complete ka
     OUT=""
     out=$(ab -k -i -c32 -t "$dur" -n 100000000 -H "Accept: $ACCEPT" "$url" 2>&1)
     rps=$(awk '/^Requests per second:/ {print $4}' <<<"$out")
@@ -415,6 +416,8 @@ run_ab_head() { # label duration url
         fail "$label: ab: $failed failed, ${non2xx:-0} non-2xx of $complete"
         return 1
     fi
+    ka=$(awk '/^Keep-Alive requests:/ {print $3}' <<<"$out")
+    [[ "${ka:-0}" == "$complete" ]] || log "  note: $label: only ${ka:-0} of $complete requests used keep-alive"
     OUT=$rps
 }
 
@@ -425,15 +428,24 @@ rss_kb() { # pid [field] -> kB
     echo 0
 }
 SAMPLER=""
+# Writes "peak_VmRSS_kB peak_RssAnon_kB" to outfile while $WORK/sampling exists. VmRSS includes
+# mapped file pages (RssFile), so a server that mmaps blobs shows them there; RssAnon does not.
 sampler_start() { # pid outfile
     local pid=$1 out=$2
     touch "$WORK/sampling"
-    echo 0 >"$out"
+    echo "0 0" >"$out"
     (
-        max=0
+        max=0 amax=0
         while [[ -e "$WORK/sampling" ]]; do
-            v=$(rss_kb "$pid")
-            if ((v > max)); then max=$v; echo "$max" >"$out"; fi
+            v=0 a=0
+            while read -r k n _; do
+                case "$k" in VmRSS:) v=$n ;; RssAnon:) a=$n ;; esac
+            done <"/proc/$pid/status" 2>/dev/null
+            if ((v > max || a > amax)); then
+                ((v > max)) && max=$v
+                ((a > amax)) && amax=$a
+                echo "$max $amax" >"$out"
+            fi
             sleep 0.05
         done
     ) &
@@ -630,8 +642,10 @@ if has "$TESTS" memory && ((${#REGS[@]})); then
     log "-- memory: peak RSS (VmRSS polled every 50 ms) during 32 concurrent 100 MiB pulls (wrk -c32, ${DUR}s) and a 2 GiB monolithic push"
     log "  generating the 2 GiB file (openssl rand) ..."
     gen_random_file "$FIX/big.bin" "$BIG" || fail "cannot generate the 2 GiB file"
+    log "  (each registry is restarted before each phase, so that one phase's retained memory does not count in the other)"
     for s in "${REGS[@]}"; do
         running "$s" || continue
+        stop_server "$s"; "start_$s" || continue
         pid=${PID[$s]}
         idle=$(rss_kb "$pid")
         record rss.idle "$s" "$(kb_to_mib "$idle")"
@@ -639,20 +653,23 @@ if has "$TESTS" memory && ((${#REGS[@]})); then
         run_wrk "$s 32x100MiB pulls" "$DUR" "$(blob_url "$s" 100m)"
         res=$OUT
         sampler_stop
-        pull=$(cat "$WORK/rss.pull")
+        read -r pull pull_anon <"$WORK/rss.pull"
         [[ -n "$res" ]] && record rss.pull "$s" "$(kb_to_mib "$pull")"
         new_digest_variant "$FIX/big.bin"
         dg="sha256:$(sha256_of "$FIX/big.bin")"
+        stop_server "$s"; "start_$s" || continue
+        pid=${PID[$s]}
         sampler_start "$pid" "$WORK/rss.push"
         secs=$(upload_monolithic "${URL[$s]}" "$FIX/big.bin" "$dg") || fail "$s 2 GiB push"
         sampler_stop
-        push=$(cat "$WORK/rss.push")
+        read -r push push_anon <"$WORK/rss.push"
         [[ -n "$secs" ]] && record rss.push "$s" "$(kb_to_mib "$push")"
         hwm=$(rss_kb "$pid" VmHWM)
         record rss.hwm "$s" "$(kb_to_mib "$hwm")"
-        printf '  %-9s idle %7s MiB | peak during pulls %7s MiB (%s MB/s) | peak during 2 GiB push %7s MiB (%s MB/s) | VmHWM %7s MiB\n' \
-            "$s" "$(kb_to_mib "$idle")" "$(kb_to_mib "$pull")" "$(fmt "$(awk '{print $2}' <<<"$res")")" \
-            "$(kb_to_mib "$push")" "$(fmt "$([[ -n "$secs" ]] && awk -v b="$BIG" -v t="$secs" 'BEGIN { printf "%.2f", b / t / 1e6 }')")" \
+        printf '  %-9s idle %s MiB | peak during pulls %s MiB (anon %s; %s MB/s) | peak during 2 GiB push %s MiB (anon %s; %s MB/s) | VmHWM %s MiB\n' \
+            "$s" "$(kb_to_mib "$idle")" "$(kb_to_mib "$pull")" "$(kb_to_mib "$pull_anon")" "$(fmt "$(awk '{print $2}' <<<"$res")")" \
+            "$(kb_to_mib "$push")" "$(kb_to_mib "$push_anon")" \
+            "$(fmt "$([[ -n "$secs" ]] && awk -v b="$BIG" -v t="$secs" 'BEGIN { printf "%.2f", b / t / 1e6 }')")" \
             "$(kb_to_mib "$hwm")"
     done
     rm -f "$FIX/big.bin"
@@ -668,17 +685,17 @@ verdict() { # value op target
 row() { # check pier other other_name target_op target
     local check=$1 p=$2 o=$3 oname=$4 op=$5 t=$6 r
     r=$(ratio "$p" "$o")
-    printf '| %-40s | %10s | %10s %-9s | %7s | %-8s | %-4s |\n' "$check" "$(fmt "$p")" "$(fmt "$o")" "($oname)" \
+    printf '| %-40s | %10s | %10s %-11s | %7s | %-8s | %-6s |\n' "$check" "$(fmt "$p")" "$(fmt "$o")" "($oname)" \
         "${r:+${r}x}" "$op ${t}x" "$(verdict "$r" "$op" "$t")"
 }
 rss_row() { # check value
-    printf '| %-40s | %10s | %10s %-9s | %7s | %-8s | %-4s |\n' "$1" "${2:-"-"}" "" "" "" "< 64 MiB" "$(verdict "$2" "<" 64)"
+    printf '| %-40s | %10s | %10s %-11s | %7s | %-8s | %-6s |\n' "$1" "${2:-"-"}" "" "" "" "< 64 MiB" "$(verdict "$2" "<" 64)"
 }
 
 log "== Summary (medians; MB = 10^6 bytes; $(date -u '+%Y-%m-%d'), $(hostname), $(nproc) cores)"
-printf '| %-40s | %10s | %20s | %7s | %-8s | %-4s |\n' "check" "Pier" "other" "ratio" "target" "result"
+printf '| %-40s | %10s | %-22s | %7s | %-8s | %-6s |\n' "check" "Pier" "other" "ratio" "target" "result"
 printf '|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..42})" "$(printf -- '-%.0s' {1..12})" \
-    "$(printf -- '-%.0s' {1..22})" "$(printf -- '-%.0s' {1..9})" "$(printf -- '-%.0s' {1..10})" "$(printf -- '-%.0s' {1..6})"
+    "$(printf -- '-%.0s' {1..24})" "$(printf -- '-%.0s' {1..9})" "$(printf -- '-%.0s' {1..10})" "$(printf -- '-%.0s' {1..8})"
 row "GET 1 MiB blob, MB/s (vs reference)" "$(med get1m.mbs pier)" "$(med get1m.mbs reference)" reference ">=" 4
 row "GET 1 MiB blob, MB/s (vs nginx)" "$(med get1m.mbs pier)" "$(med get1m.mbs nginx)" nginx ">=" 0.9
 row "GET 100 MiB blob, MB/s (vs reference)" "$(med get100m.mbs pier)" "$(med get100m.mbs reference)" reference ">=" 4
@@ -694,7 +711,8 @@ rss_row "Pier peak RSS, 2 GiB push, MiB" "$(med rss.push pier)"
 log ""
 log "context (not targets): req/s GET 1 MiB pier/ref/nginx = $(fmt "$(med get1m.rps pier)")/$(fmt "$(med get1m.rps reference)")/$(fmt "$(med get1m.rps nginx)");" \
     "GET 100 MiB = $(fmt "$(med get100m.rps pier)")/$(fmt "$(med get100m.rps reference)")/$(fmt "$(med get100m.rps nginx)");" \
-    "reference RSS MiB idle/pulls/push = $(med rss.idle reference)/$(med rss.pull reference)/$(med rss.push reference); Pier idle RSS $(med rss.idle pier) MiB"
+    "RSS MiB idle/pulls/push: Pier $(fmt "$(med rss.idle pier)")/$(fmt "$(med rss.pull pier)")/$(fmt "$(med rss.push pier)")," \
+    "reference $(fmt "$(med rss.idle reference)")/$(fmt "$(med rss.pull reference)")/$(fmt "$(med rss.push reference)")"
 
 if ((${#FAILURES[@]})); then
     log ""

@@ -78,7 +78,8 @@ impl Response {
 
     /// `Content-Length` parsed as a number.
     pub fn content_length(&self) -> Option<u64> {
-        self.header("content-length").and_then(|v| v.trim().parse().ok())
+        self.header("content-length")
+            .and_then(|v| v.trim().parse().ok())
     }
 
     /// Panics (showing the response) unless the status is `status`.
@@ -103,9 +104,8 @@ impl Response {
     /// Panics unless the body is an OCI error document whose first code is `code`.
     #[track_caller]
     pub fn expect_error_body(&self, code: &str, what: &str) -> &Self {
-        let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("{what}: error body is not JSON ({e})\n{self}")
-        });
+        let v: serde_json::Value = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{what}: error body is not JSON ({e})\n{self}"));
         let errors = v
             .get("errors")
             .and_then(|e| e.as_array())
@@ -227,6 +227,20 @@ pub fn try_request(
     s.response()
 }
 
+/// As [`try_request`] with connect, read and write timeouts of `timeout`.
+pub fn try_request_timeout(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> io::Result<Response> {
+    let mut s = Streaming::open_with_timeout(addr, method, path, headers, body.len(), timeout)?;
+    let _ = s.write_body(body);
+    s.response()
+}
+
 /// A request whose body is written piece by piece (slow uploads, interrupted uploads).
 pub struct Streaming {
     stream: TcpStream,
@@ -245,9 +259,21 @@ impl Streaming {
         headers: &[(&str, &str)],
         body_len: usize,
     ) -> io::Result<Streaming> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        Self::open_with_timeout(addr, method, path, headers, body_len, IO_TIMEOUT)
+    }
+
+    /// As [`Streaming::open`], with connect, read and write timeouts of `timeout`.
+    pub fn open_with_timeout(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body_len: usize,
+        timeout: Duration,
+    ) -> io::Result<Streaming> {
+        let stream = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(10)))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
         let mut head = format!("{method} {path} HTTP/1.1\r\n");
         if !has_header(headers, "host") {
@@ -281,7 +307,10 @@ impl Streaming {
 
     /// Writes raw body bytes.
     pub fn write_body(&mut self, data: &[u8]) -> io::Result<()> {
-        let r = self.stream.write_all(data).and_then(|_| self.stream.flush());
+        let r = self
+            .stream
+            .write_all(data)
+            .and_then(|_| self.stream.flush());
         if r.is_err() {
             self.write_failed = true;
         }
@@ -352,7 +381,10 @@ pub fn read_response(r: &mut impl BufRead, head_only: bool) -> io::Result<Respon
             ));
         }
         let status: u16 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("bad status line {status_line:?}"))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad status line {status_line:?}"),
+            )
         })?;
         let mut headers = Vec::new();
         loop {
@@ -361,7 +393,10 @@ pub fn read_response(r: &mut impl BufRead, head_only: bool) -> io::Result<Respon
                 break;
             }
             let (k, v) = line.split_once(':').ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("bad header line {line:?}"))
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad header line {line:?}"),
+                )
             })?;
             headers.push((k.trim().to_owned(), v.trim().to_owned()));
         }
@@ -383,7 +418,10 @@ pub fn read_response(r: &mut impl BufRead, head_only: bool) -> io::Result<Respon
             resp.body = read_chunked(r)?;
         } else if let Some(len) = resp.header("content-length") {
             let len: usize = len.trim().parse().map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("bad Content-Length {len:?}"))
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad Content-Length {len:?}"),
+                )
             })?;
             let mut body = vec![0; len];
             r.read_exact(&mut body)?;
@@ -401,7 +439,10 @@ fn read_chunked(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
         let line = read_line(r)?;
         let size_str = line.split(';').next().unwrap_or_default().trim();
         let size = usize::from_str_radix(size_str, 16).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size {line:?}"))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad chunk size {line:?}"),
+            )
         })?;
         if size == 0 {
             // trailers
@@ -416,7 +457,10 @@ fn read_chunked(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
         r.read_exact(&mut body[start..])?;
         let crlf = read_line(r)?;
         if !crlf.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "chunk not followed by CRLF"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "chunk not followed by CRLF",
+            ));
         }
     }
 }
@@ -454,7 +498,8 @@ mod tests {
         let r = read_response(&mut &raw[..], true).unwrap();
         assert!(r.body.is_empty());
         assert_eq!(r.content_length(), Some(10));
-        let raw = b"HTTP/1.1 404 Not Found\r\n\r\n{\"errors\":[{\"code\":\"X\",\"message\":\"m\"}]}";
+        let raw =
+            b"HTTP/1.1 404 Not Found\r\n\r\n{\"errors\":[{\"code\":\"X\",\"message\":\"m\"}]}";
         let r = read_response(&mut &raw[..], false).unwrap();
         assert_eq!(r.error_code().as_deref(), Some("X"));
         r.expect_error(404, "X", "parse");

@@ -56,19 +56,24 @@ pub fn pier_bin() -> PathBuf {
         }
     }
     // <target>/debug/deps/<test-exe>
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(debug) = exe.parent().and_then(Path::parent) {
-            let p = debug.join("pier");
-            if p.exists() {
-                return p;
-            }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(debug) = exe.parent().and_then(Path::parent)
+    {
+        let p = debug.join("pier");
+        if p.exists() {
+            return p;
         }
     }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join("target")
         .join("debug")
-        .join("pier")
+        .join("pier");
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        // nothing exists: name the place the caller asked for in the error
+        Some(t) if !workspace.exists() => PathBuf::from(t).join("debug").join("pier"),
+        _ => workspace,
+    }
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
@@ -100,7 +105,9 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
         .unwrap_or(0);
     let mut x = nanos
         ^ (std::process::id() as u64).rotate_left(32)
-        ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
     if x == 0 {
         x = 0x2545_F491_4F6C_DD1D;
     }
@@ -163,7 +170,13 @@ pub fn get_manifest(addr: SocketAddr, repo: &str, reference: &str) -> Response {
 /// as a path (scheme and authority removed).
 #[track_caller]
 pub fn start_upload(addr: SocketAddr, repo: &str) -> String {
-    let r = http::request(addr, "POST", &format!("/v2/{repo}/blobs/uploads/"), &[], b"");
+    let r = http::request(
+        addr,
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/"),
+        &[],
+        b"",
+    );
     r.expect_status(202, &format!("start upload in {repo}"));
     location_path(&r)
 }
@@ -245,7 +258,9 @@ pub fn push_image(
     }))
     .unwrap();
     let digest = sha256_digest(&manifest);
-    let reference = reference.map(str::to_owned).unwrap_or_else(|| digest.clone());
+    let reference = reference
+        .map(str::to_owned)
+        .unwrap_or_else(|| digest.clone());
     let r = push_manifest(addr, repo, &reference, media::OCI_MANIFEST, &manifest);
     r.expect_status(201, &format!("push manifest {repo}:{reference}"));
     PushedImage {
@@ -551,17 +566,19 @@ impl TestPier {
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    return Err(format!("pier exited early with {st}"));
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                return Err(format!("pier exited early with {st}"));
             }
             let last = match self.probe() {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
             if Instant::now() >= deadline {
-                return Err(format!("timed out after {READY_TIMEOUT:?}; last probe: {last}"));
+                return Err(format!(
+                    "timed out after {READY_TIMEOUT:?}; last probe: {last}"
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -668,7 +685,9 @@ impl TestPier {
                     self.kill9();
                     // The old socket may linger for a moment after a kill.
                     if Instant::now() < deadline
-                        && tail(&self.log_path, 10).to_ascii_lowercase().contains("in use")
+                        && tail(&self.log_path, 10)
+                            .to_ascii_lowercase()
+                            .contains("in use")
                     {
                         std::thread::sleep(Duration::from_millis(200));
                         continue;
@@ -729,10 +748,10 @@ impl Drop for TestPier {
                 tail(&self.log_path, 60)
             );
         }
-        if std::env::var_os("PIER_E2E_KEEP").is_some() {
-            if let Some(d) = self.dir.take() {
-                eprintln!("keeping {}", d.keep().display());
-            }
+        if std::env::var_os("PIER_E2E_KEEP").is_some()
+            && let Some(d) = self.dir.take()
+        {
+            eprintln!("keeping {}", d.keep().display());
         }
     }
 }

@@ -8,9 +8,9 @@
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, SystemTime};
 
-use pier_oci::{Digest, Manifest, RepoName};
+use pier_oci::{Digest, Manifest, Reference, RepoName};
 
-use crate::{Registry, Result};
+use crate::{CoreError, Registry, Result};
 
 #[derive(Debug, Clone)]
 pub struct GcOptions {
@@ -71,19 +71,28 @@ pub async fn collect(
             progress(&format!("manifest {repo}@{d}: untagged, removing"));
             if !opts.dry_run {
                 registry
-                    .manifest_delete(&repo, &pier_oci::Reference::Digest(d.clone()))
+                    .manifest_delete(&repo, &Reference::Digest(d.clone()))
                     .await?;
             }
             report.manifests_removed.push((repo.clone(), d.clone()));
         }
         for d in keep.iter().filter(|d| linked.contains(d)) {
             marked.insert(d.clone());
-            if let Ok(content) = registry
-                .manifest_get(&repo, &pier_oci::Reference::Digest(d.clone()))
+            // Everything a manifest names is kept, even in a manifest this version cannot
+            // parse; a manifest that cannot be read stops the collection instead of
+            // letting its blobs be swept.
+            match registry
+                .manifest_get(&repo, &Reference::Digest(d.clone()))
                 .await
-                && let Ok(m) = Manifest::parse(&content.bytes, Some(&content.media_type))
             {
-                marked.extend(m.blob_references().map(|b| b.digest.clone()));
+                Ok(content) => match Manifest::referenced_digests(&content.bytes) {
+                    Ok(ds) => marked.extend(ds),
+                    Err(e) => {
+                        return Err(CoreError::ManifestInvalid(e));
+                    }
+                },
+                Err(CoreError::ManifestUnknown(_)) => {}
+                Err(e) => return Err(e),
             }
         }
     }
@@ -124,7 +133,7 @@ async fn reachable(
             continue;
         }
         if let Ok(content) = registry
-            .manifest_get(repo, &pier_oci::Reference::Digest(d.clone()))
+            .manifest_get(repo, &Reference::Digest(d.clone()))
             .await
             && let Ok(m) = Manifest::parse(&content.bytes, Some(&content.media_type))
         {

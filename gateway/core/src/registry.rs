@@ -3,7 +3,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pier_oci::{Algorithm, Descriptor, Digest, Manifest, Reference, RepoName, Tag, media_types};
+use futures_util::StreamExt;
+use pier_oci::{
+    Algorithm, Descriptor, Digest, MAX_MANIFEST_SIZE, Manifest, Reference, RepoName, Tag,
+    media_types,
+};
 use pier_storage::{
     BlobBody, BlobRead, BlobStore, ByteStream, ManifestStore, RangeSpec, RepoStore, UploadId,
     UploadStatus, UploadStore,
@@ -54,9 +58,25 @@ pub struct PutManifest {
 /// Manifests by digest are immutable, so they can be cached without invalidation.
 type ManifestCache = moka::sync::Cache<Digest, Arc<ManifestContent>>;
 
+/// Positive answers to "is this blob / manifest linked into this repository". Removals
+/// through this registry invalidate them; the time to live bounds how long a removal by
+/// another process (an offline `pier gc`) goes unseen.
+type LinkCache = moka::sync::Cache<(RepoName, Digest), ()>;
+
+const LINK_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct Registry {
     stores: Stores,
     manifest_cache: ManifestCache,
+    blob_links: LinkCache,
+    manifest_links: LinkCache,
+}
+
+fn link_cache() -> LinkCache {
+    moka::sync::Cache::builder()
+        .max_capacity(200_000)
+        .time_to_live(LINK_TTL)
+        .build()
 }
 
 /// The media type to serve stored manifest bytes with.
@@ -85,7 +105,33 @@ impl Registry {
                 .max_capacity(64 * 1024 * 1024)
                 .weigher(|_, v: &Arc<ManifestContent>| v.bytes.len().try_into().unwrap_or(u32::MAX))
                 .build(),
+            blob_links: link_cache(),
+            manifest_links: link_cache(),
         }
+    }
+
+    async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let key = (repo.clone(), digest.clone());
+        if self.blob_links.contains_key(&key) {
+            return Ok(true);
+        }
+        let linked = self.stores.repos.blob_linked(repo, digest).await?;
+        if linked {
+            self.blob_links.insert(key, ());
+        }
+        Ok(linked)
+    }
+
+    async fn manifest_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let key = (repo.clone(), digest.clone());
+        if self.manifest_links.contains_key(&key) {
+            return Ok(true);
+        }
+        let linked = self.stores.manifests.manifest_linked(repo, digest).await?;
+        if linked {
+            self.manifest_links.insert(key, ());
+        }
+        Ok(linked)
     }
 
     pub fn stores(&self) -> &Stores {
@@ -96,7 +142,7 @@ impl Registry {
 
     /// Size of a blob the repository holds.
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
-        if !self.stores.repos.blob_linked(repo, digest).await? {
+        if !self.blob_linked(repo, digest).await? {
             return Err(CoreError::BlobUnknown(digest.clone()));
         }
         self.stores
@@ -112,7 +158,7 @@ impl Registry {
         digest: &Digest,
         range: Option<RangeSpec>,
     ) -> Result<BlobRead> {
-        if !self.stores.repos.blob_linked(repo, digest).await? {
+        if !self.blob_linked(repo, digest).await? {
             return Err(CoreError::BlobUnknown(digest.clone()));
         }
         Ok(self.stores.blobs.read(digest, range).await?)
@@ -120,7 +166,9 @@ impl Registry {
 
     /// Removes the blob from the repository (its bytes go at the next garbage collection).
     pub async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
-        if !self.stores.repos.unlink_blob(repo, digest).await? {
+        let unlinked = self.stores.repos.unlink_blob(repo, digest).await?;
+        self.blob_links.invalidate(&(repo.clone(), digest.clone()));
+        if !unlinked {
             return Err(CoreError::BlobUnknown(digest.clone()));
         }
         Ok(())
@@ -217,7 +265,7 @@ impl Registry {
                 .await?
                 .ok_or_else(|| CoreError::ManifestUnknown(t.to_string()))?,
         };
-        if !self.stores.manifests.manifest_linked(repo, &digest).await? {
+        if !self.manifest_linked(repo, &digest).await? {
             return Err(CoreError::ManifestUnknown(reference.to_string()));
         }
         Ok(digest)
@@ -232,7 +280,28 @@ impl Registry {
                 body: BlobBody::Bytes(b),
                 ..
             }) => b,
-            Ok(_) => return Err(CoreError::ManifestUnknown(digest.to_string())),
+            Ok(BlobRead::Content {
+                body: BlobBody::Stream(mut s),
+                size,
+                ..
+            }) => {
+                let mut buf =
+                    bytes::BytesMut::with_capacity(size.min(MAX_MANIFEST_SIZE as u64) as usize);
+                while let Some(chunk) = s.next().await {
+                    let chunk = chunk.map_err(|e| {
+                        CoreError::Storage(pier_storage::StorageError::Io {
+                            op: "read manifest",
+                            path: digest.to_string().into(),
+                            source: e,
+                        })
+                    })?;
+                    buf.extend_from_slice(&chunk);
+                }
+                buf.freeze()
+            }
+            Ok(BlobRead::Redirect(_)) => {
+                return Err(CoreError::ManifestUnknown(digest.to_string()));
+            }
             Err(pier_storage::StorageError::BlobNotFound(_)) => {
                 return Err(CoreError::ManifestUnknown(digest.to_string()));
             }
@@ -283,7 +352,7 @@ impl Registry {
             });
         }
         for d in manifest.blob_references() {
-            if !self.stores.repos.blob_linked(repo, &d.digest).await?
+            if !self.blob_linked(repo, &d.digest).await?
                 || self.stores.blobs.stat(&d.digest).await?.is_none()
             {
                 return Err(CoreError::ManifestBlobUnknown(d.digest.clone()));
@@ -337,6 +406,7 @@ impl Registry {
                     self.stores.manifests.remove_referrer(repo, &s, d).await?;
                 }
                 self.stores.manifests.unlink_manifest(repo, d).await?;
+                self.manifest_links.invalidate(&(repo.clone(), d.clone()));
             }
         }
         Ok(())
@@ -374,7 +444,7 @@ impl Registry {
     ) -> Result<Vec<Descriptor>> {
         let mut out = Vec::new();
         for d in self.stores.manifests.referrers(repo, subject).await? {
-            if !self.stores.manifests.manifest_linked(repo, &d).await? {
+            if !self.manifest_linked(repo, &d).await? {
                 continue;
             }
             let content = match self.load_manifest(&d).await {

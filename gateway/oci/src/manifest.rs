@@ -79,6 +79,10 @@ pub enum ManifestError {
     MediaTypeMismatch { header: String, body: String },
     #[error("manifest of type {0} is missing required field {1:?}")]
     MissingField(&'static str, &'static str),
+    #[error(
+        "manifest has both \"manifests\" and \"config\"/\"layers\": it could be read as an index or as an image manifest"
+    )]
+    Ambiguous,
     #[error("invalid descriptor in {field}: {reason}")]
     BadDescriptor { field: &'static str, reason: String },
 }
@@ -191,6 +195,21 @@ impl Manifest {
                 }
             }
         };
+        // A document that parses as an index and as an image manifest could be pulled as
+        // something other than what was pushed (CVE-2021-41190).
+        if raw.manifests.is_some() && (raw.config.is_some() || raw.layers.is_some()) {
+            return Err(ManifestError::Ambiguous);
+        }
+        // Docker's formats always name themselves; without the field the type would only
+        // live in the push's Content-Type, which is not stored.
+        if raw.media_type.is_none()
+            && matches!(
+                kind,
+                ManifestKind::DockerManifest | ManifestKind::DockerManifestList
+            )
+        {
+            return Err(ManifestError::MissingField(kind.media_type(), "mediaType"));
+        }
         if raw.schema_version.as_ref().and_then(|v| v.as_u64()) != Some(2) {
             return Err(ManifestError::SchemaVersion);
         }
@@ -235,6 +254,32 @@ impl Manifest {
         self.artifact_type
             .as_deref()
             .or_else(|| self.config.as_ref().map(|c| c.media_type.as_str()))
+    }
+
+    /// Every digest named anywhere in a JSON document: what garbage collection must keep
+    /// for a manifest, whatever its type, even one this parser would refuse.
+    pub fn referenced_digests(bytes: &[u8]) -> Result<Vec<Digest>, ManifestError> {
+        fn walk(v: &serde_json::Value, out: &mut Vec<Digest>) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    for (k, v) in map {
+                        if k == "digest"
+                            && let Some(d) = v.as_str().and_then(|s| s.parse().ok())
+                        {
+                            out.push(d);
+                        }
+                        walk(v, out);
+                    }
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+                _ => {}
+            }
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+        let mut out = Vec::new();
+        walk(&v, &mut out);
+        Ok(out)
     }
 
     /// Every blob (config and layers) the registry must hold for this manifest.
@@ -311,6 +356,27 @@ mod tests {
             Manifest::parse(&big, None),
             Err(ManifestError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn refuses_ambiguous_and_unnamed_docker() {
+        let amb = image(None).replacen('{', r#"{"manifests":[],"#, 1);
+        assert!(matches!(
+            Manifest::parse(amb.as_bytes(), Some(media_types::OCI_MANIFEST)),
+            Err(ManifestError::Ambiguous)
+        ));
+        assert!(matches!(
+            Manifest::parse(image(None).as_bytes(), Some(media_types::DOCKER_MANIFEST)),
+            Err(ManifestError::MissingField(_, "mediaType"))
+        ));
+    }
+
+    #[test]
+    fn finds_every_digest() {
+        let s = image(Some(media_types::OCI_MANIFEST));
+        let ds = Manifest::referenced_digests(s.as_bytes()).unwrap();
+        assert_eq!(ds.len(), 2);
+        assert!(Manifest::referenced_digests(b"not json").is_err());
     }
 
     #[test]

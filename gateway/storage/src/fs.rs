@@ -7,8 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -26,6 +25,8 @@ use crate::{
 
 /// Blobs up to this size are read whole; larger ones are streamed in [`CHUNK`]s.
 const SMALL_BLOB: u64 = 2 * 1024 * 1024;
+/// Reads at least this large are served from a memory map instead of a copy.
+const MMAP_MIN: u64 = 64 * 1024;
 const CHUNK: usize = 256 * 1024;
 /// How many chunks a stream reads ahead of the client.
 const READ_AHEAD: usize = 2;
@@ -172,6 +173,44 @@ fn linked_digests(dir: &Path) -> Result<Vec<Digest>> {
     Ok(out)
 }
 
+/// Reads `len` bytes at `start`: mapped when large enough that one copy less pays for the
+/// mapping, read otherwise.
+fn read_small(file: &File, start: u64, len: u64) -> io::Result<Bytes> {
+    if len >= MMAP_MIN
+        && let Some(b) = map_range(file, start, len)
+    {
+        return Ok(b);
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    let mut f = file;
+    f.seek(SeekFrom::Start(start))?;
+    f.take(len).read_to_end(&mut buf)?;
+    if buf.len() as u64 != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "blob shorter than its size",
+        ));
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Maps a range of a blob read-only. Blob files are immutable: they are written under a
+/// temporary name and renamed into place, and removed only by unlinking, never truncated,
+/// so a mapping cannot lose its pages (which is what makes mapping unsound in general).
+#[allow(unsafe_code)]
+fn map_range(file: &File, start: u64, len: u64) -> Option<Bytes> {
+    // SAFETY: see above; the file behind `file` is never modified once visible.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(start)
+            .len(usize::try_from(len).ok()?)
+            .populate()
+            .map(file)
+    }
+    .ok()?;
+    Some(Bytes::from_owner(map))
+}
+
 /// Starts writing back `len` dirty bytes of `file` from `offset` without waiting for them.
 #[allow(unsafe_code)]
 fn start_writeback(file: &File, offset: u64, len: u64) {
@@ -207,17 +246,28 @@ fn hash_file(path: &Path, algorithm: Algorithm) -> Result<(Digest, u64)> {
 fn stream_file(file: File, start: u64, len: u64) -> ByteStream {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
     tokio::task::spawn_blocking(move || {
-        let mut off = start;
-        let end = start + len;
-        while off < end {
-            let n = CHUNK.min((end - off) as usize);
-            let mut buf = vec![0u8; n];
-            let item = file.read_exact_at(&mut buf, off).map(|()| Bytes::from(buf));
+        let mut file = file;
+        if let Err(e) = file.seek(SeekFrom::Start(start)) {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+        let mut left = len;
+        while left > 0 {
+            let n = (CHUNK as u64).min(left);
+            let mut buf = Vec::with_capacity(n as usize);
+            let item = match (&mut file).take(n).read_to_end(&mut buf) {
+                Ok(got) if got as u64 == n => Ok(Bytes::from(buf)),
+                Ok(_) => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "blob shorter than its size",
+                )),
+                Err(e) => Err(e),
+            };
             let failed = item.is_err();
             if tx.blocking_send(item).is_err() || failed {
                 return;
             }
-            off += n as u64;
+            left -= n;
         }
     });
     Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
@@ -363,10 +413,9 @@ impl BlobStore for FsStore {
             };
             let len = if size == 0 { 0 } else { end - start + 1 };
             if len <= SMALL_BLOB {
-                let mut buf = vec![0u8; len as usize];
-                file.read_exact_at(&mut buf, start)
-                    .map_err(StorageError::io("read", &path))?;
-                return Ok((Err(Bytes::from(buf)), size, start, len, resolved));
+                let bytes =
+                    read_small(&file, start, len).map_err(StorageError::io("read", &path))?;
+                return Ok((Err(bytes), size, start, len, resolved));
             }
             Ok((Ok(file), size, start, len, resolved))
         })

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The project's test command.
+#
+#   scripts/test.sh                    install test deps, build pier, fmt check, clippy, every test
+#   scripts/test.sh ARGS...            same, but `cargo test ARGS...` instead of `cargo test --workspace`
+#                                      (e.g. scripts/test.sh -p pier-e2e --test clients_skopeo)
+#   PIER_SKIP_LINT=1 scripts/test.sh   skip cargo fmt --check and clippy (quick local runs)
+#
+# The tests start their own servers (pier, dockerd, containerd, docker-registry) on free
+# loopback ports with files in temp dirs, and stop them. Every temp dir of a run lives
+# under one per-run directory ($TMPDIR is pointed at it), so on exit this script can
+# find and stop any daemon a killed test left behind, unmount what it mounted there,
+# and remove the directory.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO_ROOT=$PWD
+export HOME="${HOME:-/root}"
+[[ -d $HOME/.cargo/bin ]] && export PATH="$HOME/.cargo/bin:$PATH"
+export PIER_CACHE="${PIER_CACHE:-$HOME/.cache/pier}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PIER_CACHE/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+START=$(date +%s)
+
+# --- per-run temp dir and cleanup -------------------------------------------------------
+RUN_TMP="$(mktemp -d "${TMPDIR:-/tmp}/pier-test.XXXXXX")"
+export TMPDIR="$RUN_TMP"
+
+# Pids of processes (other than this shell) whose command line or working directory
+# points into this run's temp dir: only what this run's tests started.
+stray_pids() {
+    local p pid cwd cmd
+    for p in /proc/[0-9]*; do
+        pid=${p#/proc/}
+        [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
+        cwd=$(readlink "$p/cwd" 2>/dev/null || true)
+        cmd=$( { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null || true)
+        if [[ $cwd == "$RUN_TMP" || $cwd == "$RUN_TMP"/* || $cmd == *"$RUN_TMP"/* ]]; then
+            echo "$pid"
+        fi
+    done
+}
+
+cleanup() {
+    local rc=$? pids i
+    trap - EXIT INT TERM
+    pids=$(stray_pids)
+    if [[ -n $pids ]]; then
+        echo "test.sh: stopping stray test processes: $(echo $pids)" >&2
+        kill -TERM $pids 2>/dev/null || true
+        for i in $(seq 1 50); do
+            pids=$(stray_pids)
+            [[ -z $pids ]] && break
+            sleep 0.2
+        done
+        [[ -n $pids ]] && kill -KILL $pids 2>/dev/null || true
+    fi
+    # Mounts a killed daemon left under the run dir (deepest first).
+    awk -v d="$RUN_TMP" 'index($2, d) == 1 { print $2 }' /proc/mounts 2>/dev/null | sort -r |
+        while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    rm -rf "$RUN_TMP" 2>/dev/null || true
+    echo "test.sh: finished in $(($(date +%s) - START)) s (exit $rc)" >&2
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- dependencies -----------------------------------------------------------------------
+log "installing test dependencies"
+scripts/install-test-deps.sh
+
+export PIER_PYTHON="${PIER_PYTHON:-$PIER_CACHE/venv/bin/python}"
+export PIER_BIN="${PIER_BIN:-$CARGO_TARGET_DIR/debug/pier}"
+
+FAILED=()
+
+# --- format -----------------------------------------------------------------------------
+if [[ -z ${PIER_SKIP_LINT:-} ]]; then
+    log "cargo fmt --all -- --check"
+    cargo fmt --all -- --check || FAILED+=("cargo fmt --check")
+fi
+
+# --- build ------------------------------------------------------------------------------
+log "cargo build -p pier-server --bin pier"
+if ! cargo build -p pier-server --bin pier; then
+    echo "test.sh: building pier failed" >&2
+    exit 1
+fi
+
+# --- lint -------------------------------------------------------------------------------
+if [[ -z ${PIER_SKIP_LINT:-} ]]; then
+    log "cargo clippy --workspace --all-targets -- -D warnings"
+    cargo clippy --workspace --all-targets -- -D warnings || FAILED+=("cargo clippy")
+fi
+
+# --- tests ------------------------------------------------------------------------------
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+if (($# > 0)); then
+    TEST_ARGS=(--no-fail-fast "$@")
+else
+    TEST_ARGS=(--no-fail-fast --workspace)
+fi
+log "cargo test ${TEST_ARGS[*]}"
+# A hung test must not eat CI's whole budget: the suite gets PIER_TEST_TIMEOUT seconds.
+timeout --kill-after=30 "${PIER_TEST_TIMEOUT:-3000}" cargo test "${TEST_ARGS[@]}" ||
+    FAILED+=("cargo test ${TEST_ARGS[*]}")
+
+if ((${#FAILED[@]} > 0)); then
+    printf 'test.sh: FAILED: %s\n' "${FAILED[@]}" >&2
+    exit 1
+fi
+echo "test.sh: all checks passed" >&2

@@ -1,0 +1,158 @@
+//! `pier serve` configuration: TOML file, environment, flags and their precedence.
+
+use std::process::Command;
+
+use super::*;
+
+fn log_is_json(p: &TestPier) -> bool {
+    // one more request so there is an access-log line to look at
+    p.get("/v2/").expect_status(200, "GET /v2/");
+    let log = std::fs::read_to_string(p.log_path()).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "empty log");
+    let json = lines
+        .iter()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+        .count();
+    assert!(
+        json == 0 || json == lines.len(),
+        "log mixes JSON and text lines:\n{log}"
+    );
+    json == lines.len()
+}
+
+fn h2c_works(p: &TestPier) -> bool {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+        ])
+        .args(["-w", "%{http_version} %{http_code}"])
+        .arg(format!("{}/v2/", p.url()))
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout).trim() == "2 200"
+}
+
+#[test]
+fn config_file_env_and_flag_precedence() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pier.toml");
+    std::fs::write(
+        &cfg,
+        "log_format = \"json\"\nh2c = true\nupload_idle_timeout = \"1h\"\n",
+    )
+    .unwrap();
+
+    // config file alone
+    let p = TestPier::builder().arg("--config").arg(&cfg).start();
+    assert!(
+        log_is_json(&p),
+        "log_format = \"json\" in the config file is ignored"
+    );
+    assert!(h2c_works(&p), "h2c = true in the config file is ignored");
+    drop(p);
+
+    // env beats the config file
+    let p = TestPier::builder()
+        .arg("--config")
+        .arg(&cfg)
+        .env("PIER_LOG_FORMAT", "text")
+        .start();
+    assert!(
+        !log_is_json(&p),
+        "PIER_LOG_FORMAT=text should beat the config file"
+    );
+    drop(p);
+
+    // a flag beats the environment
+    let p = TestPier::builder()
+        .arg("--config")
+        .arg(&cfg)
+        .env("PIER_LOG_FORMAT", "text")
+        .args(["--log-format", "json"])
+        .start();
+    assert!(
+        log_is_json(&p),
+        "--log-format json should beat PIER_LOG_FORMAT=text"
+    );
+    drop(p);
+
+    // the environment alone
+    let p = TestPier::builder().env("PIER_CONFIG", &cfg).start();
+    assert!(log_is_json(&p), "PIER_CONFIG is ignored");
+    drop(p);
+    let p = TestPier::builder().env("PIER_H2C", "true").start();
+    assert!(h2c_works(&p), "PIER_H2C=true is ignored");
+}
+
+#[test]
+fn bad_configuration_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // Runs `pier serve` expecting it to exit within 10 s; returns (status, stderr).
+    let run = |args: &[&str]| {
+        let err_path = dir.path().join("stderr");
+        let mut child = pier_command()
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--root")
+            .arg(dir.path().join("root"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
+            .expect("run pier");
+        let mut status = None;
+        wait_until(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_millis(50),
+            || {
+                status = child.try_wait().ok().flatten();
+                status.is_some()
+            },
+        );
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        (
+            status,
+            std::fs::read_to_string(&err_path).unwrap_or_default(),
+        )
+    };
+    let bad_toml = dir.path().join("bad.toml");
+    std::fs::write(&bad_toml, "log_format = \n").unwrap();
+    for (what, args) in [
+        ("a bad duration", vec!["--upload-idle-timeout", "soon"]),
+        ("an unknown log format", vec!["--log-format", "xml"]),
+        (
+            "a config file that is not TOML",
+            vec!["--config", bad_toml.to_str().unwrap()],
+        ),
+        (
+            "a missing config file",
+            vec!["--config", "/nonexistent/pier.toml"],
+        ),
+        (
+            "a TLS cert without a key",
+            vec!["--tls-cert", "/nonexistent/cert.pem"],
+        ),
+    ] {
+        let (status, stderr) = run(&args);
+        let status = status.unwrap_or_else(|| panic!("pier serve with {what} kept running"));
+        assert!(
+            !status.success(),
+            "pier serve with {what} should fail, got {status}\nstderr:\n{stderr}"
+        );
+        assert!(
+            !stderr.trim().is_empty(),
+            "pier serve with {what} exited without saying why"
+        );
+    }
+}
