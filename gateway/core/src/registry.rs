@@ -1,6 +1,7 @@
 //! The registry use cases.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -65,18 +66,57 @@ type LinkCache = moka::sync::Cache<(RepoName, Digest), ()>;
 
 const LINK_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// A link cache with the generation counter that keeps a read racing a removal from
+/// putting the removed link back.
+struct Links {
+    cache: LinkCache,
+    generation: AtomicU64,
+}
+
+impl Links {
+    fn new() -> Links {
+        Links {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(200_000)
+                .time_to_live(LINK_TTL)
+                .build(),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Answers from the cache, or asks `lookup` and remembers a positive answer.
+    async fn linked<F>(&self, repo: &RepoName, digest: &Digest, lookup: F) -> Result<bool>
+    where
+        F: std::future::Future<Output = pier_storage::Result<bool>>,
+    {
+        let key = (repo.clone(), digest.clone());
+        if self.cache.contains_key(&key) {
+            return Ok(true);
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let linked = lookup.await?;
+        if linked {
+            self.cache.insert(key.clone(), ());
+            // A removal since the lookup may have come before the insert: undo it.
+            if self.generation.load(Ordering::SeqCst) != generation {
+                self.cache.invalidate(&key);
+            }
+        }
+        Ok(linked)
+    }
+
+    /// Call after the link is removed from storage.
+    fn removed(&self, repo: &RepoName, digest: &Digest) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate(&(repo.clone(), digest.clone()));
+    }
+}
+
 pub struct Registry {
     stores: Stores,
     manifest_cache: ManifestCache,
-    blob_links: LinkCache,
-    manifest_links: LinkCache,
-}
-
-fn link_cache() -> LinkCache {
-    moka::sync::Cache::builder()
-        .max_capacity(200_000)
-        .time_to_live(LINK_TTL)
-        .build()
+    blob_links: Links,
+    manifest_links: Links,
 }
 
 /// The media type to serve stored manifest bytes with.
@@ -105,33 +145,19 @@ impl Registry {
                 .max_capacity(64 * 1024 * 1024)
                 .weigher(|_, v: &Arc<ManifestContent>| v.bytes.len().try_into().unwrap_or(u32::MAX))
                 .build(),
-            blob_links: link_cache(),
-            manifest_links: link_cache(),
+            blob_links: Links::new(),
+            manifest_links: Links::new(),
         }
     }
 
     async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        let key = (repo.clone(), digest.clone());
-        if self.blob_links.contains_key(&key) {
-            return Ok(true);
-        }
-        let linked = self.stores.repos.blob_linked(repo, digest).await?;
-        if linked {
-            self.blob_links.insert(key, ());
-        }
-        Ok(linked)
+        let lookup = self.stores.repos.blob_linked(repo, digest);
+        self.blob_links.linked(repo, digest, lookup).await
     }
 
     async fn manifest_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        let key = (repo.clone(), digest.clone());
-        if self.manifest_links.contains_key(&key) {
-            return Ok(true);
-        }
-        let linked = self.stores.manifests.manifest_linked(repo, digest).await?;
-        if linked {
-            self.manifest_links.insert(key, ());
-        }
-        Ok(linked)
+        let lookup = self.stores.manifests.manifest_linked(repo, digest);
+        self.manifest_links.linked(repo, digest, lookup).await
     }
 
     pub fn stores(&self) -> &Stores {
@@ -167,7 +193,7 @@ impl Registry {
     /// Removes the blob from the repository (its bytes go at the next garbage collection).
     pub async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         let unlinked = self.stores.repos.unlink_blob(repo, digest).await?;
-        self.blob_links.invalidate(&(repo.clone(), digest.clone()));
+        self.blob_links.removed(repo, digest);
         if !unlinked {
             return Err(CoreError::BlobUnknown(digest.clone()));
         }
@@ -406,7 +432,7 @@ impl Registry {
                     self.stores.manifests.remove_referrer(repo, &s, d).await?;
                 }
                 self.stores.manifests.unlink_manifest(repo, d).await?;
-                self.manifest_links.invalidate(&(repo.clone(), d.clone()));
+                self.manifest_links.removed(repo, d);
             }
         }
         Ok(())

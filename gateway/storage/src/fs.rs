@@ -669,6 +669,78 @@ impl UploadStore for FsStore {
         repo: &RepoName,
         id: &UploadId,
         start: Option<u64>,
+        body: ByteStream,
+    ) -> Result<UploadStatus> {
+        let res = self.append_inner(repo, id, start, body).await;
+        self.forget_unknown(repo, id, &res);
+        res
+    }
+
+    async fn commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<u64> {
+        let res = self.commit_inner(repo, id, digest).await;
+        self.forget_unknown(repo, id, &res);
+        res
+    }
+
+    async fn abort(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
+        let session = self.session(repo, id);
+        let guard = session.lock().await;
+        let dir = self.layout.upload_dir(repo, id);
+        let id_str = id.to_string();
+        let removed = blocking(move || remove_tree(&dir)).await;
+        drop(guard);
+        self.forget_session(repo, id);
+        match removed? {
+            true => Ok(()),
+            false => Err(StorageError::UploadNotFound(id_str)),
+        }
+    }
+
+    async fn expire(&self, idle: Duration) -> Result<usize> {
+        let root = self.layout.repos_root();
+        let layout = self.layout.clone();
+        let found = blocking(move || {
+            let mut out = Vec::new();
+            walk_uploads(&layout, &root, "", &mut out)?;
+            Ok(out)
+        })
+        .await?;
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for (repo, id, modified) in found {
+            if now.duration_since(modified).unwrap_or_default() < idle {
+                continue;
+            }
+            let session = self.session(&repo, &id);
+            // A session busy with a request is not idle.
+            let Ok(guard) = session.try_lock() else {
+                continue;
+            };
+            let dir = self.layout.upload_dir(&repo, &id);
+            if blocking(move || remove_tree(&dir)).await? {
+                removed += 1;
+                tracing::info!(repository = %repo, upload = %id, "expired idle upload session");
+            }
+            drop(guard);
+            self.forget_session(&repo, &id);
+        }
+        Ok(removed)
+    }
+}
+
+impl FsStore {
+    /// Forgets the in-memory state of a session the disk does not know.
+    fn forget_unknown<T>(&self, repo: &RepoName, id: &UploadId, res: &Result<T>) {
+        if matches!(res, Err(StorageError::UploadNotFound(_))) {
+            self.forget_session(repo, id);
+        }
+    }
+
+    async fn append_inner(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        start: Option<u64>,
         mut body: ByteStream,
     ) -> Result<UploadStatus> {
         let session = self.session(repo, id);
@@ -793,7 +865,7 @@ impl UploadStore for FsStore {
         })
     }
 
-    async fn commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<u64> {
+    async fn commit_inner(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<u64> {
         let session = self.session(repo, id);
         let mut st = session.lock().await;
         let len = self.upload_len(repo, id).await?;
@@ -836,51 +908,6 @@ impl UploadStore for FsStore {
         self.forget_session(repo, id);
         Ok(len)
     }
-
-    async fn abort(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
-        let session = self.session(repo, id);
-        let guard = session.lock().await;
-        let dir = self.layout.upload_dir(repo, id);
-        let id_str = id.to_string();
-        let removed = blocking(move || remove_tree(&dir)).await;
-        drop(guard);
-        self.forget_session(repo, id);
-        match removed? {
-            true => Ok(()),
-            false => Err(StorageError::UploadNotFound(id_str)),
-        }
-    }
-
-    async fn expire(&self, idle: Duration) -> Result<usize> {
-        let root = self.layout.repos_root();
-        let layout = self.layout.clone();
-        let found = blocking(move || {
-            let mut out = Vec::new();
-            walk_uploads(&layout, &root, "", &mut out)?;
-            Ok(out)
-        })
-        .await?;
-        let now = SystemTime::now();
-        let mut removed = 0;
-        for (repo, id, modified) in found {
-            if now.duration_since(modified).unwrap_or_default() < idle {
-                continue;
-            }
-            let session = self.session(&repo, &id);
-            // A session busy with a request is not idle.
-            let Ok(guard) = session.try_lock() else {
-                continue;
-            };
-            let dir = self.layout.upload_dir(&repo, &id);
-            if blocking(move || remove_tree(&dir)).await? {
-                removed += 1;
-                tracing::info!(repository = %repo, upload = %id, "expired idle upload session");
-            }
-            drop(guard);
-            self.forget_session(&repo, &id);
-        }
-        Ok(removed)
-    }
 }
 
 /// RFC 3339 UTC timestamp, as distribution writes `startedat`.
@@ -921,6 +948,26 @@ mod tests {
         );
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
         assert_eq!(humantime_rfc3339(t), "2026-11-18T11:06:40Z");
+    }
+
+    #[tokio::test]
+    async fn unknown_sessions_leave_no_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::new(dir.path()).unwrap();
+        let repo: RepoName = "a/b".parse().unwrap();
+        let d = Digest::of(Algorithm::Sha256, b"x");
+        for _ in 0..3 {
+            let id = UploadId::new_random();
+            let body: ByteStream = Box::pin(futures_util::stream::empty());
+            assert!(matches!(
+                store.append(&repo, &id, None, body).await,
+                Err(StorageError::UploadNotFound(_))
+            ));
+            assert!(store.commit(&repo, &id, &d).await.is_err());
+            assert!(store.status(&repo, &id).await.is_err());
+            assert!(store.abort(&repo, &id).await.is_err());
+        }
+        assert_eq!(store.sessions.lock().unwrap().len(), 0);
     }
 
     #[tokio::test]
