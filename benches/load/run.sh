@@ -12,8 +12,8 @@
 # Environment:
 #   PIER_BIN        Pier binary (default: $CARGO_TARGET_DIR/release/pier, then
 #                   /root/.cache/pier/target/release/pier, then <repo>/target/release/pier)
-#   PIER_RUST_LOG   RUST_LOG given to Pier (default: warn, so per-request logging stays off,
-#                   as the reference's access log is off)
+#   PIER_LOG        Pier's log filter (default here: warn, so the per-request access log
+#                   stays off, as the reference's access log is off)
 #   BENCH_TMPDIR    where the temporary directory goes (default: $TMPDIR or /tmp); needs ~8 GiB
 #                   (2 GiB memory-test file plus what each registry stores)
 #
@@ -196,7 +196,7 @@ start_pier() {
     port=$FREE_PORT
     free_port || return 1
     admin=$FREE_PORT
-    RUST_LOG="${PIER_RUST_LOG:-warn}" "$PIER_BIN" serve --listen "127.0.0.1:$port" \
+    PIER_LOG="${PIER_LOG:-warn}" "$PIER_BIN" serve --listen "127.0.0.1:$port" \
         --admin-listen "127.0.0.1:$admin" --root "$d/data" >"$d/server.log" 2>&1 &
     PID[pier]=$!
     PORT[pier]=$port
@@ -463,7 +463,8 @@ log "== Pier load benchmark  $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 log "machine: $(hostname) | $(nproc) cores | $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo) |" \
     "$(awk '/^MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) | Linux $(uname -r)"
 log "systems: $ONLY | tests: $TESTS | rounds: $ROUNDS | wrk duration: ${DUR}s | upload runs: $UPLOAD_RUNS | work dir: $WORK"
-has "$ONLY" pier && log "pier: $PIER_BIN ($("$PIER_BIN" --version 2>/dev/null | head -n 1 || true)) commit $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
+has "$ONLY" pier && log "pier: $PIER_BIN ($("$PIER_BIN" --version 2>/dev/null | head -n 1 || true)," \
+    "built $(date -u -r "$PIER_BIN" '+%Y-%m-%d %H:%M:%S UTC'); checkout at $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?'))"
 has "$ONLY" reference && log "reference: $(docker-registry --version 2>/dev/null | head -n 1)"
 has "$ONLY" nginx && log "nginx: $(nginx -v 2>&1 | head -n 1)"
 log "wrk: $(wrk --version 2>&1 | head -n 1 | awk '{print $1, $2}') | ab: $(ab -V 2>&1 | head -n 1) | $(openssl version)"
