@@ -30,7 +30,7 @@ struct Builders {
 impl Builders {
     fn new() -> Builders {
         let mut b = auto::Builder::new(TokioExecutor::new());
-        b.http1().keep_alive(true).max_buf_size(1024 * 1024);
+        b.http1().keep_alive(true);
         b.http2()
             .initial_stream_window_size(4 * 1024 * 1024)
             .initial_connection_window_size(16 * 1024 * 1024)
