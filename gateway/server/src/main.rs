@@ -19,11 +19,6 @@ use pier_core::{Registry, Stores};
 use pier_storage::fs::FsStore;
 
 use crate::config::{Config, LogFormat, ServeArgs, parse_duration};
-
-/// mimalloc keeps freed memory for reuse, where glibc returns large buffers (the HTTP read
-/// buffers of uploads) to the kernel and pays page faults to get them back.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use crate::error::ServerError;
 
 #[derive(Parser)]
