@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -59,64 +60,68 @@ pub struct PutManifest {
 /// Manifests by digest are immutable, so they can be cached without invalidation.
 type ManifestCache = moka::sync::Cache<Digest, Arc<ManifestContent>>;
 
-/// Positive answers to "is this blob / manifest linked into this repository". Removals
-/// through this registry invalidate them; the time to live bounds how long a removal by
-/// another process (an offline `pier gc`) goes unseen.
-type LinkCache = moka::sync::Cache<(RepoName, Digest), ()>;
-
-const LINK_TTL: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// A link cache with the generation counter that keeps a read racing a removal from
-/// putting the removed link back.
-struct Links {
-    cache: LinkCache,
+/// A cache of answers read from storage (links, tags). Changes made through this registry
+/// invalidate it; the time to live bounds how long a change by another process (an
+/// offline `pier gc`, another registry on the same directory) goes unseen. A generation
+/// counter keeps a read that raced a change from putting the old answer back.
+struct ReadCache<K, V> {
+    cache: moka::sync::Cache<K, V>,
     generation: AtomicU64,
 }
 
-impl Links {
-    fn new() -> Links {
-        Links {
+impl<K, V> ReadCache<K, V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + Clone + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    fn new(ttl: Duration) -> Self {
+        ReadCache {
             cache: moka::sync::Cache::builder()
                 .max_capacity(200_000)
-                .time_to_live(LINK_TTL)
+                .time_to_live(ttl)
                 .build(),
             generation: AtomicU64::new(0),
         }
     }
 
-    /// Answers from the cache, or asks `lookup` and remembers a positive answer.
-    async fn linked<F>(&self, repo: &RepoName, digest: &Digest, lookup: F) -> Result<bool>
+    /// Answers from the cache, or from `lookup`, remembering `Some` answers.
+    async fn get<F>(&self, key: K, lookup: F) -> Result<Option<V>>
     where
-        F: std::future::Future<Output = pier_storage::Result<bool>>,
+        F: std::future::Future<Output = pier_storage::Result<Option<V>>>,
     {
-        let key = (repo.clone(), digest.clone());
-        if self.cache.contains_key(&key) {
-            return Ok(true);
+        if let Some(v) = self.cache.get(&key) {
+            return Ok(Some(v));
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let linked = lookup.await?;
-        if linked {
-            self.cache.insert(key.clone(), ());
-            // A removal since the lookup may have come before the insert: undo it.
+        let found = lookup.await?;
+        if let Some(v) = &found {
+            self.cache.insert(key.clone(), v.clone());
+            // A change since the lookup may have come before the insert: undo it.
             if self.generation.load(Ordering::SeqCst) != generation {
                 self.cache.invalidate(&key);
             }
         }
-        Ok(linked)
+        Ok(found)
     }
 
-    /// Call after the link is removed from storage.
-    fn removed(&self, repo: &RepoName, digest: &Digest) {
+    /// Call after the stored answer changed.
+    fn changed(&self, key: &K) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.cache.invalidate(&(repo.clone(), digest.clone()));
+        self.cache.invalidate(key);
     }
 }
+
+const LINK_TTL: Duration = Duration::from_secs(30);
+const TAG_TTL: Duration = Duration::from_secs(5);
+
+type Links = ReadCache<(RepoName, Digest), ()>;
 
 pub struct Registry {
     stores: Stores,
     manifest_cache: ManifestCache,
     blob_links: Links,
     manifest_links: Links,
+    tags: ReadCache<(RepoName, Tag), Digest>,
 }
 
 /// The media type to serve stored manifest bytes with.
@@ -145,19 +150,35 @@ impl Registry {
                 .max_capacity(64 * 1024 * 1024)
                 .weigher(|_, v: &Arc<ManifestContent>| v.bytes.len().try_into().unwrap_or(u32::MAX))
                 .build(),
-            blob_links: Links::new(),
-            manifest_links: Links::new(),
+            blob_links: ReadCache::new(LINK_TTL),
+            manifest_links: ReadCache::new(LINK_TTL),
+            tags: ReadCache::new(TAG_TTL),
         }
     }
 
     async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
         let lookup = self.stores.repos.blob_linked(repo, digest);
-        self.blob_links.linked(repo, digest, lookup).await
+        let key = (repo.clone(), digest.clone());
+        Ok(self
+            .blob_links
+            .get(key, async { lookup.await.map(|l| l.then_some(())) })
+            .await?
+            .is_some())
     }
 
     async fn manifest_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
         let lookup = self.stores.manifests.manifest_linked(repo, digest);
-        self.manifest_links.linked(repo, digest, lookup).await
+        let key = (repo.clone(), digest.clone());
+        Ok(self
+            .manifest_links
+            .get(key, async { lookup.await.map(|l| l.then_some(())) })
+            .await?
+            .is_some())
+    }
+
+    async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
+        let lookup = self.stores.manifests.resolve_tag(repo, tag);
+        self.tags.get((repo.clone(), tag.clone()), lookup).await
     }
 
     pub fn stores(&self) -> &Stores {
@@ -193,7 +214,7 @@ impl Registry {
     /// Removes the blob from the repository (its bytes go at the next garbage collection).
     pub async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         let unlinked = self.stores.repos.unlink_blob(repo, digest).await?;
-        self.blob_links.removed(repo, digest);
+        self.blob_links.changed(&(repo.clone(), digest.clone()));
         if !unlinked {
             return Err(CoreError::BlobUnknown(digest.clone()));
         }
@@ -285,8 +306,6 @@ impl Registry {
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
             Reference::Tag(t) => self
-                .stores
-                .manifests
                 .resolve_tag(repo, t)
                 .await?
                 .ok_or_else(|| CoreError::ManifestUnknown(t.to_string()))?,
@@ -402,6 +421,7 @@ impl Registry {
         }
         if let Reference::Tag(t) = reference {
             self.stores.manifests.set_tag(repo, t, &digest).await?;
+            self.tags.changed(&(repo.clone(), t.clone()));
         }
         Ok(PutManifest { digest, subject })
     }
@@ -410,7 +430,9 @@ impl Registry {
     pub async fn manifest_delete(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         match reference {
             Reference::Tag(t) => {
-                if !self.stores.manifests.delete_tag(repo, t).await? {
+                let deleted = self.stores.manifests.delete_tag(repo, t).await?;
+                self.tags.changed(&(repo.clone(), t.clone()));
+                if !deleted {
                     return Err(CoreError::ManifestUnknown(t.to_string()));
                 }
             }
@@ -426,13 +448,14 @@ impl Registry {
                 for t in self.stores.manifests.tags(repo).await?.unwrap_or_default() {
                     if self.stores.manifests.resolve_tag(repo, &t).await?.as_ref() == Some(d) {
                         self.stores.manifests.delete_tag(repo, &t).await?;
+                        self.tags.changed(&(repo.clone(), t.clone()));
                     }
                 }
                 if let Some(s) = subject {
                     self.stores.manifests.remove_referrer(repo, &s, d).await?;
                 }
                 self.stores.manifests.unlink_manifest(repo, d).await?;
-                self.manifest_links.removed(repo, d);
+                self.manifest_links.changed(&(repo.clone(), d.clone()));
             }
         }
         Ok(())

@@ -27,7 +27,7 @@ use crate::{
 const SMALL_BLOB: u64 = 2 * 1024 * 1024;
 /// Reads at least this large are served from a memory map instead of a copy.
 const MMAP_MIN: u64 = 64 * 1024;
-const CHUNK: usize = 128 * 1024;
+const CHUNK: usize = 256 * 1024;
 /// How many chunks a stream reads ahead of the client.
 const READ_AHEAD: usize = 1;
 /// While an upload streams in, its bytes are handed to the disk every this many bytes, so
