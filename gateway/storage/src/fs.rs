@@ -19,8 +19,8 @@ use pier_oci::{Algorithm, Digest, Hasher, RepoName, Tag};
 
 use crate::paths::{Layout, REPO_META_DIRS};
 use crate::{
-    BlobBody, BlobEntry, BlobRead, BlobStore, ByteStream, ManifestStore, RangeSpec, RepoStore,
-    Result, StorageError, UploadId, UploadStatus, UploadStore,
+    BlobBody, BlobEntry, BlobRead, BlobStore, ByteStream, Ingest, IngestStore, ManifestStore,
+    PartialReader, RangeSpec, RepoStore, Result, StorageError, UploadId, UploadStatus, UploadStore,
 };
 
 /// Blobs up to this size are read whole; larger ones are streamed in [`CHUNK`]s.
@@ -656,15 +656,8 @@ impl ManifestStore for FsStore {
 impl UploadStore for FsStore {
     async fn create(&self, repo: &RepoName) -> Result<UploadStatus> {
         let id = UploadId::new_random();
-        let data = self.layout.upload_data(repo, &id);
-        let started = self.layout.upload_started_at(repo, &id);
-        blocking(move || {
-            create_parent(&data)?;
-            File::create(&data).map_err(StorageError::io("create", &data))?;
-            let now = humantime_rfc3339(SystemTime::now());
-            write_atomic(&started, now.as_bytes())
-        })
-        .await?;
+        let (layout, r, i) = (self.layout.clone(), repo.clone(), id.clone());
+        blocking(move || create_upload_files(&layout, &r, &i).map(drop)).await?;
         let session = self.session(repo, &id);
         session.lock().await.hasher = Some(Algorithm::Sha256.hasher());
         Ok(UploadStatus { id, offset: 0 })
@@ -914,24 +907,158 @@ impl FsStore {
                 computed,
             });
         }
-        let blob = self.layout.blob_data(digest);
-        blocking(move || {
-            File::open(&data)
-                .and_then(|f| f.sync_all())
-                .map_err(StorageError::io("fsync", &data))?;
-            if !exists(&blob)? {
-                create_parent(&blob)?;
-                fs::rename(&data, &blob).map_err(StorageError::io("rename into", &blob))?;
-                fsync_dir(blob.parent().expect("blob dir"));
-            }
-            remove_tree(&upload_dir)?;
-            Ok(())
-        })
-        .await?;
-        self.link_blob(repo, digest).await?;
+        let (layout, r, i, d) = (
+            self.layout.clone(),
+            repo.clone(),
+            id.clone(),
+            digest.clone(),
+        );
+        blocking(move || publish_upload(&layout, &r, &i, &d)).await?;
         drop(st);
         self.forget_session(repo, id);
         Ok(len)
+    }
+}
+
+/// Creates an upload session's directory, empty data file and start time; returns the data
+/// file opened for appending.
+fn create_upload_files(layout: &Layout, repo: &RepoName, id: &UploadId) -> Result<File> {
+    let data = layout.upload_data(repo, id);
+    create_parent(&data)?;
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .read(true)
+        .open(&data)
+        .map_err(StorageError::io("create", &data))?;
+    let now = humantime_rfc3339(SystemTime::now());
+    write_atomic(&layout.upload_started_at(repo, id), now.as_bytes())?;
+    Ok(file)
+}
+
+/// Makes a verified upload a blob: fsync, rename into place (or keep the copy already
+/// there), link it into the repository, remove the session.
+fn publish_upload(layout: &Layout, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<()> {
+    let data = layout.upload_data(repo, id);
+    let blob = layout.blob_data(digest);
+    File::open(&data)
+        .and_then(|f| f.sync_all())
+        .map_err(StorageError::io("fsync", &data))?;
+    if exists(&blob)? {
+        // In use again: restart its garbage-collection grace.
+        if let Ok(f) = OpenOptions::new().write(true).open(&blob) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+    } else {
+        create_parent(&blob)?;
+        fs::rename(&data, &blob).map_err(StorageError::io("rename into", &blob))?;
+        fsync_dir(blob.parent().expect("blob dir"));
+    }
+    write_atomic(
+        &layout.layer_link(repo, digest),
+        digest.to_string().as_bytes(),
+    )?;
+    remove_tree(&layout.upload_dir(repo, id))?;
+    Ok(())
+}
+
+#[async_trait]
+impl IngestStore for FsStore {
+    async fn begin_ingest(&self, repo: &RepoName, digest: &Digest) -> Result<Box<dyn Ingest>> {
+        let id = UploadId::new_random();
+        let (layout, r, i) = (self.layout.clone(), repo.clone(), id.clone());
+        let file = blocking(move || create_upload_files(&layout, &r, &i)).await?;
+        Ok(Box::new(FsIngest {
+            layout: self.layout.clone(),
+            repo: repo.clone(),
+            id,
+            digest: digest.clone(),
+            file: Arc::new(file),
+            hasher: Some(digest.algorithm().hasher()),
+            written: 0,
+        }))
+    }
+}
+
+/// A blob being written from a known source (a mirror fill), in an upload session
+/// directory so that a crash leaves it to upload expiry.
+struct FsIngest {
+    layout: Layout,
+    repo: RepoName,
+    id: UploadId,
+    digest: Digest,
+    file: Arc<File>,
+    hasher: Option<Hasher>,
+    written: u64,
+}
+
+struct FsPartialReader(Arc<File>);
+
+#[async_trait]
+impl PartialReader for FsPartialReader {
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        let file = self.0.clone();
+        tokio::task::spawn_blocking(move || read_window(&file, offset, len as u64))
+            .await
+            .map_err(io::Error::other)?
+    }
+}
+
+#[async_trait]
+impl Ingest for FsIngest {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        let mut hasher = self
+            .hasher
+            .take()
+            .expect("ingest used after a failed write");
+        let file = self.file.clone();
+        let len = chunk.len() as u64;
+        let path = self.layout.upload_data(&self.repo, &self.id);
+        let hasher = blocking(move || {
+            (&*file)
+                .write_all(&chunk)
+                .map_err(StorageError::io("write", path))?;
+            hasher.update(&chunk);
+            Ok(hasher)
+        })
+        .await?;
+        self.hasher = Some(hasher);
+        self.written += len;
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn reader(&self) -> Arc<dyn PartialReader> {
+        Arc::new(FsPartialReader(self.file.clone()))
+    }
+
+    async fn commit(self: Box<Self>) -> Result<u64> {
+        let this = *self;
+        let computed = this.hasher.map(Hasher::finish);
+        let dir = this.layout.upload_dir(&this.repo, &this.id);
+        if computed.as_ref() != Some(&this.digest) {
+            blocking(move || remove_tree(&dir)).await?;
+            return Err(match computed {
+                Some(computed) => StorageError::DigestMismatch {
+                    expected: this.digest,
+                    computed,
+                },
+                None => {
+                    StorageError::Task(io::Error::other("ingest committed after a failed write"))
+                }
+            });
+        }
+        let written = this.written;
+        blocking(move || publish_upload(&this.layout, &this.repo, &this.id, &this.digest)).await?;
+        Ok(written)
+    }
+
+    async fn abort(self: Box<Self>) {
+        let dir = self.layout.upload_dir(&self.repo, &self.id);
+        let _ = blocking(move || remove_tree(&dir)).await;
     }
 }
 

@@ -228,6 +228,33 @@ pub trait UploadStore: Send + Sync + 'static {
     async fn expire(&self, idle: Duration) -> Result<usize>;
 }
 
+/// Writing a blob whose digest is known in advance from a trusted stream (a mirror
+/// fill), readable while it is written. The shape of a cache miss handler: write, then
+/// `commit` (verify and publish) or `abort`; nothing is visible before `commit`.
+#[async_trait]
+pub trait IngestStore: Send + Sync + 'static {
+    async fn begin_ingest(&self, repo: &RepoName, digest: &Digest) -> Result<Box<dyn Ingest>>;
+}
+
+#[async_trait]
+pub trait Ingest: Send + Sync {
+    /// Appends bytes, hashing them.
+    async fn write(&mut self, chunk: Bytes) -> Result<()>;
+    /// Bytes written so far.
+    fn written(&self) -> u64;
+    /// Reads what has been written, while writing goes on and after commit.
+    fn reader(&self) -> std::sync::Arc<dyn PartialReader>;
+    /// Verifies the digest and makes the blob visible, linked into the repository; returns
+    /// its size. On a mismatch nothing is kept.
+    async fn commit(self: Box<Self>) -> Result<u64>;
+    async fn abort(self: Box<Self>);
+}
+
+#[async_trait]
+pub trait PartialReader: Send + Sync {
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,8 +9,8 @@ use futures_util::StreamExt;
 use pier_oci::{Algorithm, Digest, RepoName, Tag};
 
 use crate::{
-    BlobBody, BlobRead, BlobStore, ByteStream, ManifestStore, RangeSpec, RepoStore, StorageError,
-    UploadId, UploadStore,
+    BlobBody, BlobRead, BlobStore, ByteStream, IngestStore, ManifestStore, RangeSpec, RepoStore,
+    StorageError, UploadId, UploadStore,
 };
 
 fn repo(s: &str) -> RepoName {
@@ -48,13 +48,50 @@ async fn read_all<S: BlobStore + ?Sized>(s: &S, d: &Digest, range: Option<RangeS
 /// Runs every check against `store`.
 pub async fn run_all<S>(store: Arc<S>)
 where
-    S: BlobStore + RepoStore + ManifestStore + UploadStore,
+    S: BlobStore + RepoStore + ManifestStore + UploadStore + IngestStore,
 {
+    ingest(&*store).await;
     blobs(&*store).await;
     uploads(&*store).await;
     large_upload_streams(&*store).await;
     manifests_and_tags(&*store).await;
     concurrent_commits(store.clone()).await;
+}
+
+async fn ingest<S: BlobStore + RepoStore + IngestStore>(s: &S) {
+    let r = repo("suite/ingest");
+    let data = b"mirrored bytes".to_vec();
+    let d = Digest::of(Algorithm::Sha256, &data);
+    let mut ing = s.begin_ingest(&r, &d).await.unwrap();
+    let reader = ing.reader();
+    ing.write(Bytes::copy_from_slice(&data[..8])).await.unwrap();
+    assert_eq!(ing.written(), 8);
+    assert_eq!(&reader.read_at(2, 4).await.unwrap()[..], &data[2..6]);
+    assert_eq!(s.stat(&d).await.unwrap(), None, "visible before commit");
+    ing.write(Bytes::copy_from_slice(&data[8..])).await.unwrap();
+    assert_eq!(ing.commit().await.unwrap(), data.len() as u64);
+    assert!(s.blob_linked(&r, &d).await.unwrap());
+    assert_eq!(read_all(s, &d, None).await, data);
+    // the reader still works after commit
+    assert_eq!(&reader.read_at(0, data.len()).await.unwrap()[..], &data[..]);
+
+    // a mismatch keeps nothing
+    let wrong = Digest::of(Algorithm::Sha256, b"something else");
+    let mut ing = s.begin_ingest(&r, &wrong).await.unwrap();
+    ing.write(Bytes::from_static(b"not it")).await.unwrap();
+    assert!(matches!(
+        ing.commit().await,
+        Err(StorageError::DigestMismatch { .. })
+    ));
+    assert_eq!(s.stat(&wrong).await.unwrap(), None);
+    assert!(!s.blob_linked(&r, &wrong).await.unwrap());
+
+    // abort keeps nothing
+    let other = Digest::of(Algorithm::Sha256, b"abandoned");
+    let mut ing = s.begin_ingest(&r, &other).await.unwrap();
+    ing.write(Bytes::from_static(b"aband")).await.unwrap();
+    ing.abort().await;
+    assert_eq!(s.stat(&other).await.unwrap(), None);
 }
 
 async fn blobs<S: BlobStore + RepoStore>(s: &S) {
