@@ -33,6 +33,8 @@ pub enum CoreError {
     Body(#[source] io::Error),
     #[error("storage failed")]
     Storage(#[source] StorageError),
+    #[error("the upstream registry failed")]
+    Upstream(#[source] pier_upstream::UpstreamError),
 }
 
 impl From<StorageError> for CoreError {

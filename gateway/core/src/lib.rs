@@ -5,9 +5,11 @@
 
 mod error;
 pub mod gc;
+pub mod mirror;
 mod page;
 mod registry;
 
 pub use error::{CoreError, Result};
+pub use mirror::{Mirror, MirrorBlob, MirrorConfig, Target, UpstreamSpec};
 pub use page::{Page, paginate};
 pub use registry::{ManifestContent, PutManifest, Registry, Stores};

@@ -413,13 +413,51 @@ impl Registry {
                 return Err(CoreError::ManifestBlobUnknown(child.digest.clone()));
             }
         }
+        let tag = match reference {
+            Reference::Tag(t) => Some(t),
+            Reference::Digest(_) => None,
+        };
+        self.store_manifest(repo, tag, digest, manifest, bytes)
+            .await
+    }
+
+    /// Stores a manifest copied from an upstream registry: it must parse and hash to
+    /// `digest`, but its blobs and children are fetched later, on demand.
+    pub async fn manifest_put_mirrored(
+        &self,
+        repo: &RepoName,
+        tag: Option<&Tag>,
+        digest: &Digest,
+        content_type: Option<&str>,
+        bytes: Bytes,
+    ) -> Result<PutManifest> {
+        let manifest = Manifest::parse(&bytes, content_type)?;
+        let computed = Digest::of(digest.algorithm(), &bytes);
+        if &computed != digest {
+            return Err(CoreError::DigestMismatch {
+                expected: digest.clone(),
+                computed,
+            });
+        }
+        self.store_manifest(repo, tag, computed, manifest, bytes)
+            .await
+    }
+
+    async fn store_manifest(
+        &self,
+        repo: &RepoName,
+        tag: Option<&Tag>,
+        digest: Digest,
+        manifest: Manifest,
+        bytes: Bytes,
+    ) -> Result<PutManifest> {
         self.stores.blobs.put(&digest, bytes).await?;
         self.stores.manifests.link_manifest(repo, &digest).await?;
         let subject = manifest.subject.map(|s| s.digest);
         if let Some(s) = &subject {
             self.stores.manifests.add_referrer(repo, s, &digest).await?;
         }
-        if let Reference::Tag(t) = reference {
+        if let Some(t) = tag {
             self.stores.manifests.set_tag(repo, t, &digest).await?;
             self.tags.changed(&(repo.clone(), t.clone()));
         }

@@ -34,6 +34,8 @@ pub enum ApiError {
     ChunkLengthMismatch { start: u64, end: u64, len: u64 },
     #[error("reading the request body failed: {0}")]
     Body(String),
+    #[error("repository {0} is a read-only mirror of an upstream registry")]
+    MirrorReadOnly(String),
 }
 
 /// What the wire says for an error: status, code, message, detail and extra headers.
@@ -101,6 +103,23 @@ fn classify(
             ),
             CoreError::Body(_) => simple(C::BlobUploadInvalid),
             CoreError::Storage(_) => simple(C::Unknown),
+            CoreError::Upstream(u) => match u {
+                pier_upstream::UpstreamError::TooManyRequests { retry_after } => (
+                    by_code(C::TooManyRequests),
+                    C::TooManyRequests,
+                    none,
+                    retry_after
+                        .map(|d| vec![("Retry-After", d.as_secs().max(1).to_string())])
+                        .unwrap_or_default(),
+                ),
+                pier_upstream::UpstreamError::Timeout(_) => {
+                    (StatusCode::GATEWAY_TIMEOUT, C::Unavailable, none, vec![])
+                }
+                pier_upstream::UpstreamError::NotFound => {
+                    (StatusCode::NOT_FOUND, C::NameUnknown, none, vec![])
+                }
+                _ => (StatusCode::BAD_GATEWAY, C::Unavailable, none, vec![]),
+            },
         },
         ApiError::Route(e) => match e {
             RouteError::NotFound => (StatusCode::NOT_FOUND, C::Unsupported, none, vec![]),
@@ -127,6 +146,7 @@ fn classify(
             vec![],
         ),
         ApiError::Body(_) => simple(C::BlobUploadInvalid),
+        ApiError::MirrorReadOnly(_) => simple(C::Unsupported),
     }
 }
 
@@ -151,6 +171,11 @@ impl ApiError {
         matches!(self, ApiError::Core(CoreError::Storage(_)))
     }
 
+    /// Whether an upstream registry is at fault.
+    pub fn is_upstream(&self) -> bool {
+        matches!(self, ApiError::Core(CoreError::Upstream(_)))
+    }
+
     /// The OCI error response for this error.
     pub fn into_response(self) -> Response<RespBody> {
         let (status, code, detail, headers) = classify(&self);
@@ -158,6 +183,9 @@ impl ApiError {
             tracing::error!(error = %chain(&self), "internal error");
             "internal storage error; see the server log".to_owned()
         } else {
+            if self.is_upstream() {
+                tracing::warn!(error = %chain(&self), "upstream registry failed");
+            }
             chain(&self)
         };
         let mut entry = json!({"code": code.as_str(), "message": message});

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
-use pier_core::Page;
+use pier_core::{ManifestContent, Mirror, MirrorBlob, Page, Target};
 use pier_oci::{Digest, MAX_MANIFEST_SIZE, Reference, RepoName, media_types};
 use pier_storage::{BlobBody, BlobRead, UploadId, UploadStatus};
 use serde_json::json;
@@ -24,6 +24,12 @@ pub(crate) async fn dispatch(
     route: Route,
     req: Request<Incoming>,
 ) -> HandlerResult {
+    if let (Some(mirror), Some(repo)) = (&state.mirror, route.repository()) {
+        let params = query_params(&req);
+        if let Some(target) = mirror.route(repo, query(&params, "ns")) {
+            return mirrored(state, mirror, &target, route, req).await;
+        }
+    }
     let method = req.method().clone();
     match (route, &method) {
         (Route::Base, &Method::GET | &Method::HEAD) => Ok(json_response(
@@ -60,6 +66,59 @@ pub(crate) async fn dispatch(
         }
         (Route::Referrers(repo, d), &Method::GET) => referrers(state, &repo, &d, &req).await,
         (_, m) => Err(ApiError::MethodNotAllowed(m.clone())),
+    }
+}
+
+/// A request for a mirrored repository: reads go through the mirror, writes are refused.
+async fn mirrored(
+    state: &AppState,
+    mirror: &Arc<Mirror>,
+    t: &Target,
+    route: Route,
+    req: Request<Incoming>,
+) -> HandlerResult {
+    let method = req.method().clone();
+    match (route, &method) {
+        (Route::Manifest(_, r), &Method::GET | &Method::HEAD) => {
+            let m = mirror.manifest(t, &r).await?;
+            Ok(manifest_response(&m, &req))
+        }
+        (Route::Blob(_, d), &Method::HEAD) => {
+            Ok(blob_head_response(&d, mirror.blob_size(t, &d).await?))
+        }
+        (Route::Blob(_, d), &Method::GET) => {
+            let range = match header_str(req.headers(), header::RANGE) {
+                Some(h) => parse_range(h)?,
+                None => None,
+            };
+            match mirror.blob(t, &d, range).await? {
+                MirrorBlob::Stored(read) => Ok(blob_read_response(&d, read)),
+                MirrorBlob::Streaming { size, range, body } => {
+                    let mut r = Response::new(stream(body));
+                    match (range, size) {
+                        (Some((s, e)), Some(size)) => {
+                            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+                            set(&mut r, "Content-Range", &format!("bytes {s}-{e}/{size}"));
+                            set(&mut r, "Content-Length", &(e - s + 1).to_string());
+                        }
+                        (_, Some(size)) => set(&mut r, "Content-Length", &size.to_string()),
+                        _ => {}
+                    }
+                    set(&mut r, "Content-Type", "application/octet-stream");
+                    set(&mut r, "Docker-Content-Digest", &d.to_string());
+                    set(&mut r, "ETag", &etag(&d));
+                    Ok(r)
+                }
+            }
+        }
+        (Route::Tags(_), &Method::GET) => tags(state, &t.local, &req).await,
+        (Route::Referrers(_, d), &Method::GET) => referrers(state, &t.local, &d, &req).await,
+        (route, _) => Err(ApiError::MirrorReadOnly(
+            route
+                .repository()
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
+        )),
     }
 }
 
@@ -265,6 +324,10 @@ async fn manifest_get(
     req: &Request<Incoming>,
 ) -> HandlerResult {
     let m = state.registry.manifest_get(repo, reference).await?;
+    Ok(manifest_response(&m, req))
+}
+
+fn manifest_response(m: &ManifestContent, req: &Request<Incoming>) -> Response<RespBody> {
     let head = req.method() == Method::HEAD;
     let cached = not_modified(req, &m.digest);
     let mut r = Response::new(if head || cached {
@@ -279,7 +342,7 @@ async fn manifest_get(
     set(&mut r, "Content-Length", &m.bytes.len().to_string());
     set(&mut r, "Docker-Content-Digest", &m.digest.to_string());
     set(&mut r, "ETag", &etag(&m.digest));
-    Ok(r)
+    r
 }
 
 async fn manifest_put(
@@ -325,14 +388,20 @@ async fn manifest_put(
 // ---- blobs ----
 
 async fn blob_head(state: &AppState, repo: &RepoName, d: &Digest) -> HandlerResult {
-    let size = state.registry.blob_size(repo, d).await?;
+    Ok(blob_head_response(
+        d,
+        state.registry.blob_size(repo, d).await?,
+    ))
+}
+
+fn blob_head_response(d: &Digest, size: u64) -> Response<RespBody> {
     let mut r = status_only(StatusCode::OK);
     set(&mut r, "Content-Length", &size.to_string());
     set(&mut r, "Content-Type", "application/octet-stream");
     set(&mut r, "Docker-Content-Digest", &d.to_string());
     set(&mut r, "ETag", &etag(d));
     set(&mut r, "Accept-Ranges", "bytes");
-    Ok(r)
+    r
 }
 
 async fn blob_get(
@@ -351,12 +420,19 @@ async fn blob_get(
         set(&mut r, "ETag", &etag(d));
         return Ok(r);
     }
-    match state.registry.blob_read(repo, d, range).await? {
+    Ok(blob_read_response(
+        d,
+        state.registry.blob_read(repo, d, range).await?,
+    ))
+}
+
+fn blob_read_response(d: &Digest, read: BlobRead) -> Response<RespBody> {
+    match read {
         BlobRead::Redirect(url) => {
             let mut r = status_only(StatusCode::TEMPORARY_REDIRECT);
             set(&mut r, "Location", &url);
             set(&mut r, "Docker-Content-Digest", &d.to_string());
-            Ok(r)
+            r
         }
         BlobRead::Content { size, range, body } => {
             let mut r = Response::new(match body {
@@ -375,7 +451,7 @@ async fn blob_get(
             set(&mut r, "Docker-Content-Digest", &d.to_string());
             set(&mut r, "ETag", &etag(d));
             set(&mut r, "Accept-Ranges", "bytes");
-            Ok(r)
+            r
         }
     }
 }

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
-use pier_core::Registry;
+use pier_core::{Mirror, Registry};
 
 pub use body::RespBody;
 pub use metrics::Metrics;
@@ -25,16 +25,23 @@ pub use metrics::Metrics;
 /// Everything a request handler needs; built once by the binary.
 pub struct AppState {
     pub registry: Arc<Registry>,
+    /// The pull-through mirror, when upstreams are configured.
+    pub mirror: Option<Arc<Mirror>>,
     pub metrics: Arc<Metrics>,
     request_ids: AtomicU64,
     id_prefix: String,
 }
 
 impl AppState {
-    pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>) -> AppState {
+    pub fn new(
+        registry: Arc<Registry>,
+        mirror: Option<Arc<Mirror>>,
+        metrics: Arc<Metrics>,
+    ) -> AppState {
         let id_prefix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         AppState {
             registry,
+            mirror,
             metrics,
             request_ids: AtomicU64::new(0),
             id_prefix,

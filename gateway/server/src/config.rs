@@ -74,6 +74,13 @@ pub struct ServeArgs {
     /// Log format [default: text]
     #[arg(long, env = "PIER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Mirror this upstream registry (pull-through cache); the first is the default
+    /// upstream for every name. Repeatable; more options in the config file.
+    #[arg(long = "upstream", env = "PIER_UPSTREAM", value_delimiter = ',')]
+    pub upstreams: Vec<String>,
+    /// How long a mirrored tag is served before the upstream is asked again [default: 1m]
+    #[arg(long, env = "PIER_UPSTREAM_TAG_TTL", value_parser = parse_duration)]
+    pub upstream_tag_ttl: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +94,23 @@ struct FileConfig {
     shutdown_timeout: Option<String>,
     log_format: Option<LogFormat>,
     tls: Option<FileTls>,
+    #[serde(default)]
+    upstreams: Vec<FileUpstream>,
+    #[serde(default)]
+    local_namespaces: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUpstream {
+    name: Option<String>,
+    url: String,
+    namespace: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    tag_ttl: Option<String>,
+    #[serde(default)]
+    default: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +118,87 @@ struct FileConfig {
 struct FileTls {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+}
+
+/// One upstream registry of the mirror.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamEntry {
+    /// A repository name component: `/v2/<name>/...` reaches it; content is kept under it.
+    pub name: String,
+    pub url: String,
+    /// The host containerd sends as `?ns=`.
+    pub namespace: String,
+    pub docker_hub: bool,
+    pub credentials: Option<(String, String)>,
+    pub tag_ttl: Duration,
+}
+
+/// The part of a URL between `://` and the path.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map(|(_, r)| r)?;
+    let host = rest.split('/').next()?;
+    (!host.is_empty()).then_some(host)
+}
+
+/// A repository-name component made from a host: `127.0.0.1:5000` -> `127.0.0.1-5000`.
+fn name_from_host(host: &str) -> String {
+    host.to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect::<String>()
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
+}
+
+const DOCKER_HUB_HOSTS: [&str; 4] = [
+    "registry-1.docker.io",
+    "docker.io",
+    "index.docker.io",
+    "registry.hub.docker.com",
+];
+
+fn upstream_entry(
+    url: &str,
+    name: Option<String>,
+    namespace: Option<String>,
+    credentials: Option<(String, String)>,
+    tag_ttl: Duration,
+) -> Result<UpstreamEntry, ServerError> {
+    let host = url_host(url)
+        .filter(|_| url.starts_with("http://") || url.starts_with("https://"))
+        .ok_or_else(|| {
+            ServerError::Config(format!(
+                "upstream URL {url:?} must be http://HOST[:PORT] or https://..."
+            ))
+        })?;
+    let docker_hub = DOCKER_HUB_HOSTS.contains(&host);
+    let namespace = namespace.unwrap_or_else(|| {
+        if docker_hub {
+            "docker.io".into()
+        } else {
+            host.to_owned()
+        }
+    });
+    let name = name.unwrap_or_else(|| name_from_host(&namespace));
+    if name.parse::<pier_oci::RepoName>().is_err() || name.contains('/') {
+        return Err(ServerError::Config(format!(
+            "upstream name {name:?} must be one repository name component ([a-z0-9] with . _ -)"
+        )));
+    }
+    Ok(UpstreamEntry {
+        name,
+        url: url.trim_end_matches('/').to_owned(),
+        namespace,
+        docker_hub,
+        credentials,
+        tag_ttl,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +218,12 @@ pub struct Config {
     pub upload_idle_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
+    /// Mirrored upstreams.
+    pub upstreams: Vec<UpstreamEntry>,
+    /// Index of the upstream that names no other rule claims go to.
+    pub default_upstream: Option<usize>,
+    /// First name components that stay local beside a default upstream.
+    pub local_namespaces: Vec<String>,
 }
 
 fn file_duration(
@@ -154,7 +265,51 @@ impl Config {
                 ));
             }
         };
+        let default_ttl = match args.upstream_tag_ttl {
+            Some(d) => d,
+            None => Duration::from_secs(60),
+        };
+        let mut upstreams = Vec::new();
+        for url in &args.upstreams {
+            upstreams.push(upstream_entry(url, None, None, None, default_ttl)?);
+        }
+        let mut from_file = Vec::new();
+        let mut file_default = false;
+        for u in file.upstreams {
+            let ttl = file_duration(u.tag_ttl, "upstreams.tag_ttl", &path)?.unwrap_or(default_ttl);
+            let creds = match (u.username, u.password) {
+                (Some(user), Some(pass)) => Some((user, pass)),
+                (None, None) => None,
+                _ => {
+                    return Err(ServerError::Config(format!(
+                        "upstream {}: username and password go together",
+                        u.url
+                    )));
+                }
+            };
+            let entry = upstream_entry(&u.url, u.name, u.namespace, creds, ttl)?;
+            if u.default {
+                file_default = true;
+                from_file.insert(0, entry);
+            } else {
+                from_file.push(entry);
+            }
+        }
+        // Flags' upstreams come first (the first is the default), then the file's.
+        let default_upstream = (!upstreams.is_empty() || file_default).then_some(0);
+        upstreams.extend(from_file);
+        let mut names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ServerError::Config(format!(
+                "two upstreams are named {:?}",
+                w[0]
+            )));
+        }
         Ok(Config {
+            upstreams,
+            default_upstream,
+            local_namespaces: file.local_namespaces,
             listen: args
                 .listen
                 .or(file.listen)
@@ -237,6 +392,38 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn upstreams_from_flags_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pier.toml");
+        std::fs::write(
+            &path,
+            "local_namespaces = [\"team\"]\n[[upstreams]]\nname = \"ghcr\"\nurl = \"https://ghcr.io\"\ntag_ttl = \"5m\"\n[[upstreams]]\nurl = \"https://registry-1.docker.io/\"\nusername = \"u\"\npassword = \"p\"\n",
+        )
+        .unwrap();
+        let c = Config::resolve(ServeArgs {
+            config: Some(path),
+            upstreams: vec!["http://127.0.0.1:5000".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        let names: Vec<&str> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["127.0.0.1-5000", "ghcr", "docker.io"]);
+        assert_eq!(c.upstreams[0].namespace, "127.0.0.1:5000");
+        assert_eq!(c.upstreams[1].tag_ttl, Duration::from_secs(300));
+        assert!(c.upstreams[2].docker_hub && c.upstreams[2].namespace == "docker.io");
+        assert_eq!(c.upstreams[2].url, "https://registry-1.docker.io");
+        assert_eq!(c.upstreams[2].credentials, Some(("u".into(), "p".into())));
+        assert_eq!(c.local_namespaces, ["team"]);
+        assert_eq!(c.default_upstream, Some(0));
+
+        let bad = Config::resolve(ServeArgs {
+            upstreams: vec!["ftp://x".into()],
+            ..Default::default()
+        });
+        assert!(bad.unwrap_err().to_string().contains("ftp://x"));
     }
 
     #[test]

@@ -9,9 +9,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use pier_core::{Registry, Stores};
+use pier_core::{Mirror, MirrorConfig, Registry, Stores, UpstreamSpec};
 use pier_http::{AppState, Metrics};
 use pier_storage::fs::FsStore;
+use pier_upstream::{Credentials, UpstreamClient, UpstreamConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -67,9 +68,10 @@ async fn shutdown_signal() {
 
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let store = Arc::new(FsStore::new(&config.root)?);
-    let registry = Arc::new(Registry::new(Stores::from_backend(store)));
+    let registry = Arc::new(Registry::new(Stores::from_backend(store.clone())));
+    let mirror = mirror(&config, registry.clone(), store)?;
     let metrics = Arc::new(Metrics::default());
-    let state = Arc::new(AppState::new(registry.clone(), metrics.clone()));
+    let state = Arc::new(AppState::new(registry.clone(), mirror, metrics.clone()));
     let tls = config
         .tls
         .as_ref()
@@ -164,6 +166,45 @@ async fn connection(
             watcher.watch(conn).await
         }
     }
+}
+
+/// The pull-through mirror, when upstreams are configured.
+fn mirror(
+    config: &Config,
+    registry: Arc<Registry>,
+    store: Arc<FsStore>,
+) -> Result<Option<Arc<Mirror>>, ServerError> {
+    if config.upstreams.is_empty() {
+        return Ok(None);
+    }
+    let mut upstreams = Vec::new();
+    for u in &config.upstreams {
+        let client = UpstreamClient::new(UpstreamConfig {
+            name: u.name.clone(),
+            url: u.url.clone(),
+            credentials: u
+                .credentials
+                .clone()
+                .map(|(username, password)| Credentials { username, password }),
+            timeout: Duration::from_secs(30),
+            retries: 3,
+        })
+        .map_err(|e| ServerError::Config(format!("upstream {}: {e}", u.url)))?;
+        tracing::info!(name = %u.name, url = %u.url, namespace = %u.namespace, tag_ttl = ?u.tag_ttl, "mirroring upstream");
+        upstreams.push(UpstreamSpec {
+            name: u.name.clone(),
+            namespace: u.namespace.clone(),
+            tag_ttl: u.tag_ttl,
+            docker_hub: u.docker_hub,
+            client: Arc::new(client),
+        });
+    }
+    let config = MirrorConfig {
+        upstreams,
+        default: config.default_upstream,
+        local_namespaces: config.local_namespaces.clone(),
+    };
+    Ok(Some(Arc::new(Mirror::new(registry, store, config))))
 }
 
 async fn admin_loop(listener: TcpListener, state: Arc<AdminState>) {

@@ -997,10 +997,16 @@ struct FsPartialReader(Arc<File>);
 #[async_trait]
 impl PartialReader for FsPartialReader {
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        use std::os::unix::fs::FileExt;
         let file = self.0.clone();
-        tokio::task::spawn_blocking(move || read_window(&file, offset, len as u64))
-            .await
-            .map_err(io::Error::other)?
+        // Positional reads: readers share the descriptor (and its offset) with the writer.
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, offset)
+                .map(|()| Bytes::from(buf))
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 }
 

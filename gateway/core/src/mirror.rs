@@ -1,0 +1,810 @@
+//! The pull-through mirror: requests for mirrored repositories are answered from the local
+//! store, and misses are fetched from the upstream once, however many clients ask at the
+//! same time. Blob bytes stream to every waiting client while they arrive (a late joiner
+//! reads what has arrived, then follows), are verified against their digest at the end,
+//! and only then become visible in the store; a mismatch aborts every client and keeps
+//! nothing. Tags are revalidated with a HEAD after a TTL and served stale when the upstream
+//! fails.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use pier_oci::{Digest, Manifest, Reference, RepoName, Tag};
+use pier_storage::{BlobRead, ByteStream, IngestStore, RangeSpec};
+use pier_upstream::{BlobFetched, ManifestFetched, Upstream, UpstreamError};
+use tokio::sync::watch;
+
+use crate::registry::ManifestContent;
+use crate::{CoreError, Registry, Result};
+
+/// How many times a broken upstream transfer is resumed with a Range request.
+const MAX_RESUMES: u32 = 5;
+/// Largest read handed to a client of a fill at a time.
+const FOLLOW_CHUNK: u64 = 256 * 1024;
+
+/// One upstream registry and how names map to it.
+pub struct UpstreamSpec {
+    /// A repository name component: `/v2/<name>/...` reaches this upstream, and its
+    /// content is stored under `<name>/<remote repository>`.
+    pub name: String,
+    /// The registry host containerd names in `?ns=` (e.g. `docker.io`).
+    pub namespace: String,
+    /// How long a tag is served without asking the upstream again.
+    pub tag_ttl: Duration,
+    /// Docker Hub: one-component names are `library/<name>`.
+    pub docker_hub: bool,
+    pub client: Arc<dyn Upstream>,
+}
+
+pub struct MirrorConfig {
+    pub upstreams: Vec<UpstreamSpec>,
+    /// Index into `upstreams` of the upstream every other name goes to.
+    pub default: Option<usize>,
+    /// First name components that stay local (writable) beside a default upstream.
+    pub local_namespaces: Vec<String>,
+}
+
+/// Where a mirrored request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    upstream: usize,
+    /// The repository's name at the upstream.
+    pub remote: RepoName,
+    /// Where its content is kept locally.
+    pub local: RepoName,
+}
+
+/// A blob read through the mirror.
+pub enum MirrorBlob {
+    /// Served from the store.
+    Stored(BlobRead),
+    /// Following a fill from the upstream.
+    Streaming {
+        size: Option<u64>,
+        range: Option<(u64, u64)>,
+        body: ByteStream,
+    },
+}
+
+#[derive(Clone, Default)]
+struct Progress {
+    available: u64,
+    done: Option<std::result::Result<(), Arc<str>>>,
+}
+
+/// A blob being fetched from an upstream.
+struct Fill {
+    reader: Arc<dyn pier_storage::PartialReader>,
+    size: Option<u64>,
+    progress: watch::Receiver<Progress>,
+}
+
+/// Per-key async locks, removed when nobody holds or waits for them.
+#[derive(Default)]
+struct KeyedLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+struct KeyGuard<'a> {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    key: String,
+    locks: &'a KeyedLocks,
+}
+
+impl KeyedLocks {
+    async fn lock(&self, key: String) -> KeyGuard<'_> {
+        let m = self
+            .0
+            .lock()
+            .expect("locks poisoned")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let guard = m.lock_owned().await;
+        KeyGuard {
+            guard: Some(guard),
+            key,
+            locks: self,
+        }
+    }
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.locks.0.lock().expect("locks poisoned");
+        if map
+            .get(&self.key)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
+pub struct Mirror {
+    registry: Arc<Registry>,
+    ingest: Arc<dyn IngestStore>,
+    config: MirrorConfig,
+    fills: Mutex<HashMap<Digest, Arc<Fill>>>,
+    locks: KeyedLocks,
+    /// When a tag was last confirmed with the upstream.
+    validated: moka::sync::Cache<(RepoName, Tag), Instant>,
+}
+
+fn upstream_err(e: UpstreamError, unknown: impl FnOnce() -> CoreError) -> CoreError {
+    if e.is_not_found() {
+        unknown()
+    } else {
+        CoreError::Upstream(e)
+    }
+}
+
+impl Mirror {
+    pub fn new(
+        registry: Arc<Registry>,
+        ingest: Arc<dyn IngestStore>,
+        config: MirrorConfig,
+    ) -> Mirror {
+        Mirror {
+            registry,
+            ingest,
+            config,
+            fills: Mutex::new(HashMap::new()),
+            locks: KeyedLocks::default(),
+            validated: moka::sync::Cache::builder().max_capacity(100_000).build(),
+        }
+    }
+
+    fn target(&self, upstream: usize, remote: &str) -> Option<Target> {
+        let spec = &self.config.upstreams[upstream];
+        let remote = if spec.docker_hub && !remote.contains('/') {
+            format!("library/{remote}")
+        } else {
+            remote.to_owned()
+        };
+        Some(Target {
+            upstream,
+            local: format!("{}/{remote}", spec.name).parse().ok()?,
+            remote: remote.parse().ok()?,
+        })
+    }
+
+    /// Whether (and where) a repository is mirrored: by containerd's `?ns=`, by a path
+    /// prefix naming an upstream, or by the default upstream.
+    pub fn route(&self, repo: &RepoName, ns: Option<&str>) -> Option<Target> {
+        let ups = &self.config.upstreams;
+        if let Some(ns) = ns {
+            let i = ups.iter().position(|u| u.namespace == ns)?;
+            return self.target(i, repo.as_str());
+        }
+        let (first, rest) = match repo.as_str().split_once('/') {
+            Some((f, r)) => (f, Some(r)),
+            None => (repo.as_str(), None),
+        };
+        if let (Some(i), Some(rest)) = (ups.iter().position(|u| u.name == first), rest) {
+            return self.target(i, rest);
+        }
+        let i = self.config.default?;
+        if self.config.local_namespaces.iter().any(|l| l == first) {
+            return None;
+        }
+        self.target(i, repo.as_str())
+    }
+
+    fn upstream(&self, t: &Target) -> &UpstreamSpec {
+        &self.config.upstreams[t.upstream]
+    }
+
+    // ---- manifests ----
+
+    /// A manifest by tag or digest, from the store or the upstream.
+    pub async fn manifest(
+        self: &Arc<Self>,
+        t: &Target,
+        reference: &Reference,
+    ) -> Result<Arc<ManifestContent>> {
+        match reference {
+            Reference::Digest(d) => {
+                if let Some(m) = self.local_manifest(t, reference).await? {
+                    return Ok(m);
+                }
+                let _guard = self.locks.lock(format!("{}@{d}", t.local)).await;
+                if let Some(m) = self.local_manifest(t, reference).await? {
+                    return Ok(m);
+                }
+                let fetched = self
+                    .upstream(t)
+                    .client
+                    .get_manifest(&t.remote, reference)
+                    .await
+                    .map_err(|e| upstream_err(e, || CoreError::ManifestUnknown(d.to_string())))?;
+                self.store_manifest(t, None, d, fetched).await
+            }
+            Reference::Tag(tag) => self.manifest_by_tag(t, tag).await,
+        }
+    }
+
+    async fn local_manifest(
+        &self,
+        t: &Target,
+        reference: &Reference,
+    ) -> Result<Option<Arc<ManifestContent>>> {
+        match self.registry.manifest_get(&t.local, reference).await {
+            Ok(m) => Ok(Some(m)),
+            Err(CoreError::ManifestUnknown(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn fresh(&self, t: &Target, tag: &Tag) -> bool {
+        let ttl = self.upstream(t).tag_ttl;
+        self.validated
+            .get(&(t.local.clone(), tag.clone()))
+            .is_some_and(|at| at.elapsed() < ttl)
+    }
+
+    async fn manifest_by_tag(
+        self: &Arc<Self>,
+        t: &Target,
+        tag: &Tag,
+    ) -> Result<Arc<ManifestContent>> {
+        let reference = Reference::Tag(tag.clone());
+        let local = self.local_manifest(t, &reference).await?;
+        if let Some(m) = &local
+            && self.fresh(t, tag)
+        {
+            return Ok(m.clone());
+        }
+        let _guard = self.locks.lock(format!("{}:{tag}", t.local)).await;
+        let local = match self.fresh(t, tag) {
+            // Another request revalidated while this one waited.
+            true => match self.local_manifest(t, &reference).await? {
+                Some(m) => return Ok(m),
+                None => None,
+            },
+            false => local,
+        };
+        let client = &self.upstream(t).client;
+        let key = (t.local.clone(), tag.clone());
+        let unknown = || CoreError::ManifestUnknown(tag.to_string());
+        match client.head_manifest(&t.remote, &reference).await {
+            Ok(head) => {
+                if let Some(m) = local.filter(|m| m.digest == head.digest) {
+                    self.validated.insert(key, Instant::now());
+                    return Ok(m);
+                }
+                let by_digest = Reference::Digest(head.digest.clone());
+                let fetched = client
+                    .get_manifest(&t.remote, &by_digest)
+                    .await
+                    .map_err(|e| upstream_err(e, unknown))?;
+                let m = self
+                    .store_manifest(t, Some(tag), &head.digest, fetched)
+                    .await?;
+                self.validated.insert(key, Instant::now());
+                Ok(m)
+            }
+            Err(e) if e.is_not_found() => Err(unknown()),
+            Err(e) => match local {
+                Some(m) => {
+                    tracing::warn!(
+                        upstream = %self.upstream(t).name, repository = %t.remote, tag = %tag,
+                        error = %e, "upstream unavailable; serving the cached tag (stale-if-error)"
+                    );
+                    Ok(m)
+                }
+                None => Err(CoreError::Upstream(e)),
+            },
+        }
+    }
+
+    /// Verifies and stores a manifest fetched from the upstream; an index's children are
+    /// fetched in the background so pulls by platform work from the cache later.
+    async fn store_manifest(
+        self: &Arc<Self>,
+        t: &Target,
+        tag: Option<&Tag>,
+        digest: &Digest,
+        fetched: ManifestFetched,
+    ) -> Result<Arc<ManifestContent>> {
+        let computed = Digest::of(digest.algorithm(), &fetched.bytes);
+        if &computed != digest {
+            return Err(CoreError::Upstream(UpstreamError::Protocol(format!(
+                "upstream served manifest bytes with digest {computed} for {digest}"
+            ))));
+        }
+        let children: Vec<Digest> = Manifest::parse(&fetched.bytes, Some(&fetched.media_type))
+            .map(|m| m.manifests.into_iter().map(|c| c.digest).collect())
+            .unwrap_or_default();
+        self.registry
+            .manifest_put_mirrored(
+                &t.local,
+                tag,
+                digest,
+                Some(&fetched.media_type),
+                fetched.bytes,
+            )
+            .await?;
+        for child in children {
+            tokio::spawn(self.clone().fetch_child(t.clone(), child));
+        }
+        self.registry
+            .manifest_get(&t.local, &Reference::Digest(digest.clone()))
+            .await
+    }
+
+    /// Fetches an index child in the background (boxed: the fetch may recurse).
+    fn fetch_child(
+        self: Arc<Self>,
+        t: Target,
+        child: Digest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            if let Err(e) = self.manifest(&t, &Reference::Digest(child.clone())).await {
+                tracing::warn!(repository = %t.remote, digest = %child, error = %e, "fetching an index child failed");
+            }
+        })
+    }
+
+    // ---- blobs ----
+
+    /// The size of a blob: stored, being fetched, or as the upstream says.
+    pub async fn blob_size(&self, t: &Target, digest: &Digest) -> Result<u64> {
+        match self.registry.blob_size(&t.local, digest).await {
+            Err(CoreError::BlobUnknown(_)) => {}
+            other => return other,
+        }
+        if let Some(size) = self
+            .fills
+            .lock()
+            .expect("fills poisoned")
+            .get(digest)
+            .and_then(|f| f.size)
+        {
+            return Ok(size);
+        }
+        self.upstream(t)
+            .client
+            .head_blob(&t.remote, digest)
+            .await
+            .map_err(|e| upstream_err(e, || CoreError::BlobUnknown(digest.clone())))
+    }
+
+    /// A blob from the store, or streamed from a (shared) fetch from the upstream.
+    pub async fn blob(
+        self: &Arc<Self>,
+        t: &Target,
+        digest: &Digest,
+        range: Option<RangeSpec>,
+    ) -> Result<MirrorBlob> {
+        if let Some(read) = self.stored(t, digest, range).await? {
+            return Ok(MirrorBlob::Stored(read));
+        }
+        let Some(fill) = self.fill(t, digest).await? else {
+            // Stored while this request waited for the fetch to start.
+            return self
+                .stored(t, digest, range)
+                .await?
+                .map(MirrorBlob::Stored)
+                .ok_or_else(|| CoreError::BlobUnknown(digest.clone()));
+        };
+        let (start, end, resolved) = match (range, fill.size) {
+            (None, size) => (0, size, None),
+            (Some(r), Some(size)) => {
+                let (s, e) = r
+                    .resolve(size)
+                    .ok_or(CoreError::RangeNotSatisfiable { size })?;
+                (s, Some(e + 1), Some((s, e)))
+            }
+            (Some(r), None) => {
+                // Unknown length: wait for the whole blob, then serve the range.
+                let mut rx = fill.progress.clone();
+                while rx.borrow_and_update().done.is_none() {
+                    if rx.changed().await.is_err() {
+                        break;
+                    }
+                }
+                return self
+                    .stored(t, digest, Some(r))
+                    .await?
+                    .map(MirrorBlob::Stored)
+                    .ok_or_else(|| CoreError::BlobUnknown(digest.clone()));
+            }
+        };
+        Ok(MirrorBlob::Streaming {
+            size: fill.size,
+            range: resolved,
+            body: follow(fill, start, end),
+        })
+    }
+
+    async fn stored(
+        &self,
+        t: &Target,
+        digest: &Digest,
+        range: Option<RangeSpec>,
+    ) -> Result<Option<BlobRead>> {
+        match self.registry.blob_read(&t.local, digest, range).await {
+            Ok(r) => return Ok(Some(r)),
+            Err(CoreError::BlobUnknown(_)) => {}
+            Err(e) => return Err(e),
+        }
+        // Content-addressed: bytes another mirrored repository already verified serve here too.
+        if self.registry.stores().blobs.stat(digest).await?.is_some() {
+            self.registry
+                .stores()
+                .repos
+                .link_blob(&t.local, digest)
+                .await?;
+            return match self.registry.blob_read(&t.local, digest, range).await {
+                Ok(r) => Ok(Some(r)),
+                Err(CoreError::BlobUnknown(_)) => Ok(None),
+                Err(e) => Err(e),
+            };
+        }
+        Ok(None)
+    }
+
+    /// The fill for `digest`: joins the one in progress or starts one. `None` when the blob
+    /// was stored meanwhile.
+    async fn fill(self: &Arc<Self>, t: &Target, digest: &Digest) -> Result<Option<Arc<Fill>>> {
+        if let Some(f) = self.fills.lock().expect("fills poisoned").get(digest) {
+            return Ok(Some(f.clone()));
+        }
+        let _guard = self.locks.lock(format!("blob {digest}")).await;
+        if let Some(f) = self.fills.lock().expect("fills poisoned").get(digest) {
+            return Ok(Some(f.clone()));
+        }
+        if self.registry.stores().blobs.stat(digest).await?.is_some() {
+            return Ok(None);
+        }
+        let fetched = self
+            .upstream(t)
+            .client
+            .get_blob(&t.remote, digest, 0)
+            .await
+            .map_err(|e| upstream_err(e, || CoreError::BlobUnknown(digest.clone())))?;
+        let ingest = self.ingest.begin_ingest(&t.local, digest).await?;
+        let (tx, rx) = watch::channel(Progress::default());
+        let fill = Arc::new(Fill {
+            reader: ingest.reader(),
+            size: fetched.size,
+            progress: rx,
+        });
+        self.fills
+            .lock()
+            .expect("fills poisoned")
+            .insert(digest.clone(), fill.clone());
+        tracing::info!(upstream = %self.upstream(t).name, repository = %t.remote, digest = %digest, size = ?fetched.size, "fetching blob from upstream");
+        tokio::spawn(
+            self.clone()
+                .run_fill(t.clone(), digest.clone(), ingest, fetched, tx),
+        );
+        Ok(Some(fill))
+    }
+
+    async fn run_fill(
+        self: Arc<Self>,
+        t: Target,
+        digest: Digest,
+        mut ingest: Box<dyn pier_storage::Ingest>,
+        first: BlobFetched,
+        tx: watch::Sender<Progress>,
+    ) {
+        let client = self.upstream(&t).client.clone();
+        let mut stream = first.stream;
+        let mut resumes = 0;
+        let transferred: std::result::Result<(), String> = loop {
+            match stream.next().await {
+                Some(Ok(chunk)) => {
+                    if let Err(e) = ingest.write(chunk).await {
+                        break Err(format!("storing the blob failed: {e}"));
+                    }
+                    let written = ingest.written();
+                    tx.send_modify(|p| p.available = written);
+                }
+                Some(Err(e)) if resumes < MAX_RESUMES => {
+                    resumes += 1;
+                    let offset = ingest.written();
+                    tracing::warn!(digest = %digest, offset, error = %e, attempt = resumes, "upstream transfer broke; resuming");
+                    match client.get_blob(&t.remote, &digest, offset).await {
+                        Ok(b) => stream = b.stream,
+                        Err(e) => break Err(format!("resuming the upstream transfer failed: {e}")),
+                    }
+                }
+                Some(Err(e)) => break Err(format!("upstream transfer failed: {e}")),
+                None => break Ok(()),
+            }
+        };
+        let outcome = match transferred {
+            Ok(()) => ingest.commit().await.map(drop).map_err(|e| e.to_string()),
+            Err(e) => {
+                ingest.abort().await;
+                Err(e)
+            }
+        };
+        match &outcome {
+            Ok(()) => tracing::info!(digest = %digest, "blob fetched from upstream and verified"),
+            Err(e) => {
+                tracing::error!(digest = %digest, error = %e, "blob fetch from upstream failed; nothing cached")
+            }
+        }
+        self.fills.lock().expect("fills poisoned").remove(&digest);
+        tx.send_modify(|p| p.done = Some(outcome.map_err(Arc::from)));
+    }
+}
+
+/// Streams bytes `[start, end)` of a fill as they become available. The blob's last byte
+/// is held back until the digest is verified, so no client ever receives a whole blob
+/// that turns out corrupt: a mismatch ends every response with an error instead.
+fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> ByteStream {
+    let rx = fill.progress.clone();
+    let state = (fill, rx, start, false);
+    Box::pin(futures_util::stream::unfold(
+        state,
+        move |(fill, mut rx, pos, finished)| async move {
+            if finished || end.is_some_and(|e| pos >= e) {
+                return None;
+            }
+            loop {
+                let p = rx.borrow_and_update().clone();
+                let verified = match &p.done {
+                    Some(Err(msg)) => {
+                        let e = io::Error::other(format!("upstream fetch failed: {msg}"));
+                        return Some((Err(e), (fill, rx, pos, true)));
+                    }
+                    Some(Ok(())) => true,
+                    None => false,
+                };
+                let releasable = if verified {
+                    p.available
+                } else {
+                    p.available.saturating_sub(1)
+                };
+                let limit = releasable.min(end.unwrap_or(u64::MAX));
+                if limit > pos {
+                    let n = (limit - pos).min(FOLLOW_CHUNK);
+                    return match fill.reader.read_at(pos, n as usize).await {
+                        Ok(b) => Some((Ok(b), (fill, rx, pos + n, false))),
+                        Err(e) => Some((Err(e), (fill, rx, pos, true))),
+                    };
+                }
+                if verified {
+                    return None;
+                }
+                if rx.changed().await.is_err() {
+                    let e = io::Error::other("the upstream fetch ended without a result");
+                    return Some((Err(e), (fill, rx, pos, true)));
+                }
+            }
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use pier_oci::{Algorithm, media_types};
+    use pier_storage::BlobBody;
+    use pier_storage::fs::FsStore;
+    use pier_upstream::ManifestHead;
+
+    use super::*;
+    use crate::Stores;
+
+    /// An in-process upstream: serves fixed content slowly, counts blob GETs.
+    struct FakeUpstream {
+        blob: Vec<u8>,
+        serve_corrupt: std::sync::atomic::AtomicBool,
+        blob_gets: AtomicUsize,
+        manifest: Bytes,
+    }
+
+    #[async_trait::async_trait]
+    impl Upstream for FakeUpstream {
+        fn name(&self) -> &str {
+            "fake"
+        }
+        async fn get_manifest(
+            &self,
+            _: &RepoName,
+            r: &Reference,
+        ) -> Result<ManifestFetched, UpstreamError> {
+            match r {
+                Reference::Tag(t) if t.as_str() == "v1" => {}
+                Reference::Digest(d) if *d == Digest::of(Algorithm::Sha256, &self.manifest) => {}
+                _ => return Err(UpstreamError::NotFound),
+            }
+            Ok(ManifestFetched {
+                bytes: self.manifest.clone(),
+                media_type: media_types::OCI_MANIFEST.into(),
+                digest: None,
+            })
+        }
+        async fn head_manifest(
+            &self,
+            _: &RepoName,
+            r: &Reference,
+        ) -> Result<ManifestHead, UpstreamError> {
+            let m = self.get_manifest(&"x".parse().unwrap(), r).await?;
+            Ok(ManifestHead {
+                digest: Digest::of(Algorithm::Sha256, &m.bytes),
+                media_type: m.media_type,
+                size: m.bytes.len() as u64,
+            })
+        }
+        async fn head_blob(&self, _: &RepoName, _: &Digest) -> Result<u64, UpstreamError> {
+            Ok(self.blob.len() as u64)
+        }
+        async fn get_blob(
+            &self,
+            _: &RepoName,
+            _: &Digest,
+            offset: u64,
+        ) -> Result<BlobFetched, UpstreamError> {
+            self.blob_gets.fetch_add(1, Ordering::SeqCst);
+            let mut data = self.blob[offset as usize..].to_vec();
+            if self.serve_corrupt.load(Ordering::SeqCst) {
+                data[0] ^= 0xff;
+            }
+            let chunks: Vec<io::Result<Bytes>> = data
+                .chunks(64 * 1024)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            // Slow enough that concurrent requests overlap the fill.
+            let stream = futures_util::stream::iter(chunks).then(|c| async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                c
+            });
+            Ok(BlobFetched {
+                size: Some(self.blob.len() as u64),
+                stream: Box::pin(stream),
+            })
+        }
+    }
+
+    fn setup(
+        dir: &std::path::Path,
+        blob: Vec<u8>,
+    ) -> (Arc<Mirror>, Arc<FakeUpstream>, Target, Digest) {
+        let store = Arc::new(FsStore::new(dir).unwrap());
+        let registry = Arc::new(Registry::new(Stores::from_backend(store.clone())));
+        let d = Digest::of(Algorithm::Sha256, &blob);
+        let manifest = Bytes::from(format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{d}","size":{}}},"layers":[]}}"#,
+            media_types::OCI_MANIFEST,
+            blob.len()
+        ));
+        let up = Arc::new(FakeUpstream {
+            blob,
+            serve_corrupt: false.into(),
+            blob_gets: AtomicUsize::new(0),
+            manifest,
+        });
+        let config = MirrorConfig {
+            upstreams: vec![UpstreamSpec {
+                name: "up".into(),
+                namespace: "up.example".into(),
+                tag_ttl: Duration::from_secs(60),
+                docker_hub: true,
+                client: up.clone(),
+            }],
+            default: Some(0),
+            local_namespaces: vec!["team".into()],
+        };
+        let mirror = Arc::new(Mirror::new(registry, store, config));
+        let t = mirror.route(&"alpine".parse().unwrap(), None).unwrap();
+        (mirror, up, t, d)
+    }
+
+    async fn read_all(m: MirrorBlob) -> io::Result<Vec<u8>> {
+        let mut s = match m {
+            MirrorBlob::Streaming { body, .. } => body,
+            MirrorBlob::Stored(BlobRead::Content {
+                body: BlobBody::Bytes(b),
+                ..
+            }) => return Ok(b.to_vec()),
+            MirrorBlob::Stored(BlobRead::Content {
+                body: BlobBody::Stream(s),
+                ..
+            }) => s,
+            MirrorBlob::Stored(BlobRead::Redirect(_)) => panic!("redirect"),
+        };
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c?);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn routes_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, _, t, _) = setup(dir.path(), vec![1]);
+        assert_eq!(t.remote.as_str(), "library/alpine");
+        assert_eq!(t.local.as_str(), "up/library/alpine");
+        let by_prefix = m
+            .route(&"up/library/alpine".parse().unwrap(), None)
+            .unwrap();
+        assert_eq!(by_prefix, t);
+        let by_ns = m
+            .route(&"library/alpine".parse().unwrap(), Some("up.example"))
+            .unwrap();
+        assert_eq!(by_ns, t);
+        assert!(m.route(&"team/app".parse().unwrap(), None).is_none());
+        assert!(
+            m.route(&"x".parse().unwrap(), Some("other.example"))
+                .is_none()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_share_one_fetch() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let (m, up, t, d) = setup(dir.path(), blob.clone());
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let (m, t, d) = (m.clone(), t.clone(), d.clone());
+            tasks.push(tokio::spawn(async move {
+                // late joiners arrive while the fill is under way
+                tokio::time::sleep(Duration::from_millis(i * 3)).await;
+                read_all(m.blob(&t, &d, None).await.unwrap()).await.unwrap()
+            }));
+        }
+        for task in tasks {
+            assert!(task.await.unwrap() == blob, "a client got wrong bytes");
+        }
+        assert_eq!(
+            up.blob_gets.load(Ordering::SeqCst),
+            1,
+            "one upstream fetch for all"
+        );
+        // now served from the store, with ranges
+        let again = m
+            .blob(&t, &d, Some(RangeSpec::FromTo(10, 19)))
+            .await
+            .unwrap();
+        assert!(matches!(again, MirrorBlob::Stored(_)));
+        assert_eq!(read_all(again).await.unwrap(), &blob[10..20]);
+        assert_eq!(up.blob_gets.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn corrupt_upstream_caches_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = vec![7u8; 500_000];
+        let (m, up, t, d) = setup(dir.path(), blob.clone());
+        up.serve_corrupt.store(true, Ordering::SeqCst);
+        let res = read_all(m.blob(&t, &d, None).await.unwrap()).await;
+        assert!(res.is_err(), "a corrupt transfer must abort the client");
+        assert!(m.registry.stores().blobs.stat(&d).await.unwrap().is_none());
+        up.serve_corrupt.store(false, Ordering::SeqCst);
+        assert_eq!(
+            read_all(m.blob(&t, &d, None).await.unwrap()).await.unwrap(),
+            blob
+        );
+        assert_eq!(up.blob_gets.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn manifests_by_tag_and_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, up, t, _) = setup(dir.path(), vec![1, 2, 3]);
+        let by_tag = m.manifest(&t, &"v1".parse().unwrap()).await.unwrap();
+        assert_eq!(by_tag.bytes, up.manifest);
+        let by_digest = m
+            .manifest(&t, &Reference::Digest(by_tag.digest.clone()))
+            .await
+            .unwrap();
+        assert_eq!(by_digest.digest, by_tag.digest);
+        assert!(matches!(
+            m.manifest(&t, &"nope".parse().unwrap()).await,
+            Err(CoreError::ManifestUnknown(_))
+        ));
+    }
+}

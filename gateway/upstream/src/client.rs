@@ -1,0 +1,1311 @@
+//! The real [`Upstream`]: hyper 1 over rustls (or plain HTTP for local upstreams), with
+//! Docker token auth, redirects, retries with backoff and streamed blob bodies.
+//!
+//! One request goes through three layers:
+//! - [`UpstreamClient::with_retries`] repeats a whole attempt after connection errors,
+//!   timeouts, 5xx and 429 (backoff doubling from 200 ms, `Retry-After` honoured);
+//! - [`UpstreamClient::exchange`] is one attempt: it answers `401` challenges (Bearer
+//!   token from the realm, or Basic) and follows redirects, and hands back a response
+//!   whose status is a success, or the error it maps to;
+//! - [`UpstreamClient::send_one`] is one HTTP exchange bounded by the timeout.
+//!
+//! A blob body is handed to the caller only once its headers are good, so nothing is
+//! retried after the caller has seen bytes; the body then streams for as long as bytes
+//! keep arriving and fails after `timeout` without one.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use http::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, HeaderName,
+    HeaderValue, LOCATION, RANGE, RETRY_AFTER, USER_AGENT, WWW_AUTHENTICATE,
+};
+use http::uri::{Authority, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pier_oci::{Digest, MAX_MANIFEST_SIZE, Reference, RepoName, media_types};
+use tracing::{debug, warn};
+
+use crate::{
+    BlobFetched, ByteStream, Credentials, ManifestFetched, ManifestHead, Upstream, UpstreamConfig,
+    UpstreamError,
+};
+
+/// Redirects followed per request (Docker Hub sends blobs to a CDN: one hop).
+const MAX_REDIRECTS: usize = 5;
+/// Largest error or token body read.
+const MAX_SMALL_BODY: usize = 64 * 1024;
+/// How much of an error body goes into an error message.
+const MAX_ERROR_TEXT: usize = 300;
+/// Token lifetime when the token endpoint does not say (the Docker token spec's default).
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// A cached token is replaced this long before it expires (at most half its lifetime).
+const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(10);
+/// The manifest types Pier stores, in the `Accept` header of every manifest request.
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.oci.image.index.v1+json, \
+     application/vnd.docker.distribution.manifest.v2+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json";
+const USER_AGENT_VALUE: &str = concat!("pier/", env!("CARGO_PKG_VERSION"));
+const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// The real registry client. Cheap to share behind an `Arc`; holds a connection pool and
+/// the token cache for one upstream.
+pub struct UpstreamClient {
+    name: String,
+    scheme: Scheme,
+    authority: Authority,
+    /// Path before `/v2/`, without a trailing slash (usually empty).
+    prefix: String,
+    credentials: Option<Credentials>,
+    timeout: Duration,
+    retries: u32,
+    backoff_base: Duration,
+    backoff_cap: Duration,
+    http: HttpClient,
+    auth: AuthState,
+}
+
+impl fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamClient")
+            .field("name", &self.name)
+            .field(
+                "url",
+                &format_args!("{}://{}{}", self.scheme, self.authority, self.prefix),
+            )
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|c| &c.username),
+            )
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the client learned about how the upstream authenticates.
+#[derive(Default)]
+struct AuthState {
+    /// The last Bearer challenge's realm and service: later scopes fetch their token
+    /// before the first request instead of after a `401`.
+    bearer: Mutex<Option<BearerRealm>>,
+    /// The upstream asked for Basic credentials: send them from the start.
+    basic: AtomicBool,
+    /// Tokens per realm, service and scope; one fetch at a time per key.
+    tokens: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<CachedToken>>>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BearerRealm {
+    realm: Uri,
+    service: Option<String>,
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    token: String,
+    /// When to stop handing it out (shortly before it expires).
+    refresh_at: Instant,
+}
+
+/// The credentials one request carried to the origin.
+#[derive(Clone)]
+enum Sent {
+    Anonymous,
+    Basic,
+    Bearer { token: String, fresh: bool },
+}
+
+/// A failed attempt: the error, and how long the upstream asked us to wait.
+struct Failure {
+    error: UpstreamError,
+    retry_after: Option<Duration>,
+}
+
+impl From<UpstreamError> for Failure {
+    fn from(error: UpstreamError) -> Self {
+        Failure {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+/// One logical request to the upstream's `/v2/` API.
+struct Call<'a> {
+    method: Method,
+    /// Path after the base URL's prefix, starting with `/v2/`.
+    path: String,
+    /// Token scope, e.g. `repository:library/alpine:pull`.
+    scope: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    repo: &'a RepoName,
+}
+
+impl UpstreamClient {
+    /// A client with the system's trusted roots (rustls-native-certs) for https upstreams.
+    pub fn new(config: UpstreamConfig) -> Result<UpstreamClient, UpstreamError> {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        for error in &native.errors {
+            debug!(upstream = %config.name, %error, "skipping unreadable system certificate");
+        }
+        let (added, ignored) = roots.add_parsable_certificates(native.certs);
+        debug!(upstream = %config.name, added, ignored, "loaded system trust roots");
+        if roots.is_empty() && config.url.starts_with("https:") {
+            warn!(upstream = %config.name, "no system trust roots found: https to this upstream will fail");
+        }
+        Self::with_roots(config, roots)
+    }
+
+    /// A client that trusts exactly `roots` (a private CA; tests).
+    pub fn with_roots(
+        config: UpstreamConfig,
+        roots: rustls::RootCertStore,
+    ) -> Result<UpstreamClient, UpstreamError> {
+        let base: Uri = config.url.parse().map_err(|e| {
+            UpstreamError::Protocol(format!("invalid upstream url {:?}: {e}", config.url))
+        })?;
+        let scheme = base
+            .scheme()
+            .cloned()
+            .filter(|s| *s == Scheme::HTTP || *s == Scheme::HTTPS);
+        let (Some(scheme), Some(authority)) = (scheme, base.authority().cloned()) else {
+            return Err(UpstreamError::Protocol(format!(
+                "invalid upstream url {:?}: need http:// or https:// and a host",
+                config.url
+            )));
+        };
+        if base.query().is_some() {
+            return Err(UpstreamError::Protocol(format!(
+                "invalid upstream url {:?}: no query string allowed",
+                config.url
+            )));
+        }
+        let prefix = base.path().trim_end_matches('/').to_owned();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpstreamError::Protocol(format!("TLS setup: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(config.timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+
+        Ok(UpstreamClient {
+            name: config.name,
+            scheme,
+            authority,
+            prefix,
+            credentials: config.credentials,
+            timeout: config.timeout,
+            retries: config.retries,
+            backoff_base: Duration::from_millis(200),
+            backoff_cap: Duration::from_secs(5),
+            http,
+            auth: AuthState::default(),
+        })
+    }
+
+    /// Change the retry backoff: the first wait is `base`, each next one doubles, up to `cap`.
+    pub fn with_backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.backoff_base = base;
+        self.backoff_cap = cap.max(base);
+        self
+    }
+
+    fn call<'a>(&self, method: Method, repo: &'a RepoName, rest: String) -> Call<'a> {
+        Call {
+            method,
+            path: format!("/v2/{repo}/{rest}"),
+            scope: format!("repository:{repo}:pull"),
+            headers: Vec::new(),
+            repo,
+        }
+    }
+
+    fn origin_uri(&self, path: &str) -> Result<Uri, UpstreamError> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{path}", self.prefix))
+            .build()
+            .map_err(|e| UpstreamError::Protocol(format!("cannot build a URL for {path:?}: {e}")))
+    }
+
+    fn is_origin(&self, uri: &Uri) -> bool {
+        uri.scheme() == Some(&self.scheme) && uri.authority() == Some(&self.authority)
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX);
+        self.backoff_base
+            .saturating_mul(factor)
+            .min(self.backoff_cap)
+    }
+
+    /// The longest `Retry-After` worth waiting for inside one request; beyond it the
+    /// error goes back to the caller at once.
+    fn max_retry_after(&self) -> Duration {
+        self.backoff_cap.max(self.timeout)
+    }
+
+    /// Run `op` (one attempt) until it succeeds, fails for good, or `retries` run out.
+    async fn with_retries<T, F, Fut>(&self, call: &Call<'_>, mut op: F) -> Result<T, UpstreamError>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let failure = match op(attempt).await {
+                Ok(value) => return Ok(value),
+                Err(failure) => failure,
+            };
+            if attempt >= self.retries || !failure.error.is_retryable() {
+                return Err(failure.error);
+            }
+            let mut wait = self.backoff(attempt);
+            if let Some(asked) = failure.retry_after {
+                if asked > self.max_retry_after() {
+                    warn!(upstream = %self.name, method = %call.method, path = %call.path, attempt,
+                        retry_after_s = asked.as_secs(), "upstream asks for a longer wait than a request may take; giving up");
+                    return Err(failure.error);
+                }
+                wait = wait.max(asked);
+            }
+            attempt += 1;
+            warn!(upstream = %self.name, method = %call.method, path = %call.path, attempt,
+                wait_ms = wait.as_millis() as u64, error = %failure.error, "retrying upstream request");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One attempt: auth challenges and redirects handled, a successful response back.
+    async fn exchange(&self, call: &Call<'_>, attempt: u32) -> Result<Response<Incoming>, Failure> {
+        let mut uri = self.origin_uri(&call.path)?;
+        let mut sent = self.initial_auth(&call.scope).await?;
+        let mut redirects = 0;
+        let mut auth_rounds = 0;
+        loop {
+            let on_origin = self.is_origin(&uri);
+            let authorization = if on_origin {
+                self.authorization(&sent)?
+            } else {
+                None
+            };
+            let response = self
+                .send_one(&call.method, &uri, &call.headers, authorization, attempt)
+                .await?;
+            let status = response.status();
+
+            if is_followed_redirect(status)
+                && (call.method == Method::GET || call.method == Method::HEAD)
+            {
+                redirects += 1;
+                if redirects > MAX_REDIRECTS {
+                    return Err(UpstreamError::Protocol(format!(
+                        "more than {MAX_REDIRECTS} redirects for {}",
+                        call.path
+                    ))
+                    .into());
+                }
+                let location = response
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| {
+                        UpstreamError::Protocol(format!("{status} without a usable Location"))
+                    })?;
+                let next = resolve_location(&uri, location)?;
+                debug!(upstream = %self.name, method = %call.method, from = %uri.path(),
+                    to_host = %next.authority().map(|a| a.as_str()).unwrap_or(""),
+                    to_path = %next.path(), status = status.as_u16(), "following redirect");
+                uri = next;
+                continue;
+            }
+
+            if status == StatusCode::UNAUTHORIZED && on_origin && auth_rounds < 3 {
+                auth_rounds += 1;
+                if let Some(next) = self
+                    .answer_challenge(response.headers(), call, &sent)
+                    .await?
+                {
+                    sent = next;
+                    continue;
+                }
+            }
+
+            if status.is_success() {
+                return Ok(response);
+            }
+            let mut failure = self.status_failure(response).await;
+            if let UpstreamError::Unauthorized(message) = &mut failure.error
+                && self.credentials.is_none()
+            {
+                message.push_str(" (no credentials configured)");
+            }
+            debug!(upstream = %self.name, repo = %call.repo, error = %failure.error, "upstream request failed");
+            return Err(failure);
+        }
+    }
+
+    /// What to send before any challenge: a token when the upstream is known to use
+    /// Bearer auth, Basic credentials when it asked for them.
+    async fn initial_auth(&self, scope: &str) -> Result<Sent, Failure> {
+        let known = self.auth.bearer.lock().expect("auth state lock").clone();
+        if let Some(realm) = known {
+            let (token, fresh) = self.token(&realm, scope, None).await?;
+            return Ok(Sent::Bearer { token, fresh });
+        }
+        if self.credentials.is_some() && self.auth.basic.load(Ordering::Relaxed) {
+            return Ok(Sent::Basic);
+        }
+        Ok(Sent::Anonymous)
+    }
+
+    fn authorization(&self, sent: &Sent) -> Result<Option<HeaderValue>, Failure> {
+        let value = match sent {
+            Sent::Anonymous => return Ok(None),
+            Sent::Basic => match &self.credentials {
+                Some(credentials) => basic_auth(credentials),
+                None => return Ok(None),
+            },
+            Sent::Bearer { token, .. } => format!("Bearer {token}"),
+        };
+        let mut value = HeaderValue::try_from(value).map_err(|_| {
+            UpstreamError::Protocol("credentials or token not usable in a header".to_owned())
+        })?;
+        value.set_sensitive(true);
+        Ok(Some(value))
+    }
+
+    /// Answer a `401` from the origin: `Some(what to send next)`, or `None` when there is
+    /// nothing better to try (the `401` then becomes `Unauthorized`).
+    async fn answer_challenge(
+        &self,
+        headers: &HeaderMap,
+        call: &Call<'_>,
+        sent: &Sent,
+    ) -> Result<Option<Sent>, Failure> {
+        let challenges: Vec<Challenge> = headers
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(parse_challenges)
+            .collect();
+        if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
+            if let Sent::Bearer { fresh: true, .. } = sent {
+                return Ok(None);
+            }
+            let Some(realm) = bearer.param("realm") else {
+                return Ok(None);
+            };
+            let realm = parse_realm(realm)?;
+            let realm = BearerRealm {
+                realm,
+                service: bearer.param("service").map(str::to_owned),
+            };
+            *self.auth.bearer.lock().expect("auth state lock") = Some(realm.clone());
+            let stale = match sent {
+                Sent::Bearer { token, .. } => Some(token.as_str()),
+                _ => None,
+            };
+            let (token, fresh) = self.token(&realm, &call.scope, stale).await?;
+            return Ok(Some(Sent::Bearer { token, fresh }));
+        }
+        if challenges.iter().any(|c| c.scheme == "basic")
+            && self.credentials.is_some()
+            && !matches!(sent, Sent::Basic)
+        {
+            self.auth.basic.store(true, Ordering::Relaxed);
+            return Ok(Some(Sent::Basic));
+        }
+        Ok(None)
+    }
+
+    /// A token for `scope`: the cached one unless it is `stale` or near expiry, else a
+    /// new one from the realm. The flag says whether it was fetched just now.
+    async fn token(
+        &self,
+        realm: &BearerRealm,
+        scope: &str,
+        stale: Option<&str>,
+    ) -> Result<(String, bool), Failure> {
+        let key = format!(
+            "{} {} {scope}",
+            realm.realm,
+            realm.service.as_deref().unwrap_or("")
+        );
+        let slot = self
+            .auth
+            .tokens
+            .lock()
+            .expect("token cache lock")
+            .entry(key)
+            .or_default()
+            .clone();
+        let mut cached = slot.lock().await;
+        if let Some(token) = cached.as_ref()
+            && Instant::now() < token.refresh_at
+            && Some(token.token.as_str()) != stale
+        {
+            return Ok((token.token.clone(), false));
+        }
+        let token = self.fetch_token(realm, scope).await?;
+        let value = token.token.clone();
+        *cached = Some(token);
+        Ok((value, true))
+    }
+
+    async fn fetch_token(&self, realm: &BearerRealm, scope: &str) -> Result<CachedToken, Failure> {
+        let mut query = String::new();
+        if let Some(service) = &realm.service {
+            query.push_str("service=");
+            query.push_str(&percent_encode(service));
+            query.push('&');
+        }
+        query.push_str("scope=");
+        query.push_str(&percent_encode(scope));
+        let base = realm.realm.to_string();
+        let separator = if realm.realm.query().is_some() {
+            '&'
+        } else {
+            '?'
+        };
+        let uri: Uri = format!("{base}{separator}{query}").parse().map_err(|e| {
+            UpstreamError::Protocol(format!("bad token URL from realm {base}: {e}"))
+        })?;
+        // Anonymous when no credentials are configured (`authorization` gives `None`).
+        let authorization = self.authorization(&Sent::Basic)?;
+        let started = Instant::now();
+        let response = self
+            .send_one(&Method::GET, &uri, &[], authorization, 0)
+            .await?;
+        if !response.status().is_success() {
+            let mut failure = self.status_failure(response).await;
+            if let UpstreamError::Unauthorized(message) | UpstreamError::Denied(message) =
+                &mut failure.error
+            {
+                *message = format!(
+                    "token endpoint {}{} refused: {message}",
+                    uri_host(&uri),
+                    uri.path()
+                );
+            }
+            return Err(failure);
+        }
+        let body = read_limited(response.into_body(), MAX_SMALL_BODY, self.timeout, &uri).await?;
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+            UpstreamError::Protocol(format!("token endpoint sent invalid JSON: {e}"))
+        })?;
+        let token = parsed
+            .token
+            .filter(|t| !t.is_empty())
+            .or(parsed.access_token.filter(|t| !t.is_empty()))
+            .ok_or_else(|| UpstreamError::Protocol("token endpoint sent no token".to_owned()))?;
+        let lifetime = match parsed.expires_in {
+            Some(seconds) if seconds > 0 => Duration::from_secs(seconds),
+            _ => DEFAULT_TOKEN_LIFETIME,
+        };
+        let margin = TOKEN_REFRESH_MARGIN.min(lifetime / 2);
+        debug!(upstream = %self.name, scope, lifetime_s = lifetime.as_secs(), "got upstream token");
+        Ok(CachedToken {
+            token,
+            refresh_at: started + lifetime - margin,
+        })
+    }
+
+    /// One HTTP exchange, bounded by the timeout (connect + response headers).
+    async fn send_one(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &[(HeaderName, HeaderValue)],
+        authorization: Option<HeaderValue>,
+        attempt: u32,
+    ) -> Result<Response<Incoming>, Failure> {
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(uri.clone())
+            .header(USER_AGENT, USER_AGENT_VALUE);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        if let Some(value) = authorization {
+            request = request.header(AUTHORIZATION, value);
+        }
+        let request = request
+            .body(Empty::new())
+            .map_err(|e| UpstreamError::Protocol(format!("cannot build request: {e}")))?;
+        let started = Instant::now();
+        match tokio::time::timeout(self.timeout, self.http.request(request)).await {
+            Err(_) => {
+                debug!(upstream = %self.name, method = %method, host = uri_host(uri), path = uri.path(),
+                    attempt, "upstream request timed out");
+                Err(UpstreamError::Timeout(self.timeout).into())
+            }
+            Ok(Err(error)) => {
+                debug!(upstream = %self.name, method = %method, host = uri_host(uri), path = uri.path(),
+                    attempt, %error, "upstream request failed");
+                Err(UpstreamError::Connect {
+                    url: format!(
+                        "{}://{}{}",
+                        uri.scheme_str().unwrap_or("http"),
+                        uri_host(uri),
+                        uri.path()
+                    ),
+                    source: Box::new(error),
+                }
+                .into())
+            }
+            Ok(Ok(response)) => {
+                debug!(upstream = %self.name, method = %method, host = uri_host(uri), path = uri.path(),
+                    status = response.status().as_u16(), attempt,
+                    elapsed_ms = started.elapsed().as_millis() as u64, "upstream response");
+                Ok(response)
+            }
+        }
+    }
+
+    /// The error a non-success response maps to, with a short text from its body.
+    async fn status_failure(&self, response: Response<Incoming>) -> Failure {
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = tokio::time::timeout(self.timeout, async {
+            let mut body = response.into_body();
+            let mut text = BytesMut::new();
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    text.extend_from_slice(&data);
+                    if text.len() >= MAX_SMALL_BODY {
+                        break;
+                    }
+                }
+            }
+            text
+        })
+        .await
+        .unwrap_or_default();
+        let message = error_text(status, &body);
+        let error = match status.as_u16() {
+            404 => UpstreamError::NotFound,
+            401 => UpstreamError::Unauthorized(message),
+            403 => UpstreamError::Denied(message),
+            429 => UpstreamError::TooManyRequests { retry_after },
+            code => UpstreamError::Status {
+                status: code,
+                body: message,
+            },
+        };
+        Failure { error, retry_after }
+    }
+}
+
+#[async_trait::async_trait]
+impl Upstream for UpstreamClient {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestFetched, UpstreamError> {
+        let mut call = self.call(Method::GET, repo, format!("manifests/{reference}"));
+        call.headers
+            .push((ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT)));
+        let call = &call;
+        let (headers, bytes) = self
+            .with_retries(call, |attempt| async move {
+                let response = self.exchange(call, attempt).await?;
+                if let Some(length) = content_length(response.headers())
+                    && length > MAX_MANIFEST_SIZE as u64
+                {
+                    return Err(UpstreamError::Protocol(format!(
+                        "manifest of {length} bytes is over the {MAX_MANIFEST_SIZE} byte limit"
+                    ))
+                    .into());
+                }
+                let (parts, body) = response.into_parts();
+                let uri = self.origin_uri(&call.path)?;
+                let bytes = read_limited(body, MAX_MANIFEST_SIZE, self.timeout, &uri).await?;
+                Ok((parts.headers, bytes))
+            })
+            .await?;
+        if let Reference::Digest(expected) = reference {
+            let actual = Digest::of(expected.algorithm(), &bytes);
+            if actual != *expected {
+                return Err(UpstreamError::Protocol(format!(
+                    "upstream sent manifest {actual} for {expected}"
+                )));
+            }
+        }
+        let media_type = match content_type(&headers) {
+            Some(media_type) => media_type,
+            None => embedded_media_type(&bytes).ok_or_else(|| {
+                UpstreamError::Protocol("manifest without a Content-Type or mediaType".to_owned())
+            })?,
+        };
+        Ok(ManifestFetched {
+            media_type,
+            digest: header_digest(&headers),
+            bytes,
+        })
+    }
+
+    async fn head_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestHead, UpstreamError> {
+        let mut call = self.call(Method::HEAD, repo, format!("manifests/{reference}"));
+        call.headers
+            .push((ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT)));
+        let call = &call;
+        let response = self
+            .with_retries(call, |attempt| self.exchange(call, attempt))
+            .await?;
+        let headers = response.headers();
+        let digest = match (header_digest(headers), reference) {
+            (Some(digest), _) => digest,
+            (None, Reference::Digest(digest)) => digest.clone(),
+            (None, Reference::Tag(_)) => {
+                return Err(UpstreamError::Protocol(
+                    "manifest HEAD without Docker-Content-Digest".to_owned(),
+                ));
+            }
+        };
+        let size = content_length(headers).ok_or_else(|| {
+            UpstreamError::Protocol("manifest HEAD without Content-Length".to_owned())
+        })?;
+        Ok(ManifestHead {
+            digest,
+            media_type: content_type(headers).unwrap_or_default(),
+            size,
+        })
+    }
+
+    async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, UpstreamError> {
+        let call = &self.call(Method::HEAD, repo, format!("blobs/{digest}"));
+        let response = self
+            .with_retries(call, |attempt| self.exchange(call, attempt))
+            .await?;
+        content_length(response.headers())
+            .ok_or_else(|| UpstreamError::Protocol("blob HEAD without Content-Length".to_owned()))
+    }
+
+    async fn get_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<BlobFetched, UpstreamError> {
+        let mut call = self.call(Method::GET, repo, format!("blobs/{digest}"));
+        if offset > 0 {
+            let range = HeaderValue::try_from(format!("bytes={offset}-"))
+                .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+            call.headers.push((RANGE, range));
+        }
+        let call = &call;
+        let response = self
+            .with_retries(call, |attempt| self.exchange(call, attempt))
+            .await?;
+        let status = response.status();
+        let headers = response.headers();
+        let (size, skip) = match status {
+            StatusCode::PARTIAL_CONTENT if offset > 0 => {
+                let range = headers
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_content_range)
+                    .ok_or_else(|| {
+                        UpstreamError::Protocol("206 without a valid Content-Range".to_owned())
+                    })?;
+                if range.start != offset {
+                    return Err(UpstreamError::Protocol(format!(
+                        "asked for bytes from {offset}, upstream sent from {}",
+                        range.start
+                    )));
+                }
+                (range.total, 0)
+            }
+            StatusCode::OK => {
+                let size = content_length(headers);
+                if let Some(size) = size
+                    && size < offset
+                {
+                    return Err(UpstreamError::Protocol(format!(
+                        "offset {offset} is past the end of a {size} byte blob"
+                    )));
+                }
+                (size, offset)
+            }
+            other => {
+                return Err(UpstreamError::Protocol(format!(
+                    "unexpected {other} for a blob GET (offset {offset})"
+                )));
+            }
+        };
+        debug!(upstream = %self.name, repo = %repo, %digest, offset, size, skip, "streaming blob from upstream");
+        Ok(BlobFetched {
+            size,
+            stream: body_stream(response.into_body(), self.timeout, skip),
+        })
+    }
+}
+
+/// The body as a stream: each chunk must arrive within `idle` of the previous one; the
+/// first `skip` bytes are dropped (a `200` answered to a range request).
+fn body_stream(body: Incoming, idle: Duration, skip: u64) -> ByteStream {
+    struct State {
+        body: Incoming,
+        idle: Duration,
+        skip: u64,
+        done: bool,
+    }
+    let state = State {
+        body,
+        idle,
+        skip,
+        done: false,
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            let error = match tokio::time::timeout(st.idle, st.body.frame()).await {
+                Err(_) => io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("upstream sent no data for {:?}", st.idle),
+                ),
+                Ok(Some(Err(error))) => io::Error::other(error),
+                Ok(None) if st.skip > 0 => io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "upstream body ended before the requested offset",
+                ),
+                Ok(None) => return None,
+                Ok(Some(Ok(frame))) => {
+                    let Ok(mut data) = frame.into_data() else {
+                        continue;
+                    };
+                    if st.skip > 0 {
+                        let n = st.skip.min(data.len() as u64);
+                        data = data.slice(n as usize..);
+                        st.skip -= n;
+                    }
+                    if data.is_empty() {
+                        continue;
+                    }
+                    return Some((Ok(data), st));
+                }
+            };
+            st.done = true;
+            return Some((Err(error), st));
+        }
+    }))
+}
+
+/// Read a whole (small) body: at most `limit` bytes, each chunk within `idle`.
+async fn read_limited(
+    mut body: Incoming,
+    limit: usize,
+    idle: Duration,
+    uri: &Uri,
+) -> Result<Bytes, Failure> {
+    let mut out = BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(UpstreamError::Timeout(idle).into()),
+            Ok(None) => return Ok(out.freeze()),
+            Ok(Some(Err(error))) => {
+                return Err(UpstreamError::Connect {
+                    url: format!(
+                        "{}://{}{}",
+                        uri.scheme_str().unwrap_or("http"),
+                        uri_host(uri),
+                        uri.path()
+                    ),
+                    source: Box::new(error),
+                }
+                .into());
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if out.len() + data.len() > limit {
+                        return Err(UpstreamError::Protocol(format!(
+                            "upstream body is over the {limit} byte limit"
+                        ))
+                        .into());
+                    }
+                    out.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+}
+
+fn is_followed_redirect(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308)
+}
+
+fn uri_host(uri: &Uri) -> &str {
+    uri.authority().map(Authority::as_str).unwrap_or("")
+}
+
+fn basic_auth(credentials: &Credentials) -> String {
+    let raw = format!("{}:{}", credentials.username, credentials.password);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `Content-Type` without parameters.
+fn content_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    let media_type = value.split(';').next().unwrap_or("").trim();
+    (!media_type.is_empty()).then(|| media_type.to_ascii_lowercase())
+}
+
+fn header_digest(headers: &HeaderMap) -> Option<Digest> {
+    let value = headers.get(DOCKER_CONTENT_DIGEST)?.to_str().ok()?;
+    match value.trim().parse() {
+        Ok(digest) => Some(digest),
+        Err(_) => {
+            debug!(value, "ignoring unparsable Docker-Content-Digest");
+            None
+        }
+    }
+}
+
+/// The `mediaType` field of a manifest served without a `Content-Type`.
+fn embedded_media_type(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    let probe: Probe = serde_json::from_slice(bytes).ok()?;
+    probe.media_type.filter(|m| {
+        [
+            media_types::OCI_MANIFEST,
+            media_types::OCI_INDEX,
+            media_types::DOCKER_MANIFEST,
+            media_types::DOCKER_MANIFEST_LIST,
+        ]
+        .contains(&m.as_str())
+    })
+}
+
+/// A short human text for an error response: the first OCI error's code and message
+/// when the body is OCI error JSON, else the start of the body.
+fn error_text(status: StatusCode, body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<OciError>,
+    }
+    #[derive(serde::Deserialize)]
+    struct OciError {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    if let Ok(parsed) = serde_json::from_slice::<Errors>(body)
+        && let Some(first) = parsed.errors.first()
+    {
+        return truncate(format!("{}: {}", first.code, first.message));
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        status.to_string()
+    } else {
+        truncate(text.to_owned())
+    }
+}
+
+fn truncate(mut text: String) -> String {
+    if text.len() > MAX_ERROR_TEXT {
+        let mut end = MAX_ERROR_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+fn parse_realm(realm: &str) -> Result<Uri, UpstreamError> {
+    let uri: Uri = realm
+        .parse()
+        .map_err(|e| UpstreamError::Protocol(format!("bad token realm {realm:?}: {e}")))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(uri),
+        _ => Err(UpstreamError::Protocol(format!(
+            "token realm {realm:?} is not an http(s) URL"
+        ))),
+    }
+}
+
+/// Where a redirect goes: `Location` resolved against the URL that answered.
+fn resolve_location(base: &Uri, location: &str) -> Result<Uri, UpstreamError> {
+    let location = location.trim();
+    let bad =
+        |why: String| UpstreamError::Protocol(format!("bad redirect Location {location:?}: {why}"));
+    let scheme = base.scheme_str().unwrap_or("http");
+    let authority = uri_host(base);
+    let absolute = if location.starts_with("http://") || location.starts_with("https://") {
+        location.to_owned()
+    } else if location.starts_with("//") {
+        format!("{scheme}:{location}")
+    } else if location.starts_with('/') {
+        format!("{scheme}://{authority}{location}")
+    } else if location.contains("://") {
+        return Err(bad("not an http(s) URL".to_owned()));
+    } else {
+        let dir = match base.path().rfind('/') {
+            Some(i) => &base.path()[..=i],
+            None => "/",
+        };
+        format!("{scheme}://{authority}{dir}{location}")
+    };
+    let uri: Uri = absolute.parse().map_err(|e| bad(format!("{e}")))?;
+    if uri.authority().is_none() {
+        return Err(bad("no host".to_owned()));
+    }
+    Ok(uri)
+}
+
+/// Percent-encode a query value (everything but RFC 3986 unreserved characters).
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ContentRange {
+    start: u64,
+    total: Option<u64>,
+}
+
+/// `bytes START-END/TOTAL` (TOTAL may be `*`).
+fn parse_content_range(value: &str) -> Option<ContentRange> {
+    let rest = value.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (start, end) = range.trim().split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end: u64 = end.trim().parse().ok()?;
+    if end < start {
+        return None;
+    }
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some(ContentRange { start, total })
+}
+
+/// One challenge of a `WWW-Authenticate` header: its scheme (lowercase) and parameters
+/// (names lowercase).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Challenge {
+    scheme: String,
+    params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parse `WWW-Authenticate` (RFC 9110 §11.6.1): comma-separated challenges, each a scheme
+/// followed by `name=value` or `name="quoted value"` parameters. Token68 forms are skipped.
+fn parse_challenges(header: &str) -> Vec<Challenge> {
+    let s = header.as_bytes();
+    let mut i = 0;
+    let mut out: Vec<Challenge> = Vec::new();
+    let is_token = |b: u8| !b.is_ascii_whitespace() && !matches!(b, b',' | b'=' | b'"');
+    let skip_ws = |i: &mut usize| {
+        while *i < s.len() && s[*i].is_ascii_whitespace() {
+            *i += 1;
+        }
+    };
+    loop {
+        // Skip separators between items.
+        while i < s.len() && (s[i].is_ascii_whitespace() || s[i] == b',') {
+            i += 1;
+        }
+        if i >= s.len() {
+            break;
+        }
+        let start = i;
+        while i < s.len() && is_token(s[i]) {
+            i += 1;
+        }
+        if i == start {
+            // A stray character: skip it.
+            i += 1;
+            continue;
+        }
+        let word = &header[start..i];
+        let mut j = i;
+        skip_ws(&mut j);
+        if j < s.len() && s[j] == b'=' && j + 1 < s.len() && s[j + 1] != b'=' {
+            // `name=value`: a parameter of the current challenge.
+            i = j + 1;
+            skip_ws(&mut i);
+            let value = if i < s.len() && s[i] == b'"' {
+                i += 1;
+                let mut value = String::new();
+                while i < s.len() && s[i] != b'"' {
+                    if s[i] == b'\\' && i + 1 < s.len() {
+                        i += 1;
+                    }
+                    let ch = header[i..].chars().next().unwrap_or('\u{fffd}');
+                    value.push(ch);
+                    i += ch.len_utf8();
+                }
+                i += 1;
+                value
+            } else {
+                let vstart = i;
+                while i < s.len() && s[i] != b',' && !s[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                header[vstart..i].to_owned()
+            };
+            if let Some(challenge) = out.last_mut() {
+                challenge.params.push((word.to_ascii_lowercase(), value));
+            }
+        } else if j < s.len() && s[j] == b'=' {
+            // token68 padding (`abc==`): skip it.
+            i = j;
+            while i < s.len() && s[i] == b'=' {
+                i += 1;
+            }
+        } else {
+            out.push(Challenge {
+                scheme: word.to_ascii_lowercase(),
+                params: Vec::new(),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_docker_hub_challenge() {
+        let c = parse_challenges(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull""#,
+        );
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].scheme, "bearer");
+        assert_eq!(c[0].param("realm"), Some("https://auth.docker.io/token"));
+        assert_eq!(c[0].param("service"), Some("registry.docker.io"));
+        assert_eq!(c[0].param("scope"), Some("repository:library/alpine:pull"));
+    }
+
+    #[test]
+    fn parses_several_challenges_and_escapes() {
+        let c = parse_challenges(
+            r#"Basic realm="a \"quoted\" realm", charset=UTF-8, Bearer realm="https://r/t", error=invalid_token"#,
+        );
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(c[0].scheme, "basic");
+        assert_eq!(c[0].param("realm"), Some(r#"a "quoted" realm"#));
+        assert_eq!(c[0].param("charset"), Some("UTF-8"));
+        assert_eq!(c[1].scheme, "bearer");
+        assert_eq!(c[1].param("realm"), Some("https://r/t"));
+        assert_eq!(c[1].param("error"), Some("invalid_token"));
+        assert_eq!(
+            parse_challenges("Negotiate abc==, Basic"),
+            vec![
+                Challenge {
+                    scheme: "negotiate".into(),
+                    params: vec![]
+                },
+                Challenge {
+                    scheme: "basic".into(),
+                    params: vec![]
+                },
+            ]
+        );
+        assert!(parse_challenges("").is_empty());
+        assert!(parse_challenges(" , ,").is_empty());
+    }
+
+    #[test]
+    fn resolves_redirect_locations() {
+        let base: Uri = "https://reg.example:5000/v2/a/blobs/sha256:x?q=1"
+            .parse()
+            .unwrap();
+        let r = |l: &str| resolve_location(&base, l).unwrap().to_string();
+        assert_eq!(
+            r("https://cdn.example/b?sig=1&x=2"),
+            "https://cdn.example/b?sig=1&x=2"
+        );
+        assert_eq!(r("//cdn.example/b"), "https://cdn.example/b");
+        assert_eq!(r("/other/path?x"), "https://reg.example:5000/other/path?x");
+        assert_eq!(r("sibling"), "https://reg.example:5000/v2/a/blobs/sibling");
+        assert!(resolve_location(&base, "ftp://x/y").is_err());
+    }
+
+    #[test]
+    fn parses_content_ranges() {
+        assert_eq!(
+            parse_content_range("bytes 10-99/100"),
+            Some(ContentRange {
+                start: 10,
+                total: Some(100)
+            })
+        );
+        assert_eq!(
+            parse_content_range("bytes 10-99/*"),
+            Some(ContentRange {
+                start: 10,
+                total: None
+            })
+        );
+        assert_eq!(parse_content_range("bytes 99-10/100"), None);
+        assert_eq!(parse_content_range("items 1-2/3"), None);
+    }
+
+    #[test]
+    fn percent_encodes_scopes() {
+        assert_eq!(
+            percent_encode("repository:library/alpine:pull"),
+            "repository%3Alibrary%2Falpine%3Apull"
+        );
+        assert_eq!(percent_encode("registry.docker.io"), "registry.docker.io");
+    }
+
+    #[test]
+    fn error_text_prefers_oci_errors() {
+        let body =
+            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
+        assert_eq!(
+            error_text(StatusCode::NOT_FOUND, body),
+            "MANIFEST_UNKNOWN: manifest unknown"
+        );
+        assert_eq!(error_text(StatusCode::BAD_GATEWAY, b""), "502 Bad Gateway");
+        assert_eq!(
+            error_text(StatusCode::BAD_GATEWAY, &[b'x'; 1000])
+                .chars()
+                .count(),
+            MAX_ERROR_TEXT + 1
+        );
+    }
+
+    #[test]
+    fn content_type_drops_parameters() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/vnd.oci.image.index.v1+json; charset=utf-8"),
+        );
+        assert_eq!(
+            content_type(&headers).as_deref(),
+            Some(media_types::OCI_INDEX)
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let config = UpstreamConfig {
+            name: "t".into(),
+            url: "http://127.0.0.1:1".into(),
+            credentials: None,
+            timeout: Duration::from_secs(1),
+            retries: 3,
+        };
+        let client = UpstreamClient::with_roots(config, rustls::RootCertStore::empty())
+            .unwrap()
+            .with_backoff(Duration::from_millis(200), Duration::from_secs(1));
+        let waits: Vec<_> = (0..5).map(|a| client.backoff(a).as_millis()).collect();
+        assert_eq!(waits, [200, 400, 800, 1000, 1000]);
+        assert_eq!(client.backoff(40), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn rejects_bad_base_urls() {
+        for url in ["ftp://x", "127.0.0.1:5000", "http://x/?a=b", "not a url"] {
+            let config = UpstreamConfig {
+                name: "t".into(),
+                url: url.into(),
+                credentials: None,
+                timeout: Duration::from_secs(1),
+                retries: 0,
+            };
+            assert!(
+                UpstreamClient::with_roots(config, rustls::RootCertStore::empty()).is_err(),
+                "{url}"
+            );
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Pier's client for other registries (the upstreams of the mirror, the targets of
+//! replication): Docker token auth, redirects, retries with backoff, streaming.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+use std::io;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use pier_oci::{Digest, Reference, RepoName};
+
+pub mod client;
+pub use client::UpstreamClient;
+
+/// A stream of bytes from an upstream.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+/// How to reach one upstream registry.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Name used in logs, metrics and path prefixes.
+    pub name: String,
+    /// Base URL, e.g. `https://registry-1.docker.io` or `http://127.0.0.1:5000`.
+    pub url: String,
+    pub credentials: Option<Credentials>,
+    /// Per request (connect + headers; a body streams as long as bytes keep arriving).
+    pub timeout: Duration,
+    /// Attempts after the first on connection errors, 5xx and 429.
+    pub retries: u32,
+}
+
+/// Why an upstream request failed, and whose fault it is.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("not found upstream")]
+    NotFound,
+    #[error("upstream refused our credentials: {0}")]
+    Unauthorized(String),
+    #[error("upstream denied access: {0}")]
+    Denied(String),
+    #[error("upstream is rate limiting (retry after {retry_after:?})")]
+    TooManyRequests { retry_after: Option<Duration> },
+    #[error("upstream answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("cannot reach upstream {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("upstream timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
+}
+
+impl UpstreamError {
+    /// The upstream does not have it (as opposed to: the upstream is unwell).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, UpstreamError::NotFound)
+    }
+
+    /// Worth another attempt: the upstream could not be reached, was too slow, failed
+    /// (5xx) or is rate limiting.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            UpstreamError::Connect { .. }
+            | UpstreamError::Timeout(_)
+            | UpstreamError::TooManyRequests { .. } => true,
+            UpstreamError::Status { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// A manifest as the upstream served it.
+#[derive(Debug, Clone)]
+pub struct ManifestFetched {
+    pub bytes: Bytes,
+    pub media_type: String,
+    /// `Docker-Content-Digest`, when the upstream sent one.
+    pub digest: Option<Digest>,
+}
+
+/// What a HEAD of a manifest says.
+#[derive(Debug, Clone)]
+pub struct ManifestHead {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// A blob body being received.
+pub struct BlobFetched {
+    /// Total size of the blob, when the upstream said.
+    pub size: Option<u64>,
+    /// The bytes from the requested offset on.
+    pub stream: ByteStream,
+}
+
+/// The operations the mirror and replication need from an upstream registry.
+/// `client::UpstreamClient` is the real one.
+#[async_trait::async_trait]
+pub trait Upstream: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    /// GET a manifest by tag or digest, accepting OCI and Docker schema 2 types.
+    async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestFetched, UpstreamError>;
+    /// HEAD a manifest: cheap revalidation (Docker Hub does not count it as a pull).
+    async fn head_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestHead, UpstreamError>;
+    /// HEAD a blob: its size.
+    async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, UpstreamError>;
+    /// GET a blob from `offset` on (a Range request when offset > 0), following redirects.
+    async fn get_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<BlobFetched, UpstreamError>;
+}
