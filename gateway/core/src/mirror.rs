@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -123,7 +124,25 @@ impl Drop for KeyGuard<'_> {
     }
 }
 
+/// Mirror counters, exported in the Prometheus text format.
+#[derive(Default)]
+struct Counters {
+    blob_hits: AtomicU64,
+    blob_misses: AtomicU64,
+    blob_coalesced: AtomicU64,
+    manifest_hits: AtomicU64,
+    manifest_misses: AtomicU64,
+    stale_serves: AtomicU64,
+    upstream_bytes: AtomicU64,
+    fill_failures: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
 pub struct Mirror {
+    counters: Counters,
     registry: Arc<Registry>,
     ingest: Arc<dyn IngestStore>,
     config: MirrorConfig,
@@ -148,6 +167,7 @@ impl Mirror {
         config: MirrorConfig,
     ) -> Mirror {
         Mirror {
+            counters: Counters::default(),
             registry,
             ingest,
             config,
@@ -155,6 +175,61 @@ impl Mirror {
             locks: KeyedLocks::default(),
             validated: moka::sync::Cache::builder().max_capacity(100_000).build(),
         }
+    }
+
+    /// The mirror's counters in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        let c = &self.counters;
+        let rows = [
+            (
+                "pier_mirror_blob_hits_total",
+                "Blob requests served from the cache.",
+                &c.blob_hits,
+            ),
+            (
+                "pier_mirror_blob_misses_total",
+                "Blob fetches started from an upstream.",
+                &c.blob_misses,
+            ),
+            (
+                "pier_mirror_blob_coalesced_total",
+                "Blob requests that joined a fetch in progress.",
+                &c.blob_coalesced,
+            ),
+            (
+                "pier_mirror_manifest_hits_total",
+                "Manifest requests served from the cache.",
+                &c.manifest_hits,
+            ),
+            (
+                "pier_mirror_manifest_misses_total",
+                "Manifests fetched from an upstream.",
+                &c.manifest_misses,
+            ),
+            (
+                "pier_mirror_stale_serves_total",
+                "Cached tags served because the upstream failed.",
+                &c.stale_serves,
+            ),
+            (
+                "pier_mirror_upstream_bytes_total",
+                "Blob bytes received from upstreams.",
+                &c.upstream_bytes,
+            ),
+            (
+                "pier_mirror_fill_failures_total",
+                "Upstream fetches that failed or did not verify.",
+                &c.fill_failures,
+            ),
+        ];
+        let mut out = String::new();
+        for (name, help, v) in rows {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Ordering::Relaxed)
+            ));
+        }
+        out
     }
 
     fn target(&self, upstream: usize, remote: &str) -> Option<Target> {
@@ -208,12 +283,14 @@ impl Mirror {
         match reference {
             Reference::Digest(d) => {
                 if let Some(m) = self.local_manifest(t, reference).await? {
+                    bump(&self.counters.manifest_hits);
                     return Ok(m);
                 }
                 let _guard = self.locks.lock(format!("{}@{d}", t.local)).await;
                 if let Some(m) = self.local_manifest(t, reference).await? {
                     return Ok(m);
                 }
+                bump(&self.counters.manifest_misses);
                 let fetched = self
                     .upstream(t)
                     .client
@@ -255,6 +332,7 @@ impl Mirror {
         if let Some(m) = &local
             && self.fresh(t, tag)
         {
+            bump(&self.counters.manifest_hits);
             return Ok(m.clone());
         }
         let _guard = self.locks.lock(format!("{}:{tag}", t.local)).await;
@@ -272,9 +350,11 @@ impl Mirror {
         match client.head_manifest(&t.remote, &reference).await {
             Ok(head) => {
                 if let Some(m) = local.filter(|m| m.digest == head.digest) {
+                    bump(&self.counters.manifest_hits);
                     self.validated.insert(key, Instant::now());
                     return Ok(m);
                 }
+                bump(&self.counters.manifest_misses);
                 let by_digest = Reference::Digest(head.digest.clone());
                 let fetched = client
                     .get_manifest(&t.remote, &by_digest)
@@ -289,6 +369,7 @@ impl Mirror {
             Err(e) if e.is_not_found() => Err(unknown()),
             Err(e) => match local {
                 Some(m) => {
+                    bump(&self.counters.stale_serves);
                     tracing::warn!(
                         upstream = %self.upstream(t).name, repository = %t.remote, tag = %tag,
                         error = %e, "upstream unavailable; serving the cached tag (stale-if-error)"
@@ -380,6 +461,7 @@ impl Mirror {
         range: Option<RangeSpec>,
     ) -> Result<MirrorBlob> {
         if let Some(read) = self.stored(t, digest, range).await? {
+            bump(&self.counters.blob_hits);
             return Ok(MirrorBlob::Stored(read));
         }
         let Some(fill) = self.fill(t, digest).await? else {
@@ -451,10 +533,12 @@ impl Mirror {
     /// was stored meanwhile.
     async fn fill(self: &Arc<Self>, t: &Target, digest: &Digest) -> Result<Option<Arc<Fill>>> {
         if let Some(f) = self.fills.lock().expect("fills poisoned").get(digest) {
+            bump(&self.counters.blob_coalesced);
             return Ok(Some(f.clone()));
         }
         let _guard = self.locks.lock(format!("blob {digest}")).await;
         if let Some(f) = self.fills.lock().expect("fills poisoned").get(digest) {
+            bump(&self.counters.blob_coalesced);
             return Ok(Some(f.clone()));
         }
         if self.registry.stores().blobs.stat(digest).await?.is_some() {
@@ -466,6 +550,7 @@ impl Mirror {
             .get_blob(&t.remote, digest, 0)
             .await
             .map_err(|e| upstream_err(e, || CoreError::BlobUnknown(digest.clone())))?;
+        bump(&self.counters.blob_misses);
         let ingest = self.ingest.begin_ingest(&t.local, digest).await?;
         let (tx, rx) = watch::channel(Progress::default());
         let fill = Arc::new(Fill {
@@ -499,6 +584,9 @@ impl Mirror {
         let transferred: std::result::Result<(), String> = loop {
             match stream.next().await {
                 Some(Ok(chunk)) => {
+                    self.counters
+                        .upstream_bytes
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     if let Err(e) = ingest.write(chunk).await {
                         break Err(format!("storing the blob failed: {e}"));
                     }
@@ -585,7 +673,7 @@ fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> ByteStream {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use bytes::Bytes;
     use pier_oci::{Algorithm, media_types};

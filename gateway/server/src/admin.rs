@@ -14,6 +14,7 @@ use pier_http::Metrics;
 
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
+    pub mirror: Option<Arc<pier_core::Mirror>>,
     pub ready: AtomicBool,
     pub root: PathBuf,
 }
@@ -38,11 +39,13 @@ pub async fn serve(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let plain = "text/plain; charset=utf-8";
     Ok(match req.uri().path() {
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            state.metrics.render(),
-        ),
+        "/metrics" => {
+            let mut body = state.metrics.render();
+            if let Some(m) = &state.mirror {
+                body.push_str(&m.render_metrics());
+            }
+            text(StatusCode::OK, "text/plain; version=0.0.4", body)
+        }
         "/healthz" => text(StatusCode::OK, plain, "ok\n"),
         "/readyz" => {
             let storage_ok = tokio::fs::metadata(&state.root)

@@ -71,7 +71,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let registry = Arc::new(Registry::new(Stores::from_backend(store.clone())));
     let mirror = mirror(&config, registry.clone(), store)?;
     let metrics = Arc::new(Metrics::default());
-    let state = Arc::new(AppState::new(registry.clone(), mirror, metrics.clone()));
+    let state = Arc::new(AppState::new(
+        registry.clone(),
+        mirror.clone(),
+        metrics.clone(),
+    ));
     let tls = config
         .tls
         .as_ref()
@@ -83,6 +87,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let admin_listener = bind(config.admin_listen).await?;
     let admin_state = Arc::new(AdminState {
         metrics,
+        mirror,
         ready: AtomicBool::new(true),
         root: config.root.clone(),
     });
