@@ -19,4 +19,6 @@ pub enum ServerError {
     Core(#[from] pier_core::CoreError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("registry request failed")]
+    Upstream(#[from] pier_upstream::UpstreamError),
 }

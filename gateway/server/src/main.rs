@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod serve;
 mod tls;
+mod warm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,25 @@ enum Command {
     Serve(ServeArgs),
     /// Remove blobs (and optionally untagged manifests) nothing references
     Gc(GcArgs),
+    /// Pull images through a running Pier so its mirror cache holds them (preheat)
+    Warm(WarmArgs),
+}
+
+#[derive(Args)]
+struct WarmArgs {
+    /// The Pier to warm
+    #[arg(
+        long,
+        env = "PIER_WARM_SERVER",
+        default_value = "http://127.0.0.1:5000"
+    )]
+    server: String,
+    /// Only these platforms of multi-platform images (os/arch[/variant]); all when omitted
+    #[arg(long = "platform")]
+    platforms: Vec<String>,
+    /// Images as Pier names them: NAME[:TAG] or NAME@DIGEST
+    #[arg(required = true)]
+    images: Vec<String>,
 }
 
 #[derive(Args)]
@@ -122,6 +142,10 @@ fn main() -> ExitCode {
         Command::Gc(args) => {
             init_logging(LogFormat::Text);
             runtime.block_on(gc(args))
+        }
+        Command::Warm(args) => {
+            init_logging(LogFormat::Text);
+            runtime.block_on(warm::run(args.server, args.platforms, args.images))
         }
     };
     match result {

@@ -1,0 +1,155 @@
+//! `pier warm`: pulls images through a running Pier so its mirror cache holds them before
+//! the first client asks (preheat). It speaks the registry API like any client, so it
+//! works against any Pier (or any registry) it can reach.
+
+use futures_util::StreamExt;
+use pier_oci::{Descriptor, Manifest, Reference, RepoName};
+use pier_upstream::{Upstream, UpstreamClient, UpstreamConfig};
+
+use crate::error::ServerError;
+
+/// Splits `NAME[:TAG]` or `NAME@DIGEST`.
+pub fn parse_image(image: &str) -> Result<(RepoName, Reference), ServerError> {
+    let bad = |e: String| ServerError::Config(format!("image {image:?}: {e}"));
+    let (name, reference) = match image.split_once('@') {
+        Some((n, d)) => (n, d),
+        None => match image.rsplit_once(':') {
+            Some((n, t)) if !t.contains('/') => (n, t),
+            _ => (image, "latest"),
+        },
+    };
+    let name = name
+        .parse()
+        .map_err(|e: pier_oci::NameError| bad(e.to_string()))?;
+    let reference = reference
+        .parse()
+        .map_err(|e: pier_oci::NameError| bad(e.to_string()))?;
+    Ok((name, reference))
+}
+
+/// Whether an index entry is one of the wanted platforms (`os/arch[/variant]`); all are
+/// wanted when none is named.
+fn wanted(d: &Descriptor, platforms: &[String]) -> bool {
+    if platforms.is_empty() {
+        return true;
+    }
+    let Some(p) = &d.platform else { return false };
+    let field = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or("");
+    let (os, arch, variant) = (field("os"), field("architecture"), field("variant"));
+    platforms.iter().any(|want| {
+        let parts: Vec<&str> = want.split('/').collect();
+        match parts.as_slice() {
+            [o, a] => *o == os && *a == arch,
+            [o, a, v] => *o == os && *a == arch && *v == variant,
+            _ => false,
+        }
+    })
+}
+
+struct Warmer {
+    client: UpstreamClient,
+    platforms: Vec<String>,
+    bytes: u64,
+    blobs: usize,
+}
+
+impl Warmer {
+    async fn manifest(
+        &mut self,
+        repo: &RepoName,
+        reference: &Reference,
+        depth: usize,
+    ) -> Result<(), ServerError> {
+        let indent = "  ".repeat(depth);
+        let fetched = self.client.get_manifest(repo, reference).await?;
+        let manifest = Manifest::parse(&fetched.bytes, Some(&fetched.media_type))
+            .map_err(|e| ServerError::Config(format!("{repo}:{reference}: {e}")))?;
+        println!("{indent}{repo}:{reference}: {}", fetched.media_type);
+        if manifest.kind.is_index() {
+            let children: Vec<Reference> = manifest
+                .manifests
+                .iter()
+                .filter(|c| wanted(c, &self.platforms))
+                .map(|c| Reference::Digest(c.digest.clone()))
+                .collect();
+            for r in children {
+                Box::pin(self.manifest(repo, &r, depth + 1)).await?;
+            }
+            return Ok(());
+        }
+        for blob in manifest.blob_references() {
+            let mut body = self.client.get_blob(repo, &blob.digest, 0).await?.stream;
+            let mut n = 0u64;
+            while let Some(chunk) = body.next().await {
+                n += chunk.map_err(ServerError::Io)?.len() as u64;
+            }
+            println!("{indent}  {}: {n} bytes", blob.digest);
+            self.bytes += n;
+            self.blobs += 1;
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(
+    server: String,
+    platforms: Vec<String>,
+    images: Vec<String>,
+) -> Result<(), ServerError> {
+    let client = UpstreamClient::new(UpstreamConfig {
+        name: "pier".into(),
+        url: server.clone(),
+        credentials: None,
+        timeout: std::time::Duration::from_secs(60),
+        retries: 2,
+    })?;
+    let mut w = Warmer {
+        client,
+        platforms,
+        bytes: 0,
+        blobs: 0,
+    };
+    for image in &images {
+        let (repo, reference) = parse_image(image)?;
+        w.manifest(&repo, &reference, 0).await?;
+    }
+    println!(
+        "warm: {} images, {} blobs, {} bytes pulled through {server}",
+        images.len(),
+        w.blobs,
+        w.bytes
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images() {
+        let (n, r) = parse_image("library/alpine").unwrap();
+        assert_eq!(
+            (n.as_str(), r.to_string().as_str()),
+            ("library/alpine", "latest")
+        );
+        let (_, r) = parse_image("a/b:3.19").unwrap();
+        assert_eq!(r.to_string(), "3.19");
+        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let (_, r) = parse_image(&format!("a/b@{d}")).unwrap();
+        assert!(matches!(r, Reference::Digest(_)));
+        assert!(parse_image("A/b").is_err());
+    }
+
+    #[test]
+    fn platforms() {
+        let d: Descriptor = serde_json::from_str(
+            r#"{"mediaType":"x","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":1,"platform":{"os":"linux","architecture":"arm64","variant":"v8"}}"#,
+        )
+        .unwrap();
+        assert!(wanted(&d, &[]));
+        assert!(wanted(&d, &["linux/arm64".into()]));
+        assert!(wanted(&d, &["linux/arm64/v8".into()]));
+        assert!(!wanted(&d, &["linux/amd64".into()]));
+    }
+}
