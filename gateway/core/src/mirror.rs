@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use pier_oci::{Digest, Manifest, Reference, RepoName, Tag};
@@ -135,6 +135,7 @@ struct Counters {
     stale_serves: AtomicU64,
     upstream_bytes: AtomicU64,
     fill_failures: AtomicU64,
+    evictions: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -150,6 +151,17 @@ pub struct Mirror {
     locks: KeyedLocks,
     /// When a tag was last confirmed with the upstream.
     validated: moka::sync::Cache<(RepoName, Tag), Instant>,
+    /// When a cached blob was last served (eviction order; file times after a restart).
+    last_used: moka::sync::Cache<Digest, SystemTime>,
+}
+
+/// What one eviction pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EvictReport {
+    /// Bytes of mirrored blobs before the pass.
+    pub cached_bytes: u64,
+    pub evicted: Vec<Digest>,
+    pub evicted_bytes: u64,
 }
 
 fn upstream_err(e: UpstreamError, unknown: impl FnOnce() -> CoreError) -> CoreError {
@@ -174,7 +186,76 @@ impl Mirror {
             fills: Mutex::new(HashMap::new()),
             locks: KeyedLocks::default(),
             validated: moka::sync::Cache::builder().max_capacity(100_000).build(),
+            last_used: moka::sync::Cache::builder().max_capacity(1_000_000).build(),
         }
+    }
+
+    /// Keeps the mirrored blobs within `max_bytes`: when over, removes the least recently
+    /// used down to 90 % of the bound. Never touches blobs that a local (pushed) repository
+    /// links or that are being fetched; a client already reading an evicted blob keeps its
+    /// open file and finishes. Evicted blobs are fetched again on the next request.
+    pub async fn evict(&self, max_bytes: u64) -> Result<EvictReport> {
+        let stores = self.registry.stores();
+        let mut mirrored: HashMap<Digest, Vec<RepoName>> = HashMap::new();
+        let mut local: std::collections::HashSet<Digest> = std::collections::HashSet::new();
+        for repo in stores.repos.repositories_with_blobs().await? {
+            let first = repo.components().next().unwrap_or("");
+            let is_mirror = self.config.upstreams.iter().any(|u| u.name == first);
+            for d in stores.repos.linked_blobs(&repo).await? {
+                if is_mirror {
+                    mirrored.entry(d).or_default().push(repo.clone());
+                } else {
+                    local.insert(d);
+                }
+            }
+        }
+        let mut candidates = Vec::new();
+        let mut report = EvictReport::default();
+        let files: HashMap<Digest, pier_storage::BlobEntry> = stores
+            .blobs
+            .list()
+            .await?
+            .into_iter()
+            .map(|e| (e.digest.clone(), e))
+            .collect();
+        for (d, repos) in mirrored {
+            let Some(entry) = files.get(&d) else { continue };
+            report.cached_bytes += entry.size;
+            if local.contains(&d) || self.fills.lock().expect("fills poisoned").contains_key(&d) {
+                continue;
+            }
+            let used = self.last_used.get(&d).unwrap_or(entry.modified);
+            candidates.push((used, entry.size, d, repos));
+        }
+        if report.cached_bytes <= max_bytes {
+            return Ok(report);
+        }
+        candidates.sort_by_key(|c| c.0);
+        let target = max_bytes / 10 * 9;
+        let mut remaining = report.cached_bytes;
+        for (_, size, d, repos) in candidates {
+            if remaining <= target {
+                break;
+            }
+            for repo in &repos {
+                self.registry
+                    .blob_delete(repo, &d)
+                    .await
+                    .or_else(|e| match e {
+                        CoreError::BlobUnknown(_) => Ok(()),
+                        e => Err(e),
+                    })?;
+            }
+            stores.blobs.delete(&d).await?;
+            self.last_used.invalidate(&d);
+            remaining -= size;
+            report.evicted_bytes += size;
+            report.evicted.push(d);
+        }
+        self.counters
+            .evictions
+            .fetch_add(report.evicted.len() as u64, Ordering::Relaxed);
+        Ok(report)
     }
 
     /// The mirror's counters in the Prometheus text format.
@@ -462,6 +543,7 @@ impl Mirror {
     ) -> Result<MirrorBlob> {
         if let Some(read) = self.stored(t, digest, range).await? {
             bump(&self.counters.blob_hits);
+            self.last_used.insert(digest.clone(), SystemTime::now());
             return Ok(MirrorBlob::Stored(read));
         }
         let Some(fill) = self.fill(t, digest).await? else {
@@ -614,7 +696,10 @@ impl Mirror {
             }
         };
         match &outcome {
-            Ok(()) => tracing::info!(digest = %digest, "blob fetched from upstream and verified"),
+            Ok(()) => {
+                self.last_used.insert(digest.clone(), SystemTime::now());
+                tracing::info!(digest = %digest, "blob fetched from upstream and verified")
+            }
             Err(e) => {
                 tracing::error!(digest = %digest, error = %e, "blob fetch from upstream failed; nothing cached")
             }
@@ -872,6 +957,43 @@ mod tests {
         assert!(res.is_err(), "a corrupt transfer must abort the client");
         assert!(m.registry.stores().blobs.stat(&d).await.unwrap().is_none());
         up.serve_corrupt.store(false, Ordering::SeqCst);
+        assert_eq!(
+            read_all(m.blob(&t, &d, None).await.unwrap()).await.unwrap(),
+            blob
+        );
+        assert_eq!(up.blob_gets.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn eviction_keeps_the_bound_and_content_stays_correct() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = vec![9u8; 400_000];
+        let (m, up, t, d) = setup(dir.path(), blob.clone());
+        assert_eq!(
+            read_all(m.blob(&t, &d, None).await.unwrap()).await.unwrap(),
+            blob
+        );
+        // a locally pushed blob is never evicted
+        let local_repo: RepoName = "team/app".parse().unwrap();
+        let local_blob = vec![3u8; 300_000];
+        let ld = Digest::of(Algorithm::Sha256, &local_blob);
+        let body: pier_storage::ByteStream = Box::pin(futures_util::stream::iter(vec![Ok(
+            Bytes::from(local_blob.clone()),
+        )]));
+        m.registry
+            .upload_monolithic(&local_repo, &ld, body)
+            .await
+            .unwrap();
+        // within the bound: nothing happens
+        let r = m.evict(1_000_000).await.unwrap();
+        assert_eq!(r.cached_bytes, 400_000);
+        assert!(r.evicted.is_empty());
+        // over the bound: the mirrored blob goes, the local one stays
+        let r = m.evict(100_000).await.unwrap();
+        assert_eq!(r.evicted, vec![d.clone()]);
+        assert!(m.registry.stores().blobs.stat(&d).await.unwrap().is_none());
+        assert!(m.registry.stores().blobs.stat(&ld).await.unwrap().is_some());
+        // and is fetched again, correctly, on the next request
         assert_eq!(
             read_all(m.blob(&t, &d, None).await.unwrap()).await.unwrap(),
             blob

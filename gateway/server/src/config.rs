@@ -41,6 +41,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// Parses `123`, `500MB`, `10GiB`, `2T` (K/M/G/T are powers of 1024, KB/MB/GB/TB of 1000).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 500MB, 10GiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => return Err(format!("invalid size unit {other:?} in {s:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
 #[derive(Debug, Clone, Args, Default)]
 pub struct ServeArgs {
     /// TOML configuration file (same keys as these flags, with `_` for `-`).
@@ -81,6 +105,12 @@ pub struct ServeArgs {
     /// How long a mirrored tag is served before the upstream is asked again [default: 1m]
     #[arg(long, env = "PIER_UPSTREAM_TAG_TTL", value_parser = parse_duration)]
     pub upstream_tag_ttl: Option<Duration>,
+    /// Bound on the bytes of mirrored blobs kept; least recently used go first [default: none]
+    #[arg(long, env = "PIER_CACHE_MAX_SIZE", value_parser = parse_size)]
+    pub cache_max_size: Option<u64>,
+    /// How often the cache bound is enforced [default: 30s]
+    #[arg(long, env = "PIER_CACHE_EVICT_INTERVAL", value_parser = parse_duration)]
+    pub cache_evict_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,6 +128,8 @@ struct FileConfig {
     upstreams: Vec<FileUpstream>,
     #[serde(default)]
     local_namespaces: Vec<String>,
+    cache_max_size: Option<String>,
+    cache_evict_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,6 +256,9 @@ pub struct Config {
     pub default_upstream: Option<usize>,
     /// First name components that stay local beside a default upstream.
     pub local_namespaces: Vec<String>,
+    /// Bound on mirrored blob bytes.
+    pub cache_max_size: Option<u64>,
+    pub cache_evict_interval: Duration,
 }
 
 fn file_duration(
@@ -306,7 +341,25 @@ impl Config {
                 w[0]
             )));
         }
+        let cache_max_size = match args.cache_max_size {
+            Some(n) => Some(n),
+            None => file
+                .cache_max_size
+                .map(|v| {
+                    parse_size(&v).map_err(|e| {
+                        ServerError::Config(format!("{}: cache_max_size: {e}", path.display()))
+                    })
+                })
+                .transpose()?,
+        };
+        let cache_evict_interval = match args.cache_evict_interval {
+            Some(d) => d,
+            None => file_duration(file.cache_evict_interval, "cache_evict_interval", &path)?
+                .unwrap_or(Duration::from_secs(30)),
+        };
         Ok(Config {
+            cache_max_size,
+            cache_evict_interval,
             upstreams,
             default_upstream,
             local_namespaces: file.local_namespaces,
@@ -352,6 +405,16 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("123"), Ok(123));
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_size("2k"), Ok(2048));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5XB").is_err());
     }
 
     #[test]

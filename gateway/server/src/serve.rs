@@ -101,6 +101,14 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     );
 
     let admin_task = tokio::spawn(admin_loop(admin_listener, admin_state.clone()));
+    let evict_task = match (&admin_state.mirror, config.cache_max_size) {
+        (Some(m), Some(max)) => Some(tokio::spawn(evict_loop(
+            m.clone(),
+            max,
+            config.cache_evict_interval,
+        ))),
+        _ => None,
+    };
     let expiry_task = tokio::spawn(expire_uploads(registry.clone(), config.upload_idle_timeout));
 
     let builders = Builders::new();
@@ -141,6 +149,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     }
     expiry_task.abort();
     admin_task.abort();
+    if let Some(t) = evict_task {
+        t.abort();
+    }
     Ok(())
 }
 
@@ -224,6 +235,25 @@ async fn admin_loop(listener: TcpListener, state: Arc<AdminState>) {
             let svc = service_fn(move |req| admin::serve(state.clone(), req));
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
+    }
+}
+
+/// Keeps the mirror cache within its size bound.
+async fn evict_loop(mirror: Arc<Mirror>, max: u64, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match mirror.evict(max).await {
+            Ok(r) if !r.evicted.is_empty() => tracing::info!(
+                evicted = r.evicted.len(),
+                bytes = r.evicted_bytes,
+                cached_before = r.cached_bytes,
+                bound = max,
+                "evicted least recently used mirrored blobs"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cache eviction failed"),
+        }
     }
 }
 

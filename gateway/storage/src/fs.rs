@@ -337,9 +337,12 @@ impl FsStore {
 }
 
 /// Walks `repositories/` for directories holding `_manifests` (as distribution does).
-fn walk_repos(dir: &Path, prefix: &str, out: &mut Vec<RepoName>) -> Result<()> {
+/// With `with_blobs`, also directories holding only `_layers`.
+fn walk_repos(dir: &Path, prefix: &str, with_blobs: bool, out: &mut Vec<RepoName>) -> Result<()> {
     let names = dir_names(dir)?;
-    if names.iter().any(|n| n == "_manifests")
+    if names
+        .iter()
+        .any(|n| n == "_manifests" || (with_blobs && n == "_layers"))
         && let Ok(name) = prefix.parse()
     {
         out.push(name);
@@ -355,7 +358,7 @@ fn walk_repos(dir: &Path, prefix: &str, out: &mut Vec<RepoName>) -> Result<()> {
             } else {
                 format!("{prefix}/{n}")
             };
-            walk_repos(&child, &p, out)?;
+            walk_repos(&child, &p, with_blobs, out)?;
         }
     }
     Ok(())
@@ -517,7 +520,18 @@ impl RepoStore for FsStore {
         let root = self.layout.repos_root();
         blocking(move || {
             let mut out = Vec::new();
-            walk_repos(&root, "", &mut out)?;
+            walk_repos(&root, "", false, &mut out)?;
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn repositories_with_blobs(&self) -> Result<Vec<RepoName>> {
+        let root = self.layout.repos_root();
+        blocking(move || {
+            let mut out = Vec::new();
+            walk_repos(&root, "", true, &mut out)?;
             out.sort();
             Ok(out)
         })
@@ -547,6 +561,11 @@ impl RepoStore for FsStore {
         let path = self.layout.layer_link(repo, digest);
         let dir = path.parent().expect("link dir").to_owned();
         blocking(move || remove_tree(&dir)).await
+    }
+
+    async fn linked_blobs(&self, repo: &RepoName) -> Result<Vec<Digest>> {
+        let dir = self.layout.repo(repo).join("_layers");
+        blocking(move || linked_digests(&dir)).await
     }
 }
 

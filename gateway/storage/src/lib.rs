@@ -172,11 +172,15 @@ pub trait BlobStore: Send + Sync + 'static {
 #[async_trait]
 pub trait RepoStore: Send + Sync + 'static {
     async fn repo_exists(&self, repo: &RepoName) -> Result<bool>;
-    /// All repositories holding manifests, sorted.
+    /// All repositories holding manifests, sorted (the catalog).
     async fn repositories(&self) -> Result<Vec<RepoName>>;
+    /// All repositories holding manifests or blobs, sorted.
+    async fn repositories_with_blobs(&self) -> Result<Vec<RepoName>>;
     async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()>;
     async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
     async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+    /// Every blob linked into the repository, sorted.
+    async fn linked_blobs(&self, repo: &RepoName) -> Result<Vec<Digest>>;
 }
 
 /// Manifest revisions, tags and referrers of a repository. Manifest bytes live in the

@@ -126,8 +126,15 @@ async fn blobs<S: BlobStore + RepoStore>(s: &S) {
     assert!(!s.blob_linked(&r, &d).await.unwrap());
     s.link_blob(&r, &d).await.unwrap();
     assert!(s.blob_linked(&r, &d).await.unwrap());
+    assert_eq!(s.linked_blobs(&r).await.unwrap(), vec![d.clone()]);
+    assert!(s.repositories_with_blobs().await.unwrap().contains(&r));
+    assert!(
+        !s.repositories().await.unwrap().contains(&r),
+        "blobs alone make no catalog entry"
+    );
     assert!(s.unlink_blob(&r, &d).await.unwrap());
     assert!(!s.unlink_blob(&r, &d).await.unwrap());
+    assert!(s.linked_blobs(&r).await.unwrap().is_empty());
     assert!(
         s.list()
             .await
