@@ -37,6 +37,8 @@ pub struct UpstreamSpec {
     pub tag_ttl: Duration,
     /// Docker Hub: one-component names are `library/<name>`.
     pub docker_hub: bool,
+    /// Keep serving a cached tag the upstream no longer has.
+    pub keep_deleted: bool,
     pub client: Arc<dyn Upstream>,
 }
 
@@ -447,7 +449,13 @@ impl Mirror {
                 self.validated.insert(key, Instant::now());
                 Ok(m)
             }
-            Err(e) if e.is_not_found() => Err(unknown()),
+            Err(e) if e.is_not_found() => match local {
+                Some(m) if self.upstream(t).keep_deleted => {
+                    tracing::info!(repository = %t.remote, tag = %tag, "tag deleted upstream; serving the cached copy (keep_deleted)");
+                    Ok(m)
+                }
+                _ => Err(unknown()),
+            },
             Err(e) => match local {
                 Some(m) => {
                     bump(&self.counters.stale_serves);
@@ -771,6 +779,7 @@ mod tests {
 
     /// An in-process upstream: serves fixed content slowly, counts blob GETs.
     struct FakeUpstream {
+        tag_gone: std::sync::atomic::AtomicBool,
         blob: Vec<u8>,
         serve_corrupt: std::sync::atomic::AtomicBool,
         blob_gets: AtomicUsize,
@@ -788,7 +797,8 @@ mod tests {
             r: &Reference,
         ) -> Result<ManifestFetched, UpstreamError> {
             match r {
-                Reference::Tag(t) if t.as_str() == "v1" => {}
+                Reference::Tag(t)
+                    if t.as_str() == "v1" && !self.tag_gone.load(Ordering::SeqCst) => {}
                 Reference::Digest(d) if *d == Digest::of(Algorithm::Sha256, &self.manifest) => {}
                 _ => return Err(UpstreamError::NotFound),
             }
@@ -844,6 +854,15 @@ mod tests {
         dir: &std::path::Path,
         blob: Vec<u8>,
     ) -> (Arc<Mirror>, Arc<FakeUpstream>, Target, Digest) {
+        setup_with(dir, blob, Duration::from_secs(60), false)
+    }
+
+    fn setup_with(
+        dir: &std::path::Path,
+        blob: Vec<u8>,
+        tag_ttl: Duration,
+        keep_deleted: bool,
+    ) -> (Arc<Mirror>, Arc<FakeUpstream>, Target, Digest) {
         let store = Arc::new(FsStore::new(dir).unwrap());
         let registry = Arc::new(Registry::new(Stores::from_backend(store.clone())));
         let d = Digest::of(Algorithm::Sha256, &blob);
@@ -853,6 +872,7 @@ mod tests {
             blob.len()
         ));
         let up = Arc::new(FakeUpstream {
+            tag_gone: false.into(),
             blob,
             serve_corrupt: false.into(),
             blob_gets: AtomicUsize::new(0),
@@ -862,8 +882,9 @@ mod tests {
             upstreams: vec![UpstreamSpec {
                 name: "up".into(),
                 namespace: "up.example".into(),
-                tag_ttl: Duration::from_secs(60),
+                tag_ttl,
                 docker_hub: true,
+                keep_deleted,
                 client: up.clone(),
             }],
             default: Some(0),
@@ -999,6 +1020,24 @@ mod tests {
             blob
         );
         assert_eq!(up.blob_gets.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn tags_deleted_upstream() {
+        for keep in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let (m, up, t, _) = setup_with(dir.path(), vec![1], Duration::ZERO, keep);
+            let tag: Reference = "v1".parse().unwrap();
+            let first = m.manifest(&t, &tag).await.unwrap();
+            up.tag_gone.store(true, Ordering::SeqCst);
+            match m.manifest(&t, &tag).await {
+                Ok(again) => assert!(keep && again.digest == first.digest, "keep_deleted={keep}"),
+                Err(CoreError::ManifestUnknown(_)) => {
+                    assert!(!keep, "keep_deleted must keep serving")
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     #[tokio::test]

@@ -143,6 +143,8 @@ struct FileUpstream {
     tag_ttl: Option<String>,
     #[serde(default)]
     default: bool,
+    #[serde(default)]
+    keep_deleted: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +165,8 @@ pub struct UpstreamEntry {
     pub docker_hub: bool,
     pub credentials: Option<(String, String)>,
     pub tag_ttl: Duration,
+    /// Keep serving cached tags the upstream deleted.
+    pub keep_deleted: bool,
 }
 
 /// The part of a URL between `://` and the path.
@@ -230,6 +234,7 @@ fn upstream_entry(
         docker_hub,
         credentials,
         tag_ttl,
+        keep_deleted: false,
     })
 }
 
@@ -322,7 +327,8 @@ impl Config {
                     )));
                 }
             };
-            let entry = upstream_entry(&u.url, u.name, u.namespace, creds, ttl)?;
+            let mut entry = upstream_entry(&u.url, u.name, u.namespace, creds, ttl)?;
+            entry.keep_deleted = u.keep_deleted;
             if u.default {
                 file_default = true;
                 from_file.insert(0, entry);

@@ -212,6 +212,7 @@ fn mirror(
             namespace: u.namespace.clone(),
             tag_ttl: u.tag_ttl,
             docker_hub: u.docker_hub,
+            keep_deleted: u.keep_deleted,
             client: Arc::new(client),
         });
     }
