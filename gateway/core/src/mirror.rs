@@ -437,8 +437,24 @@ impl Mirror {
                     self.validated.insert(key, Instant::now());
                     return Ok(m);
                 }
-                bump(&self.counters.manifest_misses);
                 let by_digest = Reference::Digest(head.digest.clone());
+                // Moved to a manifest already held (pulled by digest, or an index child):
+                // retag it without downloading it again.
+                if let Some(m) = self.local_manifest(t, &by_digest).await? {
+                    bump(&self.counters.manifest_hits);
+                    self.registry
+                        .manifest_put_mirrored(
+                            &t.local,
+                            Some(tag),
+                            &m.digest,
+                            Some(&m.media_type),
+                            m.bytes.clone(),
+                        )
+                        .await?;
+                    self.validated.insert(key, Instant::now());
+                    return Ok(m);
+                }
+                bump(&self.counters.manifest_misses);
                 let fetched = client
                     .get_manifest(&t.remote, &by_digest)
                     .await
@@ -459,6 +475,8 @@ impl Mirror {
             Err(e) => match local {
                 Some(m) => {
                     bump(&self.counters.stale_serves);
+                    // Ask again after another TTL, not on every request while it is down.
+                    self.validated.insert(key, Instant::now());
                     tracing::warn!(
                         upstream = %self.upstream(t).name, repository = %t.remote, tag = %tag,
                         error = %e, "upstream unavailable; serving the cached tag (stale-if-error)"

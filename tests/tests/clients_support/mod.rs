@@ -1102,6 +1102,18 @@ fn unix_http_ping(sock: &Path) -> bool {
 impl Dockerd {
     #[track_caller]
     pub fn start() -> Dockerd {
+        Dockerd::start_with(None)
+    }
+
+    /// As [`Dockerd::start`], with `config` written to a `daemon.json` of its own and
+    /// passed with `--config-file` (e.g. `{"registry-mirrors": ["http://127.0.0.1:PORT"]}`).
+    #[track_caller]
+    pub fn start_with_daemon_json(config: &Value) -> Dockerd {
+        Dockerd::start_with(Some(config))
+    }
+
+    #[track_caller]
+    fn start_with(daemon_json: Option<&Value>) -> Dockerd {
         let bin = require_bin("dockerd");
         // The Debian client matches the daemon (20.10); any docker CLI works.
         let client = if Path::new("/usr/bin/docker").exists() {
@@ -1128,8 +1140,13 @@ impl Dockerd {
             .arg("--pidfile")
             .arg(d.join("docker.pid"))
             .arg("-H")
-            .arg(format!("unix://{}", sock.display()))
-            .env("DOCKER_CONFIG", d.join("config"))
+            .arg(format!("unix://{}", sock.display()));
+        if let Some(config) = daemon_json {
+            let path = d.join("daemon.json");
+            fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+            cmd.arg("--config-file").arg(path);
+        }
+        cmd.env("DOCKER_CONFIG", d.join("config"))
             .env("HOME", d)
             // Stack dumps (its containerd writes one when signalled) stay in our dir.
             .env("TMPDIR", d);

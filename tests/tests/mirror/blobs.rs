@@ -1,0 +1,169 @@
+//! Blob fills: concurrent cold pulls share one upstream GET and each client gets every
+//! byte; a blob whose upstream bytes do not match its digest reaches no client whole and
+//! is not cached.
+
+use std::fs;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::clients_support::*;
+use crate::support::*;
+
+const BIG: u64 = 100 * 1024 * 1024;
+const CLIENTS: usize = 50;
+
+/// 50 clients GET the same uncached ~100 MiB blob at once: each receives exactly its
+/// bytes (hashed while read), and the upstream served one GET of it.
+#[test]
+fn concurrent_cold_pulls_share_one_upstream_get() {
+    let up = Upstream::start();
+    let g = Generator::new(
+        0x6d69_7272_6f72_0001 ^ unique_bytes(8)[0] as u64,
+        BIG + 12_345,
+    );
+    let digest = up.push_blob("library/big", &g);
+    let pier = pier_mirroring(&up, &[]);
+    let path = format!("/v2/library/big/blobs/{digest}");
+
+    let barrier = Arc::new(Barrier::new(CLIENTS));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let b = barrier.clone();
+            let addr = pier.addr;
+            let path = path.clone();
+            thread::spawn(move || {
+                b.wait();
+                stream_get(addr, &path, &[])
+            })
+        })
+        .collect();
+    let results: Vec<Pulled> = handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .collect();
+    let took = started.elapsed();
+    let bad: Vec<String> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.is_exactly(&digest, g.len))
+        .map(|(i, p)| format!("client {i}: {}", p.summary()))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {CLIENTS} clients did not get the blob ({digest}, {} bytes) whole:\n{}\n{}",
+        bad.len(),
+        g.len,
+        bad.join("\n"),
+        pier.log_tail(30)
+    );
+    eprintln!(
+        "{CLIENTS} concurrent cold pulls of {} MiB took {took:.1?}",
+        g.len >> 20
+    );
+
+    // The access log line is written when the upstream response ends.
+    let _ = pier_e2e::wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        up.count("GET", &path) >= 1
+    });
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        up.count("GET", &path),
+        1,
+        "upstream GETs of the blob for {CLIENTS} concurrent cold pulls\n{}",
+        up.access_lines("/blobs/")
+    );
+    assert!(
+        blob_data_path(&pier.root, &digest).is_file(),
+        "the blob was not cached"
+    );
+    assert_blob_store_consistent(&pier.root);
+
+    // Warm: served from the cache, no further upstream GET.
+    let p = stream_get(pier.addr, &path, &[]);
+    assert!(p.is_exactly(&digest, g.len), "warm pull: {}", p.summary());
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(up.count("GET", &path), 1, "a warm pull went upstream");
+}
+
+/// The upstream's stored bytes are replaced (same length): three concurrent pulls through
+/// Pier all fail (an aborted or error response, never the whole body), nothing lands in
+/// Pier's blob store; once the upstream's file is restored the next pull succeeds.
+#[test]
+fn corrupted_upstream_blob_reaches_no_client_and_is_not_cached() {
+    let up = Upstream::start();
+    let g = Generator::new(
+        0x636f_7272_7570_7401 ^ unique_bytes(8)[0] as u64,
+        16 * 1024 * 1024 + 7,
+    );
+    let digest = up.push_blob("library/corrupt", &g);
+    let file = up.blob_data_path(&digest);
+    assert_eq!(
+        fs::metadata(&file).map(|m| m.len()).ok(),
+        Some(g.len),
+        "upstream blob file {}",
+        file.display()
+    );
+    let original = fs::read(&file).unwrap();
+    let mut corrupt = vec![0u8; original.len()];
+    Generator::new(g.seed ^ 0xdead_beef, g.len).fill(0, &mut corrupt);
+    fs::write(&file, &corrupt).unwrap();
+
+    let pier = pier_mirroring(&up, &[]);
+    let path = format!("/v2/library/corrupt/blobs/{digest}");
+    let barrier = Arc::new(Barrier::new(3));
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let b = barrier.clone();
+            let addr = pier.addr;
+            let path = path.clone();
+            thread::spawn(move || {
+                b.wait();
+                stream_get(addr, &path, &[])
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let p = h.join().expect("client thread");
+        eprintln!("corrupt blob, client {i}: {}", p.summary());
+        let whole = p.status == 200 && p.complete;
+        assert!(
+            !whole,
+            "client {i} received a whole 200 body for a blob whose upstream bytes do not match its digest: {}",
+            p.summary()
+        );
+        if p.status == 200 {
+            assert!(
+                p.received < g.len,
+                "client {i} received every byte of a corrupt blob: {}",
+                p.summary()
+            );
+        }
+    }
+    // Nothing of it is cached, now or after the fill's clean-up.
+    thread::sleep(Duration::from_millis(500));
+    let cached = blob_data_path(&pier.root, &digest);
+    assert!(
+        !cached.exists(),
+        "the corrupt blob was cached at {}",
+        cached.display()
+    );
+    assert_blob_store_consistent(&pier.root);
+
+    // Repaired upstream: the next pull gets the right bytes and caches them.
+    fs::write(&file, &original).unwrap();
+    let p = stream_get(pier.addr, &path, &[]);
+    assert!(
+        p.is_exactly(&digest, g.len),
+        "pull after the upstream was repaired: {}\n{}",
+        p.summary(),
+        pier.log_tail(20)
+    );
+    assert!(
+        pier_e2e::wait_until(Duration::from_secs(5), Duration::from_millis(50), || cached
+            .is_file()),
+        "the repaired blob was not cached"
+    );
+    assert_blob_store_consistent(&pier.root);
+}
