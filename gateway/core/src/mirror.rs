@@ -797,6 +797,9 @@ mod tests {
 
     /// An in-process upstream: serves fixed content slowly, counts blob GETs.
     struct FakeUpstream {
+        /// The first blob transfer breaks after this many bytes (0: never).
+        break_after: AtomicUsize,
+        blob_offsets: Mutex<Vec<u64>>,
         tag_gone: std::sync::atomic::AtomicBool,
         blob: Vec<u8>,
         serve_corrupt: std::sync::atomic::AtomicBool,
@@ -848,14 +851,23 @@ mod tests {
             offset: u64,
         ) -> Result<BlobFetched, UpstreamError> {
             self.blob_gets.fetch_add(1, Ordering::SeqCst);
+            self.blob_offsets.lock().unwrap().push(offset);
             let mut data = self.blob[offset as usize..].to_vec();
             if self.serve_corrupt.load(Ordering::SeqCst) {
                 data[0] ^= 0xff;
             }
-            let chunks: Vec<io::Result<Bytes>> = data
+            let mut chunks: Vec<io::Result<Bytes>> = data
                 .chunks(64 * 1024)
                 .map(|c| Ok(Bytes::copy_from_slice(c)))
                 .collect();
+            let cut = self.break_after.swap(0, Ordering::SeqCst) / (64 * 1024);
+            if cut > 0 && cut < chunks.len() {
+                chunks.truncate(cut);
+                chunks.push(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "upstream died",
+                )));
+            }
             // Slow enough that concurrent requests overlap the fill.
             let stream = futures_util::stream::iter(chunks).then(|c| async move {
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -890,6 +902,8 @@ mod tests {
             blob.len()
         ));
         let up = Arc::new(FakeUpstream {
+            break_after: AtomicUsize::new(0),
+            blob_offsets: Mutex::new(Vec::new()),
             tag_gone: false.into(),
             blob,
             serve_corrupt: false.into(),
@@ -1038,6 +1052,21 @@ mod tests {
             blob
         );
         assert_eq!(up.blob_gets.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn broken_transfer_resumes_from_the_offset_reached() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob: Vec<u8> = (0..1_000_000u32).map(|i| (i % 241) as u8).collect();
+        let (m, up, t, d) = setup(dir.path(), blob.clone());
+        up.break_after.store(5 * 64 * 1024, Ordering::SeqCst);
+        assert!(read_all(m.blob(&t, &d, None).await.unwrap()).await.unwrap() == blob);
+        assert_eq!(
+            *up.blob_offsets.lock().unwrap(),
+            vec![0, 5 * 64 * 1024],
+            "resumed with a range, not from 0"
+        );
+        assert!(m.registry.stores().blobs.stat(&d).await.unwrap().is_some());
     }
 
     #[tokio::test]
