@@ -1018,8 +1018,13 @@ impl PartialReader for FsPartialReader {
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
         use std::os::unix::fs::FileExt;
         let file = self.0.clone();
-        // Positional reads: readers share the descriptor (and its offset) with the writer.
         tokio::task::spawn_blocking(move || {
+            // Bytes already written are never rewritten (the file only grows, and is only
+            // ever unlinked), so they can be mapped like a finished blob.
+            if let Some(window) = map_range(&file, offset, len as u64) {
+                return Ok(window);
+            }
+            // Positional reads: readers share the descriptor (and its offset) with the writer.
             let mut buf = vec![0u8; len];
             file.read_exact_at(&mut buf, offset)
                 .map(|()| Bytes::from(buf))
