@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+mod access;
 pub mod body;
 pub mod error;
 mod handlers;
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, header};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pier_core::{Mirror, Registry};
 
@@ -54,21 +56,13 @@ impl AppState {
     }
 }
 
-fn content_length<B>(r: &Response<B>) -> u64 {
-    r.headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Serves one registry request: dispatch, access log line, metrics.
 pub async fn serve(
     state: Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, std::convert::Infallible> {
     let start = Instant::now();
-    let _in_flight = state.metrics.start();
+    let in_flight = state.metrics.start();
     let request_id = state.next_request_id();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -96,26 +90,27 @@ pub async fn serve(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         h.insert("X-Request-Id", v);
     }
-    let status = resp.status().as_u16();
-    let sent = if method == http::Method::HEAD {
-        0
-    } else {
-        content_length(&resp)
+    let length = (method != http::Method::HEAD)
+        .then(|| resp.headers().get(header::CONTENT_LENGTH))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let record = access::Record {
+        metrics: state.metrics.clone(),
+        in_flight,
+        request_id,
+        method,
+        path,
+        route: kind,
+        repository: repo,
+        status: resp.status().as_u16(),
+        received,
+        length,
+        start,
     };
-    let took = start.elapsed();
-    state
-        .metrics
-        .record(kind, method.as_str(), status, sent, received, took);
-    tracing::info!(
-        target: "pier::access",
-        request_id = %request_id,
-        method = %method,
-        path = %path,
-        route = kind,
-        repository = repo.as_deref().unwrap_or("-"),
-        status,
-        bytes = sent,
-        duration_ms = took.as_secs_f64() * 1000.0,
-    );
-    Ok(resp)
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(
+        parts,
+        access::Logged::new(body, record).boxed_unsync(),
+    ))
 }

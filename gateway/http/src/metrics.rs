@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
@@ -26,18 +26,18 @@ pub struct Metrics {
 }
 
 /// Marks a request in flight until dropped.
-pub struct InFlight<'a>(&'a Metrics);
+pub struct InFlight(Arc<Metrics>);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Metrics {
-    pub fn start(&self) -> InFlight<'_> {
+    pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self)
+        InFlight(self.clone())
     }
 
     pub fn record(
@@ -114,7 +114,7 @@ impl Metrics {
             (
                 "pier_http_response_bytes_total",
                 "counter",
-                "Bytes of response bodies announced.",
+                "Bytes of response bodies sent.",
                 self.bytes_sent.load(Ordering::Relaxed) as i64,
             ),
             (
