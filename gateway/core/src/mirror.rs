@@ -25,6 +25,8 @@ use crate::{CoreError, Registry, Result};
 const MAX_RESUMES: u32 = 5;
 /// Largest read handed to a client of a fill at a time.
 const FOLLOW_CHUNK: u64 = 256 * 1024;
+/// How long "the upstream does not have it" is remembered.
+const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
 /// One upstream registry and how names map to it.
 pub struct UpstreamSpec {
@@ -155,6 +157,8 @@ pub struct Mirror {
     validated: moka::sync::Cache<(RepoName, Tag), Instant>,
     /// When a cached blob was last served (eviction order; file times after a restart).
     last_used: moka::sync::Cache<Digest, SystemTime>,
+    /// Short-lived "not found upstream" answers, so repeated misses don't each ask.
+    negative: moka::sync::Cache<String, ()>,
 }
 
 /// What one eviction pass did.
@@ -189,6 +193,10 @@ impl Mirror {
             locks: KeyedLocks::default(),
             validated: moka::sync::Cache::builder().max_capacity(100_000).build(),
             last_used: moka::sync::Cache::builder().max_capacity(1_000_000).build(),
+            negative: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(NEGATIVE_TTL)
+                .build(),
         }
     }
 
@@ -351,6 +359,19 @@ impl Mirror {
         self.target(i, repo.as_str())
     }
 
+    /// Maps an upstream error, remembering "not found" under `key` for a few seconds.
+    fn remember(
+        &self,
+        key: String,
+        e: UpstreamError,
+        unknown: impl FnOnce() -> CoreError,
+    ) -> CoreError {
+        if e.is_not_found() {
+            self.negative.insert(key, ());
+        }
+        upstream_err(e, unknown)
+    }
+
     fn upstream(&self, t: &Target) -> &UpstreamSpec {
         &self.config.upstreams[t.upstream]
     }
@@ -373,13 +394,19 @@ impl Mirror {
                 if let Some(m) = self.local_manifest(t, reference).await? {
                     return Ok(m);
                 }
+                let key = format!("m {}@{d}", t.local);
+                if self.negative.contains_key(&key) {
+                    return Err(CoreError::ManifestUnknown(d.to_string()));
+                }
                 bump(&self.counters.manifest_misses);
                 let fetched = self
                     .upstream(t)
                     .client
                     .get_manifest(&t.remote, reference)
                     .await
-                    .map_err(|e| upstream_err(e, || CoreError::ManifestUnknown(d.to_string())))?;
+                    .map_err(|e| {
+                        self.remember(key, e, || CoreError::ManifestUnknown(d.to_string()))
+                    })?;
                 self.store_manifest(t, None, d, fetched).await
             }
             Reference::Tag(tag) => self.manifest_by_tag(t, tag).await,
@@ -430,6 +457,10 @@ impl Mirror {
         let client = &self.upstream(t).client;
         let key = (t.local.clone(), tag.clone());
         let unknown = || CoreError::ManifestUnknown(tag.to_string());
+        let negative_key = format!("m {}:{tag}", t.local);
+        if local.is_none() && self.negative.contains_key(&negative_key) {
+            return Err(unknown());
+        }
         match client.head_manifest(&t.remote, &reference).await {
             Ok(head) => {
                 if let Some(m) = local.filter(|m| m.digest == head.digest) {
@@ -470,7 +501,11 @@ impl Mirror {
                     tracing::info!(repository = %t.remote, tag = %tag, "tag deleted upstream; serving the cached copy (keep_deleted)");
                     Ok(m)
                 }
-                _ => Err(unknown()),
+                None => {
+                    self.negative.insert(negative_key, ());
+                    Err(unknown())
+                }
+                Some(_) => Err(unknown()),
             },
             Err(e) => match local {
                 Some(m) => {
@@ -553,11 +588,15 @@ impl Mirror {
         {
             return Ok(size);
         }
+        let key = format!("b {}@{digest}", t.local);
+        if self.negative.contains_key(&key) {
+            return Err(CoreError::BlobUnknown(digest.clone()));
+        }
         self.upstream(t)
             .client
             .head_blob(&t.remote, digest)
             .await
-            .map_err(|e| upstream_err(e, || CoreError::BlobUnknown(digest.clone())))
+            .map_err(|e| self.remember(key, e, || CoreError::BlobUnknown(digest.clone())))
     }
 
     /// A blob from the store, or streamed from a (shared) fetch from the upstream.
@@ -652,12 +691,16 @@ impl Mirror {
         if self.registry.stores().blobs.stat(digest).await?.is_some() {
             return Ok(None);
         }
+        let key = format!("b {}@{digest}", t.local);
+        if self.negative.contains_key(&key) {
+            return Err(CoreError::BlobUnknown(digest.clone()));
+        }
         let fetched = self
             .upstream(t)
             .client
             .get_blob(&t.remote, digest, 0)
             .await
-            .map_err(|e| upstream_err(e, || CoreError::BlobUnknown(digest.clone())))?;
+            .map_err(|e| self.remember(key, e, || CoreError::BlobUnknown(digest.clone())))?;
         bump(&self.counters.blob_misses);
         let ingest = self.ingest.begin_ingest(&t.local, digest).await?;
         let (tx, rx) = watch::channel(Progress::default());
@@ -847,10 +890,13 @@ mod tests {
         async fn get_blob(
             &self,
             _: &RepoName,
-            _: &Digest,
+            digest: &Digest,
             offset: u64,
         ) -> Result<BlobFetched, UpstreamError> {
             self.blob_gets.fetch_add(1, Ordering::SeqCst);
+            if *digest != Digest::of(Algorithm::Sha256, &self.blob) {
+                return Err(UpstreamError::NotFound);
+            }
             self.blob_offsets.lock().unwrap().push(offset);
             let mut data = self.blob[offset as usize..].to_vec();
             if self.serve_corrupt.load(Ordering::SeqCst) {
@@ -1067,6 +1113,30 @@ mod tests {
             "resumed with a range, not from 0"
         );
         assert!(m.registry.stores().blobs.stat(&d).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn misses_upstream_are_remembered_briefly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, up, t, _) = setup(dir.path(), vec![5; 10]);
+        let unknown = Digest::of(Algorithm::Sha256, b"nobody has this");
+        for _ in 0..3 {
+            assert!(matches!(
+                m.blob(&t, &unknown, None).await,
+                Err(CoreError::BlobUnknown(_))
+            ));
+        }
+        assert_eq!(
+            up.blob_gets.load(Ordering::SeqCst),
+            1,
+            "one upstream request for three misses"
+        );
+        for _ in 0..2 {
+            assert!(matches!(
+                m.manifest(&t, &"nope".parse().unwrap()).await,
+                Err(CoreError::ManifestUnknown(_))
+            ));
+        }
     }
 
     #[tokio::test]
