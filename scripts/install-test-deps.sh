@@ -9,7 +9,7 @@ VENV="$PIER_CACHE/venv"
 ORAS_VERSION="${ORAS_VERSION:-0.2.43}"
 
 APT_PACKAGES=(
-    skopeo docker.io containerd docker-registry nginx wrk apache2-utils
+    skopeo podman docker.io containerd docker-registry nginx wrk apache2-utils
     python3-venv openssl curl ca-certificates
 )
 

@@ -15,6 +15,8 @@ mod clients_support;
 mod blobs;
 #[path = "mirror/freshness.rs"]
 mod freshness;
+#[path = "mirror/podman.rs"]
+mod podman;
 #[path = "mirror/pull.rs"]
 mod pull;
 #[path = "mirror/push.rs"]
