@@ -23,6 +23,8 @@ set -uo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$SCRIPT_DIR/../.." && pwd)"
+# shellcheck source=../lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 # ---------------------------------------------------------------- options
 QUICK=0
@@ -62,7 +64,6 @@ else
 fi
 ((ROUNDS >= 1)) || { echo "run.sh: --rounds must be >= 1" >&2; exit 2; }
 
-has() { [[ ",$1," == *",$2,"* ]]; }
 for s in ${ONLY//,/ }; do
     case "$s" in pier|reference|nginx) ;; *) echo "run.sh: --only: unknown system '$s'" >&2; exit 2 ;; esac
 done
@@ -116,59 +117,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log() { printf '%s\n' "$*"; }
-fail() { FAILURES+=("$*"); printf 'FAILED: %s\n' "$*" >&2; }
-
 # ---------------------------------------------------------------- small helpers
-# Sets FREE_PORT to a port nobody listens on (and that this run has not handed out yet).
-USED_PORTS=""
-free_port() {
-    local p i
-    for ((i = 0; i < 200; i++)); do
-        p=$((20000 + RANDOM % 40000))
-        [[ " $USED_PORTS " == *" $p "* ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            USED_PORTS+=" $p"
-            FREE_PORT=$p
-            return 0
-        fi
-    done
-    fail "no free port"
-    return 1
-}
-
-now_ns() { date +%s%N; }
-
-median() { # values... -> median (empty if none)
-    printf '%s\n' "$@" | awk 'NF' | sort -g | awk '{a[NR]=$1} END { if (NR == 0) exit;
-        if (NR % 2) printf "%.6g\n", a[(NR+1)/2]; else printf "%.6g\n", (a[NR/2]+a[NR/2+1])/2 }'
-}
-
+# (log, fail, has, free_port, now_ns, median, record, med, sha256_of, gen_random_file, running,
+# stop_server: benches/lib.sh)
 fmt() { # number -> short human form; "-" if empty
     [[ -z "${1:-}" ]] && { echo "-"; return; }
     awk -v x="$1" 'BEGIN { if (x >= 100) printf "%.0f", x; else if (x >= 10) printf "%.1f", x; else printf "%.2f", x }'
 }
 
-declare -A RES=()
-record() { # metric system value
-    RES["$1|$2"]="${RES["$1|$2"]:-} $3"
-}
-med() { median ${RES["$1|$2"]:-}; }
-
-sha256_of() { openssl dgst -sha256 -r "$1" | awk '{print $1}'; }
-
 # Overwrite the first 32 bytes with fresh random data: a new digest without rewriting the file.
 new_digest_variant() { openssl rand 32 | dd of="$1" bs=32 count=1 conv=notrunc status=none; }
-
-gen_random_file() { # path bytes (random content via openssl rand, in 256 MiB pieces)
-    local path=$1 left=$2 piece=$((256 << 20)) n
-    : >"$path"
-    while ((left > 0)); do
-        n=$((left < piece ? left : piece))
-        openssl rand "$n" >>"$path" || return 1
-        left=$((left - n))
-    done
-}
 
 # ---------------------------------------------------------------- servers
 declare -A URL=() PORT=()
@@ -274,31 +232,8 @@ EOF
     wait_ready nginx "${URL[nginx]}/ping" 15
 }
 
-stop_server() {
-    local name=$1 pid=${PID[$1]:-} i
-    [[ -z "$pid" ]] && return 0
-    kill -TERM "$pid" 2>/dev/null
-    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-    unset "PID[$name]"
-}
-
 # ---------------------------------------------------------------- registry client (curl)
-# Resolve a Location header against a base URL and add ?digest= / &digest=.
-resolve_location() { # base location -> absolute url
-    case "$2" in
-        http://*|https://*) echo "$2" ;;
-        /*) echo "$1$2" ;;
-        *) echo "$1/$2" ;;
-    esac
-}
-with_digest() { [[ "$1" == *\?* ]] && echo "$1&digest=$2" || echo "$1?digest=$2"; }
-header_of() { # file name -> value of the last such header
-    awk -v n="$(echo "$2" | tr 'A-Z' 'a-z')" '{ sub(/\r$/, "") }
-        tolower(substr($0, 1, length(n) + 1)) == n ":" { v = substr($0, length(n) + 2); sub(/^[ \t]+/, "", v) } END { print v }' "$1"
-}
-
+# (resolve_location, with_digest, header_of: benches/lib.sh)
 start_session() { # base -> upload url (empty on error)
     local base=$1 hdr="$WORK/hdr.$$" code
     code=$(curl -s -o /dev/null -D "$hdr" -w '%{http_code}' -X POST "$base/v2/bench/blobs/uploads/")
@@ -523,7 +458,6 @@ if has "$ONLY" nginx; then
 fi
 log ""
 
-running() { [[ -n "${PID[$1]:-}" ]]; }
 blob_url() { # system 1m|100m
     if [[ "$1" == nginx ]]; then
         [[ "$2" == 1m ]] && echo "${URL[nginx]}$NGX_PATH1" || echo "${URL[nginx]}$NGX_PATH100"
@@ -678,11 +612,7 @@ if has "$TESTS" memory && ((${#REGS[@]})); then
 fi
 
 # ---------------------------------------------------------------- summary
-ratio() { [[ -n "$1" && -n "$2" ]] && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b }'; }
-verdict() { # value op target
-    [[ -z "$1" ]] && { echo "n/a"; return; }
-    awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == ">=") ? (v >= t) : (v < t); print ok ? "PASS" : "MISS" }'
-}
+# (ratio, verdict: benches/lib.sh)
 row() { # check pier other other_name target_op target
     local check=$1 p=$2 o=$3 oname=$4 op=$5 t=$6 r
     r=$(ratio "$p" "$o")

@@ -22,6 +22,8 @@ set -uo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$SCRIPT_DIR/../.." && pwd)"
+# shellcheck source=../lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 # ---------------------------------------------------------------- options
 QUICK=0
@@ -59,7 +61,6 @@ fi
 ((ROUNDS >= 1)) || { echo "run.sh: --rounds must be >= 1" >&2; exit 2; }
 ((CLIENTS >= 2)) || { echo "run.sh: --clients must be >= 2" >&2; exit 2; }
 
-has() { [[ ",$1," == *",$2,"* ]]; }
 for t in ${TESTS//,/ }; do
     case "$t" in cold|warm|fanout) ;; *) echo "run.sh: --tests: unknown test '$t'" >&2; exit 2 ;; esac
 done
@@ -99,68 +100,21 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log() { printf '%s\n' "$*"; }
-fail() { FAILURES+=("$*"); printf 'FAILED: %s\n' "$*" >&2; }
-
 # ---------------------------------------------------------------- small helpers
-# Sets FREE_PORT to a port no socket uses (and that this run has not handed out yet). Ports come
-# from below the kernel's ephemeral range, so that the client side of the many connections this
-# benchmark opens cannot take a port a server is about to bind.
-USED_PORTS=""
-read -r EPH_LOW _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || EPH_LOW=32768
-if ((EPH_LOW > 21000)); then PORT_LO=20000 PORT_N=$((EPH_LOW - 20000)); else PORT_LO=20000 PORT_N=40000; fi
-port_in_use() {
-    if command -v ss >/dev/null 2>&1; then
-        [[ -n "$(ss -Htan "( sport = :$1 )" 2>/dev/null)" ]]
-    else
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-    fi
-}
-free_port() {
-    local p i
-    for ((i = 0; i < 200; i++)); do
-        p=$((PORT_LO + RANDOM % PORT_N))
-        [[ " $USED_PORTS " == *" $p "* ]] && continue
-        if ! port_in_use "$p"; then
-            USED_PORTS+=" $p"
-            FREE_PORT=$p
-            return 0
-        fi
-    done
-    fail "no free port"
-    return 1
-}
-
-now_ns() { date +%s%N; }
+# (log, fail, has, free_port, now_ns, median, record, med, sha256_of, gen_random_file, running,
+# stop_server: benches/lib.sh)
 secs_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN { printf "%.6f\n", (b - a) / 1e9 }'; }
-
-median() { # values... -> median (empty if none)
-    printf '%s\n' "$@" | awk 'NF' | sort -g | awk '{a[NR]=$1} END { if (NR == 0) exit;
-        if (NR % 2) printf "%.6g\n", a[(NR+1)/2]; else printf "%.6g\n", (a[NR/2]+a[NR/2+1])/2 }'
-}
 
 fmt() { # number -> short human form; "-" if empty
     [[ -z "${1:-}" ]] && { echo "-"; return; }
     awk -v x="$1" 'BEGIN { if (x >= 100) printf "%.0f", x; else if (x >= 10) printf "%.1f", x; else if (x >= 1) printf "%.2f", x; else printf "%.3f", x }'
 }
 
-declare -A RES=()
-record() { # metric system value
-    RES["$1|$2"]="${RES["$1|$2"]:-} $3"
-}
-med() { median ${RES["$1|$2"]:-}; }
-
 # CPU time (user + system, all threads) a process has used, in clock ticks.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 TICK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 cpu_since() { # pid ticks_before -> seconds
     awk -v a="$2" -v b="$(cpu_ticks "$1")" -v t="$TICK" 'BEGIN { printf "%.2f\n", (b - a) / t }'
-}
-
-sha256_of() { openssl dgst -sha256 -r "$1" | awk '{print $1}'; }
-
-gen_random_file() { # path bytes
-    openssl rand "$2" >"$1"
 }
 
 # ---------------------------------------------------------------- servers
@@ -188,16 +142,6 @@ wait_ready() { # name url timeout_s
     done
     fail "$name not ready after ${t}s ($url)"
     return 1
-}
-
-stop_server() {
-    local name=$1 pid=${PID[$1]:-} i
-    [[ -z "$pid" ]] && return 0
-    kill -TERM "$pid" 2>/dev/null
-    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-    unset "PID[$name]"
 }
 
 # The upstream: a plain docker-registry with its access log on (combined log format on stdout,
@@ -346,19 +290,7 @@ up_count() { # mark [digest]
 }
 
 # ---------------------------------------------------------------- registry client (curl)
-resolve_location() { # base location -> absolute url
-    case "$2" in
-        http://*|https://*) echo "$2" ;;
-        /*) echo "$1$2" ;;
-        *) echo "$1/$2" ;;
-    esac
-}
-with_digest() { [[ "$1" == *\?* ]] && echo "$1&digest=$2" || echo "$1?digest=$2"; }
-header_of() { # file name -> value of the last such header
-    awk -v n="$(echo "$2" | tr 'A-Z' 'a-z')" '{ sub(/\r$/, "") }
-        tolower(substr($0, 1, length(n) + 1)) == n ":" { v = substr($0, length(n) + 2); sub(/^[ \t]+/, "", v) } END { print v }' "$1"
-}
-
+# (resolve_location, with_digest, header_of: benches/lib.sh)
 # Push a blob: POST a session, PUT ?digest= with the body (distribution wants the
 # Content-Type, or it answers 400).
 push_blob() { # base repo file digest
@@ -486,7 +418,6 @@ verify_image() { # system
     done
 }
 mbs() { awk -v b="$1" -v t="$2" 'BEGIN { if (t > 0) printf "%.2f\n", b / t / 1e6 }'; }
-running() { [[ -n "${PID[$1]:-}" ]]; }
 declare -A LABEL=([upstream]="upstream" [pier]="Pier" [proxy]="reference")
 
 # ---------------------------------------------------------------- (1) cold pull
@@ -646,12 +577,7 @@ if has "$TESTS" fanout; then
 fi
 
 # ---------------------------------------------------------------- summary
-ratio() { [[ -n "$1" && -n "$2" ]] && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b }'; }
-verdict() { # value op target
-    [[ -z "$1" ]] && { echo "n/a"; return; }
-    awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { if (op == ">=") ok = v >= t; else if (op == "<=") ok = v <= t;
-        else ok = (v >= t - 0.001 && v <= t + 0.001); print ok ? "PASS" : "MISS" }'
-}
+# (ratio, verdict: benches/lib.sh)
 row() { # check pier other other_name op target [ratio]
     local check=$1 p=$2 o=$3 oname=$4 op=$5 t=$6 r=${7:-}
     [[ -z "$r" ]] && r=$(ratio "$p" "$o")

@@ -1,0 +1,116 @@
+# Helpers shared by the benchmark scripts (benches/load/run.sh, benches/mirror/run.sh).
+# Not meant to run on its own; a script sources it near its top, after `set -uo pipefail`:
+#
+#   source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+#
+# Globals a sourcing script must define (before calling the helpers that use them):
+#   FAILURES   indexed array (FAILURES=()); fail() appends to it
+#   PID        associative array name -> server pid (declare -A PID=()); stop_server, running
+#   WORK       the run's temporary directory (used by the scripts' own helpers; lib.sh only
+#              documents it because its helpers run inside the same shell)
+#
+# Globals this file defines itself:
+#   RES           associative array "metric|system" -> space-separated values (record, med)
+#   USED_PORTS    ports handed out by free_port in this run
+#   FREE_PORT     free_port's result
+#   EPH_LOW, PORT_LO, PORT_N   the port range free_port picks from
+#
+# Functions that differ between the scripts (fmt, wait_ready, row, cleanup, usage, ...) stay
+# in the scripts.
+
+log() { printf '%s\n' "$*"; }
+fail() { FAILURES+=("$*"); printf 'FAILED: %s\n' "$*" >&2; }
+
+has() { [[ ",$1," == *",$2,"* ]]; }
+
+# ---------------------------------------------------------------- ports
+# Sets FREE_PORT to a port no socket uses (and that this run has not handed out yet). Ports come
+# from below the kernel's ephemeral range, so that the client side of the many connections a
+# benchmark opens cannot take a port a server is about to bind.
+USED_PORTS=""
+FREE_PORT=""
+read -r EPH_LOW _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || EPH_LOW=32768
+if ((EPH_LOW > 21000)); then PORT_LO=20000 PORT_N=$((EPH_LOW - 20000)); else PORT_LO=20000 PORT_N=40000; fi
+port_in_use() {
+    if command -v ss >/dev/null 2>&1; then
+        [[ -n "$(ss -Htan "( sport = :$1 )" 2>/dev/null)" ]]
+    else
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    fi
+}
+free_port() {
+    local p i
+    for ((i = 0; i < 200; i++)); do
+        p=$((PORT_LO + RANDOM % PORT_N))
+        [[ " $USED_PORTS " == *" $p "* ]] && continue
+        if ! port_in_use "$p"; then
+            USED_PORTS+=" $p"
+            FREE_PORT=$p
+            return 0
+        fi
+    done
+    fail "no free port"
+    return 1
+}
+
+# ---------------------------------------------------------------- numbers and results
+now_ns() { date +%s%N; }
+
+median() { # values... -> median (empty if none)
+    printf '%s\n' "$@" | awk 'NF' | sort -g | awk '{a[NR]=$1} END { if (NR == 0) exit;
+        if (NR % 2) printf "%.6g\n", a[(NR+1)/2]; else printf "%.6g\n", (a[NR/2]+a[NR/2+1])/2 }'
+}
+
+declare -gA RES=()
+record() { # metric system value
+    RES["$1|$2"]="${RES["$1|$2"]:-} $3"
+}
+med() { median ${RES["$1|$2"]:-}; }
+
+ratio() { [[ -n "$1" && -n "$2" ]] && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b }'; }
+verdict() { # value op target; op is >=, <=, < or = (= allows 0.001 either way)
+    [[ -z "$1" ]] && { echo "n/a"; return; }
+    awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { if (op == ">=") ok = v >= t; else if (op == "<=") ok = v <= t;
+        else if (op == "<") ok = v < t; else ok = (v >= t - 0.001 && v <= t + 0.001); print ok ? "PASS" : "MISS" }'
+}
+
+# ---------------------------------------------------------------- files
+sha256_of() { openssl dgst -sha256 -r "$1" | awk '{print $1}'; }
+
+gen_random_file() { # path bytes (random content via openssl rand, in 256 MiB pieces)
+    local path=$1 left=$2 piece=$((256 << 20)) n
+    : >"$path"
+    while ((left > 0)); do
+        n=$((left < piece ? left : piece))
+        openssl rand "$n" >>"$path" || return 1
+        left=$((left - n))
+    done
+}
+
+# ---------------------------------------------------------------- servers
+running() { [[ -n "${PID[$1]:-}" ]]; }
+
+stop_server() {
+    local name=$1 pid=${PID[$1]:-} i
+    [[ -z "$pid" ]] && return 0
+    kill -TERM "$pid" 2>/dev/null
+    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    unset "PID[$name]"
+}
+
+# ---------------------------------------------------------------- registry client (curl)
+# Resolve a Location header against a base URL and add ?digest= / &digest=.
+resolve_location() { # base location -> absolute url
+    case "$2" in
+        http://*|https://*) echo "$2" ;;
+        /*) echo "$1$2" ;;
+        *) echo "$1/$2" ;;
+    esac
+}
+with_digest() { [[ "$1" == *\?* ]] && echo "$1&digest=$2" || echo "$1?digest=$2"; }
+header_of() { # file name -> value of the last such header
+    awk -v n="$(echo "$2" | tr 'A-Z' 'a-z')" '{ sub(/\r$/, "") }
+        tolower(substr($0, 1, length(n) + 1)) == n ":" { v = substr($0, length(n) + 2); sub(/^[ \t]+/, "", v) } END { print v }' "$1"
+}
