@@ -23,3 +23,5 @@ mod pull;
 mod push;
 #[path = "mirror/support.rs"]
 mod support;
+#[path = "mirror/warm.rs"]
+mod warm;
