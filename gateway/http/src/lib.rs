@@ -9,6 +9,7 @@ pub mod body;
 pub mod error;
 mod handlers;
 pub mod metrics;
+pub mod query;
 pub mod range;
 pub mod route;
 

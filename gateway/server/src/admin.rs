@@ -17,6 +17,50 @@ pub struct AdminState {
     pub mirror: Option<Arc<pier_core::Mirror>>,
     pub ready: AtomicBool,
     pub root: PathBuf,
+    /// The registry listener's URL for preheating through it; `None` when it speaks TLS.
+    pub registry_url: Option<String>,
+}
+
+/// `POST /warm?image=NAME:TAG[&image=...][&platform=os/arch]`: pulls the images through
+/// the registry listener, as `pier warm` does, and answers with its progress lines.
+async fn warm(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let plain = "text/plain; charset=utf-8";
+    let Some(url) = state.registry_url.clone() else {
+        return text(
+            StatusCode::NOT_IMPLEMENTED,
+            plain,
+            "the registry listener uses TLS; run `pier warm --server https://...` instead\n",
+        );
+    };
+    let params = pier_http::query::parse(req.uri().query().unwrap_or(""));
+    let pick = |key: &str| -> Vec<String> {
+        params
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let (images, platforms) = (pick("image"), pick("platform"));
+    if images.is_empty() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            plain,
+            "name at least one ?image=NAME[:TAG|@DIGEST]\n",
+        );
+    }
+    let mut out = String::new();
+    let result = crate::warm::run(url, platforms, images, &mut |line| {
+        out.push_str(&line);
+        out.push('\n');
+    })
+    .await;
+    match result {
+        Ok(()) => text(StatusCode::OK, plain, out),
+        Err(e) => {
+            out.push_str(&format!("error: {e}\n"));
+            text(StatusCode::BAD_GATEWAY, plain, out)
+        }
+    }
 }
 
 fn text(
@@ -38,6 +82,9 @@ pub async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let plain = "text/plain; charset=utf-8";
+    if req.method() == http::Method::POST && req.uri().path() == "/warm" {
+        return Ok(warm(&state, &req).await);
+    }
     Ok(match req.uri().path() {
         "/metrics" => {
             let mut body = state.metrics.render();

@@ -145,7 +145,12 @@ fn main() -> ExitCode {
         }
         Command::Warm(args) => {
             init_logging(LogFormat::Text);
-            runtime.block_on(warm::run(args.server, args.platforms, args.images))
+            runtime.block_on(warm::run(
+                args.server,
+                args.platforms,
+                args.images,
+                &mut |line| println!("{line}"),
+            ))
         }
     };
     match result {

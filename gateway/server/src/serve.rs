@@ -90,6 +90,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         mirror,
         ready: AtomicBool::new(true),
         root: config.root.clone(),
+        registry_url: tls
+            .is_none()
+            .then(|| listener.local_addr().map(|a| format!("http://{a}")).ok())
+            .flatten(),
     });
     tracing::info!(
         listen = %listener.local_addr()?,

@@ -46,14 +46,15 @@ fn wanted(d: &Descriptor, platforms: &[String]) -> bool {
     })
 }
 
-struct Warmer {
+struct Warmer<'p> {
+    progress: &'p mut (dyn FnMut(String) + Send),
     client: UpstreamClient,
     platforms: Vec<String>,
     bytes: u64,
     blobs: usize,
 }
 
-impl Warmer {
+impl Warmer<'_> {
     async fn manifest(
         &mut self,
         repo: &RepoName,
@@ -64,7 +65,10 @@ impl Warmer {
         let fetched = self.client.get_manifest(repo, reference).await?;
         let manifest = Manifest::parse(&fetched.bytes, Some(&fetched.media_type))
             .map_err(|e| ServerError::Config(format!("{repo}:{reference}: {e}")))?;
-        println!("{indent}{repo}:{reference}: {}", fetched.media_type);
+        (self.progress)(format!(
+            "{indent}{repo}:{reference}: {}",
+            fetched.media_type
+        ));
         if manifest.kind.is_index() {
             let children: Vec<Reference> = manifest
                 .manifests
@@ -83,7 +87,7 @@ impl Warmer {
             while let Some(chunk) = body.next().await {
                 n += chunk.map_err(ServerError::Io)?.len() as u64;
             }
-            println!("{indent}  {}: {n} bytes", blob.digest);
+            (self.progress)(format!("{indent}  {}: {n} bytes", blob.digest));
             self.bytes += n;
             self.blobs += 1;
         }
@@ -91,10 +95,12 @@ impl Warmer {
     }
 }
 
+/// Pulls `images` through the registry at `server`, reporting each manifest and blob.
 pub async fn run(
     server: String,
     platforms: Vec<String>,
     images: Vec<String>,
+    progress: &mut (dyn FnMut(String) + Send),
 ) -> Result<(), ServerError> {
     let client = UpstreamClient::new(UpstreamConfig {
         name: "pier".into(),
@@ -104,6 +110,7 @@ pub async fn run(
         retries: 2,
     })?;
     let mut w = Warmer {
+        progress,
         client,
         platforms,
         bytes: 0,
@@ -113,12 +120,13 @@ pub async fn run(
         let (repo, reference) = parse_image(image)?;
         w.manifest(&repo, &reference, 0).await?;
     }
-    println!(
+    let summary = format!(
         "warm: {} images, {} blobs, {} bytes pulled through {server}",
         images.len(),
         w.blobs,
         w.bytes
     );
+    (w.progress)(summary);
     Ok(())
 }
 

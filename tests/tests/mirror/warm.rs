@@ -12,6 +12,8 @@ fn pier_warm_fills_the_cache_ahead_of_the_first_client() {
     let mut up = Upstream::start();
     let img = TestImage::new("1", 2);
     up.push_image(&sk, "library/warmimg", &img);
+    let img2 = TestImage::new("2", 1);
+    up.push_image(&sk, "library/warmimg2", &img2);
     let pier = pier_mirroring(&up, &[]);
 
     let out = Command::new(pier_e2e::pier_bin())
@@ -40,9 +42,33 @@ fn pier_warm_fills_the_cache_ahead_of_the_first_client() {
         "no summary line:\n{stdout}"
     );
 
+    // The same through the admin endpoint.
+    let r = pier_e2e::http::request(
+        pier.admin_addr,
+        "POST",
+        "/warm?image=library%2Fwarmimg2:2",
+        &[],
+        b"",
+    );
+    r.expect_status(200, "POST /warm on the admin listener");
+    for d in img2.blob_digests() {
+        assert!(
+            String::from_utf8_lossy(&r.body).contains(d.as_str()),
+            "admin warm output misses {d}\n{r}"
+        );
+        assert_eq!(
+            up.count("GET", &format!("/v2/library/warmimg2/blobs/{d}")),
+            1,
+            "admin warm fetched {d} once"
+        );
+    }
+    let none = pier_e2e::http::request(pier.admin_addr, "POST", "/warm", &[], b"");
+    none.expect_status(400, "POST /warm without an image");
+
     // The first real client finds everything cached, even with the upstream gone.
     up.stop();
     assert_registry_has_image(pier.addr, "library/warmimg", &img.manifest_digest, &img);
+    assert_registry_has_image(pier.addr, "library/warmimg2", &img2.manifest_digest, &img2);
 
     // A name the upstream does not have fails the warm-up with a non-zero exit.
     let bad = Command::new(pier_e2e::pier_bin())
