@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -199,28 +199,18 @@ fn linked_digests(dir: &Path) -> Result<Vec<Digest>> {
 }
 
 /// Reads `len` bytes at `start`: mapped when large enough that one copy less pays for the
-/// mapping, read otherwise.
-fn read_small(file: &File, start: u64, len: u64) -> io::Result<Bytes> {
+/// mapping, read otherwise. Reads are positional, so readers may share a descriptor (and
+/// its offset) with a writer appending to the file.
+fn read_range(file: &File, start: u64, len: u64) -> io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
     if len >= MMAP_MIN
         && let Some(b) = map_range(file, start, len)
     {
         return Ok(b);
     }
-    read_window(file, start, len)
-}
-
-/// Reads `n` bytes at `off` into a new buffer.
-fn read_window(mut file: &File, off: u64, n: u64) -> io::Result<Bytes> {
-    file.seek(SeekFrom::Start(off))?;
-    let mut buf = Vec::with_capacity(n as usize);
-    match file.take(n).read_to_end(&mut buf) {
-        Ok(got) if got as u64 == n => Ok(Bytes::from(buf)),
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "blob shorter than its size",
-        )),
-        Err(e) => Err(e),
-    }
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, start)?;
+    Ok(Bytes::from(buf))
 }
 
 /// Maps a range of a blob read-only. Blob files are immutable: they are written under a
@@ -281,10 +271,7 @@ fn stream_file(file: File, start: u64, len: u64) -> ByteStream {
             let n = (CHUNK as u64).min(end - off);
             // A mapped window costs no copy and no heap; it leaves the process's memory
             // when the client has been sent it.
-            let item = match map_range(&file, off, n) {
-                Some(window) => Ok(window),
-                None => read_window(&file, off, n),
-            };
+            let item = read_range(&file, off, n);
             let failed = item.is_err();
             if tx.blocking_send(item).is_err() || failed {
                 return;
@@ -439,7 +426,7 @@ impl BlobStore for FsStore {
             let len = if size == 0 { 0 } else { end - start + 1 };
             if len <= SMALL_BLOB {
                 let bytes =
-                    read_small(&file, start, len).map_err(StorageError::io("read", &path))?;
+                    read_range(&file, start, len).map_err(StorageError::io("read", &path))?;
                 return Ok((Err(bytes), size, start, len, resolved));
             }
             Ok((Ok(file), size, start, len, resolved))
@@ -1016,21 +1003,12 @@ struct FsPartialReader(Arc<File>);
 #[async_trait]
 impl PartialReader for FsPartialReader {
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        use std::os::unix::fs::FileExt;
         let file = self.0.clone();
-        tokio::task::spawn_blocking(move || {
-            // Bytes already written are never rewritten (the file only grows, and is only
-            // ever unlinked), so they can be mapped like a finished blob.
-            if let Some(window) = map_range(&file, offset, len as u64) {
-                return Ok(window);
-            }
-            // Positional reads: readers share the descriptor (and its offset) with the writer.
-            let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, offset)
-                .map(|()| Bytes::from(buf))
-        })
-        .await
-        .map_err(io::Error::other)?
+        // Bytes already written are never rewritten (the file only grows, and is only ever
+        // unlinked), so they read like a finished blob.
+        tokio::task::spawn_blocking(move || read_range(&file, offset, len as u64))
+            .await
+            .map_err(io::Error::other)?
     }
 }
 
