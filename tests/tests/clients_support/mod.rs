@@ -859,6 +859,43 @@ pub fn assert_registry_has_image(addr: SocketAddr, name: &str, reference: &str, 
 // skopeo
 // ---------------------------------------------------------------------------------------
 
+/// As root, c/image keeps its blob-info cache in /var/lib/containers/cache whatever HOME
+/// says: the skopeo and podman wrappers hide it behind a bind mount in a private mount
+/// namespace, entered through the `unshare` this returns (None when not root: HOME decides).
+pub fn private_cache_unshare() -> Option<PathBuf> {
+    if !is_root() {
+        return None;
+    }
+    let u = require_bin("unshare");
+    fs::create_dir_all("/var/lib/containers/cache").expect("mkdir /var/lib/containers/cache");
+    Some(u)
+}
+
+/// A command running `bin` (through `unshare`, see [`private_cache_unshare`]) with the
+/// isolation both c/image clients need from `dir`: blob-info cache `dir/cache`, HOME and XDG
+/// dirs, tmp dir, auth file and registries.conf.
+pub fn isolated_containers_command(bin: &Path, unshare: Option<&Path>, dir: &Path) -> Command {
+    let mut c = match unshare {
+        Some(u) => {
+            let mut c = Command::new(u);
+            c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg("mount --bind \"$PIER_CONTAINERS_CACHE\" /var/lib/containers/cache && exec \"$0\" \"$@\"")
+                .arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    c.env("PIER_CONTAINERS_CACHE", dir.join("cache"))
+        .env("HOME", dir.join("home"))
+        .env("XDG_RUNTIME_DIR", dir.join("run"))
+        .env("XDG_DATA_HOME", dir.join("home/.local/share"))
+        .env("XDG_CONFIG_HOME", dir.join("home/.config"))
+        .env("REGISTRY_AUTH_FILE", dir.join("auth.json"))
+        .env("CONTAINERS_REGISTRIES_CONF", dir.join("registries.conf"))
+        .env("TMPDIR", dir.join("tmp"));
+    c
+}
+
 /// skopeo with its own HOME, auth file, registries.conf, trust policy, tmp dir and — as
 /// root, through a private mount namespace — its own blob-info cache, so it never tries
 /// cross-repo mounts remembered from earlier runs.
@@ -887,43 +924,15 @@ impl Skopeo {
         )
         .unwrap();
         fs::write(d.join("auth.json"), "{}").unwrap();
-        // As root the blob-info cache is always /var/lib/containers/cache: hide it behind a
-        // bind mount in a private mount namespace. Otherwise HOME decides (isolated above).
-        let unshare = if is_root() {
-            let u = require_bin("unshare");
-            fs::create_dir_all("/var/lib/containers/cache")
-                .expect("mkdir /var/lib/containers/cache");
-            Some(u)
-        } else {
-            None
-        };
+        let unshare = private_cache_unshare();
         Skopeo { dir, bin, unshare }
     }
 
     /// A `skopeo` command with the isolation flags and environment set; add arguments.
     pub fn cmd(&self) -> Command {
         let d = self.dir.path();
-        let mut c = match &self.unshare {
-            Some(u) => {
-                let mut c = Command::new(u);
-                c.args(["--mount", "--propagation", "private", "sh", "-c"])
-                    .arg(
-                        "mount --bind \"$PIER_SKOPEO_CACHE\" /var/lib/containers/cache && exec \"$0\" \"$@\"",
-                    )
-                    .arg(&self.bin);
-                c
-            }
-            None => Command::new(&self.bin),
-        };
-        c.env("PIER_SKOPEO_CACHE", d.join("cache"))
-            .env("HOME", d.join("home"))
-            .env("XDG_RUNTIME_DIR", d.join("run"))
-            .env("XDG_DATA_HOME", d.join("home/.local/share"))
-            .env("XDG_CONFIG_HOME", d.join("home/.config"))
-            .env("REGISTRY_AUTH_FILE", d.join("auth.json"))
-            .env("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf"))
-            .env("TMPDIR", d.join("tmp"))
-            .arg("--policy")
+        let mut c = isolated_containers_command(&self.bin, self.unshare.as_deref(), d);
+        c.arg("--policy")
             .arg(d.join("policy.json"))
             .arg("--registries.d")
             .arg(d.join("registries.d"))

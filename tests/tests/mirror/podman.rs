@@ -79,41 +79,15 @@ impl Podman {
         )
         .unwrap();
         fs::write(d.join("auth.json"), "{}").unwrap();
-        let unshare = if is_root() {
-            let u = require_bin("unshare");
-            fs::create_dir_all("/var/lib/containers/cache")
-                .expect("mkdir /var/lib/containers/cache");
-            Some(u)
-        } else {
-            None
-        };
+        let unshare = private_cache_unshare();
         Podman { dir, bin, unshare }
     }
 
     /// A `podman` command with the isolation flags and environment set; add arguments.
     fn cmd(&self) -> Command {
         let d = self.dir.path();
-        let mut c = match &self.unshare {
-            Some(u) => {
-                let mut c = Command::new(u);
-                c.args(["--mount", "--propagation", "private", "sh", "-c"])
-                    .arg(
-                        "mount --bind \"$PIER_PODMAN_CACHE\" /var/lib/containers/cache && exec \"$0\" \"$@\"",
-                    )
-                    .arg(&self.bin);
-                c
-            }
-            None => Command::new(&self.bin),
-        };
-        c.env("PIER_PODMAN_CACHE", d.join("cache"))
-            .env("HOME", d.join("home"))
-            .env("XDG_RUNTIME_DIR", d.join("run"))
-            .env("XDG_DATA_HOME", d.join("home/.local/share"))
-            .env("XDG_CONFIG_HOME", d.join("home/.config"))
-            .env("TMPDIR", d.join("tmp"))
-            .env("REGISTRY_AUTH_FILE", d.join("auth.json"))
-            .env("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf"))
-            .env("CONTAINERS_STORAGE_CONF", d.join("storage.conf"))
+        let mut c = isolated_containers_command(&self.bin, self.unshare.as_deref(), d);
+        c.env("CONTAINERS_STORAGE_CONF", d.join("storage.conf"))
             .env("CONTAINERS_CONF", d.join("containers.conf"))
             .arg("--root")
             .arg(d.join("root"))
