@@ -36,6 +36,19 @@ pub enum ApiError {
     Body(String),
     #[error("repository {0} is a read-only mirror of an upstream registry")]
     MirrorReadOnly(String),
+    /// 401 with a `WWW-Authenticate` challenge (none when `challenge` is empty);
+    /// `denied`: the credentials are valid but don't grant the access (code DENIED).
+    #[error("{message}")]
+    Unauthorized {
+        challenge: String,
+        message: String,
+        denied: bool,
+    },
+    /// 403: the authorizer refused; the message is its reason.
+    #[error("requested access to the resource is denied: {0}")]
+    Denied(String),
+    #[error(transparent)]
+    Auth(#[from] pier_auth::AuthError),
 }
 
 /// What the wire says for an error: status, code, message, detail and extra headers.
@@ -147,6 +160,34 @@ fn classify(
         ),
         ApiError::Body(_) => simple(C::BlobUploadInvalid),
         ApiError::MirrorReadOnly(_) => simple(C::Unsupported),
+        ApiError::Unauthorized {
+            challenge, denied, ..
+        } => (
+            StatusCode::UNAUTHORIZED,
+            if *denied { C::Denied } else { C::Unauthorized },
+            none,
+            if challenge.is_empty() {
+                vec![]
+            } else {
+                vec![("WWW-Authenticate", challenge.clone())]
+            },
+        ),
+        ApiError::Denied(_) => simple(C::Denied),
+        ApiError::Auth(e) => match e {
+            pier_auth::AuthError::Policy(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                C::Unavailable,
+                none,
+                vec![("Retry-After", "1".to_owned())],
+            ),
+            pier_auth::AuthError::InvalidToken(_) | pier_auth::AuthError::TokenExpired => {
+                (StatusCode::UNAUTHORIZED, C::Unauthorized, none, vec![])
+            }
+            pier_auth::AuthError::Scope { .. } | pier_auth::AuthError::Invalid(_) => {
+                (StatusCode::BAD_REQUEST, C::Unsupported, none, vec![])
+            }
+            _ => simple(C::Unknown),
+        },
     }
 }
 
@@ -168,7 +209,15 @@ fn chain(err: &dyn std::error::Error) -> String {
 impl ApiError {
     /// Whether Pier (not the client) is at fault.
     pub fn is_internal(&self) -> bool {
-        matches!(self, ApiError::Core(CoreError::Storage(_)))
+        matches!(
+            self,
+            ApiError::Core(CoreError::Storage(_))
+                | ApiError::Auth(
+                    pier_auth::AuthError::Io { .. }
+                        | pier_auth::AuthError::Format { .. }
+                        | pier_auth::AuthError::Key(_)
+                )
+        )
     }
 
     /// Whether an upstream registry is at fault.
@@ -181,10 +230,13 @@ impl ApiError {
         let (status, code, detail, headers) = classify(&self);
         let message = if self.is_internal() {
             tracing::error!(error = %chain(&self), "internal error");
-            "internal storage error; see the server log".to_owned()
+            "internal error; see the server log".to_owned()
         } else {
             if self.is_upstream() {
                 tracing::warn!(error = %chain(&self), "upstream registry failed");
+            }
+            if let ApiError::Auth(pier_auth::AuthError::Policy(p)) = &self {
+                tracing::error!(plugin = %p.plugin, kind = p.kind.as_str(), error = %p.message, "authorization failed closed");
             }
             chain(&self)
         };

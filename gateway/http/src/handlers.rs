@@ -236,7 +236,25 @@ fn has_body(body: &Incoming, headers: &HeaderMap) -> bool {
 async fn catalog(state: &AppState, req: &Request<Incoming>) -> HandlerResult {
     let params = query_params(req);
     let n = page_size(&params)?;
-    let page = state.registry.catalog(n, query(&params, "last")).await?;
+    let page = match (&state.access, req.extensions().get::<crate::auth::Caller>()) {
+        (Some(ac), Some(caller)) => {
+            // Only what the caller may search; filtered before paging so pages stay full.
+            let all = state.registry.catalog(None, None).await?.items;
+            let client = req
+                .extensions()
+                .get::<crate::auth::ConnInfo>()
+                .map(|c| c.peer.to_string())
+                .unwrap_or_default();
+            let mut visible = Vec::new();
+            for r in all {
+                if ac.may_search(&caller.0, r.as_str(), &client).await? {
+                    visible.push(r);
+                }
+            }
+            pier_core::paginate(visible, n, query(&params, "last"))
+        }
+        _ => state.registry.catalog(n, query(&params, "last")).await?,
+    };
     let names: Vec<&str> = page.items.iter().map(|r| r.as_str()).collect();
     let body = serde_json::to_vec(&json!({ "repositories": names })).unwrap_or_default();
     let mut r = json_response(StatusCode::OK, body.into(), &Method::GET);
@@ -428,9 +446,13 @@ fn parse_digest_param(v: &str) -> Result<Digest, ApiError> {
 
 async fn upload_start(state: &AppState, repo: &RepoName, req: Request<Incoming>) -> HandlerResult {
     let params = query_params(&req);
+    let may_mount = req
+        .extensions()
+        .get::<crate::auth::MountRefused>()
+        .is_none();
     if let Some(mount) = query(&params, "mount") {
         let d = parse_digest_param(mount)?;
-        if let Some(from) = query(&params, "from") {
+        if let Some(from) = query(&params, "from").filter(|_| may_mount) {
             let from: RepoName = from.parse().map_err(ApiError::Name)?;
             if state.registry.mount(repo, &from, &d).await?.is_some() {
                 return Ok(blob_created(repo, &d));

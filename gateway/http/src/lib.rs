@@ -5,6 +5,7 @@
 #![deny(rust_2018_idioms)]
 
 mod access;
+pub mod auth;
 pub mod body;
 pub mod error;
 mod handlers;
@@ -22,6 +23,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pier_core::{Mirror, Registry};
 
+pub use auth::{AccessControl, ConnInfo};
 pub use body::RespBody;
 pub use metrics::Metrics;
 
@@ -31,6 +33,8 @@ pub struct AppState {
     /// The pull-through mirror, when upstreams are configured.
     pub mirror: Option<Arc<Mirror>>,
     pub metrics: Arc<Metrics>,
+    /// Authentication and authorization; `None` serves everyone (no auth configured).
+    pub access: Option<Arc<AccessControl>>,
     request_ids: AtomicU64,
     id_prefix: String,
 }
@@ -46,9 +50,16 @@ impl AppState {
             registry,
             mirror,
             metrics,
+            access: None,
             request_ids: AtomicU64::new(0),
             id_prefix,
         }
+    }
+
+    /// Turns on access control.
+    pub fn with_access(mut self, access: Arc<AccessControl>) -> AppState {
+        self.access = Some(access);
+        self
     }
 
     fn next_request_id(&self) -> String {
@@ -60,7 +71,8 @@ impl AppState {
 /// Serves one registry request: dispatch, access log line, metrics.
 pub async fn serve(
     state: Arc<AppState>,
-    req: Request<Incoming>,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
 ) -> Result<Response<RespBody>, std::convert::Infallible> {
     let start = Instant::now();
     let in_flight = state.metrics.start();
@@ -76,11 +88,18 @@ pub async fn serve(
     let route = route::parse(&path);
     let (kind, repo) = match &route {
         Ok(r) => (r.kind(), r.repository().map(|n| n.to_string())),
+        Err(_) if state.access.is_some() && path == auth::TOKEN_PATH => ("token", None),
         Err(_) => ("invalid", None),
     };
-    let mut resp = match route {
-        Ok(r) => handlers::dispatch(&state, r, req).await,
-        Err(e) => Err(e.into()),
+    req.extensions_mut().insert(conn);
+    let mut resp = match (route, &state.access) {
+        (Err(_), Some(ac)) if path == auth::TOKEN_PATH => ac.token_endpoint(req, &conn).await,
+        (Ok(r), Some(ac)) => match ac.check(&r, &mut req, &conn).await {
+            Ok(()) => handlers::dispatch(&state, r, req).await,
+            Err(e) => Err(e),
+        },
+        (Ok(r), None) => handlers::dispatch(&state, r, req).await,
+        (Err(e), _) => Err(e.into()),
     }
     .unwrap_or_else(error::ApiError::into_response);
     let h = resp.headers_mut();

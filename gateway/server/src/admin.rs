@@ -16,6 +16,7 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub mirror: Option<Arc<pier_core::Mirror>>,
     pub ready: AtomicBool,
+    pub plugins: Arc<crate::access::Plugins>,
     pub root: PathBuf,
     /// The registry listener's URL for preheating through it; `None` when it speaks TLS.
     pub registry_url: Option<String>,
@@ -85,12 +86,23 @@ pub async fn serve(
     if req.method() == http::Method::POST && req.uri().path() == "/warm" {
         return Ok(warm(&state, &req).await);
     }
+    if req.method() == http::Method::POST && req.uri().path() == "/plugins/reload" {
+        let lines = state.plugins.reload_all().await;
+        let failed = lines.iter().any(|l| l.contains("reload failed"));
+        let status = if failed {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::OK
+        };
+        return Ok(text(status, plain, lines.join("\n") + "\n"));
+    }
     Ok(match req.uri().path() {
         "/metrics" => {
             let mut body = state.metrics.render();
             if let Some(m) = &state.mirror {
                 body.push_str(&m.render_metrics());
             }
+            state.plugins.render_metrics(&mut body);
             text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         "/healthz" => text(StatusCode::OK, plain, "ok\n"),

@@ -130,6 +130,182 @@ struct FileConfig {
     local_namespaces: Vec<String>,
     cache_max_size: Option<String>,
     cache_evict_interval: Option<String>,
+    auth: Option<FileAuth>,
+    #[serde(default)]
+    plugins: Vec<FilePlugin>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    service: Option<String>,
+    issuer: Option<String>,
+    realm: Option<String>,
+    token_ttl: Option<String>,
+    refresh_ttl: Option<String>,
+    token_key: Option<PathBuf>,
+    users_file: Option<PathBuf>,
+    robots_file: Option<PathBuf>,
+    #[serde(default)]
+    trusted_issuers: Vec<FileIssuer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIssuer {
+    issuer: String,
+    public_key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePlugin {
+    name: String,
+    path: PathBuf,
+    hook: String,
+    timeout: Option<String>,
+    memory_limit: Option<String>,
+    max_instances: Option<usize>,
+    #[serde(default)]
+    grants: Vec<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    ldap_url: Option<String>,
+    watch: Option<bool>,
+    config: Option<toml::Table>,
+}
+
+/// Access control (`[auth]`): Docker token auth, local users, robots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// `service` of the challenge and `aud` of tokens.
+    pub service: String,
+    /// `iss` of the tokens this gateway signs.
+    pub issuer: String,
+    /// Realm URL to advertise (derived from the request's Host when unset).
+    pub realm: Option<String>,
+    pub token_ttl: Duration,
+    pub refresh_ttl: Duration,
+    /// PKCS#8 PEM signing key; generated on first start when missing.
+    pub token_key: PathBuf,
+    pub users_file: PathBuf,
+    pub robots_file: PathBuf,
+    /// (issuer, PEM public key or certificate) of tokens accepted from elsewhere.
+    pub trusted_issuers: Vec<(String, PathBuf)>,
+}
+
+impl AuthConfig {
+    /// The defaults: files under `ROOT/pier/auth/`.
+    pub fn defaults_for(root: &Path) -> AuthConfig {
+        AuthConfig::defaults(root)
+    }
+
+    fn defaults(root: &Path) -> AuthConfig {
+        let dir = root.join("pier").join("auth");
+        AuthConfig {
+            service: "pier".into(),
+            issuer: "pier".into(),
+            realm: None,
+            token_ttl: Duration::from_secs(300),
+            refresh_ttl: Duration::from_secs(7 * 86_400),
+            token_key: dir.join("token-key.pem"),
+            users_file: dir.join("users.htpasswd"),
+            robots_file: dir.join("robots.json"),
+            trusted_issuers: Vec::new(),
+        }
+    }
+}
+
+/// One `[[plugins]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginEntry {
+    pub name: String,
+    pub path: PathBuf,
+    pub timeout: Duration,
+    pub memory_limit: usize,
+    pub max_instances: usize,
+    pub grants: Vec<String>,
+    pub allowed_hosts: Vec<String>,
+    /// `host:port` of `ldap://host:port`.
+    pub ldap_addr: Option<String>,
+    /// Reload when the file changes.
+    pub watch: bool,
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+fn toml_to_json(v: toml::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        toml::Value::String(s) => J::String(s),
+        toml::Value::Integer(i) => J::from(i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f)
+            .map(J::Number)
+            .unwrap_or(J::Null),
+        toml::Value::Boolean(b) => J::Bool(b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(a) => J::Array(a.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => {
+            J::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
+    }
+}
+
+/// Relative paths in the config file are relative to the file's directory.
+fn relative_to(base: &Path, p: PathBuf) -> PathBuf {
+    if p.is_absolute() { p } else { base.join(p) }
+}
+
+fn plugin_entry(p: FilePlugin, base: &Path, cfg_path: &Path) -> Result<PluginEntry, ServerError> {
+    let err = |m: String| {
+        ServerError::Config(format!("{}: plugin {:?}: {m}", cfg_path.display(), p.name))
+    };
+    if p.hook != "authorizer" {
+        return Err(err(format!(
+            "unknown hook {:?}: this version has \"authorizer\"",
+            p.hook
+        )));
+    }
+    let timeout = file_duration(p.timeout.clone(), "plugins.timeout", cfg_path)?
+        .unwrap_or(Duration::from_millis(100));
+    let memory_limit = p
+        .memory_limit
+        .as_deref()
+        .map(parse_size)
+        .transpose()
+        .map_err(err)?
+        .unwrap_or(32 << 20) as usize;
+    let ldap_addr = p
+        .ldap_url
+        .as_deref()
+        .map(|u| {
+            u.strip_prefix("ldap://")
+                .map(|h| h.trim_end_matches('/').to_owned())
+                .map(|h| {
+                    if h.contains(':') {
+                        h
+                    } else {
+                        format!("{h}:389")
+                    }
+                })
+                .ok_or_else(|| err(format!("ldap_url {u:?} must be ldap://HOST[:PORT]")))
+        })
+        .transpose()?;
+    pier_plugin_host::Grants::parse(&p.grants).map_err(err)?;
+    Ok(PluginEntry {
+        path: relative_to(base, p.path),
+        timeout,
+        memory_limit,
+        max_instances: p.max_instances.unwrap_or(16).max(1),
+        grants: p.grants,
+        allowed_hosts: p.allowed_hosts,
+        ldap_addr,
+        watch: p.watch.unwrap_or(true),
+        config: p
+            .config
+            .map(|t| t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+            .unwrap_or_default(),
+        name: p.name,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,6 +440,9 @@ pub struct Config {
     /// Bound on mirrored blob bytes.
     pub cache_max_size: Option<u64>,
     pub cache_evict_interval: Duration,
+    /// Access control; `None`: everyone may do everything.
+    pub auth: Option<AuthConfig>,
+    pub plugins: Vec<PluginEntry>,
 }
 
 fn file_duration(
@@ -363,7 +542,54 @@ impl Config {
             None => file_duration(file.cache_evict_interval, "cache_evict_interval", &path)?
                 .unwrap_or(Duration::from_secs(30)),
         };
+        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        let root = args
+            .root
+            .or(file.root.map(|r| relative_to(&base, r)))
+            .unwrap_or_else(|| PathBuf::from("./pier-data"));
+        let plugins = file
+            .plugins
+            .into_iter()
+            .map(|p| plugin_entry(p, &base, &path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let auth = match file.auth {
+            None if plugins.is_empty() => None,
+            None => Some(AuthConfig::defaults(&root)),
+            Some(a) => {
+                let mut c = AuthConfig::defaults(&root);
+                if let Some(v) = a.service {
+                    c.service = v;
+                }
+                if let Some(v) = a.issuer {
+                    c.issuer = v;
+                }
+                c.realm = a.realm;
+                if let Some(d) = file_duration(a.token_ttl, "auth.token_ttl", &path)? {
+                    c.token_ttl = d;
+                }
+                if let Some(d) = file_duration(a.refresh_ttl, "auth.refresh_ttl", &path)? {
+                    c.refresh_ttl = d;
+                }
+                if let Some(p) = a.token_key {
+                    c.token_key = relative_to(&base, p);
+                }
+                if let Some(p) = a.users_file {
+                    c.users_file = relative_to(&base, p);
+                }
+                if let Some(p) = a.robots_file {
+                    c.robots_file = relative_to(&base, p);
+                }
+                c.trusted_issuers = a
+                    .trusted_issuers
+                    .into_iter()
+                    .map(|t| (t.issuer, relative_to(&base, t.public_key)))
+                    .collect();
+                Some(c)
+            }
+        };
         Ok(Config {
+            auth,
+            plugins,
             cache_max_size,
             cache_evict_interval,
             upstreams,
@@ -377,10 +603,7 @@ impl Config {
                 .admin_listen
                 .or(file.admin_listen)
                 .unwrap_or(([127, 0, 0, 1], 5001).into()),
-            root: args
-                .root
-                .or(file.root)
-                .unwrap_or_else(|| PathBuf::from("./pier-data")),
+            root,
             tls,
             h2c: args.h2c.or(file.h2c).unwrap_or(false),
             upload_idle_timeout: match args.upload_idle_timeout {

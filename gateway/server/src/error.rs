@@ -21,4 +21,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("registry request failed")]
     Upstream(#[from] pier_upstream::UpstreamError),
+    #[error("access control")]
+    Auth(#[from] pier_auth::AuthError),
+    #[error("plugin")]
+    Plugin(#[from] pier_plugin_host::PluginError),
 }

@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+mod access;
+mod accounts;
 mod admin;
 mod config;
 mod error;
@@ -37,6 +39,15 @@ enum Command {
     Gc(GcArgs),
     /// Pull images through a running Pier so its mirror cache holds them (preheat)
     Warm(WarmArgs),
+    /// Manage local users (htpasswd-compatible bcrypt file)
+    #[command(subcommand)]
+    User(accounts::UserCommand),
+    /// Manage robot accounts (project-scoped machine identities with an expiry)
+    #[command(subcommand)]
+    Robot(accounts::RobotCommand),
+    /// Work with WebAssembly plugins
+    #[command(subcommand)]
+    Plugin(accounts::PluginCommand),
 }
 
 #[derive(Args)]
@@ -151,6 +162,16 @@ fn main() -> ExitCode {
                 args.images,
                 &mut |line| println!("{line}"),
             ))
+        }
+        Command::User(c) => accounts::user(c),
+        Command::Robot(c) => accounts::robot(c),
+        Command::Plugin(c) => {
+            init_logging(LogFormat::Text);
+            match runtime.block_on(async { accounts::plugin(c) }) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::from(2),
+                Err(e) => Err(e),
+            }
         }
     };
     match result {

@@ -66,16 +66,31 @@ async fn shutdown_signal() {
     }
 }
 
+/// SIGHUP reloads every plugin.
+async fn reload_on_sighup(plugins: Arc<crate::access::Plugins>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload plugins through the admin endpoint");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        for line in plugins.reload_all().await {
+            tracing::info!("SIGHUP: {line}");
+        }
+    }
+}
+
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let store = Arc::new(FsStore::new(&config.root)?);
     let registry = Arc::new(Registry::new(Stores::from_backend(store.clone())));
     let mirror = mirror(&config, registry.clone(), store)?;
     let metrics = Arc::new(Metrics::default());
-    let state = Arc::new(AppState::new(
-        registry.clone(),
-        mirror.clone(),
-        metrics.clone(),
-    ));
+    let (access, plugins) = crate::access::build(&config).await?;
+    let mut state = AppState::new(registry.clone(), mirror.clone(), metrics.clone());
+    if let Some(a) = access {
+        state = state.with_access(a);
+    }
+    let state = Arc::new(state);
     let tls = config
         .tls
         .as_ref()
@@ -89,6 +104,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         metrics,
         mirror,
         ready: AtomicBool::new(true),
+        plugins: plugins.clone(),
         root: config.root.clone(),
         registry_url: tls
             .is_none()
@@ -114,6 +130,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         _ => None,
     };
     let expiry_task = tokio::spawn(expire_uploads(registry.clone(), config.upload_idle_timeout));
+    let watch_task = tokio::spawn(plugins.clone().watch());
+    let hup_task = tokio::spawn(reload_on_sighup(plugins.clone()));
 
     let builders = Builders::new();
     let graceful = GracefulShutdown::new();
@@ -133,7 +151,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                 let watcher = graceful.watcher();
                 let (state, builders, tls, h2c) = (state.clone(), builders.clone(), tls.clone(), config.h2c);
                 tokio::spawn(async move {
-                    if let Err(e) = connection(stream, state, builders, tls, h2c, watcher).await {
+                    if let Err(e) = connection(stream, peer, state, builders, tls, h2c, watcher).await {
                         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
                     }
                 });
@@ -152,6 +170,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         }
     }
     expiry_task.abort();
+    watch_task.abort();
+    hup_task.abort();
     admin_task.abort();
     if let Some(t) = evict_task {
         t.abort();
@@ -161,13 +181,18 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
 
 async fn connection(
     stream: TcpStream,
+    peer: SocketAddr,
     state: Arc<AppState>,
     builders: Builders,
     tls: Option<TlsAcceptor>,
     h2c: bool,
     watcher: hyper_util::server::graceful::Watcher,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let svc = service_fn(move |req| pier_http::serve(state.clone(), req));
+    let info = pier_http::ConnInfo {
+        peer,
+        tls: tls.is_some(),
+    };
+    let svc = service_fn(move |req| pier_http::serve(state.clone(), info, req));
     match tls {
         Some(acceptor) => {
             let tls_stream = acceptor.accept(stream).await?;

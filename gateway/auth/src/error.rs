@@ -1,0 +1,39 @@
+use std::path::PathBuf;
+
+/// Everything this crate can fail with; `pier-http` maps it to the wire.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Format {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    #[error("token expired")]
+    TokenExpired,
+    #[error("token key: {0}")]
+    Key(String),
+    #[error("invalid scope {scope:?}: {message}")]
+    Scope { scope: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Policy(#[from] crate::PolicyError),
+}
+
+impl AuthError {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> AuthError {
+        AuthError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Robot accounts: machine identities with a secret, an expiry and a fixed set of
+//! project permissions, kept in a JSON file managed with `pier robot`. Clients log in as
+//! `robot$NAME` (Harbor's convention) with the secret printed once at creation.
+
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use crate::time::now_secs;
+use crate::{Action, AuthError, ProjectPermission, Robot};
+
+/// What robot logins start with.
+pub const LOGIN_PREFIX: &str = "robot$";
+
+/// One robot account on disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RobotAccount {
+    pub name: String,
+    /// bcrypt hash of the secret.
+    pub secret_hash: String,
+    /// Unix seconds; `None` never expires.
+    pub expires_at: Option<u64>,
+    pub permissions: Vec<ProjectPermission>,
+    #[serde(default)]
+    pub description: String,
+}
+
+impl RobotAccount {
+    pub fn expired(&self) -> bool {
+        self.expires_at.is_some_and(|t| t <= now_secs())
+    }
+
+    pub fn robot(&self) -> Robot {
+        Robot {
+            name: self.name.clone(),
+            permissions: self.permissions.clone(),
+        }
+    }
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct FileBody {
+    robots: Vec<RobotAccount>,
+}
+
+#[derive(Default)]
+struct Loaded {
+    robots: Vec<RobotAccount>,
+    stamp: Option<(SystemTime, u64)>,
+    checked: Option<Instant>,
+    generation: u64,
+}
+
+/// The robots file, re-read when it changes (at most once a second).
+pub struct RobotFile {
+    path: PathBuf,
+    state: RwLock<Loaded>,
+}
+
+impl RobotFile {
+    pub fn open(path: &Path) -> Result<RobotFile, AuthError> {
+        let f = RobotFile {
+            path: path.to_owned(),
+            state: RwLock::new(Loaded::default()),
+        };
+        f.reload()?;
+        Ok(f)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.refresh();
+        self.state.read().map(|s| s.generation).unwrap_or(0)
+    }
+
+    fn refresh(&self) {
+        let due = self
+            .state
+            .read()
+            .map(|s| {
+                s.checked
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+            })
+            .unwrap_or(true);
+        if due && let Err(e) = self.reload() {
+            tracing::warn!(error = %e, "robots file not reloaded; keeping the last good copy");
+        }
+    }
+
+    fn reload(&self) -> Result<(), AuthError> {
+        let stamp = std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+        {
+            let mut s = self
+                .state
+                .write()
+                .map_err(|_| AuthError::Invalid("lock poisoned".into()))?;
+            s.checked = Some(Instant::now());
+            if s.generation > 0 && s.stamp == stamp {
+                return Ok(());
+            }
+        }
+        let robots = read_file(&self.path)?;
+        let mut s = self
+            .state
+            .write()
+            .map_err(|_| AuthError::Invalid("lock poisoned".into()))?;
+        s.robots = robots;
+        s.stamp = stamp;
+        s.generation += 1;
+        Ok(())
+    }
+
+    /// A robot that exists and has not expired.
+    pub fn get(&self, name: &str) -> Option<RobotAccount> {
+        self.refresh();
+        let s = self.state.read().ok()?;
+        s.robots
+            .iter()
+            .find(|r| r.name == name && !r.expired())
+            .cloned()
+    }
+
+    /// Checks a robot's secret (bcrypt: call it off the async runtime).
+    pub fn verify(&self, name: &str, secret: &str) -> Option<Robot> {
+        let r = self.get(name)?;
+        bcrypt::verify(secret, &r.secret_hash)
+            .unwrap_or(false)
+            .then(|| r.robot())
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<RobotAccount>, AuthError> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice::<FileBody>(&b)
+            .map(|f| f.robots)
+            .map_err(|e| AuthError::Format {
+                path: path.to_owned(),
+                line: e.line(),
+                message: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(AuthError::io(path, e)),
+    }
+}
+
+fn write_file(path: &Path, robots: Vec<RobotAccount>) -> Result<(), AuthError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| AuthError::io(dir, e))?;
+    }
+    let body = serde_json::to_vec_pretty(&FileBody { robots })
+        .map_err(|e| AuthError::Invalid(e.to_string()))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| AuthError::io(path, e))
+}
+
+/// Parses `team:pull,push` into a permission.
+pub fn parse_permission(s: &str) -> Result<ProjectPermission, AuthError> {
+    let (project, actions) = s.split_once(':').ok_or_else(|| {
+        AuthError::Invalid(format!(
+            "invalid permission {s:?}: expected PROJECT:ACTION[,ACTION...]"
+        ))
+    })?;
+    let actions = actions
+        .split(',')
+        .map(|a| {
+            Action::parse(a.trim()).ok_or_else(|| {
+                AuthError::Invalid(format!(
+                    "unknown action {a:?} in {s:?}: use pull, push, delete, search"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if project.is_empty() || project.contains('/') {
+        return Err(AuthError::Invalid(format!(
+            "invalid project {project:?} in {s:?}"
+        )));
+    }
+    Ok(ProjectPermission {
+        project: project.to_owned(),
+        actions,
+    })
+}
+
+/// `pier robot add`: creates the robot and returns its secret (shown once).
+pub fn add(
+    path: &Path,
+    name: &str,
+    permissions: Vec<ProjectPermission>,
+    expires_in: Option<Duration>,
+    description: &str,
+) -> Result<String, AuthError> {
+    crate::users::validate_name(name)?;
+    let mut robots = read_file(path)?;
+    if robots.iter().any(|r| r.name == name) {
+        return Err(AuthError::Invalid(format!("robot {name:?} exists")));
+    }
+    let secret = new_secret()?;
+    robots.push(RobotAccount {
+        name: name.to_owned(),
+        secret_hash: crate::users::hash(&secret)?,
+        expires_at: expires_in.map(|d| now_secs() + d.as_secs()),
+        permissions,
+        description: description.to_owned(),
+    });
+    write_file(path, robots)?;
+    Ok(secret)
+}
+
+/// `pier robot del`.
+pub fn delete(path: &Path, name: &str) -> Result<(), AuthError> {
+    let mut robots = read_file(path)?;
+    let before = robots.len();
+    robots.retain(|r| r.name != name);
+    if robots.len() == before {
+        return Err(AuthError::Invalid(format!("no robot {name:?}")));
+    }
+    write_file(path, robots)
+}
+
+/// `pier robot list`.
+pub fn list(path: &Path) -> Result<Vec<RobotAccount>, AuthError> {
+    read_file(path)
+}
+
+fn new_secret() -> Result<String, AuthError> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut b = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| AuthError::Invalid("no randomness available".into()))?;
+    Ok(b.iter()
+        .map(|x| ALPHABET[*x as usize % ALPHABET.len()] as char)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn robots_verify_until_they_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("robots.json");
+        let perm = parse_permission("team:pull").unwrap();
+        let secret = add(&p, "ci", vec![perm.clone()], None, "CI pulls").unwrap();
+        let short = add(&p, "short", vec![perm], Some(Duration::from_secs(1)), "").unwrap();
+        let f = RobotFile::open(&p).unwrap();
+        let r = f.verify("ci", &secret).unwrap();
+        assert_eq!(r.permissions[0].actions, [Action::Pull]);
+        assert!(f.verify("ci", "wrong").is_none());
+        assert!(f.verify("short", &short).is_some());
+        std::thread::sleep(Duration::from_millis(2100));
+        assert!(f.verify("short", &short).is_none(), "expired robot refused");
+        assert!(parse_permission("team:fly").is_err());
+        assert!(parse_permission("team").is_err());
+        delete(&p, "ci").unwrap();
+        assert_eq!(list(&p).unwrap().len(), 1);
+    }
+}

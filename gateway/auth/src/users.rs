@@ -1,0 +1,271 @@
+//! Local users: an htpasswd-compatible file of bcrypt hashes (`name:$2y$...`), the same
+//! format `htpasswd -B` writes and distribution reads. Managed with `pier user`; the
+//! gateway notices changes to the file within a second.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::AuthError;
+
+/// bcrypt cost for new hashes (htpasswd -B uses 5; distribution's docs suggest 10+).
+pub const BCRYPT_COST: u32 = 10;
+
+/// Checks a user name: 1-64 printable characters, no `:` (the file's separator), no
+/// spaces, and not starting with `robot$` (robot logins).
+pub fn validate_name(name: &str) -> Result<(), AuthError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(crate::robots::LOGIN_PREFIX)
+        && name.chars().all(|c| c.is_ascii_graphic() && c != ':');
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::Invalid(format!(
+            "invalid user name {name:?}: use 1-64 printable ASCII characters without ':' or spaces, not starting with \"robot$\""
+        )))
+    }
+}
+
+#[derive(Default)]
+struct Loaded {
+    users: HashMap<String, String>,
+    stamp: Option<(SystemTime, u64)>,
+    checked: Option<Instant>,
+    generation: u64,
+}
+
+/// The users file, re-read when it changes.
+pub struct UserFile {
+    path: PathBuf,
+    state: RwLock<Loaded>,
+}
+
+impl UserFile {
+    /// Opens the file (a missing file means no users yet).
+    pub fn open(path: &Path) -> Result<UserFile, AuthError> {
+        let f = UserFile {
+            path: path.to_owned(),
+            state: RwLock::new(Loaded::default()),
+        };
+        f.reload()?;
+        Ok(f)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A number that changes whenever the file's content is re-read after a change.
+    pub fn generation(&self) -> u64 {
+        self.refresh();
+        self.state.read().map(|s| s.generation).unwrap_or(0)
+    }
+
+    /// Re-reads the file if it changed, at most once a second.
+    fn refresh(&self) {
+        let due = self
+            .state
+            .read()
+            .map(|s| {
+                s.checked
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+            })
+            .unwrap_or(true);
+        if due && let Err(e) = self.reload() {
+            tracing::warn!(error = %e, "users file not reloaded; keeping the last good copy");
+        }
+    }
+
+    fn reload(&self) -> Result<(), AuthError> {
+        let stamp = std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+        {
+            let mut s = self
+                .state
+                .write()
+                .map_err(|_| AuthError::Invalid("lock poisoned".into()))?;
+            s.checked = Some(Instant::now());
+            if s.generation > 0 && s.stamp == stamp {
+                return Ok(());
+            }
+        }
+        let users = read_file(&self.path)?;
+        let mut s = self
+            .state
+            .write()
+            .map_err(|_| AuthError::Invalid("lock poisoned".into()))?;
+        s.users = users.into_iter().collect();
+        s.stamp = stamp;
+        s.generation += 1;
+        Ok(())
+    }
+
+    /// Checks a password (bcrypt: slow on purpose, call it off the async runtime).
+    pub fn verify(&self, name: &str, password: &str) -> bool {
+        self.refresh();
+        let hash = match self.state.read() {
+            Ok(s) => s.users.get(name).cloned(),
+            Err(_) => None,
+        };
+        hash.is_some_and(|h| bcrypt::verify(password, &h).unwrap_or(false))
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.refresh();
+        self.state
+            .read()
+            .map(|s| s.users.contains_key(name))
+            .unwrap_or(false)
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<(String, String)>, AuthError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(AuthError::io(path, e)),
+    };
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fmt = |message: &str| AuthError::Format {
+            path: path.to_owned(),
+            line: i + 1,
+            message: message.to_owned(),
+        };
+        let (name, hash) = line
+            .split_once(':')
+            .ok_or_else(|| fmt("expected name:hash"))?;
+        if !(hash.starts_with("$2y$") || hash.starts_with("$2b$") || hash.starts_with("$2a$")) {
+            return Err(fmt("only bcrypt hashes are accepted (htpasswd -B)"));
+        }
+        out.push((name.to_owned(), hash.to_owned()));
+    }
+    Ok(out)
+}
+
+fn write_file(path: &Path, users: &[(String, String)]) -> Result<(), AuthError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| AuthError::io(dir, e))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        for (n, h) in users {
+            writeln!(f, "{n}:{h}")?;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| AuthError::io(path, e))
+}
+
+/// `pier user add`: fails if the user exists.
+pub fn add(path: &Path, name: &str, password: &str) -> Result<(), AuthError> {
+    validate_name(name)?;
+    validate_password(password)?;
+    let mut users = read_file(path)?;
+    if users.iter().any(|(n, _)| n == name) {
+        return Err(AuthError::Invalid(format!(
+            "user {name:?} exists; use `pier user passwd` to change the password"
+        )));
+    }
+    users.push((name.to_owned(), hash(password)?));
+    write_file(path, &users)
+}
+
+/// `pier user passwd`.
+pub fn set_password(path: &Path, name: &str, password: &str) -> Result<(), AuthError> {
+    validate_password(password)?;
+    let mut users = read_file(path)?;
+    let entry = users
+        .iter_mut()
+        .find(|(n, _)| n == name)
+        .ok_or_else(|| AuthError::Invalid(format!("no user {name:?}")))?;
+    entry.1 = hash(password)?;
+    write_file(path, &users)
+}
+
+/// `pier user del`.
+pub fn delete(path: &Path, name: &str) -> Result<(), AuthError> {
+    let mut users = read_file(path)?;
+    let before = users.len();
+    users.retain(|(n, _)| n != name);
+    if users.len() == before {
+        return Err(AuthError::Invalid(format!("no user {name:?}")));
+    }
+    write_file(path, &users)
+}
+
+/// `pier user list`.
+pub fn list(path: &Path) -> Result<Vec<String>, AuthError> {
+    Ok(read_file(path)?.into_iter().map(|(n, _)| n).collect())
+}
+
+fn validate_password(p: &str) -> Result<(), AuthError> {
+    if p.is_empty() || p.len() > 72 {
+        return Err(AuthError::Invalid(
+            "passwords must be 1-72 bytes (bcrypt reads no further)".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn hash(password: &str) -> Result<String, AuthError> {
+    let h = bcrypt::hash(password, BCRYPT_COST).map_err(|e| AuthError::Invalid(e.to_string()))?;
+    // htpasswd writes $2y$; bcrypt crates read both.
+    Ok(h.replacen("$2b$", "$2y$", 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_verify_change_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("users.htpasswd");
+        add(&p, "alice", "wonderland").unwrap();
+        assert!(add(&p, "alice", "x").is_err());
+        assert!(add(&p, "bad:name", "x").is_err());
+        assert!(add(&p, "robot$x", "x").is_err());
+        let f = UserFile::open(&p).unwrap();
+        assert!(f.verify("alice", "wonderland"));
+        assert!(!f.verify("alice", "Wonderland"));
+        assert!(!f.verify("bob", "wonderland"));
+        let g = f.generation();
+        set_password(&p, "alice", "looking-glass").unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(f.generation() > g);
+        assert!(f.verify("alice", "looking-glass"));
+        assert_eq!(list(&p).unwrap(), ["alice"]);
+        delete(&p, "alice").unwrap();
+        assert!(delete(&p, "alice").is_err());
+    }
+
+    #[test]
+    fn reads_htpasswd_b_output_and_refuses_other_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("h");
+        // `htpasswd -nbB admin secret` (cost 5)
+        std::fs::write(
+            &p,
+            "admin:$2y$05$VrrgPK0DJEO7L7piBIMMjOTq2L/MNvggTrmNnBGmFoPkPRv5UJqSK\n",
+        )
+        .unwrap();
+        let f = UserFile::open(&p).unwrap();
+        assert!(f.verify("admin", "secret"), "htpasswd -B hash");
+        std::fs::write(&p, "admin:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n").unwrap();
+        assert!(matches!(
+            UserFile::open(&p),
+            Err(AuthError::Format { line: 1, .. })
+        ));
+    }
+}

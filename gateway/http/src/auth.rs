@@ -1,0 +1,566 @@
+//! Access control at the HTTP edge: Docker token auth (the `401` challenge, the token
+//! endpoint, bearer verification), HTTP basic auth, and the mapping of a request to the
+//! actions it needs. Decisions come from the configured [`Authorizer`]; a policy that
+//! fails makes the request fail closed with `503 UNAVAILABLE`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use pier_auth::authn::Authenticator;
+use pier_auth::scope::{self, ResourceActions};
+use pier_auth::token::{Claims, TokenService};
+use pier_auth::{AccessRequest, Action, AuthError, Authorizer, Credentials, Decision, Subject};
+use serde_json::json;
+
+use crate::body::{RespBody, full};
+use crate::error::ApiError;
+use crate::route::Route;
+
+/// The token endpoint's path (the `realm` of the challenge points here).
+pub const TOKEN_PATH: &str = "/auth/token";
+
+/// How the gateway decides who may do what; built by the binary.
+pub struct AccessControl {
+    pub authorizer: Arc<dyn Authorizer>,
+    pub authn: Arc<Authenticator>,
+    pub tokens: Arc<TokenService>,
+    /// The realm URL to advertise; derived from the request's Host when `None`.
+    pub realm: Option<String>,
+}
+
+/// The connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Who the request was verified as, for handlers that filter by caller (catalog).
+#[derive(Debug, Clone)]
+pub struct Caller(pub Subject);
+
+/// Set on a mount request whose caller may not pull the source repository: the
+/// handler then starts a normal upload instead of mounting.
+#[derive(Debug, Clone, Copy)]
+pub struct MountRefused;
+
+/// What a request needs: (repository, action) pairs; none for `/v2/` and the catalog.
+fn needs(route: &Route, method: &Method) -> Vec<(String, Action)> {
+    let Some(repo) = route.repository() else {
+        return Vec::new();
+    };
+    let action = match (route, method) {
+        (Route::Manifest(..) | Route::Blob(..), &Method::DELETE) => Action::Delete,
+        (Route::Manifest(..), &Method::PUT) => Action::Push,
+        (Route::UploadStart(_) | Route::Upload(..), _) => Action::Push,
+        _ => Action::Pull,
+    };
+    let mut v = vec![(repo.to_string(), action)];
+    if action == Action::Push {
+        v.insert(0, (repo.to_string(), Action::Pull));
+    }
+    v
+}
+
+/// The mount source of `POST .../blobs/uploads/?mount=D&from=REPO`.
+fn mount_source(route: &Route, req: &Request<Incoming>) -> Option<String> {
+    if !matches!(route, Route::UploadStart(_)) {
+        return None;
+    }
+    let q = crate::query::parse(req.uri().query()?);
+    q.iter().any(|(k, _)| k == "mount").then_some(())?;
+    q.into_iter().find(|(k, _)| k == "from").map(|(_, v)| v)
+}
+
+enum Presented {
+    None,
+    Bearer(String),
+    Basic(Credentials),
+    Malformed,
+}
+
+fn presented(headers: &HeaderMap, client: &str) -> Presented {
+    let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Presented::None;
+    };
+    let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Presented::Bearer(rest.trim().to_owned());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok());
+        if let Some((u, p)) = decoded.as_deref().and_then(|d| d.split_once(':')) {
+            return Presented::Basic(Credentials {
+                username: u.to_owned(),
+                password: p.to_owned(),
+                client: client.to_owned(),
+            });
+        }
+    }
+    Presented::Malformed
+}
+
+impl AccessControl {
+    fn realm(&self, headers: &HeaderMap, conn: &ConnInfo) -> String {
+        if let Some(r) = &self.realm {
+            return r.clone();
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty() && !h.contains(['"', '\\', ' ']))
+            .map(str::to_owned)
+            .unwrap_or_else(|| conn.peer.to_string());
+        let scheme = if conn.tls { "https" } else { "http" };
+        format!("{scheme}://{host}{TOKEN_PATH}")
+    }
+
+    fn challenge(
+        &self,
+        headers: &HeaderMap,
+        conn: &ConnInfo,
+        scope: Option<String>,
+        error: Option<&str>,
+    ) -> String {
+        let mut c = format!(
+            "Bearer realm=\"{}\",service=\"{}\"",
+            self.realm(headers, conn),
+            self.tokens.service()
+        );
+        if let Some(s) = scope {
+            c.push_str(&format!(",scope=\"{s}\""));
+        }
+        if let Some(e) = error {
+            c.push_str(&format!(",error=\"{e}\""));
+        }
+        c
+    }
+
+    /// Checks a registry request. On success the request carries a [`Caller`] (and a
+    /// [`MountRefused`] when it may not mount from the named source).
+    pub async fn check(
+        &self,
+        route: &Route,
+        req: &mut Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Result<(), ApiError> {
+        let client = conn.peer.to_string();
+        let needs = needs(route, req.method());
+        let scope = scope_for(route, &needs);
+        let challenge =
+            |error: Option<&str>| self.challenge(req.headers(), conn, scope.clone(), error);
+        let subject = match presented(req.headers(), &client) {
+            Presented::None => {
+                return Err(ApiError::Unauthorized {
+                    challenge: challenge(None),
+                    message: "authentication required".into(),
+                    denied: false,
+                });
+            }
+            Presented::Malformed => {
+                return Err(ApiError::Unauthorized {
+                    challenge: challenge(Some("invalid_request")),
+                    message: "malformed Authorization header".into(),
+                    denied: false,
+                });
+            }
+            Presented::Bearer(t) => {
+                let claims = self.tokens.verify(&t).map_err(|e| ApiError::Unauthorized {
+                    challenge: challenge(Some("invalid_token")),
+                    message: e.to_string(),
+                    denied: false,
+                })?;
+                if let Some((repo, action)) = needs
+                    .iter()
+                    .find(|(r, a)| !claims.allows("repository", r, a.as_str()))
+                {
+                    return Err(ApiError::Unauthorized {
+                        challenge: challenge(Some("insufficient_scope")),
+                        message: format!(
+                            "requested access to the resource is denied: the token does not grant {action} on {repo}"
+                        ),
+                        denied: true,
+                    });
+                }
+                if let Some(from) = mount_source(route, req)
+                    && !claims.allows("repository", &from, "pull")
+                {
+                    req.extensions_mut().insert(MountRefused);
+                }
+                req.extensions_mut().insert(TokenClaims(claims.clone()));
+                self.authn.subject_of(&claims)
+            }
+            Presented::Basic(creds) => {
+                let subject = self
+                    .authn
+                    .authenticate(self.authorizer.as_ref(), &creds)
+                    .await
+                    .map_err(ApiError::from)?
+                    .ok_or_else(|| ApiError::Unauthorized {
+                        challenge: challenge(None),
+                        message: "invalid username or password".into(),
+                        denied: false,
+                    })?;
+                for (repo, action) in &needs {
+                    if let Decision::Deny(reason) =
+                        self.decide(&subject, *action, repo, &client).await?
+                    {
+                        return Err(ApiError::Denied(reason));
+                    }
+                }
+                if let Some(from) = mount_source(route, req)
+                    && !self
+                        .decide(&subject, Action::Pull, &from, &client)
+                        .await?
+                        .is_allow()
+                {
+                    req.extensions_mut().insert(MountRefused);
+                }
+                subject
+            }
+        };
+        req.extensions_mut().insert(Caller(subject));
+        Ok(())
+    }
+
+    async fn decide(
+        &self,
+        subject: &Subject,
+        action: Action,
+        repo: &str,
+        client: &str,
+    ) -> Result<Decision, ApiError> {
+        let req = AccessRequest {
+            subject: subject.clone(),
+            action,
+            repository: Some(repo.to_owned()),
+            client: client.to_owned(),
+        };
+        Ok(self
+            .authorizer
+            .authorize(&req)
+            .await
+            .map_err(AuthError::from)?)
+    }
+
+    /// Whether `subject` may see `repo` in the catalog.
+    pub async fn may_search(
+        &self,
+        subject: &Subject,
+        repo: &str,
+        client: &str,
+    ) -> Result<bool, ApiError> {
+        Ok(self
+            .decide(subject, Action::Search, repo, client)
+            .await?
+            .is_allow())
+    }
+
+    /// The token endpoint: `GET` (basic or anonymous, `scope`, `service`,
+    /// `offline_token`) and `POST` (OAuth2 `password` and `refresh_token` grants).
+    pub async fn token_endpoint(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Result<Response<RespBody>, ApiError> {
+        let client = conn.peer.to_string();
+        let method = req.method().clone();
+        let headers = req.headers().clone();
+        let query = req
+            .uri()
+            .query()
+            .map(crate::query::parse)
+            .unwrap_or_default();
+        let (subject, params, oauth) = match method {
+            Method::GET => {
+                let subject = match presented(&headers, &client) {
+                    Presented::None => Subject::Anonymous,
+                    Presented::Basic(c) => self.login(&c).await?,
+                    _ => return Err(bad_login(&self.challenge(&headers, conn, None, None))),
+                };
+                (subject, query, false)
+            }
+            Method::POST => {
+                let body = Limited::new(req.into_body(), 64 << 10)
+                    .collect()
+                    .await
+                    .map_err(|e| ApiError::Body(e.to_string()))?
+                    .to_bytes();
+                let form = crate::query::parse(&String::from_utf8_lossy(&body));
+                let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+                let subject = match get("grant_type").as_deref() {
+                    Some("password") => {
+                        let c = Credentials {
+                            username: get("username").unwrap_or_default(),
+                            password: get("password").unwrap_or_default(),
+                            client: client.clone(),
+                        };
+                        self.login(&c).await?
+                    }
+                    Some("refresh_token") => {
+                        let t = get("refresh_token").unwrap_or_default();
+                        let sub =
+                            self.tokens
+                                .verify_refresh(&t)
+                                .map_err(|e| ApiError::Unauthorized {
+                                    challenge: self.challenge(
+                                        &headers,
+                                        conn,
+                                        None,
+                                        Some("invalid_token"),
+                                    ),
+                                    message: e.to_string(),
+                                    denied: false,
+                                })?;
+                        self.authn
+                            .still_valid(&sub)
+                            .ok_or_else(|| ApiError::Unauthorized {
+                                challenge: self.challenge(
+                                    &headers,
+                                    conn,
+                                    None,
+                                    Some("invalid_token"),
+                                ),
+                                message: format!("account {sub:?} no longer exists"),
+                                denied: false,
+                            })?
+                    }
+                    other => {
+                        return Err(ApiError::Auth(AuthError::Invalid(format!(
+                            "unsupported grant_type {:?}: use password or refresh_token",
+                            other.unwrap_or("")
+                        ))));
+                    }
+                };
+                // OAuth2 sends scopes space separated in one field.
+                let mut params: Vec<(String, String)> = form
+                    .iter()
+                    .filter(|(k, _)| k == "scope")
+                    .flat_map(|(_, v)| {
+                        v.split(' ')
+                            .map(|s| ("scope".to_owned(), s.to_owned()))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                if let Some(s) = get("service") {
+                    params.push(("service".into(), s));
+                }
+                if get("access_type").as_deref() == Some("offline") {
+                    params.push(("offline_token".into(), "true".into()));
+                }
+                if let Some(t) = get("refresh_token") {
+                    params.push(("refresh_token".into(), t));
+                }
+                (subject, params, true)
+            }
+            m => return Err(ApiError::MethodNotAllowed(m)),
+        };
+        if let Some((_, s)) = params.iter().find(|(k, _)| k == "service")
+            && s != self.tokens.service()
+        {
+            return Err(ApiError::Auth(AuthError::Invalid(format!(
+                "unknown service {s:?}; this registry is {:?}",
+                self.tokens.service()
+            ))));
+        }
+        let mut requested = Vec::new();
+        for (_, s) in params.iter().filter(|(k, _)| k == "scope" && !k.is_empty()) {
+            if s.is_empty() {
+                continue;
+            }
+            requested.push(ResourceActions::parse(s).map_err(ApiError::Auth)?);
+        }
+        let granted = self
+            .grant(&subject, scope::merge(requested), &client)
+            .await?;
+        let groups = match &subject {
+            Subject::User(i) => i.groups.clone(),
+            _ => Vec::new(),
+        };
+        let issued = self
+            .tokens
+            .issue(&subject.token_name(), &groups, granted.clone())
+            .map_err(ApiError::Auth)?;
+        let offline = params
+            .iter()
+            .any(|(k, v)| k == "offline_token" && v == "true");
+        let refresh = if offline && self.authn.refreshable(&subject) {
+            Some(
+                self.tokens
+                    .issue_refresh(&subject.token_name())
+                    .map_err(ApiError::Auth)?,
+            )
+        } else {
+            params
+                .iter()
+                .find(|(k, _)| k == "refresh_token")
+                .map(|(_, v)| v.clone())
+        };
+        let mut body = json!({
+            "token": issued.token,
+            "access_token": issued.token,
+            "expires_in": issued.expires_in,
+            "issued_at": pier_auth::time::rfc3339(issued.issued_at),
+        });
+        if oauth {
+            body["scope"] = json!(
+                granted
+                    .iter()
+                    .map(|g| g.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        if let Some(r) = refresh {
+            body["refresh_token"] = json!(r);
+        }
+        tracing::debug!(subject = %subject, granted = ?granted.iter().map(|g| g.to_string()).collect::<Vec<_>>(), "token issued");
+        let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let mut resp = Response::new(full(bytes.clone()));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        h.insert(header::CONTENT_LENGTH, http::HeaderValue::from(bytes.len()));
+        *resp.status_mut() = StatusCode::OK;
+        Ok(resp)
+    }
+
+    async fn login(&self, c: &Credentials) -> Result<Subject, ApiError> {
+        self.authn
+            .authenticate(self.authorizer.as_ref(), c)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::Unauthorized {
+                challenge: String::new(),
+                message: "invalid username or password".into(),
+                denied: false,
+            })
+    }
+
+    /// Granted = requested ∩ allowed by the authorizer.
+    async fn grant(
+        &self,
+        subject: &Subject,
+        requested: Vec<ResourceActions>,
+        client: &str,
+    ) -> Result<Vec<ResourceActions>, ApiError> {
+        let mut out = Vec::new();
+        for r in requested {
+            let mut actions = Vec::new();
+            match r.kind.as_str() {
+                // The catalog is filtered per caller, so anyone may ask for it.
+                "registry" if r.name == "catalog" => actions = r.actions.clone(),
+                "repository" => {
+                    for a in &r.actions {
+                        let wanted: Vec<Action> = if a == "*" {
+                            vec![Action::Pull, Action::Push, Action::Delete]
+                        } else {
+                            Action::parse(a).into_iter().collect()
+                        };
+                        let mut all = !wanted.is_empty();
+                        for w in wanted {
+                            all &= self.decide(subject, w, &r.name, client).await?.is_allow();
+                        }
+                        if all {
+                            actions.push(a.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if !actions.is_empty() {
+                out.push(ResourceActions {
+                    kind: r.kind,
+                    name: r.name,
+                    actions,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The verified token of a request, for handlers.
+#[derive(Debug, Clone)]
+pub struct TokenClaims(pub Arc<Claims>);
+
+fn bad_login(_challenge: &str) -> ApiError {
+    ApiError::Unauthorized {
+        challenge: String::new(),
+        message: "the token endpoint accepts Basic credentials or none".into(),
+        denied: false,
+    }
+}
+
+/// The scope a client should ask for to make this request.
+fn scope_for(route: &Route, needs: &[(String, Action)]) -> Option<String> {
+    if matches!(route, Route::Catalog) {
+        return Some("registry:catalog:*".into());
+    }
+    let repo = &needs.first()?.0;
+    let actions: Vec<&str> = needs.iter().map(|(_, a)| a.as_str()).collect();
+    Some(format!("repository:{repo}:{}", actions.join(",")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_map_to_the_actions_they_need() {
+        let r = |p: &str| crate::route::parse(p).unwrap();
+        let n = |p: &str, m: Method| {
+            needs(&r(p), &m)
+                .into_iter()
+                .map(|(_, a)| a)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(n("/v2/", Method::GET), []);
+        assert_eq!(n("/v2/_catalog", Method::GET), []);
+        assert_eq!(n("/v2/a/b/manifests/latest", Method::GET), [Action::Pull]);
+        assert_eq!(n("/v2/a/b/manifests/latest", Method::HEAD), [Action::Pull]);
+        assert_eq!(
+            n("/v2/a/b/manifests/latest", Method::PUT),
+            [Action::Pull, Action::Push]
+        );
+        assert_eq!(
+            n("/v2/a/b/manifests/latest", Method::DELETE),
+            [Action::Delete]
+        );
+        let d = "sha256:".to_owned() + &"a".repeat(64);
+        assert_eq!(
+            n(&format!("/v2/a/blobs/{d}"), Method::DELETE),
+            [Action::Delete]
+        );
+        assert_eq!(n(&format!("/v2/a/blobs/{d}"), Method::GET), [Action::Pull]);
+        assert_eq!(
+            n("/v2/a/blobs/uploads/", Method::POST),
+            [Action::Pull, Action::Push]
+        );
+        assert_eq!(n("/v2/a/tags/list", Method::GET), [Action::Pull]);
+        assert_eq!(
+            scope_for(
+                &r("/v2/a/blobs/uploads/"),
+                &needs(&r("/v2/a/blobs/uploads/"), &Method::POST)
+            ),
+            Some("repository:a:pull,push".into())
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! [`pier_auth::Authorizer`] backed by an authorizer plugin, with hot reload.
+
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use pier_auth::{
+    AccessRequest, Action, AuthnOutcome, Authorizer, Credentials, Decision, Identity, PolicyError,
+    PolicyFailure, Subject,
+};
+
+use crate::bindings::pier::plugin::types as wit;
+use crate::error::PluginError;
+use crate::metrics::PluginMetrics;
+use crate::plugin::{Plugin, PluginSettings};
+use crate::runtime::Runtime;
+
+/// Deny reasons are cut to this many bytes.
+const MAX_REASON: usize = 256;
+
+/// The current version of an authorizer plugin.
+pub struct PluginAuthorizer {
+    runtime: Arc<Runtime>,
+    current: RwLock<Arc<Plugin>>,
+    metrics: Arc<PluginMetrics>,
+}
+
+impl PluginAuthorizer {
+    pub async fn load(
+        runtime: Arc<Runtime>,
+        settings: PluginSettings,
+    ) -> Result<PluginAuthorizer, PluginError> {
+        let metrics = Arc::new(PluginMetrics::new(&settings.name));
+        let plugin = Plugin::load(&runtime, settings, metrics.clone()).await?;
+        tracing::info!(
+            plugin = plugin.name(),
+            digest = plugin.digest(),
+            "plugin loaded"
+        );
+        Ok(PluginAuthorizer {
+            runtime,
+            current: RwLock::new(Arc::new(plugin)),
+            metrics,
+        })
+    }
+
+    fn current(&self) -> Arc<Plugin> {
+        match self.current.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<PluginMetrics> {
+        &self.metrics
+    }
+
+    /// The loaded version's digest.
+    pub fn digest(&self) -> String {
+        self.current().digest().to_owned()
+    }
+
+    /// Loads the plugin file again; when its content changed, the new version takes
+    /// the next calls while calls in flight finish on the old one. A version that fails
+    /// to load leaves the current one in place. Returns whether a new version was
+    /// swapped in.
+    pub async fn reload(&self) -> Result<bool, PluginError> {
+        let old = self.current();
+        let settings: PluginSettings = old.settings.clone();
+        let plugin = Plugin::load(&self.runtime, settings, self.metrics.clone()).await?;
+        if plugin.digest() == old.digest() {
+            return Ok(false);
+        }
+        tracing::info!(
+            plugin = plugin.name(),
+            from = old.digest(),
+            to = plugin.digest(),
+            "plugin reloaded"
+        );
+        self.metrics.reloaded();
+        match self.current.write() {
+            Ok(mut c) => *c = Arc::new(plugin),
+            Err(p) => *p.into_inner() = Arc::new(plugin),
+        }
+        Ok(true)
+    }
+}
+
+fn action(a: Action) -> wit::Action {
+    match a {
+        Action::Pull => wit::Action::Pull,
+        Action::Push => wit::Action::Push,
+        Action::Delete => wit::Action::Delete,
+        Action::Search => wit::Action::Search,
+        Action::Manage => wit::Action::Manage,
+        Action::Admin => wit::Action::Admin,
+    }
+}
+
+fn subject(s: &Subject) -> wit::Subject {
+    match s {
+        Subject::Anonymous => wit::Subject::Anonymous,
+        Subject::User(i) => wit::Subject::User(wit::Principal {
+            name: i.name.clone(),
+            groups: i.groups.clone(),
+        }),
+        Subject::Robot(r) => wit::Subject::Robot(wit::Robot {
+            name: r.name.clone(),
+            permissions: r
+                .permissions
+                .iter()
+                .map(|p| wit::ProjectPermission {
+                    project: p.project.clone(),
+                    actions: p.actions.iter().map(|a| action(*a)).collect(),
+                })
+                .collect(),
+        }),
+    }
+}
+
+/// Cuts a plugin's deny reason to size and drops control characters.
+fn tidy_reason(r: String) -> String {
+    let mut s: String = r.chars().filter(|c| !c.is_control()).collect();
+    if s.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+#[async_trait]
+impl Authorizer for PluginAuthorizer {
+    async fn authorize(&self, req: &AccessRequest) -> Result<Decision, PolicyError> {
+        let plugin = self.current();
+        let wreq = wit::AccessRequest {
+            subject: subject(&req.subject),
+            action: action(req.action),
+            repository: req.repository.clone(),
+            project: req.project().map(str::to_owned),
+            client: req.client.clone(),
+        };
+        let d = plugin
+            .with_instance(async |b, store| b.call_authorize(store, &wreq).await)
+            .await?;
+        Ok(match d {
+            wit::Decision::Allow => Decision::Allow,
+            wit::Decision::Deny(reason) => {
+                self.metrics.denial();
+                Decision::Deny(tidy_reason(reason))
+            }
+        })
+    }
+
+    async fn authenticate(&self, creds: &Credentials) -> Result<AuthnOutcome, PolicyError> {
+        let plugin = self.current();
+        let wc = wit::Credentials {
+            username: creds.username.clone(),
+            password: creds.password.clone(),
+            client: creds.client.clone(),
+        };
+        let r = plugin
+            .with_instance(async |b, store| b.call_authenticate(store, &wc).await)
+            .await?;
+        match r {
+            Ok(id) => Ok(AuthnOutcome::Verified(Identity {
+                name: id.name,
+                groups: id.groups,
+            })),
+            Err(wit::AuthError::NotHandled) => Ok(AuthnOutcome::NotHandled),
+            Err(wit::AuthError::InvalidCredentials) => Ok(AuthnOutcome::Invalid),
+            Err(wit::AuthError::Unavailable(m)) => Err(PolicyError {
+                plugin: plugin.name().to_owned(),
+                kind: PolicyFailure::Unavailable,
+                message: tidy_reason(m),
+            }),
+        }
+    }
+}

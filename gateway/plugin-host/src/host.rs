@@ -1,0 +1,428 @@
+//! The per-call store data and Pier's host capabilities (`wit/host.wit`). Every
+//! capability is denied unless granted in the plugin's configuration.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::pier::plugin::{config, http_outbound, kv, ldap, log, types};
+
+const KV_MAX_KEY: usize = 256;
+const KV_MAX_VALUE: usize = 64 << 10;
+const KV_MAX_KEYS: usize = 10_000;
+const HTTP_MAX_BODY: usize = 1 << 20;
+const LOG_MAX: usize = 4 << 10;
+
+/// Which host capabilities a plugin may use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    pub log: bool,
+    pub config: bool,
+    pub kv: bool,
+    pub http: bool,
+    pub ldap: bool,
+}
+
+impl Grants {
+    /// From the names in `grants = [...]`.
+    pub fn parse(names: &[String]) -> Result<Grants, String> {
+        let mut g = Grants::default();
+        for n in names {
+            match n.as_str() {
+                "log" => g.log = true,
+                "config" => g.config = true,
+                "kv" => g.kv = true,
+                "http" | "http-outbound" => g.http = true,
+                "ldap" => g.ldap = true,
+                other => {
+                    return Err(format!(
+                        "unknown capability {other:?}: grant any of log, config, kv, http, ldap"
+                    ));
+                }
+            }
+        }
+        Ok(g)
+    }
+}
+
+/// What a plugin's capabilities work with; shared by all its instances.
+pub(crate) struct Capabilities {
+    pub plugin: String,
+    pub grants: Grants,
+    /// The plugin's `config` table as a JSON object.
+    pub config: serde_json::Map<String, serde_json::Value>,
+    pub kv_dir: PathBuf,
+    pub allowed_hosts: Vec<String>,
+    pub ldap_addr: Option<String>,
+    pub io_timeout: Duration,
+}
+
+/// Store data of one instance.
+pub(crate) struct HostState {
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub limits: StoreLimits,
+    pub caps: Arc<Capabilities>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl log::Host for HostState {
+    async fn write(&mut self, level: log::Level, message: String) {
+        if !self.caps.grants.log {
+            return;
+        }
+        let mut m = message;
+        if m.len() > LOG_MAX {
+            let mut cut = LOG_MAX;
+            while !m.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            m.truncate(cut);
+        }
+        let plugin = &self.caps.plugin;
+        match level {
+            log::Level::Trace => tracing::trace!(plugin = %plugin, "{m}"),
+            log::Level::Debug => tracing::debug!(plugin = %plugin, "{m}"),
+            log::Level::Info => tracing::info!(plugin = %plugin, "{m}"),
+            log::Level::Warn => tracing::warn!(plugin = %plugin, "{m}"),
+            log::Level::Error => tracing::error!(plugin = %plugin, "{m}"),
+        }
+    }
+}
+
+impl config::Host for HostState {
+    async fn document(&mut self) -> String {
+        if !self.caps.grants.config {
+            return "{}".into();
+        }
+        serde_json::Value::Object(self.caps.config.clone()).to_string()
+    }
+
+    async fn get(&mut self, key: String) -> Option<String> {
+        if !self.caps.grants.config {
+            return None;
+        }
+        match self.caps.config.get(&key)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            serde_json::Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+}
+
+impl HostState {
+    fn kv_path(&self, key: &str) -> Result<PathBuf, kv::KvError> {
+        if !self.caps.grants.kv {
+            return Err(kv::KvError::Denied);
+        }
+        if key.len() > KV_MAX_KEY {
+            return Err(kv::KvError::TooLarge);
+        }
+        Ok(self
+            .caps
+            .kv_dir
+            .join(hex::encode(Sha256::digest(key.as_bytes()))))
+    }
+}
+
+fn kv_io(e: std::io::Error) -> kv::KvError {
+    kv::KvError::Io(e.to_string())
+}
+
+impl kv::Host for HostState {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::KvError> {
+        let p = self.kv_path(&key)?;
+        match std::fs::read(&p) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(kv_io(e)),
+        }
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv::KvError> {
+        let p = self.kv_path(&key)?;
+        if value.len() > KV_MAX_VALUE {
+            return Err(kv::KvError::TooLarge);
+        }
+        std::fs::create_dir_all(&self.caps.kv_dir).map_err(kv_io)?;
+        if !p.exists() {
+            let n = std::fs::read_dir(&self.caps.kv_dir).map_err(kv_io)?.count();
+            if n >= KV_MAX_KEYS {
+                return Err(kv::KvError::TooLarge);
+            }
+        }
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, &value)
+            .and_then(|_| std::fs::rename(&tmp, &p))
+            .map_err(kv_io)
+    }
+
+    async fn delete(&mut self, key: String) -> Result<(), kv::KvError> {
+        let p = self.kv_path(&key)?;
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(kv_io(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl http_outbound::Host for HostState {
+    async fn send(
+        &mut self,
+        req: http_outbound::Request,
+    ) -> Result<http_outbound::Response, http_outbound::HttpError> {
+        use http_outbound::HttpError;
+        if !self.caps.grants.http {
+            return Err(HttpError::Denied);
+        }
+        let rest = req
+            .url
+            .strip_prefix("http://")
+            .ok_or(HttpError::InvalidUrl)?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let hostport = if authority.contains(':') {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        if authority.is_empty() || authority.contains('@') {
+            return Err(HttpError::InvalidUrl);
+        }
+        if !self
+            .caps
+            .allowed_hosts
+            .iter()
+            .any(|h| *h == hostport || *h == authority)
+        {
+            return Err(HttpError::Denied);
+        }
+        let method = req.method.to_ascii_uppercase();
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(HttpError::InvalidUrl);
+        }
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            req.body.len()
+        );
+        for (k, v) in &req.headers {
+            if k.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']) {
+                return Err(HttpError::InvalidUrl);
+            }
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let io = async {
+            let mut s = tokio::net::TcpStream::connect(&hostport).await?;
+            s.write_all(head.as_bytes()).await?;
+            s.write_all(&req.body).await?;
+            let mut buf = Vec::new();
+            (&mut s)
+                .take((HTTP_MAX_BODY + 64 * 1024) as u64)
+                .read_to_end(&mut buf)
+                .await?;
+            Ok::<_, std::io::Error>(buf)
+        };
+        let raw = tokio::time::timeout(self.caps.io_timeout, io)
+            .await
+            .map_err(|_| HttpError::Transport("timed out".into()))?
+            .map_err(|e| HttpError::Transport(e.to_string()))?;
+        parse_http_response(&raw).ok_or_else(|| HttpError::Transport("malformed response".into()))
+    }
+}
+
+fn parse_http_response(raw: &[u8]) -> Option<http_outbound::Response> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    if chunked {
+        body = dechunk(&body)?;
+    } else if let Some(n) = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        body.truncate(n);
+    }
+    (body.len() <= HTTP_MAX_BODY).then_some(http_outbound::Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let nl = b.windows(2).position(|w| w == b"\r\n")?;
+        let size_str = std::str::from_utf8(&b[..nl]).ok()?;
+        let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
+        b = &b[nl + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}
+
+impl ldap::Host for HostState {
+    async fn simple_bind(&mut self, dn: String, password: String) -> Result<bool, ldap::LdapError> {
+        use ldap::LdapError;
+        if !self.caps.grants.ldap {
+            return Err(LdapError::Denied);
+        }
+        let addr = self.caps.ldap_addr.clone().ok_or(LdapError::Denied)?;
+        // An empty password is an "unauthenticated bind" that many directories accept:
+        // never let it count as a successful login.
+        if password.is_empty() {
+            return Ok(false);
+        }
+        let io = async {
+            let mut s = tokio::net::TcpStream::connect(&addr).await?;
+            s.write_all(&ber::bind_request(1, &dn, &password)).await?;
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if ber::complete(&buf) || buf.len() > 64 << 10 {
+                    break;
+                }
+            }
+            Ok::<_, std::io::Error>(buf)
+        };
+        let raw = tokio::time::timeout(self.caps.io_timeout, io)
+            .await
+            .map_err(|_| LdapError::Unavailable(format!("{addr}: timed out")))?
+            .map_err(|e| LdapError::Unavailable(format!("{addr}: {e}")))?;
+        match ber::bind_result(&raw) {
+            Some(0) => Ok(true),
+            Some(49) => Ok(false),
+            Some(code) => Err(LdapError::Unavailable(format!(
+                "bind answered result code {code}"
+            ))),
+            None => Err(LdapError::Unavailable("malformed bind response".into())),
+        }
+    }
+}
+
+/// The few BER encodings an LDAP simple bind needs (RFC 4511 4.2).
+mod ber {
+    fn len(n: usize, out: &mut Vec<u8>) {
+        if n < 0x80 {
+            out.push(n as u8);
+        } else {
+            let bytes = n.to_be_bytes();
+            let skip = bytes.iter().take_while(|b| **b == 0).count();
+            out.push(0x80 | (bytes.len() - skip) as u8);
+            out.extend_from_slice(&bytes[skip..]);
+        }
+    }
+
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        len(content.len(), &mut out);
+        out.extend_from_slice(content);
+        out
+    }
+
+    /// LDAPMessage { messageID, BindRequest [APPLICATION 0] { version 3, name, simple [0] } }
+    pub fn bind_request(id: u8, dn: &str, password: &str) -> Vec<u8> {
+        let mut bind = tlv(0x02, &[3]);
+        bind.extend(tlv(0x04, dn.as_bytes()));
+        bind.extend(tlv(0x80, password.as_bytes()));
+        let mut msg = tlv(0x02, &[id]);
+        msg.extend(tlv(0x60, &bind));
+        tlv(0x30, &msg)
+    }
+
+    fn read(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let tag = *b.first()?;
+        let first = *b.get(1)?;
+        let (n, hdr) = if first < 0x80 {
+            (first as usize, 2)
+        } else {
+            let k = (first & 0x7f) as usize;
+            if k == 0 || k > 4 {
+                return None;
+            }
+            let mut n = 0usize;
+            for i in 0..k {
+                n = (n << 8) | *b.get(2 + i)? as usize;
+            }
+            (n, 2 + k)
+        };
+        Some((tag, b.get(hdr..hdr + n)?, b.get(hdr + n..)?))
+    }
+
+    pub fn complete(b: &[u8]) -> bool {
+        read(b).is_some()
+    }
+
+    /// The resultCode of a BindResponse [APPLICATION 1].
+    pub fn bind_result(b: &[u8]) -> Option<u32> {
+        let (0x30, msg, _) = read(b)? else {
+            return None;
+        };
+        let (0x02, _, rest) = read(msg)? else {
+            return None;
+        };
+        let (0x61, resp, _) = read(rest)? else {
+            return None;
+        };
+        let (0x0a, code, _) = read(resp)? else {
+            return None;
+        };
+        Some(code.iter().fold(0u32, |a, b| (a << 8) | *b as u32))
+    }
+
+    #[cfg(test)]
+    #[test]
+    fn encodes_a_bind_and_reads_a_result() {
+        let r = bind_request(1, "cn=a", "pw");
+        assert_eq!(
+            r,
+            [
+                0x30, 0x11, 0x02, 0x01, 0x01, 0x60, 0x0c, 0x02, 0x01, 0x03, 0x04, 0x04, b'c', b'n',
+                b'=', b'a', 0x80, 0x02, b'p', b'w'
+            ]
+        );
+        let ok = [
+            0x30, 0x0c, 0x02, 0x01, 0x01, 0x61, 0x07, 0x0a, 0x01, 0x31, 0x04, 0x00, 0x04, 0x00,
+        ];
+        assert_eq!(bind_result(&ok), Some(49));
+        assert!(bind_result(&ok[..5]).is_none());
+    }
+}

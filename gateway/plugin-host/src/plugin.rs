@@ -1,0 +1,244 @@
+//! A loaded plugin: compiled component, `InstancePre`, warm instances, limits.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pier_auth::{PolicyError, PolicyFailure};
+use tokio::sync::Semaphore;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::WasiCtx;
+
+use crate::bindings::{Authorizer, AuthorizerPre};
+use crate::error::PluginError;
+use crate::host::{Capabilities, Grants, HostState};
+use crate::metrics::PluginMetrics;
+use crate::runtime::{Runtime, TICK};
+
+/// How one plugin runs.
+#[derive(Debug, Clone)]
+pub struct PluginSettings {
+    pub name: String,
+    pub path: PathBuf,
+    /// Deadline of one call (the instance is interrupted and replaced after it).
+    pub timeout: Duration,
+    /// Linear memory cap of one instance.
+    pub memory_limit: usize,
+    /// Instances (and so concurrent calls) at most; callers beyond wait up to `timeout`.
+    pub max_instances: usize,
+    pub grants: Grants,
+    /// The `config` table, as a JSON object.
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// Where the `kv` capability keeps this plugin's keys.
+    pub kv_dir: PathBuf,
+    /// `host:port`s the `http` capability may reach.
+    pub allowed_hosts: Vec<String>,
+    /// `host:port` of the directory for the `ldap` capability.
+    pub ldap_addr: Option<String>,
+}
+
+impl PluginSettings {
+    /// Defaults: 100 ms deadline, 32 MiB memory, 16 instances, nothing granted.
+    pub fn new(name: &str, path: PathBuf, kv_dir: PathBuf) -> PluginSettings {
+        PluginSettings {
+            name: name.to_owned(),
+            path,
+            timeout: Duration::from_millis(100),
+            memory_limit: 32 << 20,
+            max_instances: 16,
+            grants: Grants::default(),
+            config: serde_json::Map::new(),
+            kv_dir,
+            allowed_hosts: Vec::new(),
+            ldap_addr: None,
+        }
+    }
+}
+
+pub(crate) struct Warm {
+    store: Store<HostState>,
+    bindings: Authorizer,
+}
+
+/// One version of a loaded authorizer plugin.
+pub struct Plugin {
+    pub(crate) settings: PluginSettings,
+    digest: String,
+    pre: AuthorizerPre<HostState>,
+    caps: Arc<Capabilities>,
+    pool: Mutex<Vec<Warm>>,
+    permits: Semaphore,
+    engine: wasmtime::Engine,
+    pub(crate) metrics: Arc<PluginMetrics>,
+}
+
+impl Plugin {
+    /// Compiles (or loads from the cache), links, and instantiates once to prove the
+    /// component starts under its limits.
+    pub async fn load(
+        runtime: &Runtime,
+        settings: PluginSettings,
+        metrics: Arc<PluginMetrics>,
+    ) -> Result<Plugin, PluginError> {
+        let (component, digest) = runtime.compile(&settings.name, &settings.path)?;
+        let world = |message: String| PluginError::World {
+            name: settings.name.clone(),
+            path: settings.path.clone(),
+            world: "authorizer",
+            message,
+        };
+        let pre = runtime
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| world(format!("{e:#}")))?;
+        let pre = AuthorizerPre::new(pre).map_err(|e| world(format!("{e:#}")))?;
+        let caps = Arc::new(Capabilities {
+            plugin: settings.name.clone(),
+            grants: settings.grants.clone(),
+            config: settings.config.clone(),
+            kv_dir: settings.kv_dir.clone(),
+            allowed_hosts: settings.allowed_hosts.clone(),
+            ldap_addr: settings.ldap_addr.clone(),
+            io_timeout: settings.timeout,
+        });
+        let plugin = Plugin {
+            permits: Semaphore::new(settings.max_instances.max(1)),
+            settings,
+            digest,
+            pre,
+            caps,
+            pool: Mutex::new(Vec::new()),
+            engine: runtime.engine.clone(),
+            metrics,
+        };
+        let warm = plugin
+            .instantiate()
+            .await
+            .map_err(|e| PluginError::Invalid {
+                name: plugin.settings.name.clone(),
+                path: plugin.settings.path.clone(),
+                message: format!("could not start an instance: {}", e.message),
+            })?;
+        plugin.put_back(warm);
+        Ok(plugin)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// sha256 of the component file.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    fn failure(&self, kind: PolicyFailure, message: String) -> PolicyError {
+        self.metrics.error(kind);
+        PolicyError {
+            plugin: self.settings.name.clone(),
+            kind,
+            message,
+        }
+    }
+
+    async fn instantiate(&self) -> Result<Warm, PolicyError> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.settings.memory_limit)
+            .table_elements(100_000)
+            .instances(64)
+            .tables(64)
+            .memories(16)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits,
+            caps: self.caps.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.deadline_ticks());
+        let bindings = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| self.classify(e))?;
+        self.metrics.instance_created();
+        Ok(Warm { store, bindings })
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.settings.timeout.as_micros() / TICK.as_micros()).max(1) as u64 + 1
+    }
+
+    fn put_back(&self, warm: Warm) {
+        if let Ok(mut p) = self.pool.lock() {
+            p.push(warm);
+        }
+    }
+
+    /// Runs `call` on a warm instance under the deadline; an instance that failed in
+    /// any way is dropped (a fresh one is made for the next call).
+    pub(crate) async fn with_instance<R>(
+        &self,
+        call: impl AsyncFnOnce(&Authorizer, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PolicyError> {
+        let _permit = match self.permits.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                match tokio::time::timeout(self.settings.timeout, self.permits.acquire()).await {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        return Err(self.failure(
+                            PolicyFailure::Overloaded,
+                            format!(
+                                "all {} instances busy for {:?}",
+                                self.settings.max_instances, self.settings.timeout
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
+        let mut warm = match pooled {
+            Some(w) => w,
+            None => self.instantiate().await?,
+        };
+        let start = Instant::now();
+        warm.store.set_epoch_deadline(self.deadline_ticks());
+        let result = call(&warm.bindings, &mut warm.store).await;
+        self.metrics.call(start.elapsed());
+        match result {
+            Ok(r) => {
+                self.put_back(warm);
+                Ok(r)
+            }
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+
+    fn classify(&self, e: wasmtime::Error) -> PolicyError {
+        let text = format!("{e:#}");
+        let (kind, message) = match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => (
+                PolicyFailure::Timeout,
+                format!("ran past its {:?} deadline", self.settings.timeout),
+            ),
+            Some(Trap::StackOverflow) => (PolicyFailure::Trap, "stack overflow".to_owned()),
+            Some(t) => (PolicyFailure::Trap, format!("trapped: {t}")),
+            None if text.contains("growing memory") => (
+                PolicyFailure::OutOfMemory,
+                format!(
+                    "exceeded its {} byte memory cap",
+                    self.settings.memory_limit
+                ),
+            ),
+            None => (PolicyFailure::InvalidResult, text.clone()),
+        };
+        tracing::error!(plugin = %self.settings.name, kind = kind.as_str(), detail = %text, "plugin call failed; instance replaced");
+        self.failure(kind, message)
+    }
+}

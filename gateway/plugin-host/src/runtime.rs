@@ -1,0 +1,131 @@
+//! The engine, the linker and the compile cache, shared by every plugin.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+use crate::bindings::Authorizer;
+use crate::error::PluginError;
+use crate::host::HostState;
+
+/// How often the epoch advances; deadlines are counted in these ticks.
+pub(crate) const TICK: Duration = Duration::from_millis(2);
+
+/// One wasmtime engine and linker for every plugin of the process.
+pub struct Runtime {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<HostState>,
+    cache_dir: PathBuf,
+    stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// `cache_dir` keeps compiled components (`<sha256>-<engine>.cwasm`).
+    pub fn new(cache_dir: &Path) -> Result<Runtime, PluginError> {
+        let mut cfg = Config::new();
+        cfg.epoch_interruption(true);
+        cfg.wasm_component_model(true);
+        cfg.max_wasm_stack(512 << 10);
+        // Plugins get their linear memory from the StoreLimits cap; keep the virtual
+        // reservation modest so many warm instances don't reserve 4 GiB each.
+        cfg.memory_reservation(1 << 30);
+        let engine = Engine::new(&cfg).map_err(|e| PluginError::Runtime(format!("{e:#}")))?;
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| PluginError::Runtime(format!("linking WASI: {e:#}")))?;
+        Authorizer::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Runtime(format!("linking host capabilities: {e:#}")))?;
+        std::fs::create_dir_all(cache_dir)
+            .map_err(|e| PluginError::Runtime(format!("creating {}: {e}", cache_dir.display())))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (e, s) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("pier-plugin-epoch".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    e.increment_epoch();
+                }
+            })
+            .map_err(|e| PluginError::Runtime(format!("starting the epoch ticker: {e}")))?;
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir: cache_dir.to_owned(),
+            stop,
+        })
+    }
+
+    /// Compiles a component, or loads it from the cache when this exact component was
+    /// compiled before by a compatible engine. Returns it with its sha256 digest.
+    pub(crate) fn compile(
+        &self,
+        name: &str,
+        path: &Path,
+    ) -> Result<(Component, String), PluginError> {
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            source,
+        })?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let cached = self
+            .cache_dir
+            .join(format!("{digest}-{:016x}.cwasm", h.finish()));
+        if cached.exists() {
+            match load_cached(&self.engine, &cached) {
+                Ok(c) => return Ok((c, digest)),
+                Err(e) => {
+                    tracing::warn!(path = %cached.display(), error = %e, "compile cache entry unusable; recompiling")
+                }
+            }
+        }
+        let invalid = |message: String| PluginError::Invalid {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            message,
+        };
+        let artifact = self
+            .engine
+            .precompile_component(&bytes)
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        let tmp = cached.with_extension("tmp");
+        if std::fs::write(&tmp, &artifact)
+            .and_then(|_| std::fs::rename(&tmp, &cached))
+            .is_err()
+        {
+            tracing::warn!(dir = %self.cache_dir.display(), "could not write the compile cache");
+            return Component::new(&self.engine, &bytes)
+                .map(|c| (c, digest))
+                .map_err(|e| invalid(format!("{e:#}")));
+        }
+        load_cached(&self.engine, &cached)
+            .map(|c| (c, digest))
+            .map_err(|e| invalid(format!("{e:#}")))
+    }
+}
+
+/// Loads a precompiled artifact from the cache.
+#[allow(unsafe_code)]
+fn load_cached(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: wasmtime requires that deserialized artifacts come from a trusted
+    // `precompile_component` of a compatible engine. This cache directory is Pier's
+    // own (under its data root), every file in it is written by `Runtime::compile`
+    // above through a temp file + rename, and its name carries the engine's
+    // compatibility hash; wasmtime also checks the artifact's header and version.
+    unsafe { Component::deserialize_file(engine, path) }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

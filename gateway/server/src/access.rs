@@ -1,0 +1,169 @@
+//! Builds access control from `[auth]` and `[[plugins]]`, and reloads plugins (SIGHUP,
+//! the admin endpoint, file changes).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use pier_auth::authn::Authenticator;
+use pier_auth::robots::RobotFile;
+use pier_auth::token::{SigningKey, TokenService, TokenSettings, TrustedIssuer};
+use pier_auth::users::UserFile;
+use pier_auth::{AllowAll, Authorizer};
+use pier_http::AccessControl;
+use pier_plugin_host::{Grants, PluginAuthorizer, PluginSettings, Runtime};
+
+use crate::config::{Config, PluginEntry};
+use crate::error::ServerError;
+
+/// The loaded plugins, for reloads and metrics.
+#[derive(Default)]
+pub struct Plugins {
+    pub authorizers: Vec<(PluginEntry, Arc<PluginAuthorizer>)>,
+}
+
+impl Plugins {
+    /// Reloads every plugin; returns one line per plugin.
+    pub async fn reload_all(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (entry, p) in &self.authorizers {
+            out.push(match p.reload().await {
+                Ok(true) => format!("{}: reloaded, now {}", entry.name, p.digest()),
+                Ok(false) => format!("{}: unchanged ({})", entry.name, p.digest()),
+                Err(e) => {
+                    tracing::error!(plugin = %entry.name, error = %e, "plugin reload failed; the previous version keeps running");
+                    format!("{}: reload failed, previous version kept: {e}", entry.name)
+                }
+            });
+        }
+        out
+    }
+
+    pub fn render_metrics(&self, out: &mut String) {
+        for (_, p) in &self.authorizers {
+            p.metrics().render(out);
+        }
+    }
+
+    /// Polls the files of plugins with `watch` and reloads one when it changed.
+    pub async fn watch(self: Arc<Self>) {
+        let stamp = |p: &Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+        };
+        let mut seen: Vec<_> = self
+            .authorizers
+            .iter()
+            .map(|(e, _)| stamp(&e.path))
+            .collect();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for (i, (entry, p)) in self.authorizers.iter().enumerate() {
+                if !entry.watch {
+                    continue;
+                }
+                let now = stamp(&entry.path);
+                if now != seen[i] && now.is_some() {
+                    seen[i] = now;
+                    if let Err(e) = p.reload().await {
+                        tracing::error!(plugin = %entry.name, error = %e, "plugin file changed but the new version failed to load; the previous version keeps running");
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn plugin_settings(entry: &PluginEntry, root: &Path) -> Result<PluginSettings, ServerError> {
+    let mut s = PluginSettings::new(
+        &entry.name,
+        entry.path.clone(),
+        root.join("pier")
+            .join("plugins")
+            .join(&entry.name)
+            .join("kv"),
+    );
+    s.timeout = entry.timeout;
+    s.memory_limit = entry.memory_limit;
+    s.max_instances = entry.max_instances;
+    s.grants = Grants::parse(&entry.grants).map_err(ServerError::Config)?;
+    s.config = entry.config.clone();
+    s.allowed_hosts = entry.allowed_hosts.clone();
+    s.ldap_addr = entry.ldap_addr.clone();
+    Ok(s)
+}
+
+pub fn runtime(root: &Path) -> Result<Arc<Runtime>, ServerError> {
+    Ok(Arc::new(Runtime::new(
+        &root.join("pier").join("plugin-cache"),
+    )?))
+}
+
+/// Access control, when `[auth]` or an authorizer plugin is configured.
+pub async fn build(
+    config: &Config,
+) -> Result<(Option<Arc<AccessControl>>, Arc<Plugins>), ServerError> {
+    let Some(auth) = &config.auth else {
+        return Ok((None, Arc::new(Plugins::default())));
+    };
+    let mut plugins = Plugins::default();
+    if config.plugins.len() > 1 {
+        return Err(ServerError::Config(
+            "one authorizer plugin at a time is supported".into(),
+        ));
+    }
+    let authorizer: Arc<dyn Authorizer> = match config.plugins.first() {
+        Some(entry) => {
+            let rt = runtime(&config.root)?;
+            let p =
+                Arc::new(PluginAuthorizer::load(rt, plugin_settings(entry, &config.root)?).await?);
+            plugins.authorizers.push((entry.clone(), p.clone()));
+            p
+        }
+        None => {
+            tracing::warn!(
+                "[auth] without an authorizer plugin: every authenticated user may do everything, anonymous clients nothing"
+            );
+            Arc::new(AllowAll)
+        }
+    };
+    let key = SigningKey::load_or_generate(&auth.token_key)?;
+    let mut trusted = Vec::new();
+    for (issuer, path) in &auth.trusted_issuers {
+        let pem = std::fs::read(path).map_err(|e| {
+            ServerError::Config(format!(
+                "trusted issuer {issuer:?}: reading {}: {e}",
+                path.display()
+            ))
+        })?;
+        trusted.push(TrustedIssuer::from_pem(issuer, &pem)?);
+    }
+    let tokens = Arc::new(TokenService::new(
+        key,
+        TokenSettings {
+            issuer: auth.issuer.clone(),
+            service: auth.service.clone(),
+            ttl: auth.token_ttl,
+            refresh_ttl: auth.refresh_ttl,
+        },
+        trusted,
+    ));
+    let authn = Arc::new(Authenticator::new(
+        UserFile::open(&auth.users_file)?,
+        RobotFile::open(&auth.robots_file)?,
+    )?);
+    tracing::info!(
+        service = %auth.service,
+        users = %auth.users_file.display(),
+        plugin = config.plugins.first().map(|p| p.name.as_str()).unwrap_or("none"),
+        "access control on"
+    );
+    let control = AccessControl {
+        authorizer,
+        authn,
+        tokens,
+        realm: auth.realm.clone(),
+    };
+    Ok((Some(Arc::new(control)), Arc::new(plugins)))
+}
