@@ -10,7 +10,7 @@ ORAS_VERSION="${ORAS_VERSION:-0.2.43}"
 
 APT_PACKAGES=(
     skopeo podman docker.io containerd docker-registry nginx wrk apache2-utils
-    python3-venv openssl curl ca-certificates
+    python3-venv openssl curl ca-certificates slapd ldap-utils
 )
 
 log() { printf 'install-test-deps: %s\n' "$*" >&2; }
@@ -55,7 +55,16 @@ else
     log "venv $VENV present"
 fi
 
-# Plugins (later): the wasm target for guest plugins built in the test build.
-# rustup target add wasm32-wasip2
+# Plugins: the wasm target for the guest plugins the tests build (plugins/, wasm32-wasip2).
+if command -v rustup >/dev/null 2>&1; then
+    if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+        log "adding the rustup target wasm32-wasip2"
+        rustup target add wasm32-wasip2
+    else
+        log "rustup target wasm32-wasip2 present"
+    fi
+else
+    log "rustup not found: install the wasm32-wasip2 target for your toolchain by hand"
+fi
 
 log "done"

@@ -64,10 +64,17 @@ impl PluginAuthorizer {
     /// to load leaves the current one in place. Returns whether a new version was
     /// swapped in.
     pub async fn reload(&self) -> Result<bool, PluginError> {
+        let settings = self.current().settings.clone();
+        self.reload_with(settings).await
+    }
+
+    /// Like [`reload`](Self::reload), with new settings (limits, grants, config); swaps
+    /// when the file or the settings changed.
+    pub async fn reload_with(&self, settings: PluginSettings) -> Result<bool, PluginError> {
         let old = self.current();
-        let settings: PluginSettings = old.settings.clone();
+        let same_settings = settings == old.settings;
         let plugin = Plugin::load(&self.runtime, settings, self.metrics.clone()).await?;
-        if plugin.digest() == old.digest() {
+        if plugin.digest() == old.digest() && same_settings {
             return Ok(false);
         }
         tracing::info!(

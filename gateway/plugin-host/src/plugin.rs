@@ -17,7 +17,7 @@ use crate::metrics::PluginMetrics;
 use crate::runtime::{Runtime, TICK};
 
 /// How one plugin runs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PluginSettings {
     pub name: String,
     pub path: PathBuf,

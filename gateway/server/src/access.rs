@@ -20,14 +20,41 @@ use crate::error::ServerError;
 #[derive(Default)]
 pub struct Plugins {
     pub authorizers: Vec<(PluginEntry, Arc<PluginAuthorizer>)>,
+    /// The config file, read again on reload so `[plugins.config]` edits apply.
+    config: Option<Config>,
+    config_file: Option<std::path::PathBuf>,
 }
 
 impl Plugins {
-    /// Reloads every plugin; returns one line per plugin.
+    /// The settings a reload should use: the config file's current entry for the
+    /// plugin when the file still parses, else the ones it was started with.
+    fn fresh_settings(&self, entry: &PluginEntry) -> Result<PluginSettings, ServerError> {
+        let Some(started) = &self.config else {
+            return plugin_settings(entry, Path::new("."));
+        };
+        if let Some(file) = &self.config_file {
+            let args = crate::config::ServeArgs {
+                config: Some(file.clone()),
+                root: Some(started.root.clone()),
+                ..Default::default()
+            };
+            let now = Config::resolve(args)?;
+            if let Some(e) = now.plugins.iter().find(|p| p.name == entry.name) {
+                return plugin_settings(e, &started.root);
+            }
+        }
+        plugin_settings(entry, &started.root)
+    }
+
+    /// Reloads every plugin (file and settings); returns one line per plugin.
     pub async fn reload_all(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (entry, p) in &self.authorizers {
-            out.push(match p.reload().await {
+            let reloaded = match self.fresh_settings(entry) {
+                Ok(s) => p.reload_with(s).await.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())),
+            };
+            out.push(match reloaded {
                 Ok(true) => format!("{}: reloaded, now {}", entry.name, p.digest()),
                 Ok(false) => format!("{}: unchanged ({})", entry.name, p.digest()),
                 Err(e) => {
@@ -75,6 +102,12 @@ impl Plugins {
     }
 }
 
+/// `token-key.pem` -> `token-key.pub.pem`.
+pub fn public_key_path(key: &Path) -> std::path::PathBuf {
+    let stem = key.file_stem().and_then(|s| s.to_str()).unwrap_or("token-key");
+    key.with_file_name(format!("{stem}.pub.pem"))
+}
+
 pub fn plugin_settings(entry: &PluginEntry, root: &Path) -> Result<PluginSettings, ServerError> {
     let mut s = PluginSettings::new(
         &entry.name,
@@ -107,7 +140,11 @@ pub async fn build(
     let Some(auth) = &config.auth else {
         return Ok((None, Arc::new(Plugins::default())));
     };
-    let mut plugins = Plugins::default();
+    let mut plugins = Plugins {
+        config: Some(config.clone()),
+        config_file: config.config_file.clone(),
+        ..Default::default()
+    };
     if config.plugins.len() > 1 {
         return Err(ServerError::Config(
             "one authorizer plugin at a time is supported".into(),
@@ -129,6 +166,13 @@ pub async fn build(
         }
     };
     let key = SigningKey::load_or_generate(&auth.token_key)?;
+    // The public half beside it, for other gateways' `[[auth.trusted_issuers]]`.
+    let public = public_key_path(&auth.token_key);
+    if std::fs::read_to_string(&public).ok().as_deref() != Some(key.public_key_pem().as_str()) {
+        std::fs::write(&public, key.public_key_pem()).map_err(|e| {
+            ServerError::Config(format!("writing {}: {e}", public.display()))
+        })?;
+    }
     let mut trusted = Vec::new();
     for (issuer, path) in &auth.trusted_issuers {
         let pem = std::fs::read(path).map_err(|e| {

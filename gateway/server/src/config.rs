@@ -443,6 +443,8 @@ pub struct Config {
     /// Access control; `None`: everyone may do everything.
     pub auth: Option<AuthConfig>,
     pub plugins: Vec<PluginEntry>,
+    /// The file this came from, if any.
+    pub config_file: Option<PathBuf>,
 }
 
 fn file_duration(
@@ -588,6 +590,7 @@ impl Config {
             }
         };
         Ok(Config {
+            config_file: args.config.clone(),
             auth,
             plugins,
             cache_max_size,
