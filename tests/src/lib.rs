@@ -8,6 +8,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod http;
+pub mod plugins;
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};

@@ -1,0 +1,101 @@
+//! A misbehaving authorizer for the plugin host's tests (`tests/tests/plugin_host.rs`).
+//! Never deploy it. `authorize` misbehaves according to the repository's first path
+//! component and allows everything else; `authenticate` is not handled.
+//!
+//! | repository   | behaviour                                                  |
+//! |--------------|------------------------------------------------------------|
+//! | `loop/...`   | spins forever (the deadline must stop it)                  |
+//! | `membomb/..` | allocates and touches memory until it dies (memory cap)    |
+//! | `panic/...`  | panics (traps)                                             |
+//! | `stack/...`  | unbounded recursion (stack overflow)                       |
+//! | `garbage/..` | denies with a reason that is not UTF-8 (invalid result)    |
+//! | `bigreason/` | denies with a 1 MiB reason full of control characters      |
+//! | `slow/...`   | spins for about 30 ms, then allows                         |
+#![deny(rust_2018_idioms)]
+// The generated bindings have a 14-argument function.
+#![allow(clippy::too_many_arguments)]
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "authorizer",
+});
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+struct Hostile;
+
+/// Recursion the compiler can't turn into a loop: work after the call, and a value it
+/// can't see through.
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    let here = black_box(n);
+    recurse(here + 1).wrapping_mul(black_box(3)) ^ here
+}
+
+fn spin_forever() -> ! {
+    let mut n = 0u64;
+    loop {
+        n = black_box(n.wrapping_add(1));
+    }
+}
+
+fn eat_memory() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut chunk = vec![0u8; 1 << 20];
+        // touch every page so the memory is really used
+        for i in (0..chunk.len()).step_by(4096) {
+            chunk[i] = black_box(i as u8 | 1);
+        }
+        hoard.push(black_box(chunk));
+        black_box(&hoard);
+    }
+}
+
+fn spin_for(d: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < d {
+        black_box(0u64);
+    }
+}
+
+impl Guest for Hostile {
+    fn authorize(request: AccessRequest) -> Decision {
+        let repo = request.repository.unwrap_or_default();
+        let prefix = repo.split('/').next().unwrap_or_default();
+        match prefix {
+            "loop" => spin_forever(),
+            "membomb" => eat_memory(),
+            "panic" => panic!("hostile plugin panics on {repo}"),
+            "stack" => {
+                black_box(recurse(0));
+                Decision::Allow
+            }
+            "garbage" => {
+                // SAFETY: deliberately not UTF-8: the host must refuse to lift it.
+                let s = unsafe { String::from_utf8_unchecked(vec![0xff, 0xfe, 0xfd]) };
+                Decision::Deny(s)
+            }
+            "bigreason" => {
+                let mut s = String::with_capacity(1 << 20);
+                while s.len() < 1 << 20 {
+                    s.push_str("denied\u{0}\u{7}\r\n\u{1b}[31m\t");
+                }
+                Decision::Deny(s)
+            }
+            "slow" => {
+                spin_for(Duration::from_millis(30));
+                Decision::Allow
+            }
+            _ => Decision::Allow,
+        }
+    }
+
+    fn authenticate(_credentials: Credentials) -> Result<Identity, AuthError> {
+        Err(AuthError::NotHandled)
+    }
+}
+
+export!(Hostile);
