@@ -592,7 +592,12 @@ impl TestPier {
         } else {
             let r = http::try_request(self.addr, "GET", "/v2/", &[], b"")
                 .map_err(|e| format!("GET /v2/: {e}"))?;
-            if r.status != 200 {
+            // With token auth on, an anonymous `GET /v2/` is answered with a Bearer
+            // challenge: that answer also means the registry is up.
+            let challenged = r.status == 401
+                && r.header("www-authenticate")
+                    .is_some_and(|c| c.starts_with("Bearer "));
+            if r.status != 200 && !challenged {
                 return Err(format!("GET /v2/ answered {}", r.status));
             }
         }

@@ -1,6 +1,6 @@
 //! Authentication: credentials -> [`Subject`]. Robots (`robot$NAME`) are checked against
-//! the robots file; other names first by the authorizer's `authenticate` (LDAP...), then
-//! by the users file. A verified password is remembered briefly under an HMAC of
+//! the robots file, names in the users file against their bcrypt hash, and any other name
+//! by the authorizer's `authenticate` (LDAP...). A verified password is remembered briefly under an HMAC of
 //! (user, password) with a per-process random key, so bcrypt's deliberate cost is paid
 //! once per minute, not per request, and a changed password or a deleted user takes
 //! effect as soon as the file changes.
@@ -66,27 +66,36 @@ impl Authenticator {
     ) -> Result<Option<Subject>, AuthError> {
         let key = self.cache_key(creds);
         if let Some(s) = self.verified.get(&key) {
+            // A robot may have expired since (expiry doesn't change the file).
+            if let Subject::Robot(r) = &s
+                && self.robots.get(&r.name).is_none()
+            {
+                self.verified.invalidate(&key);
+                return Ok(None);
+            }
             return Ok(Some(s));
         }
+        let local = |me: Arc<Self>, c: Credentials| {
+            blocking(move || {
+                me.users.verify(&c.username, &c.password).then(|| {
+                    Subject::User(Identity {
+                        name: c.username.clone(),
+                        groups: Vec::new(),
+                    })
+                })
+            })
+        };
         let subject = if let Some(robot) = creds.username.strip_prefix(LOGIN_PREFIX) {
             let (me, robot, secret) = (self.clone(), robot.to_owned(), creds.password.clone());
             blocking(move || me.robots.verify(&robot, &secret).map(Subject::Robot)).await?
+        } else if self.users.contains(&creds.username) {
+            // Local accounts are checked locally only: they keep working when the
+            // policy's identity source (LDAP) is down, and a plugin can't take them over.
+            local(self.clone(), creds.clone()).await?
         } else {
             match policy.authenticate(creds).await? {
                 AuthnOutcome::Verified(id) => Some(Subject::User(id)),
-                AuthnOutcome::Invalid => None,
-                AuthnOutcome::NotHandled => {
-                    let (me, c) = (self.clone(), creds.clone());
-                    blocking(move || {
-                        me.users.verify(&c.username, &c.password).then(|| {
-                            Subject::User(Identity {
-                                name: c.username.clone(),
-                                groups: Vec::new(),
-                            })
-                        })
-                    })
-                    .await?
-                }
+                AuthnOutcome::Invalid | AuthnOutcome::NotHandled => None,
             }
         };
         if let Some(s) = &subject {

@@ -177,11 +177,10 @@ impl Authorizer for PluginAuthorizer {
             })),
             Err(wit::AuthError::NotHandled) => Ok(AuthnOutcome::NotHandled),
             Err(wit::AuthError::InvalidCredentials) => Ok(AuthnOutcome::Invalid),
-            Err(wit::AuthError::Unavailable(m)) => Err(PolicyError {
-                plugin: plugin.name().to_owned(),
-                kind: PolicyFailure::Unavailable,
-                message: tidy_reason(m),
-            }),
+            Err(wit::AuthError::Unavailable(m)) => {
+                tracing::error!(plugin = plugin.name(), error = %m, "plugin's identity source unavailable");
+                Err(plugin.failure(PolicyFailure::Unavailable, tidy_reason(m)))
+            }
         }
     }
 }

@@ -27,12 +27,16 @@ pub struct CheckReport {
 pub fn check(runtime: &Arc<Runtime>, path: &Path) -> Result<CheckReport, PluginError> {
     let size = std::fs::metadata(path)
         .map_err(|source| PluginError::Read {
-            name: "check".into(),
+            name: path.display().to_string(),
             path: path.to_owned(),
             source,
         })?
         .len();
-    let (component, digest): (Component, String) = runtime.compile("check", path)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (component, digest): (Component, String) = runtime.compile(&name, path)?;
     let ty = component.component_type();
     let engine = &runtime.engine;
     let imports = ty.imports(engine).map(|(n, _)| n.to_owned()).collect();

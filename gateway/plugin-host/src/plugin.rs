@@ -81,7 +81,9 @@ impl Plugin {
         settings: PluginSettings,
         metrics: Arc<PluginMetrics>,
     ) -> Result<Plugin, PluginError> {
-        let (component, digest) = runtime.compile(&settings.name, &settings.path)?;
+        let (component, digest) = runtime
+            .compile_async(&settings.name, &settings.path)
+            .await?;
         let world = |message: String| PluginError::World {
             name: settings.name.clone(),
             path: settings.path.clone(),
@@ -133,7 +135,7 @@ impl Plugin {
         &self.digest
     }
 
-    fn failure(&self, kind: PolicyFailure, message: String) -> PolicyError {
+    pub(crate) fn failure(&self, kind: PolicyFailure, message: String) -> PolicyError {
         self.metrics.error(kind);
         PolicyError {
             plugin: self.settings.name.clone(),

@@ -69,48 +69,76 @@ impl Runtime {
         name: &str,
         path: &Path,
     ) -> Result<(Component, String), PluginError> {
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
-            name: name.to_owned(),
-            path: path.to_owned(),
-            source,
-        })?;
-        let digest = hex::encode(Sha256::digest(&bytes));
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
-        let cached = self
-            .cache_dir
-            .join(format!("{digest}-{:016x}.cwasm", h.finish()));
-        if cached.exists() {
-            match load_cached(&self.engine, &cached) {
-                Ok(c) => return Ok((c, digest)),
-                Err(e) => {
-                    tracing::warn!(path = %cached.display(), error = %e, "compile cache entry unusable; recompiling")
-                }
+        compile(&self.engine, &self.cache_dir, name, path)
+    }
+
+    /// [`compile`](Self::compile) on a blocking thread, off the async workers.
+    pub(crate) async fn compile_async(
+        &self,
+        name: &str,
+        path: &Path,
+    ) -> Result<(Component, String), PluginError> {
+        let (engine, dir) = (self.engine.clone(), self.cache_dir.clone());
+        let (n, p) = (name.to_owned(), path.to_owned());
+        tokio::task::spawn_blocking(move || compile(&engine, &dir, &n, &p))
+            .await
+            .map_err(|e| PluginError::Runtime(format!("compile task failed: {e}")))?
+    }
+}
+
+fn compile(
+    engine: &Engine,
+    cache_dir: &Path,
+    name: &str,
+    path: &Path,
+) -> Result<(Component, String), PluginError> {
+    let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+        name: name.to_owned(),
+        path: path.to_owned(),
+        source,
+    })?;
+    let digest = hex::encode(Sha256::digest(&bytes));
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    let cached = cache_dir.join(format!("{digest}-{:016x}.cwasm", h.finish()));
+    if cached.exists() {
+        match load_cached(engine, &cached) {
+            Ok(c) => return Ok((c, digest)),
+            Err(e) => {
+                tracing::warn!(path = %cached.display(), error = %e, "compile cache entry unusable; recompiling")
             }
         }
-        let invalid = |message: String| PluginError::Invalid {
-            name: name.to_owned(),
-            path: path.to_owned(),
-            message,
-        };
-        let artifact = self
-            .engine
-            .precompile_component(&bytes)
-            .map_err(|e| invalid(format!("{e:#}")))?;
-        let tmp = cached.with_extension("tmp");
-        if std::fs::write(&tmp, &artifact)
-            .and_then(|_| std::fs::rename(&tmp, &cached))
-            .is_err()
-        {
-            tracing::warn!(dir = %self.cache_dir.display(), "could not write the compile cache");
-            return Component::new(&self.engine, &bytes)
-                .map(|c| (c, digest))
-                .map_err(|e| invalid(format!("{e:#}")));
-        }
-        load_cached(&self.engine, &cached)
-            .map(|c| (c, digest))
-            .map_err(|e| invalid(format!("{e:#}")))
     }
+    let invalid = |message: String| PluginError::Invalid {
+        name: name.to_owned(),
+        path: path.to_owned(),
+        message,
+    };
+    let artifact = engine
+        .precompile_component(&bytes)
+        .map_err(|e| invalid(format!("{e:#}")))?;
+    // A temp name of its own: two loads of the same file may race here.
+    let tmp = cached.with_extension(
+        format!(
+            "{}.{:?}.tmp",
+            std::process::id(),
+            std::thread::current().id()
+        )
+        .replace(['(', ')'], ""),
+    );
+    if std::fs::write(&tmp, &artifact)
+        .and_then(|_| std::fs::rename(&tmp, &cached))
+        .is_err()
+    {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!(dir = %cache_dir.display(), "could not write the compile cache");
+        return Component::new(engine, &bytes)
+            .map(|c| (c, digest))
+            .map_err(|e| invalid(format!("{e:#}")));
+    }
+    load_cached(engine, &cached)
+        .map(|c| (c, digest))
+        .map_err(|e| invalid(format!("{e:#}")))
 }
 
 /// Loads a precompiled artifact from the cache.

@@ -52,7 +52,12 @@ impl Plugins {
         for (entry, p) in &self.authorizers {
             let reloaded = match self.fresh_settings(entry) {
                 Ok(s) => p.reload_with(s).await.map_err(|e| e.to_string()),
-                Err(e) => Err(format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())),
+                Err(e) => Err(format!(
+                    "{e}: {}",
+                    std::error::Error::source(&e)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default()
+                )),
             };
             out.push(match reloaded {
                 Ok(true) => format!("{}: reloaded, now {}", entry.name, p.digest()),
@@ -104,7 +109,10 @@ impl Plugins {
 
 /// `token-key.pem` -> `token-key.pub.pem`.
 pub fn public_key_path(key: &Path) -> std::path::PathBuf {
-    let stem = key.file_stem().and_then(|s| s.to_str()).unwrap_or("token-key");
+    let stem = key
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("token-key");
     key.with_file_name(format!("{stem}.pub.pem"))
 }
 
@@ -169,9 +177,8 @@ pub async fn build(
     // The public half beside it, for other gateways' `[[auth.trusted_issuers]]`.
     let public = public_key_path(&auth.token_key);
     if std::fs::read_to_string(&public).ok().as_deref() != Some(key.public_key_pem().as_str()) {
-        std::fs::write(&public, key.public_key_pem()).map_err(|e| {
-            ServerError::Config(format!("writing {}: {e}", public.display()))
-        })?;
+        std::fs::write(&public, key.public_key_pem())
+            .map_err(|e| ServerError::Config(format!("writing {}: {e}", public.display())))?;
     }
     let mut trusted = Vec::new();
     for (issuer, path) in &auth.trusted_issuers {
