@@ -17,6 +17,7 @@ REPO_DIR="$(cd "$SCRIPT_DIR/../.." && pwd)"
 # shellcheck source=../lib.sh
 source "$SCRIPT_DIR/../lib.sh"
 
+FAILURES=()
 ROUNDS=3
 REQS=40000
 while (($#)); do
@@ -50,7 +51,7 @@ log "== 1. authorize() through the host"
 # Two Pier processes: plain, and the RBAC example with token auth.
 cp "$REPO_DIR"/deploy/examples/rbac/{pier.toml,users.htpasswd,robots.json} "$TMP/"
 sed -i "s|^path = .*pier_rbac.wasm\"|path = \"$RBAC\"|" "$TMP/pier.toml"
-PA=$(free_port); PAA=$(free_port); PB=$(free_port); PBA=$(free_port)
+free_port; PA=$FREE_PORT; free_port; PAA=$FREE_PORT; free_port; PB=$FREE_PORT; free_port; PBA=$FREE_PORT
 PIER_LOG=warn "$PIER" serve --root "$TMP/plain" --listen "127.0.0.1:$PA" --admin-listen "127.0.0.1:$PAA" 2>"$TMP/plain.log" &
 PIDS+=($!)
 PIER_LOG=warn "$PIER" serve --config "$TMP/pier.toml" --root "$TMP/auth" --listen "127.0.0.1:$PB" --admin-listen "127.0.0.1:$PBA" 2>"$TMP/auth.log" &
