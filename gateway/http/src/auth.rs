@@ -254,6 +254,52 @@ impl AccessControl {
             .map_err(AuthError::from)?)
     }
 
+    /// Checks an administrative request (admin listener): Basic credentials of an account
+    /// the authorizer allows the `admin` action. Returns the verified credentials.
+    pub async fn check_admin(
+        &self,
+        headers: &HeaderMap,
+        client: &str,
+    ) -> Result<Credentials, ApiError> {
+        let creds = match presented(headers, client) {
+            Presented::Basic(c) => c,
+            _ => {
+                return Err(ApiError::Unauthorized {
+                    challenge: "Basic realm=\"pier-admin\"".into(),
+                    message:
+                        "administrative endpoints need basic credentials of a system administrator"
+                            .into(),
+                    denied: false,
+                });
+            }
+        };
+        let subject = self
+            .authn
+            .authenticate(self.authorizer.as_ref(), &creds)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::Unauthorized {
+                challenge: "Basic realm=\"pier-admin\"".into(),
+                message: "invalid username or password".into(),
+                denied: false,
+            })?;
+        let req = AccessRequest {
+            subject,
+            action: Action::Admin,
+            repository: None,
+            client: client.to_owned(),
+        };
+        match self
+            .authorizer
+            .authorize(&req)
+            .await
+            .map_err(AuthError::from)?
+        {
+            Decision::Allow => Ok(creds),
+            Decision::Deny(reason) => Err(ApiError::Denied(reason)),
+        }
+    }
+
     /// Whether `subject` may see `repo` in the catalog.
     pub async fn may_search(
         &self,

@@ -17,6 +17,8 @@ pub struct AdminState {
     pub mirror: Option<Arc<pier_core::Mirror>>,
     pub ready: AtomicBool,
     pub plugins: Arc<crate::access::Plugins>,
+    /// When set, POST endpoints need basic credentials of a system administrator.
+    pub access: Option<Arc<pier_http::AccessControl>>,
     pub root: PathBuf,
     /// The registry listener's URL for preheating through it; `None` when it speaks TLS.
     pub registry_url: Option<String>,
@@ -24,7 +26,11 @@ pub struct AdminState {
 
 /// `POST /warm?image=NAME:TAG[&image=...][&platform=os/arch]`: pulls the images through
 /// the registry listener, as `pier warm` does, and answers with its progress lines.
-async fn warm(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn warm(
+    state: &AdminState,
+    req: &Request<Incoming>,
+    credentials: Option<pier_upstream::Credentials>,
+) -> Response<Full<Bytes>> {
     let plain = "text/plain; charset=utf-8";
     let Some(url) = state.registry_url.clone() else {
         return text(
@@ -50,7 +56,7 @@ async fn warm(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byte
         );
     }
     let mut out = String::new();
-    let result = crate::warm::run(url, platforms, images, &mut |line| {
+    let result = crate::warm::run(url, platforms, images, credentials, &mut |line| {
         out.push_str(&line);
         out.push('\n');
     })
@@ -83,8 +89,43 @@ pub async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let plain = "text/plain; charset=utf-8";
+    let mut credentials = None;
+    if req.method() == http::Method::POST
+        && let Some(ac) = &state.access
+    {
+        let client = req
+            .extensions()
+            .get::<std::net::SocketAddr>()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        match ac.check_admin(req.headers(), &client).await {
+            Ok(c) => {
+                credentials = Some(pier_upstream::Credentials {
+                    username: c.username,
+                    password: c.password,
+                })
+            }
+            Err(e) => {
+                let resp = e.into_response();
+                let (parts, _) = resp.into_parts();
+                let mut r = text(
+                    parts.status,
+                    plain,
+                    format!("{}\n", parts.status.canonical_reason().unwrap_or("refused")),
+                );
+                for (k, v) in parts
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| *k == header::WWW_AUTHENTICATE || *k == header::RETRY_AFTER)
+                {
+                    r.headers_mut().insert(k.clone(), v.clone());
+                }
+                return Ok(r);
+            }
+        }
+    }
     if req.method() == http::Method::POST && req.uri().path() == "/warm" {
-        return Ok(warm(&state, &req).await);
+        return Ok(warm(&state, &req, credentials).await);
     }
     if req.method() == http::Method::POST && req.uri().path() == "/plugins/reload" {
         let lines = state.plugins.reload_all().await;

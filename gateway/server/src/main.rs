@@ -59,6 +59,9 @@ struct WarmArgs {
         default_value = "http://127.0.0.1:5000"
     )]
     server: String,
+    /// USER:PASSWORD for a Pier with access control (token or basic auth)
+    #[arg(long, env = "PIER_WARM_CREDS")]
+    creds: Option<String>,
     /// Only these platforms of multi-platform images (os/arch[/variant]); all when omitted
     #[arg(long = "platform")]
     platforms: Vec<String>,
@@ -156,10 +159,18 @@ fn main() -> ExitCode {
         }
         Command::Warm(args) => {
             init_logging(LogFormat::Text);
+            let creds = args.creds.as_deref().map(|c| {
+                let (u, p) = c.split_once(':').unwrap_or((c, ""));
+                pier_upstream::Credentials {
+                    username: u.to_owned(),
+                    password: p.to_owned(),
+                }
+            });
             runtime.block_on(warm::run(
                 args.server,
                 args.platforms,
                 args.images,
+                creds,
                 &mut |line| println!("{line}"),
             ))
         }

@@ -87,8 +87,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::default());
     let (access, plugins) = crate::access::build(&config).await?;
     let mut state = AppState::new(registry.clone(), mirror.clone(), metrics.clone());
-    if let Some(a) = access {
-        state = state.with_access(a);
+    if let Some(a) = &access {
+        state = state.with_access(a.clone());
     }
     let state = Arc::new(state);
     let tls = config
@@ -105,6 +105,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         mirror,
         ready: AtomicBool::new(true),
         plugins: plugins.clone(),
+        access,
         root: config.root.clone(),
         registry_url: tls
             .is_none()
@@ -256,13 +257,16 @@ fn mirror(
 async fn admin_loop(listener: TcpListener, state: Arc<AdminState>) {
     let builder = hyper::server::conn::http1::Builder::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let state = state.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| admin::serve(state.clone(), req));
+            let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(peer);
+                admin::serve(state.clone(), req)
+            });
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }

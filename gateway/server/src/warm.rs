@@ -100,12 +100,13 @@ pub async fn run(
     server: String,
     platforms: Vec<String>,
     images: Vec<String>,
+    credentials: Option<pier_upstream::Credentials>,
     progress: &mut (dyn FnMut(String) + Send),
 ) -> Result<(), ServerError> {
     let client = UpstreamClient::new(UpstreamConfig {
         name: "pier".into(),
         url: server.clone(),
-        credentials: None,
+        credentials,
         timeout: std::time::Duration::from_secs(60),
         retries: 2,
     })?;

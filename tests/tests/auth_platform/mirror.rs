@@ -148,3 +148,88 @@ fn mirror_of_an_authenticated_upstream() {
     r.expect_error(502, "UNAVAILABLE", "an uncached blob with U down");
     assert!(error_message(&r).contains("cannot reach upstream"), "{r}");
 }
+
+/// An edge mirror with access control of its own: mirrored content is authorized like
+/// local content (the project of `central/team/secret` is `central`), writes into the
+/// mirror stay refused after authorization.
+#[test]
+fn an_edge_with_access_control_authorizes_mirrored_content() {
+    let u_example = RbacExample::new();
+    let u = u_example.start();
+    let admin = basic("admin", "admin-pass");
+    let secret = push_image_as(u.addr, &admin, "team/secret", "v1");
+
+    // E: the example's accounts, a private project `central` (the mirrored names) where
+    // carol is a guest, and U as upstream reached as the robot.
+    let mut e_example = RbacExample::new();
+    let mut toml = e_example.toml.clone();
+    toml.push_str(
+        "\n[[plugins.config.projects]]\nname = \"central\"\npublic = false\nmembers = { carol = \"guest\" }\n",
+    );
+    toml.push_str(&format!(
+        "\n[[upstreams]]\nname = \"central\"\nurl = \"{}\"\nusername = \"robot$ci\"\npassword = \"ci-robot-secret\"\n",
+        u.url()
+    ));
+    e_example.toml = toml;
+    let e = e_example.start();
+
+    // Anonymous: challenged with the mirrored repository's scope, and an anonymous token
+    // grants nothing on it.
+    let r = get_manifest(e.addr, "central/team/secret", "v1");
+    r.expect_error(401, "UNAUTHORIZED", "anonymous on a mirrored private name");
+    let challenge = r.header("www-authenticate").unwrap_or_default().to_owned();
+    assert!(
+        challenge.contains("scope=\"repository:central/team/secret:pull\""),
+        "{challenge}"
+    );
+    let anon = crate::support::token(e.addr, None, "repository:central/team/secret:pull");
+    let claims = crate::support::claims(&anon);
+    assert!(
+        crate::support::granted(&claims, "central/team/secret").is_empty(),
+        "{claims}"
+    );
+
+    // carol (guest of `central` on E) pulls through the mirror; bob (no role there) can't.
+    let carol = basic("carol", "carol-pass");
+    expect_content(
+        &crate::support::get_manifest_as(e.addr, &carol, "central/team/secret", "v1"),
+        &secret.manifest_digest,
+        "carol pulls a mirrored manifest",
+    );
+    expect_content(
+        &crate::support::get_blob_as(e.addr, &carol, "central/team/secret", &secret.layer_digest),
+        &secret.layer_digest,
+        "carol pulls a mirrored blob",
+    );
+    let bob = basic("bob", "bob-pass");
+    crate::support::get_manifest_as(e.addr, &bob, "central/team/secret", "v1").expect_error(
+        403,
+        "DENIED",
+        "bob has no role in central on E",
+    );
+
+    // Preheating through the admin listener needs a system administrator, and pulls with
+    // that administrator's credentials through the registry listener.
+    let warm = "/warm?image=central/team/secret:v1";
+    http::request(e.admin_addr, "POST", warm, &[], b"")
+        .expect_status(401, "POST /warm without credentials");
+    let r = http::request(
+        e.admin_addr,
+        "POST",
+        warm,
+        &[("Authorization", admin.as_str())],
+        b"",
+    );
+    r.expect_status(200, "POST /warm as admin");
+    assert!(r.text().contains("warm: 1 images"), "{r}");
+
+    // The admin may write anything, but the mirror is read-only: 405 after authorization.
+    let r = http::request(
+        e.addr,
+        "POST",
+        "/v2/central/team/secret/blobs/uploads/",
+        &[("Authorization", admin.as_str())],
+        b"",
+    );
+    r.expect_error(405, "UNSUPPORTED", "admin writing into the mirror");
+}

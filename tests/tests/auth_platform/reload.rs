@@ -136,6 +136,23 @@ fn rbac_plugin_reloads_under_load_without_failed_requests() {
 
     // 3. A configuration change through the admin endpoint: team becomes public.
     ex.team_public(true).write();
+    // The admin listener's POST endpoints need a system administrator.
+    let r = pier_e2e::http::request(pier.admin_addr, "POST", "/plugins/reload", &[], b"");
+    r.expect_status(401, "POST /plugins/reload without credentials");
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|c| c.starts_with("Basic")),
+        "{r}"
+    );
+    let bob = basic("bob", "bob-pass");
+    let r = pier_e2e::http::request(
+        pier.admin_addr,
+        "POST",
+        "/plugins/reload",
+        &[("Authorization", bob.as_str())],
+        b"",
+    );
+    r.expect_status(403, "POST /plugins/reload as a developer");
     let r = admin_reload(&pier);
     r.expect_status(200, "POST /plugins/reload");
     assert!(

@@ -248,9 +248,17 @@ pub fn metric(pier: &TestPier, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// `POST /plugins/reload` on the admin listener.
+/// `POST /plugins/reload` on the admin listener, as the example's system admin (with
+/// access control on, administrative endpoints need a system administrator).
 pub fn admin_reload(pier: &TestPier) -> Response {
-    http::request(pier.admin_addr, "POST", "/plugins/reload", &[], b"")
+    let admin = basic("admin", "admin-pass");
+    http::request(
+        pier.admin_addr,
+        "POST",
+        "/plugins/reload",
+        &[("Authorization", admin.as_str())],
+        b"",
+    )
 }
 
 /// The whole server log.
