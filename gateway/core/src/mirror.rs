@@ -37,6 +37,9 @@ pub struct UpstreamSpec {
     pub namespace: String,
     /// How long a tag is served without asking the upstream again.
     pub tag_ttl: Duration,
+    /// After the TTL, how long the cached tag is still served at once while a background
+    /// HEAD revalidates it (stale-while-revalidate); zero: revalidate before answering.
+    pub stale_while_revalidate: Duration,
     /// Docker Hub: one-component names are `library/<name>`.
     pub docker_hub: bool,
     /// Keep serving a cached tag the upstream no longer has.
@@ -159,6 +162,8 @@ pub struct Mirror {
     last_used: moka::sync::Cache<Digest, SystemTime>,
     /// Short-lived "not found upstream" answers, so repeated misses don't each ask.
     negative: moka::sync::Cache<String, ()>,
+    /// Tags with a background revalidation in flight (stale-while-revalidate).
+    revalidating: moka::sync::Cache<(RepoName, Tag), ()>,
 }
 
 /// What one eviction pass did.
@@ -196,6 +201,10 @@ impl Mirror {
             negative: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(NEGATIVE_TTL)
+                .build(),
+            revalidating: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
                 .build(),
         }
     }
@@ -432,6 +441,16 @@ impl Mirror {
             .is_some_and(|at| at.elapsed() < ttl)
     }
 
+    /// Past the TTL but within the stale-while-revalidate window.
+    fn stale_usable(&self, t: &Target, tag: &Tag) -> bool {
+        let u = self.upstream(t);
+        !u.stale_while_revalidate.is_zero()
+            && self
+                .validated
+                .get(&(t.local.clone(), tag.clone()))
+                .is_some_and(|at| at.elapsed() < u.tag_ttl + u.stale_while_revalidate)
+    }
+
     async fn manifest_by_tag(
         self: &Arc<Self>,
         t: &Target,
@@ -445,6 +464,38 @@ impl Mirror {
             bump(&self.counters.manifest_hits);
             return Ok(m.clone());
         }
+        if let Some(m) = &local
+            && self.stale_usable(t, tag)
+        {
+            bump(&self.counters.manifest_hits);
+            let key = (t.local.clone(), tag.clone());
+            if self
+                .revalidating
+                .entry(key.clone())
+                .or_insert(())
+                .is_fresh()
+            {
+                let (me, t, tag) = (self.clone(), t.clone(), tag.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = me.revalidate_tag(&t, &tag).await {
+                        tracing::warn!(repository = %t.remote, tag = %tag, error = %e, "background revalidation failed");
+                    }
+                    me.revalidating.invalidate(&key);
+                });
+            }
+            return Ok(m.clone());
+        }
+        self.revalidate_tag(t, tag).await
+    }
+
+    /// Asks the upstream about a tag (HEAD, then GET when it moved) under the tag's lock.
+    async fn revalidate_tag(
+        self: &Arc<Self>,
+        t: &Target,
+        tag: &Tag,
+    ) -> Result<Arc<ManifestContent>> {
+        let reference = Reference::Tag(tag.clone());
+        let local = self.local_manifest(t, &reference).await?;
         let _guard = self.locks.lock(format!("{}:{tag}", t.local)).await;
         let local = match self.fresh(t, tag) {
             // Another request revalidated while this one waited.
@@ -505,7 +556,11 @@ impl Mirror {
                     self.negative.insert(negative_key, ());
                     Err(unknown())
                 }
-                Some(_) => Err(unknown()),
+                Some(_) => {
+                    // Gone upstream: no stale serving of it from now on.
+                    self.validated.invalidate(&key);
+                    Err(unknown())
+                }
             },
             Err(e) => match local {
                 Some(m) => {
@@ -844,6 +899,7 @@ mod tests {
         break_after: AtomicUsize,
         blob_offsets: Mutex<Vec<u64>>,
         tag_gone: std::sync::atomic::AtomicBool,
+        manifest_heads: AtomicUsize,
         blob: Vec<u8>,
         serve_corrupt: std::sync::atomic::AtomicBool,
         blob_gets: AtomicUsize,
@@ -877,6 +933,7 @@ mod tests {
             _: &RepoName,
             r: &Reference,
         ) -> Result<ManifestHead, UpstreamError> {
+            self.manifest_heads.fetch_add(1, Ordering::SeqCst);
             let m = self.get_manifest(&"x".parse().unwrap(), r).await?;
             Ok(ManifestHead {
                 digest: Digest::of(Algorithm::Sha256, &m.bytes),
@@ -939,6 +996,16 @@ mod tests {
         tag_ttl: Duration,
         keep_deleted: bool,
     ) -> (Arc<Mirror>, Arc<FakeUpstream>, Target, Digest) {
+        setup_full(dir, blob, tag_ttl, Duration::ZERO, keep_deleted)
+    }
+
+    fn setup_full(
+        dir: &std::path::Path,
+        blob: Vec<u8>,
+        tag_ttl: Duration,
+        stale_while_revalidate: Duration,
+        keep_deleted: bool,
+    ) -> (Arc<Mirror>, Arc<FakeUpstream>, Target, Digest) {
         let store = Arc::new(FsStore::new(dir).unwrap());
         let registry = Arc::new(Registry::new(Stores::from_backend(store.clone())));
         let d = Digest::of(Algorithm::Sha256, &blob);
@@ -951,6 +1018,7 @@ mod tests {
             break_after: AtomicUsize::new(0),
             blob_offsets: Mutex::new(Vec::new()),
             tag_gone: false.into(),
+            manifest_heads: AtomicUsize::new(0),
             blob,
             serve_corrupt: false.into(),
             blob_gets: AtomicUsize::new(0),
@@ -961,6 +1029,7 @@ mod tests {
                 name: "up".into(),
                 namespace: "up.example".into(),
                 tag_ttl,
+                stale_while_revalidate,
                 docker_hub: true,
                 keep_deleted,
                 client: up.clone(),
@@ -1137,6 +1206,48 @@ mod tests {
                 Err(CoreError::ManifestUnknown(_))
             ));
         }
+    }
+
+    #[tokio::test]
+    async fn stale_while_revalidate_answers_at_once_and_refreshes_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, up, t, _) = setup_full(
+            dir.path(),
+            vec![1],
+            Duration::ZERO,
+            Duration::from_secs(60),
+            false,
+        );
+        let tag: Reference = "v1".parse().unwrap();
+        let first = m.manifest(&t, &tag).await.unwrap();
+        let heads = up.manifest_heads.load(Ordering::SeqCst);
+        // Past the TTL, inside the window: the upstream is gone, yet the cached tag is
+        // answered at once and a background HEAD asks about it.
+        up.tag_gone.store(true, Ordering::SeqCst);
+        let stale = m.manifest(&t, &tag).await.unwrap();
+        assert_eq!(stale.digest, first.digest);
+        let mut asked = false;
+        for _ in 0..100 {
+            if up.manifest_heads.load(Ordering::SeqCst) > heads {
+                asked = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(asked, "a background revalidation asked the upstream");
+        // It learnt the tag is gone: no more stale answers.
+        let mut gone = false;
+        for _ in 0..100 {
+            if matches!(
+                m.manifest(&t, &tag).await,
+                Err(CoreError::ManifestUnknown(_))
+            ) {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(gone, "a tag deleted upstream stops being served");
     }
 
     #[tokio::test]

@@ -317,6 +317,7 @@ struct FileUpstream {
     username: Option<String>,
     password: Option<String>,
     tag_ttl: Option<String>,
+    stale_while_revalidate: Option<String>,
     #[serde(default)]
     default: bool,
     #[serde(default)]
@@ -341,6 +342,8 @@ pub struct UpstreamEntry {
     pub docker_hub: bool,
     pub credentials: Option<(String, String)>,
     pub tag_ttl: Duration,
+    /// After the TTL, serve the cached tag at once while revalidating in the background.
+    pub stale_while_revalidate: Duration,
     /// Keep serving cached tags the upstream deleted.
     pub keep_deleted: bool,
 }
@@ -410,6 +413,7 @@ fn upstream_entry(
         docker_hub,
         credentials,
         tag_ttl,
+        stale_while_revalidate: Duration::ZERO,
         keep_deleted: false,
     })
 }
@@ -510,6 +514,12 @@ impl Config {
             };
             let mut entry = upstream_entry(&u.url, u.name, u.namespace, creds, ttl)?;
             entry.keep_deleted = u.keep_deleted;
+            entry.stale_while_revalidate = file_duration(
+                u.stale_while_revalidate,
+                "upstreams.stale_while_revalidate",
+                &path,
+            )?
+            .unwrap_or_default();
             if u.default {
                 file_default = true;
                 from_file.insert(0, entry);

@@ -241,6 +241,7 @@ fn mirror(
             name: u.name.clone(),
             namespace: u.namespace.clone(),
             tag_ttl: u.tag_ttl,
+            stale_while_revalidate: u.stale_while_revalidate,
             docker_hub: u.docker_hub,
             keep_deleted: u.keep_deleted,
             client: Arc::new(client),
