@@ -333,7 +333,13 @@ impl AccessControl {
                 let subject = match presented(&headers, &client) {
                     Presented::None => Subject::Anonymous,
                     Presented::Basic(c) => self.login(&c).await?,
-                    _ => return Err(bad_login(&self.challenge(&headers, conn, None, None))),
+                    _ => {
+                        return Err(ApiError::Unauthorized {
+                            challenge: String::new(),
+                            message: "the token endpoint accepts Basic credentials or none".into(),
+                            denied: false,
+                        });
+                    }
                 };
                 (subject, query, false)
             }
@@ -421,7 +427,7 @@ impl AccessControl {
             ))));
         }
         let mut requested = Vec::new();
-        for (_, s) in params.iter().filter(|(k, _)| k == "scope" && !k.is_empty()) {
+        for (_, s) in params.iter().filter(|(k, _)| k == "scope") {
             if s.is_empty() {
                 continue;
             }
@@ -546,14 +552,6 @@ impl AccessControl {
 /// The verified token of a request, for handlers.
 #[derive(Debug, Clone)]
 pub struct TokenClaims(pub Arc<Claims>);
-
-fn bad_login(_challenge: &str) -> ApiError {
-    ApiError::Unauthorized {
-        challenge: String::new(),
-        message: "the token endpoint accepts Basic credentials or none".into(),
-        denied: false,
-    }
-}
 
 /// The scope a client should ask for to make this request.
 fn scope_for(route: &Route, needs: &[(String, Action)]) -> Option<String> {

@@ -109,10 +109,11 @@ fn compile(
             }
         }
     }
+    // wasmtime's messages can span lines (byte dumps): keep them on one.
     let invalid = |message: String| PluginError::Invalid {
         name: name.to_owned(),
         path: path.to_owned(),
-        message,
+        message: message.split_whitespace().collect::<Vec<_>>().join(" "),
     };
     let artifact = engine
         .precompile_component(&bytes)
