@@ -1,0 +1,199 @@
+//! The deployment files (deploy/) only use what the binary has: every `pier` flag they
+//! pass is one `pier serve` accepts, every config they ship starts a real `pier serve`,
+//! the ports they publish are the ones that config listens on, and the probe paths answer.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pier_e2e::{TestPier, http, pier_bin};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+}
+
+/// `--flag` words of a command line (`--flag=value` counts as `--flag`).
+fn flags(words: &str) -> Vec<String> {
+    words
+        .split(|c: char| c.is_whitespace() || matches!(c, '"' | ',' | '[' | ']'))
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(|w| w.split('=').next().unwrap_or(w).to_owned())
+        .collect()
+}
+
+fn serve_help() -> String {
+    let out = Command::new(pier_bin())
+        .args(["serve", "--help"])
+        .output()
+        .expect("run pier serve --help");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `pier ...` command lines in the deployment files, with where they come from.
+fn command_lines() -> Vec<(&'static str, String)> {
+    let docker = read("deploy/container/Dockerfile");
+    let unit = read("deploy/systemd/pier.service");
+    let ds = read("deploy/kubernetes/edge/daemonset.yaml");
+    let mut out = Vec::new();
+    for l in docker
+        .lines()
+        .filter(|l| l.starts_with("CMD ") || l.starts_with("ENTRYPOINT "))
+    {
+        out.push(("Dockerfile", l.to_owned()));
+    }
+    for l in unit.lines().filter(|l| l.starts_with("ExecStart=")) {
+        out.push(("pier.service", l.to_owned()));
+    }
+    for l in ds.lines().filter(|l| l.trim_start().starts_with("args:")) {
+        out.push(("daemonset.yaml", l.to_owned()));
+    }
+    assert!(out.len() >= 4, "found the command lines: {out:?}");
+    out
+}
+
+#[test]
+fn every_flag_the_deployment_files_pass_exists() {
+    let help = serve_help();
+    for (file, line) in command_lines() {
+        if line.starts_with("ENTRYPOINT") {
+            // The image runs the binary it copies in.
+            let docker = read("deploy/container/Dockerfile");
+            assert!(line.contains("\"/usr/local/bin/pier\""), "{line}");
+            assert!(
+                docker.contains("/src/target/release/pier /usr/local/bin/pier"),
+                "COPY of pier"
+            );
+            continue;
+        }
+        let f = flags(&line);
+        assert!(!f.is_empty(), "{file}: no flags in {line}");
+        for flag in f {
+            assert!(
+                help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+                "{file} passes {flag}, which `pier serve --help` doesn't list:\n{line}"
+            );
+        }
+        assert!(
+            line.contains("serve"),
+            "{file}: the command is `pier serve`: {line}"
+        );
+    }
+}
+
+/// The TOML under `pier.toml: |` in a ConfigMap.
+fn configmap_toml(yaml: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for l in yaml.lines() {
+        if l.trim_end().ends_with("pier.toml: |") {
+            inside = true;
+            continue;
+        }
+        if inside {
+            if !l.is_empty() && !l.starts_with("    ") {
+                break;
+            }
+            out.push_str(l.strip_prefix("    ").unwrap_or(l));
+            out.push('\n');
+        }
+    }
+    assert!(!out.trim().is_empty(), "pier.toml in the ConfigMap");
+    out
+}
+
+fn toml_port(toml: &str, key: &str) -> u16 {
+    let line = toml
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{key} =")))
+        .unwrap_or_else(|| panic!("{key} in\n{toml}"));
+    line.rsplit(':')
+        .next()
+        .and_then(|p| p.trim().trim_matches('"').parse().ok())
+        .unwrap_or_else(|| panic!("a port in {line}"))
+}
+
+/// Starts `pier serve` on a shipped config (listening on free loopback ports instead of
+/// the config's) and checks the probe paths.
+fn serves(config_text: &str, what: &str) -> TestPier {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pier.toml");
+    std::fs::write(&cfg, config_text).unwrap();
+    let pier = TestPier::builder().arg("--config").arg(&cfg).start();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = http::get(pier.admin_addr, path);
+        r.expect_status(200, &format!("{what}: GET {path} on the admin listener"));
+    }
+    http::get(pier.addr, "/v2/").expect_status(200, &format!("{what}: GET /v2/"));
+    pier
+}
+
+#[test]
+fn the_edge_configmap_starts_pier_and_its_ports_and_probes_match() {
+    let ds = read("deploy/kubernetes/edge/daemonset.yaml");
+    let toml = configmap_toml(&read("deploy/kubernetes/edge/configmap.yaml"));
+    // Ports the pod publishes are the ones the config listens on.
+    let registry = toml_port(&toml, "listen");
+    let admin = toml_port(&toml, "admin_listen");
+    assert!(
+        ds.contains(&format!("name: registry, containerPort: {registry}")),
+        "{ds}"
+    );
+    assert!(
+        ds.contains(&format!("name: admin, containerPort: {admin}")),
+        "{ds}"
+    );
+    // The config mount and the --config path agree.
+    assert!(
+        ds.contains("mountPath: /etc/pier,")
+            && ds.contains("\"--config\", \"/etc/pier/pier.toml\"")
+    );
+    // Probe paths are admin paths that answer.
+    for probe in ["path: /readyz, port: admin", "path: /healthz, port: admin"] {
+        assert!(ds.contains(probe), "daemonset probes {probe}");
+    }
+    let pier = serves(&toml, "edge ConfigMap");
+    // It really mirrors: the upstream is configured (unreachable from here, so a 502).
+    let r = http::get(pier.addr, "/v2/library/alpine/manifests/latest");
+    assert!(
+        r.status == 502 || r.status == 504,
+        "mirrored name goes upstream: {r}"
+    );
+}
+
+#[test]
+fn the_systemd_config_and_the_image_defaults_start_pier() {
+    serves(&read("deploy/systemd/pier.toml"), "systemd pier.toml");
+    // The image's CMD ports are the ones it EXPOSEs.
+    let docker = read("deploy/container/Dockerfile");
+    let expose = docker
+        .lines()
+        .find(|l| l.starts_with("EXPOSE "))
+        .expect("EXPOSE");
+    let cmd = docker.lines().find(|l| l.starts_with("CMD ")).expect("CMD");
+    for port in expose.split_whitespace().skip(1) {
+        assert!(
+            cmd.contains(&format!(":{port}\"")),
+            "CMD listens on {port}: {cmd}"
+        );
+    }
+    // The plugins the image copies are the ones the plugins workspace builds.
+    let built = pier_e2e::plugins::build();
+    for (name, path) in [
+        ("pier_rbac.wasm", &built.rbac),
+        ("pier_template.wasm", &built.template),
+    ] {
+        assert!(
+            docker.contains(&format!("release/{name}")),
+            "Dockerfile copies {name}"
+        );
+        assert!(
+            path.ends_with(name),
+            "{} is what the build produces",
+            path.display()
+        );
+    }
+}
