@@ -8,6 +8,7 @@ mod digest;
 mod error;
 mod manifest;
 mod name;
+mod resumable;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::ErrorCode;
@@ -15,3 +16,4 @@ pub use manifest::{
     Descriptor, MAX_MANIFEST_SIZE, Manifest, ManifestError, ManifestKind, media_types,
 };
 pub use name::{NameError, Reference, RepoName, Tag};
+pub use resumable::{ResumableHasher, StateError};

@@ -20,6 +20,8 @@ use pier_oci::{Digest, RepoName, Tag};
 
 pub mod fs;
 pub mod paths;
+#[cfg(feature = "s3")]
+pub mod s3;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
