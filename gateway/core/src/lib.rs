@@ -5,11 +5,13 @@
 
 mod error;
 pub mod gc;
+pub mod lease;
 pub mod mirror;
 mod page;
 mod registry;
 
 pub use error::{CoreError, Result};
+pub use lease::{Leases, MemoryLeases};
 pub use mirror::{Mirror, MirrorBlob, MirrorConfig, Target, UpstreamSpec};
 pub use page::{Page, paginate};
 pub use registry::{ManifestContent, PutManifest, Registry, Stores};

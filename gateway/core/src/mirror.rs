@@ -25,6 +25,10 @@ use crate::{CoreError, Registry, Result};
 const MAX_RESUMES: u32 = 5;
 /// Largest read handed to a client of a fill at a time.
 const FOLLOW_CHUNK: u64 = 256 * 1024;
+/// Lifetime of a cross-node fill lease; renewed every third of it while the fill runs.
+const FILL_LEASE_TTL: Duration = Duration::from_secs(15);
+/// How long a node waits for another node's fill to land in the shared store.
+const FILL_WAIT_MAX: Duration = Duration::from_secs(600);
 /// How long "the upstream does not have it" is remembered.
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
@@ -164,6 +168,8 @@ pub struct Mirror {
     negative: moka::sync::Cache<String, ()>,
     /// Tags with a background revalidation in flight (stale-while-revalidate).
     revalidating: moka::sync::Cache<(RepoName, Tag), ()>,
+    /// Cross-node fill leases, when nodes share blob storage.
+    leases: Option<Arc<dyn crate::Leases>>,
 }
 
 /// What one eviction pass did.
@@ -206,6 +212,58 @@ impl Mirror {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(60))
                 .build(),
+            leases: None,
+        }
+    }
+
+    /// Coordinates fills with other nodes sharing the blob store: one node fetches a
+    /// cold blob from the upstream, the others wait for it to land in the shared store.
+    pub fn with_leases(mut self, leases: Arc<dyn crate::Leases>) -> Mirror {
+        self.leases = Some(leases);
+        self
+    }
+
+    /// Takes the cross-node lease for a fill of `digest`, or waits until another node's
+    /// fill has stored it. `Ok(true)`: this node fetches (and must release the lease);
+    /// `Ok(false)`: the blob is in the store now. Without leases, or when the lease
+    /// service fails, this node fetches (availability over deduplication).
+    async fn lease_or_wait(&self, digest: &Digest) -> Result<bool> {
+        let Some(leases) = &self.leases else {
+            return Ok(true);
+        };
+        let name = format!("fill {digest}");
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match leases.try_acquire(&name, FILL_LEASE_TTL).await {
+                Ok(true) => {
+                    // Stored by another node between our stat and the lease?
+                    if self.registry.stores().blobs.stat(digest).await?.is_some() {
+                        let _ = leases.release(&name).await;
+                        return Ok(false);
+                    }
+                    return Ok(true);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(digest = %digest, error = %e, "fill lease unavailable; fetching without cross-node coordination");
+                    return Ok(true);
+                }
+            }
+            if start.elapsed() == Duration::ZERO {
+                bump(&self.counters.blob_coalesced);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+            if self.registry.stores().blobs.stat(digest).await?.is_some() {
+                bump(&self.counters.blob_coalesced);
+                return Ok(false);
+            }
+            if start.elapsed() > FILL_WAIT_MAX {
+                return Err(CoreError::Upstream(UpstreamError::Protocol(format!(
+                    "another node's fetch of {digest} did not finish within {FILL_WAIT_MAX:?}"
+                ))));
+            }
         }
     }
 
@@ -750,14 +808,24 @@ impl Mirror {
         if self.negative.contains_key(&key) {
             return Err(CoreError::BlobUnknown(digest.clone()));
         }
-        let fetched = self
-            .upstream(t)
-            .client
-            .get_blob(&t.remote, digest, 0)
-            .await
-            .map_err(|e| self.remember(key, e, || CoreError::BlobUnknown(digest.clone())))?;
+        if !self.lease_or_wait(digest).await? {
+            return Ok(None);
+        }
+        let fetched = match self.upstream(t).client.get_blob(&t.remote, digest, 0).await {
+            Ok(f) => f,
+            Err(e) => {
+                self.release_lease(digest).await;
+                return Err(self.remember(key, e, || CoreError::BlobUnknown(digest.clone())));
+            }
+        };
         bump(&self.counters.blob_misses);
-        let ingest = self.ingest.begin_ingest(&t.local, digest).await?;
+        let ingest = match self.ingest.begin_ingest(&t.local, digest).await {
+            Ok(i) => i,
+            Err(e) => {
+                self.release_lease(digest).await;
+                return Err(e.into());
+            }
+        };
         let (tx, rx) = watch::channel(Progress::default());
         let fill = Arc::new(Fill {
             reader: ingest.reader(),
@@ -776,6 +844,14 @@ impl Mirror {
         Ok(Some(fill))
     }
 
+    async fn release_lease(&self, digest: &Digest) {
+        if let Some(l) = &self.leases
+            && let Err(e) = l.release(&format!("fill {digest}")).await
+        {
+            tracing::warn!(digest = %digest, error = %e, "releasing the fill lease failed; it expires by itself");
+        }
+    }
+
     async fn run_fill(
         self: Arc<Self>,
         t: Target,
@@ -785,6 +861,17 @@ impl Mirror {
         tx: watch::Sender<Progress>,
     ) {
         let client = self.upstream(&t).client.clone();
+        let renewer = self.leases.clone().map(|leases| {
+            let name = format!("fill {digest}");
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(FILL_LEASE_TTL / 3).await;
+                    if !matches!(leases.renew(&name, FILL_LEASE_TTL).await, Ok(true)) {
+                        tracing::warn!(lease = %name, "fill lease lost; another node may fetch the blob too");
+                    }
+                }
+            })
+        });
         let mut stream = first.stream;
         let mut resumes = 0;
         let transferred: std::result::Result<(), String> = loop {
@@ -828,6 +915,10 @@ impl Mirror {
                 tracing::error!(digest = %digest, error = %e, "blob fetch from upstream failed; nothing cached")
             }
         }
+        if let Some(r) = renewer {
+            r.abort();
+        }
+        self.release_lease(&digest).await;
         self.fills.lock().expect("fills poisoned").remove(&digest);
         tx.send_modify(|p| p.done = Some(outcome.map_err(Arc::from)));
     }
@@ -891,6 +982,7 @@ mod tests {
     use pier_upstream::ManifestHead;
 
     use super::*;
+    use crate::Leases as _;
     use crate::Stores;
 
     /// An in-process upstream: serves fixed content slowly, counts blob GETs.
@@ -1206,6 +1298,79 @@ mod tests {
                 Err(CoreError::ManifestUnknown(_))
             ));
         }
+    }
+
+    /// Two "nodes" (two mirrors) over one shared store and one lease table: concurrent
+    /// cold requests on both make exactly one upstream fetch, and both serve the bytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nodes_sharing_a_store_fetch_a_cold_blob_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (a, up, t, d) = setup(dir.path(), blob.clone());
+        let leases = crate::MemoryLeases::default();
+        // Node B: its own Mirror (own in-process coalescing) on the same directory and
+        // upstream, sharing the lease table with node A.
+        let store = Arc::new(FsStore::new(dir.path()).unwrap());
+        let registry = Arc::new(Registry::new(Stores::from_backend(store.clone())));
+        let config = MirrorConfig {
+            upstreams: vec![UpstreamSpec {
+                name: "up".into(),
+                namespace: "up.example".into(),
+                tag_ttl: Duration::from_secs(60),
+                stale_while_revalidate: Duration::ZERO,
+                docker_hub: true,
+                keep_deleted: false,
+                client: up.clone(),
+            }],
+            default: Some(0),
+            local_namespaces: vec![],
+        };
+        let b = Arc::new(
+            Mirror::new(registry, store, config).with_leases(Arc::new(leases.for_owner("b"))),
+        );
+        // Node A gets leases too (rebuild it on the same parts).
+        let a = Arc::new(
+            Mirror::new(
+                a.registry.clone(),
+                a.ingest.clone(),
+                MirrorConfig {
+                    upstreams: vec![UpstreamSpec {
+                        name: "up".into(),
+                        namespace: "up.example".into(),
+                        tag_ttl: Duration::from_secs(60),
+                        stale_while_revalidate: Duration::ZERO,
+                        docker_hub: true,
+                        keep_deleted: false,
+                        client: up.clone(),
+                    }],
+                    default: Some(0),
+                    local_namespaces: vec![],
+                },
+            )
+            .with_leases(Arc::new(leases.for_owner("a"))),
+        );
+        let mut tasks = Vec::new();
+        for i in 0..12 {
+            let node = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let (t, d) = (t.clone(), d.clone());
+            tasks.push(tokio::spawn(async move {
+                read_all(node.blob(&t, &d, None).await.unwrap())
+                    .await
+                    .unwrap()
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), blob);
+        }
+        assert_eq!(
+            up.blob_gets.load(Ordering::SeqCst),
+            1,
+            "one upstream fetch across both nodes"
+        );
+        assert!(
+            !leases.held(&format!("fill {d}")).await.unwrap(),
+            "the lease was released"
+        );
     }
 
     #[tokio::test]
