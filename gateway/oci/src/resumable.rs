@@ -85,14 +85,14 @@ impl ResumableHasher {
             State::Sha256(h) => {
                 let b: Vec<GenericArray<u8, _>> = blocks
                     .chunks_exact(64)
-                    .map(|c| GenericArray::clone_from_slice(c))
+                    .map(GenericArray::clone_from_slice)
                     .collect();
                 sha2::compress256(h, &b);
             }
             State::Sha512(h) => {
                 let b: Vec<GenericArray<u8, _>> = blocks
                     .chunks_exact(128)
-                    .map(|c| GenericArray::clone_from_slice(c))
+                    .map(GenericArray::clone_from_slice)
                     .collect();
                 sha2::compress512(h, &b);
             }
