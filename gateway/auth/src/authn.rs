@@ -16,6 +16,9 @@ use crate::token::Claims;
 use crate::users::UserFile;
 use crate::{AuthError, AuthnOutcome, Authorizer, Credentials, Identity, Subject};
 
+/// A bcrypt hash (cost 10) checked for unknown user names.
+pub(crate) const DUMMY_HASH: &str = "$2y$10$nTe9qnwAmGcNgQirxk/d1uJY9w2FgtHZjnftQOzjHd65dc1TUsbq2";
+
 /// How long a verified password is remembered.
 pub const REMEMBER: Duration = Duration::from_secs(60);
 
@@ -95,7 +98,16 @@ impl Authenticator {
         } else {
             match policy.authenticate(creds).await? {
                 AuthnOutcome::Verified(id) => Some(Subject::User(id)),
-                AuthnOutcome::Invalid | AuthnOutcome::NotHandled => None,
+                AuthnOutcome::Invalid | AuthnOutcome::NotHandled => {
+                    // Spend a bcrypt check anyway, so an unknown name answers as slowly
+                    // as a wrong password (no user enumeration by timing).
+                    let pw = creds.password.clone();
+                    blocking(move || {
+                        let _ = bcrypt::verify(pw, DUMMY_HASH);
+                    })
+                    .await?;
+                    None
+                }
             }
         };
         if let Some(s) = &subject {

@@ -126,7 +126,11 @@ impl RobotFile {
 
     /// Checks a robot's secret (bcrypt: call it off the async runtime).
     pub fn verify(&self, name: &str, secret: &str) -> Option<Robot> {
-        let r = self.get(name)?;
+        let Some(r) = self.get(name) else {
+            // As slow as a wrong secret: no enumeration of robot names by timing.
+            let _ = bcrypt::verify(secret, crate::authn::DUMMY_HASH);
+            return None;
+        };
         bcrypt::verify(secret, &r.secret_hash)
             .unwrap_or(false)
             .then(|| r.robot())
