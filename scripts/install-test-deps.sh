@@ -11,6 +11,9 @@ ORAS_VERSION="${ORAS_VERSION:-0.2.43}"
 APT_PACKAGES=(
     skopeo podman docker.io containerd docker-registry nginx wrk apache2-utils
     python3-venv openssl curl ca-certificates slapd ldap-utils
+    # pier-cluster tests: standalone, Sentinel (`redis-server CONF --sentinel`, same binary)
+    # and Cluster (`redis-cli --cluster create`, from redis-tools, a dependency).
+    redis-server
 )
 
 log() { printf 'install-test-deps: %s\n' "$*" >&2; }
@@ -29,7 +32,8 @@ if ((${#missing[@]} > 0)); then
     export DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a
     # The tests start their own daemons on loopback ports: keep the packages' init
     # scripts from starting system-wide ones (dockerd would then share a system
-    # containerd) while apt runs, if no policy is in place already.
+    # containerd; redis-server would take port 6379) while apt runs, if no policy is in
+    # place already.
     POLICY=/usr/sbin/policy-rc.d
     if [[ ! -e $POLICY ]]; then
         printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" >/dev/null
@@ -53,6 +57,47 @@ if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import oras.client' 2
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check "oras==$ORAS_VERSION"
 else
     log "venv $VENV present"
+fi
+
+# S3 tests (gateway/storage/tests/s3.rs): s3s-fs, a small S3 server that checks SigV4
+# signatures, built once from crates.io (0.14.1: later releases need rustc 1.96; about 6
+# minutes). One patch: s3s-fs keeps each object's metadata in a file named after the
+# base64 of the whole key, so keys longer than about 165 bytes fail with InternalError
+# (the file name passes 255 bytes). Distribution's layout has such keys (sha512 blobs,
+# referrer links, long repository names and tags; S3 itself allows 1024 bytes), so long
+# names are replaced by an MD5 of the key. The marker file records the patched build.
+S3S_FS_VERSION="${S3S_FS_VERSION:-0.14.1}"
+S3S_FS_ROOT="$PIER_CACHE/s3s-fs"
+S3S_FS_MARKER="$S3S_FS_ROOT/long-keys-patch"
+if [[ ! -x $S3S_FS_ROOT/bin/s3s-fs || ! -f $S3S_FS_MARKER ]]; then
+    if ! command -v cargo >/dev/null 2>&1; then
+        log "cargo not found: cannot build s3s-fs for the S3 tests"
+        exit 1
+    fi
+    log "building s3s-fs $S3S_FS_VERSION into $S3S_FS_ROOT (a few minutes, once)"
+    work="$(mktemp -d)"
+    # Fetch the published source with cargo itself: a throwaway package depending on it.
+    mkdir -p "$work/fetch/src"
+    printf '[package]\nname = "fetch-s3s-fs"\nversion = "0.0.0"\nedition = "2021"\n\n[dependencies]\ns3s-fs = "=%s"\n' \
+        "$S3S_FS_VERSION" >"$work/fetch/Cargo.toml"
+    : >"$work/fetch/src/lib.rs"
+    src_dir="$(cd "$work/fetch" && cargo metadata --format-version 1 2>/dev/null |
+        "$PY" -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "s3s-fs"))')"
+    cp -r "$(dirname "$src_dir")" "$work/s3s-fs"
+    fs_rs="$work/s3s-fs/src/fs.rs"
+    old='let encode = |s: \&str| base64_simd::URL_SAFE_NO_PAD.encode_to_string(s);'
+    new='let encode = |s: \&str| { let e = base64_simd::URL_SAFE_NO_PAD.encode_to_string(s); if e.len() <= 120 { e } else { let mut h = Md5::new(); h.update(s.as_bytes()); format!("md5-{}", hex(h.finalize())) } };'
+    sed -i "s/$old/$new/" "$fs_rs"
+    if [[ $(grep -c 'format!("md5-{}"' "$fs_rs") -ne 2 ]]; then
+        log "the s3s-fs long-key patch did not apply to $fs_rs"
+        exit 1
+    fi
+    rm -rf "$S3S_FS_ROOT"
+    cargo install --path "$work/s3s-fs" --features binary --locked --root "$S3S_FS_ROOT"
+    echo "s3s-fs $S3S_FS_VERSION, metadata file names of long keys hashed" >"$S3S_FS_MARKER"
+    rm -rf "$work"
+else
+    log "s3s-fs present in $S3S_FS_ROOT"
 fi
 
 # Plugins: the wasm target for the guest plugins the tests build (plugins/, wasm32-wasip2).

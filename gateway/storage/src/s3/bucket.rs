@@ -10,15 +10,12 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream as S3Body;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::paths::Layout;
 use crate::{ByteStream, Result, StorageError};
-
-/// DeleteObjects takes at most this many keys.
-const DELETE_BATCH: usize = 1000;
 
 /// One part of a multipart upload, as CompleteMultipartUpload needs it back.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -67,7 +64,12 @@ pub(crate) fn is_not_found<E>(e: &SdkError<E, HttpResponse>) -> bool {
 
 impl Bucket {
     /// The error for a failed call on `key`: the SDK's whole error chain, flattened.
-    pub(crate) fn err<E>(&self, op: &'static str, key: &str, e: SdkError<E, HttpResponse>) -> StorageError
+    pub(crate) fn err<E>(
+        &self,
+        op: &'static str,
+        key: &str,
+        e: SdkError<E, HttpResponse>,
+    ) -> StorageError
     where
         E: std::error::Error + Send + Sync + 'static,
     {
@@ -80,8 +82,31 @@ impl Bucket {
 
     /// Size of the object, if there.
     pub(crate) async fn head(&self, key: &str) -> Result<Option<u64>> {
-        match self.client.head_object().bucket(&self.name).key(key).send().await {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.err("stat", key, e)),
+        }
+    }
+
+    /// The object's ETag, if there: changes whenever the object is written.
+    pub(crate) async fn etag(&self, key: &str) -> Result<Option<String>> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_owned())),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(self.err("stat", key, e)),
         }
@@ -93,20 +118,23 @@ impl Bucket {
 
     /// The whole object, if there. For small objects (links, session state).
     pub(crate) async fn get_small(&self, key: &str) -> Result<Option<Bytes>> {
-        let out = match self.client.get_object().bucket(&self.name).key(key).send().await {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(out) => out,
             Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => return Err(self.err("read", key, e)),
         };
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StorageError::Io {
-                op: "read",
-                path: PathBuf::from(format!("s3://{}/{key}", self.name)),
-                source: io::Error::other(e),
-            })?;
+        let data = out.body.collect().await.map_err(|e| StorageError::Io {
+            op: "read",
+            path: PathBuf::from(format!("s3://{}/{key}", self.name)),
+            source: io::Error::other(e),
+        })?;
         Ok(Some(data.into_bytes()))
     }
 
@@ -135,58 +163,6 @@ impl Bucket {
             .await
             .map_err(|e| self.err("remove", key, e))?;
         Ok(())
-    }
-
-    /// Removes objects in batches; missing keys are not an error.
-    pub(crate) async fn delete_many(&self, keys: Vec<String>) -> Result<()> {
-        for batch in keys.chunks(DELETE_BATCH) {
-            if let [one] = batch {
-                self.delete(one).await?;
-                continue;
-            }
-            let objects = batch
-                .iter()
-                .map(|k| ObjectIdentifier::builder().key(k).build())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| self.build_err(&batch[0], e))?;
-            let delete = Delete::builder()
-                .set_objects(Some(objects))
-                .quiet(true)
-                .build()
-                .map_err(|e| self.build_err(&batch[0], e))?;
-            let out = self
-                .client
-                .delete_objects()
-                .bucket(&self.name)
-                .delete(delete)
-                .send()
-                .await
-                .map_err(|e| self.err("remove", &batch[0], e))?;
-            if let Some(failed) = out.errors().first() {
-                return Err(StorageError::Io {
-                    op: "remove",
-                    path: PathBuf::from(format!(
-                        "s3://{}/{}",
-                        self.name,
-                        failed.key().unwrap_or_default()
-                    )),
-                    source: io::Error::other(format!(
-                        "{}: {}",
-                        failed.code().unwrap_or("error"),
-                        failed.message().unwrap_or_default()
-                    )),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    fn build_err(&self, key: &str, e: aws_sdk_s3::error::BuildError) -> StorageError {
-        StorageError::Io {
-            op: "build request",
-            path: PathBuf::from(format!("s3://{}/{key}", self.name)),
-            source: io::Error::other(e),
-        }
     }
 
     /// Every object under `prefix` (and, with `delimiter`, the common prefixes one level
@@ -268,11 +244,13 @@ impl Bucket {
             .send()
             .await
             .map_err(|e| self.err("start multipart upload", key, e))?;
-        out.upload_id().map(str::to_owned).ok_or_else(|| StorageError::Io {
-            op: "start multipart upload",
-            path: PathBuf::from(format!("s3://{}/{key}", self.name)),
-            source: io::Error::other("the server returned no upload id"),
-        })
+        out.upload_id()
+            .map(str::to_owned)
+            .ok_or_else(|| StorageError::Io {
+                op: "start multipart upload",
+                path: PathBuf::from(format!("s3://{}/{key}", self.name)),
+                source: io::Error::other("the server returned no upload id"),
+            })
     }
 
     pub(crate) async fn upload_part(

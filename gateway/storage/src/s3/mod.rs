@@ -9,20 +9,22 @@
 //!
 //! Visibility: a blob's `data` key only ever appears whole and verified. Small content is
 //! written with one PutObject after its digest was checked; upload sessions are verified
-//! before they are copied into place (see [`uploads`]); mirror fills write a multipart
-//! upload straight to the blob's key and complete it only once the digest matched (see
-//! [`ingest`]). S3 writes of one key are atomic, so concurrent writers of the same
+//! before they are copied into place (module `uploads`); mirror fills write a multipart
+//! upload straight to the blob's key and complete it only once the digest matched (module
+//! `ingest`). S3 writes of one key are atomic, so concurrent writers of the same
 //! (content-addressed) blob are harmless.
 //!
-//! Keys this backend adds to the layout (upload sessions only):
+//! Upload sessions use distribution's keys plus one (module `uploads`):
 //! ```text
 //! repositories/<name>/_uploads/<id>/startedat   RFC 3339 start time (as distribution)
 //! repositories/<name>/_uploads/<id>/data        multipart upload target, completed at commit
-//! repositories/<name>/_uploads/<id>/pierstate   session state: parts, S3 upload id, and the
-//!                                               bytes not yet sent as a part (see uploads)
+//! repositories/<name>/_uploads/<id>/pierstate   Pier's: S3 upload id, parts, running hash
+//!                                               state, and the bytes not yet sent as a part
 //! ```
 //!
-//! Not done (yet): reads answered with presigned URLs ([`crate::BlobRead::Redirect`]);
+//! Not done (yet): reads answered with presigned URLs ([`crate::BlobRead::Redirect`]: the
+//! core reads manifests through the same `read` and takes a redirect for "unknown", so
+//! this needs the caller to say when a redirect is welcome);
 //! bumping a blob's modification time when it is linked again (S3 cannot touch an object
 //! without rewriting it, so garbage collection must use its own grace period); finding
 //! multipart uploads orphaned by a crash (s3s-fs has no ListMultipartUploads): configure
@@ -56,6 +58,8 @@ pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
 /// Part size of a multipart (UploadPartCopy) copy of a larger object.
 const COPY_PART: u64 = 1024 * 1024 * 1024;
+/// Concurrent DeleteObject requests when a directory is removed.
+const DELETE_CONCURRENCY: usize = 8;
 /// Reads up to this size are answered with the bytes, larger ones with a stream.
 const SMALL_BLOB: u64 = 2 * 1024 * 1024;
 
@@ -126,7 +130,10 @@ impl std::fmt::Debug for S3Config {
             .field("bucket", &self.bucket)
             .field("prefix", &self.prefix)
             .field("access_key", &self.access_key)
-            .field("secret_key", &self.secret_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "secret_key",
+                &self.secret_key.as_ref().map(|_| "<redacted>"),
+            )
             .field("force_path_style", &self.force_path_style)
             .field("part_size", &self.part_size)
             .field("spool_dir", &self.spool_dir)
@@ -135,7 +142,8 @@ impl std::fmt::Debug for S3Config {
 }
 
 /// In-memory state of upload sessions this process works on, by (repository, id).
-type Sessions = Mutex<HashMap<(RepoName, UploadId), Arc<tokio::sync::Mutex<Option<uploads::Session>>>>>;
+type Sessions =
+    Mutex<HashMap<(RepoName, UploadId), Arc<tokio::sync::Mutex<Option<uploads::Session>>>>>;
 
 /// The S3 store. Implements every storage role.
 pub struct S3Store {
@@ -159,6 +167,10 @@ fn config_err(msg: impl Into<String>) -> StorageError {
 impl S3Store {
     /// Builds the client from `config`. Makes no request: see [`S3Store::check`].
     pub async fn connect(config: S3Config) -> Result<S3Store> {
+        use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https();
         let mut builder = match (&config.access_key, &config.secret_key) {
             (Some(ak), Some(sk)) => aws_sdk_s3::Config::builder()
                 .behavior_version(BehaviorVersion::latest())
@@ -166,6 +178,7 @@ impl S3Store {
             (None, None) => {
                 let shared = aws_config::defaults(BehaviorVersion::latest())
                     .region(Region::new(config.region.clone()))
+                    .http_client(http.clone())
                     .load()
                     .await;
                 aws_sdk_s3::config::Builder::from(&shared)
@@ -173,6 +186,7 @@ impl S3Store {
             _ => return Err(config_err("access_key and secret_key go together")),
         };
         builder = builder
+            .http_client(http)
             .region(Region::new(config.region.clone()))
             .force_path_style(config.force_path_style)
             // Digests are verified by Pier; CRC checksums on every part cost CPU and are not
@@ -235,6 +249,15 @@ impl S3Store {
         &self.bucket.layout
     }
 
+    /// The SDK client (for what the roles do not cover, such as creating the bucket).
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.bucket.client
+    }
+
+    pub fn bucket_name(&self) -> &str {
+        &self.bucket.name
+    }
+
     /// Lowers the size above which a committed upload is copied into place part by part,
     /// and that of the parts (tests use it to exercise the > 5 GiB path).
     #[doc(hidden)]
@@ -280,8 +303,8 @@ impl S3Store {
             .await
     }
 
-    /// Removes a link; false if it was not there.
-    async fn remove_link(&self, path: &Path) -> Result<bool> {
+    /// Removes one object; false if it was not there.
+    async fn remove_key(&self, path: &Path) -> Result<bool> {
         let k = key(path);
         if !self.bucket.exists(&k).await? {
             return Ok(false);
@@ -297,10 +320,22 @@ impl S3Store {
         if objects.is_empty() {
             return Ok(false);
         }
-        self.bucket
-            .delete_many(objects.into_iter().map(|o| o.key).collect())
+        self.delete_keys(objects.into_iter().map(|o| o.key).collect())
             .await?;
         Ok(true)
+    }
+
+    /// Removes keys with concurrent DeleteObject calls (DeleteObjects would save requests,
+    /// but needs a Content-MD5 or checksum header that not every S3-compatible server takes).
+    async fn delete_keys(&self, keys: Vec<String>) -> Result<()> {
+        use futures_util::StreamExt;
+        let bucket = &self.bucket;
+        let results: Vec<Result<()>> = futures_util::stream::iter(keys)
+            .map(|k| async move { bucket.delete(&k).await })
+            .buffer_unordered(DELETE_CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().collect()
     }
 
     /// Walks `repositories/` one level at a time (ListObjectsV2 with a delimiter), as
@@ -425,7 +460,7 @@ impl BlobStore for S3Store {
     }
 
     async fn delete(&self, digest: &Digest) -> Result<bool> {
-        self.remove_link(&self.bucket.layout.blob_data(digest)).await
+        self.remove_key(&self.bucket.layout.blob_data(digest)).await
     }
 
     async fn list(&self) -> Result<Vec<BlobEntry>> {
@@ -473,7 +508,7 @@ impl RepoStore for S3Store {
     }
 
     async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        self.remove_link(&self.bucket.layout.layer_link(repo, digest))
+        self.remove_key(&self.bucket.layout.layer_link(repo, digest))
             .await
     }
 
@@ -497,7 +532,7 @@ impl ManifestStore for S3Store {
     }
 
     async fn unlink_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        self.remove_link(&self.bucket.layout.revision_link(repo, digest))
+        self.remove_key(&self.bucket.layout.revision_link(repo, digest))
             .await
     }
 
@@ -562,7 +597,7 @@ impl ManifestStore for S3Store {
         subject: &Digest,
         referrer: &Digest,
     ) -> Result<()> {
-        self.remove_link(&self.bucket.layout.referrer_link(repo, subject, referrer))
+        self.remove_key(&self.bucket.layout.referrer_link(repo, subject, referrer))
             .await
             .map(drop)
     }
