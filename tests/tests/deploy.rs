@@ -38,7 +38,11 @@ fn command_lines() -> Vec<(&'static str, String)> {
     let docker = read("deploy/container/Dockerfile");
     let unit = read("deploy/systemd/pier.service");
     let ds = read("deploy/kubernetes/edge/daemonset.yaml");
+    let ha = read("deploy/kubernetes/ha/deployment.yaml");
     let mut out = Vec::new();
+    for l in ha.lines().filter(|l| l.trim_start().starts_with("args:")) {
+        out.push(("ha/deployment.yaml", l.to_owned()));
+    }
     for l in docker
         .lines()
         .filter(|l| l.starts_with("CMD ") || l.starts_with("ENTRYPOINT "))
@@ -51,7 +55,7 @@ fn command_lines() -> Vec<(&'static str, String)> {
     for l in ds.lines().filter(|l| l.trim_start().starts_with("args:")) {
         out.push(("daemonset.yaml", l.to_owned()));
     }
-    assert!(out.len() >= 4, "found the command lines: {out:?}");
+    assert!(out.len() >= 5, "found the command lines: {out:?}");
     out
 }
 
@@ -196,4 +200,130 @@ fn the_systemd_config_and_the_image_defaults_start_pier() {
             path.display()
         );
     }
+}
+
+/// A free loopback port.
+fn port() -> u16 {
+    pier_e2e::free_port()
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(p: u16) {
+    assert!(
+        pier_e2e::wait_until(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_millis(50),
+            || std::net::TcpStream::connect(("127.0.0.1", p)).is_ok()
+        ),
+        "port {p} opened"
+    );
+}
+
+#[test]
+fn the_ha_configmap_runs_on_s3_and_redis() {
+    let dep = read("deploy/kubernetes/ha/deployment.yaml");
+    let toml = configmap_toml(&read("deploy/kubernetes/ha/configmap.yaml"));
+    assert!(dep.contains(&format!(
+        "name: registry, containerPort: {}",
+        toml_port(&toml, "listen")
+    )));
+    assert!(dep.contains(&format!(
+        "name: admin, containerPort: {}",
+        toml_port(&toml, "admin_listen")
+    )));
+    for probe in ["path: /readyz, port: admin", "path: /healthz, port: admin"] {
+        assert!(dep.contains(probe), "deployment probes {probe}");
+    }
+    assert!(dep.contains("kind: PodDisruptionBudget") && dep.contains("replicas: 3"));
+    // The same config, with the in-cluster S3 and Redis addresses pointed at local ones
+    // and the keys from the environment, as the Secret gives them.
+    let dir = tempfile::tempdir().unwrap();
+    let s3s = std::env::var_os("S3S_FS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/pier/s3s-fs/bin/s3s-fs")
+        });
+    let (s3_port, redis_port) = (port(), port());
+    std::fs::create_dir_all(dir.path().join("s3/pier")).unwrap();
+    let _s3 = Killed(
+        Command::new(&s3s)
+            .args(["--host", "127.0.0.1", "--port", &s3_port.to_string()])
+            .args([
+                "--access-key",
+                "deploy-test",
+                "--secret-key",
+                "deploy-test-secret",
+            ])
+            .arg(dir.path().join("s3"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "start {} (scripts/install-test-deps.sh builds it): {e}",
+                    s3s.display()
+                )
+            }),
+    );
+    let _redis = Killed(
+        Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &redis_port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server"),
+    );
+    wait_port(s3_port);
+    wait_port(redis_port);
+    let local = toml
+        .replace(
+            "http://minio.storage.svc:9000",
+            &format!("http://127.0.0.1:{s3_port}"),
+        )
+        .replace(
+            "redis://redis.pier.svc:6379",
+            &format!("redis://127.0.0.1:{redis_port}"),
+        );
+    assert_ne!(local, toml, "the ConfigMap names S3 and Redis endpoints");
+    let cfg = dir.path().join("pier.toml");
+    std::fs::write(&cfg, &local).unwrap();
+    let pier = TestPier::builder()
+        .arg("--config")
+        .arg(&cfg)
+        .env("AWS_ACCESS_KEY_ID", "deploy-test")
+        .env("AWS_SECRET_ACCESS_KEY", "deploy-test-secret")
+        .start();
+    for path in ["/healthz", "/readyz"] {
+        http::get(pier.admin_addr, path).expect_status(200, &format!("HA config: {path}"));
+    }
+    let data = pier_e2e::random_bytes(100_000);
+    let digest = pier_e2e::push_blob(pier.addr, "team/app", &data);
+    let r = http::get(pier.addr, &format!("/v2/team/app/blobs/{digest}"));
+    r.expect_status(200, "blob stored in S3");
+    assert_eq!(r.body, data);
+    // It went to the bucket under the ConfigMap's prefix, in distribution's layout.
+    let hex = digest.trim_start_matches("sha256:");
+    let key = dir
+        .path()
+        .join("s3/pier/registry/docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    assert_eq!(
+        std::fs::read(&key).unwrap_or_default(),
+        data,
+        "{}",
+        key.display()
+    );
 }

@@ -35,6 +35,9 @@ pub enum CoreError {
     Storage(#[source] StorageError),
     #[error("the upstream registry failed")]
     Upstream(#[source] pier_upstream::UpstreamError),
+    /// The shared state of a scaled-out deployment (Redis) could not be reached.
+    #[error("cluster coordination unavailable: {0}")]
+    Coordination(String),
 }
 
 impl From<StorageError> for CoreError {

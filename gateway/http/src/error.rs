@@ -116,6 +116,12 @@ fn classify(
             ),
             CoreError::Body(_) => simple(C::BlobUploadInvalid),
             CoreError::Storage(_) => simple(C::Unknown),
+            CoreError::Coordination(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                C::Unavailable,
+                none,
+                vec![("Retry-After", "1".to_owned())],
+            ),
             CoreError::Upstream(u) => match u {
                 pier_upstream::UpstreamError::TooManyRequests { retry_after } => (
                     by_code(C::TooManyRequests),

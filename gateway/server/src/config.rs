@@ -133,6 +133,42 @@ struct FileConfig {
     auth: Option<FileAuth>,
     #[serde(default)]
     plugins: Vec<FilePlugin>,
+    storage: Option<FileStorage>,
+    redis: Option<pier_cluster::RedisConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStorage {
+    backend: String,
+    s3: Option<pier_storage::s3::S3Config>,
+}
+
+impl std::fmt::Debug for FileStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStorage")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where blobs, manifests and uploads live.
+#[derive(Clone, Default)]
+pub enum StorageChoice {
+    /// The filesystem under `root` (CNCF distribution's layout).
+    #[default]
+    Fs,
+    /// An S3 bucket (distribution's S3 key layout under a prefix).
+    S3(Box<pier_storage::s3::S3Config>),
+}
+
+impl std::fmt::Debug for StorageChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageChoice::Fs => f.write_str("Fs"),
+            StorageChoice::S3(c) => write!(f, "S3(bucket {:?}, prefix {:?})", c.bucket, c.prefix),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -425,7 +461,7 @@ pub struct TlsConfig {
 }
 
 /// The resolved configuration of `pier serve`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
@@ -449,6 +485,9 @@ pub struct Config {
     pub plugins: Vec<PluginEntry>,
     /// The file this came from, if any.
     pub config_file: Option<PathBuf>,
+    pub storage: StorageChoice,
+    /// Shared state of a scaled-out deployment; `None`: a single node.
+    pub redis: Option<pier_cluster::RedisConfig>,
 }
 
 fn file_duration(
@@ -599,7 +638,28 @@ impl Config {
                 Some(c)
             }
         };
+        let storage = match file.storage {
+            None => StorageChoice::Fs,
+            Some(st) => match (st.backend.as_str(), st.s3) {
+                ("fs", None) => StorageChoice::Fs,
+                ("s3", Some(c)) => StorageChoice::S3(Box::new(c)),
+                ("s3", None) => {
+                    return Err(ServerError::Config(format!(
+                        "{}: storage backend \"s3\" needs a [storage.s3] table (bucket, endpoint, ...)",
+                        path.display()
+                    )));
+                }
+                (other, _) => {
+                    return Err(ServerError::Config(format!(
+                        "{}: storage backend {other:?}: use \"fs\" or \"s3\"",
+                        path.display()
+                    )));
+                }
+            },
+        };
         Ok(Config {
+            storage,
+            redis: file.redis,
             config_file: args.config.clone(),
             auth,
             plugins,

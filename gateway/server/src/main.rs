@@ -5,6 +5,7 @@
 mod access;
 mod accounts;
 mod admin;
+mod cluster;
 mod config;
 mod error;
 mod serve;

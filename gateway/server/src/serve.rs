@@ -11,6 +11,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use pier_core::{Mirror, MirrorConfig, Registry, Stores, UpstreamSpec};
 use pier_http::{AppState, Metrics};
+use pier_storage::IngestStore;
 use pier_storage::fs::FsStore;
 use pier_upstream::{Credentials, UpstreamClient, UpstreamConfig};
 use tokio::net::{TcpListener, TcpStream};
@@ -80,10 +81,38 @@ async fn reload_on_sighup(plugins: Arc<crate::access::Plugins>) {
     }
 }
 
+/// The configured storage backend, with its roles for the registry and the mirror.
+async fn open_storage(config: &Config) -> Result<(Stores, Arc<dyn IngestStore>), ServerError> {
+    match &config.storage {
+        crate::config::StorageChoice::Fs => {
+            let store = Arc::new(FsStore::new(&config.root)?);
+            Ok((Stores::from_backend(store.clone()), store))
+        }
+        crate::config::StorageChoice::S3(c) => {
+            let store = Arc::new(pier_storage::s3::S3Store::connect((**c).clone()).await?);
+            store.check().await?;
+            tracing::info!(bucket = %c.bucket, prefix = %c.prefix, "storage: S3");
+            Ok((Stores::from_backend(store.clone()), store))
+        }
+    }
+}
+
 pub async fn run(config: Config) -> Result<(), ServerError> {
-    let store = Arc::new(FsStore::new(&config.root)?);
-    let registry = Arc::new(Registry::new(Stores::from_backend(store.clone())));
-    let mirror = mirror(&config, registry.clone(), store)?;
+    // The root holds Pier's own state (keys, plugin cache) whatever the blob backend.
+    std::fs::create_dir_all(&config.root)?;
+    let (stores, ingest) = open_storage(&config).await?;
+    let registry = Arc::new(Registry::new(stores));
+    let shared = match &config.redis {
+        Some(r) => {
+            let s = pier_cluster::Shared::connect(r.clone())
+                .await
+                .map_err(|e| ServerError::Config(format!("redis: {e}")))?;
+            tracing::info!("shared state in Redis: cross-node fill leases on");
+            Some(s)
+        }
+        None => None,
+    };
+    let mirror = mirror(&config, registry.clone(), ingest, shared)?;
     let metrics = Arc::new(Metrics::default());
     let (access, plugins) = crate::access::build(&config).await?;
     let mut state = AppState::new(registry.clone(), mirror.clone(), metrics.clone());
@@ -218,7 +247,8 @@ async fn connection(
 fn mirror(
     config: &Config,
     registry: Arc<Registry>,
-    store: Arc<FsStore>,
+    ingest: Arc<dyn IngestStore>,
+    shared: Option<pier_cluster::Shared>,
 ) -> Result<Option<Arc<Mirror>>, ServerError> {
     if config.upstreams.is_empty() {
         return Ok(None);
@@ -252,7 +282,14 @@ fn mirror(
         default: config.default_upstream,
         local_namespaces: config.local_namespaces.clone(),
     };
-    Ok(Some(Arc::new(Mirror::new(registry, store, config))))
+    let mut mirror = Mirror::new(registry, ingest, config);
+    if let Some(shared) = shared {
+        mirror = mirror.with_leases(Arc::new(crate::cluster::RedisLeases {
+            shared,
+            owner: crate::cluster::node_id(),
+        }));
+    }
+    Ok(Some(Arc::new(mirror)))
 }
 
 async fn admin_loop(listener: TcpListener, state: Arc<AdminState>) {

@@ -305,6 +305,13 @@ impl Daemon {
         )
     }
 
+    /// Whether the process still runs (false once it exited or was stopped).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Whether the process still runs; panics with its log if it exited.
     #[track_caller]
     pub fn assert_running(&mut self) {

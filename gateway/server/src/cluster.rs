@@ -1,0 +1,69 @@
+//! Scale-out glue: the core's coordination traits implemented over Redis (`pier-cluster`).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pier_cluster::{ClusterError, Shared};
+use pier_core::{CoreError, Leases};
+
+fn coordination(e: ClusterError) -> CoreError {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    if !e.is_unavailable() {
+        tracing::error!(error = %msg, "redis answered an error");
+    }
+    CoreError::Coordination(msg)
+}
+
+/// A name for this process among the nodes: host, pid and a random part.
+pub fn node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "node".into());
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &rand[..8])
+}
+
+/// Fill leases shared by every node through Redis.
+pub struct RedisLeases {
+    pub shared: Shared,
+    pub owner: String,
+}
+
+#[async_trait]
+impl Leases for RedisLeases {
+    async fn try_acquire(&self, name: &str, ttl: Duration) -> pier_core::Result<bool> {
+        self.shared
+            .try_lease(name, &self.owner, ttl)
+            .await
+            .map_err(coordination)
+    }
+
+    async fn renew(&self, name: &str, ttl: Duration) -> pier_core::Result<bool> {
+        self.shared
+            .renew_lease(name, &self.owner, ttl)
+            .await
+            .map_err(coordination)
+    }
+
+    async fn release(&self, name: &str) -> pier_core::Result<()> {
+        self.shared
+            .release_lease(name, &self.owner)
+            .await
+            .map(drop)
+            .map_err(coordination)
+    }
+
+    async fn held(&self, name: &str) -> pier_core::Result<bool> {
+        self.shared
+            .lease_holder(name)
+            .await
+            .map(|h| h.is_some())
+            .map_err(coordination)
+    }
+}
