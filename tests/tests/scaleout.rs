@@ -11,6 +11,8 @@
 
 mod clients_support;
 
+#[path = "scaleout/caches.rs"]
+mod caches;
 #[path = "scaleout/clients.rs"]
 mod clients;
 #[path = "scaleout/cluster.rs"]

@@ -14,4 +14,4 @@ pub use error::{CoreError, Result};
 pub use lease::{Leases, MemoryLeases};
 pub use mirror::{Mirror, MirrorBlob, MirrorConfig, Target, UpstreamSpec};
 pub use page::{Page, paginate};
-pub use registry::{ManifestContent, PutManifest, Registry, Stores};
+pub use registry::{Change, ChangeSink, ManifestContent, PutManifest, Registry, Stores};

@@ -109,6 +109,50 @@ where
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate(key);
     }
+
+    fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate_all();
+    }
+}
+
+/// A change to what a registry answers, announced to other nodes sharing the storage so
+/// they drop their cached answer at once instead of after its time to live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Tag(RepoName, Tag),
+    BlobLink(RepoName, Digest),
+    ManifestLink(RepoName, Digest),
+}
+
+impl Change {
+    /// `t REPO TAG`, `b REPO DIGEST`, `m REPO DIGEST`.
+    pub fn encode(&self) -> String {
+        match self {
+            Change::Tag(r, t) => format!("t {r} {t}"),
+            Change::BlobLink(r, d) => format!("b {r} {d}"),
+            Change::ManifestLink(r, d) => format!("m {r} {d}"),
+        }
+    }
+
+    pub fn decode(s: &str) -> Option<Change> {
+        let mut it = s.split(' ');
+        let (kind, repo, last) = (it.next()?, it.next()?.parse().ok()?, it.next()?);
+        if it.next().is_some() {
+            return None;
+        }
+        match kind {
+            "t" => Some(Change::Tag(repo, last.parse().ok()?)),
+            "b" => Some(Change::BlobLink(repo, last.parse().ok()?)),
+            "m" => Some(Change::ManifestLink(repo, last.parse().ok()?)),
+            _ => None,
+        }
+    }
+}
+
+/// Where a registry announces its changes (Redis pub/sub when scaled out).
+pub trait ChangeSink: Send + Sync {
+    fn publish(&self, change: Change);
 }
 
 const LINK_TTL: Duration = Duration::from_secs(30);
@@ -122,6 +166,7 @@ pub struct Registry {
     blob_links: Links,
     manifest_links: Links,
     tags: ReadCache<(RepoName, Tag), Digest>,
+    sink: Option<Arc<dyn ChangeSink>>,
 }
 
 /// The media type to serve stored manifest bytes with.
@@ -153,7 +198,36 @@ impl Registry {
             blob_links: ReadCache::new(LINK_TTL),
             manifest_links: ReadCache::new(LINK_TTL),
             tags: ReadCache::new(TAG_TTL),
+            sink: None,
         }
+    }
+
+    /// Announces every change to `sink` (other nodes sharing the storage).
+    pub fn with_change_sink(mut self, sink: Arc<dyn ChangeSink>) -> Registry {
+        self.sink = Some(sink);
+        self
+    }
+
+    fn announce(&self, change: Change) {
+        if let Some(s) = &self.sink {
+            s.publish(change);
+        }
+    }
+
+    /// A change another node made: drop the cached answer.
+    pub fn apply_remote(&self, change: &Change) {
+        match change {
+            Change::Tag(r, t) => self.tags.changed(&(r.clone(), t.clone())),
+            Change::BlobLink(r, d) => self.blob_links.changed(&(r.clone(), d.clone())),
+            Change::ManifestLink(r, d) => self.manifest_links.changed(&(r.clone(), d.clone())),
+        }
+    }
+
+    /// Announcements may have been missed (the bus reconnected): drop every cached answer.
+    pub fn forget_cached(&self) {
+        self.tags.clear();
+        self.blob_links.clear();
+        self.manifest_links.clear();
     }
 
     async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
@@ -215,6 +289,7 @@ impl Registry {
     pub async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         let unlinked = self.stores.repos.unlink_blob(repo, digest).await?;
         self.blob_links.changed(&(repo.clone(), digest.clone()));
+        self.announce(Change::BlobLink(repo.clone(), digest.clone()));
         if !unlinked {
             return Err(CoreError::BlobUnknown(digest.clone()));
         }
@@ -460,6 +535,7 @@ impl Registry {
         if let Some(t) = tag {
             self.stores.manifests.set_tag(repo, t, &digest).await?;
             self.tags.changed(&(repo.clone(), t.clone()));
+            self.announce(Change::Tag(repo.clone(), t.clone()));
         }
         Ok(PutManifest { digest, subject })
     }
@@ -470,6 +546,7 @@ impl Registry {
             Reference::Tag(t) => {
                 let deleted = self.stores.manifests.delete_tag(repo, t).await?;
                 self.tags.changed(&(repo.clone(), t.clone()));
+                self.announce(Change::Tag(repo.clone(), t.clone()));
                 if !deleted {
                     return Err(CoreError::ManifestUnknown(t.to_string()));
                 }
@@ -487,6 +564,7 @@ impl Registry {
                     if self.stores.manifests.resolve_tag(repo, &t).await?.as_ref() == Some(d) {
                         self.stores.manifests.delete_tag(repo, &t).await?;
                         self.tags.changed(&(repo.clone(), t.clone()));
+                        self.announce(Change::Tag(repo.clone(), t.clone()));
                     }
                 }
                 if let Some(s) = subject {
@@ -494,6 +572,7 @@ impl Registry {
                 }
                 self.stores.manifests.unlink_manifest(repo, d).await?;
                 self.manifest_links.changed(&(repo.clone(), d.clone()));
+                self.announce(Change::ManifestLink(repo.clone(), d.clone()));
             }
         }
         Ok(())
@@ -557,5 +636,99 @@ impl Registry {
             });
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_round_trip_and_junk_is_refused() {
+        let d: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        for c in [
+            Change::Tag("team/app".parse().unwrap(), "v1".parse().unwrap()),
+            Change::BlobLink("a".parse().unwrap(), d.clone()),
+            Change::ManifestLink("a/b/c".parse().unwrap(), d),
+        ] {
+            assert_eq!(Change::decode(&c.encode()), Some(c));
+        }
+        for junk in [
+            "",
+            "t",
+            "t a",
+            "x a b",
+            "t a b c",
+            "t BAD v1",
+            "b a notadigest",
+        ] {
+            assert_eq!(Change::decode(junk), None, "{junk:?}");
+        }
+    }
+
+    /// A sink that records what a registry announces.
+    struct Recorder(std::sync::Mutex<Vec<Change>>);
+
+    impl ChangeSink for Recorder {
+        fn publish(&self, change: Change) {
+            self.0.lock().unwrap().push(change);
+        }
+    }
+
+    async fn put(reg: &Registry, repo: &RepoName, tag: &Tag, n: u8) -> Digest {
+        let config = vec![n; 3];
+        let cd = Digest::of(pier_oci::Algorithm::Sha256, &config);
+        let body = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(config))]);
+        reg.upload_monolithic(repo, &cd, Box::pin(body))
+            .await
+            .unwrap();
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":3}},"layers":[]}}"#
+        );
+        reg.manifest_put(
+            repo,
+            &Reference::Tag(tag.clone()),
+            Some("application/vnd.oci.image.manifest.v1+json"),
+            Bytes::from(m),
+        )
+        .await
+        .unwrap()
+        .digest
+    }
+
+    #[tokio::test]
+    async fn a_moved_tag_is_announced_and_a_remote_change_drops_the_cached_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(pier_storage::fs::FsStore::new(dir.path()).unwrap());
+        let rec = Arc::new(Recorder(std::sync::Mutex::new(Vec::new())));
+        let a = Registry::new(Stores::from_backend(store.clone())).with_change_sink(rec.clone());
+        let b = Registry::new(Stores::from_backend(store));
+        let repo: RepoName = "team/app".parse().unwrap();
+        let tag: Tag = "latest".parse().unwrap();
+        let first = put(&a, &repo, &tag, 1).await;
+        let r = Reference::Tag(tag.clone());
+        assert_eq!(
+            b.manifest_get(&repo, &r).await.unwrap().digest,
+            first,
+            "b caches the tag"
+        );
+        let second = put(&a, &repo, &tag, 2).await;
+        assert!(
+            rec.0
+                .lock()
+                .unwrap()
+                .contains(&Change::Tag(repo.clone(), tag.clone()))
+        );
+        assert_eq!(
+            b.manifest_get(&repo, &r).await.unwrap().digest,
+            first,
+            "b still on its cache"
+        );
+        b.apply_remote(&Change::Tag(repo.clone(), tag.clone()));
+        assert_eq!(
+            b.manifest_get(&repo, &r).await.unwrap().digest,
+            second,
+            "b after the announcement"
+        );
     }
 }

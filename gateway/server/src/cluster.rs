@@ -67,3 +67,52 @@ impl Leases for RedisLeases {
             .map_err(coordination)
     }
 }
+
+/// The channel registry changes are announced on.
+pub const CHANGES_CHANNEL: &str = "registry-changes";
+
+/// Publishes this node's registry changes (fire and forget: a lost announcement only
+/// leaves another node on its cache's time to live).
+pub struct RedisChanges {
+    pub shared: Shared,
+}
+
+impl pier_core::ChangeSink for RedisChanges {
+    fn publish(&self, change: pier_core::Change) {
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = shared.publish(CHANGES_CHANNEL, &change.encode()).await {
+                tracing::warn!(error = %e, "announcing a registry change failed; other nodes see it after their cache TTL");
+            }
+        });
+    }
+}
+
+/// Applies other nodes' announcements to this node's registry caches.
+pub async fn follow_changes(shared: Shared, registry: std::sync::Arc<pier_core::Registry>) {
+    use futures_util::StreamExt;
+    let mut sub = loop {
+        match shared.subscribe(CHANGES_CHANNEL).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "subscribing to registry changes failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    while let Some(ev) = sub.next().await {
+        match ev {
+            pier_cluster::BusEvent::Message(m) => match pier_core::Change::decode(&m) {
+                Some(c) => registry.apply_remote(&c),
+                None => tracing::warn!(message = %m, "unreadable registry change announcement"),
+            },
+            pier_cluster::BusEvent::Gap(reason) => {
+                tracing::info!(
+                    ?reason,
+                    "registry change announcements may have been missed; dropping cached answers"
+                );
+                registry.forget_cached();
+            }
+        }
+    }
+}

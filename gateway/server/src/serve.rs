@@ -101,17 +101,27 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     // The root holds Pier's own state (keys, plugin cache) whatever the blob backend.
     std::fs::create_dir_all(&config.root)?;
     let (stores, ingest) = open_storage(&config).await?;
-    let registry = Arc::new(Registry::new(stores));
     let shared = match &config.redis {
         Some(r) => {
             let s = pier_cluster::Shared::connect(r.clone())
                 .await
                 .map_err(|e| ServerError::Config(format!("redis: {e}")))?;
-            tracing::info!("shared state in Redis: cross-node fill leases on");
+            tracing::info!(
+                "shared state in Redis: cross-node fill leases and cache invalidation on"
+            );
             Some(s)
         }
         None => None,
     };
+    let mut registry = Registry::new(stores);
+    if let Some(s) = &shared {
+        registry =
+            registry.with_change_sink(Arc::new(crate::cluster::RedisChanges { shared: s.clone() }));
+    }
+    let registry = Arc::new(registry);
+    let changes_task = shared
+        .clone()
+        .map(|s| tokio::spawn(crate::cluster::follow_changes(s, registry.clone())));
     let mirror = mirror(&config, registry.clone(), ingest, shared)?;
     let metrics = Arc::new(Metrics::default());
     let (access, plugins) = crate::access::build(&config).await?;
@@ -201,6 +211,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     }
     expiry_task.abort();
     watch_task.abort();
+    if let Some(t) = changes_task {
+        t.abort();
+    }
     hup_task.abort();
     admin_task.abort();
     if let Some(t) = evict_task {
