@@ -16,6 +16,7 @@ pub mod scope;
 pub mod time;
 pub mod token;
 pub mod users;
+mod watched;
 
 pub use error::AuthError;
 pub use model::{

@@ -2,14 +2,14 @@
 //! project permissions, kept in a JSON file managed with `pier robot`. Clients log in as
 //! `robot$NAME` (Harbor's convention) with the secret printed once at creation.
 
-use std::path::{Path, PathBuf};
-use std::sync::RwLock;
-use std::time::{Duration, Instant, SystemTime};
+use std::path::Path;
+use std::time::Duration;
 
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::time::now_secs;
+use crate::watched::Watched;
 use crate::{Action, AuthError, ProjectPermission, Robot};
 
 /// What robot logins start with.
@@ -46,82 +46,27 @@ struct FileBody {
     robots: Vec<RobotAccount>,
 }
 
-#[derive(Default)]
-struct Loaded {
-    robots: Vec<RobotAccount>,
-    stamp: Option<(SystemTime, u64)>,
-    checked: Option<Instant>,
-    generation: u64,
-}
-
 /// The robots file, re-read when it changes (at most once a second).
 pub struct RobotFile {
-    path: PathBuf,
-    state: RwLock<Loaded>,
+    file: Watched<Vec<RobotAccount>>,
 }
 
 impl RobotFile {
     pub fn open(path: &Path) -> Result<RobotFile, AuthError> {
-        let f = RobotFile {
-            path: path.to_owned(),
-            state: RwLock::new(Loaded::default()),
-        };
-        f.reload()?;
-        Ok(f)
+        Ok(RobotFile {
+            file: Watched::open(path, read_file)?,
+        })
     }
 
     pub fn generation(&self) -> u64 {
-        self.refresh();
-        self.state.read().map(|s| s.generation).unwrap_or(0)
-    }
-
-    fn refresh(&self) {
-        let due = self
-            .state
-            .read()
-            .map(|s| {
-                s.checked
-                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-            })
-            .unwrap_or(true);
-        if due && let Err(e) = self.reload() {
-            tracing::warn!(error = %e, "robots file not reloaded; keeping the last good copy");
-        }
-    }
-
-    fn reload(&self) -> Result<(), AuthError> {
-        let stamp = std::fs::metadata(&self.path)
-            .ok()
-            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
-        {
-            let mut s = self
-                .state
-                .write()
-                .map_err(|_| AuthError::Invalid("lock poisoned".into()))?;
-            s.checked = Some(Instant::now());
-            if s.generation > 0 && s.stamp == stamp {
-                return Ok(());
-            }
-        }
-        let robots = read_file(&self.path)?;
-        let mut s = self
-            .state
-            .write()
-            .map_err(|_| AuthError::Invalid("lock poisoned".into()))?;
-        s.robots = robots;
-        s.stamp = stamp;
-        s.generation += 1;
-        Ok(())
+        self.file.generation()
     }
 
     /// A robot that exists and has not expired.
     pub fn get(&self, name: &str) -> Option<RobotAccount> {
-        self.refresh();
-        let s = self.state.read().ok()?;
-        s.robots
-            .iter()
-            .find(|r| r.name == name && !r.expired())
-            .cloned()
+        self.file
+            .with(|rs| rs.iter().find(|r| r.name == name && !r.expired()).cloned())
+            .flatten()
     }
 
     /// Checks a robot's secret (bcrypt: call it off the async runtime).
@@ -253,13 +198,14 @@ mod tests {
         let p = dir.path().join("robots.json");
         let perm = parse_permission("team:pull").unwrap();
         let secret = add(&p, "ci", vec![perm.clone()], None, "CI pulls").unwrap();
-        let short = add(&p, "short", vec![perm], Some(Duration::from_secs(1)), "").unwrap();
+        let short = add(&p, "short", vec![perm], Some(Duration::from_secs(3)), "").unwrap();
         let f = RobotFile::open(&p).unwrap();
         let r = f.verify("ci", &secret).unwrap();
         assert_eq!(r.permissions[0].actions, [Action::Pull]);
         assert!(f.verify("ci", "wrong").is_none());
         assert!(f.verify("short", &short).is_some());
-        std::thread::sleep(Duration::from_millis(2100));
+        // Expiry is in whole seconds: 3 s from creation ends within 4 s.
+        std::thread::sleep(Duration::from_millis(4100));
         assert!(f.verify("short", &short).is_none(), "expired robot refused");
         assert!(parse_permission("team:fly").is_err());
         assert!(parse_permission("team").is_err());

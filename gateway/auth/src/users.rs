@@ -4,11 +4,10 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::RwLock;
-use std::time::{Duration, Instant, SystemTime};
+use std::path::Path;
 
 use crate::AuthError;
+use crate::watched::Watched;
 
 /// bcrypt cost for new hashes (htpasswd -B uses 5; distribution's docs suggest 10+).
 pub const BCRYPT_COST: u32 = 10;
@@ -29,97 +28,36 @@ pub fn validate_name(name: &str) -> Result<(), AuthError> {
     }
 }
 
-#[derive(Default)]
-struct Loaded {
-    users: HashMap<String, String>,
-    stamp: Option<(SystemTime, u64)>,
-    checked: Option<Instant>,
-    generation: u64,
-}
-
 /// The users file, re-read when it changes.
 pub struct UserFile {
-    path: PathBuf,
-    state: RwLock<Loaded>,
+    file: Watched<HashMap<String, String>>,
 }
 
 impl UserFile {
     /// Opens the file (a missing file means no users yet).
     pub fn open(path: &Path) -> Result<UserFile, AuthError> {
-        let f = UserFile {
-            path: path.to_owned(),
-            state: RwLock::new(Loaded::default()),
-        };
-        f.reload()?;
-        Ok(f)
+        Ok(UserFile {
+            file: Watched::open(path, |p| Ok(read_file(p)?.into_iter().collect()))?,
+        })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// A number that changes whenever the file's content is re-read after a change.
     pub fn generation(&self) -> u64 {
-        self.refresh();
-        self.state.read().map(|s| s.generation).unwrap_or(0)
-    }
-
-    /// Re-reads the file if it changed, at most once a second.
-    fn refresh(&self) {
-        let due = self
-            .state
-            .read()
-            .map(|s| {
-                s.checked
-                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-            })
-            .unwrap_or(true);
-        if due && let Err(e) = self.reload() {
-            tracing::warn!(error = %e, "users file not reloaded; keeping the last good copy");
-        }
-    }
-
-    fn reload(&self) -> Result<(), AuthError> {
-        let stamp = std::fs::metadata(&self.path)
-            .ok()
-            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
-        {
-            let mut s = self
-                .state
-                .write()
-                .map_err(|_| AuthError::Invalid("lock poisoned".into()))?;
-            s.checked = Some(Instant::now());
-            if s.generation > 0 && s.stamp == stamp {
-                return Ok(());
-            }
-        }
-        let users = read_file(&self.path)?;
-        let mut s = self
-            .state
-            .write()
-            .map_err(|_| AuthError::Invalid("lock poisoned".into()))?;
-        s.users = users.into_iter().collect();
-        s.stamp = stamp;
-        s.generation += 1;
-        Ok(())
+        self.file.generation()
     }
 
     /// Checks a password (bcrypt: slow on purpose, call it off the async runtime).
     pub fn verify(&self, name: &str, password: &str) -> bool {
-        self.refresh();
-        let hash = match self.state.read() {
-            Ok(s) => s.users.get(name).cloned(),
-            Err(_) => None,
-        };
+        let hash = self.file.with(|u| u.get(name).cloned()).flatten();
         hash.is_some_and(|h| bcrypt::verify(password, &h).unwrap_or(false))
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.refresh();
-        self.state
-            .read()
-            .map(|s| s.users.contains_key(name))
-            .unwrap_or(false)
+        self.file.with(|u| u.contains_key(name)).unwrap_or(false)
     }
 }
 
@@ -242,7 +180,7 @@ mod tests {
         assert!(!f.verify("bob", "wonderland"));
         let g = f.generation();
         set_password(&p, "alice", "looking-glass").unwrap();
-        std::thread::sleep(Duration::from_millis(1100));
+        std::thread::sleep(std::time::Duration::from_millis(1100));
         assert!(f.generation() > g);
         assert!(f.verify("alice", "looking-glass"));
         assert_eq!(list(&p).unwrap(), ["alice"]);
