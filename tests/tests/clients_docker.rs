@@ -9,29 +9,6 @@ use std::fs;
 use clients_support::*;
 use pier_e2e::TestPier;
 
-/// The `TAG: digest: sha256:... size: N` line of `docker push`.
-#[track_caller]
-fn pushed_digest(o: &Output) -> String {
-    o.stdout
-        .lines()
-        .find_map(|l| {
-            let (_, rest) = l.split_once(": digest: ")?;
-            Some(rest.split_whitespace().next()?.to_owned())
-        })
-        .unwrap_or_else(|| panic!("no digest line in docker push output\n{o}"))
-}
-
-fn image_id(docker: &Dockerd, reference: &str) -> String {
-    docker
-        .ok(
-            &["image", "inspect", "--format", "{{.Id}}", reference],
-            "docker image inspect",
-        )
-        .stdout
-        .trim()
-        .to_owned()
-}
-
 #[test]
 fn docker_push_pull_by_tag_and_digest_and_cross_repo_mount() {
     let pier = TestPier::start();
@@ -61,7 +38,7 @@ fn docker_push_pull_by_tag_and_digest_and_cross_repo_mount() {
         ],
         "docker import",
     );
-    let id = image_id(&docker, &a);
+    let id = docker.image_id(&a);
 
     // Push.
     let o = docker.ok(&["push", &a], "docker push");
@@ -109,7 +86,7 @@ fn docker_push_pull_by_tag_and_digest_and_cross_repo_mount() {
         "pull by digest downloaded nothing\n{o}"
     );
     assert_eq!(
-        image_id(&docker, &by_digest),
+        docker.image_id(&by_digest),
         id,
         "image id after pull by digest"
     );
@@ -118,7 +95,7 @@ fn docker_push_pull_by_tag_and_digest_and_cross_repo_mount() {
         o.stdout.contains(&format!("Digest: {digest}")),
         "pull by tag digest\n{o}"
     );
-    assert_eq!(image_id(&docker, &a), id, "image id after pull by tag");
+    assert_eq!(docker.image_id(&a), id, "image id after pull by tag");
     let rd = docker.ok(
         &["image", "inspect", "--format", "{{json .RepoDigests}}", &a],
         "RepoDigests",
@@ -186,7 +163,7 @@ fn docker_pulls_a_multi_layer_oci_image_and_pushes_it_on() {
         "pull digest\n{o}"
     );
     assert_eq!(
-        image_id(&docker, &src),
+        docker.image_id(&src),
         img.config_digest,
         "image id is the config digest"
     );

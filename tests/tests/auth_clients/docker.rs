@@ -24,29 +24,6 @@ pub fn docker_import(docker: &Dockerd, reference: &str) {
     );
 }
 
-/// The `TAG: digest: sha256:... size: N` line of `docker push`.
-#[track_caller]
-fn pushed_digest(o: &Output) -> String {
-    o.stdout
-        .lines()
-        .find_map(|l| {
-            let (_, rest) = l.split_once(": digest: ")?;
-            Some(rest.split_whitespace().next()?.to_owned())
-        })
-        .unwrap_or_else(|| panic!("no digest line in docker push output\n{o}"))
-}
-
-fn image_id(docker: &Dockerd, reference: &str) -> String {
-    docker
-        .ok(
-            &["image", "inspect", "--format", "{{.Id}}", reference],
-            "docker image inspect",
-        )
-        .stdout
-        .trim()
-        .to_owned()
-}
-
 /// `docker login HOST -u USER -p PASS`.
 pub fn docker_login(docker: &Dockerd, host: &str, who: (&str, &str)) -> Output {
     run(
@@ -112,7 +89,7 @@ fn docker_login_push_pull_and_logout_follow_the_roles() {
     // bob (developer) pushes, removes and pulls back.
     let web = format!("{host}/team/web:latest");
     docker_import(&docker, &web);
-    let id = image_id(&docker, &web);
+    let id = docker.image_id(&web);
     let o = docker.ok(&["push", &web], "bob: docker push team/web");
     let digest = pushed_digest(&o);
     assert_eq!(
@@ -122,7 +99,7 @@ fn docker_login_push_pull_and_logout_follow_the_roles() {
     );
     docker.ok(&["rmi", &web], "docker rmi");
     docker.ok(&["pull", &web], "bob: docker pull team/web");
-    assert_eq!(image_id(&docker, &web), id, "image pulled back by bob");
+    assert_eq!(docker.image_id(&web), id, "image pulled back by bob");
 
     // carol (guest) pulls, but her push is denied.
     let o = docker_login(&docker, &host, CAROL);
@@ -134,7 +111,7 @@ fn docker_login_push_pull_and_logout_follow_the_roles() {
     assert_no_manifest_as(addr, &admin, "team/web", "carol");
     docker.ok(&["rmi", &web], "docker rmi");
     docker.ok(&["pull", &web], "carol: docker pull team/web");
-    assert_eq!(image_id(&docker, &web), id, "image pulled by carol");
+    assert_eq!(docker.image_id(&web), id, "image pulled by carol");
 
     // Logged out: team is private, library is public.
     docker.ok(&["logout", &host], "docker logout");
@@ -148,7 +125,7 @@ fn docker_login_push_pull_and_logout_follow_the_roles() {
     let x = format!("{host}/library/x:1");
     docker.ok(&["pull", &x], "anonymous: docker pull library/x");
     assert_eq!(
-        image_id(&docker, &x),
+        docker.image_id(&x),
         lib.config_digest,
         "image ID of library/x (its config digest)"
     );

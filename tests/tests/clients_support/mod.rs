@@ -1115,7 +1115,30 @@ fn unix_http_ping(sock: &Path) -> bool {
     resp.starts_with("HTTP/1.") && resp.contains(" 200 ") && resp.ends_with("OK")
 }
 
+/// The `TAG: digest: sha256:... size: N` line of `docker push`.
+#[track_caller]
+pub fn pushed_digest(o: &Output) -> String {
+    o.stdout
+        .lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once(": digest: ")?;
+            Some(rest.split_whitespace().next()?.to_owned())
+        })
+        .unwrap_or_else(|| panic!("no digest line in docker push output\n{o}"))
+}
+
 impl Dockerd {
+    /// The image id of a local image.
+    pub fn image_id(&self, reference: &str) -> String {
+        self.ok(
+            &["image", "inspect", "--format", "{{.Id}}", reference],
+            "docker image inspect",
+        )
+        .stdout
+        .trim()
+        .to_owned()
+    }
+
     #[track_caller]
     pub fn start() -> Dockerd {
         Dockerd::start_with(None)

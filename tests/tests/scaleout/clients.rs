@@ -46,29 +46,6 @@ fn skopeo_push_through_lb_reads_back_from_every_node() {
     assert_blob_store_consistent(&c.s3_root());
 }
 
-/// The `TAG: digest: sha256:... size: N` line of `docker push`.
-#[track_caller]
-fn pushed_digest(o: &Output) -> String {
-    o.stdout
-        .lines()
-        .find_map(|l| {
-            let (_, rest) = l.split_once(": digest: ")?;
-            Some(rest.split_whitespace().next()?.to_owned())
-        })
-        .unwrap_or_else(|| panic!("no digest line in docker push output\n{o}"))
-}
-
-fn image_id(docker: &Dockerd, reference: &str) -> String {
-    docker
-        .ok(
-            &["image", "inspect", "--format", "{{.Id}}", reference],
-            "docker image inspect",
-        )
-        .stdout
-        .trim()
-        .to_owned()
-}
-
 /// dockerd: import a tiny rootfs, push it through the load balancer, remove it, pull it
 /// back by tag through the load balancer, then by digest from node 3 directly.
 #[test]
@@ -98,7 +75,7 @@ fn docker_push_through_lb_pull_by_tag_and_from_node3_by_digest() {
         "docker import",
     );
     docker.ok(&["tag", "scaleout/web:import", &tagged], "docker tag");
-    let id = image_id(&docker, &tagged);
+    let id = docker.image_id(&tagged);
 
     let o = timed("docker push through the LB", || {
         docker.ok(&["push", &tagged], "docker push through the LB")
@@ -121,7 +98,7 @@ fn docker_push_through_lb_pull_by_tag_and_from_node3_by_digest() {
         o.stdout.contains("Pull complete"),
         "pull by tag downloaded nothing\n{o}"
     );
-    assert_eq!(image_id(&docker, &tagged), id, "image id after pull by tag");
+    assert_eq!(docker.image_id(&tagged), id, "image id after pull by tag");
 
     docker.ok(&["rmi", &tagged], "docker rmi after pull");
     let by_digest = format!("{}/team/web@{digest}", c.node(2).host());
@@ -133,7 +110,7 @@ fn docker_push_through_lb_pull_by_tag_and_from_node3_by_digest() {
         "pull by digest from node 3 downloaded nothing\n{o}"
     );
     assert_eq!(
-        image_id(&docker, &by_digest),
+        docker.image_id(&by_digest),
         id,
         "image id after pull by digest from node 3"
     );
