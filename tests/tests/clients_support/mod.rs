@@ -1395,3 +1395,104 @@ pub fn assert_blob_store_consistent(root: &Path) {
         );
     }
 }
+
+/// podman (as root) with its own storage (`--root`, `--runroot`, vfs), tmp dir, HOME,
+/// `containers.conf`, `storage.conf`, trust policy, auth file and the given
+/// `registries.conf`. As root, podman 4.3 keeps its blob-info cache in
+/// /var/lib/containers/cache whatever `--root` says: like [`Skopeo`], it runs in a private
+/// mount namespace with a cache dir of its own bound there. Whatever podman left mounted
+/// under its dir is unmounted on drop.
+pub struct Podman {
+    pub dir: TempDir,
+    bin: PathBuf,
+    unshare: Option<PathBuf>,
+}
+
+impl Podman {
+    #[track_caller]
+    pub fn new(registries_conf: &str) -> Podman {
+        let bin = require_bin("podman");
+        // Short: podman refuses a runroot path longer than 50 characters.
+        let dir = temp_dir("pod");
+        let d = dir.path();
+        for sub in [
+            "root",
+            "runroot",
+            "tmp",
+            "run",
+            "networks",
+            "cache",
+            "home/.config/containers/registries.d",
+            "home/.config/containers/registries.conf.d",
+        ] {
+            fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        let policy = r#"{"default":[{"type":"insecureAcceptAnything"}]}"#;
+        fs::write(d.join("policy.json"), policy).unwrap();
+        // Also where c/image looks first ($HOME/.config/containers/policy.json).
+        fs::write(d.join("home/.config/containers/policy.json"), policy).unwrap();
+        fs::write(d.join("registries.conf"), registries_conf).unwrap();
+        fs::write(
+            d.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                d.join("root").display(),
+                d.join("runroot").display()
+            ),
+        )
+        .unwrap();
+        // File locks (in --tmpdir) instead of the host-wide /dev/shm/libpod_lock; the CNI
+        // backend with a config dir of its own, since rootful netavark always writes to
+        // /etc/containers/networks and /run/containers/networks (pulls need no network).
+        fs::write(
+            d.join("containers.conf"),
+            format!(
+                "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"none\"\nlock_type = \"file\"\n\
+                 [network]\nnetwork_backend = \"cni\"\nnetwork_config_dir = \"{}\"\n",
+                d.join("networks").display()
+            ),
+        )
+        .unwrap();
+        fs::write(d.join("auth.json"), "{}").unwrap();
+        let unshare = private_cache_unshare();
+        Podman { dir, bin, unshare }
+    }
+
+    /// A `podman` command with the isolation flags and environment set; add arguments.
+    pub fn cmd(&self) -> Command {
+        let d = self.dir.path();
+        let mut c = isolated_containers_command(&self.bin, self.unshare.as_deref(), d);
+        c.env("CONTAINERS_STORAGE_CONF", d.join("storage.conf"))
+            .env("CONTAINERS_CONF", d.join("containers.conf"))
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(d.join("runroot"))
+            .arg("--tmpdir")
+            .arg(d.join("tmp"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "none",
+            ]);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        run(self.cmd().args(args), CMD_TIMEOUT)
+    }
+
+    /// The trust policy file, for `--signature-policy`.
+    pub fn policy(&self) -> PathBuf {
+        self.dir.path().join("policy.json")
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        unmount_under(self.dir.path());
+    }
+}

@@ -3,113 +3,35 @@
 //! default upstream) can serve it. Then, upstream stopped, a podman with fresh storage
 //! pulls it again from Pier's cache, by tag and by digest.
 
-use std::fs;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use pier_e2e::sha256_digest;
-use tempfile::TempDir;
 
 use crate::clients_support::*;
 use crate::support::*;
 
-/// podman (as root) with its own storage (`--root`, `--runroot`, vfs), tmp dir, HOME,
-/// `containers.conf`, `storage.conf`, trust policy, auth file and a `registries.conf` whose
-/// only entry is `docker.io` mirrored to `mirror` (plain HTTP). As root, podman 4.3 keeps
-/// its blob-info cache in /var/lib/containers/cache whatever `--root` says: like
-/// [`Skopeo`], it runs in a private mount namespace with a cache dir of its own bound
-/// there. Whatever podman left mounted under its dir is unmounted on drop.
-struct Podman {
-    dir: TempDir,
-    bin: PathBuf,
-    unshare: Option<PathBuf>,
+/// podman whose `registries.conf` has `docker.io` mirrored to `mirror` (plain HTTP) as
+/// its only entry.
+#[track_caller]
+fn mirror_podman(mirror: &str) -> Podman {
+    Podman::new(&format!(
+        "unqualified-search-registries = []\n\n\
+         [[registry]]\nprefix = \"docker.io\"\nlocation = \"docker.io\"\n\n\
+         [[registry.mirror]]\nlocation = \"{mirror}\"\ninsecure = true\n"
+    ))
 }
 
-impl Podman {
-    #[track_caller]
-    fn new(mirror: &str) -> Podman {
-        let bin = require_bin("podman");
-        let dir = temp_dir("podman");
-        let d = dir.path();
-        for sub in [
-            "root",
-            "runroot",
-            "tmp",
-            "run",
-            "networks",
-            "cache",
-            "home/.config/containers/registries.d",
-            "home/.config/containers/registries.conf.d",
-        ] {
-            fs::create_dir_all(d.join(sub)).unwrap();
-        }
-        let policy = r#"{"default":[{"type":"insecureAcceptAnything"}]}"#;
-        fs::write(d.join("policy.json"), policy).unwrap();
-        // Also where c/image looks first ($HOME/.config/containers/policy.json).
-        fs::write(d.join("home/.config/containers/policy.json"), policy).unwrap();
-        fs::write(
-            d.join("registries.conf"),
-            format!(
-                "unqualified-search-registries = []\n\n\
-                 [[registry]]\nprefix = \"docker.io\"\nlocation = \"docker.io\"\n\n\
-                 [[registry.mirror]]\nlocation = \"{mirror}\"\ninsecure = true\n"
-            ),
-        )
-        .unwrap();
-        fs::write(
-            d.join("storage.conf"),
-            format!(
-                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
-                d.join("root").display(),
-                d.join("runroot").display()
-            ),
-        )
-        .unwrap();
-        // File locks (in --tmpdir) instead of the host-wide /dev/shm/libpod_lock; the CNI
-        // backend with a config dir of its own, since rootful netavark always writes to
-        // /etc/containers/networks and /run/containers/networks (pulls need no network).
-        fs::write(
-            d.join("containers.conf"),
-            format!(
-                "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"none\"\nlock_type = \"file\"\n\
-                 [network]\nnetwork_backend = \"cni\"\nnetwork_config_dir = \"{}\"\n",
-                d.join("networks").display()
-            ),
-        )
-        .unwrap();
-        fs::write(d.join("auth.json"), "{}").unwrap();
-        let unshare = private_cache_unshare();
-        Podman { dir, bin, unshare }
-    }
+trait PodmanExt {
+    fn ok(&self, args: &[&str], context: &str, extra: impl FnOnce() -> String) -> Output;
+    fn pull(&self, reference: &str, context: &str, extra: impl FnOnce() -> String) -> Output;
+    fn inspect(&self, reference: &str, format: &str) -> String;
+}
 
-    /// A `podman` command with the isolation flags and environment set; add arguments.
-    fn cmd(&self) -> Command {
-        let d = self.dir.path();
-        let mut c = isolated_containers_command(&self.bin, self.unshare.as_deref(), d);
-        c.env("CONTAINERS_STORAGE_CONF", d.join("storage.conf"))
-            .env("CONTAINERS_CONF", d.join("containers.conf"))
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("runroot"))
-            .arg("--tmpdir")
-            .arg(d.join("tmp"))
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--events-backend",
-                "none",
-            ]);
-        c
-    }
-
+impl PodmanExt for Podman {
     /// Runs `podman ARGS`, panicking with its output (and `extra`) on failure.
     #[track_caller]
     fn ok(&self, args: &[&str], context: &str, extra: impl FnOnce() -> String) -> Output {
-        let o = run(self.cmd().args(args), CMD_TIMEOUT);
+        let o = self.run(args);
         assert!(o.success(), "{context}: podman failed\n{o}\n{}", extra());
         o
     }
@@ -117,7 +39,7 @@ impl Podman {
     /// `podman pull REF` with the trust policy of its own.
     #[track_caller]
     fn pull(&self, reference: &str, context: &str, extra: impl FnOnce() -> String) -> Output {
-        let policy = self.dir.path().join("policy.json");
+        let policy = self.policy();
         self.ok(
             &[
                 "pull",
@@ -144,12 +66,6 @@ impl Podman {
     }
 }
 
-impl Drop for Podman {
-    fn drop(&mut self) {
-        unmount_under(self.dir.path());
-    }
-}
-
 /// podman pulls `docker.io/library/podimg:1` with a `registries.conf` mirroring
 /// `docker.io` to Pier; the image has the upstream's manifest digest and config (image
 /// ID). Upstream stopped (past the tag TTL), a podman with fresh storage pulls it again
@@ -171,7 +87,7 @@ fn podman_pulls_docker_hub_names_through_a_registries_conf_mirror() {
     let image_id = img.config_digest.trim_start_matches("sha256:");
 
     // Cold: through Pier from the upstream.
-    let p = Podman::new(&pier.host());
+    let p = mirror_podman(&pier.host());
     p.pull(by_tag, "podman pull through the mirror (cold)", || {
         format!("{}\n{}", pier.log_tail(30), up.access_lines("/v2/"))
     });
@@ -224,7 +140,7 @@ fn podman_pulls_docker_hub_names_through_a_registries_conf_mirror() {
     // Warm: upstream stopped, tag past its TTL, fresh podman storage.
     up.stop();
     std::thread::sleep(Duration::from_millis(1200));
-    let p = Podman::new(&pier.host());
+    let p = mirror_podman(&pier.host());
     p.pull(
         by_tag,
         "podman pull by tag from the cache, upstream down",
