@@ -1091,6 +1091,28 @@ mod tests {
         setup_full(dir, blob, tag_ttl, Duration::ZERO, keep_deleted)
     }
 
+    /// A mirror config with `up` as the default upstream (and `team/` kept local).
+    fn one_upstream(
+        up: Arc<FakeUpstream>,
+        tag_ttl: Duration,
+        stale_while_revalidate: Duration,
+        keep_deleted: bool,
+    ) -> MirrorConfig {
+        MirrorConfig {
+            upstreams: vec![UpstreamSpec {
+                name: "up".into(),
+                namespace: "up.example".into(),
+                tag_ttl,
+                stale_while_revalidate,
+                docker_hub: true,
+                keep_deleted,
+                client: up,
+            }],
+            default: Some(0),
+            local_namespaces: vec!["team".into()],
+        }
+    }
+
     fn setup_full(
         dir: &std::path::Path,
         blob: Vec<u8>,
@@ -1116,19 +1138,7 @@ mod tests {
             blob_gets: AtomicUsize::new(0),
             manifest,
         });
-        let config = MirrorConfig {
-            upstreams: vec![UpstreamSpec {
-                name: "up".into(),
-                namespace: "up.example".into(),
-                tag_ttl,
-                stale_while_revalidate,
-                docker_hub: true,
-                keep_deleted,
-                client: up.clone(),
-            }],
-            default: Some(0),
-            local_namespaces: vec!["team".into()],
-        };
+        let config = one_upstream(up.clone(), tag_ttl, stale_while_revalidate, keep_deleted);
         let mirror = Arc::new(Mirror::new(registry, store, config));
         let t = mirror.route(&"alpine".parse().unwrap(), None).unwrap();
         (mirror, up, t, d)
@@ -1312,19 +1322,8 @@ mod tests {
         // upstream, sharing the lease table with node A.
         let store = Arc::new(FsStore::new(dir.path()).unwrap());
         let registry = Arc::new(Registry::new(Stores::from_backend(store.clone())));
-        let config = MirrorConfig {
-            upstreams: vec![UpstreamSpec {
-                name: "up".into(),
-                namespace: "up.example".into(),
-                tag_ttl: Duration::from_secs(60),
-                stale_while_revalidate: Duration::ZERO,
-                docker_hub: true,
-                keep_deleted: false,
-                client: up.clone(),
-            }],
-            default: Some(0),
-            local_namespaces: vec![],
-        };
+        let ttl = Duration::from_secs(60);
+        let config = one_upstream(up.clone(), ttl, Duration::ZERO, false);
         let b = Arc::new(
             Mirror::new(registry, store, config).with_leases(Arc::new(leases.for_owner("b"))),
         );
@@ -1333,19 +1332,7 @@ mod tests {
             Mirror::new(
                 a.registry.clone(),
                 a.ingest.clone(),
-                MirrorConfig {
-                    upstreams: vec![UpstreamSpec {
-                        name: "up".into(),
-                        namespace: "up.example".into(),
-                        tag_ttl: Duration::from_secs(60),
-                        stale_while_revalidate: Duration::ZERO,
-                        docker_hub: true,
-                        keep_deleted: false,
-                        client: up.clone(),
-                    }],
-                    default: Some(0),
-                    local_namespaces: vec![],
-                },
+                one_upstream(up.clone(), ttl, Duration::ZERO, false),
             )
             .with_leases(Arc::new(leases.for_owner("a"))),
         );

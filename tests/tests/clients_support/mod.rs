@@ -572,9 +572,14 @@ impl Tar {
 
 /// gzip (`gzip -n`, no name or timestamp: deterministic).
 pub fn gzip(data: &[u8]) -> Vec<u8> {
+    gzip_level(data, 6)
+}
+
+/// gzip at a compression level (1 is fast on incompressible layers).
+pub fn gzip_level(data: &[u8], level: u8) -> Vec<u8> {
     let gz = require_bin("gzip");
     let mut child = Command::new(gz)
-        .args(["-n", "-c", "-6"])
+        .args(["-n", "-c", &format!("-{level}")])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

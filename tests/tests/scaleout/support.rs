@@ -2,10 +2,7 @@
 //! of what a client got back and of the bucket's blob keys.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::thread;
 use std::time::Instant;
 
 use serde_json::json;
@@ -14,22 +11,7 @@ use crate::clients_support::*;
 
 /// gzip at level 1 (`gzip -n -1`: deterministic, and fast on incompressible layers).
 pub fn gzip_fast(data: &[u8]) -> Vec<u8> {
-    let mut child = Command::new(require_bin("gzip"))
-        .args(["-n", "-c", "-1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn gzip");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let input = data.to_vec();
-    let writer = thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().expect("gzip");
-    writer.join().expect("gzip writer");
-    assert!(out.status.success(), "gzip failed");
-    out.stdout
+    gzip_level(data, 1)
 }
 
 /// An OCI image whose layer `i` is a gzip tar holding `sizes[i]` random bytes (random
