@@ -61,15 +61,26 @@ fi
 
 # S3 tests (gateway/storage/tests/s3.rs): s3s-fs, a small S3 server that checks SigV4
 # signatures, built once from crates.io (0.14.1: later releases need rustc 1.96; about 6
-# minutes). One patch: s3s-fs keeps each object's metadata in a file named after the
+# minutes). First patch: s3s-fs keeps each object's metadata in a file named after the
 # base64 of the whole key, so keys longer than about 165 bytes fail with InternalError
 # (the file name passes 255 bytes). Distribution's layout has such keys (sha512 blobs,
 # referrer links, long repository names and tags; S3 itself allows 1024 bytes), so long
-# names are replaced by an MD5 of the key. The marker file records the patched build.
+# names are replaced by an MD5 of the key.
+# Second patch: ListMultipartUploads, which s3s-fs lacks (501 NotImplemented). Debian's
+# docker-registry (distribution 2.8.2, aws-sdk-go v1) calls it to reopen an upload's
+# writer on every PATCH/PUT after the first, then ListParts, dereferencing its
+# IsTruncated and summing the parts' Size. So: CreateMultipartUpload also records
+# [bucket, key] in `.upload-<id>.key.json` (the metadata file name cannot be decoded once
+# hashed), removed with the upload's info file on complete/abort; ListMultipartUploads
+# lists those records by bucket and prefix; ListParts answers IsTruncated=false, the
+# parts in order, and each part's ETag.
+# The marker file records the patched build: its content names the patches, and an
+# install whose marker differs (an older patch set) is rebuilt.
 S3S_FS_VERSION="${S3S_FS_VERSION:-0.14.1}"
 S3S_FS_ROOT="$PIER_CACHE/s3s-fs"
 S3S_FS_MARKER="$S3S_FS_ROOT/long-keys-patch"
-if [[ ! -x $S3S_FS_ROOT/bin/s3s-fs || ! -f $S3S_FS_MARKER ]]; then
+S3S_FS_PATCHES="s3s-fs $S3S_FS_VERSION, metadata file names of long keys hashed; ListMultipartUploads; ListParts IsTruncated+ETag (2)"
+if [[ ! -x $S3S_FS_ROOT/bin/s3s-fs || "$(cat "$S3S_FS_MARKER" 2>/dev/null)" != "$S3S_FS_PATCHES" ]]; then
     if ! command -v cargo >/dev/null 2>&1; then
         log "cargo not found: cannot build s3s-fs for the S3 tests"
         exit 1
@@ -92,9 +103,119 @@ if [[ ! -x $S3S_FS_ROOT/bin/s3s-fs || ! -f $S3S_FS_MARKER ]]; then
         log "the s3s-fs long-key patch did not apply to $fs_rs"
         exit 1
     fi
-    rm -rf "$S3S_FS_ROOT"
-    cargo install --path "$work/s3s-fs" --features binary --locked --root "$S3S_FS_ROOT"
-    echo "s3s-fs $S3S_FS_VERSION, metadata file names of long keys hashed" >"$S3S_FS_MARKER"
+    # The multipart patch: exact text replacements, each of which must match once.
+    "$PY" - "$work/s3s-fs/src" <<'PATCH'
+import sys
+src = sys.argv[1]
+
+def patch(name, old, new):
+    path = f"{src}/{name}"
+    text = open(path).read()
+    if text.count(old) != 1:
+        sys.exit(f"install-test-deps: the s3s-fs multipart patch did not apply to {path}")
+    open(path, "w").write(text.replace(old, new))
+
+KEY_FILE = 'format!(".upload-{upload_id}.key.json")'
+
+# CreateMultipartUpload records the upload's bucket and key.
+patch("s3.rs",
+"""        let upload_id = self.create_upload_id(req.credentials.as_ref()).await?;
+""",
+"""        let upload_id = self.create_upload_id(req.credentials.as_ref()).await?;
+        let key_file = self.resolve_abs_path(%s)?;
+        try_!(fs::write(&key_file, try_!(serde_json::to_vec(&(&input.bucket, &input.key)))).await);
+""" % KEY_FILE)
+
+# Complete and abort forget it with the upload id.
+patch("fs.rs",
+"""        let upload_info_path = self.get_upload_info_path(upload_id)?;
+        if upload_info_path.exists() {
+            fs::remove_file(&upload_info_path).await?;
+        }
+""",
+"""        let upload_info_path = self.get_upload_info_path(upload_id)?;
+        if upload_info_path.exists() {
+            fs::remove_file(&upload_info_path).await?;
+        }
+        let _ = fs::remove_file(self.resolve_abs_path(%s)?).await;
+""" % KEY_FILE)
+
+# ListParts: each part's ETag, parts in order, IsTruncated.
+patch("s3.rs",
+"""            let part = Part {
+                last_modified: Some(last_modified),
+""",
+"""            let mut md5 = Md5::new();
+            md5.update(&try_!(fs::read(entry.path()).await));
+            let part = Part {
+                e_tag: Some(ETag::Strong(hex(md5.finalize()))),
+                last_modified: Some(last_modified),
+""")
+patch("s3.rs",
+"""            parts: Some(parts),
+            ..Default::default()
+        };
+""",
+"""            parts: Some({
+                parts.sort_by_key(|p| p.part_number);
+                parts
+            }),
+            is_truncated: Some(false),
+            ..Default::default()
+        };
+""")
+
+# ListMultipartUploads: the recorded uploads of the bucket whose key has the prefix.
+patch("s3.rs",
+"""    #[tracing::instrument]
+    async fn list_parts(""",
+"""    #[tracing::instrument]
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let ListMultipartUploadsInput { bucket, prefix, .. } = req.input;
+        let want = prefix.clone().unwrap_or_default();
+        let mut uploads: Vec<MultipartUpload> = Vec::new();
+        let mut iter = try_!(fs::read_dir(&self.root).await);
+        while let Some(entry) = try_!(iter.next_entry().await) {
+            let file_name = entry.file_name();
+            let Some(name) = file_name.to_str() else { continue };
+            let Some(id) = name.strip_prefix(".upload-").and_then(|n| n.strip_suffix(".key.json")) else { continue };
+            // Gone when the upload completed or aborted meanwhile.
+            let Ok(content) = fs::read(entry.path()).await else { continue };
+            let Ok(meta) = entry.metadata().await else { continue };
+            let (b, key): (String, String) = try_!(serde_json::from_slice(&content));
+            if b != bucket || !key.starts_with(want.as_str()) {
+                continue;
+            }
+            uploads.push(MultipartUpload {
+                key: Some(key),
+                upload_id: Some(id.to_owned()),
+                initiated: meta.modified().ok().map(Timestamp::from),
+                ..Default::default()
+            });
+        }
+        uploads.sort_by(|x, y| (&x.key, &x.upload_id).cmp(&(&y.key, &y.upload_id)));
+        let output = ListMultipartUploadsOutput {
+            bucket: Some(bucket),
+            prefix,
+            uploads: Some(uploads),
+            is_truncated: Some(false),
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
+    }
+
+    #[tracing::instrument]
+    async fn list_parts(""")
+PATCH
+    # Built aside, then renamed over the old binary: tests running meanwhile keep one.
+    cargo install --path "$work/s3s-fs" --features binary --locked --root "$work/root"
+    mkdir -p "$S3S_FS_ROOT/bin"
+    cp "$work/root/bin/s3s-fs" "$S3S_FS_ROOT/bin/s3s-fs.new"
+    mv -f "$S3S_FS_ROOT/bin/s3s-fs.new" "$S3S_FS_ROOT/bin/s3s-fs"
+    echo "$S3S_FS_PATCHES" >"$S3S_FS_MARKER"
     rm -rf "$work"
 else
     log "s3s-fs present in $S3S_FS_ROOT"

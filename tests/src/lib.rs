@@ -65,7 +65,7 @@ pub fn pier_bin() -> PathBuf {
             return p;
         }
     }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let workspace = manifest_dir()
         .join("..")
         .join("target")
         .join("debug")
@@ -75,6 +75,16 @@ pub fn pier_bin() -> PathBuf {
         Some(t) if !workspace.exists() => PathBuf::from(t).join("debug").join("pier"),
         _ => workspace,
     }
+}
+
+/// This crate's directory (`tests/`). Read at run time first: `cargo test` sets it, and a
+/// test binary built in a shared target directory from another checkout of the same tree
+/// would otherwise point at that checkout.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.join("Cargo.toml").exists())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// A port that was free a moment ago on 127.0.0.1.

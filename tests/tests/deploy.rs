@@ -2,13 +2,13 @@
 //! pass is one `pier serve` accepts, every config they ship starts a real `pier serve`,
 //! the ports they publish are the ones that config listens on, and the probe paths answer.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use pier_e2e::{TestPier, http, pier_bin};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    pier_e2e::manifest_dir().join("..")
 }
 
 fn read(rel: &str) -> String {

@@ -19,6 +19,8 @@ mod clients;
 mod cluster;
 #[path = "scaleout/crash.rs"]
 mod crash;
+#[path = "scaleout/interop.rs"]
+mod interop;
 #[path = "scaleout/mirror.rs"]
 mod mirror;
 #[allow(dead_code)]
@@ -26,6 +28,8 @@ mod mirror;
 mod mirror_support;
 #[path = "scaleout/redis_down.rs"]
 mod redis_down;
+#[path = "scaleout/sentinel.rs"]
+mod sentinel;
 #[path = "scaleout/support.rs"]
 mod support;
 #[path = "scaleout/uploads.rs"]

@@ -61,8 +61,12 @@ impl Shared {
     pub async fn publish(&self, channel: &str, message: &str) -> Result<(), ClusterError> {
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(self.inner.keys.channel(channel)).arg(message);
-        let _receivers: i64 = self.query("publish", &cmd).await?;
-        Ok(())
+        // A connection to a master that died (failover) only fails on first use; a
+        // duplicate announcement is harmless, so one retry on a fresh connection.
+        match self.query::<i64>("publish", &cmd).await {
+            Err(e) if e.is_unavailable() => self.query::<i64>("publish", &cmd).await.map(drop),
+            r => r.map(drop),
+        }
     }
 
     /// Subscribes to `channel`. Returns once the first `SUBSCRIBE` is confirmed (bounded by

@@ -32,7 +32,7 @@ pub fn creds((user, pass): (&str, &str)) -> String {
 
 /// The example's directory in this repository.
 fn example_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/rbac")
+    pier_e2e::manifest_dir().join("../deploy/examples/rbac")
 }
 
 /// A `pier serve` running the RBAC example: its pier.toml, users and robots copied to a

@@ -351,7 +351,7 @@ pub fn pier_run(
 
 /// `deploy/examples/rbac`.
 pub fn example_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    pier_e2e::manifest_dir()
         .join("..")
         .join("deploy")
         .join("examples")

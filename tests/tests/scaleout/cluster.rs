@@ -3,6 +3,10 @@
 //! under one temp dir. The node and nginx configs are generated from the shipped example
 //! (`deploy/examples/ha/node.toml.in`, `nginx.conf.in`), so the tests exercise the
 //! documented deployment. Everything is stopped when the [`Cluster`] drops.
+//!
+//! With [`ClusterBuilder::sentinel`], Redis runs under Sentinel instead (a master, a
+//! replica, three sentinels) and the nodes' `[redis]` table is rewritten to sentinel mode;
+//! [`Cluster::kill9_redis_master`] and [`Cluster::wait_for_new_redis_master`] drive a failover.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -27,7 +31,7 @@ pub const PREFIX: &str = "registry";
 const NODE_READY: Duration = Duration::from_secs(30);
 
 fn ha_example(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    pier_e2e::manifest_dir()
         .join("../deploy/examples/ha")
         .join(file)
 }
@@ -210,6 +214,8 @@ impl Node {
 #[derive(Default)]
 pub struct ClusterBuilder {
     extra_toml: String,
+    /// Sentinel processes; 0: one standalone redis-server.
+    sentinels: usize,
 }
 
 impl ClusterBuilder {
@@ -220,10 +226,190 @@ impl ClusterBuilder {
         self
     }
 
+    /// Redis under Sentinel instead of one standalone server: a master, one replica
+    /// (`--replicaof`) and three sentinels (quorum 2) monitoring [`SENTINEL_MASTER`], with
+    /// every node's `[redis]` in `mode = "sentinel"`. The set is up (replica in sync, each
+    /// sentinel knowing the replica and the other sentinels) before the nodes start.
+    pub fn sentinel(mut self) -> Self {
+        self.sentinels = 3;
+        self
+    }
+
     #[track_caller]
     pub fn start(self) -> Cluster {
-        Cluster::start_with(&self.extra_toml)
+        Cluster::start_with(&self.extra_toml, self.sentinels)
     }
+}
+
+/// The name the sentinels monitor (`[redis] master` in the nodes' configs).
+pub const SENTINEL_MASTER: &str = "pier";
+/// `sentinel down-after-milliseconds`: how long a dead master goes unnoticed.
+const SENTINEL_DOWN_AFTER_MS: u64 = 1000;
+/// `sentinel failover-timeout`.
+const SENTINEL_FAILOVER_TIMEOUT_MS: u64 = 10_000;
+
+/// `redis-cli -p PORT ARGS...`'s stdout, or None if it failed or Redis answered an error.
+fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let o = run(
+        Command::new(require_bin("redis-cli"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args),
+        Duration::from_secs(10),
+    );
+    (o.success() && !o.stdout.starts_with("ERR") && !o.stdout.starts_with("(error)"))
+        .then_some(o.stdout)
+}
+
+/// A reply of alternating field and value lines (`SENTINEL MASTER`) as pairs.
+fn cli_fields(reply: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = reply.lines().collect();
+    lines
+        .chunks(2)
+        .filter(|c| c.len() == 2)
+        .map(|c| (c[0].to_owned(), c[1].to_owned()))
+        .collect()
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Redis under Sentinel: the data servers (master and replica, by port) and the sentinels.
+struct SentinelSet {
+    servers: Vec<(u16, Daemon)>,
+    sentinels: Vec<(u16, Daemon)>,
+}
+
+impl SentinelSet {
+    #[track_caller]
+    fn start(d: &Path, n_sentinels: usize) -> SentinelSet {
+        let redis_bin = require_bin("redis-server");
+        let server = |role: &'static str, replica_of: Option<u16>| {
+            let data = d.join(format!("redis-{role}"));
+            fs::create_dir_all(&data).unwrap();
+            let bin = redis_bin.clone();
+            start_on_free_port(
+                &format!("redis-server ({role})"),
+                move |port, attempt| {
+                    let mut cmd = Command::new(&bin);
+                    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                        .args(["--save", "", "--appendonly", "no"])
+                        .arg("--dir")
+                        .arg(&data);
+                    if let Some(m) = replica_of {
+                        cmd.args(["--replicaof", "127.0.0.1", &m.to_string()]);
+                    }
+                    Daemon::spawn(
+                        &format!("redis-server ({role})"),
+                        &mut cmd,
+                        &d.join(format!("redis-{role}-{attempt}.log")),
+                    )
+                },
+                |port| tcp_open(addr(port)),
+            )
+        };
+        let (master, master_port) = server("master", None);
+        let (replica, replica_port) = server("replica", Some(master_port));
+        let quorum = n_sentinels.div_ceil(2).max(1);
+        let mut sentinels = Vec::new();
+        for i in 1..=n_sentinels {
+            let (daemon, port) = start_on_free_port(
+                "redis sentinel",
+                |port, attempt| {
+                    let conf = d.join(format!("sentinel{i}-{attempt}.conf"));
+                    fs::write(
+                        &conf,
+                        format!(
+                            "bind 127.0.0.1\nport {port}\ndir {dir}\n\
+                             sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} {quorum}\n\
+                             sentinel down-after-milliseconds {SENTINEL_MASTER} {SENTINEL_DOWN_AFTER_MS}\n\
+                             sentinel failover-timeout {SENTINEL_MASTER} {SENTINEL_FAILOVER_TIMEOUT_MS}\n\
+                             sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
+                            dir = d.display()
+                        ),
+                    )
+                    .unwrap();
+                    Daemon::spawn(
+                        "redis sentinel",
+                        Command::new(&redis_bin).arg(&conf).arg("--sentinel"),
+                        &d.join(format!("redis-sentinel{i}-{attempt}.log")),
+                    )
+                },
+                |port| tcp_open(addr(port)),
+            );
+            sentinels.push((port, daemon));
+        }
+        let set = SentinelSet {
+            servers: vec![(master_port, master), (replica_port, replica)],
+            sentinels,
+        };
+        // Up = the replica is in sync and every sentinel knows the replica and its peers
+        // (sentinels find each other through the master's hello channel, every 2 s).
+        let up = poll(Duration::from_secs(30), || {
+            let synced = redis_cli(replica_port, &["info", "replication"])
+                .is_some_and(|s| s.contains("master_link_status:up"));
+            synced
+                && set.sentinels.iter().all(|(p, _)| {
+                    redis_cli(*p, &["sentinel", "master", SENTINEL_MASTER]).is_some_and(|r| {
+                        let f = cli_fields(&r);
+                        field(&f, "num-slaves") == Some("1")
+                            && field(&f, "num-other-sentinels")
+                                == Some(&(n_sentinels - 1).to_string())
+                    })
+                })
+        });
+        assert!(
+            up,
+            "the sentinel set did not come up in 30 s: {}",
+            set.sentinels
+                .iter()
+                .map(|(p, _)| format!(
+                    "\nsentinel :{p}: {:?}",
+                    redis_cli(*p, &["sentinel", "master", SENTINEL_MASTER])
+                ))
+                .collect::<String>()
+        );
+        set
+    }
+
+    /// The master's port as the first sentinel that answers names it.
+    fn master_port(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|(p, _)| {
+            let r = redis_cli(
+                *p,
+                &["sentinel", "get-master-addr-by-name", SENTINEL_MASTER],
+            )?;
+            r.lines().nth(1)?.trim().parse().ok()
+        })
+    }
+
+    fn stop(&mut self) {
+        for (_, d) in self.sentinels.iter_mut().chain(self.servers.iter_mut()) {
+            d.stop();
+        }
+    }
+}
+
+/// The example's `[redis]` table (the template's last) replaced by sentinel mode.
+fn sentinel_redis_table(toml: &str, sentinel_ports: &[u16]) -> String {
+    let start = toml
+        .find("\n[redis]\n")
+        .expect("node.toml.in has a [redis] table");
+    let rest = &toml[start + 1..];
+    let end = rest.find("\n[").map_or(toml.len(), |e| start + 1 + e + 1);
+    let sentinels = sentinel_ports
+        .iter()
+        .map(|p| format!("\"127.0.0.1:{p}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{}\n[redis]\nmode = \"sentinel\"\nmaster = \"{SENTINEL_MASTER}\"\nsentinels = [{sentinels}]\n{}",
+        &toml[..start],
+        &toml[end..]
+    )
 }
 
 /// The whole deployment of `deploy/examples/ha`, on free ports under a temp dir.
@@ -237,6 +423,9 @@ pub struct Cluster {
     pub s3_dir: PathBuf,
     nginx: Option<Daemon>,
     redis: Option<Daemon>,
+    /// With [`ClusterBuilder::sentinel`] (then `redis` is None and `redis_port` is the
+    /// first master's port).
+    sentinel: Option<SentinelSet>,
     s3: Option<Daemon>,
     /// Last: removed after every process stopped.
     dir: TempDir,
@@ -253,7 +442,7 @@ impl Cluster {
     }
 
     #[track_caller]
-    fn start_with(extra_toml: &str) -> Cluster {
+    fn start_with(extra_toml: &str, sentinels: usize) -> Cluster {
         let dir = temp_dir("scaleout");
         let d = dir.path().to_owned();
         // nginx's workers run as `nobody`: let them reach the temp paths under the dir.
@@ -278,22 +467,29 @@ impl Cluster {
             |port| tcp_open(addr(port)),
         );
 
+        let sentinel = (sentinels > 0).then(|| SentinelSet::start(&d, sentinels));
         let redis_bin = require_bin("redis-server");
-        let (redis, redis_port) = start_on_free_port(
-            "redis-server",
-            |port, attempt| {
-                Daemon::spawn(
+        let (redis, redis_port) = match &sentinel {
+            Some(set) => (None, set.servers[0].0),
+            None => {
+                let (redis, port) = start_on_free_port(
                     "redis-server",
-                    Command::new(&redis_bin)
-                        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                        .args(["--save", "", "--appendonly", "no"])
-                        .arg("--dir")
-                        .arg(d.join("redis")),
-                    &d.join(format!("redis-{attempt}.log")),
-                )
-            },
-            |port| tcp_open(addr(port)),
-        );
+                    |port, attempt| {
+                        Daemon::spawn(
+                            "redis-server",
+                            Command::new(&redis_bin)
+                                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                                .args(["--save", "", "--appendonly", "no"])
+                                .arg("--dir")
+                                .arg(d.join("redis")),
+                            &d.join(format!("redis-{attempt}.log")),
+                        )
+                    },
+                    |port| tcp_open(addr(port)),
+                );
+                (Some(redis), port)
+            }
+        };
 
         let template = fs::read_to_string(ha_example("node.toml.in")).expect("node.toml.in");
         let mut nodes = Vec::new();
@@ -311,6 +507,10 @@ impl Cluster {
                     !toml.contains('@'),
                     "node.toml.in has a placeholder the harness does not know:\n{toml}"
                 );
+                if let Some(set) = &sentinel {
+                    let ports: Vec<u16> = set.sentinels.iter().map(|(p, _)| *p).collect();
+                    toml = sentinel_redis_table(&toml, &ports);
+                }
                 if !extra_toml.is_empty() {
                     toml.push('\n');
                     toml.push_str(extra_toml);
@@ -373,7 +573,8 @@ impl Cluster {
             redis_port,
             s3_dir,
             nginx: Some(nginx),
-            redis: Some(redis),
+            redis,
+            sentinel,
             s3: Some(s3),
             dir,
         }
@@ -422,6 +623,55 @@ impl Cluster {
         if let Some(mut r) = self.redis.take() {
             r.stop();
         }
+    }
+
+    /// Sentinel mode: the current master's port, as
+    /// `SENTINEL GET-MASTER-ADDR-BY-NAME` on the first sentinel that answers names it.
+    #[track_caller]
+    pub fn redis_master_port(&self) -> u16 {
+        let set = self
+            .sentinel
+            .as_ref()
+            .expect("a cluster started with .sentinel()");
+        set.master_port().expect("no sentinel names a master")
+    }
+
+    /// Sentinel mode: SIGKILL the current master (found through the sentinels) and reap
+    /// it; returns its port.
+    #[track_caller]
+    pub fn kill9_redis_master(&mut self) -> u16 {
+        let port = self.redis_master_port();
+        let set = self.sentinel.as_mut().expect("sentinel mode");
+        let (_, d) = set
+            .servers
+            .iter_mut()
+            .find(|(p, _)| *p == port)
+            .unwrap_or_else(|| panic!("the sentinels name :{port}, not a server of the set"));
+        send_signal(d.pid(), "KILL");
+        d.stop(); // reaps it
+        port
+    }
+
+    /// Sentinel mode: waits until the sentinels name a master other than `old` that
+    /// answers `ROLE` as a master; returns its port and how long that took.
+    #[track_caller]
+    pub fn wait_for_new_redis_master(&self, old: u16, timeout: Duration) -> (u16, Duration) {
+        let set = self.sentinel.as_ref().expect("sentinel mode");
+        let start = Instant::now();
+        let mut new = None;
+        let found = poll(timeout, || {
+            new = set.master_port().filter(|p| *p != old);
+            new.is_some_and(|p| {
+                redis_cli(p, &["role"]).is_some_and(|r| r.lines().next() == Some("master"))
+            })
+        });
+        assert!(
+            found,
+            "no new redis master within {timeout:?} (old :{old}, sentinels say {:?})\n{}",
+            set.master_port(),
+            self.logs(30)
+        );
+        (new.expect("found"), start.elapsed())
     }
 
     /// `<s3 dir>/<bucket>/<prefix>`: the registry's root as keys on disk.
@@ -491,6 +741,9 @@ impl Drop for Cluster {
             n.kill9();
         }
         self.stop_redis();
+        if let Some(mut set) = self.sentinel.take() {
+            set.stop();
+        }
         if let Some(mut d) = self.s3.take() {
             d.stop();
         }
