@@ -24,6 +24,8 @@ mod docker;
 mod expiry;
 #[path = "auth_clients/podman.rs"]
 mod podman;
+#[path = "auth_clients/revoke.rs"]
+mod revoke;
 #[path = "auth_clients/skopeo.rs"]
 mod skopeo;
 #[path = "auth_clients/support.rs"]

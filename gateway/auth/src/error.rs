@@ -25,6 +25,9 @@ pub enum AuthError {
     Scope { scope: String, message: String },
     #[error("{0}")]
     Invalid(String),
+    /// A store the operation needs is unreachable (Redis down).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Policy(#[from] crate::PolicyError),
 }

@@ -11,6 +11,7 @@
 pub mod authn;
 mod error;
 mod model;
+pub mod revoke;
 pub mod robots;
 pub mod scope;
 pub mod time;

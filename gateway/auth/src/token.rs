@@ -412,18 +412,25 @@ impl TokenService {
         Ok(claims)
     }
 
-    /// Verifies a refresh token this gateway issued; returns its subject.
-    pub fn verify_refresh(&self, token: &str) -> Result<String, AuthError> {
-        let c = self.verify_uncached(token)?;
+    /// Verifies a refresh token this gateway issued; returns its claims (`sub`, `jti`).
+    pub fn verify_refresh(&self, token: &str) -> Result<Claims, AuthError> {
+        let c = self.verify_any(token)?;
         if !c.is_refresh() || c.iss != self.settings.issuer {
             return Err(AuthError::InvalidToken(
                 "not a refresh token of this service".into(),
             ));
         }
+        Ok(c)
+    }
+
+    /// Verifies an access or refresh token (signature, audience, not expired), uncached:
+    /// for revoking it.
+    pub fn verify_any(&self, token: &str) -> Result<Claims, AuthError> {
+        let c = self.verify_uncached(token)?;
         if c.exp <= now_secs() {
             return Err(AuthError::TokenExpired);
         }
-        Ok(c.sub)
+        Ok(c)
     }
 
     fn verify_uncached(&self, token: &str) -> Result<Claims, AuthError> {
@@ -579,7 +586,7 @@ mod tests {
         assert!(s.verify(&foreign).is_err());
         let r = s.issue_refresh("bob").unwrap();
         assert!(s.verify(&r).is_err(), "refresh token used as access token");
-        assert_eq!(s.verify_refresh(&r).unwrap(), "bob");
+        assert_eq!(s.verify_refresh(&r).unwrap().sub, "bob");
         assert!(s.verify_refresh(&t).is_err());
     }
 
