@@ -29,7 +29,8 @@ use http::header::{
 };
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -37,6 +38,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pier_oci::{Digest, MAX_MANIFEST_SIZE, Reference, RepoName, media_types};
 use tracing::{debug, warn};
+
+mod push;
+pub use push::{Mount, UploadSession};
 
 use crate::{
     BlobFetched, ByteStream, Credentials, ManifestFetched, ManifestHead, Upstream, UpstreamConfig,
@@ -61,7 +65,9 @@ const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
 const USER_AGENT_VALUE: &str = concat!("pier/", env!("CARGO_PKG_VERSION"));
 const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+/// Request bodies: empty, a few bytes (manifests) or a streamed upload chunk.
+type ReqBody = UnsyncBoxBody<Bytes, io::Error>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, ReqBody>;
 
 /// The real registry client. Cheap to share behind an `Arc`; holds a connection pool and
 /// the token cache for one upstream.
@@ -155,6 +161,82 @@ struct Call<'a> {
     scope: String,
     headers: Vec<(HeaderName, HeaderValue)>,
     repo: &'a RepoName,
+    /// A full URL to use instead of the origin + `path` (an upload `Location`).
+    target: Option<Uri>,
+    body: Payload,
+}
+
+/// What a request carries.
+pub(crate) enum Payload {
+    Empty,
+    /// Small bytes (a manifest), sent again on every attempt.
+    Bytes(Bytes),
+    /// A streamed body: it can be sent once only.
+    Stream(Mutex<Option<ByteStream>>),
+}
+
+impl Payload {
+    /// The body for the next send, with whether it streams (idle timeout) or not.
+    fn take(&self) -> Result<(ReqBody, Option<Arc<Activity>>), UpstreamError> {
+        match self {
+            Payload::Empty => Ok((
+                Empty::new().map_err(|never| match never {}).boxed_unsync(),
+                None,
+            )),
+            Payload::Bytes(bytes) => Ok((
+                Full::new(bytes.clone())
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+                None,
+            )),
+            Payload::Stream(slot) => {
+                let stream = slot.lock().expect("payload lock").take().ok_or_else(|| {
+                    UpstreamError::Connect {
+                        url: String::new(),
+                        source: "a streamed request body was already sent; retry with a new stream"
+                            .into(),
+                    }
+                })?;
+                let activity = Arc::new(Activity::new());
+                let touch = activity.clone();
+                let body = StreamBody::new(futures_util::StreamExt::map(stream, move |item| {
+                    touch.touch();
+                    item.map(hyper::body::Frame::data)
+                }));
+                Ok((BodyExt::boxed_unsync(body), Some(activity)))
+            }
+        }
+    }
+
+    fn is_consumed_stream(&self) -> bool {
+        matches!(self, Payload::Stream(slot) if slot.lock().expect("payload lock").is_none())
+    }
+}
+
+/// When a streamed request body last made progress: the request times out only after
+/// `timeout` without any (a large chunk may take longer than `timeout` in total).
+pub(crate) struct Activity {
+    base: Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            base: Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        let now = self.base.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
 }
 
 impl UpstreamClient {
@@ -249,7 +331,16 @@ impl UpstreamClient {
             scope: format!("repository:{repo}:pull"),
             headers: Vec::new(),
             repo,
+            target: None,
+            body: Payload::Empty,
         }
+    }
+
+    /// A call that writes to `repo`: its token asks for `pull,push`.
+    fn push_call<'a>(&self, method: Method, repo: &'a RepoName, rest: String) -> Call<'a> {
+        let mut call = self.call(method, repo, rest);
+        call.scope = format!("repository:{repo}:pull,push");
+        call
     }
 
     fn origin_uri(&self, path: &str) -> Result<Uri, UpstreamError> {
@@ -311,7 +402,10 @@ impl UpstreamClient {
 
     /// One attempt: auth challenges and redirects handled, a successful response back.
     async fn exchange(&self, call: &Call<'_>, attempt: u32) -> Result<Response<Incoming>, Failure> {
-        let mut uri = self.origin_uri(&call.path)?;
+        let mut uri = match &call.target {
+            Some(target) => target.clone(),
+            None => self.origin_uri(&call.path)?,
+        };
         let mut sent = self.initial_auth(&call.scope).await?;
         let mut redirects = 0;
         let mut auth_rounds = 0;
@@ -323,7 +417,14 @@ impl UpstreamClient {
                 None
             };
             let response = self
-                .send_one(&call.method, &uri, &call.headers, authorization, attempt)
+                .send_one(
+                    &call.method,
+                    &uri,
+                    &call.headers,
+                    authorization,
+                    &call.body,
+                    attempt,
+                )
                 .await?;
             let status = response.status();
 
@@ -359,6 +460,14 @@ impl UpstreamClient {
                     .answer_challenge(response.headers(), call, &sent)
                     .await?
                 {
+                    if call.body.is_consumed_stream() {
+                        // The token is renewed for the next attempt; this body is gone.
+                        return Err(UpstreamError::Connect {
+                            url: uri.to_string(),
+                            source: "token expired during a streamed upload".into(),
+                        }
+                        .into());
+                    }
                     sent = next;
                     continue;
                 }
@@ -493,8 +602,14 @@ impl UpstreamClient {
             query.push_str(&percent_encode(service));
             query.push('&');
         }
-        query.push_str("scope=");
-        query.push_str(&percent_encode(scope));
+        // Several scopes (a cross-repository mount) go as several `scope` parameters.
+        for (i, one) in scope.split(' ').filter(|s| !s.is_empty()).enumerate() {
+            if i > 0 {
+                query.push('&');
+            }
+            query.push_str("scope=");
+            query.push_str(&percent_encode(one));
+        }
         let base = realm.realm.to_string();
         let separator = if realm.realm.query().is_some() {
             '&'
@@ -508,7 +623,7 @@ impl UpstreamClient {
         let authorization = self.authorization(&Sent::Basic)?;
         let started = Instant::now();
         let response = self
-            .send_one(&Method::GET, &uri, &[], authorization, 0)
+            .send_one(&Method::GET, &uri, &[], authorization, &Payload::Empty, 0)
             .await?;
         if !response.status().is_success() {
             let mut failure = self.status_failure(response).await;
@@ -557,6 +672,7 @@ impl UpstreamClient {
         uri: &Uri,
         headers: &[(HeaderName, HeaderValue)],
         authorization: Option<HeaderValue>,
+        payload: &Payload,
         attempt: u32,
     ) -> Result<Response<Incoming>, Failure> {
         let mut request = Request::builder()
@@ -569,19 +685,38 @@ impl UpstreamClient {
         if let Some(value) = authorization {
             request = request.header(AUTHORIZATION, value);
         }
+        let (body, activity) = payload.take()?;
         let request = request
-            .body(Empty::new())
+            .body(body)
             .map_err(|e| UpstreamError::Protocol(format!("cannot build request: {e}")))?;
         let started = Instant::now();
-        match tokio::time::timeout(self.timeout, self.http.request(request)).await {
-            Err(_) => {
+        let activity = activity.unwrap_or_else(|| {
+            let a = Arc::new(Activity::new());
+            a.touch();
+            a
+        });
+        let exchange = self.http.request(request);
+        tokio::pin!(exchange);
+        // Bounded by `timeout` without progress: for an empty or small body that is the
+        // whole exchange; a streamed body extends it while its bytes keep flowing.
+        let outcome = loop {
+            let left = self.timeout.saturating_sub(activity.idle());
+            if left.is_zero() {
+                break Err(());
+            }
+            if let Ok(result) = tokio::time::timeout(left, &mut exchange).await {
+                break Ok(result);
+            }
+        };
+        match outcome {
+            Err(()) => {
                 debug!(upstream = %self.name, method = %method, host = uri_host(uri), path = uri.path(),
                     attempt, "upstream request timed out");
                 Err(UpstreamError::Timeout(self.timeout).into())
             }
             Ok(Err(error)) => {
                 debug!(upstream = %self.name, method = %method, host = uri_host(uri), path = uri.path(),
-                    attempt, %error, "upstream request failed");
+                    attempt, error = %error, "upstream request failed");
                 Err(UpstreamError::Connect {
                     url: format!(
                         "{}://{}{}",

@@ -12,7 +12,7 @@ use futures_util::Stream;
 use pier_oci::{Digest, Reference, RepoName};
 
 pub mod client;
-pub use client::UpstreamClient;
+pub use client::{Mount, UploadSession, UpstreamClient};
 
 /// A stream of bytes from an upstream.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;

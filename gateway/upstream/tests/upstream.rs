@@ -822,3 +822,160 @@ async fn https_upstream_with_a_private_ca() {
         .unwrap_err();
     assert!(matches!(err, UpstreamError::Connect { .. }), "{err:?}");
 }
+
+/// The write side replication uses, against distribution with token auth: push
+/// tokens (`pull,push`, plus `pull` on the mount source), a chunked upload with a
+/// status check, commit, mount, manifest PUT and HEAD, tag list, no referrers API.
+#[tokio::test]
+async fn pushes_in_chunks_with_push_tokens_and_mounts() {
+    let root = TempDir::new().unwrap();
+    let keys = TempDir::new().unwrap();
+    let key = Arc::new(support::signing_key(keys.path()));
+    // Grants every action asked for, for every `scope` parameter.
+    let signer = key.clone();
+    let tokens = TinyServer::start(move |req, stream| {
+        let query = req.target.split_once('?').map(|(_, q)| q).unwrap_or("");
+        let mut access = Vec::new();
+        for pair in query.split('&') {
+            let Some(scope) = pair.strip_prefix("scope=") else {
+                continue;
+            };
+            let scope = scope
+                .replace("%3A", ":")
+                .replace("%2F", "/")
+                .replace("%2C", ",");
+            let Some((name, actions)) = scope
+                .strip_prefix("repository:")
+                .and_then(|rest| rest.rsplit_once(':'))
+            else {
+                continue;
+            };
+            let actions: Vec<&str> = actions.split(',').collect();
+            access
+                .push(serde_json::json!({"type": "repository", "name": name, "actions": actions}));
+        }
+        let jwt = support::sign_jwt(
+            &signer,
+            ISSUER,
+            SERVICE,
+            "user",
+            &serde_json::Value::Array(access),
+        );
+        let body = serde_json::json!({"token": jwt, "expires_in": 300});
+        respond(
+            stream,
+            200,
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        );
+    });
+    let registry = Registry::start(
+        root.path(),
+        "",
+        &format!(
+            "auth:\n  token:\n    realm: {}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+            tokens.url(),
+            key.cert.display()
+        ),
+    );
+    let client = client(&registry.url(), Some(("user", "pass")));
+    let repo: RepoName = "push/one".parse().unwrap();
+    let data = support::pseudo_random(250_000, 7);
+    let digest = Digest::of(Algorithm::Sha256, &data);
+
+    assert_eq!(client.blob_exists(&repo, &digest).await.unwrap(), None);
+    let mut session = client.start_upload(&repo).await.unwrap();
+    assert_eq!(session.offset, 0);
+    for piece in data.chunks(100_000) {
+        let bytes = bytes::Bytes::copy_from_slice(piece);
+        let body: ByteStream = Box::pin(futures_util::stream::iter([Ok(bytes)]));
+        let before = session.offset;
+        session = client
+            .upload_chunk(&repo, &session, piece.len() as u64, body)
+            .await
+            .unwrap();
+        assert_eq!(session.offset, before + piece.len() as u64);
+    }
+    let status = client.upload_status(&repo, &session).await.unwrap();
+    assert_eq!(status.offset, data.len() as u64);
+    client.finish_upload(&repo, &status, &digest).await.unwrap();
+    assert_eq!(
+        client.blob_exists(&repo, &digest).await.unwrap(),
+        Some(data.len() as u64)
+    );
+
+    // Mount into another repository; an unknown blob is not mounted.
+    let other: RepoName = "push/two".parse().unwrap();
+    assert_eq!(
+        client.mount_blob(&other, &digest, &repo).await.unwrap(),
+        pier_upstream::Mount::Mounted
+    );
+    let refused = client
+        .mount_blob(&other, &unknown_digest(), &repo)
+        .await
+        .unwrap();
+    let pier_upstream::Mount::Upload(session) = refused else {
+        panic!("an unknown blob was mounted");
+    };
+    // distribution wants the `delete` action for this, which a push token lacks:
+    // cancelling is best effort.
+    let _ = client.cancel_upload(&other, &session).await;
+    let scopes: Vec<String> = tokens.requests().iter().map(|r| r.target.clone()).collect();
+    assert!(
+        scopes
+            .iter()
+            .any(|t| t.contains("repository%3Apush%2Fone%3Apull%2Cpush")),
+        "{scopes:?}"
+    );
+    assert!(
+        scopes.iter().any(|t| t.contains(
+            "scope=repository%3Apush%2Ftwo%3Apull%2Cpush&scope=repository%3Apush%2Fone%3Apull"
+        )),
+        "{scopes:?}"
+    );
+
+    // A manifest over the mounted blob, by tag; HEAD finds it; the tag list has it.
+    let config = b"{}".to_vec();
+    let config_digest = Digest::of(Algorithm::Sha256, &config);
+    let mut s = client.start_upload(&other).await.unwrap();
+    let body: ByteStream = Box::pin(futures_util::stream::iter([Ok(bytes::Bytes::from(
+        config.clone(),
+    ))]));
+    s = client.upload_chunk(&other, &s, 2, body).await.unwrap();
+    client
+        .finish_upload(&other, &s, &config_digest)
+        .await
+        .unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": data.len()}],
+    }))
+    .unwrap();
+    let manifest_digest = Digest::of(Algorithm::Sha256, &manifest);
+    let v1: Reference = "v1".parse().unwrap();
+    let stored = client
+        .put_manifest(&other, &v1, OCI_MANIFEST, manifest.into())
+        .await
+        .unwrap();
+    assert_eq!(stored, Some(manifest_digest.clone()));
+    assert_eq!(
+        client.manifest_digest(&other, &v1).await.unwrap(),
+        Some(manifest_digest.clone())
+    );
+    let missing: Reference = "nope".parse().unwrap();
+    assert_eq!(
+        client.manifest_digest(&other, &missing).await.unwrap(),
+        None
+    );
+    let tags = client.tags(&other).await.unwrap();
+    assert_eq!(tags.iter().map(|t| t.as_str()).collect::<Vec<_>>(), ["v1"]);
+    // distribution 2.8 has no referrers API: none.
+    assert!(
+        client
+            .referrers(&other, &manifest_digest)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
