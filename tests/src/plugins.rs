@@ -14,6 +14,12 @@ pub struct PluginPaths {
     pub template: PathBuf,
     /// `plugins/hostile`: misbehaves on purpose (tests only).
     pub hostile: PathBuf,
+    /// `plugins/webhook`: a notifier, JSON webhooks with filters.
+    pub webhook: PathBuf,
+    /// `plugins/replicate`: a replicator, Harbor-like rules.
+    pub replicate: PathBuf,
+    /// `plugins/hostile-events`: a notifier and replicator that misbehaves on purpose.
+    pub hostile_events: PathBuf,
 }
 
 /// Environment variables of the outer build that would change the nested one (flags
@@ -32,7 +38,7 @@ const LEAKY_ENV: [&str; 9] = [
 
 /// The repository root (the parent of this crate).
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    crate::manifest_dir()
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()
@@ -109,6 +115,9 @@ pub fn build() -> &'static PluginPaths {
             rbac: wasm("pier_rbac"),
             template: wasm("pier_template"),
             hostile: wasm("pier_hostile"),
+            webhook: wasm("pier_webhook"),
+            replicate: wasm("pier_replicate"),
+            hostile_events: wasm("pier_hostile_events"),
         }
     })
 }

@@ -1,6 +1,6 @@
 //! [`pier_auth::Authorizer`] backed by an authorizer plugin, with hot reload.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use pier_auth::{
@@ -10,18 +10,18 @@ use pier_auth::{
 
 use crate::bindings::pier::plugin::types as wit;
 use crate::error::PluginError;
+use crate::hook::Hook;
 use crate::metrics::PluginMetrics;
-use crate::plugin::{Plugin, PluginSettings};
+use crate::plugin::PluginSettings;
 use crate::runtime::Runtime;
+use crate::world::World;
 
 /// Deny reasons are cut to this many bytes.
 const MAX_REASON: usize = 256;
 
 /// The current version of an authorizer plugin.
 pub struct PluginAuthorizer {
-    runtime: Arc<Runtime>,
-    current: RwLock<Arc<Plugin>>,
-    metrics: Arc<PluginMetrics>,
+    hook: Hook,
 }
 
 impl PluginAuthorizer {
@@ -29,34 +29,18 @@ impl PluginAuthorizer {
         runtime: Arc<Runtime>,
         settings: PluginSettings,
     ) -> Result<PluginAuthorizer, PluginError> {
-        let metrics = Arc::new(PluginMetrics::new(&settings.name));
-        let plugin = Plugin::load(&runtime, settings, metrics.clone()).await?;
-        tracing::info!(
-            plugin = plugin.name(),
-            digest = plugin.digest(),
-            "plugin loaded"
-        );
         Ok(PluginAuthorizer {
-            runtime,
-            current: RwLock::new(Arc::new(plugin)),
-            metrics,
+            hook: Hook::load(runtime, World::Authorizer, settings).await?,
         })
     }
 
-    fn current(&self) -> Arc<Plugin> {
-        match self.current.read() {
-            Ok(c) => c.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
     pub fn metrics(&self) -> &Arc<PluginMetrics> {
-        &self.metrics
+        self.hook.metrics()
     }
 
     /// The loaded version's digest.
     pub fn digest(&self) -> String {
-        self.current().digest().to_owned()
+        self.hook.digest()
     }
 
     /// Loads the plugin file again; when its content changed, the new version takes
@@ -64,31 +48,13 @@ impl PluginAuthorizer {
     /// to load leaves the current one in place. Returns whether a new version was
     /// swapped in.
     pub async fn reload(&self) -> Result<bool, PluginError> {
-        let settings = self.current().settings.clone();
-        self.reload_with(settings).await
+        self.hook.reload().await
     }
 
     /// Like [`reload`](Self::reload), with new settings (limits, grants, config); swaps
     /// when the file or the settings changed.
     pub async fn reload_with(&self, settings: PluginSettings) -> Result<bool, PluginError> {
-        let old = self.current();
-        let same_settings = settings == old.settings;
-        let plugin = Plugin::load(&self.runtime, settings, self.metrics.clone()).await?;
-        if plugin.digest() == old.digest() && same_settings {
-            return Ok(false);
-        }
-        tracing::info!(
-            plugin = plugin.name(),
-            from = old.digest(),
-            to = plugin.digest(),
-            "plugin reloaded"
-        );
-        self.metrics.reloaded();
-        match self.current.write() {
-            Ok(mut c) => *c = Arc::new(plugin),
-            Err(p) => *p.into_inner() = Arc::new(plugin),
-        }
-        Ok(true)
+        self.hook.reload_with(settings).await
     }
 }
 
@@ -124,8 +90,8 @@ fn subject(s: &Subject) -> wit::Subject {
     }
 }
 
-/// Cuts a plugin's deny reason to size and drops control characters.
-fn tidy_reason(r: String) -> String {
+/// Cuts a plugin's deny reason (or error message) to size and drops control characters.
+pub(crate) fn tidy_reason(r: String) -> String {
     let mut s: String = r.chars().filter(|c| !c.is_control()).collect();
     if s.len() > MAX_REASON {
         let mut cut = MAX_REASON;
@@ -140,7 +106,7 @@ fn tidy_reason(r: String) -> String {
 #[async_trait]
 impl Authorizer for PluginAuthorizer {
     async fn authorize(&self, req: &AccessRequest) -> Result<Decision, PolicyError> {
-        let plugin = self.current();
+        let plugin = self.hook.current();
         let wreq = wit::AccessRequest {
             subject: subject(&req.subject),
             action: action(req.action),
@@ -149,26 +115,26 @@ impl Authorizer for PluginAuthorizer {
             client: req.client.clone(),
         };
         let d = plugin
-            .with_instance(async |b, store| b.call_authorize(store, &wreq).await)
+            .with_instance(async |b, store| b.authorizer()?.call_authorize(store, &wreq).await)
             .await?;
         Ok(match d {
             wit::Decision::Allow => Decision::Allow,
             wit::Decision::Deny(reason) => {
-                self.metrics.denial();
+                self.hook.metrics().denial();
                 Decision::Deny(tidy_reason(reason))
             }
         })
     }
 
     async fn authenticate(&self, creds: &Credentials) -> Result<AuthnOutcome, PolicyError> {
-        let plugin = self.current();
+        let plugin = self.hook.current();
         let wc = wit::Credentials {
             username: creds.username.clone(),
             password: creds.password.clone(),
             client: creds.client.clone(),
         };
         let r = plugin
-            .with_instance(async |b, store| b.call_authenticate(store, &wc).await)
+            .with_instance(async |b, store| b.authorizer()?.call_authenticate(store, &wc).await)
             .await?;
         match r {
             Ok(id) => Ok(AuthnOutcome::Verified(Identity {
@@ -179,7 +145,9 @@ impl Authorizer for PluginAuthorizer {
             Err(wit::AuthError::InvalidCredentials) => Ok(AuthnOutcome::Invalid),
             Err(wit::AuthError::Unavailable(m)) => {
                 tracing::error!(plugin = plugin.name(), error = %m, "plugin's identity source unavailable");
-                Err(plugin.failure(PolicyFailure::Unavailable, tidy_reason(m)))
+                Err(plugin
+                    .failure(PolicyFailure::Unavailable, tidy_reason(m))
+                    .into())
             }
         }
     }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use wasmtime::component::Component;
 
-use crate::bindings::AuthorizerPre;
 use crate::error::PluginError;
 use crate::runtime::Runtime;
+use crate::world::{Pre, World};
 
 /// What `check` found.
 #[derive(Debug)]
@@ -17,9 +17,9 @@ pub struct CheckReport {
     pub size: u64,
     pub imports: Vec<String>,
     pub exports: Vec<String>,
-    /// Worlds the component implements (empty: none).
+    /// Worlds the component implements (empty: none), in [`World::ALL`] order.
     pub worlds: Vec<&'static str>,
-    /// Why it does not implement the worlds it doesn't.
+    /// When it implements none: why not, one line per world (`authorizer: ...`).
     pub problems: Vec<String>,
 }
 
@@ -43,14 +43,23 @@ pub fn check(runtime: &Arc<Runtime>, path: &Path) -> Result<CheckReport, PluginE
     let exports = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
     let mut worlds = Vec::new();
     let mut problems = Vec::new();
-    match runtime
-        .linker
-        .instantiate_pre(&component)
-        .map_err(|e| format!("{e:#}"))
-        .and_then(|pre| AuthorizerPre::new(pre).map_err(|e| format!("{e:#}")))
-    {
-        Ok(_) => worlds.push("authorizer"),
-        Err(e) => problems.push(format!("authorizer: {e}")),
+    match runtime.linker.instantiate_pre(&component) {
+        Ok(pre) => {
+            for world in World::ALL {
+                match Pre::new(world, pre.clone()) {
+                    Ok(_) => worlds.push(world.as_str()),
+                    Err(e) => problems.push(format!("{world}: {e:#}")),
+                }
+            }
+        }
+        Err(e) => {
+            for world in World::ALL {
+                problems.push(format!("{world}: {e:#}"));
+            }
+        }
+    }
+    if !worlds.is_empty() {
+        problems.clear();
     }
     Ok(CheckReport {
         digest,

@@ -1,7 +1,9 @@
 use std::path::PathBuf;
 
+use pier_auth::{PolicyError, PolicyFailure};
+
 /// Why a plugin could not be loaded or checked. (Failures of a call are
-/// [`pier_auth::PolicyError`]s.)
+/// [`PluginFailure`]s.)
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     #[error("plugin {name:?}: reading {path}: {source}")]
@@ -26,4 +28,29 @@ pub enum PluginError {
     },
     #[error("plugin runtime: {0}")]
     Runtime(String),
+}
+
+/// One call of a plugin that gave no usable answer. The instance that failed (trap,
+/// timeout, memory) has been replaced; the next call gets a fresh one.
+///
+/// `kind` says why: `Trap`, `Timeout`, `OutOfMemory`, `Overloaded` (every instance
+/// busy), `InvalidResult` (the host refused the answer), `Unavailable` (the plugin
+/// answered with an error of its own: an `err(...)` of `notify`, `on-event`, `on-tick`,
+/// or `unavailable` of `authenticate`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("plugin {plugin:?} failed ({}): {message}", kind.as_str())]
+pub struct PluginFailure {
+    pub plugin: String,
+    pub kind: PolicyFailure,
+    pub message: String,
+}
+
+impl From<PluginFailure> for PolicyError {
+    fn from(f: PluginFailure) -> PolicyError {
+        PolicyError {
+            plugin: f.plugin,
+            kind: f.kind,
+            message: f.message,
+        }
+    }
 }

@@ -8,6 +8,9 @@
 //! - [`PluginAuthorizer`]: implements [`pier_auth::Authorizer`] with the current version
 //!   of an authorizer plugin and swaps versions on [`PluginAuthorizer::reload`] without
 //!   dropping in-flight calls.
+//! - [`PluginNotifier`] and [`PluginReplicator`]: the `notifier` and `replicator` worlds
+//!   on the same pools and limits: a [`PluginEvent`] in, [`Delivery`]s or
+//!   [`ReplicationAction`]s out, a [`PluginFailure`] when the plugin misbehaved.
 //! - [`check`]: what `pier plugin check FILE.wasm` prints.
 #![deny(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -19,20 +22,64 @@ mod bindings {
         imports: { default: async },
         exports: { default: async },
     });
+
+    /// The other worlds import the same interfaces: reuse the authorizer's types and
+    /// host traits (one `HostState` implementation, one linker for every world).
+    pub(crate) mod notifier {
+        wasmtime::component::bindgen!({
+            path: "../../wit",
+            world: "notifier",
+            imports: { default: async },
+            exports: { default: async },
+            with: {
+                "pier:plugin/types": crate::bindings::pier::plugin::types,
+                "pier:plugin/log": crate::bindings::pier::plugin::log,
+                "pier:plugin/config": crate::bindings::pier::plugin::config,
+                "pier:plugin/kv": crate::bindings::pier::plugin::kv,
+                "pier:plugin/http-outbound": crate::bindings::pier::plugin::http_outbound,
+                "pier:plugin/ldap": crate::bindings::pier::plugin::ldap,
+            },
+        });
+    }
+
+    pub(crate) mod replicator {
+        wasmtime::component::bindgen!({
+            path: "../../wit",
+            world: "replicator",
+            imports: { default: async },
+            exports: { default: async },
+            with: {
+                "pier:plugin/types": crate::bindings::pier::plugin::types,
+                "pier:plugin/log": crate::bindings::pier::plugin::log,
+                "pier:plugin/config": crate::bindings::pier::plugin::config,
+                "pier:plugin/kv": crate::bindings::pier::plugin::kv,
+                "pier:plugin/http-outbound": crate::bindings::pier::plugin::http_outbound,
+                "pier:plugin/ldap": crate::bindings::pier::plugin::ldap,
+            },
+        });
+    }
 }
 
 mod authorizer;
 mod check;
 mod error;
+mod events;
+mod hook;
 mod host;
 mod metrics;
 mod plugin;
 mod runtime;
+mod world;
 
 pub use authorizer::PluginAuthorizer;
 pub use check::{CheckReport, check};
-pub use error::PluginError;
+pub use error::{PluginError, PluginFailure};
+pub use events::{
+    Delivery, EventKind, MAX_ACTIONS, MAX_DELIVERIES, MAX_DELIVERY_BODY, PluginEvent,
+    PluginNotifier, PluginReplicator, ReplicationAction, ReplicationDirection,
+};
 pub use host::Grants;
 pub use metrics::PluginMetrics;
 pub use plugin::{Plugin, PluginSettings};
 pub use runtime::Runtime;
+pub use world::World;

@@ -4,17 +4,17 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pier_auth::{PolicyError, PolicyFailure};
+use pier_auth::PolicyFailure;
 use tokio::sync::Semaphore;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::WasiCtx;
 
-use crate::bindings::{Authorizer, AuthorizerPre};
-use crate::error::PluginError;
+use crate::error::{PluginError, PluginFailure};
 use crate::host::{Capabilities, Grants, HostState};
 use crate::metrics::PluginMetrics;
 use crate::runtime::{Runtime, TICK};
+use crate::world::{Bindings, Pre, World};
 
 /// How one plugin runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,14 +58,15 @@ impl PluginSettings {
 
 pub(crate) struct Warm {
     store: Store<HostState>,
-    bindings: Authorizer,
+    bindings: Bindings,
 }
 
-/// One version of a loaded authorizer plugin.
+/// One version of a loaded plugin, as one world (an authorizer unless loaded otherwise).
 pub struct Plugin {
     pub(crate) settings: PluginSettings,
     digest: String,
-    pre: AuthorizerPre<HostState>,
+    world: World,
+    pre: Pre,
     caps: Arc<Capabilities>,
     pool: Mutex<Vec<Warm>>,
     permits: Semaphore,
@@ -74,10 +75,20 @@ pub struct Plugin {
 }
 
 impl Plugin {
-    /// Compiles (or loads from the cache), links, and instantiates once to prove the
-    /// component starts under its limits.
+    /// Compiles (or loads from the cache), links as an authorizer, and instantiates
+    /// once to prove the component starts under its limits.
     pub async fn load(
         runtime: &Runtime,
+        settings: PluginSettings,
+        metrics: Arc<PluginMetrics>,
+    ) -> Result<Plugin, PluginError> {
+        Plugin::load_world(runtime, World::Authorizer, settings, metrics).await
+    }
+
+    /// [`load`](Self::load) as any world.
+    pub(crate) async fn load_world(
+        runtime: &Runtime,
+        world_kind: World,
         settings: PluginSettings,
         metrics: Arc<PluginMetrics>,
     ) -> Result<Plugin, PluginError> {
@@ -87,14 +98,14 @@ impl Plugin {
         let world = |message: String| PluginError::World {
             name: settings.name.clone(),
             path: settings.path.clone(),
-            world: "authorizer",
+            world: world_kind.as_str(),
             message,
         };
         let pre = runtime
             .linker
             .instantiate_pre(&component)
             .map_err(|e| world(format!("{e:#}")))?;
-        let pre = AuthorizerPre::new(pre).map_err(|e| world(format!("{e:#}")))?;
+        let pre = Pre::new(world_kind, pre).map_err(|e| world(format!("{e:#}")))?;
         let caps = Arc::new(Capabilities {
             plugin: settings.name.clone(),
             grants: settings.grants.clone(),
@@ -108,6 +119,7 @@ impl Plugin {
             permits: Semaphore::new(settings.max_instances.max(1)),
             settings,
             digest,
+            world: world_kind,
             pre,
             caps,
             pool: Mutex::new(Vec::new()),
@@ -135,16 +147,21 @@ impl Plugin {
         &self.digest
     }
 
-    pub(crate) fn failure(&self, kind: PolicyFailure, message: String) -> PolicyError {
+    /// The world it was loaded as.
+    pub fn world(&self) -> World {
+        self.world
+    }
+
+    pub(crate) fn failure(&self, kind: PolicyFailure, message: String) -> PluginFailure {
         self.metrics.error(kind);
-        PolicyError {
+        PluginFailure {
             plugin: self.settings.name.clone(),
             kind,
             message,
         }
     }
 
-    async fn instantiate(&self) -> Result<Warm, PolicyError> {
+    async fn instantiate(&self) -> Result<Warm, PluginFailure> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.settings.memory_limit)
             .table_elements(100_000)
@@ -164,7 +181,7 @@ impl Plugin {
         store.set_epoch_deadline(self.deadline_ticks());
         let bindings = self
             .pre
-            .instantiate_async(&mut store)
+            .instantiate(&mut store)
             .await
             .map_err(|e| self.classify(e))?;
         self.metrics.instance_created();
@@ -185,8 +202,8 @@ impl Plugin {
     /// any way is dropped (a fresh one is made for the next call).
     pub(crate) async fn with_instance<R>(
         &self,
-        call: impl AsyncFnOnce(&Authorizer, &mut Store<HostState>) -> wasmtime::Result<R>,
-    ) -> Result<R, PolicyError> {
+        call: impl AsyncFnOnce(&Bindings, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginFailure> {
         let _permit = match self.permits.try_acquire() {
             Ok(p) => p,
             Err(_) => {
@@ -222,7 +239,7 @@ impl Plugin {
         }
     }
 
-    fn classify(&self, e: wasmtime::Error) -> PolicyError {
+    fn classify(&self, e: wasmtime::Error) -> PluginFailure {
         let text = format!("{e:#}");
         let (kind, message) = match e.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => (

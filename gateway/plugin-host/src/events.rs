@@ -1,0 +1,359 @@
+//! The event hooks: [`PluginNotifier`] (world `notifier`) and [`PluginReplicator`]
+//! (world `replicator`), and the plain types the server maps its events to. Both run
+//! on the same instance pools, deadlines, memory caps and metrics as the authorizer;
+//! a failure is a [`PluginFailure`] the caller logs and drops: an event hook never
+//! blocks or fails the registry operation behind the event.
+
+use std::sync::Arc;
+
+use pier_auth::PolicyFailure;
+
+use crate::authorizer::tidy_reason;
+use crate::bindings::pier::plugin::types as wit;
+use crate::error::{PluginError, PluginFailure};
+use crate::hook::Hook;
+use crate::metrics::PluginMetrics;
+use crate::plugin::{Plugin, PluginSettings};
+use crate::runtime::Runtime;
+use crate::world::World;
+
+/// Deliveries one `notify` may return.
+pub const MAX_DELIVERIES: usize = 64;
+/// Body of one delivery, at most.
+pub const MAX_DELIVERY_BODY: usize = 1 << 20;
+/// Actions one `on-event` or `on-tick` may return.
+pub const MAX_ACTIONS: usize = 1024;
+
+/// What happened (`event-kind` in `wit/types.wit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    ManifestPushed,
+    ManifestPulled,
+    ManifestDeleted,
+    MirrorFill,
+    ReplicationJob,
+}
+
+/// One registry event, as plugins see it (`event` in `wit/types.wit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginEvent {
+    pub id: u64,
+    pub kind: EventKind,
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub repository: String,
+    /// The first path segment of `repository` ([`PluginEvent::project_of`]).
+    pub project: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+    pub media_type: Option<String>,
+    pub size: Option<u64>,
+    pub actor: Option<String>,
+    /// The CloudEvents JSON the host POSTs by default.
+    pub cloudevent: String,
+}
+
+impl PluginEvent {
+    /// The project of a repository: its first path segment (`team` for `team/app`,
+    /// `alpine` for `alpine`), as for access requests.
+    pub fn project_of(repository: &str) -> String {
+        repository.split('/').next().unwrap_or_default().to_owned()
+    }
+}
+
+/// One HTTP POST a notifier asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// `http://` or `https://` (checked).
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    /// At most [`MAX_DELIVERY_BODY`] bytes (checked).
+    pub body: Vec<u8>,
+}
+
+/// Which way a [`ReplicationAction`] copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReplicationDirection {
+    /// From this Pier to the target.
+    Push,
+    /// From the target into this Pier.
+    Pull,
+}
+
+/// One replication job a replicator asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationAction {
+    pub direction: ReplicationDirection,
+    /// A target name from Pier's configuration (not checked here).
+    pub target: String,
+    pub source_repository: String,
+    pub destination_repository: String,
+    /// Tags or tag patterns (`*`, `?`) to expand against the source's tags.
+    pub tags: Vec<String>,
+    pub digest: Option<String>,
+    /// Delete at the destination instead of copying.
+    pub delete: bool,
+}
+
+fn wit_event(e: &PluginEvent) -> wit::Event {
+    wit::Event {
+        id: e.id,
+        kind: match e.kind {
+            EventKind::ManifestPushed => wit::EventKind::ManifestPushed,
+            EventKind::ManifestPulled => wit::EventKind::ManifestPulled,
+            EventKind::ManifestDeleted => wit::EventKind::ManifestDeleted,
+            EventKind::MirrorFill => wit::EventKind::MirrorFill,
+            EventKind::ReplicationJob => wit::EventKind::ReplicationJob,
+        },
+        time: e.time.clone(),
+        repository: e.repository.clone(),
+        project: e.project.clone(),
+        tag: e.tag.clone(),
+        digest: e.digest.clone(),
+        media_type: e.media_type.clone(),
+        size: e.size,
+        actor: e.actor.clone(),
+        cloudevent: e.cloudevent.clone(),
+    }
+}
+
+/// The plugin's own `err(...)`: logged and counted as `unavailable`.
+fn plugin_error(plugin: &Plugin, call: &str, message: String) -> PluginFailure {
+    let message = tidy_reason(message);
+    tracing::error!(plugin = plugin.name(), call, error = %message, "plugin returned an error");
+    plugin.failure(
+        PolicyFailure::Unavailable,
+        format!("{call} returned an error: {message}"),
+    )
+}
+
+/// An answer the host refuses: logged and counted as `invalid_result`.
+fn invalid(plugin: &Plugin, call: &str, message: String) -> PluginFailure {
+    tracing::error!(plugin = plugin.name(), call, error = %message, "plugin result refused");
+    plugin.failure(PolicyFailure::InvalidResult, format!("{call}: {message}"))
+}
+
+fn check_delivery(d: wit::Delivery) -> Result<Delivery, String> {
+    if !(d.url.starts_with("http://") || d.url.starts_with("https://")) {
+        return Err(format!(
+            "delivery URL {:?} is not http:// or https://",
+            tidy_reason(d.url)
+        ));
+    }
+    if d.body.len() > MAX_DELIVERY_BODY {
+        return Err(format!(
+            "delivery body of {} bytes (at most {MAX_DELIVERY_BODY})",
+            d.body.len()
+        ));
+    }
+    Ok(Delivery {
+        url: d.url,
+        headers: d.headers,
+        body: d.body,
+    })
+}
+
+fn check_action(a: wit::ReplicationAction) -> Result<ReplicationAction, String> {
+    for (what, v) in [
+        ("target", &a.target),
+        ("source-repository", &a.source_repository),
+        ("destination-repository", &a.destination_repository),
+    ] {
+        if v.is_empty() {
+            return Err(format!("replication action with an empty {what}"));
+        }
+    }
+    Ok(ReplicationAction {
+        direction: match a.direction {
+            wit::ReplicationDirection::Push => ReplicationDirection::Push,
+            wit::ReplicationDirection::Pull => ReplicationDirection::Pull,
+        },
+        target: a.target,
+        source_repository: a.source_repository,
+        destination_repository: a.destination_repository,
+        tags: a.tags,
+        digest: a.digest,
+        delete: a.delete,
+    })
+}
+
+fn check_all<T, U>(
+    plugin: &Plugin,
+    call: &str,
+    items: Vec<T>,
+    max: usize,
+    check: impl Fn(T) -> Result<U, String>,
+) -> Result<Vec<U>, PluginFailure> {
+    if items.len() > max {
+        return Err(invalid(
+            plugin,
+            call,
+            format!("{} results (at most {max})", items.len()),
+        ));
+    }
+    items
+        .into_iter()
+        .map(check)
+        .collect::<Result<_, _>>()
+        .map_err(|m| invalid(plugin, call, m))
+}
+
+/// The current version of a notifier plugin (hot reload like [`crate::PluginAuthorizer`]).
+pub struct PluginNotifier {
+    hook: Hook,
+}
+
+impl PluginNotifier {
+    pub async fn load(
+        runtime: Arc<Runtime>,
+        settings: PluginSettings,
+    ) -> Result<PluginNotifier, PluginError> {
+        Ok(PluginNotifier {
+            hook: Hook::load(runtime, World::Notifier, settings).await?,
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<PluginMetrics> {
+        self.hook.metrics()
+    }
+
+    /// The loaded version's digest.
+    pub fn digest(&self) -> String {
+        self.hook.digest()
+    }
+
+    /// See [`crate::PluginAuthorizer::reload`].
+    pub async fn reload(&self) -> Result<bool, PluginError> {
+        self.hook.reload().await
+    }
+
+    /// See [`crate::PluginAuthorizer::reload_with`].
+    pub async fn reload_with(&self, settings: PluginSettings) -> Result<bool, PluginError> {
+        self.hook.reload_with(settings).await
+    }
+
+    /// The deliveries for one event. Returns within about twice the plugin's deadline
+    /// (waiting for a free instance, then the call); call it off the request path.
+    pub async fn notify(&self, event: &PluginEvent) -> Result<Vec<Delivery>, PluginFailure> {
+        let plugin = self.hook.current();
+        let ev = wit_event(event);
+        let r = plugin
+            .with_instance(async |b, store| b.notifier()?.call_notify(store, &ev).await)
+            .await?;
+        let deliveries = r.map_err(|m| plugin_error(&plugin, "notify", m))?;
+        check_all(
+            &plugin,
+            "notify",
+            deliveries,
+            MAX_DELIVERIES,
+            check_delivery,
+        )
+    }
+}
+
+/// The current version of a replicator plugin (hot reload like [`crate::PluginAuthorizer`]).
+pub struct PluginReplicator {
+    hook: Hook,
+}
+
+impl PluginReplicator {
+    pub async fn load(
+        runtime: Arc<Runtime>,
+        settings: PluginSettings,
+    ) -> Result<PluginReplicator, PluginError> {
+        Ok(PluginReplicator {
+            hook: Hook::load(runtime, World::Replicator, settings).await?,
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<PluginMetrics> {
+        self.hook.metrics()
+    }
+
+    /// The loaded version's digest.
+    pub fn digest(&self) -> String {
+        self.hook.digest()
+    }
+
+    /// See [`crate::PluginAuthorizer::reload`].
+    pub async fn reload(&self) -> Result<bool, PluginError> {
+        self.hook.reload().await
+    }
+
+    /// See [`crate::PluginAuthorizer::reload_with`].
+    pub async fn reload_with(&self, settings: PluginSettings) -> Result<bool, PluginError> {
+        self.hook.reload_with(settings).await
+    }
+
+    /// The replication actions one event calls for (off the request path).
+    pub async fn on_event(
+        &self,
+        event: &PluginEvent,
+    ) -> Result<Vec<ReplicationAction>, PluginFailure> {
+        let plugin = self.hook.current();
+        let ev = wit_event(event);
+        let r = plugin
+            .with_instance(async |b, store| b.replicator()?.call_on_event(store, &ev).await)
+            .await?;
+        let actions = r.map_err(|m| plugin_error(&plugin, "on-event", m))?;
+        check_all(&plugin, "on-event", actions, MAX_ACTIONS, check_action)
+    }
+
+    /// The actions due at `unix_secs` (the host calls it periodically).
+    pub async fn on_tick(&self, unix_secs: u64) -> Result<Vec<ReplicationAction>, PluginFailure> {
+        let plugin = self.hook.current();
+        let r = plugin
+            .with_instance(async |b, store| b.replicator()?.call_on_tick(store, unix_secs).await)
+            .await?;
+        let actions = r.map_err(|m| plugin_error(&plugin, "on-tick", m))?;
+        check_all(&plugin, "on-tick", actions, MAX_ACTIONS, check_action)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_is_the_first_segment() {
+        assert_eq!(PluginEvent::project_of("team/app/web"), "team");
+        assert_eq!(PluginEvent::project_of("alpine"), "alpine");
+        assert_eq!(PluginEvent::project_of(""), "");
+    }
+
+    fn delivery(url: &str, body: usize) -> wit::Delivery {
+        wit::Delivery {
+            url: url.into(),
+            headers: vec![("a".into(), "b".into())],
+            body: vec![b'x'; body],
+        }
+    }
+
+    #[test]
+    fn deliveries_are_checked() {
+        assert!(check_delivery(delivery("http://h:1/x", 10)).is_ok());
+        assert!(check_delivery(delivery("https://h/x", MAX_DELIVERY_BODY)).is_ok());
+        assert!(check_delivery(delivery("ftp://h/x", 0)).is_err());
+        assert!(check_delivery(delivery("/relative", 0)).is_err());
+        assert!(check_delivery(delivery("http://h/x", MAX_DELIVERY_BODY + 1)).is_err());
+    }
+
+    #[test]
+    fn actions_are_checked() {
+        let a = |target: &str, from: &str, to: &str| wit::ReplicationAction {
+            direction: wit::ReplicationDirection::Pull,
+            target: target.into(),
+            source_repository: from.into(),
+            destination_repository: to.into(),
+            tags: vec!["v*".into()],
+            digest: None,
+            delete: false,
+        };
+        let ok = check_action(a("site-b", "team/app", "team/app")).unwrap();
+        assert_eq!(ok.direction, ReplicationDirection::Pull);
+        assert_eq!(ok.tags, ["v*"]);
+        for bad in [a("", "a", "b"), a("t", "", "b"), a("t", "a", "")] {
+            assert!(check_action(bad).is_err());
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The current version of a plugin loaded as one world, and hot reload: shared by
+//! [`crate::PluginAuthorizer`], [`crate::PluginNotifier`] and [`crate::PluginReplicator`].
+
+use std::sync::{Arc, RwLock};
+
+use crate::error::PluginError;
+use crate::metrics::PluginMetrics;
+use crate::plugin::{Plugin, PluginSettings};
+use crate::runtime::Runtime;
+use crate::world::World;
+
+pub(crate) struct Hook {
+    runtime: Arc<Runtime>,
+    world: World,
+    current: RwLock<Arc<Plugin>>,
+    metrics: Arc<PluginMetrics>,
+}
+
+impl Hook {
+    pub(crate) async fn load(
+        runtime: Arc<Runtime>,
+        world: World,
+        settings: PluginSettings,
+    ) -> Result<Hook, PluginError> {
+        let metrics = Arc::new(PluginMetrics::new(&settings.name));
+        let plugin = Plugin::load_world(&runtime, world, settings, metrics.clone()).await?;
+        tracing::info!(
+            plugin = plugin.name(),
+            world = world.as_str(),
+            digest = plugin.digest(),
+            "plugin loaded"
+        );
+        Ok(Hook {
+            runtime,
+            world,
+            current: RwLock::new(Arc::new(plugin)),
+            metrics,
+        })
+    }
+
+    pub(crate) fn current(&self) -> Arc<Plugin> {
+        match self.current.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<PluginMetrics> {
+        &self.metrics
+    }
+
+    pub(crate) fn digest(&self) -> String {
+        self.current().digest().to_owned()
+    }
+
+    pub(crate) async fn reload(&self) -> Result<bool, PluginError> {
+        let settings = self.current().settings.clone();
+        self.reload_with(settings).await
+    }
+
+    pub(crate) async fn reload_with(&self, settings: PluginSettings) -> Result<bool, PluginError> {
+        let old = self.current();
+        let same_settings = settings == old.settings;
+        let plugin =
+            Plugin::load_world(&self.runtime, self.world, settings, self.metrics.clone()).await?;
+        if plugin.digest() == old.digest() && same_settings {
+            return Ok(false);
+        }
+        tracing::info!(
+            plugin = plugin.name(),
+            world = self.world.as_str(),
+            from = old.digest(),
+            to = plugin.digest(),
+            "plugin reloaded"
+        );
+        self.metrics.reloaded();
+        match self.current.write() {
+            Ok(mut c) => *c = Arc::new(plugin),
+            Err(p) => *p.into_inner() = Arc::new(plugin),
+        }
+        Ok(true)
+    }
+}

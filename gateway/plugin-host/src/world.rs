@@ -1,0 +1,105 @@
+//! The worlds of `wit/` a plugin can implement: one [`Pre`] per loaded plugin, one
+//! [`Bindings`] per warm instance. Every world links against the same host state and
+//! linker, so the instance pool in [`crate::plugin`] serves them all.
+
+use wasmtime::Store;
+use wasmtime::component::InstancePre;
+
+use crate::bindings::notifier::{Notifier, NotifierPre};
+use crate::bindings::replicator::{Replicator, ReplicatorPre};
+use crate::bindings::{Authorizer, AuthorizerPre};
+use crate::host::HostState;
+
+/// A hook of `package pier:plugin`: which world a plugin is loaded as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum World {
+    /// `authorize` and `authenticate` ([`crate::PluginAuthorizer`]).
+    Authorizer,
+    /// `notify` ([`crate::PluginNotifier`]).
+    Notifier,
+    /// `on-event` and `on-tick` ([`crate::PluginReplicator`]).
+    Replicator,
+}
+
+impl World {
+    pub const ALL: [World; 3] = [World::Authorizer, World::Notifier, World::Replicator];
+
+    /// The world's name in WIT, e.g. `authorizer`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            World::Authorizer => "authorizer",
+            World::Notifier => "notifier",
+            World::Replicator => "replicator",
+        }
+    }
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A component linked and checked against one world.
+pub(crate) enum Pre {
+    Authorizer(AuthorizerPre<HostState>),
+    Notifier(NotifierPre<HostState>),
+    Replicator(ReplicatorPre<HostState>),
+}
+
+/// The exports of one instance.
+pub(crate) enum Bindings {
+    Authorizer(Authorizer),
+    Notifier(Notifier),
+    Replicator(Replicator),
+}
+
+impl Pre {
+    /// Fails when the component lacks an export of `world` (or has it with another type).
+    pub(crate) fn new(world: World, pre: InstancePre<HostState>) -> wasmtime::Result<Pre> {
+        Ok(match world {
+            World::Authorizer => Pre::Authorizer(AuthorizerPre::new(pre)?),
+            World::Notifier => Pre::Notifier(NotifierPre::new(pre)?),
+            World::Replicator => Pre::Replicator(ReplicatorPre::new(pre)?),
+        })
+    }
+
+    pub(crate) async fn instantiate(
+        &self,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<Bindings> {
+        Ok(match self {
+            Pre::Authorizer(p) => Bindings::Authorizer(p.instantiate_async(store).await?),
+            Pre::Notifier(p) => Bindings::Notifier(p.instantiate_async(store).await?),
+            Pre::Replicator(p) => Bindings::Replicator(p.instantiate_async(store).await?),
+        })
+    }
+}
+
+fn other_world() -> wasmtime::Error {
+    // Unreachable: a plugin's instances all come from its one `Pre`.
+    wasmtime::Error::msg("plugin instance of another world")
+}
+
+impl Bindings {
+    pub(crate) fn authorizer(&self) -> wasmtime::Result<&Authorizer> {
+        match self {
+            Bindings::Authorizer(b) => Ok(b),
+            _ => Err(other_world()),
+        }
+    }
+
+    pub(crate) fn notifier(&self) -> wasmtime::Result<&Notifier> {
+        match self {
+            Bindings::Notifier(b) => Ok(b),
+            _ => Err(other_world()),
+        }
+    }
+
+    pub(crate) fn replicator(&self) -> wasmtime::Result<&Replicator> {
+        match self {
+            Bindings::Replicator(b) => Ok(b),
+            _ => Err(other_world()),
+        }
+    }
+}
