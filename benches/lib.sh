@@ -114,3 +114,36 @@ header_of() { # file name -> value of the last such header
     awk -v n="$(echo "$2" | tr 'A-Z' 'a-z')" '{ sub(/\r$/, "") }
         tolower(substr($0, 1, length(n) + 1)) == n ":" { v = substr($0, length(n) + 2); sub(/^[ \t]+/, "", v) } END { print v }' "$1"
 }
+
+# Overwrites the first 32 bytes of a file with random ones: a new digest, same size.
+new_digest_variant() { openssl rand 32 | dd of="$1" bs=32 count=1 conv=notrunc status=none; }
+
+# Chunked upload: POST a session, PATCH each chunk file (DIR/c.*) with Content-Range
+# (following the Location each answer gives), PUT ?digest= without a body. Prints the summed
+# request seconds. Safe to run in parallel (headers go to a file per subshell).
+upload_chunked() { # base repo chunkdir digest
+    local base=$1 repo=$2 dir=$3 digest=$4 loc out code t total=0 start=0 size c
+    local hdr="$WORK/hdr.$BASHPID"
+    out=$(curl -s -o /dev/null -D "$hdr" -w '%{http_code} %{time_total}' -X POST "$base/v2/$repo/blobs/uploads/")
+    read -r code t <<<"$out"
+    [[ "$code" == 202 ]] || { echo "POST session -> $code" >&2; return 1; }
+    total=$(awk -v a="$total" -v b="$t" 'BEGIN { print a + b }')
+    loc=$(resolve_location "$base" "$(header_of "$hdr" location)")
+    for c in "$dir"/c.*; do
+        size=$(stat -c %s "$c")
+        out=$(curl -s -o /dev/null -D "$hdr" -w '%{http_code} %{time_total}' -X PATCH -H 'Expect:' \
+            -H 'Content-Type: application/octet-stream' -H "Content-Range: $start-$((start + size - 1))" \
+            -T "$c" "$loc")
+        read -r code t <<<"$out"
+        [[ "$code" == 202 ]] || { echo "PATCH $start-$((start + size - 1)) -> $code" >&2; return 1; }
+        total=$(awk -v a="$total" -v b="$t" 'BEGIN { print a + b }')
+        loc=$(resolve_location "$base" "$(header_of "$hdr" location)")
+        start=$((start + size))
+    done
+    out=$(curl -s -o /dev/null -w '%{http_code} %{time_total}' -X PUT \
+        -H 'Content-Type: application/octet-stream' --data-binary '' "$(with_digest "$loc" "$digest")")
+    read -r code t <<<"$out"
+    rm -f "$hdr"
+    [[ "$code" == 201 ]] || { echo "PUT ?digest= (close) -> $code" >&2; return 1; }
+    awk -v a="$total" -v b="$t" 'BEGIN { printf "%.6f\n", a + b }'
+}

@@ -126,8 +126,6 @@ fmt() { # number -> short human form; "-" if empty
 }
 
 # Overwrite the first 32 bytes with fresh random data: a new digest without rewriting the file.
-new_digest_variant() { openssl rand 32 | dd of="$1" bs=32 count=1 conv=notrunc status=none; }
-
 # ---------------------------------------------------------------- servers
 declare -A URL=() PORT=()
 
@@ -272,33 +270,6 @@ upload_monolithic() { # base file digest
     read -r code t2 <<<"$out"
     [[ "$code" == 201 ]] || { echo "PUT ?digest= -> $code" >&2; return 1; }
     awk -v a="$t1" -v b="$t2" 'BEGIN { printf "%.6f\n", a + b }'
-}
-
-# Chunked upload: POST a session, PATCH each chunk file with Content-Range (following the
-# Location each answer gives), PUT ?digest= without a body. Prints the summed request seconds.
-upload_chunked() { # base chunkdir digest
-    local base=$1 dir=$2 digest=$3 loc out code t total=0 start=0 size c
-    out=$(curl -s -o /dev/null -D "$WORK/hdr.c" -w '%{http_code} %{time_total}' -X POST "$base/v2/bench/blobs/uploads/")
-    read -r code t <<<"$out"
-    [[ "$code" == 202 ]] || { echo "POST session -> $code" >&2; return 1; }
-    total=$(awk -v a="$total" -v b="$t" 'BEGIN { print a + b }')
-    loc=$(resolve_location "$base" "$(header_of "$WORK/hdr.c" location)")
-    for c in "$dir"/c.*; do
-        size=$(stat -c %s "$c")
-        out=$(curl -s -o /dev/null -D "$WORK/hdr.c" -w '%{http_code} %{time_total}' -X PATCH -H 'Expect:' \
-            -H 'Content-Type: application/octet-stream' -H "Content-Range: $start-$((start + size - 1))" \
-            -T "$c" "$loc")
-        read -r code t <<<"$out"
-        [[ "$code" == 202 ]] || { echo "PATCH $start-$((start + size - 1)) -> $code" >&2; return 1; }
-        total=$(awk -v a="$total" -v b="$t" 'BEGIN { print a + b }')
-        loc=$(resolve_location "$base" "$(header_of "$WORK/hdr.c" location)")
-        start=$((start + size))
-    done
-    out=$(curl -s -o /dev/null -w '%{http_code} %{time_total}' -X PUT \
-        -H 'Content-Type: application/octet-stream' --data-binary '' "$(with_digest "$loc" "$digest")")
-    read -r code t <<<"$out"
-    [[ "$code" == 201 ]] || { echo "PUT ?digest= (close) -> $code" >&2; return 1; }
-    awk -v a="$total" -v b="$t" 'BEGIN { printf "%.6f\n", a + b }'
 }
 
 # ---------------------------------------------------------------- load generators
@@ -554,7 +525,7 @@ if has "$TESTS" upload && ((${#REGS[@]})); then
                 else
                     rm -rf "$FIX/chunks" && mkdir -p "$FIX/chunks"
                     split -b "$CHUNK" -d -a 4 "$FIX/up.bin" "$FIX/chunks/c."
-                    secs=$(upload_chunked "${URL[$s]}" "$FIX/chunks" "$dg") || { fail "$s chunked upload"; continue; }
+                    secs=$(upload_chunked "${URL[$s]}" bench "$FIX/chunks" "$dg") || { fail "$s chunked upload"; continue; }
                 fi
                 mbs=$(awk -v b="$UP_SIZE" -v t="$secs" 'BEGIN { printf "%.2f", b / t / 1e6 }')
                 record "up.$kind" "$s" "$mbs"

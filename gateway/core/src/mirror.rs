@@ -170,6 +170,21 @@ pub struct Mirror {
     revalidating: moka::sync::Cache<(RepoName, Tag), ()>,
     /// Cross-node fill leases, when nodes share blob storage.
     leases: Option<Arc<dyn crate::Leases>>,
+    /// Told about every manifest fetched from an upstream and stored (events).
+    observer: Option<Arc<dyn FillObserver>>,
+}
+
+/// Told when the mirror stored a manifest it fetched from an upstream (the binary turns
+/// it into a `mirror-fill` event). Called on the fill's task: must not block.
+pub trait FillObserver: Send + Sync {
+    fn manifest_filled(
+        &self,
+        repository: &RepoName,
+        tag: Option<&Tag>,
+        digest: &Digest,
+        media_type: &str,
+        size: u64,
+    );
 }
 
 /// What one eviction pass did.
@@ -213,6 +228,7 @@ impl Mirror {
                 .time_to_live(Duration::from_secs(60))
                 .build(),
             leases: None,
+            observer: None,
         }
     }
 
@@ -220,6 +236,12 @@ impl Mirror {
     /// cold blob from the upstream, the others wait for it to land in the shared store.
     pub fn with_leases(mut self, leases: Arc<dyn crate::Leases>) -> Mirror {
         self.leases = Some(leases);
+        self
+    }
+
+    /// Reports manifests fetched from upstreams to `observer`.
+    pub fn with_fill_observer(mut self, observer: Arc<dyn FillObserver>) -> Mirror {
+        self.observer = Some(observer);
         self
     }
 
@@ -654,6 +676,7 @@ impl Mirror {
         let children: Vec<Digest> = Manifest::parse(&fetched.bytes, Some(&fetched.media_type))
             .map(|m| m.manifests.into_iter().map(|c| c.digest).collect())
             .unwrap_or_default();
+        let size = fetched.bytes.len() as u64;
         self.registry
             .manifest_put_mirrored(
                 &t.local,
@@ -663,6 +686,9 @@ impl Mirror {
                 fetched.bytes,
             )
             .await?;
+        if let Some(o) = &self.observer {
+            o.manifest_filled(&t.local, tag, digest, &fetched.media_type, size);
+        }
         for child in children {
             tokio::spawn(self.clone().fetch_child(t.clone(), child));
         }

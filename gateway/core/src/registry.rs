@@ -285,6 +285,15 @@ impl Registry {
         Ok(self.stores.blobs.read(digest, range).await?)
     }
 
+    /// Where a client may fetch the blob itself (a presigned object-store URL), when the
+    /// storage hands such URLs out; `None`: read it through [`Registry::blob_read`].
+    pub async fn blob_redirect(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {
+        if !self.blob_linked(repo, digest).await? {
+            return Err(CoreError::BlobUnknown(digest.clone()));
+        }
+        Ok(self.stores.blobs.redirect(digest).await?)
+    }
+
     /// Removes the blob from the repository (its bytes go at the next garbage collection).
     pub async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         let unlinked = self.stores.repos.unlink_blob(repo, digest).await?;

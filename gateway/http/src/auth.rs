@@ -12,6 +12,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use pier_auth::authn::Authenticator;
+use pier_auth::revoke::Revocations;
 use pier_auth::scope::{self, ResourceActions};
 use pier_auth::token::{Claims, TokenService};
 use pier_auth::{AccessRequest, Action, AuthError, Authorizer, Credentials, Decision, Subject};
@@ -23,12 +24,16 @@ use crate::route::Route;
 
 /// The token endpoint's path (the `realm` of the challenge points here).
 pub const TOKEN_PATH: &str = "/auth/token";
+/// The revocation endpoint (RFC 7009 style): `POST` a form with `token=...`.
+pub const REVOKE_PATH: &str = "/auth/revoke";
 
 /// How the gateway decides who may do what; built by the binary.
 pub struct AccessControl {
     pub authorizer: Arc<dyn Authorizer>,
     pub authn: Arc<Authenticator>,
     pub tokens: Arc<TokenService>,
+    /// Token ids refused before their expiry.
+    pub revocations: Arc<dyn Revocations>,
     /// The realm URL to advertise; derived from the request's Host when `None`.
     pub realm: Option<String>,
 }
@@ -48,6 +53,16 @@ pub struct Caller(pub Subject);
 /// handler then starts a normal upload instead of mounting.
 #[derive(Debug, Clone, Copy)]
 pub struct MountRefused;
+
+/// An `application/x-www-form-urlencoded` body of at most 64 KiB, as (name, value) pairs.
+async fn read_form(req: Request<Incoming>) -> Result<Vec<(String, String)>, ApiError> {
+    let body = Limited::new(req.into_body(), 64 << 10)
+        .collect()
+        .await
+        .map_err(|e| ApiError::Body(e.to_string()))?
+        .to_bytes();
+    Ok(crate::query::parse(&String::from_utf8_lossy(&body)))
+}
 
 /// What a request needs: (repository, action) pairs; none for `/v2/` and the catalog.
 fn needs(route: &Route, method: &Method) -> Vec<(String, Action)> {
@@ -181,6 +196,13 @@ impl AccessControl {
                     message: e.to_string(),
                     denied: false,
                 })?;
+                if self.revoked(&claims.jti).await {
+                    return Err(ApiError::Unauthorized {
+                        challenge: challenge(Some("invalid_token")),
+                        message: "the token was revoked".into(),
+                        denied: false,
+                    });
+                }
                 if let Some((repo, action)) = needs
                     .iter()
                     .find(|(r, a)| !claims.allows("repository", r, a.as_str()))
@@ -313,6 +335,54 @@ impl AccessControl {
             .is_allow())
     }
 
+    /// Whether the token `jti` was revoked. When the store cannot answer (Redis down) the
+    /// token is accepted, logged: revocation is best effort, reads keep working.
+    async fn revoked(&self, jti: &str) -> bool {
+        if jti.is_empty() {
+            return false;
+        }
+        match self.revocations.is_revoked(jti).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check token revocation; accepting the token");
+                false
+            }
+        }
+    }
+
+    /// The revocation endpoint (RFC 7009 style): `POST` with a form body `token=...` of an
+    /// access or refresh token this gateway (or a trusted issuer) signed. Holding the token
+    /// is the right to revoke it. Answers 200 also for tokens that are invalid or already
+    /// expired (nothing to revoke), as RFC 7009 asks.
+    pub async fn revoke_endpoint(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<RespBody>, ApiError> {
+        if req.method() != Method::POST {
+            return Err(ApiError::MethodNotAllowed(req.method().clone()));
+        }
+        let form = read_form(req).await?;
+        let Some(token) = form.iter().find(|(k, _)| k == "token").map(|(_, v)| v) else {
+            return Err(ApiError::Auth(AuthError::Invalid(
+                "the revocation request needs a `token` form field".into(),
+            )));
+        };
+        if let Ok(claims) = self.tokens.verify_any(token)
+            && !claims.jti.is_empty()
+        {
+            self.revocations
+                .revoke(&claims.jti, claims.exp)
+                .await
+                .map_err(ApiError::Auth)?;
+            tracing::info!(sub = %claims.sub, jti = %claims.jti, "token revoked");
+        }
+        Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(full(Bytes::from_static(b"{}")))
+            .expect("static response"))
+    }
+
     /// The token endpoint: `GET` (basic or anonymous, `scope`, `service`,
     /// `offline_token`) and `POST` (OAuth2 `password` and `refresh_token` grants).
     pub async fn token_endpoint(
@@ -344,12 +414,7 @@ impl AccessControl {
                 (subject, query, false)
             }
             Method::POST => {
-                let body = Limited::new(req.into_body(), 64 << 10)
-                    .collect()
-                    .await
-                    .map_err(|e| ApiError::Body(e.to_string()))?
-                    .to_bytes();
-                let form = crate::query::parse(&String::from_utf8_lossy(&body));
+                let form = read_form(req).await?;
                 let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
                 let subject = match get("grant_type").as_deref() {
                     Some("password") => {
@@ -362,19 +427,19 @@ impl AccessControl {
                     }
                     Some("refresh_token") => {
                         let t = get("refresh_token").unwrap_or_default();
-                        let sub =
-                            self.tokens
-                                .verify_refresh(&t)
-                                .map_err(|e| ApiError::Unauthorized {
-                                    challenge: self.challenge(
-                                        &headers,
-                                        conn,
-                                        None,
-                                        Some("invalid_token"),
-                                    ),
-                                    message: e.to_string(),
-                                    denied: false,
-                                })?;
+                        let invalid = |message: String| ApiError::Unauthorized {
+                            challenge: self.challenge(&headers, conn, None, Some("invalid_token")),
+                            message,
+                            denied: false,
+                        };
+                        let refresh = self
+                            .tokens
+                            .verify_refresh(&t)
+                            .map_err(|e| invalid(e.to_string()))?;
+                        if self.revoked(&refresh.jti).await {
+                            return Err(invalid("the refresh token was revoked".into()));
+                        }
+                        let sub = refresh.sub;
                         self.authn
                             .still_valid(&sub)
                             .ok_or_else(|| ApiError::Unauthorized {

@@ -49,6 +49,9 @@ pub enum ApiError {
     Denied(String),
     #[error(transparent)]
     Auth(#[from] pier_auth::AuthError),
+    /// The operation took effect but its event could not be recorded.
+    #[error("the operation was stored but its event could not be recorded ({0}); retry it")]
+    EventNotRecorded(String),
 }
 
 /// What the wire says for an error: status, code, message, detail and extra headers.
@@ -179,8 +182,14 @@ fn classify(
             },
         ),
         ApiError::Denied(_) => simple(C::Denied),
+        ApiError::EventNotRecorded(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            C::Unavailable,
+            none,
+            vec![("Retry-After", "1".to_owned())],
+        ),
         ApiError::Auth(e) => match e {
-            pier_auth::AuthError::Policy(_) => (
+            pier_auth::AuthError::Policy(_) | pier_auth::AuthError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 C::Unavailable,
                 none,
@@ -218,6 +227,7 @@ impl ApiError {
         matches!(
             self,
             ApiError::Core(CoreError::Storage(_))
+                | ApiError::EventNotRecorded(_)
                 | ApiError::Auth(
                     pier_auth::AuthError::Io { .. }
                         | pier_auth::AuthError::Format { .. }

@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::AppState;
 use crate::body::{RespBody, empty, full, request_stream, stream};
 use crate::error::ApiError;
+use crate::events::{ManifestAction, ManifestEvent};
 use crate::range::{parse_content_range, parse_range};
 use crate::route::Route;
 
@@ -45,6 +46,23 @@ pub(crate) async fn dispatch(
         (Route::Manifest(repo, r), &Method::PUT) => manifest_put(state, &repo, &r, req).await,
         (Route::Manifest(repo, r), &Method::DELETE) => {
             state.registry.manifest_delete(&repo, &r).await?;
+            if let Some(sink) = &state.events {
+                let (tag, digest) = match r {
+                    Reference::Tag(t) => (Some(t), None),
+                    Reference::Digest(d) => (None, Some(d)),
+                };
+                sink.record(ManifestEvent {
+                    action: ManifestAction::Deleted,
+                    repository: repo,
+                    tag,
+                    digest,
+                    media_type: None,
+                    size: None,
+                    actor: actor(&req),
+                })
+                .await
+                .map_err(ApiError::EventNotRecorded)?;
+            }
             Ok(status_only(StatusCode::ACCEPTED))
         }
         (Route::Blob(repo, d), &Method::HEAD) => blob_head(state, &repo, &d).await,
@@ -306,7 +324,39 @@ async fn manifest_get(
     req: &Request<Incoming>,
 ) -> HandlerResult {
     let m = state.registry.manifest_get(repo, reference).await?;
+    if req.method() == Method::GET
+        && let Some(sink) = state.events.as_ref().filter(|s| s.wants_pulls())
+    {
+        // Pulls are not worth waiting for: recorded in the background.
+        let sink = sink.clone();
+        let event = ManifestEvent {
+            action: ManifestAction::Pulled,
+            repository: repo.clone(),
+            tag: match reference {
+                Reference::Tag(t) => Some(t.clone()),
+                Reference::Digest(_) => None,
+            },
+            digest: Some(m.digest.clone()),
+            media_type: Some(m.media_type.clone()),
+            size: Some(m.bytes.len() as u64),
+            actor: actor(req),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = sink.record(event).await {
+                tracing::warn!(error = %e, "recording a pull event failed");
+            }
+        });
+    }
     Ok(manifest_response(&m, req))
+}
+
+/// The authenticated subject of a request, for events.
+fn actor(req: &Request<Incoming>) -> Option<String> {
+    match &req.extensions().get::<crate::auth::Caller>()?.0 {
+        pier_auth::Subject::Anonymous => None,
+        pier_auth::Subject::User(i) => Some(i.name.clone()),
+        pier_auth::Subject::Robot(r) => Some(r.name.clone()),
+    }
 }
 
 fn manifest_response(m: &ManifestContent, req: &Request<Incoming>) -> Response<RespBody> {
@@ -339,6 +389,7 @@ async fn manifest_put(
         return Err(ApiError::ManifestTooLarge);
     }
     let content_type = header_str(req.headers(), header::CONTENT_TYPE).map(str::to_owned);
+    let who = actor(&req);
     let bytes = Limited::new(req.into_body(), MAX_MANIFEST_SIZE)
         .collect()
         .await
@@ -350,10 +401,27 @@ async fn manifest_put(
             }
         })?
         .to_bytes();
+    let size = bytes.len() as u64;
     let put = state
         .registry
         .manifest_put(repo, reference, content_type.as_deref(), bytes)
         .await?;
+    if let Some(sink) = &state.events {
+        sink.record(ManifestEvent {
+            action: ManifestAction::Pushed,
+            repository: repo.clone(),
+            tag: match reference {
+                Reference::Tag(t) => Some(t.clone()),
+                Reference::Digest(_) => None,
+            },
+            digest: Some(put.digest.clone()),
+            media_type: content_type.clone(),
+            size: Some(size),
+            actor: who,
+        })
+        .await
+        .map_err(ApiError::EventNotRecorded)?;
+    }
     let mut r = status_only(StatusCode::CREATED);
     set(
         &mut r,
@@ -396,6 +464,9 @@ async fn blob_get(
         Some(h) => parse_range(h)?,
         None => None,
     };
+    if let Some(url) = state.registry.blob_redirect(repo, d).await? {
+        return Ok(blob_read_response(d, BlobRead::Redirect(url)));
+    }
     if range.is_none() && not_modified(req, d) {
         state.registry.blob_size(repo, d).await?;
         let mut r = status_only(StatusCode::NOT_MODIFIED);

@@ -8,6 +8,7 @@ mod access;
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod events;
 mod handlers;
 pub mod metrics;
 pub mod query;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Authentication and authorization; `None` serves everyone (no auth configured).
     pub access: Option<Arc<AccessControl>>,
+    /// Where manifest pushes, pulls and deletes are recorded; `None`: nowhere.
+    pub events: Option<Arc<dyn events::EventSink>>,
     request_ids: AtomicU64,
     id_prefix: String,
 }
@@ -51,6 +54,7 @@ impl AppState {
             mirror,
             metrics,
             access: None,
+            events: None,
             request_ids: AtomicU64::new(0),
             id_prefix,
         }
@@ -59,6 +63,12 @@ impl AppState {
     /// Turns on access control.
     pub fn with_access(mut self, access: Arc<AccessControl>) -> AppState {
         self.access = Some(access);
+        self
+    }
+
+    /// Records manifest operations in `sink`.
+    pub fn with_events(mut self, sink: Arc<dyn events::EventSink>) -> AppState {
+        self.events = Some(sink);
         self
     }
 
@@ -89,11 +99,13 @@ pub async fn serve(
     let (kind, repo) = match &route {
         Ok(r) => (r.kind(), r.repository().map(|n| n.to_string())),
         Err(_) if state.access.is_some() && path == auth::TOKEN_PATH => ("token", None),
+        Err(_) if state.access.is_some() && path == auth::REVOKE_PATH => ("revoke", None),
         Err(_) => ("invalid", None),
     };
     req.extensions_mut().insert(conn);
     let mut resp = match (route, &state.access) {
         (Err(_), Some(ac)) if path == auth::TOKEN_PATH => ac.token_endpoint(req, &conn).await,
+        (Err(_), Some(ac)) if path == auth::REVOKE_PATH => ac.revoke_endpoint(req).await,
         (Ok(r), Some(ac)) => match ac.check(&r, &mut req, &conn).await {
             Ok(()) => handlers::dispatch(&state, r, req).await,
             Err(e) => Err(e),

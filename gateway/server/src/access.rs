@@ -144,6 +144,7 @@ pub fn runtime(root: &Path) -> Result<Arc<Runtime>, ServerError> {
 /// Access control, when `[auth]` or an authorizer plugin is configured.
 pub async fn build(
     config: &Config,
+    shared: Option<&pier_cluster::Shared>,
 ) -> Result<(Option<Arc<AccessControl>>, Arc<Plugins>), ServerError> {
     let Some(auth) = &config.auth else {
         return Ok((None, Arc::new(Plugins::default())));
@@ -153,12 +154,17 @@ pub async fn build(
         config_file: config.config_file.clone(),
         ..Default::default()
     };
-    if config.plugins.len() > 1 {
+    let authorizers: Vec<&PluginEntry> = config
+        .plugins
+        .iter()
+        .filter(|p| p.hook == crate::config::Hook::Authorizer)
+        .collect();
+    if authorizers.len() > 1 {
         return Err(ServerError::Config(
             "one authorizer plugin at a time is supported".into(),
         ));
     }
-    let authorizer: Arc<dyn Authorizer> = match config.plugins.first() {
+    let authorizer: Arc<dyn Authorizer> = match authorizers.first().copied() {
         Some(entry) => {
             let rt = runtime(&config.root)?;
             let p =
@@ -207,13 +213,20 @@ pub async fn build(
     tracing::info!(
         service = %auth.service,
         users = %auth.users_file.display(),
-        plugin = config.plugins.first().map(|p| p.name.as_str()).unwrap_or("none"),
+        plugin = authorizers.first().map(|p| p.name.as_str()).unwrap_or("none"),
         "access control on"
     );
+    let revocations: Arc<dyn pier_auth::revoke::Revocations> = match shared {
+        Some(s) => Arc::new(crate::cluster::RedisRevocations::new(s.clone())),
+        None => Arc::new(pier_auth::revoke::LocalRevocations::open(
+            &config.root.join("pier").join("revoked-tokens"),
+        )?),
+    };
     let control = AccessControl {
         authorizer,
         authn,
         tokens,
+        revocations,
         realm: auth.realm.clone(),
     };
     Ok((Some(Arc::new(control)), Arc::new(plugins)))

@@ -22,6 +22,8 @@ pub struct AdminState {
     pub root: PathBuf,
     /// The registry listener's URL for preheating through it; `None` when it speaks TLS.
     pub registry_url: Option<String>,
+    /// Events and replication, when configured.
+    pub events: Option<Arc<crate::events::EventsRuntime>>,
 }
 
 /// `POST /warm?image=NAME:TAG[&image=...][&platform=os/arch]`: pulls the images through
@@ -90,9 +92,11 @@ pub async fn serve(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let plain = "text/plain; charset=utf-8";
     let mut credentials = None;
-    if req.method() == http::Method::POST
-        && let Some(ac) = &state.access
-    {
+    let path = req.uri().path().to_owned();
+    let protected = req.method() == http::Method::POST
+        || path.starts_with("/replication")
+        || path.starts_with("/events");
+    if protected && let Some(ac) = &state.access {
         let client = req
             .extensions()
             .get::<std::net::SocketAddr>()
@@ -124,11 +128,25 @@ pub async fn serve(
             }
         }
     }
+    if let Some((status, body)) = crate::events::admin(
+        state.events.as_deref(),
+        req.method(),
+        &path,
+        req.uri().query().unwrap_or(""),
+    )
+    .await
+    {
+        let body = serde_json::to_vec_pretty(&body).unwrap_or_default();
+        return Ok(text(status, "application/json", body));
+    }
     if req.method() == http::Method::POST && req.uri().path() == "/warm" {
         return Ok(warm(&state, &req, credentials).await);
     }
     if req.method() == http::Method::POST && req.uri().path() == "/plugins/reload" {
-        let lines = state.plugins.reload_all().await;
+        let mut lines = state.plugins.reload_all().await;
+        if let Some(e) = &state.events {
+            lines.extend(e.reload_all().await);
+        }
         let failed = lines.iter().any(|l| l.contains("reload failed"));
         let status = if failed {
             StatusCode::UNPROCESSABLE_ENTITY
@@ -144,6 +162,14 @@ pub async fn serve(
                 body.push_str(&m.render_metrics());
             }
             state.plugins.render_metrics(&mut body);
+            if let Some(e) = &state.events {
+                for (_, n) in &e.notifiers {
+                    n.metrics().render(&mut body);
+                }
+                for (_, r) in &e.replicators {
+                    r.metrics().render(&mut body);
+                }
+            }
             text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         "/healthz" => text(StatusCode::OK, plain, "ok\n"),

@@ -116,3 +116,59 @@ pub async fn follow_changes(shared: Shared, registry: std::sync::Arc<pier_core::
         }
     }
 }
+
+/// Token revocations in Redis, shared by every node. A node remembers what it revoked and,
+/// for one second, what Redis answered; so a revocation takes effect at once on the node
+/// that received it and within a second on the others. Redis down: revoking fails (503),
+/// checking answers from what this node knows.
+pub struct RedisRevocations {
+    shared: Shared,
+    local: pier_auth::revoke::LocalRevocations,
+    recent: moka::sync::Cache<String, bool>,
+}
+
+impl RedisRevocations {
+    pub fn new(shared: Shared) -> RedisRevocations {
+        RedisRevocations {
+            shared,
+            local: pier_auth::revoke::LocalRevocations::in_memory(),
+            recent: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(1))
+                .build(),
+        }
+    }
+}
+
+fn revocation_error(e: ClusterError) -> pier_auth::AuthError {
+    pier_auth::AuthError::Unavailable(format!("token revocations in Redis: {e}"))
+}
+
+#[async_trait]
+impl pier_auth::revoke::Revocations for RedisRevocations {
+    async fn revoke(&self, jti: &str, exp: u64) -> Result<(), pier_auth::AuthError> {
+        self.shared
+            .revoke(jti, exp)
+            .await
+            .map_err(revocation_error)?;
+        self.local.remember(jti, exp);
+        self.recent.insert(jti.to_owned(), true);
+        Ok(())
+    }
+
+    async fn is_revoked(&self, jti: &str) -> Result<bool, pier_auth::AuthError> {
+        if self.local.knows(jti) {
+            return Ok(true);
+        }
+        if let Some(r) = self.recent.get(jti) {
+            return Ok(r);
+        }
+        let r = self
+            .shared
+            .is_revoked(jti)
+            .await
+            .map_err(revocation_error)?;
+        self.recent.insert(jti.to_owned(), r);
+        Ok(r)
+    }
+}

@@ -41,29 +41,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-/// Parses `123`, `500MB`, `10GiB`, `2T` (K/M/G/T are powers of 1024, KB/MB/GB/TB of 1000).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected e.g. 500MB, 10GiB"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        other => return Err(format!("invalid size unit {other:?} in {s:?}")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
-}
+pub use pier_storage::parse_size;
 
 #[derive(Debug, Clone, Args, Default)]
 pub struct ServeArgs {
@@ -135,6 +113,8 @@ struct FileConfig {
     plugins: Vec<FilePlugin>,
     storage: Option<FileStorage>,
     redis: Option<pier_cluster::RedisConfig>,
+    events: Option<crate::config_events::FileEvents>,
+    replication: Option<crate::config_events::FileReplication>,
 }
 
 #[derive(Deserialize)]
@@ -256,6 +236,8 @@ impl AuthConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginEntry {
     pub name: String,
+    /// The world it implements, as configured (`hook = "..."`).
+    pub hook: Hook,
     pub path: PathBuf,
     pub timeout: Duration,
     pub memory_limit: usize,
@@ -286,6 +268,14 @@ fn toml_to_json(v: toml::Value) -> serde_json::Value {
     }
 }
 
+/// What a plugin is loaded as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Authorizer,
+    Notifier,
+    Replicator,
+}
+
 /// Relative paths in the config file are relative to the file's directory.
 fn relative_to(base: &Path, p: PathBuf) -> PathBuf {
     if p.is_absolute() { p } else { base.join(p) }
@@ -295,12 +285,16 @@ fn plugin_entry(p: FilePlugin, base: &Path, cfg_path: &Path) -> Result<PluginEnt
     let err = |m: String| {
         ServerError::Config(format!("{}: plugin {:?}: {m}", cfg_path.display(), p.name))
     };
-    if p.hook != "authorizer" {
-        return Err(err(format!(
-            "unknown hook {:?}: this version has \"authorizer\"",
-            p.hook
-        )));
-    }
+    let hook = match p.hook.as_str() {
+        "authorizer" => Hook::Authorizer,
+        "notifier" => Hook::Notifier,
+        "replicator" => Hook::Replicator,
+        other => {
+            return Err(err(format!(
+                "unknown hook {other:?}: use \"authorizer\", \"notifier\" or \"replicator\""
+            )));
+        }
+    };
     let timeout = file_duration(p.timeout.clone(), "plugins.timeout", cfg_path)?
         .unwrap_or(Duration::from_millis(100));
     let memory_limit = p
@@ -328,6 +322,7 @@ fn plugin_entry(p: FilePlugin, base: &Path, cfg_path: &Path) -> Result<PluginEnt
         .transpose()?;
     pier_plugin_host::Grants::parse(&p.grants).map_err(err)?;
     Ok(PluginEntry {
+        hook,
         path: relative_to(base, p.path),
         timeout,
         memory_limit,
@@ -488,6 +483,9 @@ pub struct Config {
     pub storage: StorageChoice,
     /// Shared state of a scaled-out deployment; `None`: a single node.
     pub redis: Option<pier_cluster::RedisConfig>,
+    /// Event journal and webhook delivery (used when a notifier or replicator is loaded).
+    pub events: crate::config_events::EventsSettings,
+    pub replication: crate::config_events::ReplicationSettings,
 }
 
 fn file_duration(
@@ -603,8 +601,10 @@ impl Config {
             .into_iter()
             .map(|p| plugin_entry(p, &base, &path))
             .collect::<Result<Vec<_>, _>>()?;
+        let events = crate::config_events::events(file.events, &base, &path, &root)?;
+        let replication = crate::config_events::replication(file.replication, &path, &root)?;
         let auth = match file.auth {
-            None if plugins.is_empty() => None,
+            None if !plugins.iter().any(|p| p.hook == Hook::Authorizer) => None,
             None => Some(AuthConfig::defaults(&root)),
             Some(a) => {
                 let mut c = AuthConfig::defaults(&root);
@@ -642,7 +642,11 @@ impl Config {
             None => StorageChoice::Fs,
             Some(st) => match (st.backend.as_str(), st.s3) {
                 ("fs", None) => StorageChoice::Fs,
-                ("s3", Some(c)) => StorageChoice::S3(Box::new(c)),
+                ("s3", Some(mut c)) => {
+                    // A relative cache directory is relative to the file, like `root`.
+                    c.cache_dir = c.cache_dir.map(|d| relative_to(&base, d));
+                    StorageChoice::S3(Box::new(c))
+                }
                 ("s3", None) => {
                     return Err(ServerError::Config(format!(
                         "{}: storage backend \"s3\" needs a [storage.s3] table (bucket, endpoint, ...)",
@@ -660,6 +664,8 @@ impl Config {
         Ok(Config {
             storage,
             redis: file.redis,
+            events,
+            replication,
             config_file: args.config.clone(),
             auth,
             plugins,
@@ -727,6 +733,40 @@ mod tests {
         assert_eq!(c.root, PathBuf::from("./pier-data"));
         assert!(!c.h2c && c.tls.is_none());
         assert_eq!(c.upload_idle_timeout, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn s3_read_cache_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pier.toml");
+        std::fs::write(
+            &path,
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\ncache_dir = \"cache\"\ncache_max_size = \"20GiB\"\nmemory_cache_size = \"1MB\"\n",
+        )
+        .unwrap();
+        let c = Config::resolve(ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let StorageChoice::S3(s3) = c.storage else {
+            panic!("not S3")
+        };
+        assert_eq!(s3.cache_dir, Some(dir.path().join("cache")));
+        assert_eq!(s3.cache_max_size, 20 << 30);
+        assert_eq!(s3.memory_cache_size, 1_000_000);
+
+        std::fs::write(
+            &path,
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\ncache_max_size = \"lots\"\n",
+        )
+        .unwrap();
+        let err = Config::resolve(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("lots"), "{err}");
     }
 
     #[test]

@@ -5,9 +5,13 @@
 mod access;
 mod accounts;
 mod admin;
+mod admin_client;
 mod cluster;
 mod config;
+mod config_events;
 mod error;
+mod events;
+mod replication_local;
 mod serve;
 mod tls;
 mod warm;
@@ -49,6 +53,12 @@ enum Command {
     /// Work with WebAssembly plugins
     #[command(subcommand)]
     Plugin(accounts::PluginCommand),
+    /// Replication jobs of a running Pier (through its admin API)
+    #[command(subcommand)]
+    Replication(admin_client::ReplicationCommand),
+    /// Webhook deliveries of a running Pier (through its admin API)
+    #[command(subcommand)]
+    Events(admin_client::EventsCommand),
 }
 
 #[derive(Args)]
@@ -175,6 +185,8 @@ fn main() -> ExitCode {
                 &mut |line| println!("{line}"),
             ))
         }
+        Command::Replication(c) => runtime.block_on(admin_client::replication(c)),
+        Command::Events(c) => runtime.block_on(admin_client::events(c)),
         Command::User(c) => accounts::user(c),
         Command::Robot(c) => accounts::robot(c),
         Command::Plugin(c) => {

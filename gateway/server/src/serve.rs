@@ -89,9 +89,13 @@ async fn open_storage(config: &Config) -> Result<(Stores, Arc<dyn IngestStore>),
             Ok((Stores::from_backend(store.clone()), store))
         }
         crate::config::StorageChoice::S3(c) => {
-            let store = Arc::new(pier_storage::s3::S3Store::connect((**c).clone()).await?);
+            let mut c = (**c).clone();
+            // The local read cache lives under the root unless configured elsewhere.
+            c.cache_dir
+                .get_or_insert_with(|| config.root.join("s3-cache"));
+            let store = Arc::new(pier_storage::s3::S3Store::connect(c.clone()).await?);
             store.check().await?;
-            tracing::info!(bucket = %c.bucket, prefix = %c.prefix, "storage: S3");
+            tracing::info!(bucket = %c.bucket, prefix = %c.prefix, cache_dir = ?c.cache_dir, "storage: S3");
             Ok((Stores::from_backend(store.clone()), store))
         }
     }
@@ -122,12 +126,19 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let changes_task = shared
         .clone()
         .map(|s| tokio::spawn(crate::cluster::follow_changes(s, registry.clone())));
-    let mirror = mirror(&config, registry.clone(), ingest, shared)?;
+    let (access, plugins) = crate::access::build(&config, shared.as_ref()).await?;
+    let events = crate::events::start(&config, registry.clone()).await?;
+    let observer = events
+        .clone()
+        .map(|e| e as Arc<dyn pier_core::FillObserver>);
+    let mirror = mirror(&config, registry.clone(), ingest, shared, observer)?;
     let metrics = Arc::new(Metrics::default());
-    let (access, plugins) = crate::access::build(&config).await?;
     let mut state = AppState::new(registry.clone(), mirror.clone(), metrics.clone());
     if let Some(a) = &access {
         state = state.with_access(a.clone());
+    }
+    if let Some(e) = &events {
+        state = state.with_events(e.clone());
     }
     let state = Arc::new(state);
     let tls = config
@@ -146,6 +157,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         plugins: plugins.clone(),
         access,
         root: config.root.clone(),
+        events,
         registry_url: tls
             .is_none()
             .then(|| listener.local_addr().map(|a| format!("http://{a}")).ok())
@@ -262,6 +274,7 @@ fn mirror(
     registry: Arc<Registry>,
     ingest: Arc<dyn IngestStore>,
     shared: Option<pier_cluster::Shared>,
+    observer: Option<Arc<dyn pier_core::FillObserver>>,
 ) -> Result<Option<Arc<Mirror>>, ServerError> {
     if config.upstreams.is_empty() {
         return Ok(None);
@@ -296,6 +309,9 @@ fn mirror(
         local_namespaces: config.local_namespaces.clone(),
     };
     let mut mirror = Mirror::new(registry, ingest, config);
+    if let Some(o) = observer {
+        mirror = mirror.with_fill_observer(o);
+    }
     if let Some(shared) = shared {
         mirror = mirror.with_leases(Arc::new(crate::cluster::RedisLeases {
             shared,

@@ -201,7 +201,7 @@ fn linked_digests(dir: &Path) -> Result<Vec<Digest>> {
 /// Reads `len` bytes at `start`: mapped when large enough that one copy less pays for the
 /// mapping, read otherwise. Reads are positional, so readers may share a descriptor (and
 /// its offset) with a writer appending to the file.
-fn read_range(file: &File, start: u64, len: u64) -> io::Result<Bytes> {
+pub(crate) fn read_range(file: &File, start: u64, len: u64) -> io::Result<Bytes> {
     use std::os::unix::fs::FileExt;
     if len >= MMAP_MIN
         && let Some(b) = map_range(file, start, len)
@@ -262,7 +262,7 @@ fn hash_file(path: &Path, algorithm: Algorithm) -> Result<(Digest, u64)> {
 
 /// Streams `len` bytes of `file` from `start` in chunks, read on a blocking thread a few
 /// chunks ahead of the consumer; stops when the consumer goes away.
-fn stream_file(file: File, start: u64, len: u64) -> ByteStream {
+pub(crate) fn stream_file(file: File, start: u64, len: u64) -> ByteStream {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
     tokio::task::spawn_blocking(move || {
         let mut off = start;

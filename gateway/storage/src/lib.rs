@@ -28,6 +28,30 @@ pub mod testsuite;
 /// A stream of bytes, as read from a client or from storage.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;
 
+/// Parses `123`, `500MB`, `10GiB`, `2T` (K/M/G/T are powers of 1024, KB/MB/GB/TB of 1000),
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 500MB, 10GiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => return Err(format!("invalid size unit {other:?} in {s:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +192,11 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn delete(&self, digest: &Digest) -> Result<bool>;
     /// Every stored blob.
     async fn list(&self) -> Result<Vec<BlobEntry>>;
+    /// A URL clients may fetch the blob from directly (an object store's presigned URL),
+    /// when the backend is configured to hand them out; `None`: serve the bytes.
+    async fn redirect(&self, _digest: &Digest) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// Repositories and the blobs linked into them.

@@ -50,12 +50,13 @@ struct S3Server {
     access_key: String,
     secret_key: String,
     data: tempfile::TempDir,
+    /// Read caches of the stores (each store its own directory, as each node has).
+    caches: tempfile::TempDir,
 }
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -84,6 +85,7 @@ impl S3Server {
             access_key,
             secret_key,
             data,
+            caches: tempfile::tempdir().unwrap(),
         };
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -92,6 +94,12 @@ impl S3Server {
             std::thread::sleep(Duration::from_millis(20));
         }
         server
+    }
+
+    /// Kills the server: from now on only what Pier cached can be read.
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Files s3s-fs keeps for multipart uploads not completed or aborted.
@@ -110,14 +118,26 @@ impl S3Server {
         c.secret_key = Some(self.secret_key.clone());
         c.force_path_style = true;
         c.prefix = prefix.to_owned();
+        c.cache_dir = Some(self.caches.path().join(uuid::Uuid::new_v4().to_string()));
         c
     }
 
     /// A store on a new bucket; parts of the minimum size, so multipart paths run on
     /// small data.
     async fn store(&self, bucket: &str, prefix: &str) -> S3Store {
+        self.store_with(bucket, prefix, |_| {}).await
+    }
+
+    /// A store on a new bucket, with settings changed by `f`.
+    async fn store_with(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        f: impl FnOnce(&mut S3Config),
+    ) -> S3Store {
         let mut config = self.config(bucket, prefix);
         config.part_size = MIN_PART_SIZE;
+        f(&mut config);
         let store = S3Store::connect(config).await.unwrap();
         store
             .client()
@@ -560,4 +580,361 @@ async fn expiry_covers_other_processes() {
         bucket_keys(&b).await
     );
     assert_eq!(server.open_multipart_files(), Vec::<String>::new());
+}
+
+// ---- the local read cache ----
+
+/// Stores `data` as a blob through an upload session.
+async fn push(s: &S3Store, data: &[u8]) -> Digest {
+    let r = repo("cache/test");
+    let d = Digest::of(Algorithm::Sha256, data);
+    let st = s.create(&r).await.unwrap();
+    s.append(&r, &st.id, None, body(chunked(data, 1 << 20)))
+        .await
+        .unwrap();
+    s.commit(&r, &st.id, &d).await.unwrap();
+    d
+}
+
+/// Waits (a copy is published after the reader got its last byte) until `d` is cached.
+async fn wait_cached(s: &S3Store, d: &Digest) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s.is_cached(d) {
+        assert!(Instant::now() < deadline, "{d} was not cached");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Files under a cache directory: (blobs, fills in progress).
+fn cache_files(dir: &std::path::Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    fn walk(p: &std::path::Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                walk(&e.path(), out);
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    let mut all = Vec::new();
+    walk(dir, &mut all);
+    all.into_iter()
+        .partition(|p| !p.starts_with(dir.join("tmp")))
+}
+
+/// Waits until no fill is in progress in `dir`.
+async fn wait_no_fills(dir: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cache_files(dir).1.is_empty() {
+        assert!(Instant::now() < deadline, "fills left in {}", dir.display());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Every item of a read's stream, errors included.
+async fn read_items(s: &S3Store, d: &Digest) -> (Vec<u8>, Option<std::io::Error>) {
+    match s.read(d, None).await.unwrap() {
+        BlobRead::Content {
+            body: BlobBody::Stream(mut st),
+            ..
+        } => {
+            let mut out = Vec::new();
+            while let Some(c) = st.next().await {
+                match c {
+                    Ok(c) => out.extend_from_slice(&c),
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+            (out, None)
+        }
+        _ => panic!("expected a stream"),
+    }
+}
+
+/// The second read of a blob comes from the local cache: with the S3 server gone, whole
+/// blobs, ranges and stats are still answered with the right bytes; small blobs also
+/// from memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_reads_are_served_from_the_cache() {
+    let mut server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let s = server
+        .store_with("cached", "c", |c| c.cache_dir = Some(dir.path().to_owned()))
+        .await;
+    let big = pattern(MIN_PART_SIZE * 2 + 7, 7);
+    let bd = push(&s, &big).await;
+    let small = br#"{"schemaVersion":2,"config":{}}"#.to_vec();
+    let sd = Digest::of(Algorithm::Sha256, &small);
+    s.put(&sd, Bytes::from(small.clone())).await.unwrap();
+    let mem = b"kept in memory".to_vec();
+    let md = Digest::of(Algorithm::Sha256, &mem);
+    s.put(&md, Bytes::from(mem.clone())).await.unwrap();
+    assert!(!s.is_cached(&bd), "writes do not fill the cache");
+
+    // Read as an HTTP server sends a body with a Content-Length: no poll after the last
+    // byte.
+    let BlobRead::Content {
+        body: BlobBody::Stream(mut st),
+        ..
+    } = s.read(&bd, None).await.unwrap()
+    else {
+        panic!("expected a stream");
+    };
+    let mut got = Vec::new();
+    while got.len() < big.len() {
+        got.extend_from_slice(&st.next().await.unwrap().unwrap());
+    }
+    drop(st);
+    assert!(got == big);
+    assert_eq!(read_all(&s, &sd, None).await, small);
+    assert_eq!(read_all(&s, &md, None).await, mem);
+    for d in [&bd, &sd, &md] {
+        wait_cached(&s, d).await;
+    }
+    let (files, fills) = cache_files(dir.path());
+    assert_eq!((files.len(), fills.len()), (3, 0), "{files:?} {fills:?}");
+    // The memory copy answers even without the disk copy.
+    let hex = md.hex();
+    std::fs::remove_file(dir.path().join("sha256").join(&hex[..2]).join(hex)).unwrap();
+
+    server.stop();
+    assert_eq!(read_all(&s, &bd, None).await, big);
+    let n = big.len() as u64;
+    for (r, want) in [
+        (RangeSpec::FromTo(100, 5_000_000), &big[100..=5_000_000]),
+        (RangeSpec::FromTo(3, 9), &big[3..=9]),
+        (RangeSpec::From(n - 10), &big[big.len() - 10..]),
+        (RangeSpec::Suffix(3_000_000), &big[big.len() - 3_000_000..]),
+    ] {
+        assert_eq!(read_all(&s, &bd, Some(r)).await, want, "{r:?}");
+    }
+    assert!(matches!(
+        s.read(&bd, Some(RangeSpec::From(n))).await,
+        Err(StorageError::RangeNotSatisfiable { size }) if size == n
+    ));
+    assert_eq!(s.stat(&bd).await.unwrap(), Some(n));
+    assert_eq!(read_all(&s, &sd, None).await, small);
+    assert_eq!(
+        read_all(&s, &sd, Some(RangeSpec::FromTo(2, 5))).await,
+        &small[2..=5]
+    );
+    assert_eq!(read_all(&s, &md, None).await, mem);
+    // Not cached: S3 is asked, and is gone.
+    assert!(
+        s.read(&Digest::of(Algorithm::Sha256, b"other"), None)
+            .await
+            .is_err()
+    );
+}
+
+/// A reader that goes away mid-blob abandons the copy: nothing is cached, nothing is
+/// left behind, and the next reader fills the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_fill_leaves_nothing() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let s = server
+        .store_with("interrupted", "", |c| {
+            c.cache_dir = Some(dir.path().to_owned())
+        })
+        .await;
+    let big = pattern(MIN_PART_SIZE * 2, 8);
+    let d = push(&s, &big).await;
+    let BlobRead::Content {
+        body: BlobBody::Stream(mut st),
+        ..
+    } = s.read(&d, None).await.unwrap()
+    else {
+        panic!("expected a stream");
+    };
+    let mut got = 0;
+    while got < 1 << 20 {
+        got += st.next().await.unwrap().unwrap().len();
+    }
+    assert_eq!(cache_files(dir.path()).1.len(), 1, "a fill is in progress");
+    drop(st);
+    wait_no_fills(dir.path()).await;
+    assert!(!s.is_cached(&d));
+    assert!(cache_files(dir.path()).0.is_empty());
+
+    assert_eq!(read_all(&s, &d, None).await, big);
+    wait_cached(&s, &d).await;
+    assert_eq!(cache_files(dir.path()).0.len(), 1);
+}
+
+/// An S3 object whose bytes are not its digest's is never cached: the read of a large
+/// blob ends with an error after the last byte, that of a small one fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_objects_are_not_cached() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let s = server
+        .store_with("corrupt", "p", |c| {
+            c.cache_dir = Some(dir.path().to_owned())
+        })
+        .await;
+    let big = pattern(MIN_PART_SIZE + 3, 9);
+    let bd = push(&s, &big).await;
+    let small = b"small content".to_vec();
+    let sd = Digest::of(Algorithm::Sha256, &small);
+    s.put(&sd, Bytes::from(small.clone())).await.unwrap();
+    // Same sizes, other bytes, written behind Pier's back: the large one straight into
+    // s3s-fs's data directory, the small one with a PutObject.
+    let hex = bd.hex();
+    let file = server.data.path().join(format!(
+        "corrupt/p/docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ));
+    assert_eq!(std::fs::read(&file).unwrap(), big, "s3s-fs's file layout");
+    std::fs::write(&file, pattern(big.len(), 10)).unwrap();
+    let hex = sd.hex();
+    s.client()
+        .put_object()
+        .bucket("corrupt")
+        .key(format!(
+            "p/docker/registry/v2/blobs/sha256/{}/{hex}/data",
+            &hex[..2]
+        ))
+        .body(b"SMALL CONTENT".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+
+    for _ in 0..2 {
+        let (bytes, err) = read_items(&s, &bd).await;
+        assert!(bytes.len() < big.len(), "the last chunk is held back");
+        let err = err.expect("the stream reports the mismatch");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+        assert!(s.read(&sd, None).await.is_err());
+        wait_no_fills(dir.path()).await;
+        assert!(!s.is_cached(&bd) && !s.is_cached(&sd));
+        assert_eq!(cache_files(dir.path()).0, Vec::<PathBuf>::new());
+    }
+}
+
+/// The disk cache keeps at most `cache_max_size` bytes, dropping the least recently used
+/// blobs; a blob larger than the whole cache is not copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_evicts_least_recently_used() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let each = 3 << 20;
+    let s = server
+        .store_with("evict", "", |c| {
+            c.cache_dir = Some(dir.path().to_owned());
+            c.cache_max_size = 7 << 20;
+            c.memory_cache_size = 0;
+        })
+        .await;
+    let blobs: Vec<(Digest, Vec<u8>)> = futures_util::future::join_all((0..3u8).map(|i| {
+        let data = pattern(each, 20 + i);
+        let s = &s;
+        async move { (push(s, &data).await, data) }
+    }))
+    .await;
+    let [(a, ad), (b, _), (c, _)] = &blobs[..] else {
+        unreachable!()
+    };
+    for d in [a, b] {
+        read_all(&s, d, None).await;
+        wait_cached(&s, d).await;
+    }
+    // `a` is used again, so `b` is now the least recently used.
+    assert_eq!(read_all(&s, a, None).await, *ad);
+    read_all(&s, c, None).await;
+    wait_cached(&s, c).await;
+    assert!(s.is_cached(a) && !s.is_cached(b));
+    let (files, _) = cache_files(dir.path());
+    assert_eq!(files.len(), 2, "{files:?}");
+    let total: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    assert!(total <= 7 << 20);
+
+    let huge = pattern(8 << 20, 30);
+    let hd = push(&s, &huge).await;
+    assert_eq!(read_all(&s, &hd, None).await, huge);
+    assert_eq!(cache_files(dir.path()).1, Vec::<PathBuf>::new(), "no fill");
+    assert!(!s.is_cached(&hd) && s.is_cached(a) && s.is_cached(c));
+}
+
+/// A range read that misses streams the range and fills the cache in the background;
+/// deleting the blob drops the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_misses_fill_and_deletes_drop_the_copy() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let s = server
+        .store_with("ranges", "", |c| c.cache_dir = Some(dir.path().to_owned()))
+        .await;
+    let big = pattern(MIN_PART_SIZE + 11, 11);
+    let d = push(&s, &big).await;
+    assert_eq!(
+        read_all(&s, &d, Some(RangeSpec::FromTo(10, 20))).await,
+        &big[10..=20]
+    );
+    wait_cached(&s, &d).await;
+    assert_eq!(
+        read_all(&s, &d, Some(RangeSpec::Suffix(4))).await,
+        &big[big.len() - 4..]
+    );
+    assert!(s.delete(&d).await.unwrap());
+    assert!(!s.is_cached(&d));
+    assert!(cache_files(dir.path()).0.is_empty());
+    assert!(matches!(
+        s.read(&d, None).await,
+        Err(StorageError::BlobNotFound(_))
+    ));
+    assert_eq!(s.stat(&d).await.unwrap(), None);
+}
+
+/// `GET` of an absolute `http://` URL with a plain HTTP/1.1 request; (status, body).
+fn http_get(url: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut s = TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&out[..end]).to_string();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    (status, out[end + 4..].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_reads_redirect_to_presigned_urls_when_configured() {
+    let server = S3Server::start();
+    let plain = server.store("no-redirect", "").await;
+    let data = pattern(300_000, 7);
+    let d = push(&plain, &data).await;
+    assert_eq!(plain.redirect(&d).await.unwrap(), None, "off by default");
+
+    let s = server
+        .store_with("redirect", "reg", |c| c.redirect_secs = Some(60))
+        .await;
+    let d = push(&s, &data).await;
+    let url = s
+        .redirect(&d)
+        .await
+        .unwrap()
+        .expect("a presigned URL when redirect_secs is set");
+    assert!(url.starts_with(&server.endpoint), "{url}");
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    let (status, body) = http_get(&url);
+    assert_eq!(status, 200, "GET of the presigned URL");
+    assert_eq!(body, data, "the presigned URL serves the blob's bytes");
+    // The signature covers the key: another blob's key under the same signature fails.
+    let tampered = url.replace(&d.hex()[..8], "00000000");
+    assert_ne!(http_get(&tampered).0, 200, "a tampered URL is refused");
 }

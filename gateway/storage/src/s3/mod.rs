@@ -22,6 +22,10 @@
 //!                                               state, and the bytes not yet sent as a part
 //! ```
 //!
+//! Blob reads go through a local read cache when `cache_dir` is set (module `cache`): disk,
+//! bounded by `cache_max_size` and evicted least recently used, plus small blobs in memory;
+//! a miss streams from S3 while a copy is made and verified.
+//!
 //! Not done (yet): reads answered with presigned URLs ([`crate::BlobRead::Redirect`]: the
 //! core reads manifests through the same `read` and takes a redirect for "unknown", so
 //! this needs the caller to say when a redirect is welcome);
@@ -31,6 +35,7 @@
 //! the bucket's `AbortIncompleteMultipartUpload` lifecycle rule.
 
 mod bucket;
+mod cache;
 mod ingest;
 mod uploads;
 
@@ -94,6 +99,37 @@ pub struct S3Config {
     /// the system's temporary directory when absent.
     #[serde(default)]
     pub spool_dir: Option<PathBuf>,
+    /// Directory of the local read cache of blobs; no cache when absent. (The server
+    /// defaults it to `<root>/s3-cache`.)
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// Bound on the bytes of blobs the read cache keeps on disk (`"10GiB"`, or a number of
+    /// bytes); 0 turns the cache off.
+    #[serde(
+        default = "default_cache_max_size",
+        deserialize_with = "cache::de_size"
+    )]
+    pub cache_max_size: u64,
+    /// Bound on the bytes of small blobs (up to 2 MiB: manifests, configs) the read cache
+    /// also keeps in memory; 0 for none.
+    #[serde(
+        default = "default_memory_cache_size",
+        deserialize_with = "cache::de_size"
+    )]
+    pub memory_cache_size: u64,
+    /// Answer blob GETs with a `307` to a presigned S3 URL valid this many seconds instead
+    /// of serving the bytes (clients then read from S3 directly; the read cache is not
+    /// used for those reads); off when absent. Manifests are always served by Pier.
+    #[serde(default)]
+    pub redirect_secs: Option<u64>,
+}
+
+fn default_cache_max_size() -> u64 {
+    10 << 30
+}
+
+fn default_memory_cache_size() -> u64 {
+    64 << 20
 }
 
 fn default_region() -> String {
@@ -118,6 +154,10 @@ impl S3Config {
             force_path_style: false,
             part_size: default_part_size(),
             spool_dir: None,
+            cache_dir: None,
+            cache_max_size: default_cache_max_size(),
+            memory_cache_size: default_memory_cache_size(),
+            redirect_secs: None,
         }
     }
 }
@@ -137,6 +177,9 @@ impl std::fmt::Debug for S3Config {
             .field("force_path_style", &self.force_path_style)
             .field("part_size", &self.part_size)
             .field("spool_dir", &self.spool_dir)
+            .field("cache_dir", &self.cache_dir)
+            .field("cache_max_size", &self.cache_max_size)
+            .field("memory_cache_size", &self.memory_cache_size)
             .finish()
     }
 }
@@ -154,6 +197,10 @@ pub struct S3Store {
     single_copy_max: u64,
     copy_part: u64,
     sessions: Sessions,
+    /// The local read cache of blobs, when configured.
+    cache: Option<cache::ReadCache>,
+    /// Lifetime of presigned blob URLs, when reads are redirected.
+    redirect: Option<std::time::Duration>,
 }
 
 fn config_err(msg: impl Into<String>) -> StorageError {
@@ -219,6 +266,15 @@ impl S3Store {
         if prefix.split('/').any(|c| c == "." || c == "..") {
             return Err(config_err("the S3 prefix may not contain . or .."));
         }
+        // Indexes the files already cached (blocking, once at start).
+        let cache = match &config.cache_dir {
+            Some(dir) if config.cache_max_size > 0 => Some(cache::ReadCache::open(
+                dir,
+                config.cache_max_size,
+                config.memory_cache_size,
+            )?),
+            _ => None,
+        };
         Ok(S3Store {
             bucket: Arc::new(Bucket {
                 client,
@@ -230,6 +286,11 @@ impl S3Store {
             single_copy_max: MAX_SINGLE_COPY,
             copy_part: COPY_PART,
             sessions: Mutex::new(HashMap::new()),
+            cache,
+            redirect: config
+                .redirect_secs
+                .filter(|&n| n > 0)
+                .map(std::time::Duration::from_secs),
         })
     }
 
@@ -256,6 +317,55 @@ impl S3Store {
 
     pub fn bucket_name(&self) -> &str {
         &self.bucket.name
+    }
+
+    /// Whether the blob is in the local read cache on disk.
+    pub fn is_cached(&self, digest: &Digest) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.contains(digest))
+    }
+
+    /// Copies the whole blob into the read cache in the background (after a range read
+    /// missed), unless it is there, being copied, or too large.
+    fn fill_in_background(&self, digest: &Digest, size: u64) {
+        use futures_util::StreamExt;
+        let Some(fill) = self.cache.as_ref().and_then(|c| c.begin_fill(digest, size)) else {
+            return;
+        };
+        let bucket = self.bucket.clone();
+        let k = key(&bucket.layout.blob_data(digest));
+        tokio::spawn(async move {
+            let Ok(Some((len, body))) = bucket.get(&k, None).await else {
+                return;
+            };
+            if len != size {
+                return;
+            }
+            let mut s = cache::ReadCache::tee(fill, body_stream(body));
+            while let Some(item) = s.next().await {
+                if item.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Checks small whole content read from S3 against its digest before it is cached.
+    async fn verify_small(&self, digest: &Digest, k: &str, data: Bytes) -> Result<()> {
+        let d = digest.clone();
+        let (computed, len) = tokio::task::spawn_blocking(move || {
+            (Digest::of(d.algorithm(), &data), data.len() as u64)
+        })
+        .await
+        .map_err(|e| StorageError::Task(io::Error::other(e)))?;
+        if &computed == digest {
+            return Ok(());
+        }
+        tracing::error!(%digest, %computed, "S3 object has the wrong content");
+        Err(StorageError::Io {
+            op: "verify",
+            path: PathBuf::from(format!("s3://{}/{k}", self.bucket.name)),
+            source: cache::corrupt(digest, &computed, len),
+        })
     }
 
     /// Lowers the size above which a committed upload is copied into place part by part,
@@ -399,13 +509,44 @@ fn parse_blob_key(rest: &str) -> Option<Digest> {
 
 #[async_trait]
 impl BlobStore for S3Store {
+    async fn redirect(&self, digest: &Digest) -> Result<Option<String>> {
+        let Some(ttl) = self.redirect else {
+            return Ok(None);
+        };
+        let k = self.layout_key(&self.bucket.layout.blob_data(digest));
+        let presigning = aws_sdk_s3::presigning::PresigningConfig::expires_in(ttl)
+            .map_err(|e| config_err(format!("presigned URL lifetime {ttl:?}: {e}")))?;
+        let req = self
+            .bucket
+            .client
+            .get_object()
+            .bucket(&self.bucket.name)
+            .key(&k)
+            .presigned(presigning)
+            .await
+            .map_err(|e| StorageError::Io {
+                op: "presign GetObject",
+                path: PathBuf::from(format!("s3://{}/{k}", self.bucket.name)),
+                source: io::Error::other(e.to_string()),
+            })?;
+        Ok(Some(req.uri().to_owned()))
+    }
+
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>> {
+        if let Some(size) = self.cache.as_ref().and_then(|c| c.stat(digest)) {
+            return Ok(Some(size));
+        }
         self.bucket
             .head(&self.layout_key(&self.bucket.layout.blob_data(digest)))
             .await
     }
 
     async fn read(&self, digest: &Digest, range: Option<RangeSpec>) -> Result<BlobRead> {
+        if let Some(cache) = &self.cache
+            && let Some(hit) = cache.read(digest, range).await?
+        {
+            return Ok(hit);
+        }
         let k = self.layout_key(&self.bucket.layout.blob_data(digest));
         // A range needs the size first (to resolve suffixes and answer 416 with it).
         let (size, resolved) = match range {
@@ -433,9 +574,29 @@ impl BlobStore for S3Store {
                 path: PathBuf::from(format!("s3://{}/{k}", self.bucket.name)),
                 source: io::Error::other(e),
             })?;
-            BlobBody::Bytes(data.into_bytes())
+            let data = data.into_bytes();
+            match (&self.cache, size) {
+                (Some(cache), None) => {
+                    self.verify_small(digest, &k, data.clone()).await?;
+                    cache.keep_small(digest, data.clone());
+                }
+                (Some(_), Some(size)) => self.fill_in_background(digest, size),
+                (None, _) => {}
+            }
+            BlobBody::Bytes(data)
         } else {
-            BlobBody::Stream(body_stream(body))
+            let stream = body_stream(body);
+            match (&self.cache, size) {
+                (Some(cache), None) => match cache.begin_fill(digest, len) {
+                    Some(fill) => BlobBody::Stream(cache::ReadCache::tee(fill, stream)),
+                    None => BlobBody::Stream(stream),
+                },
+                (Some(_), Some(size)) => {
+                    self.fill_in_background(digest, size);
+                    BlobBody::Stream(stream)
+                }
+                (None, _) => BlobBody::Stream(stream),
+            }
         };
         Ok(BlobRead::Content {
             size: size.unwrap_or(len),
@@ -460,6 +621,9 @@ impl BlobStore for S3Store {
     }
 
     async fn delete(&self, digest: &Digest) -> Result<bool> {
+        if let Some(cache) = &self.cache {
+            cache.remove(digest).await?;
+        }
         self.remove_key(&self.bucket.layout.blob_data(digest)).await
     }
 

@@ -1,0 +1,226 @@
+//! `pier replication ...` and `pier events ...`: the CLI side of the admin API, so
+//! scripts and the API agree. Plain HTTP/1.1 to the admin listener.
+
+use base64::Engine as _;
+use clap::{Args, Subcommand};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::error::ServerError;
+
+#[derive(Args)]
+pub struct AdminTarget {
+    /// The admin listener of the Pier to ask
+    #[arg(long, env = "PIER_ADMIN", default_value = "http://127.0.0.1:5001")]
+    admin: String,
+    /// USER:PASSWORD of a system administrator (when access control is on)
+    #[arg(long, env = "PIER_ADMIN_CREDS")]
+    creds: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum ReplicationCommand {
+    /// List replication jobs, newest first
+    Jobs {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// How many
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print the JSON as the API answers it
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue a failed (or finished) job again
+    Retry {
+        #[command(flatten)]
+        target: AdminTarget,
+        id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum EventsCommand {
+    /// List webhook deliveries, newest first
+    Deliveries {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// pending, delivered or failed
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a delivery again (same idempotency key)
+    Redeliver {
+        #[command(flatten)]
+        target: AdminTarget,
+        id: String,
+    },
+}
+
+/// One request to the admin API; the JSON answer, or an error naming the status.
+async fn call(target: &AdminTarget, method: &str, path: &str) -> Result<Value, ServerError> {
+    let err = |m: String| ServerError::Config(format!("{} {path}: {m}", target.admin));
+    let host = target
+        .admin
+        .strip_prefix("http://")
+        .ok_or_else(|| err("--admin must be an http:// URL".into()))?
+        .trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
+    if let Some(c) = &target.creds {
+        let b = base64::engine::general_purpose::STANDARD.encode(c);
+        req.push_str(&format!("Authorization: Basic {b}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let mut buf = Vec::new();
+    stream
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| err("malformed answer".into()))?;
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| err("malformed status line".into()))?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    let value: Value = serde_json::from_str(&body).unwrap_or(Value::String(body.clone()));
+    if !(200..300).contains(&status) {
+        let msg = value["error"].as_str().map(str::to_owned).unwrap_or(body);
+        return Err(err(format!("HTTP {status}: {}", msg.trim())));
+    }
+    Ok(value)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn field(v: &Value, k: &str) -> String {
+    match &v[k] {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub async fn replication(c: ReplicationCommand) -> Result<(), ServerError> {
+    match c {
+        ReplicationCommand::Jobs {
+            target,
+            limit,
+            json,
+        } => {
+            let v = call(&target, "GET", &format!("/replication/jobs?limit={limit}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(());
+            }
+            println!("ID\tSTATE\tATTEMPTS\tSOURCE\tDESTINATION\tIMAGE\tBYTES\tERROR");
+            for j in v["jobs"].as_array().into_iter().flatten() {
+                let report = &j["report"];
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}:{} -> {}\t{}\t{}",
+                    field(j, "id"),
+                    field(j, "state"),
+                    field(j, "attempts"),
+                    field(j, "source"),
+                    field(j, "destination"),
+                    field(j, "src_repo"),
+                    field(j, "reference"),
+                    field(j, "dst_repo"),
+                    field(report, "bytes"),
+                    field(report, "error"),
+                );
+            }
+            Ok(())
+        }
+        ReplicationCommand::Retry { target, id } => {
+            let v = call(&target, "POST", &format!("/replication/jobs/{id}/retry")).await?;
+            println!(
+                "job {} queued again ({} attempts so far)",
+                field(&v, "id"),
+                field(&v, "attempts")
+            );
+            Ok(())
+        }
+    }
+}
+
+pub async fn events(c: EventsCommand) -> Result<(), ServerError> {
+    match c {
+        EventsCommand::Deliveries {
+            target,
+            status,
+            limit,
+            json,
+        } => {
+            let mut path = format!("/events/deliveries?limit={limit}");
+            if let Some(s) = status {
+                path.push_str(&format!("&status={s}"));
+            }
+            let v = call(&target, "GET", &path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(());
+            }
+            println!("ID\tEVENT\tSTATUS\tATTEMPTS\tURL\tLAST");
+            for d in v["deliveries"].as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    field(d, "id"),
+                    field(d, "eventId"),
+                    field(d, "status"),
+                    field(d, "attempts"),
+                    field(d, "url"),
+                    field(d, "lastError"),
+                );
+            }
+            Ok(())
+        }
+        EventsCommand::Redeliver { target, id } => {
+            let v = call(
+                &target,
+                "POST",
+                &format!("/events/deliveries/{id}/redeliver"),
+            )
+            .await?;
+            println!("delivery {} queued again", field(&v, "id"));
+            Ok(())
+        }
+    }
+}

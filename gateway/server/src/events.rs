@@ -1,0 +1,834 @@
+//! Events, webhooks and replication, wired: the registry's operations become durable
+//! events (`pier-events`); notifier plugins turn each into webhook deliveries, replicator
+//! plugins into replication jobs, which this module runs (`pier-replicate`) and logs.
+//!
+//! Nothing here is on a push's critical path but the journal append: plugins run on the
+//! dispatcher's task (a trap, hang or error costs that plugin's answer for that event,
+//! logged), deliveries and jobs on their own tasks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pier_core::Registry;
+use pier_events::{
+    DeliveryRequest, Event, EventDraft, EventKind, Events, EventsConfig, RouteError, Router,
+};
+use pier_oci::{Reference, RepoName};
+use pier_plugin_host::{
+    PluginEvent, PluginNotifier, PluginReplicator, ReplicationAction, ReplicationDirection,
+};
+use pier_replicate::{
+    CopyOptions, Destination, JobId, JobLog, JobRecord, JobRunner, JobSpec, JsonlJobLog,
+    MountHints, RateLimiter, RemoteDestination, RemoteSource, ReplicateError, RetryPolicy, Source,
+    UploadOptions,
+};
+use pier_upstream::{Credentials, UpstreamClient, UpstreamConfig};
+use tokio::sync::mpsc;
+
+use crate::config::{Config, Hook};
+use crate::config_events::{ReplicationSettings, TargetSettings};
+use crate::error::ServerError;
+use crate::replication_local::LocalRegistry;
+
+/// Replication workers: jobs copied at the same time.
+const WORKERS: usize = 2;
+
+/// Everything this module started; `None` parts are not configured.
+pub struct EventsRuntime {
+    pub events: Arc<Events>,
+    pub replication: Arc<Replication>,
+    /// Whether pulls are recorded too.
+    pub pulls: bool,
+    pub notifiers: Vec<(String, Arc<PluginNotifier>)>,
+    pub replicators: Vec<(String, Arc<PluginReplicator>)>,
+}
+
+impl EventsRuntime {
+    /// Reloads the notifier and replicator plugins from their files; one line each.
+    pub async fn reload_all(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, p) in &self.notifiers {
+            out.push(reload_line(name, p.reload().await, p.digest()));
+        }
+        for (name, p) in &self.replicators {
+            out.push(reload_line(name, p.reload().await, p.digest()));
+        }
+        out
+    }
+}
+
+fn reload_line(
+    name: &str,
+    r: Result<bool, pier_plugin_host::PluginError>,
+    digest: String,
+) -> String {
+    match r {
+        Ok(true) => format!("{name}: reloaded, now {digest}"),
+        Ok(false) => format!("{name}: unchanged ({digest})"),
+        Err(e) => {
+            tracing::error!(plugin = %name, error = %e, "plugin reload failed; the previous version keeps running");
+            format!("{name}: reload failed, previous version kept: {e}")
+        }
+    }
+}
+
+/// Starts events and replication when a notifier or replicator plugin is configured.
+pub async fn start(
+    config: &Config,
+    registry: Arc<Registry>,
+) -> Result<Option<Arc<EventsRuntime>>, ServerError> {
+    let entries: Vec<_> = config
+        .plugins
+        .iter()
+        .filter(|p| p.hook != Hook::Authorizer)
+        .collect();
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    let runtime = crate::access::runtime(&config.root)?;
+    let mut notifiers = Vec::new();
+    let mut replicators = Vec::new();
+    for e in entries {
+        let settings = crate::access::plugin_settings(e, &config.root)?;
+        match e.hook {
+            Hook::Notifier => notifiers.push((
+                e.name.clone(),
+                Arc::new(PluginNotifier::load(runtime.clone(), settings).await?),
+            )),
+            Hook::Replicator => replicators.push((
+                e.name.clone(),
+                Arc::new(PluginReplicator::load(runtime.clone(), settings).await?),
+            )),
+            Hook::Authorizer => {}
+        }
+    }
+    let replication = Arc::new(Replication::new(&config.replication, registry)?);
+    let router = Arc::new(PluginRouter {
+        notifiers: notifiers.clone(),
+        replicators: replicators.clone(),
+        replication: replication.clone(),
+    });
+    let s = &config.events;
+    let events_config = EventsConfig {
+        source: s
+            .source
+            .clone()
+            .unwrap_or_else(|| format!("pier://{}", config.listen)),
+        signing_secret: s.secret.clone().map(String::into_bytes),
+        max_attempts: s.attempts,
+        backoff_base: s.backoff,
+        backoff_cap: s.backoff_max,
+        request_timeout: s.timeout,
+        ..EventsConfig::default()
+    };
+    let dir = s.dir.clone();
+    let events = tokio::task::spawn_blocking(move || pier_events::disk::open(dir))
+        .await
+        .map_err(|e| ServerError::Config(format!("opening the event journal: {e}")))?
+        .map_err(|e| ServerError::Config(format!("event journal {}: {e}", s.dir.display())))?;
+    let events = Arc::new(
+        Events::start(events, router, events_config)
+            .map_err(|e| ServerError::Config(format!("starting event delivery: {e}")))?,
+    );
+    replication.start(Arc::downgrade(&events)).await?;
+    let ticker = replication.clone();
+    let ticking = replicators.clone();
+    tokio::spawn(async move { ticker.tick_loop(ticking).await });
+    tracing::info!(
+        notifiers = notifiers.len(),
+        replicators = replicators.len(),
+        targets = config.replication.targets.len(),
+        journal = %s.dir.display(),
+        "events on"
+    );
+    Ok(Some(Arc::new(EventsRuntime {
+        events,
+        replication,
+        pulls: s.pulls,
+        notifiers,
+        replicators,
+    })))
+}
+
+fn plugin_event(e: &Event) -> PluginEvent {
+    let repository = e.repository.to_string();
+    PluginEvent {
+        id: e.id,
+        kind: match e.kind {
+            EventKind::ManifestPushed => pier_plugin_host::EventKind::ManifestPushed,
+            EventKind::ManifestPulled => pier_plugin_host::EventKind::ManifestPulled,
+            EventKind::ManifestDeleted => pier_plugin_host::EventKind::ManifestDeleted,
+            EventKind::MirrorFill => pier_plugin_host::EventKind::MirrorFill,
+            EventKind::ReplicationJob => pier_plugin_host::EventKind::ReplicationJob,
+        },
+        time: e.time.to_rfc3339(),
+        project: PluginEvent::project_of(&repository),
+        repository,
+        tag: e.tag.as_ref().map(ToString::to_string),
+        digest: e.digest.as_ref().map(ToString::to_string),
+        media_type: e.media_type.clone(),
+        size: e.size,
+        actor: e.actor.clone(),
+        cloudevent: e.to_json(),
+    }
+}
+
+/// The dispatcher's view of the plugins: replicators queue jobs, notifiers name
+/// deliveries. A plugin that fails is logged and skipped for this event.
+struct PluginRouter {
+    notifiers: Vec<(String, Arc<PluginNotifier>)>,
+    replicators: Vec<(String, Arc<PluginReplicator>)>,
+    replication: Arc<Replication>,
+}
+
+#[async_trait]
+impl Router for PluginRouter {
+    async fn route(&self, event: &Event) -> Result<Vec<DeliveryRequest>, RouteError> {
+        let pe = plugin_event(event);
+        // A job's own state changes are not replicated again (no loops).
+        if event.kind != EventKind::ReplicationJob {
+            for (name, r) in &self.replicators {
+                match r.on_event(&pe).await {
+                    Ok(actions) => self.replication.enqueue(name, actions).await,
+                    Err(f) => tracing::warn!(plugin = %name, event = event.id, error = %f,
+                        "replicator failed on an event; no replication for it"),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (name, n) in &self.notifiers {
+            match n.notify(&pe).await {
+                Ok(ds) => out.extend(ds.into_iter().map(|d| DeliveryRequest {
+                    url: d.url,
+                    headers: d.headers,
+                    body: Bytes::from(d.body),
+                })),
+                Err(f) => tracing::warn!(plugin = %name, event = event.id, error = %f,
+                    "notifier failed on an event; no webhook from it for this event"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A configured target: its client and bandwidth budget.
+struct Target {
+    settings: TargetSettings,
+    client: Arc<UpstreamClient>,
+    limiter: Arc<RateLimiter>,
+    hints: Arc<MountHints>,
+}
+
+/// Replication jobs: queued from plugins' actions or by hand, run by workers with
+/// retries, recorded in the job log.
+pub struct Replication {
+    settings: ReplicationSettings,
+    local: Arc<LocalRegistry>,
+    targets: HashMap<String, Target>,
+    log: Arc<JsonlJobLog>,
+    queue: OnceLock<mpsc::UnboundedSender<JobId>>,
+    events: OnceLock<Weak<Events>>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `*` and `?` patterns of a replication action's tag list.
+fn glob(pattern: &str, s: &str) -> bool {
+    fn go(p: &[u8], s: &[u8]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], s) || (!s.is_empty() && go(p, &s[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &s[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), s.as_bytes())
+}
+
+impl Replication {
+    fn new(
+        settings: &ReplicationSettings,
+        registry: Arc<Registry>,
+    ) -> Result<Replication, ServerError> {
+        let mut targets = HashMap::new();
+        for t in &settings.targets {
+            let client = UpstreamClient::new(UpstreamConfig {
+                name: t.name.clone(),
+                url: t.url.clone(),
+                credentials: t
+                    .credentials
+                    .clone()
+                    .map(|(username, password)| Credentials { username, password }),
+                timeout: t.timeout,
+                retries: 2,
+            })
+            .map_err(|e| ServerError::Config(format!("replication target {}: {e}", t.name)))?;
+            targets.insert(
+                t.name.clone(),
+                Target {
+                    settings: t.clone(),
+                    client: Arc::new(client),
+                    limiter: Arc::new(RateLimiter::new(t.bandwidth)),
+                    hints: Arc::new(MountHints::default()),
+                },
+            );
+        }
+        if let Some(dir) = settings.job_log.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let log = JsonlJobLog::open(&settings.job_log).map_err(|e| {
+            ServerError::Config(format!(
+                "replication job log {}: {e}",
+                settings.job_log.display()
+            ))
+        })?;
+        Ok(Replication {
+            settings: settings.clone(),
+            local: Arc::new(LocalRegistry { registry }),
+            targets,
+            log: Arc::new(log),
+            queue: OnceLock::new(),
+            events: OnceLock::new(),
+        })
+    }
+
+    /// Starts the workers and queues again the jobs a previous run left unfinished.
+    async fn start(self: &Arc<Self>, events: Weak<Events>) -> Result<(), ServerError> {
+        let _ = self.events.set(events);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = self.queue.set(tx);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..WORKERS {
+            let me = self.clone();
+            let rx = rx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let next = rx.lock().await.recv().await;
+                    let Some(id) = next else { break };
+                    me.run(id).await;
+                }
+            });
+        }
+        let unfinished = self
+            .log
+            .list(usize::MAX)
+            .await
+            .map_err(|e| ServerError::Config(format!("replication job log: {e}")))?;
+        for r in unfinished.into_iter().rev() {
+            if matches!(
+                r.state,
+                pier_replicate::JobState::Queued | pier_replicate::JobState::Running
+            ) {
+                tracing::info!(job = %r.id, "replication job left unfinished by the last run: queued again");
+                self.submit(r.id);
+            }
+        }
+        Ok(())
+    }
+
+    fn submit(&self, id: JobId) {
+        if let Some(q) = self.queue.get() {
+            let _ = q.send(id);
+        }
+    }
+
+    pub fn log(&self) -> &Arc<JsonlJobLog> {
+        &self.log
+    }
+
+    /// Queues a failed (or finished) job again.
+    pub async fn retry(&self, id: JobId) -> Result<JobRecord, ReplicateError> {
+        let r = self.log.requeue(id).await?;
+        self.submit(r.id);
+        Ok(r)
+    }
+
+    /// Turns a plugin's actions into queued jobs (one per tag or digest).
+    async fn enqueue(&self, plugin: &str, actions: Vec<ReplicationAction>) {
+        for a in actions {
+            if let Err(e) = self.enqueue_one(plugin, &a).await {
+                tracing::warn!(plugin, target = %a.target, repository = %a.source_repository,
+                    error = %e, "replication action refused");
+            }
+        }
+    }
+
+    async fn enqueue_one(&self, plugin: &str, a: &ReplicationAction) -> Result<(), String> {
+        let target = self
+            .targets
+            .get(&a.target)
+            .ok_or_else(|| format!("no [replication.targets.{}] configured", a.target))?;
+        let src_repo: RepoName = a
+            .source_repository
+            .parse()
+            .map_err(|e| format!("source repository: {e}"))?;
+        let _: RepoName = a
+            .destination_repository
+            .parse()
+            .map_err(|e| format!("destination repository: {e}"))?;
+        let references: Vec<String> = if let Some(d) = &a.digest {
+            vec![d.clone()]
+        } else if a.delete {
+            // What was deleted can't be listed: the action names it.
+            if a.tags.is_empty() || a.tags.iter().any(|t| t.contains(['*', '?'])) {
+                return Err("a delete action must name its tags or digest exactly".into());
+            }
+            a.tags.clone()
+        } else {
+            let source: &dyn Source = match a.direction {
+                ReplicationDirection::Push => self.local.as_ref(),
+                ReplicationDirection::Pull => &RemoteSource::new(target.client.clone()),
+            };
+            let tags = source
+                .tags(&src_repo)
+                .await
+                .map_err(|e| format!("listing tags: {e}"))?;
+            tags.into_iter()
+                .map(|t| t.to_string())
+                .filter(|t| a.tags.is_empty() || a.tags.iter().any(|p| glob(p, t)))
+                .collect()
+        };
+        let (source, destination) = match a.direction {
+            ReplicationDirection::Push => ("local".to_owned(), a.target.clone()),
+            ReplicationDirection::Pull => (a.target.clone(), "local".to_owned()),
+        };
+        for reference in references {
+            let r = self
+                .log
+                .create(JobSpec {
+                    rule: plugin.to_owned(),
+                    source: source.clone(),
+                    destination: destination.clone(),
+                    src_repo: a.source_repository.clone(),
+                    dst_repo: a.destination_repository.clone(),
+                    reference,
+                    delete: a.delete,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(job = %r.id, source = %r.spec.source, destination = %r.spec.destination,
+                repository = %r.spec.src_repo, reference = %r.spec.reference, "replication job queued");
+            self.submit(r.id);
+        }
+        Ok(())
+    }
+
+    fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.settings.attempts,
+            base: self.settings.backoff,
+            cap: self.settings.backoff_max,
+        }
+    }
+
+    async fn run(&self, id: JobId) {
+        let record = match self.log.get(id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(job = %id, error = %e, "reading the replication job log failed");
+                return;
+            }
+        };
+        let runner = JobRunner::new(self.log.clone(), self.policy());
+        let spec = record.spec.clone();
+        let result = match self.endpoints(&spec) {
+            Ok((source, dest, hints)) => match spec.parse() {
+                Ok((src_repo, dst_repo, reference)) => {
+                    let opts = CopyOptions {
+                        concurrency: self.settings.concurrency,
+                        hints,
+                        ..CopyOptions::default()
+                    };
+                    if spec.delete {
+                        runner
+                            .run(record, || delete(dest.as_ref(), &dst_repo, &reference))
+                            .await
+                    } else {
+                        runner
+                            .run(record, || {
+                                pier_replicate::copy_image(
+                                    source.as_ref(),
+                                    dest.as_ref(),
+                                    &src_repo,
+                                    &dst_repo,
+                                    &reference,
+                                    &opts,
+                                )
+                            })
+                            .await
+                    }
+                }
+                Err(e) => fail(&runner, record, e).await,
+            },
+            Err(e) => fail(&runner, record, e).await,
+        };
+        match result {
+            Ok(r) => {
+                tracing::info!(job = %r.id, state = %r.state, attempts = r.attempts,
+                    bytes = r.report.as_ref().map(|x| x.bytes).unwrap_or(0),
+                    error = r.report.as_ref().and_then(|x| x.error.clone()).unwrap_or_default(),
+                    "replication job finished");
+                self.announce(&r).await;
+            }
+            Err(e) => tracing::error!(job = %id, error = %e, "replication job log failed"),
+        }
+    }
+
+    /// The job's source and destination.
+    #[allow(clippy::type_complexity)]
+    fn endpoints(
+        &self,
+        spec: &JobSpec,
+    ) -> Result<
+        (
+            Arc<dyn Source>,
+            Arc<dyn Destination>,
+            Option<Arc<MountHints>>,
+        ),
+        ReplicateError,
+    > {
+        let target = |name: &str| {
+            self.targets.get(name).ok_or_else(|| {
+                ReplicateError::InvalidJob(format!("no replication target named {name:?}"))
+            })
+        };
+        if spec.source == "local" {
+            let t = target(&spec.destination)?;
+            let dest = RemoteDestination::new(
+                t.client.clone(),
+                UploadOptions {
+                    chunk_size: self.settings.chunk_size,
+                    retry: RetryPolicy {
+                        max_attempts: 5,
+                        base: Duration::from_millis(200),
+                        cap: Duration::from_secs(5),
+                    },
+                },
+                t.limiter.clone(),
+            );
+            Ok((self.local.clone(), Arc::new(dest), Some(t.hints.clone())))
+        } else {
+            let t = target(&spec.source)?;
+            Ok((
+                Arc::new(RemoteSource::new(t.client.clone())),
+                self.local.clone(),
+                None,
+            ))
+        }
+    }
+
+    /// A replication-job event for the finished job.
+    async fn announce(&self, r: &JobRecord) {
+        let Some(events) = self.events.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let Ok(repo) = r.spec.dst_repo.parse::<RepoName>() else {
+            return;
+        };
+        let mut draft =
+            EventDraft::new(EventKind::ReplicationJob, repo).detail(serde_json::json!({
+                "job": r.id.0,
+                "state": r.state.to_string(),
+                "attempts": r.attempts,
+                "source": r.spec.source,
+                "destination": r.spec.destination,
+                "reference": r.spec.reference,
+                "report": r.report,
+            }));
+        if let Ok(Reference::Tag(t)) = r.spec.reference.parse::<Reference>() {
+            draft = draft.tag(t);
+        }
+        if let Err(e) = events.publish(draft).await {
+            tracing::warn!(job = %r.id, error = %e, "recording the replication job's event failed");
+        }
+    }
+
+    /// Calls every replicator's `on-tick` every `tick`.
+    async fn tick_loop(self: Arc<Self>, replicators: Vec<(String, Arc<PluginReplicator>)>) {
+        if replicators.is_empty() {
+            return;
+        }
+        let mut every = tokio::time::interval(self.settings.tick);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let now = now_secs();
+            for (name, r) in &replicators {
+                match r.on_tick(now).await {
+                    Ok(actions) => self.enqueue(name, actions).await,
+                    Err(f) => {
+                        tracing::warn!(plugin = %name, error = %f, "replicator failed on a tick")
+                    }
+                }
+            }
+        }
+    }
+
+    /// The configured targets, for the admin API.
+    pub fn targets(&self) -> Vec<&TargetSettings> {
+        let mut v: Vec<_> = self.targets.values().map(|t| &t.settings).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}
+
+async fn delete(
+    dest: &dyn Destination,
+    repo: &RepoName,
+    reference: &Reference,
+) -> Result<pier_replicate::JobReport, pier_replicate::CopyFailed> {
+    let started_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut report = pier_replicate::JobReport {
+        started_ms,
+        ..Default::default()
+    };
+    let result = dest.delete_manifest(repo, reference).await;
+    report.finished_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    match result {
+        Ok(()) => Ok(report),
+        Err(error) => {
+            report.error = Some(error.to_string());
+            Err(pier_replicate::CopyFailed { report, error })
+        }
+    }
+}
+
+async fn fail(
+    runner: &JobRunner,
+    record: JobRecord,
+    e: ReplicateError,
+) -> Result<JobRecord, ReplicateError> {
+    runner
+        .run(record, || {
+            let error = ReplicateError::InvalidJob(e.to_string());
+            async move {
+                Err(pier_replicate::CopyFailed {
+                    report: pier_replicate::JobReport::default(),
+                    error,
+                })
+            }
+        })
+        .await
+}
+
+#[async_trait]
+impl pier_http::events::EventSink for EventsRuntime {
+    async fn record(&self, e: pier_http::events::ManifestEvent) -> Result<(), String> {
+        use pier_http::events::ManifestAction as A;
+        let kind = match e.action {
+            A::Pushed => EventKind::ManifestPushed,
+            A::Pulled => EventKind::ManifestPulled,
+            A::Deleted => EventKind::ManifestDeleted,
+        };
+        let mut d = EventDraft::new(kind, e.repository);
+        if let Some(t) = e.tag {
+            d = d.tag(t);
+        }
+        if let Some(x) = e.digest {
+            d = d.digest(x);
+        }
+        if let Some(m) = e.media_type {
+            d = d.media_type(m);
+        }
+        if let Some(s) = e.size {
+            d = d.size(s);
+        }
+        if let Some(a) = e.actor {
+            d = d.actor(a);
+        }
+        self.events
+            .publish(d)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn wants_pulls(&self) -> bool {
+        self.pulls
+    }
+}
+
+impl pier_core::FillObserver for EventsRuntime {
+    fn manifest_filled(
+        &self,
+        repository: &RepoName,
+        tag: Option<&pier_oci::Tag>,
+        digest: &pier_oci::Digest,
+        media_type: &str,
+        size: u64,
+    ) {
+        let mut d = EventDraft::new(EventKind::MirrorFill, repository.clone())
+            .digest(digest.clone())
+            .media_type(media_type)
+            .size(size);
+        if let Some(t) = tag {
+            d = d.tag(t.clone());
+        }
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            if let Err(e) = events.publish(d).await {
+                tracing::warn!(error = %e, "recording a mirror-fill event failed");
+            }
+        });
+    }
+}
+
+/// The admin API of events and replication (JSON):
+/// `GET /replication/jobs[?limit=N]`, `GET /replication/jobs/ID`,
+/// `POST /replication/jobs/ID/retry`, `GET /events/deliveries[?status=S&limit=N]`,
+/// `GET /events/deliveries/ID`, `POST /events/deliveries/ID/redeliver`.
+/// `None` when the path is not one of these.
+pub async fn admin(
+    rt: Option<&EventsRuntime>,
+    method: &http::Method,
+    path: &str,
+    query: &str,
+) -> Option<(http::StatusCode, serde_json::Value)> {
+    use http::StatusCode as S;
+    use serde_json::json;
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let known = matches!(parts.first(), Some(&"replication") | Some(&"events"));
+    if !known {
+        return None;
+    }
+    let Some(rt) = rt else {
+        return Some((
+            S::NOT_FOUND,
+            json!({"error": "events and replication are off: configure a notifier or replicator plugin"}),
+        ));
+    };
+    let params = pier_http::query::parse(query);
+    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let limit = param("limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100usize)
+        .min(1000);
+    let get = method == http::Method::GET;
+    let post = method == http::Method::POST;
+    let err = |s: S, m: String| Some((s, json!({ "error": m })));
+    match parts.as_slice() {
+        ["replication", "jobs"] if get => match rt.replication.log().list(limit).await {
+            Ok(jobs) => Some((S::OK, json!({ "jobs": jobs }))),
+            Err(e) => err(S::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        ["replication", "targets"] if get => Some((
+            S::OK,
+            json!({ "targets": rt.replication.targets().iter().map(|t| json!({
+                "name": t.name, "url": t.url, "bandwidth": t.bandwidth,
+                "authenticated": t.credentials.is_some(),
+            })).collect::<Vec<_>>() }),
+        )),
+        ["replication", "jobs", id] | ["replication", "jobs", id, "retry"] => {
+            let Ok(id) = id.parse::<u64>() else {
+                return err(S::BAD_REQUEST, format!("job id {id:?} is not a number"));
+            };
+            let id = JobId(id);
+            if parts.len() == 4 && post {
+                return match rt.replication.retry(id).await {
+                    Ok(r) => Some((S::ACCEPTED, json!(r))),
+                    Err(e @ ReplicateError::JobNotFound(_)) => err(S::NOT_FOUND, e.to_string()),
+                    Err(e @ ReplicateError::JobNotRetryable { .. }) => {
+                        err(S::CONFLICT, e.to_string())
+                    }
+                    Err(e) => err(S::INTERNAL_SERVER_ERROR, e.to_string()),
+                };
+            }
+            if parts.len() == 3 && get {
+                return match rt.replication.log().get(id).await {
+                    Ok(Some(r)) => Some((S::OK, json!(r))),
+                    Ok(None) => err(S::NOT_FOUND, format!("job {id} not found")),
+                    Err(e) => err(S::INTERNAL_SERVER_ERROR, e.to_string()),
+                };
+            }
+            err(
+                S::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {path}"),
+            )
+        }
+        ["events", "deliveries"] if get => {
+            let status = match param("status") {
+                None => None,
+                Some("pending") => Some(pier_events::DeliveryStatus::Pending),
+                Some("delivered") => Some(pier_events::DeliveryStatus::Delivered),
+                Some("failed") => Some(pier_events::DeliveryStatus::Failed),
+                Some(s) => {
+                    return err(
+                        S::BAD_REQUEST,
+                        format!("status {s:?}: use pending, delivered or failed"),
+                    );
+                }
+            };
+            let filter = pier_events::DeliveryFilter {
+                status,
+                event_id: param("event").and_then(|v| v.parse().ok()),
+                url: None,
+            };
+            let page = pier_events::PageRequest {
+                before: None,
+                limit,
+            };
+            match rt.events.deliveries(&filter, &page).await {
+                Ok(p) => Some((
+                    S::OK,
+                    json!({ "deliveries": p.items.iter().map(|d| d.log_json()).collect::<Vec<_>>() }),
+                )),
+                Err(e) => err(S::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        ["events", "deliveries", id] | ["events", "deliveries", id, "redeliver"] => {
+            let id = match pier_events::DeliveryId::parse(id) {
+                Ok(i) => i,
+                Err(e) => return err(S::BAD_REQUEST, e.to_string()),
+            };
+            if parts.len() == 4 && post {
+                return match rt.events.redeliver(&id).await {
+                    Ok(d) => Some((S::ACCEPTED, d.log_json())),
+                    Err(e) => err(S::NOT_FOUND, e.to_string()),
+                };
+            }
+            if parts.len() == 3 && get {
+                return match rt.events.delivery(&id).await {
+                    Ok(Some(d)) => Some((S::OK, d.log_json())),
+                    Ok(None) => err(S::NOT_FOUND, format!("delivery {path} not found")),
+                    Err(e) => err(S::INTERNAL_SERVER_ERROR, e.to_string()),
+                };
+            }
+            err(
+                S::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {path}"),
+            )
+        }
+        _ => err(S::NOT_FOUND, format!("no admin endpoint {method} {path}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn tag_patterns() {
+        assert!(glob("*", "v1"));
+        assert!(glob("v*", "v1.2"));
+        assert!(!glob("v*", "latest"));
+        assert!(glob("v?", "v1"));
+        assert!(!glob("v?", "v10"));
+        assert!(glob("latest", "latest"));
+    }
+}
