@@ -906,7 +906,9 @@ fn http_get(url: &str) -> (u16, Vec<u8>) {
     let head = String::from_utf8_lossy(&out[..end]).to_string();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     assert!(
-        !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
         "{head}"
     );
     (status, out[end + 4..].to_vec())
