@@ -21,8 +21,8 @@ use pier_plugin_host::{
     PluginEvent, PluginNotifier, PluginReplicator, ReplicationAction, ReplicationDirection,
 };
 use pier_replicate::{
-    CopyOptions, Destination, JobId, JobLog, JobRecord, JobRunner, JobSpec, JsonlJobLog,
-    MountHints, RateLimiter, RemoteDestination, RemoteSource, ReplicateError, RetryPolicy, Source,
+    CopyOptions, Destination, JobId, JobLog, JobRecord, JobSpec, JobState, JsonlJobLog, MountHints,
+    RateLimiter, RemoteDestination, RemoteSource, ReplicateError, RetryPolicy, Source,
     UploadOptions,
 };
 use pier_upstream::{Credentials, UpstreamClient, UpstreamConfig};
@@ -229,8 +229,17 @@ pub struct Replication {
     local: Arc<LocalRegistry>,
     targets: HashMap<String, Target>,
     log: Arc<JsonlJobLog>,
-    queue: OnceLock<mpsc::UnboundedSender<JobId>>,
+    /// Jobs to run, with the attempts already made since they were last queued by hand
+    /// (or by a restart).
+    queue: OnceLock<mpsc::UnboundedSender<(JobId, u32)>>,
     events: OnceLock<Weak<Events>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn now_secs() -> u64 {
@@ -313,8 +322,8 @@ impl Replication {
             tokio::spawn(async move {
                 loop {
                     let next = rx.lock().await.recv().await;
-                    let Some(id) = next else { break };
-                    me.run(id).await;
+                    let Some((id, tries)) = next else { break };
+                    me.run(id, tries).await;
                 }
             });
         }
@@ -336,8 +345,12 @@ impl Replication {
     }
 
     fn submit(&self, id: JobId) {
+        self.submit_after(id, 0);
+    }
+
+    fn submit_after(&self, id: JobId, tries: u32) {
         if let Some(q) = self.queue.get() {
-            let _ = q.send(id);
+            let _ = q.send((id, tries));
         }
     }
 
@@ -430,8 +443,11 @@ impl Replication {
         }
     }
 
-    async fn run(&self, id: JobId) {
-        let record = match self.log.get(id).await {
+    /// One attempt at job `id` (`tries` attempts made before it since it was queued).
+    /// A retryable failure puts the job back in the queue after the backoff: the worker
+    /// is free meanwhile, so a target that is down holds back none of the other jobs.
+    async fn run(self: &Arc<Self>, id: JobId, tries: u32) {
+        let mut record = match self.log.get(id).await {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(e) => {
@@ -439,49 +455,84 @@ impl Replication {
                 return;
             }
         };
-        let runner = JobRunner::new(self.log.clone(), self.policy());
-        let spec = record.spec.clone();
-        let result = match self.endpoints(&spec) {
-            Ok((source, dest, hints)) => match spec.parse() {
-                Ok((src_repo, dst_repo, reference)) => {
-                    let opts = CopyOptions {
-                        concurrency: self.settings.concurrency,
-                        hints,
-                        ..CopyOptions::default()
-                    };
-                    if spec.delete {
-                        runner
-                            .run(record, || delete(dest.as_ref(), &dst_repo, &reference))
-                            .await
-                    } else {
-                        runner
-                            .run(record, || {
-                                pier_replicate::copy_image(
-                                    source.as_ref(),
-                                    dest.as_ref(),
-                                    &src_repo,
-                                    &dst_repo,
-                                    &reference,
-                                    &opts,
-                                )
-                            })
-                            .await
-                    }
-                }
-                Err(e) => fail(&runner, record, e).await,
-            },
-            Err(e) => fail(&runner, record, e).await,
-        };
-        match result {
-            Ok(r) => {
-                tracing::info!(job = %r.id, state = %r.state, attempts = r.attempts,
-                    bytes = r.report.as_ref().map(|x| x.bytes).unwrap_or(0),
-                    error = r.report.as_ref().and_then(|x| x.error.clone()).unwrap_or_default(),
-                    "replication job finished");
-                self.announce(&r).await;
-            }
-            Err(e) => tracing::error!(job = %id, error = %e, "replication job log failed"),
+        record.state = JobState::Running;
+        record.attempts += 1;
+        record.updated_ms = now_ms();
+        if let Err(e) = self.log.update(&record).await {
+            tracing::error!(job = %id, error = %e, "replication job log failed");
+            return;
         }
+        let spec = record.spec.clone();
+        let outcome = match self.endpoints(&spec).and_then(|e| Ok((e, spec.parse()?))) {
+            Ok(((source, dest, hints), (src_repo, dst_repo, reference))) => {
+                let opts = CopyOptions {
+                    concurrency: self.settings.concurrency,
+                    hints,
+                    ..CopyOptions::default()
+                };
+                if spec.delete {
+                    delete(dest.as_ref(), &dst_repo, &reference).await
+                } else {
+                    pier_replicate::copy_image(
+                        source.as_ref(),
+                        dest.as_ref(),
+                        &src_repo,
+                        &dst_repo,
+                        &reference,
+                        &opts,
+                    )
+                    .await
+                }
+            }
+            Err(e) => Err(pier_replicate::CopyFailed {
+                report: pier_replicate::JobReport::default(),
+                error: ReplicateError::InvalidJob(e.to_string()),
+            }),
+        };
+        let tries = tries + 1;
+        let policy = self.policy();
+        let retry_in = match outcome {
+            Ok(report) => {
+                record.state = JobState::Succeeded;
+                record.report = Some(report);
+                None
+            }
+            Err(failed) => {
+                let retry = failed.error.is_retryable() && policy.allows(tries);
+                record.state = if retry {
+                    JobState::Queued
+                } else {
+                    JobState::Failed
+                };
+                record.report = Some(failed.report);
+                if retry {
+                    let wait = policy.backoff(tries);
+                    tracing::warn!(job = %id, attempt = record.attempts, wait_ms = wait.as_millis() as u64,
+                        error = %failed.error, "replication job failed; will retry");
+                    Some(wait)
+                } else {
+                    None
+                }
+            }
+        };
+        record.updated_ms = now_ms();
+        if let Err(e) = self.log.update(&record).await {
+            tracing::error!(job = %id, error = %e, "replication job log failed");
+            return;
+        }
+        if let Some(wait) = retry_in {
+            let me = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                me.submit_after(id, tries);
+            });
+            return;
+        }
+        tracing::info!(job = %record.id, state = %record.state, attempts = record.attempts,
+            bytes = record.report.as_ref().map(|x| x.bytes).unwrap_or(0),
+            error = record.report.as_ref().and_then(|x| x.error.clone()).unwrap_or_default(),
+            "replication job finished");
+        self.announce(&record).await;
     }
 
     /// The job's source and destination.
@@ -607,24 +658,6 @@ async fn delete(
             Err(pier_replicate::CopyFailed { report, error })
         }
     }
-}
-
-async fn fail(
-    runner: &JobRunner,
-    record: JobRecord,
-    e: ReplicateError,
-) -> Result<JobRecord, ReplicateError> {
-    runner
-        .run(record, || {
-            let error = ReplicateError::InvalidJob(e.to_string());
-            async move {
-                Err(pier_replicate::CopyFailed {
-                    report: pier_replicate::JobReport::default(),
-                    error,
-                })
-            }
-        })
-        .await
 }
 
 #[async_trait]

@@ -4,7 +4,9 @@
 //! distribution uses), in parts of at least `part_size` (S3 wants at least 5 MiB for every
 //! part but the last). Bytes that do not yet make a part wait in memory, so a session
 //! holds at most about `part_size` bytes; the multipart upload is only started once the
-//! first part is full, so small blobs never use one.
+//! first part is full, so small blobs never use one. Once it is started, what a chunk
+//! leaves over is sent as a part of its own when it is at least 5 MiB, so the state a
+//! node hands to the next stays small.
 //!
 //! State. The session lives in memory in this process (one lock per session), and is also
 //! written to `_uploads/<id>/pierstate` at the end of every append: a JSON line (S3 upload
@@ -363,6 +365,17 @@ impl S3Store {
                     break;
                 }
             }
+        }
+        // Once the upload is multipart, a remainder big enough for a part is sent now
+        // rather than kept in the state object: the next chunk, which may land on another
+        // node, then loads a few hundred bytes of state instead of megabytes.
+        // Not an error when it fails: the bytes stay buffered in the state, as before.
+        if failed.is_none()
+            && st.upload_id.is_some()
+            && st.tail.len() >= super::MIN_PART_SIZE
+            && let Err(e) = self.flush_part(repo, id, st).await
+        {
+            tracing::warn!(upload = %id, error = %e, "sending the chunk's remainder as a part failed; kept in the session state");
         }
         // What arrived is kept, also when the body failed: the client may resume.
         let saved = if st.dirty {
