@@ -64,7 +64,9 @@ impl Shared {
         // A connection to a master that died (failover) only fails on first use; a
         // duplicate announcement is harmless, so one retry on a fresh connection.
         match self.query::<i64>("publish", &cmd).await {
-            Err(e) if e.is_unavailable() => self.query::<i64>("publish", &cmd).await.map(drop),
+            Err(e) if e.is_connection_dropped() => {
+                self.query::<i64>("publish", &cmd).await.map(drop)
+            }
             r => r.map(drop),
         }
     }

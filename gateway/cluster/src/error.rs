@@ -56,6 +56,18 @@ impl ClusterError {
         matches!(self, Self::Unavailable { .. })
     }
 
+    /// True when a connection that used to work broke (its server died or failed over):
+    /// a fresh connection may succeed at once.
+    pub fn is_connection_dropped(&self) -> bool {
+        matches!(
+            self,
+            Self::Unavailable {
+                source: UnavailableCause::Redis(e),
+                ..
+            } if e.is_connection_dropped()
+        )
+    }
+
     pub(crate) fn timed_out(op: &'static str, after: Duration) -> Self {
         Self::Unavailable {
             op,

@@ -172,3 +172,34 @@ impl pier_auth::revoke::Revocations for RedisRevocations {
         Ok(r)
     }
 }
+
+/// Upload session locks shared by every node (S3 multipart sessions; see pier-storage).
+pub struct RedisSessionLocks {
+    pub shared: Shared,
+    pub owner: String,
+}
+
+#[async_trait]
+impl pier_storage::s3::SessionLocks for RedisSessionLocks {
+    async fn try_lock(&self, name: &str, ttl: Duration) -> Result<bool, String> {
+        self.shared
+            .try_lease(name, &self.owner, ttl)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn renew(&self, name: &str, ttl: Duration) -> Result<bool, String> {
+        self.shared
+            .renew_lease(name, &self.owner, ttl)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn unlock(&self, name: &str) -> Result<(), String> {
+        self.shared
+            .release_lease(name, &self.owner)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}

@@ -82,7 +82,10 @@ async fn reload_on_sighup(plugins: Arc<crate::access::Plugins>) {
 }
 
 /// The configured storage backend, with its roles for the registry and the mirror.
-async fn open_storage(config: &Config) -> Result<(Stores, Arc<dyn IngestStore>), ServerError> {
+async fn open_storage(
+    config: &Config,
+    shared: Option<&pier_cluster::Shared>,
+) -> Result<(Stores, Arc<dyn IngestStore>), ServerError> {
     match &config.storage {
         crate::config::StorageChoice::Fs => {
             let store = Arc::new(FsStore::new(&config.root)?);
@@ -93,7 +96,17 @@ async fn open_storage(config: &Config) -> Result<(Stores, Arc<dyn IngestStore>),
             // The local read cache lives under the root unless configured elsewhere.
             c.cache_dir
                 .get_or_insert_with(|| config.root.join("s3-cache"));
-            let store = Arc::new(pier_storage::s3::S3Store::connect(c.clone()).await?);
+            let mut store = pier_storage::s3::S3Store::connect(c.clone()).await?;
+            if let Some(shared) = shared {
+                store = store.with_session_locks(
+                    Arc::new(crate::cluster::RedisSessionLocks {
+                        shared: shared.clone(),
+                        owner: crate::cluster::node_id(),
+                    }),
+                    Duration::from_secs(30),
+                );
+            }
+            let store = Arc::new(store);
             store.check().await?;
             tracing::info!(bucket = %c.bucket, prefix = %c.prefix, cache_dir = ?c.cache_dir, "storage: S3");
             Ok((Stores::from_backend(store.clone()), store))
@@ -104,19 +117,19 @@ async fn open_storage(config: &Config) -> Result<(Stores, Arc<dyn IngestStore>),
 pub async fn run(config: Config) -> Result<(), ServerError> {
     // The root holds Pier's own state (keys, plugin cache) whatever the blob backend.
     std::fs::create_dir_all(&config.root)?;
-    let (stores, ingest) = open_storage(&config).await?;
     let shared = match &config.redis {
         Some(r) => {
             let s = pier_cluster::Shared::connect(r.clone())
                 .await
                 .map_err(|e| ServerError::Config(format!("redis: {e}")))?;
             tracing::info!(
-                "shared state in Redis: cross-node fill leases and cache invalidation on"
+                "shared state in Redis: upload session locks, cross-node fill leases and cache invalidation on"
             );
             Some(s)
         }
         None => None,
     };
+    let (stores, ingest) = open_storage(&config, shared.as_ref()).await?;
     let mut registry = Registry::new(stores);
     if let Some(s) = &shared {
         registry =

@@ -940,3 +940,121 @@ async fn blob_reads_redirect_to_presigned_urls_when_configured() {
     let tampered = url.replace(&d.hex()[..8], "00000000");
     assert_ne!(http_get(&tampered).0, 200, "a tampered URL is refused");
 }
+
+/// Session locks in memory, shared by the stores of one test (as Redis is by nodes).
+#[derive(Default)]
+struct MemLocks {
+    held: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl MemLocks {
+    fn as_node(self: &Arc<Self>, owner: &str) -> Arc<NodeLocks> {
+        Arc::new(NodeLocks {
+            all: self.clone(),
+            owner: owner.to_owned(),
+        })
+    }
+}
+
+struct NodeLocks {
+    all: Arc<MemLocks>,
+    owner: String,
+}
+
+#[async_trait::async_trait]
+impl pier_storage::s3::SessionLocks for NodeLocks {
+    async fn try_lock(&self, name: &str, _ttl: Duration) -> Result<bool, String> {
+        let mut held = self.all.held.lock().unwrap();
+        match held.get(name) {
+            Some(o) if *o != self.owner => Ok(false),
+            _ => {
+                held.insert(name.to_owned(), self.owner.clone());
+                Ok(true)
+            }
+        }
+    }
+    async fn renew(&self, name: &str, _ttl: Duration) -> Result<bool, String> {
+        Ok(self.all.held.lock().unwrap().get(name) == Some(&self.owner))
+    }
+    async fn unlock(&self, name: &str) -> Result<(), String> {
+        let mut held = self.all.held.lock().unwrap();
+        if held.get(name) == Some(&self.owner) {
+            held.remove(name);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_another_node_is_writing_is_waited_for() {
+    let server = S3Server::start();
+    let locks = Arc::new(MemLocks::default());
+    let wait = Duration::from_millis(300);
+    let a = server
+        .store("locked", "")
+        .await
+        .with_session_locks(locks.as_node("a"), wait);
+    let b = server
+        .reopen("locked", "")
+        .await
+        .with_session_locks(locks.as_node("b"), wait);
+    let r = repo("locks/test");
+    let st = a.create(&r).await.unwrap();
+    let name = format!("upload:{r}:{}", st.id);
+
+    // Node "other" holds the session: b waits, then gives up, and nothing was written.
+    locks
+        .held
+        .lock()
+        .unwrap()
+        .insert(name.clone(), "other".into());
+    let e = b
+        .append(&r, &st.id, Some(0), body(vec![pattern(1000, 1)]))
+        .await
+        .err()
+        .expect("a session locked elsewhere is refused after the wait");
+    assert!(e.to_string().contains("lock upload session"), "{e}");
+    assert_eq!(a.status(&r, &st.id).await.unwrap().offset, 0);
+
+    // Released while b waits: b goes on.
+    let l = locks.clone();
+    let n = name.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        l.held.lock().unwrap().remove(&n);
+    });
+    let done = b
+        .append(&r, &st.id, Some(0), body(vec![pattern(1000, 1)]))
+        .await
+        .unwrap();
+    assert_eq!(done.offset, 1000);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !locks.held.lock().unwrap().contains_key(&name),
+        "the lock is released after the append"
+    );
+
+    // The same chunk sent to both nodes at once (a client retrying on another node): one
+    // append wins, the other sees the session moved on, and the content is right.
+    let chunk = pattern(MIN_PART_SIZE + 3, 2);
+    let (ra, rb) = tokio::join!(
+        a.append(&r, &st.id, Some(1000), body(vec![chunk.clone()])),
+        b.append(&r, &st.id, Some(1000), body(vec![chunk.clone()])),
+    );
+    let ok = [ra.is_ok(), rb.is_ok()];
+    assert_eq!(
+        ok.iter().filter(|x| **x).count(),
+        1,
+        "exactly one append wins: {ok:?}"
+    );
+    let loser = if ra.is_ok() { rb } else { ra };
+    assert!(
+        matches!(loser, Err(StorageError::OffsetMismatch { expected, got: 1000 }) if expected == 1000 + chunk.len() as u64),
+        "the other sees the session moved on"
+    );
+    let mut all = pattern(1000, 1);
+    all.extend_from_slice(&chunk);
+    let d = Digest::of(Algorithm::Sha256, &all);
+    assert_eq!(b.commit(&r, &st.id, &d).await.unwrap(), all.len() as u64);
+    assert_eq!(read_all(&a, &d, None).await, all);
+}

@@ -37,7 +37,10 @@
 mod bucket;
 mod cache;
 mod ingest;
+mod locks;
 mod uploads;
+
+pub use locks::SessionLocks;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -201,6 +204,10 @@ pub struct S3Store {
     cache: Option<cache::ReadCache>,
     /// Lifetime of presigned blob URLs, when reads are redirected.
     redirect: Option<std::time::Duration>,
+    /// Locks on upload sessions shared with other nodes, when scaled out, and how long a
+    /// request waits for one.
+    locks: Option<Arc<dyn SessionLocks>>,
+    lock_wait: std::time::Duration,
 }
 
 fn config_err(msg: impl Into<String>) -> StorageError {
@@ -212,6 +219,18 @@ fn config_err(msg: impl Into<String>) -> StorageError {
 }
 
 impl S3Store {
+    /// Serializes appends and commits of one upload session across nodes with `locks`;
+    /// a request waits up to `wait` for a session another node is writing.
+    pub fn with_session_locks(
+        mut self,
+        locks: Arc<dyn SessionLocks>,
+        wait: std::time::Duration,
+    ) -> S3Store {
+        self.locks = Some(locks);
+        self.lock_wait = wait;
+        self
+    }
+
     /// Builds the client from `config`. Makes no request: see [`S3Store::check`].
     pub async fn connect(config: S3Config) -> Result<S3Store> {
         use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
@@ -291,6 +310,8 @@ impl S3Store {
                 .redirect_secs
                 .filter(|&n| n > 0)
                 .map(std::time::Duration::from_secs),
+            locks: None,
+            lock_wait: locks::DEFAULT_WAIT,
         })
     }
 

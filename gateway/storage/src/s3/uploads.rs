@@ -17,7 +17,8 @@
 //! loads it from there; `startedat` alone means an empty session. When the hash state is
 //! missing or unusable (a commit with another algorithm, a failed part), commit verifies
 //! by reading the completed object back. Two processes appending to the same session at
-//! once are not coordinated (that needs a shared lock, as in Redis, later).
+//! once are serialized by a [`super::SessionLocks`] when one is configured (Redis leases
+//! when scaled out): the second waits, reloads the state and sees where the first left it.
 //!
 //! Commit. Small sessions (no part sent): hash the buffered bytes, PutObject to the blob's
 //! key. Larger ones: when the hash is known and wrong, abort (nothing was ever written
@@ -282,6 +283,28 @@ impl S3Store {
         }
     }
 
+    /// The cross-node lock of a session (see [`super::locks`]).
+    async fn cross_node_lock(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+    ) -> Result<Option<super::locks::Held>> {
+        super::locks::acquire(
+            self.locks.as_ref(),
+            format!("upload:{repo}:{id}"),
+            self.lock_wait,
+        )
+        .await
+        .map_err(|super::locks::LockError::Busy| StorageError::Io {
+            op: "lock upload session",
+            path: PathBuf::from(self.keys(repo, id).state),
+            source: io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "another node kept writing this upload session; retry",
+            ),
+        })
+    }
+
     /// Aborts the session's multipart upload and removes its keys.
     async fn discard(&self, repo: &RepoName, id: &UploadId, st: &mut Session) -> Result<()> {
         let keys = self.keys(repo, id);
@@ -334,6 +357,7 @@ impl S3Store {
     ) -> Result<UploadStatus> {
         let slot = self.session(repo, id);
         let mut guard = slot.lock().await;
+        let _held = self.cross_node_lock(repo, id).await?;
         let st = self.loaded(&mut guard, repo, id).await?;
         let offset = st.offset();
         if let Some(s) = start
@@ -396,6 +420,7 @@ impl S3Store {
     async fn commit_inner(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<u64> {
         let slot = self.session(repo, id);
         let mut guard = slot.lock().await;
+        let _held = self.cross_node_lock(repo, id).await?;
         let st = self.loaded(&mut guard, repo, id).await?;
         let size = st.offset();
         let keys = self.keys(repo, id);
@@ -570,6 +595,7 @@ impl UploadStore for S3Store {
     async fn abort(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
         let slot = self.session(repo, id);
         let mut guard = slot.lock().await;
+        let _held = self.cross_node_lock(repo, id).await?;
         let res = match self.loaded(&mut guard, repo, id).await {
             Ok(st) => self.discard(repo, id, st).await,
             Err(e) => Err(e),
