@@ -52,6 +52,13 @@ impl Keys {
     pub(crate) fn channel(&self, channel: &str) -> String {
         format!("{}bus:{channel}", self.prefix)
     }
+
+    /// The common start of every event key (`src/events.rs` appends the rest): the
+    /// `{events}` hash tag puts them all in one Redis Cluster slot, so the events' Lua
+    /// scripts may touch several of them.
+    pub(crate) fn events(&self) -> String {
+        format!("{}{{events}}:", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -68,6 +75,7 @@ mod tests {
         assert_eq!(k.revoked("j"), "pier:revoked:j");
         assert_eq!(k.channel("manifests"), "pier:bus:manifests");
         assert_eq!(k.session_pattern(), "pier:session:*");
+        assert_eq!(k.events(), "pier:{events}:");
         assert_eq!(
             Keys::new("a*[b]:").session_pattern(),
             "a\\*\\[b\\]:session:*"

@@ -4,7 +4,9 @@
 //! - **upload sessions** ([`Shared::session_put`]): opaque state with a version for
 //!   compare-and-set, so any node can take the next chunk;
 //! - **token revocation** ([`Shared::revoke`]);
-//! - **the invalidation bus** ([`Shared::publish`], [`Shared::subscribe`]).
+//! - **the invalidation bus** ([`Shared::publish`], [`Shared::subscribe`]);
+//! - **the event journal and delivery outbox** ([`Shared::event_stores`], [`RedisJournal`],
+//!   [`RedisOutbox`]) with one dispatching node at a time ([`EventsLeader`]).
 //!
 //! Every operation is bounded by [`RedisConfig::op_timeout`] and fails with
 //! [`ClusterError::Unavailable`] when Redis cannot answer in time: it never hangs. The key
@@ -16,6 +18,7 @@ mod bus;
 mod config;
 mod conn;
 mod error;
+mod events;
 mod keys;
 mod lease;
 mod revoke;
@@ -30,6 +33,7 @@ use tokio::time::{Instant, timeout_at};
 pub use bus::{BusEvent, GapReason, Subscription};
 pub use config::{DEFAULT_KEY_PREFIX, DEFAULT_OP_TIMEOUT, RedisConfig, RedisMode};
 pub use error::{ClusterError, UnavailableCause};
+pub use events::{DEFAULT_LEADER_TTL, DISPATCHER_LEASE, EventsLeader, RedisJournal, RedisOutbox};
 pub use session::Versioned;
 
 use conn::{Backend, Conn};
@@ -38,7 +42,8 @@ use keys::Keys;
 /// Handle on the shared state. Cheap to clone; reconnects by itself.
 ///
 /// Keys (all under `key_prefix`, default `pier:`; built in `src/keys.rs`). Every command
-/// and Lua script touches one key, so Redis Cluster needs no hash tags:
+/// and Lua script touches one key, so Redis Cluster needs no hash tags, except the
+/// events' keys, which share the `{events}` hash tag (one slot):
 ///
 /// | key / channel            | type    | content                                            | expiry |
 /// |--------------------------|---------|----------------------------------------------------|--------|
@@ -46,6 +51,7 @@ use keys::Keys;
 /// | `session:{id}`           | hash    | `v` version, `d` bytes, `t` last write (server ms) | session TTL, renewed by each write |
 /// | `revoked:{jti}`          | string  | `1`                                                | the token's own expiry |
 /// | `bus:{channel}`          | pub/sub | UTF-8 message                                      | — |
+/// | `{events}:…`             | several | the event journal and outbox (layout in `src/events.rs`) | none (trimmed by release/prune) |
 #[derive(Clone)]
 pub struct Shared {
     inner: Arc<Inner>,

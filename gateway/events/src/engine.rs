@@ -113,6 +113,11 @@ pub struct EventsConfig {
     pub prune_interval: Duration,
     /// Trust roots for https webhooks; `None` = the system's (rustls-native-certs).
     pub tls_roots: Option<rustls::RootCertStore>,
+    /// When set, the dispatcher and the scheduler also look at the stores this often, not
+    /// only when woken by this instance: for stores shared by several instances (events
+    /// published or redelivered on another node). `None` (the default) for a store of
+    /// its own.
+    pub poll_interval: Option<Duration>,
 }
 
 impl Default for EventsConfig {
@@ -130,6 +135,7 @@ impl Default for EventsConfig {
             retention: Retention::default(),
             prune_interval: Duration::from_secs(60),
             tls_roots: None,
+            poll_interval: None,
         }
     }
 }
@@ -152,6 +158,7 @@ impl fmt::Debug for EventsConfig {
             .field("retention", &self.retention)
             .field("prune_interval", &self.prune_interval)
             .field("tls_roots", &self.tls_roots.as_ref().map(|r| r.len()))
+            .field("poll_interval", &self.poll_interval)
             .finish()
     }
 }
@@ -176,9 +183,55 @@ pub struct Events {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// The background part of an [`Events`] (dispatcher and delivery scheduler), from
+/// [`Events::spawn_workers`]. Dropping it stops the tasks abruptly, like dropping an
+/// [`Events`]; [`Workers::stop`] also waits for them to end.
+pub struct Workers {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Stops the tasks and waits for them to end.
+    pub async fn stop(mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// True once a task ended (it should not: only if it panicked).
+    pub fn is_finished(&self) -> bool {
+        self.tasks.iter().any(JoinHandle::is_finished)
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
 impl Events {
     /// Starts the dispatcher and the delivery scheduler on the current tokio runtime.
     pub fn start(
+        stores: Stores,
+        router: Arc<dyn Router>,
+        config: EventsConfig,
+    ) -> Result<Events, EventsError> {
+        let mut events = Events::publisher(stores, router, config)?;
+        events.tasks = std::mem::take(&mut events.spawn_workers().tasks);
+        Ok(events)
+    }
+
+    /// An instance without background tasks: it publishes, lists and redelivers, but
+    /// routes and delivers nothing until [`Events::spawn_workers`]. For stores shared by
+    /// several instances, where one at a time (the holder of a lease) runs the workers.
+    pub fn publisher(
         stores: Stores,
         router: Arc<dyn Router>,
         mut config: EventsConfig,
@@ -198,11 +251,22 @@ impl Events {
             dispatch: Notify::new(),
             schedule: Notify::new(),
         });
-        let tasks = vec![
-            tokio::spawn(dispatch_loop(inner.clone())),
-            tokio::spawn(schedule_loop(inner.clone())),
-        ];
-        Ok(Events { inner, tasks })
+        Ok(Events {
+            inner,
+            tasks: Vec::new(),
+        })
+    }
+
+    /// Starts the dispatcher and the delivery scheduler for this instance's stores, until
+    /// the returned [`Workers`] is stopped or dropped. At most one set of workers may run
+    /// on a set of stores at a time (an [`Events::start`]ed instance has its own).
+    pub fn spawn_workers(&self) -> Workers {
+        Workers {
+            tasks: vec![
+                tokio::spawn(dispatch_loop(self.inner.clone())),
+                tokio::spawn(schedule_loop(self.inner.clone())),
+            ],
+        }
     }
 
     /// [`disk::open`] then [`Events::start`].
@@ -424,7 +488,15 @@ async fn dispatch_loop(inner: Arc<Inner>) {
         };
         let Some(through) = events.last().map(|e| e.id) else {
             // `notify_one` keeps a permit when nobody waits, so no wakeup is lost.
-            inner.dispatch.notified().await;
+            match inner.config.poll_interval {
+                Some(poll) => {
+                    tokio::select! {
+                        _ = inner.dispatch.notified() => {}
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                }
+                None => inner.dispatch.notified().await,
+            }
             continue;
         };
         let now = Timestamp::now();
@@ -514,6 +586,9 @@ async fn schedule_loop(inner: Arc<Inner>) {
 
         let mut sleep_for = wake_at.map_or(IDLE_WAKE, |w| now.until(w)).min(IDLE_WAKE);
         sleep_for = sleep_for.min(next_prune.saturating_duration_since(Instant::now()));
+        if let Some(poll) = inner.config.poll_interval {
+            sleep_for = sleep_for.min(poll);
+        }
         tokio::select! {
             _ = inner.schedule.notified() => {}
             Some(done) = running.join_next_with_id(), if !running.is_empty() => {

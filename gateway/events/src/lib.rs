@@ -27,6 +27,9 @@
 //! - Redirects are not followed (a 3xx is a failed attempt); no jitter in the backoff.
 //!
 //! Storage is two small traits ([`Journal`], [`Outbox`]); [`disk`] implements both.
+//! Stores shared by several instances (Redis, in `pier-cluster`) take
+//! [`Events::publisher`] on every instance, [`Events::spawn_workers`] on one at a time
+//! (the lease holder), and [`EventsConfig::poll_interval`] to see the others' events.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -44,7 +47,7 @@ pub use delivery::{
     Delivery, DeliveryFilter, DeliveryId, DeliveryKey, DeliveryPage, DeliveryRequest,
     DeliveryStatus, PageRequest, PendingDelivery, Retention,
 };
-pub use engine::{Events, EventsConfig, RouteError, Router, WebhookRouter};
+pub use engine::{Events, EventsConfig, RouteError, Router, WebhookRouter, Workers};
 pub use event::{Event, EventDraft, EventKind, Timestamp};
 pub use sender::signature;
 pub use store::{Journal, Outbox, Stores};

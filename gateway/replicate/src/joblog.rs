@@ -42,6 +42,10 @@ pub struct JobSpec {
     /// Delete `reference` at the destination instead of copying (deletion propagation).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delete: bool,
+    /// Identifies the request that made the job (an event, a plugin, an action): a second
+    /// request with the same key (the event routed again after a crash) makes no new job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl JobSpec {
@@ -101,6 +105,12 @@ pub struct JobRecord {
 pub trait JobLog: Send + Sync {
     /// A new queued job.
     async fn create(&self, spec: JobSpec) -> Result<JobRecord, ReplicateError>;
+
+    /// Like [`JobLog::create`], unless a job with the same `spec.key` exists: then that
+    /// one, and `false`.
+    async fn create_once(&self, spec: JobSpec) -> Result<(JobRecord, bool), ReplicateError> {
+        self.create(spec).await.map(|r| (r, true))
+    }
     /// Store a changed record (same id).
     async fn update(&self, record: &JobRecord) -> Result<(), ReplicateError>;
     async fn get(&self, id: JobId) -> Result<Option<JobRecord>, ReplicateError>;
@@ -272,6 +282,21 @@ impl JobLog for JsonlJobLog {
         .await
     }
 
+    async fn create_once(&self, spec: JobSpec) -> Result<(JobRecord, bool), ReplicateError> {
+        if let Some(key) = &spec.key
+            && let Some(r) = self
+                .inner
+                .lock()
+                .expect("job log lock")
+                .jobs
+                .values()
+                .find(|r| r.spec.key.as_ref() == Some(key))
+        {
+            return Ok((r.clone(), false));
+        }
+        self.create(spec).await.map(|r| (r, true))
+    }
+
     async fn update(&self, record: &JobRecord) -> Result<(), ReplicateError> {
         let record = record.clone();
         self.with_state(move |state| {
@@ -384,7 +409,34 @@ mod tests {
             dst_repo: "c/d".into(),
             reference: "v1".into(),
             delete: false,
+            key: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_keyed_request_makes_one_job_even_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.jsonl");
+        let log = JsonlJobLog::open(&path).unwrap();
+        let keyed = JobSpec {
+            key: Some("7:replicate:0:v1".into()),
+            ..spec()
+        };
+        let (a, new_a) = log.create_once(keyed.clone()).await.unwrap();
+        let (b, new_b) = log.create_once(keyed.clone()).await.unwrap();
+        assert!(new_a && !new_b);
+        assert_eq!(a.id, b.id);
+        let (_, unkeyed) = log.create_once(spec()).await.unwrap();
+        let (_, unkeyed_again) = log.create_once(spec()).await.unwrap();
+        assert!(
+            unkeyed && unkeyed_again,
+            "jobs without a key are never merged"
+        );
+        drop(log);
+        let log = JsonlJobLog::open(&path).unwrap();
+        let (c, new_c) = log.create_once(keyed).await.unwrap();
+        assert!(!new_c, "the key survives a restart");
+        assert_eq!(c.id, a.id);
     }
 
     #[tokio::test]

@@ -248,6 +248,7 @@ async fn jobs_retry_until_the_destination_returns() {
             dst_repo: "dst/app".into(),
             reference: "v1".into(),
             delete: false,
+            key: None,
         })
         .await
         .unwrap();
@@ -300,6 +301,7 @@ async fn permanent_errors_are_not_retried() {
             dst_repo: "dst/app".into(),
             reference: "v1".into(),
             delete: false,
+            key: None,
         })
         .await
         .unwrap();

@@ -2,7 +2,8 @@
 //!
 //! ```toml
 //! [events]
-//! dir = "events"                 # journal + outbox [default: ROOT/pier/events]
+//! dir = "events"                 # journal + outbox [default: ROOT/pier/events]; with [redis]
+//!                                # they live in Redis instead and this is unused
 //! source = "https://registry.example.com"   # CloudEvents `source` [default: pier://LISTEN]
 //! secret = "s3cret"              # HMAC-SHA256 key of X-Pier-Signature (or secret_file)
 //! attempts = 10                  # deliveries give up after this many tries

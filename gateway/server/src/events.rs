@@ -44,6 +44,9 @@ pub struct EventsRuntime {
     pub pulls: bool,
     pub notifiers: Vec<(String, Arc<PluginNotifier>)>,
     pub replicators: Vec<(String, Arc<PluginReplicator>)>,
+    /// With `[redis]`: runs routing and delivery while this node holds the dispatcher
+    /// lease (every node publishes). Dropped with the runtime: the lease then expires.
+    _leader: Option<pier_cluster::EventsLeader>,
 }
 
 impl EventsRuntime {
@@ -76,9 +79,12 @@ fn reload_line(
 }
 
 /// Starts events and replication when a notifier or replicator plugin is configured.
+/// With `shared` (`[redis]`), the journal and outbox are in Redis and this node routes
+/// and delivers only while it holds the dispatcher lease; else they are on disk.
 pub async fn start(
     config: &Config,
     registry: Arc<Registry>,
+    shared: Option<&pier_cluster::Shared>,
 ) -> Result<Option<Arc<EventsRuntime>>, ServerError> {
     let entries: Vec<_> = config
         .plugins
@@ -124,15 +130,38 @@ pub async fn start(
         request_timeout: s.timeout,
         ..EventsConfig::default()
     };
-    let dir = s.dir.clone();
-    let events = tokio::task::spawn_blocking(move || pier_events::disk::open(dir))
-        .await
-        .map_err(|e| ServerError::Config(format!("opening the event journal: {e}")))?
-        .map_err(|e| ServerError::Config(format!("event journal {}: {e}", s.dir.display())))?;
-    let events = Arc::new(
-        Events::start(events, router, events_config)
-            .map_err(|e| ServerError::Config(format!("starting event delivery: {e}")))?,
-    );
+    let starting =
+        |e: pier_events::EventsError| ServerError::Config(format!("starting event delivery: {e}"));
+    let (events, leader, journal) = match shared {
+        Some(shared) => {
+            let events_config = EventsConfig {
+                // Events published and redeliveries asked on other nodes.
+                poll_interval: Some(Duration::from_secs(1)),
+                ..events_config
+            };
+            let events = Arc::new(
+                Events::publisher(shared.event_stores(), router, events_config)
+                    .map_err(starting)?,
+            );
+            let leader = pier_cluster::EventsLeader::spawn(
+                shared.clone(),
+                Arc::downgrade(&events),
+                pier_cluster::DEFAULT_LEADER_TTL,
+            );
+            (events, Some(leader), "redis".to_owned())
+        }
+        None => {
+            let dir = s.dir.clone();
+            let stores = tokio::task::spawn_blocking(move || pier_events::disk::open(dir))
+                .await
+                .map_err(|e| ServerError::Config(format!("opening the event journal: {e}")))?
+                .map_err(|e| {
+                    ServerError::Config(format!("event journal {}: {e}", s.dir.display()))
+                })?;
+            let events = Arc::new(Events::start(stores, router, events_config).map_err(starting)?);
+            (events, None, s.dir.display().to_string())
+        }
+    };
     replication.start(Arc::downgrade(&events)).await?;
     let ticker = replication.clone();
     let ticking = replicators.clone();
@@ -141,7 +170,7 @@ pub async fn start(
         notifiers = notifiers.len(),
         replicators = replicators.len(),
         targets = config.replication.targets.len(),
-        journal = %s.dir.display(),
+        journal = %journal,
         "events on"
     );
     Ok(Some(Arc::new(EventsRuntime {
@@ -150,6 +179,7 @@ pub async fn start(
         pulls: s.pulls,
         notifiers,
         replicators,
+        _leader: leader,
     })))
 }
 
@@ -192,7 +222,11 @@ impl Router for PluginRouter {
         if event.kind != EventKind::ReplicationJob {
             for (name, r) in &self.replicators {
                 match r.on_event(&pe).await {
-                    Ok(actions) => self.replication.enqueue(name, actions).await,
+                    Ok(actions) => {
+                        self.replication
+                            .enqueue(name, Some(event.id), actions)
+                            .await
+                    }
                     Err(f) => tracing::warn!(plugin = %name, event = event.id, error = %f,
                         "replicator failed on an event; no replication for it"),
                 }
@@ -365,17 +399,25 @@ impl Replication {
         Ok(r)
     }
 
-    /// Turns a plugin's actions into queued jobs (one per tag or digest).
-    async fn enqueue(&self, plugin: &str, actions: Vec<ReplicationAction>) {
-        for a in actions {
-            if let Err(e) = self.enqueue_one(plugin, &a).await {
+    /// Turns a plugin's actions into queued jobs (one per tag or digest). `event`: the id
+    /// of the event they answer (a tick has none); the jobs of an event routed twice
+    /// (after a crash) are made once.
+    async fn enqueue(&self, plugin: &str, event: Option<u64>, actions: Vec<ReplicationAction>) {
+        for (i, a) in actions.into_iter().enumerate() {
+            let key = event.map(|e| format!("{e}:{plugin}:{i}"));
+            if let Err(e) = self.enqueue_one(plugin, key, &a).await {
                 tracing::warn!(plugin, target = %a.target, repository = %a.source_repository,
                     error = %e, "replication action refused");
             }
         }
     }
 
-    async fn enqueue_one(&self, plugin: &str, a: &ReplicationAction) -> Result<(), String> {
+    async fn enqueue_one(
+        &self,
+        plugin: &str,
+        key: Option<String>,
+        a: &ReplicationAction,
+    ) -> Result<(), String> {
         let target = self
             .targets
             .get(&a.target)
@@ -415,19 +457,24 @@ impl Replication {
             ReplicationDirection::Pull => (a.target.clone(), "local".to_owned()),
         };
         for reference in references {
-            let r = self
+            let (r, new) = self
                 .log
-                .create(JobSpec {
+                .create_once(JobSpec {
                     rule: plugin.to_owned(),
                     source: source.clone(),
                     destination: destination.clone(),
                     src_repo: a.source_repository.clone(),
                     dst_repo: a.destination_repository.clone(),
+                    key: key.as_ref().map(|k| format!("{k}:{reference}")),
                     reference,
                     delete: a.delete,
                 })
                 .await
                 .map_err(|e| e.to_string())?;
+            if !new {
+                tracing::info!(job = %r.id, "replication action seen before (event routed again): no new job");
+                continue;
+            }
             tracing::info!(job = %r.id, source = %r.spec.source, destination = %r.spec.destination,
                 repository = %r.spec.src_repo, reference = %r.spec.reference, "replication job queued");
             self.submit(r.id);
@@ -616,7 +663,7 @@ impl Replication {
             let now = now_secs();
             for (name, r) in &replicators {
                 match r.on_tick(now).await {
-                    Ok(actions) => self.enqueue(name, actions).await,
+                    Ok(actions) => self.enqueue(name, None, actions).await,
                     Err(f) => {
                         tracing::warn!(plugin = %name, error = %f, "replicator failed on a tick")
                     }

@@ -140,7 +140,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         .clone()
         .map(|s| tokio::spawn(crate::cluster::follow_changes(s, registry.clone())));
     let (access, plugins) = crate::access::build(&config, shared.as_ref()).await?;
-    let events = crate::events::start(&config, registry.clone()).await?;
+    let events = crate::events::start(&config, registry.clone(), shared.as_ref()).await?;
     let observer = events
         .clone()
         .map(|e| e as Arc<dyn pier_core::FillObserver>);
