@@ -45,11 +45,20 @@ pub struct EventsRuntime {
     pub notifiers: Vec<(String, Arc<PluginNotifier>)>,
     pub replicators: Vec<(String, Arc<PluginReplicator>)>,
     /// With `[redis]`: runs routing and delivery while this node holds the dispatcher
-    /// lease (every node publishes). Dropped with the runtime: the lease then expires.
-    _leader: Option<pier_cluster::EventsLeader>,
+    /// lease (every node publishes). Stopped at shutdown, which hands the lease over at
+    /// once; dropped (a crash), the lease expires.
+    leader: tokio::sync::Mutex<Option<pier_cluster::EventsLeader>>,
 }
 
 impl EventsRuntime {
+    /// Graceful shutdown: stops routing and delivery here and releases the dispatcher
+    /// lease so another node takes over without waiting for it to expire.
+    pub async fn stop(&self) {
+        if let Some(l) = self.leader.lock().await.take() {
+            l.stop().await;
+        }
+    }
+
     /// Reloads the notifier and replicator plugins from their files; one line each.
     pub async fn reload_all(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -179,7 +188,7 @@ pub async fn start(
         pulls: s.pulls,
         notifiers,
         replicators,
-        _leader: leader,
+        leader: tokio::sync::Mutex::new(leader),
     })))
 }
 

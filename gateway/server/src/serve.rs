@@ -234,6 +234,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             tracing::warn!("shutdown timeout reached; closing remaining connections");
         }
     }
+    if let Some(e) = &admin_state.events {
+        e.stop().await;
+    }
     expiry_task.abort();
     watch_task.abort();
     if let Some(t) = changes_task {
