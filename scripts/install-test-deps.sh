@@ -7,6 +7,7 @@ set -euo pipefail
 PIER_CACHE="${PIER_CACHE:-$HOME/.cache/pier}"
 VENV="$PIER_CACHE/venv"
 ORAS_VERSION="${ORAS_VERSION:-0.2.43}"
+SCHEMATHESIS_VERSION="${SCHEMATHESIS_VERSION:-4.32.5}"
 
 APT_PACKAGES=(
     skopeo podman docker.io containerd docker-registry nginx wrk apache2-utils
@@ -57,6 +58,15 @@ if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import oras.client' 2
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check "oras==$ORAS_VERSION"
 else
     log "venv $VENV present"
+fi
+
+# schemathesis in the same venv: tests/tests/admin_api.rs checks the admin API against
+# docs/openapi.json with it.
+if [[ "$("$VENV/bin/schemathesis" --version 2>/dev/null)" != *"version $SCHEMATHESIS_VERSION"* ]]; then
+    log "installing schemathesis==$SCHEMATHESIS_VERSION into $VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+else
+    log "schemathesis $SCHEMATHESIS_VERSION present"
 fi
 
 # S3 tests (gateway/storage/tests/s3.rs): s3s-fs, a small S3 server that checks SigV4

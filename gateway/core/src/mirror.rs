@@ -149,6 +149,26 @@ struct Counters {
     evictions: AtomicU64,
 }
 
+/// The mirror's counters at one moment ([`Mirror::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MirrorStats {
+    /// Blob requests served from the cache.
+    pub blob_hits: u64,
+    /// Blob fetches started from an upstream.
+    pub blob_misses: u64,
+    /// Blob requests that joined a fetch in progress.
+    pub blob_coalesced: u64,
+    pub manifest_hits: u64,
+    pub manifest_misses: u64,
+    /// Cached tags served because the upstream failed.
+    pub stale_serves: u64,
+    /// Blob bytes received from upstreams.
+    pub upstream_bytes: u64,
+    pub fill_failures: u64,
+    /// Cached blobs removed by the size bound.
+    pub evictions: u64,
+}
+
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
@@ -355,6 +375,23 @@ impl Mirror {
             .evictions
             .fetch_add(report.evicted.len() as u64, Ordering::Relaxed);
         Ok(report)
+    }
+
+    /// A read-only snapshot of the mirror's counters (the admin API serves it).
+    pub fn stats(&self) -> MirrorStats {
+        let c = &self.counters;
+        let get = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        MirrorStats {
+            blob_hits: get(&c.blob_hits),
+            blob_misses: get(&c.blob_misses),
+            blob_coalesced: get(&c.blob_coalesced),
+            manifest_hits: get(&c.manifest_hits),
+            manifest_misses: get(&c.manifest_misses),
+            stale_serves: get(&c.stale_serves),
+            upstream_bytes: get(&c.upstream_bytes),
+            fill_failures: get(&c.fill_failures),
+            evictions: get(&c.evictions),
+        }
     }
 
     /// The mirror's counters in the Prometheus text format.

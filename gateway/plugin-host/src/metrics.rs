@@ -86,6 +86,35 @@ impl PluginMetrics {
         self.calls.load(Ordering::Relaxed)
     }
 
+    /// Calls answered with a denial (the admin API reads it).
+    pub fn denials(&self) -> u64 {
+        self.denials.load(Ordering::Relaxed)
+    }
+
+    /// Instances created since start (the admin API reads it).
+    pub fn instances_created(&self) -> u64 {
+        self.instances_created.load(Ordering::Relaxed)
+    }
+
+    /// Versions swapped in since start (the admin API reads it).
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Total time spent in calls, in seconds (the admin API reads it).
+    pub fn call_seconds(&self) -> f64 {
+        self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+    }
+
+    /// `(kind, count)` of failures for every kind (the admin API reads it).
+    pub fn errors_by_kind(&self) -> Vec<(&'static str, u64)> {
+        FAILURES
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.as_str(), self.errors[i].load(Ordering::Relaxed)))
+            .collect()
+    }
+
     /// Appends this plugin's series to a Prometheus text exposition.
     pub fn render(&self, out: &mut String) {
         let n = &self.name;

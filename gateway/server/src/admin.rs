@@ -24,6 +24,8 @@ pub struct AdminState {
     pub registry_url: Option<String>,
     /// Events and replication, when configured.
     pub events: Option<Arc<crate::events::EventsRuntime>>,
+    /// The registry, for the admin API (`crate::api`).
+    pub registry: Arc<pier_core::Registry>,
 }
 
 /// `POST /warm?image=NAME:TAG[&image=...][&platform=os/arch]`: pulls the images through
@@ -91,6 +93,9 @@ pub async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let plain = "text/plain; charset=utf-8";
+    if req.uri().path().starts_with("/api/") {
+        return Ok(crate::api::serve(&state, req).await);
+    }
     let mut credentials = None;
     let path = req.uri().path().to_owned();
     let protected = req.method() == http::Method::POST

@@ -6,6 +6,7 @@ mod access;
 mod accounts;
 mod admin;
 mod admin_client;
+mod api;
 mod cluster;
 mod config;
 mod config_events;

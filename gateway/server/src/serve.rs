@@ -171,6 +171,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         access,
         root: config.root.clone(),
         events,
+        registry: registry.clone(),
         registry_url: tls
             .is_none()
             .then(|| listener.local_addr().map(|a| format!("http://{a}")).ok())
