@@ -15,7 +15,14 @@ APT_PACKAGES=(
     # pier-cluster tests: standalone, Sentinel (`redis-server CONF --sentinel`, same binary)
     # and Cluster (`redis-cli --cluster create`, from redis-tools, a dependency).
     redis-server
+    # The console test (tests/tests/console.rs): Debian's Chromium driven by playwright-core.
+    chromium
 )
+# Node and npm for playwright-core: Debian's, unless a node with its npm is there already
+# (NodeSource's nodejs package carries npm and conflicts with Debian's npm package).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    APT_PACKAGES+=(nodejs npm)
+fi
 
 log() { printf 'install-test-deps: %s\n' "$*" >&2; }
 
@@ -241,6 +248,26 @@ if command -v rustup >/dev/null 2>&1; then
     fi
 else
     log "rustup not found: install the wasm32-wasip2 target for your toolchain by hand"
+fi
+
+# playwright-core (no browser download: the console test points it at /usr/bin/chromium)
+# in its own folder. 1.65 needs Node 20 or later; Debian 12's own nodejs is 18, so an older
+# Node gets 1.56.1 (its package.json asks for node >= 18).
+CONSOLE_TEST="$PIER_CACHE/console-test"
+node_major="$(node --version 2>/dev/null | sed 's/^v\([0-9]*\).*/\1/')"
+if [[ ${node_major:-0} -ge 20 ]]; then
+    PLAYWRIGHT_VERSION="${PLAYWRIGHT_VERSION:-1.65.1}"
+else
+    PLAYWRIGHT_VERSION="${PLAYWRIGHT_VERSION:-1.56.1}"
+fi
+installed="$(node -p "require('$CONSOLE_TEST/node_modules/playwright-core/package.json').version" 2>/dev/null || true)"
+if [[ $installed != "$PLAYWRIGHT_VERSION" ]]; then
+    log "installing playwright-core@$PLAYWRIGHT_VERSION into $CONSOLE_TEST"
+    mkdir -p "$CONSOLE_TEST"
+    (cd "$CONSOLE_TEST" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --silent \
+        "playwright-core@$PLAYWRIGHT_VERSION")
+else
+    log "playwright-core $PLAYWRIGHT_VERSION present in $CONSOLE_TEST"
 fi
 
 log "done"

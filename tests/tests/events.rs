@@ -25,6 +25,8 @@ mod clients_support;
 
 #[path = "events/cli.rs"]
 mod cli;
+#[path = "events/deletes.rs"]
+mod deletes;
 #[path = "events/hostile.rs"]
 mod hostile;
 #[path = "events/resume.rs"]

@@ -96,6 +96,9 @@ pub async fn serve(
     if req.uri().path().starts_with("/api/") {
         return Ok(crate::api::serve(&state, req).await);
     }
+    if let Some(r) = crate::console::serve(req.method(), req.uri().path()) {
+        return Ok(r);
+    }
     let mut credentials = None;
     let path = req.uri().path().to_owned();
     let protected = req.method() == http::Method::POST

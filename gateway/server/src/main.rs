@@ -10,6 +10,7 @@ mod api;
 mod cluster;
 mod config;
 mod config_events;
+mod console;
 mod error;
 mod events;
 mod replication_local;

@@ -54,6 +54,9 @@ pub enum ApiFailure {
     },
     #[error("internal error; see the server log")]
     Internal(#[source] CoreError),
+    /// The change took effect but its event could not be recorded.
+    #[error("the change was made but its event could not be recorded ({0}); retry it")]
+    Unavailable(String),
 }
 
 impl From<CoreError> for ApiFailure {
@@ -76,6 +79,10 @@ impl ApiFailure {
             ApiFailure::Internal(e) => {
                 tracing::error!(error = %chain(e), "admin API failed");
                 StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ApiFailure::Unavailable(e) => {
+                tracing::error!(error = %e, "admin API change not recorded as an event");
+                StatusCode::SERVICE_UNAVAILABLE
             }
         };
         let mut r = json_response(status, &json!({ "error": self.to_string() }));

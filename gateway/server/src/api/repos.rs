@@ -203,6 +203,7 @@ pub async fn delete_tag(state: &AdminState, caller: &Caller, name: &str, tag: &s
         .await;
     audit(caller, "delete_tag", &repo, tag.as_str(), &outcome);
     outcome?;
+    record_deleted(state, caller, &repo, Some(tag.clone()), None).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({ "repository": repo.as_str(), "deleted": tag.as_str(), "kind": "tag" }),
@@ -232,10 +233,38 @@ pub async fn delete_manifest(
         &outcome,
     );
     outcome?;
+    record_deleted(state, caller, &repo, None, Some(digest.clone())).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({ "repository": repo.as_str(), "deleted": digest.to_string(), "kind": "manifest" }),
     ))
+}
+
+/// A delete made here is an event like one made through the registry API (webhooks,
+/// deletion propagation).
+async fn record_deleted(
+    state: &AdminState,
+    caller: &Caller,
+    repo: &RepoName,
+    tag: Option<Tag>,
+    digest: Option<Digest>,
+) -> Result<(), ApiFailure> {
+    use pier_http::events::{EventSink, ManifestAction, ManifestEvent};
+    let Some(events) = &state.events else {
+        return Ok(());
+    };
+    events
+        .record(ManifestEvent {
+            action: ManifestAction::Deleted,
+            repository: repo.clone(),
+            tag,
+            digest,
+            media_type: None,
+            size: None,
+            actor: Some(caller.actor.clone()),
+        })
+        .await
+        .map_err(ApiFailure::Unavailable)
 }
 
 /// One audit line per change attempted, with its outcome.

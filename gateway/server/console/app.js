@@ -1,0 +1,432 @@
+// Pier console: a single-page app over the admin listener's API. Plain DOM, hash routes,
+// no build step and no request to anything but this listener.
+//
+//   #/login                      username and password, checked against /api/v1/plugins
+//   #/dashboard                  /metrics, /api/v1/mirror, /api/v1/plugins, sampled over time
+//   #/repositories?q=&last=      /api/v1/repositories, a page at a time
+//   #/repository/NAME            /api/v1/repositories/NAME/-/tags
+//   #/manifest/NAME/REFERENCE    /api/v1/repositories/NAME/-/manifests/REFERENCE
+//   #/replication                /replication/jobs, POST /replication/jobs/ID/retry
+//   #/deliveries                 /events/deliveries, POST /events/deliveries/ID/redeliver
+//   #/plugins                    /api/v1/plugins, POST /plugins/reload
+"use strict";
+
+const SESSION_KEY = "pier-console";
+const PAGE_SIZE = 50;
+const SAMPLE_EVERY_MS = 3000;
+const SAMPLES_KEPT = 60;
+const REFRESH_EVERY_MS = 2000;
+
+// ---------------------------------------------------------------------------------------
+// DOM helpers
+
+/** h("td", {class: "x", onclick: f}, "text", child, ...) */
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+function svg(tag, attrs) {
+  const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
+  return el;
+}
+
+function table(headers, rows, empty) {
+  if (rows.length === 0) return h("p", { class: "muted" }, empty);
+  return h("table", {}, h("thead", {}, h("tr", {}, headers.map((t) => h("th", {}, t)))), h("tbody", {}, rows));
+}
+
+function badge(state) {
+  return h("span", { class: `badge ${state}` }, state);
+}
+
+function flash(message, kind) {
+  const el = document.getElementById("flash");
+  el.textContent = message || "";
+  el.className = kind || "";
+  el.hidden = !message;
+}
+
+const bytes = (n) => {
+  if (n === null || n === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${i === 0 ? Math.round(n) : n.toFixed(1)} ${units[i]}`;
+};
+const percent = (r) => `${(100 * r).toFixed(1)} %`;
+const time = (ms) => (ms ? new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC") : "–");
+const shortDigest = (d) => (d ? d.replace(/^(sha256:.{12}).*$/, "$1…") : "–");
+const enc = encodeURIComponent;
+
+// ---------------------------------------------------------------------------------------
+// Session and API
+
+const session = {
+  get() {
+    try { return JSON.parse(sessionStorage.getItem(SESSION_KEY)); } catch { return null; }
+  },
+  set(user, password) {
+    const auth = "Basic " + btoa(unescape(enc(`${user}:${password}`)));
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify({ user, auth }));
+  },
+  clear() { sessionStorage.removeItem(SESSION_KEY); },
+};
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+/** Calls the admin listener with the session's credentials; JSON (or text) back. */
+async function api(path, { method = "GET", auth } = {}) {
+  const headers = { "X-Requested-With": "pier-console" };
+  const a = auth || session.get()?.auth;
+  if (a) headers.Authorization = a;
+  // `credentials: "omit"`: the Authorization header still goes, but a 401 with a Basic
+  // challenge comes back to us instead of opening the browser's own login dialog.
+  const r = await fetch(path, { method, headers, cache: "no-store", credentials: "omit" });
+  const type = r.headers.get("content-type") || "";
+  const body = type.includes("json") ? await r.json().catch(() => null) : await r.text();
+  if (!r.ok) {
+    const message = (body && body.error) || (typeof body === "string" && body.trim()) || r.statusText;
+    if ((r.status === 401 || r.status === 403) && !auth) {
+      session.clear();
+      location.hash = "#/login";
+    }
+    throw new ApiError(r.status, `${method} ${path}: ${r.status} ${message}`);
+  }
+  return body;
+}
+
+// ---------------------------------------------------------------------------------------
+// Router
+
+let timers = [];
+let generation = 0;
+
+/** Runs f every `ms` while the current page is shown. */
+function every(ms, f) { timers.push(setInterval(f, ms)); }
+
+function parseHash() {
+  const raw = location.hash.replace(/^#/, "") || "/dashboard";
+  const [path, query = ""] = raw.split("?");
+  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  return { page: parts[0] || "dashboard", args: parts.slice(1), query: new URLSearchParams(query) };
+}
+
+const pages = { login, dashboard, repositories, repository, manifest, replication, deliveries, plugins };
+
+async function route() {
+  timers.forEach(clearInterval);
+  timers = [];
+  const gen = ++generation;
+  const { page, args, query } = parseHash();
+  const user = session.get()?.user;
+  if (!user && page !== "login") { location.hash = "#/login"; return; }
+  const who = document.getElementById("who");
+  who.replaceChildren(...(user ? [h("span", { class: "user" }, user), h("button", { onclick: logout }, "Log out")] : []));
+  document.getElementById("nav").hidden = !user;
+  for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.page === page);
+  flash("");
+  const main = document.getElementById("main");
+  const show = (...nodes) => {
+    if (gen === generation) main.replaceChildren(...nodes.flat().filter((n) => n || n === 0));
+  };
+  const render = pages[page] || notFound;
+  try {
+    await render(show, args, query);
+  } catch (e) {
+    if (gen === generation) flash(e.message);
+  }
+  if (gen === generation) document.body.dataset.page = page;
+}
+
+function logout() {
+  session.clear();
+  location.hash = "#/login";
+}
+
+function notFound(show) {
+  show(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/dashboard" }, "Back to the dashboard")));
+}
+
+// ---------------------------------------------------------------------------------------
+// Pages
+
+async function login(show) {
+  const user = h("input", { name: "username", autocomplete: "username", required: true });
+  const pass = h("input", { name: "password", type: "password", autocomplete: "current-password", required: true });
+  const submit = async (ev) => {
+    ev.preventDefault();
+    const auth = "Basic " + btoa(unescape(enc(`${user.value}:${pass.value}`)));
+    try {
+      await api("/api/v1/plugins", { auth });
+    } catch (e) {
+      flash(e.status === 401 ? "Wrong username or password."
+        : e.status === 403 ? "This account is not a system administrator." : e.message);
+      return;
+    }
+    session.set(user.value, pass.value);
+    location.hash = "#/dashboard";
+  };
+  show(h("form", { class: "login", onsubmit: submit },
+    h("h1", {}, "Sign in to Pier"),
+    h("label", {}, "Username", user),
+    h("label", {}, "Password", pass),
+    h("button", { class: "primary", type: "submit" }, "Sign in")));
+  user.focus();
+}
+
+/** Sums the samples of a Prometheus series (all label sets) in the text format. */
+function metricSum(text, name) {
+  let sum = 0;
+  for (const line of text.split("\n")) {
+    if (line.startsWith(name + " ") || line.startsWith(name + "{")) sum += Number(line.slice(line.lastIndexOf(" ") + 1)) || 0;
+  }
+  return sum;
+}
+
+/** A line chart of `values` (oldest first) from 0 to the largest value, at least `floor`. */
+function lineChart(title, values, format, floor, fixed) {
+  const W = 360, H = 140, L = 48, B = 18;
+  const top = fixed ? floor : Math.max(floor, ...values);
+  const el = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
+  for (const f of [0, 0.5, 1]) {
+    const y = (H - B) * (1 - f) + 4 * f;
+    el.append(svg("line", { x1: L, x2: W, y1: y, y2: y }));
+    const label = svg("text", { x: 2, y: y + 3 });
+    label.textContent = format(top * f);
+    el.append(label);
+  }
+  const step = (W - L) / Math.max(1, SAMPLES_KEPT - 1);
+  const points = values.map((v, i) => {
+    const x = L + step * (SAMPLES_KEPT - values.length + i);
+    const y = (H - B) * (1 - v / top) + 4 * (v / top);
+    return `${x.toFixed(1)},${y.toFixed(1)}`;
+  });
+  el.append(svg("polyline", { points: points.join(" ") }));
+  const caption = svg("text", { x: L, y: H - 4 });
+  caption.textContent = `last ${values.length} samples, every ${SAMPLE_EVERY_MS / 1000} s`;
+  el.append(caption);
+  return h("div", { class: "card chart" }, h("div", { class: "label" }, title), el);
+}
+
+const card = (label, value, id) => h("div", { class: "card", "data-testid": id }, h("div", { class: "label" }, label), h("div", { class: "value" }, value));
+
+async function dashboard(show) {
+  const samples = { hit: [], rps: [], bps: [] };
+  let last = null;
+  const sample = async () => {
+    const [metrics, mirror, plug] = await Promise.all([api("/metrics"), api("/api/v1/mirror"), api("/api/v1/plugins")]);
+    const now = Date.now();
+    const requests = metricSum(metrics, "pier_http_requests_total");
+    const served = metricSum(metrics, "pier_http_response_bytes_total");
+    if (last) {
+      const dt = (now - last.now) / 1000;
+      push(samples.rps, Math.max(0, (requests - last.requests) / dt));
+      push(samples.bps, Math.max(0, (served - last.served) / dt));
+    }
+    last = { now, requests, served };
+    push(samples.hit, mirror.blobHitRatio);
+    const calls = plug.plugins.reduce((s, p) => s + p.calls, 0);
+    const seconds = plug.plugins.reduce((s, p) => s + p.callSeconds, 0);
+    show(
+      h("h1", {}, "Dashboard"),
+      h("div", { class: "cards" },
+        card("Registry requests", requests.toLocaleString("en"), "requests"),
+        card("Bytes served", bytes(served), "bytes-served"),
+        card("Mirror blob hit ratio", mirror.enabled ? percent(mirror.blobHitRatio) : "mirror off", "hit-ratio"),
+        card("Bytes fetched from upstreams", bytes(mirror.upstreamBytes), "upstream-bytes"),
+        card("Blob requests served without an upstream fetch", (mirror.blobHits + mirror.blobCoalesced).toLocaleString("en"), "blob-hits"),
+        card("Plugin calls", calls.toLocaleString("en"), "plugin-calls"),
+        card("Mean plugin latency", calls ? `${(1e6 * seconds / calls).toFixed(1)} µs` : "–", "plugin-latency")),
+      h("h2", {}, "Over time (while this page is open)"),
+      h("div", { class: "charts" },
+        lineChart("Mirror blob hit ratio", samples.hit, (v) => `${Math.round(100 * v)}%`, 1, true),
+        lineChart("Registry requests per second", samples.rps, (v) => v.toFixed(1), 1),
+        lineChart("Bytes served per second", samples.bps, bytes, 1024)),
+      h("h2", {}, "Plugins"),
+      pluginTable(plug.plugins));
+  };
+  const push = (a, v) => { a.push(v); if (a.length > SAMPLES_KEPT) a.shift(); };
+  await sample();
+  every(SAMPLE_EVERY_MS, () => sample().catch((e) => flash(e.message)));
+}
+
+async function repositories(show, _args, query) {
+  const q = query.get("q") || "";
+  const lastName = query.get("last");
+  const params = new URLSearchParams({ n: PAGE_SIZE });
+  if (q) params.set("q", q);
+  if (lastName) params.set("last", lastName);
+  const page = await api(`/api/v1/repositories?${params}`);
+  const filter = h("input", { name: "q", value: q, placeholder: "filter by name" });
+  const onsubmit = (ev) => { ev.preventDefault(); location.hash = `#/repositories?q=${enc(filter.value)}`; };
+  const rows = page.repositories.map((r) =>
+    h("tr", {}, h("td", {}, h("a", { href: `#/repository/${enc(r.name)}`, "data-repo": r.name }, r.name))));
+  const nextLast = page.next && new URL(page.next, location.href).searchParams.get("last");
+  show(
+    h("h1", {}, "Repositories"),
+    h("form", { class: "inline", onsubmit }, filter, h("button", { type: "submit" }, "Filter")),
+    table(["Name"], rows, q ? `No repository name contains “${q}”.` : "No repositories yet."),
+    h("div", { class: "pager" },
+      lastName && h("a", { href: `#/repositories?q=${enc(q)}` }, "« First page"),
+      nextLast && h("a", { href: `#/repositories?q=${enc(q)}&last=${enc(nextLast)}` }, "Next page »")));
+}
+
+async function repository(show, [name], query) {
+  const params = new URLSearchParams({ n: PAGE_SIZE });
+  if (query.get("last")) params.set("last", query.get("last"));
+  const page = await api(`/api/v1/repositories/${enc(name)}/-/tags?${params}`);
+  const rows = page.tags.map((t) => h("tr", { "data-tag": t.name },
+    h("td", {}, h("a", { href: `#/manifest/${enc(name)}/${enc(t.name)}` }, t.name)),
+    h("td", { class: "mono digest" }, t.digest),
+    h("td", {}, bytes(t.size)),
+    h("td", {}, t.platforms.length ? t.platforms.join(", ") : "–"),
+    h("td", {}, t.referrers)));
+  const nextLast = page.next && new URL(page.next, location.href).searchParams.get("last");
+  show(
+    h("p", {}, h("a", { href: "#/repositories" }, "« Repositories")),
+    h("h1", {}, name),
+    table(["Tag", "Digest", "Size", "Platforms", "Referrers"], rows, "No tags."),
+    h("div", { class: "pager" },
+      nextLast && h("a", { href: `#/repository/${enc(name)}?last=${enc(nextLast)}` }, "Next page »")));
+}
+
+async function manifest(show, [name, reference]) {
+  const m = await api(`/api/v1/repositories/${enc(name)}/-/manifests/${enc(reference)}`);
+  const platform = (p) => (p ? `${p.os}/${p.architecture}${p.variant ? "/" + p.variant : ""}` : "–");
+  const descriptorRows = (ds, link, withPlatform) => ds.map((d) => h("tr", {},
+    h("td", { class: "mono" }, link ? h("a", { href: `#/manifest/${enc(name)}/${enc(d.digest)}` }, d.digest) : d.digest),
+    h("td", {}, d.artifactType || d.mediaType || "–"),
+    h("td", {}, bytes(d.size)),
+    withPlatform && h("td", {}, platform(d.platform))));
+  const heads = ["Digest", "Type", "Size"];
+  show(
+    h("p", {}, h("a", { href: `#/repository/${enc(name)}` }, `« ${name}`)),
+    h("h1", {}, `${name} @ ${reference}`),
+    h("dl", {},
+      h("dt", {}, "Digest"), h("dd", { class: "mono", "data-testid": "manifest-digest" }, m.digest),
+      h("dt", {}, "Media type"), h("dd", {}, m.mediaType),
+      h("dt", {}, "Size"), h("dd", {}, bytes(m.size)),
+      h("dt", {}, "Tags"), h("dd", {}, m.tags.join(", ") || "–"),
+      h("dt", {}, "Config"), h("dd", { class: "mono" }, m.config ? m.config.digest : "–"),
+      m.subject && [h("dt", {}, "Subject"), h("dd", { class: "mono" }, m.subject)]),
+    m.manifests.length > 0 && [h("h2", {}, "Platforms"), table([...heads, "Platform"], descriptorRows(m.manifests, true, true), "")],
+    h("h2", {}, "Layers"),
+    table(heads, descriptorRows(m.layers, false), "No layers (an index or an artifact)."),
+    h("h2", {}, "Referrers"),
+    table(heads, descriptorRows(m.referrers, true), "No referrers."));
+}
+
+async function replication(show) {
+  const load = async () => {
+    const { jobs } = await api("/replication/jobs?limit=200");
+    const retry = (id) => async (ev) => {
+      ev.target.disabled = true;
+      try {
+        await api(`/replication/jobs/${id}/retry`, { method: "POST" });
+        flash(`Job ${id} queued again.`, "info");
+      } catch (e) {
+        flash(e.message);
+      }
+      await load().catch((e) => flash(e.message));
+    };
+    const rows = jobs.map((j) => {
+      const r = j.report || {};
+      const report = j.report ? `${bytes(r.bytes)} sent, ${r.blobs_copied} blobs copied, ${r.blobs_skipped} skipped, ${r.manifests} manifests` : "–";
+      return h("tr", { "data-job-id": j.id },
+        h("td", {}, j.id),
+        h("td", {}, j.rule),
+        h("td", { class: "mono" }, `${j.src_repo}:${j.reference}`, h("br"), `→ ${j.destination}/${j.dst_repo}${j.delete ? " (delete)" : ""}`),
+        h("td", { class: "state" }, badge(j.state)),
+        h("td", { class: "attempts" }, j.attempts),
+        h("td", {}, report),
+        h("td", { class: "error" }, r.error || ""),
+        h("td", {}, time(j.updated_ms)),
+        h("td", {}, j.state === "failed" && h("button", { class: "retry", "data-job": j.id, onclick: retry(j.id) }, "Retry")));
+    });
+    show(h("h1", {}, "Replication jobs"),
+      table(["Job", "Rule", "Image", "State", "Attempts", "Report", "Error", "Updated", ""], rows, "No replication jobs."));
+  };
+  await load();
+  every(REFRESH_EVERY_MS, () => load().catch((e) => flash(e.message)));
+}
+
+async function deliveries(show) {
+  const load = async () => {
+    const { deliveries: list } = await api("/events/deliveries?limit=200");
+    const redeliver = (id) => async (ev) => {
+      ev.target.disabled = true;
+      try {
+        await api(`/events/deliveries/${enc(id)}/redeliver`, { method: "POST" });
+        flash(`Delivery ${id} queued again.`, "info");
+      } catch (e) {
+        flash(e.message);
+      }
+      await load().catch((e) => flash(e.message));
+    };
+    const rows = list.map((d) => h("tr", { "data-delivery-id": d.id },
+      h("td", { class: "mono" }, d.id),
+      h("td", {}, d.eventId),
+      h("td", { class: "mono" }, d.url),
+      h("td", {}, badge(d.status)),
+      h("td", {}, d.attempts),
+      h("td", {}, d.lastStatus ?? "–"),
+      h("td", {}, d.lastError || ""),
+      h("td", {}, d.lastAttempt || "–"),
+      h("td", {}, d.status !== "pending" && h("button", { class: "redeliver", onclick: redeliver(d.id) }, "Redeliver"))));
+    show(h("h1", {}, "Webhook deliveries"),
+      table(["Delivery", "Event", "URL", "Status", "Attempts", "Last status", "Last error", "Last attempt", ""], rows, "No webhook deliveries."));
+  };
+  await load();
+  every(REFRESH_EVERY_MS, () => load().catch((e) => flash(e.message)));
+}
+
+function pluginTable(list) {
+  const rows = list.map((p) => {
+    const errors = Object.entries(p.errors).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(", ");
+    return h("tr", { "data-plugin": p.name },
+      h("td", {}, p.name),
+      h("td", {}, p.world),
+      h("td", { class: "mono", title: p.digest }, shortDigest(p.digest)),
+      h("td", {}, p.calls),
+      h("td", {}, p.denials),
+      h("td", {}, errors || "0"),
+      h("td", {}, p.traps),
+      h("td", {}, p.calls ? `${(1e6 * p.callSeconds / p.calls).toFixed(1)} µs` : "–"),
+      h("td", {}, p.reloads));
+  });
+  return table(["Name", "Hook", "Digest", "Calls", "Denials", "Errors", "Traps", "Mean latency", "Reloads"], rows, "No plugins loaded.");
+}
+
+async function plugins(show) {
+  const load = async () => {
+    const { plugins: list } = await api("/api/v1/plugins");
+    const reload = async (ev) => {
+      ev.target.disabled = true;
+      try {
+        flash(String(await api("/plugins/reload", { method: "POST" })).trim(), "info");
+      } catch (e) {
+        flash(e.message);
+      }
+      await load().catch((e) => flash(e.message));
+    };
+    show(h("h1", {}, "Plugins"), pluginTable(list),
+      h("p", {}, h("button", { onclick: reload }, "Reload plugins")));
+  };
+  await load();
+}
+
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,380 @@
+//! The operator console (`/console` on the admin listener) in a real browser: Debian's
+//! Chromium, headless, driven by playwright-core (`console/drive.mjs`, run with node).
+//!
+//! A Pier running the RBAC example (`deploy/examples/rbac`) with a replicator plugin whose
+//! target is down (`[replication] attempts = 1`, so the job fails for good) and a webhook to
+//! a closed port. skopeo pushes an image as the system admin; the browser logs in (a wrong
+//! password first), sees the dashboard, filters the repositories, opens the repository and
+//! checks the tag's digest, opens the manifest, sees the failed replication job, clicks
+//! Retry once the test has started the target and waits until the job has succeeded, then
+//! the webhook deliveries and plugins pages, and logs out.
+//!
+//! A second Pier mirrors the first one's target: a pull through it moves the dashboard's
+//! hit-ratio card and chart while the browser watches.
+//!
+//! Each page is saved as a PNG under `$CARGO_TARGET_DIR/console-screenshots/{browse,mirror}`
+//! (else `target/console-screenshots`); the path is printed.
+//!
+//! Needs the binary (`cargo build -p pier-server`), the wasm32-wasip2 target, skopeo,
+//! chromium and playwright-core (`scripts/install-test-deps.sh`); then
+//! `cargo test -p pier-e2e --test console`.
+
+mod clients_support;
+#[allow(dead_code)]
+#[path = "events/support.rs"]
+mod events_support;
+#[allow(dead_code)]
+#[path = "auth_clients/support.rs"]
+mod support;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pier_e2e::{TestPier, http};
+use serde_json::{Value, json};
+
+use crate::clients_support::{Skopeo, TestImage, send_signal, temp_dir};
+use crate::support::{ADMIN, basic, skopeo_push};
+
+const DRIVER: &str = include_str!("console/drive.mjs");
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// The whole browser run, login to logout.
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Where playwright-core was installed (`scripts/install-test-deps.sh`).
+fn playwright_dir() -> PathBuf {
+    let cache = std::env::var_os("PIER_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/pier")
+        });
+    cache.join("console-test")
+}
+
+/// `$CARGO_TARGET_DIR/console-screenshots`, else `<repo>/target/console-screenshots`.
+fn screenshots_dir() -> PathBuf {
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(t) if !t.is_empty() => PathBuf::from(t),
+        _ => pier_e2e::manifest_dir().join("../target"),
+    };
+    target.join("console-screenshots")
+}
+
+/// `GET path` on the admin listener as the system admin, as JSON (asserting 200).
+#[track_caller]
+fn admin_json(addr: SocketAddr, path: &str) -> Value {
+    let auth = basic(ADMIN);
+    let r = http::request(addr, "GET", path, &[("Authorization", &auth)], b"");
+    r.expect_status(200, &format!("admin GET {path}"));
+    r.json()
+}
+
+/// Waits until the replication job of `repo:tag` is in `state`; returns it.
+#[track_caller]
+fn wait_job_state(pier: &TestPier, repo: &str, tag: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let jobs = admin_json(pier.admin_addr, "/replication/jobs?limit=1000");
+        let job = jobs["jobs"].as_array().and_then(|all| {
+            all.iter()
+                .find(|j| j["src_repo"] == repo && j["reference"] == tag)
+                .cloned()
+        });
+        if let Some(j) = job.filter(|j| j["state"] == state) {
+            return j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {state} job for {repo}:{tag} within 60 s\n{jobs}\n--- log:\n{}",
+            pier.log_tail(40)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The RBAC example's config with the plugin built from source, plus `extra`.
+fn rbac_config(extra: &str) -> String {
+    let example = pier_e2e::manifest_dir().join("../deploy/examples/rbac/pier.toml");
+    let toml = fs::read_to_string(&example).expect("read the RBAC example's pier.toml");
+    let wasm = &pier_e2e::plugins::build().rbac;
+    let lines: Vec<String> = toml
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("path") && l.contains("pier_rbac.wasm") {
+                format!("path = {:?}", wasm.display().to_string())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    lines.join("\n") + "\n" + extra
+}
+
+/// Panics with what to run when chromium or playwright-core is missing.
+fn require_browser() {
+    for (what, path) in [
+        ("chromium", PathBuf::from(CHROMIUM)),
+        (
+            "playwright-core",
+            playwright_dir().join("node_modules/playwright-core"),
+        ),
+    ] {
+        assert!(
+            path.exists(),
+            "{what} is missing at {}: run scripts/install-test-deps.sh",
+            path.display()
+        );
+    }
+}
+
+/// What one run of the driver left.
+struct BrowserRun {
+    /// Its last stdout line, parsed (`{"ok":true,...}`).
+    result: Value,
+    /// Everything it printed and the server's log tail, for assertion messages.
+    context: String,
+}
+
+/// Runs the driver against `pier`'s console with `env`, screenshots into
+/// `screenshots_dir()/name`; `on_wait` gets the word of each `{"waiting":...}` line and
+/// the driver goes on once it returns. Asserts that node exited 0 with `ok: true`, no
+/// error in the browser's console, no request to another origin, and non-empty PNGs.
+#[track_caller]
+fn run_browser(
+    pier: &TestPier,
+    name: &str,
+    env: &[(&str, String)],
+    mut on_wait: impl FnMut(&str),
+) -> BrowserRun {
+    require_browser();
+    let dir = temp_dir("console-driver");
+    let shots = screenshots_dir().join(name);
+    let _ = fs::remove_dir_all(&shots);
+    fs::create_dir_all(&shots).unwrap();
+    let script = dir.path().join("drive.mjs");
+    fs::write(&script, DRIVER).unwrap();
+    let stderr_path = dir.path().join("node.stderr");
+    let mut child = Command::new("node")
+        .arg(&script)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("CONSOLE_URL", pier.admin_url())
+        .env("SHOTS", &shots)
+        .env("PLAYWRIGHT_DIR", playwright_dir())
+        .env("CHROMIUM", CHROMIUM)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("run node (scripts/install-test-deps.sh installs it)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + BROWSER_TIMEOUT;
+    let mut lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                eprintln!("browser: {line}");
+                let waiting = serde_json::from_str::<Value>(&line)
+                    .ok()
+                    .and_then(|v| v["waiting"].as_str().map(str::to_owned));
+                if let Some(w) = waiting {
+                    on_wait(&w);
+                    writeln!(stdin, "done").expect("answer the driver");
+                }
+                lines.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                send_signal(child.id(), "KILL");
+                let _ = child.wait();
+                panic!(
+                    "the browser run took longer than {BROWSER_TIMEOUT:?}\n{}\n--- node stderr:\n{}",
+                    lines.join("\n"),
+                    fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+        }
+    }
+    let status = child.wait().expect("wait for node");
+    let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
+    let result: Value = lines
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or(Value::Null);
+    let context = format!(
+        "node exited {status}\n--- stdout:\n{}\n--- stderr:\n{stderr}\n--- pier log:\n{}",
+        lines.join("\n"),
+        pier.log_tail(30)
+    );
+    assert!(status.success(), "the browser run failed\n{context}");
+    assert_eq!(result["ok"], true, "{context}");
+    assert_eq!(result["consoleErrors"], json!([]), "{context}");
+    assert_eq!(result["foreignRequests"], json!([]), "{context}");
+    for s in result["screenshots"].as_array().into_iter().flatten() {
+        let p = PathBuf::from(s.as_str().unwrap_or_default());
+        assert!(
+            fs::metadata(&p).is_ok_and(|m| m.len() > 1000),
+            "screenshot {} missing or empty\n{context}",
+            p.display()
+        );
+    }
+    eprintln!("console screenshots: {}", shots.display());
+    BrowserRun { result, context }
+}
+
+#[test]
+fn console_in_chromium_browses_a_pushed_image_and_retries_a_failed_job() {
+    require_browser();
+    // The replication target, down while the image is pushed.
+    let mut target = TestPier::start();
+    target.kill9();
+    let closed_port = pier_e2e::free_port();
+    let extra = format!(
+        "\n[events]\nattempts = 1\ntimeout = \"2s\"\n\n[replication]\nattempts = 1\n\n\
+         [replication.targets.site-b]\nurl = \"{}\"\ntimeout = \"5s\"\n{}{}",
+        target.url(),
+        events_support::replicator("replicate", &[("team-to-b", "team", "site-b")]),
+        events_support::webhook("hooks", &[format!("http://127.0.0.1:{closed_port}/hook")]),
+    );
+    let dir = temp_dir("console");
+    for f in ["users.htpasswd", "robots.json"] {
+        fs::copy(
+            pier_e2e::manifest_dir()
+                .join("../deploy/examples/rbac")
+                .join(f),
+            dir.path().join(f),
+        )
+        .unwrap_or_else(|e| panic!("copy {f} of the RBAC example: {e}"));
+    }
+    let config = dir.path().join("pier.toml");
+    fs::write(&config, rbac_config(&extra)).unwrap();
+    let pier = TestPier::builder().arg("--config").arg(&config).start();
+
+    let (repo, tag) = ("team/console", "v1");
+    let img = TestImage::new(tag, 2);
+    let sk = Skopeo::new();
+    let o = skopeo_push(
+        &sk,
+        &pier.host(),
+        &img,
+        &format!("{repo}:{tag}"),
+        Some(ADMIN),
+    );
+    assert!(o.success(), "skopeo push as admin\n{o}");
+    let failed = wait_job_state(&pier, repo, tag, "failed");
+    let job_id = failed["id"].as_u64().expect("job id");
+
+    let env = [
+        ("ADMIN_USER", ADMIN.0.to_owned()),
+        ("ADMIN_PASS", ADMIN.1.to_owned()),
+        ("REPO", repo.to_owned()),
+        ("TAG", tag.to_owned()),
+        ("JOB_ID", job_id.to_string()),
+    ];
+    let BrowserRun { result, context } = run_browser(&pier, "browse", &env, |waiting| {
+        assert_eq!(waiting, "target", "what the driver waits for");
+        target.start_again();
+    });
+    assert_eq!(
+        result["wrongPasswordMessage"], "Wrong username or password.",
+        "{context}"
+    );
+    assert_eq!(result["signedInAs"], ADMIN.0, "{context}");
+    assert_eq!(
+        result["tagDigest"],
+        img.manifest_digest.as_str(),
+        "{context}"
+    );
+    assert_eq!(
+        result["manifestDigest"],
+        img.manifest_digest.as_str(),
+        "{context}"
+    );
+    assert_eq!(result["layerRows"], 2, "{context}");
+    assert!(
+        !result["failedJobError"].as_str().unwrap_or("").is_empty(),
+        "the failed job shows its error\n{context}"
+    );
+    assert_eq!(result["jobAttempts"], "2", "{context}");
+    assert!(
+        result["deliveryRows"].as_u64().unwrap_or(0) >= 1,
+        "the failed webhook delivery is listed\n{context}"
+    );
+    assert!(
+        result["redeliverMessage"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("queued again.")),
+        "Redeliver answered\n{context}"
+    );
+    for p in ["rbac", "replicate", "hooks"] {
+        assert!(
+            result["plugins"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|n| n == p)),
+            "plugin {p} listed\n{context}"
+        );
+    }
+    assert_eq!(result["sessionAfterLogout"], Value::Null, "{context}");
+    assert_eq!(
+        result["screenshots"].as_array().map_or(0, Vec::len),
+        9,
+        "{context}"
+    );
+
+    // The job really was copied.
+    let done = wait_job_state(&pier, repo, tag, "succeeded");
+    assert_eq!(done["id"], job_id, "{done}");
+    let r = pier_e2e::get_manifest(target.addr, repo, tag);
+    r.expect_status(200, "the replicated manifest on the target");
+    assert_eq!(pier_e2e::sha256_digest(&r.body), img.manifest_digest);
+}
+
+#[test]
+fn a_pull_through_the_mirror_moves_the_hit_ratio_chart() {
+    require_browser();
+    let upstream = TestPier::start();
+    let layer = pier_e2e::random_bytes(64 * 1024);
+    let img = pier_e2e::push_image(upstream.addr, "library/app", Some("v1"), &[&layer]);
+    let mirror = TestPier::builder()
+        .arg("--upstream")
+        .arg(upstream.url())
+        .start();
+    let layer_digest = img.layer_digests[0].clone();
+    let pull = || {
+        let r = mirror.get(&format!("/v2/library/app/blobs/{layer_digest}"));
+        r.expect_status(200, "blob through the mirror");
+        assert_eq!(pier_e2e::sha256_digest(&r.body), layer_digest);
+    };
+
+    // Access control is off: any name and password sign in.
+    let env = [
+        ("MODE", "mirror".to_owned()),
+        ("EXPECTED_RATIO", "75.0 %".to_owned()),
+        ("ADMIN_USER", "operator".to_owned()),
+        ("ADMIN_PASS", "anything".to_owned()),
+    ];
+    let BrowserRun { result, context } = run_browser(&mirror, "mirror", &env, |waiting| {
+        assert_eq!(waiting, "pull", "what the driver waits for");
+        // One miss that fills the cache, then three hits: 75 %.
+        for _ in 0..4 {
+            pull();
+        }
+    });
+    assert_eq!(result["hitRatioBefore"], "0.0 %", "{context}");
+    assert_eq!(result["hitRatioAfter"], "75.0 %", "{context}");
+}

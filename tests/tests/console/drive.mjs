@@ -1,0 +1,175 @@
+// Drives the Pier console in Debian's Chromium with playwright-core (tests/tests/console.rs
+// writes this file into a temp dir and runs it with node).
+//
+// Environment: CONSOLE_URL, ADMIN_USER, ADMIN_PASS, SHOTS (a directory for screenshots),
+// PLAYWRIGHT_DIR (where node_modules/playwright-core is), CHROMIUM, and either REPO, TAG,
+// JOB_ID (browse a repository, retry a failed job) or MODE=mirror and EXPECTED_RATIO (watch
+// the hit ratio).
+// Prints one JSON line per step on stdout, a `{"waiting":...}` line when it wants the test
+// to act (start the replication target, pull through the mirror; the test answers with a
+// line on stdin), and a last line `{"ok":true,...}`. Any failure exits 1 with
+// `{"ok":false,"error":...}`.
+import { createRequire } from "node:module";
+import { createInterface } from "node:readline";
+import path from "node:path";
+
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+};
+const require = createRequire(path.join(env("PLAYWRIGHT_DIR"), "package.json"));
+const { chromium } = require("playwright-core");
+
+const out = (o) => process.stdout.write(JSON.stringify(o) + "\n");
+const stdinLines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+const TIMEOUT = 30_000;
+
+const result = { ok: false, steps: [], screenshots: [], consoleErrors: [] };
+const mirrorMode = process.env.MODE === "mirror";
+let browser;
+let page;
+
+const step = (name, extra) => { result.steps.push(name); out({ step: name, ...extra }); };
+const shot = async (name) => {
+  const file = path.join(env("SHOTS"), `${String(result.screenshots.length + 1).padStart(2, "0")}-${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  result.screenshots.push(file);
+};
+const onPage = (name) => page.waitForSelector(`body[data-page="${name}"]`);
+
+/** Login (a wrong password first when access control is on), then the dashboard. */
+async function login() {
+  await page.goto(`${env("CONSOLE_URL")}/console/`);
+  await onPage("login");
+  await page.fill("input[name=username]", env("ADMIN_USER"));
+  if (!mirrorMode) {
+    await page.fill("input[name=password]", "not-the-password");
+    await page.click("button[type=submit]");
+    await page.waitForSelector("#flash:not([hidden])");
+    result.wrongPasswordMessage = (await page.textContent("#flash")).trim();
+    // Chrome logs the refused login's 401 as an error: expected, the rest must be clean.
+    result.consoleErrors.length = 0;
+  }
+  await page.fill("input[name=password]", env("ADMIN_PASS"));
+  await shot("login");
+  await page.click("button[type=submit]");
+  await onPage("dashboard");
+  await page.waitForSelector("[data-testid=requests] .value");
+  result.dashboardRequests = (await page.textContent("[data-testid=requests] .value")).trim();
+  result.signedInAs = (await page.textContent("#who .user")).trim();
+  step("dashboard", { requests: result.dashboardRequests });
+  await shot("dashboard");
+}
+
+/** A pull through the mirror (by the test, between two lines) moves the hit-ratio card and chart. */
+async function mirror() {
+  const ratio = "[data-testid=hit-ratio] .value";
+  const chart = 'svg[aria-label="Mirror blob hit ratio"] polyline';
+  result.hitRatioBefore = (await page.textContent(ratio)).trim();
+  out({ waiting: "pull" });
+  await stdinLines.next();
+  // A sample may land between the test's pulls: wait for the final ratio.
+  await page.waitForFunction(([ratio, chart, expected]) => {
+    const ys = (document.querySelector(chart)?.getAttribute("points") || "")
+      .split(" ").filter(Boolean).map((p) => Number(p.split(",")[1]));
+    // SVG y grows downwards: the newest point above the first one.
+    return document.querySelector(ratio)?.textContent.trim() === expected && ys.length >= 2 && ys[ys.length - 1] < ys[0];
+  }, [ratio, chart, env("EXPECTED_RATIO")]);
+  result.hitRatioAfter = (await page.textContent(ratio)).trim();
+  result.chartPoints = await page.getAttribute(chart, "points");
+  step("hit-ratio-moved", { before: result.hitRatioBefore, after: result.hitRatioAfter });
+  await shot("dashboard-mirror");
+}
+
+async function browse() {
+  // Repositories, filtered, then the repository's tags.
+  const repo = env("REPO");
+  await page.click("#nav a[data-page=repositories]");
+  await onPage("repositories");
+  await page.fill("input[name=q]", repo.split("/").pop());
+  await page.click("form.inline button");
+  await page.waitForSelector(`a[data-repo="${repo}"]`);
+  await shot("repositories");
+  await page.click(`a[data-repo="${repo}"]`);
+  await onPage("repository");
+  const row = `tr[data-tag="${env("TAG")}"]`;
+  await page.waitForSelector(row);
+  result.tagDigest = (await page.textContent(`${row} td.digest`)).trim();
+  step("repository", { digest: result.tagDigest });
+  await shot("repository");
+
+  // The tag's manifest: digest and layers.
+  await page.click(`${row} a`);
+  await onPage("manifest");
+  result.manifestDigest = (await page.textContent("[data-testid=manifest-digest]")).trim();
+  result.layerRows = await page.locator("h2:text-is('Layers') + table tbody tr").count();
+  step("manifest", { digest: result.manifestDigest, layers: result.layerRows });
+  await shot("manifest");
+
+  // Replication: the failed job, Retry once the target is up, then succeeded.
+  const job = `tr[data-job-id="${env("JOB_ID")}"]`;
+  await page.click("#nav a[data-page=replication]");
+  await onPage("replication");
+  await page.waitForSelector(`${job} td.state .badge.failed`);
+  result.failedJobError = (await page.textContent(`${job} td.error`)).trim();
+  await shot("replication-failed");
+  step("job-failed", { error: result.failedJobError });
+  out({ waiting: "target" });
+  await stdinLines.next();
+  await page.click(`${job} button.retry`);
+  await page.waitForSelector(`${job} td.state .badge.succeeded`, { timeout: 60_000 });
+  result.jobAttempts = (await page.textContent(`${job} td.attempts`)).trim();
+  step("job-succeeded", { attempts: result.jobAttempts });
+  await shot("replication-succeeded");
+
+  // Webhook deliveries and plugins.
+  await page.click("#nav a[data-page=deliveries]");
+  await onPage("deliveries");
+  await page.waitForSelector("tr[data-delivery-id] .badge.failed");
+  result.deliveryRows = await page.locator("tr[data-delivery-id]").count();
+  await shot("deliveries");
+  await page.click("tr[data-delivery-id] button.redeliver");
+  await page.waitForSelector("#flash.info");
+  result.redeliverMessage = (await page.textContent("#flash")).trim();
+  step("deliveries", { rows: result.deliveryRows, redeliver: result.redeliverMessage });
+  await page.click("#nav a[data-page=plugins]");
+  await onPage("plugins");
+  await page.waitForSelector("tr[data-plugin]");
+  result.plugins = await page.locator("tr[data-plugin]").evaluateAll((rows) => rows.map((r) => r.dataset.plugin));
+  step("plugins", { plugins: result.plugins });
+  await shot("plugins");
+
+  // Log out: back to the login page, and the session is gone.
+  await page.click("#who button");
+  await onPage("login");
+  result.sessionAfterLogout = await page.evaluate(() => sessionStorage.getItem("pier-console"));
+  step("logged-out");
+}
+
+try {
+  browser = await chromium.launch({
+    executablePath: env("CHROMIUM"),
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+  });
+  page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  page.setDefaultTimeout(TIMEOUT);
+  page.on("console", (m) => { if (m.type() === "error") result.consoleErrors.push(m.text()); });
+  page.on("pageerror", (e) => result.consoleErrors.push(String(e)));
+  // Nothing but the admin listener may be asked for anything.
+  const origin = new URL(env("CONSOLE_URL")).origin;
+  const foreign = [];
+  page.on("request", (r) => { if (!r.url().startsWith(origin) && !r.url().startsWith("data:")) foreign.push(r.url()); });
+
+  await login();
+  await (mirrorMode ? mirror() : browse());
+  result.foreignRequests = foreign;
+  result.ok = true;
+} catch (e) {
+  result.error = String(e && e.stack || e);
+} finally {
+  if (browser) await browser.close().catch(() => {});
+}
+out(result);
+process.exit(result.ok ? 0 : 1);
