@@ -497,3 +497,70 @@ fn admin_api_conforms_to_its_openapi_document() {
         pier.log_tail(50)
     );
 }
+
+/// Runs `pier ARGS --admin URL [--creds ...]`; (exit success, stdout, stderr).
+fn cli(pier: &RbacPier, args: &[&str], creds: Option<(&str, &str)>) -> (bool, String, String) {
+    let mut c = pier_e2e::pier_command();
+    c.args(args)
+        .arg("--admin")
+        .arg(format!("http://{}", pier.admin_addr));
+    if let Some((u, p)) = creds {
+        c.arg("--creds").arg(format!("{u}:{p}"));
+    }
+    let o = c.output().expect("run pier");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_lists_and_deletes_through_the_admin_api() {
+    let pier = RbacPier::start();
+    let seeded = seed(&pier);
+
+    let (ok, out, err) = cli(&pier, &["repos", "list"], Some(ADMIN));
+    assert!(ok, "pier repos list: {err}");
+    let names: Vec<&str> = out.lines().collect();
+    assert_eq!(names, ["library/base", "team/app", "team/multi"], "{out}");
+    let (ok, out, err) = cli(
+        &pier,
+        &["repos", "list", "--filter", "team", "--n", "1"],
+        Some(ADMIN),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "team/app", "first page of one");
+    assert!(
+        err.contains("--last team/app"),
+        "how to get the next page: {err}"
+    );
+
+    let (ok, out, err) = cli(&pier, &["repos", "tags", "team/app"], Some(ADMIN));
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("v1\t{}", seeded.v1.0)), "{out}");
+    assert!(out.contains(&format!("v2\t{}", seeded.v2.0)), "{out}");
+    let (ok, out, _) = cli(&pier, &["repos", "tags", "team/multi"], Some(ADMIN));
+    assert!(ok && out.contains("linux/amd64,linux/arm64"), "{out}");
+
+    // Refusals come back as the API's answer, with a non-zero exit.
+    let (ok, _, err) = cli(&pier, &["repos", "list"], None);
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, _, err) = cli(&pier, &["repos", "list"], Some(BOB));
+    assert!(!ok && err.contains("403"), "{err}");
+
+    let (ok, out, err) = cli(&pier, &["repos", "delete", "team/app:v2"], Some(ADMIN));
+    assert!(ok, "{err}");
+    assert!(out.contains("deleted tag v2 from team/app"), "{out}");
+    let (ok, out, err) = cli(
+        &pier,
+        &["repos", "delete", &format!("team/multi@{}", seeded.index)],
+        Some(ADMIN),
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("deleted manifest"), "{out}");
+    let (_, out, _) = cli(&pier, &["repos", "tags", "team/app"], Some(ADMIN));
+    assert!(out.contains("v1\t") && !out.contains("v2\t"), "{out}");
+    let (_, out, _) = cli(&pier, &["repos", "tags", "team/multi"], Some(ADMIN));
+    assert!(!out.contains("latest"), "{out}");
+}

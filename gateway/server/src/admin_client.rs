@@ -40,6 +40,40 @@ pub enum ReplicationCommand {
 }
 
 #[derive(Subcommand)]
+pub enum ReposCommand {
+    /// List repositories (names containing --filter), a page at a time
+    List {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Only names containing this
+        #[arg(long)]
+        filter: Option<String>,
+        /// Page size (1-1000)
+        #[arg(long, default_value_t = 100)]
+        n: usize,
+        /// Start after this name (the previous page's `next`)
+        #[arg(long)]
+        last: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tags of a repository with digest, size and platforms
+    Tags {
+        #[command(flatten)]
+        target: AdminTarget,
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete NAME:TAG (the tag only) or NAME@DIGEST (the manifest and its tags)
+    Delete {
+        #[command(flatten)]
+        target: AdminTarget,
+        reference: String,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum EventsCommand {
     /// List webhook deliveries, newest first
     Deliveries {
@@ -220,6 +254,108 @@ pub async fn events(c: EventsCommand) -> Result<(), ServerError> {
             )
             .await?;
             println!("delivery {} queued again", field(&v, "id"));
+            Ok(())
+        }
+    }
+}
+
+/// Percent-encodes a query value or a path segment (unreserved characters kept).
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub async fn repos(c: ReposCommand) -> Result<(), ServerError> {
+    match c {
+        ReposCommand::List {
+            target,
+            filter,
+            n,
+            last,
+            json,
+        } => {
+            let mut path = format!("/api/v1/repositories?n={n}");
+            if let Some(q) = filter {
+                path.push_str(&format!("&q={}", enc(&q)));
+            }
+            if let Some(l) = last {
+                path.push_str(&format!("&last={}", enc(&l)));
+            }
+            let v = call(&target, "GET", &path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(());
+            }
+            let names: Vec<String> = v["repositories"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| field(r, "name"))
+                .collect();
+            for n in &names {
+                println!("{n}");
+            }
+            if let (Some(_), Some(last)) = (v["next"].as_str(), names.last()) {
+                eprintln!("more: --last {last}");
+            }
+            Ok(())
+        }
+        ReposCommand::Tags { target, name, json } => {
+            let v = call(
+                &target,
+                "GET",
+                &format!("/api/v1/repositories/{name}/-/tags"),
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(());
+            }
+            println!("TAG\tDIGEST\tSIZE\tPLATFORMS");
+            for t in v["tags"].as_array().into_iter().flatten() {
+                let platforms: Vec<&str> = t["platforms"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    field(t, "name"),
+                    field(t, "digest"),
+                    field(t, "size"),
+                    if platforms.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        platforms.join(",")
+                    }
+                );
+            }
+            Ok(())
+        }
+        ReposCommand::Delete { target, reference } => {
+            let path = if let Some((name, digest)) = reference.split_once('@') {
+                format!("/api/v1/repositories/{name}/-/manifests/{}", enc(digest))
+            } else if let Some((name, tag)) = reference.rsplit_once(':') {
+                format!("/api/v1/repositories/{name}/-/tags/{tag}")
+            } else {
+                return Err(ServerError::Config(format!(
+                    "{reference:?}: name NAME:TAG or NAME@DIGEST"
+                )));
+            };
+            let v = call(&target, "DELETE", &path).await?;
+            println!(
+                "deleted {} {} from {}",
+                field(&v, "kind"),
+                field(&v, "deleted"),
+                field(&v, "repository")
+            );
             Ok(())
         }
     }

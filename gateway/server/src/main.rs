@@ -55,6 +55,9 @@ enum Command {
     /// Work with WebAssembly plugins
     #[command(subcommand)]
     Plugin(accounts::PluginCommand),
+    /// Repositories and tags of a running Pier (through its admin API)
+    #[command(subcommand)]
+    Repos(admin_client::ReposCommand),
     /// Replication jobs of a running Pier (through its admin API)
     #[command(subcommand)]
     Replication(admin_client::ReplicationCommand),
@@ -187,6 +190,7 @@ fn main() -> ExitCode {
                 &mut |line| println!("{line}"),
             ))
         }
+        Command::Repos(c) => runtime.block_on(admin_client::repos(c)),
         Command::Replication(c) => runtime.block_on(admin_client::replication(c)),
         Command::Events(c) => runtime.block_on(admin_client::events(c)),
         Command::User(c) => accounts::user(c),
