@@ -17,9 +17,6 @@ use crate::EventsError;
 use crate::event::Event;
 use crate::store::Journal;
 
-/// Most appends gathered into one write.
-const MAX_BATCH: usize = 4096;
-
 struct Segment {
     start: u64,
     path: PathBuf,
@@ -225,18 +222,8 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::UnboundedReceiver<AppendReq>) {
-        let mut batch = Vec::new();
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(req) => batch.push(req),
-                    Err(_) => break,
-                }
-            }
-            self.commit(&mut batch);
-        }
+    fn run(mut self, rx: mpsc::UnboundedReceiver<AppendReq>) {
+        super::run_batches(rx, |batch| self.commit(batch));
         debug!("journal writer stopped");
     }
 

@@ -69,6 +69,30 @@ impl Default for DiskOptions {
 /// The exclusive lock on a directory, held until the last writer thread ends.
 pub(crate) struct LockFile(#[allow(dead_code)] File);
 
+/// Requests a writer thread takes in one write + fsync, at most.
+const MAX_BATCH: usize = 4096;
+
+/// A writer thread's loop: waits for a request, takes every other one already waiting (up
+/// to [`MAX_BATCH`]) and hands the batch to `commit` (group commit); ends when every sender
+/// is gone.
+pub(crate) fn run_batches<T>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+    mut commit: impl FnMut(&mut Vec<T>),
+) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(req) => batch.push(req),
+                Err(_) => break,
+            }
+        }
+        commit(&mut batch);
+        batch.clear();
+    }
+}
+
 pub(crate) fn io_err(context: String, source: io::Error) -> EventsError {
     EventsError::Io { context, source }
 }

@@ -27,8 +27,6 @@ use crate::store::Outbox;
 
 const LOG: &str = "outbox.log";
 const TMP: &str = "outbox.log.tmp";
-/// Most writes gathered into one `write` (and at most one fsync).
-const MAX_BATCH: usize = 4096;
 
 #[derive(Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -402,18 +400,8 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::UnboundedReceiver<WriteReq>) {
-        let mut batch = Vec::new();
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(req) => batch.push(req),
-                    Err(_) => break,
-                }
-            }
-            self.commit(batch.drain(..));
-        }
+    fn run(mut self, rx: mpsc::UnboundedReceiver<WriteReq>) {
+        super::run_batches(rx, |batch| self.commit(batch.drain(..)));
         debug!("outbox writer stopped");
     }
 
