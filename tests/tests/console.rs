@@ -377,4 +377,18 @@ fn a_pull_through_the_mirror_moves_the_hit_ratio_chart() {
     });
     assert_eq!(result["hitRatioBefore"], "0.0 %", "{context}");
     assert_eq!(result["hitRatioAfter"], "75.0 %", "{context}");
+    // What the dashboard calls upstream bytes saved: the three hits' bytes.
+    let r = pier_e2e::http::request(mirror.admin_addr, "GET", "/api/v1/mirror", &[], b"");
+    r.expect_status(200, "mirror stats");
+    let stats = r.json();
+    assert_eq!(
+        stats["cacheBytes"],
+        serde_json::json!(3 * layer.len()),
+        "{stats}"
+    );
+    assert_eq!(
+        stats["upstreamBytes"],
+        serde_json::json!(layer.len()),
+        "{stats}"
+    );
 }

@@ -145,6 +145,8 @@ struct Counters {
     manifest_misses: AtomicU64,
     stale_serves: AtomicU64,
     upstream_bytes: AtomicU64,
+    /// Blob bytes answered from the cache (what upstreams did not have to send again).
+    cache_bytes: AtomicU64,
     fill_failures: AtomicU64,
     evictions: AtomicU64,
 }
@@ -164,6 +166,8 @@ pub struct MirrorStats {
     pub stale_serves: u64,
     /// Blob bytes received from upstreams.
     pub upstream_bytes: u64,
+    /// Blob bytes answered from the cache: what the upstreams were spared.
+    pub cache_bytes: u64,
     pub fill_failures: u64,
     /// Cached blobs removed by the size bound.
     pub evictions: u64,
@@ -389,6 +393,7 @@ impl Mirror {
             manifest_misses: get(&c.manifest_misses),
             stale_serves: get(&c.stale_serves),
             upstream_bytes: get(&c.upstream_bytes),
+            cache_bytes: get(&c.cache_bytes),
             fill_failures: get(&c.fill_failures),
             evictions: get(&c.evictions),
         }
@@ -432,6 +437,11 @@ impl Mirror {
                 "pier_mirror_upstream_bytes_total",
                 "Blob bytes received from upstreams.",
                 &c.upstream_bytes,
+            ),
+            (
+                "pier_mirror_cache_bytes_total",
+                "Blob bytes answered from the cache (not fetched from an upstream again).",
+                &c.cache_bytes,
             ),
             (
                 "pier_mirror_fill_failures_total",
@@ -784,6 +794,10 @@ impl Mirror {
     ) -> Result<MirrorBlob> {
         if let Some(read) = self.stored(t, digest, range).await? {
             bump(&self.counters.blob_hits);
+            if let BlobRead::Content { size, range, .. } = &read {
+                let n = range.map_or(*size, |(s, e)| e - s + 1);
+                self.counters.cache_bytes.fetch_add(n, Ordering::Relaxed);
+            }
             self.last_used.insert(digest.clone(), SystemTime::now());
             return Ok(MirrorBlob::Stored(read));
         }

@@ -247,6 +247,7 @@ async function dashboard(show) {
         card("Bytes served", bytes(served), "bytes-served"),
         card("Mirror blob hit ratio", mirror.enabled ? percent(mirror.blobHitRatio) : "mirror off", "hit-ratio"),
         card("Bytes fetched from upstreams", bytes(mirror.upstreamBytes), "upstream-bytes"),
+        card("Upstream bytes saved (served from the cache)", bytes(mirror.cacheBytes), "upstream-saved"),
         card("Blob requests served without an upstream fetch", (mirror.blobHits + mirror.blobCoalesced).toLocaleString("en"), "blob-hits"),
         card("Plugin calls", calls.toLocaleString("en"), "plugin-calls"),
         card("Mean plugin latency", calls ? `${(1e6 * seconds / calls).toFixed(1)} µs` : "–", "plugin-latency")),

@@ -72,6 +72,7 @@ pub fn mirror(state: &AdminState) -> Response<Full<Bytes>> {
             "manifestHits": s.manifest_hits,
             "manifestMisses": s.manifest_misses,
             "upstreamBytes": s.upstream_bytes,
+            "cacheBytes": s.cache_bytes,
             "staleServes": s.stale_serves,
             "evictions": s.evictions,
             "fillFailures": s.fill_failures,
