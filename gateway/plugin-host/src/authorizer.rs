@@ -1,7 +1,5 @@
 //! [`pier_auth::Authorizer`] backed by an authorizer plugin, with hot reload.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use pier_auth::{
     AccessRequest, Action, AuthnOutcome, Authorizer, Credentials, Decision, Identity, PolicyError,
@@ -9,54 +7,16 @@ use pier_auth::{
 };
 
 use crate::bindings::pier::plugin::types as wit;
-use crate::error::PluginError;
-use crate::hook::Hook;
-use crate::metrics::PluginMetrics;
-use crate::plugin::PluginSettings;
-use crate::runtime::Runtime;
 use crate::world::World;
 
 /// Deny reasons are cut to this many bytes.
 const MAX_REASON: usize = 256;
 
-/// The current version of an authorizer plugin.
-pub struct PluginAuthorizer {
-    hook: Hook,
-}
-
-impl PluginAuthorizer {
-    pub async fn load(
-        runtime: Arc<Runtime>,
-        settings: PluginSettings,
-    ) -> Result<PluginAuthorizer, PluginError> {
-        Ok(PluginAuthorizer {
-            hook: Hook::load(runtime, World::Authorizer, settings).await?,
-        })
-    }
-
-    pub fn metrics(&self) -> &Arc<PluginMetrics> {
-        self.hook.metrics()
-    }
-
-    /// The loaded version's digest.
-    pub fn digest(&self) -> String {
-        self.hook.digest()
-    }
-
-    /// Loads the plugin file again; when its content changed, the new version takes
-    /// the next calls while calls in flight finish on the old one. A version that fails
-    /// to load leaves the current one in place. Returns whether a new version was
-    /// swapped in.
-    pub async fn reload(&self) -> Result<bool, PluginError> {
-        self.hook.reload().await
-    }
-
-    /// Like [`reload`](Self::reload), with new settings (limits, grants, config); swaps
-    /// when the file or the settings changed.
-    pub async fn reload_with(&self, settings: PluginSettings) -> Result<bool, PluginError> {
-        self.hook.reload_with(settings).await
-    }
-}
+crate::hook::hook_type!(
+    /// The current version of an authorizer plugin.
+    PluginAuthorizer,
+    World::Authorizer
+);
 
 fn action(a: Action) -> wit::Action {
     match a {

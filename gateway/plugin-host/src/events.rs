@@ -4,17 +4,12 @@
 //! a failure is a [`PluginFailure`] the caller logs and drops: an event hook never
 //! blocks or fails the registry operation behind the event.
 
-use std::sync::Arc;
-
 use pier_auth::PolicyFailure;
 
 use crate::authorizer::tidy_reason;
 use crate::bindings::pier::plugin::types as wit;
-use crate::error::{PluginError, PluginFailure};
-use crate::hook::Hook;
-use crate::metrics::PluginMetrics;
-use crate::plugin::{Plugin, PluginSettings};
-use crate::runtime::Runtime;
+use crate::error::PluginFailure;
+use crate::plugin::Plugin;
 use crate::world::World;
 
 /// Deliveries one `notify` may return.
@@ -198,40 +193,13 @@ fn check_all<T, U>(
         .map_err(|m| invalid(plugin, call, m))
 }
 
-/// The current version of a notifier plugin (hot reload like [`crate::PluginAuthorizer`]).
-pub struct PluginNotifier {
-    hook: Hook,
-}
+crate::hook::hook_type!(
+    /// The current version of a notifier plugin (hot reload like [`crate::PluginAuthorizer`]).
+    PluginNotifier,
+    World::Notifier
+);
 
 impl PluginNotifier {
-    pub async fn load(
-        runtime: Arc<Runtime>,
-        settings: PluginSettings,
-    ) -> Result<PluginNotifier, PluginError> {
-        Ok(PluginNotifier {
-            hook: Hook::load(runtime, World::Notifier, settings).await?,
-        })
-    }
-
-    pub fn metrics(&self) -> &Arc<PluginMetrics> {
-        self.hook.metrics()
-    }
-
-    /// The loaded version's digest.
-    pub fn digest(&self) -> String {
-        self.hook.digest()
-    }
-
-    /// See [`crate::PluginAuthorizer::reload`].
-    pub async fn reload(&self) -> Result<bool, PluginError> {
-        self.hook.reload().await
-    }
-
-    /// See [`crate::PluginAuthorizer::reload_with`].
-    pub async fn reload_with(&self, settings: PluginSettings) -> Result<bool, PluginError> {
-        self.hook.reload_with(settings).await
-    }
-
     /// The deliveries for one event. Returns within about twice the plugin's deadline
     /// (waiting for a free instance, then the call); call it off the request path.
     pub async fn notify(&self, event: &PluginEvent) -> Result<Vec<Delivery>, PluginFailure> {
@@ -251,40 +219,13 @@ impl PluginNotifier {
     }
 }
 
-/// The current version of a replicator plugin (hot reload like [`crate::PluginAuthorizer`]).
-pub struct PluginReplicator {
-    hook: Hook,
-}
+crate::hook::hook_type!(
+    /// The current version of a replicator plugin (hot reload like [`crate::PluginAuthorizer`]).
+    PluginReplicator,
+    World::Replicator
+);
 
 impl PluginReplicator {
-    pub async fn load(
-        runtime: Arc<Runtime>,
-        settings: PluginSettings,
-    ) -> Result<PluginReplicator, PluginError> {
-        Ok(PluginReplicator {
-            hook: Hook::load(runtime, World::Replicator, settings).await?,
-        })
-    }
-
-    pub fn metrics(&self) -> &Arc<PluginMetrics> {
-        self.hook.metrics()
-    }
-
-    /// The loaded version's digest.
-    pub fn digest(&self) -> String {
-        self.hook.digest()
-    }
-
-    /// See [`crate::PluginAuthorizer::reload`].
-    pub async fn reload(&self) -> Result<bool, PluginError> {
-        self.hook.reload().await
-    }
-
-    /// See [`crate::PluginAuthorizer::reload_with`].
-    pub async fn reload_with(&self, settings: PluginSettings) -> Result<bool, PluginError> {
-        self.hook.reload_with(settings).await
-    }
-
     /// The replication actions one event calls for (off the request path).
     pub async fn on_event(
         &self,

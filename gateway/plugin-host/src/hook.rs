@@ -81,3 +81,52 @@ impl Hook {
         Ok(true)
     }
 }
+
+/// Declares a plugin type for one world: a [`Hook`] with `load`, `metrics`, `digest`,
+/// `reload` and `reload_with`; the type's own calls go in a separate `impl`.
+macro_rules! hook_type {
+    ($(#[$doc:meta])* $name:ident, $world:expr) => {
+        $(#[$doc])*
+        pub struct $name {
+            hook: $crate::hook::Hook,
+        }
+
+        impl $name {
+            pub async fn load(
+                runtime: std::sync::Arc<$crate::runtime::Runtime>,
+                settings: $crate::plugin::PluginSettings,
+            ) -> Result<$name, $crate::error::PluginError> {
+                Ok($name {
+                    hook: $crate::hook::Hook::load(runtime, $world, settings).await?,
+                })
+            }
+
+            pub fn metrics(&self) -> &std::sync::Arc<$crate::metrics::PluginMetrics> {
+                self.hook.metrics()
+            }
+
+            /// The loaded version's digest.
+            pub fn digest(&self) -> String {
+                self.hook.digest()
+            }
+
+            /// Loads the plugin file again; when its content changed, the new version
+            /// takes the next calls while calls in flight finish on the old one. A
+            /// version that fails to load leaves the current one in place. Returns
+            /// whether a new version was swapped in.
+            pub async fn reload(&self) -> Result<bool, $crate::error::PluginError> {
+                self.hook.reload().await
+            }
+
+            /// Like [`reload`](Self::reload), with new settings (limits, grants,
+            /// config); swaps when the file or the settings changed.
+            pub async fn reload_with(
+                &self,
+                settings: $crate::plugin::PluginSettings,
+            ) -> Result<bool, $crate::error::PluginError> {
+                self.hook.reload_with(settings).await
+            }
+        }
+    };
+}
+pub(crate) use hook_type;
