@@ -20,6 +20,9 @@ export HOME="${HOME:-/root}"
 export PIER_CACHE="${PIER_CACHE:-$HOME/.cache/pier}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PIER_CACHE/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# CI builds a fresh clone at a new path each time: incremental caches would pile up per
+# path in the shared target dir (32 GB in one day filled the disk). Off there.
+if [[ -n ${CI:-} ]]; then export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"; fi
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
 log() { printf '\n==> %s\n' "$*" >&2; }
