@@ -644,20 +644,28 @@ async fn check_reports_worlds_imports_and_exports() {
             .map(str::to_owned)
             .collect()
     };
-    for (path, want) in [
+    for (path, worlds, want) in [
         (
             &p.rbac,
-            vec!["types@0.1.0", "log@0.1.0", "config@0.1.0", "ldap@0.1.0"],
+            &["authorizer", "managed-authorizer"][..],
+            vec![
+                "types@0.1.0",
+                "log@0.1.0",
+                "config@0.1.0",
+                "kv@0.1.0",
+                "ldap@0.1.0",
+            ],
         ),
         (
             &p.template,
+            &["authorizer"][..],
             vec!["types@0.1.0", "log@0.1.0", "config@0.1.0"],
         ),
-        (&p.hostile, vec!["types@0.1.0"]),
+        (&p.hostile, &["authorizer"][..], vec!["types@0.1.0"]),
     ] {
         let r = pier_plugin_host::check(&rt, path).unwrap();
         let name = path.display();
-        assert_eq!(r.worlds, ["authorizer"], "{name}: {:?}", r.problems);
+        assert_eq!(r.worlds, worlds, "{name}: {:?}", r.problems);
         assert!(r.problems.is_empty(), "{name}: {:?}", r.problems);
         let mut got = caps(&r.imports);
         got.sort();
@@ -670,7 +678,13 @@ async fn check_reports_worlds_imports_and_exports() {
             "{:?}",
             r.imports
         );
-        assert_eq!(r.exports, ["authorize", "authenticate"], "{name}");
+        let mut exports = vec!["authenticate", "authorize"];
+        if worlds.contains(&"managed-authorizer") {
+            exports.push("pier:plugin/projects@0.1.0");
+        }
+        let mut got = r.exports.clone();
+        got.sort();
+        assert_eq!(got, exports, "{name}");
         assert_eq!(r.size, std::fs::metadata(path).unwrap().len());
         assert_eq!(r.digest.len(), 64);
     }

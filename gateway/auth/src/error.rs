@@ -25,6 +25,12 @@ pub enum AuthError {
     Scope { scope: String, message: String },
     #[error("{0}")]
     Invalid(String),
+    /// The user or robot named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The user or robot to create exists already.
+    #[error("{0}")]
+    Exists(String),
     /// A store the operation needs is unreachable (Redis down).
     #[error("{0}")]
     Unavailable(String),

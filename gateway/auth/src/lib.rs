@@ -11,6 +11,7 @@
 pub mod authn;
 mod error;
 mod model;
+pub mod projects;
 pub mod revoke;
 pub mod robots;
 pub mod scope;

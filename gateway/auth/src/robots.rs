@@ -147,7 +147,7 @@ pub fn add(
     crate::users::validate_name(name)?;
     let mut robots = read_file(path)?;
     if robots.iter().any(|r| r.name == name) {
-        return Err(AuthError::Invalid(format!("robot {name:?} exists")));
+        return Err(AuthError::Exists(format!("robot {name:?} exists")));
     }
     let secret = new_secret()?;
     robots.push(RobotAccount {
@@ -167,9 +167,44 @@ pub fn delete(path: &Path, name: &str) -> Result<(), AuthError> {
     let before = robots.len();
     robots.retain(|r| r.name != name);
     if robots.len() == before {
-        return Err(AuthError::Invalid(format!("no robot {name:?}")));
+        return Err(AuthError::NotFound(format!("no robot {name:?}")));
     }
     write_file(path, robots)
+}
+
+/// Replaces a robot's secret; returns the new one (shown once). The old secret stops
+/// working at once for new logins (tokens already issued keep their lifetime).
+pub fn rotate(path: &Path, name: &str) -> Result<String, AuthError> {
+    let mut robots = read_file(path)?;
+    let r = robots
+        .iter_mut()
+        .find(|r| r.name == name)
+        .ok_or_else(|| AuthError::NotFound(format!("no robot {name:?}")))?;
+    let secret = new_secret()?;
+    r.secret_hash = crate::users::hash(&secret)?;
+    write_file(path, robots)?;
+    Ok(secret)
+}
+
+/// Changes a robot's permissions and, when given, its description.
+pub fn update(
+    path: &Path,
+    name: &str,
+    permissions: Vec<ProjectPermission>,
+    description: Option<&str>,
+) -> Result<RobotAccount, AuthError> {
+    let mut robots = read_file(path)?;
+    let r = robots
+        .iter_mut()
+        .find(|r| r.name == name)
+        .ok_or_else(|| AuthError::NotFound(format!("no robot {name:?}")))?;
+    r.permissions = permissions;
+    if let Some(d) = description {
+        r.description = d.to_owned();
+    }
+    let updated = r.clone();
+    write_file(path, robots)?;
+    Ok(updated)
 }
 
 /// `pier robot list`.

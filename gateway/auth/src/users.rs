@@ -111,7 +111,7 @@ pub fn add(path: &Path, name: &str, password: &str) -> Result<(), AuthError> {
     validate_password(password)?;
     let mut users = read_file(path)?;
     if users.iter().any(|(n, _)| n == name) {
-        return Err(AuthError::Invalid(format!(
+        return Err(AuthError::Exists(format!(
             "user {name:?} exists; use `pier user passwd` to change the password"
         )));
     }
@@ -126,7 +126,7 @@ pub fn set_password(path: &Path, name: &str, password: &str) -> Result<(), AuthE
     let entry = users
         .iter_mut()
         .find(|(n, _)| n == name)
-        .ok_or_else(|| AuthError::Invalid(format!("no user {name:?}")))?;
+        .ok_or_else(|| AuthError::NotFound(format!("no user {name:?}")))?;
     entry.1 = hash(password)?;
     write_file(path, &users)
 }
@@ -137,7 +137,7 @@ pub fn delete(path: &Path, name: &str) -> Result<(), AuthError> {
     let before = users.len();
     users.retain(|(n, _)| n != name);
     if users.len() == before {
-        return Err(AuthError::Invalid(format!("no user {name:?}")));
+        return Err(AuthError::NotFound(format!("no user {name:?}")));
     }
     write_file(path, &users)
 }

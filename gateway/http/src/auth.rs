@@ -283,14 +283,23 @@ impl AccessControl {
         headers: &HeaderMap,
         client: &str,
     ) -> Result<Credentials, ApiError> {
+        self.check_basic(headers, client, Action::Admin, None)
+            .await
+            .map(|(c, _)| c)
+    }
+
+    /// Verifies the Basic credentials of an admin API request (no authorization yet).
+    pub async fn authenticate_basic(
+        &self,
+        headers: &HeaderMap,
+        client: &str,
+    ) -> Result<(Credentials, Subject), ApiError> {
         let creds = match presented(headers, client) {
             Presented::Basic(c) => c,
             _ => {
                 return Err(ApiError::Unauthorized {
                     challenge: "Basic realm=\"pier-admin\"".into(),
-                    message:
-                        "administrative endpoints need basic credentials of a system administrator"
-                            .into(),
+                    message: "administrative endpoints need basic credentials".into(),
                     denied: false,
                 });
             }
@@ -305,21 +314,72 @@ impl AccessControl {
                 message: "invalid username or password".into(),
                 denied: false,
             })?;
+        Ok((creds, subject))
+    }
+
+    /// Checks a request of the admin API: Basic credentials of an account the authorizer
+    /// allows `action` on `project` (system-wide when `None`). Returns the verified
+    /// credentials and who they belong to.
+    pub async fn check_basic(
+        &self,
+        headers: &HeaderMap,
+        client: &str,
+        action: Action,
+        project: Option<&str>,
+    ) -> Result<(Credentials, Subject), ApiError> {
+        let (creds, subject) = self.authenticate_basic(headers, client).await?;
+        let decision = match project {
+            Some(p) => self.decide(&subject, action, p, client).await?,
+            None => self
+                .authorizer
+                .authorize(&AccessRequest {
+                    subject: subject.clone(),
+                    action,
+                    repository: None,
+                    client: client.to_owned(),
+                })
+                .await
+                .map_err(AuthError::from)?,
+        };
+        match decision {
+            Decision::Allow => Ok((creds, subject)),
+            Decision::Deny(reason) => Err(ApiError::Denied(reason)),
+        }
+    }
+
+    /// Whether `subject` may do the system-wide `action` (e.g. `admin`).
+    pub async fn allows_system(
+        &self,
+        subject: &Subject,
+        action: Action,
+        client: &str,
+    ) -> Result<bool, ApiError> {
         let req = AccessRequest {
-            subject,
-            action: Action::Admin,
+            subject: subject.clone(),
+            action,
             repository: None,
             client: client.to_owned(),
         };
-        match self
+        Ok(self
             .authorizer
             .authorize(&req)
             .await
             .map_err(AuthError::from)?
-        {
-            Decision::Allow => Ok(creds),
-            Decision::Deny(reason) => Err(ApiError::Denied(reason)),
-        }
+            .is_allow())
+    }
+
+    /// Whether `subject` may do `action` in `project` (admin API listings).
+    pub async fn allows(
+        &self,
+        subject: &Subject,
+        action: Action,
+        project: &str,
+        client: &str,
+    ) -> Result<bool, ApiError> {
+        Ok(self
+            .decide(subject, action, project, client)
+            .await?
+            .is_allow())
     }
 
     /// Whether `subject` may see `repo` in the catalog.

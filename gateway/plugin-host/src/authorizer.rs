@@ -1,13 +1,20 @@
 //! [`pier_auth::Authorizer`] backed by an authorizer plugin, with hot reload.
 
 use async_trait::async_trait;
+use pier_auth::projects::{Member, MemberKind, Project, ProjectError, ProjectStore, Role};
 use pier_auth::{
     AccessRequest, Action, AuthnOutcome, Authorizer, Credentials, Decision, Identity, PolicyError,
     PolicyFailure, Subject,
 };
 
+use crate::bindings::managed::exports::pier::plugin::projects as wp;
 use crate::bindings::pier::plugin::types as wit;
+use crate::plugin::Plugin;
 use crate::world::World;
+
+/// The least deadline of a `projects` call: they read and write (and sync) the plugin's
+/// `kv`, unlike `authorize`.
+const PROJECTS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Deny reasons are cut to this many bytes.
 const MAX_REASON: usize = 256;
@@ -15,7 +22,8 @@ const MAX_REASON: usize = 256;
 crate::hook::hook_type!(
     /// The current version of an authorizer plugin.
     PluginAuthorizer,
-    World::Authorizer
+    World::Authorizer,
+    changes: tokio::sync::Mutex<()>
 );
 
 fn action(a: Action) -> wit::Action {
@@ -110,5 +118,164 @@ impl Authorizer for PluginAuthorizer {
                     .into())
             }
         }
+    }
+}
+
+fn project_error(e: wp::ProjectError) -> ProjectError {
+    match e {
+        wp::ProjectError::NotFound(m) => ProjectError::NotFound(tidy_reason(m)),
+        wp::ProjectError::Conflict(m) => ProjectError::Conflict(tidy_reason(m)),
+        wp::ProjectError::Invalid(m) => ProjectError::Invalid(tidy_reason(m)),
+        wp::ProjectError::Unavailable(m) => ProjectError::Unavailable(tidy_reason(m)),
+    }
+}
+
+fn role(r: wp::Role) -> Role {
+    match r {
+        wp::Role::ProjectAdmin => Role::ProjectAdmin,
+        wp::Role::Developer => Role::Developer,
+        wp::Role::Guest => Role::Guest,
+    }
+}
+
+fn wit_role(r: Role) -> wp::Role {
+    match r {
+        Role::ProjectAdmin => wp::Role::ProjectAdmin,
+        Role::Developer => wp::Role::Developer,
+        Role::Guest => wp::Role::Guest,
+    }
+}
+
+fn wit_kind(k: MemberKind) -> wp::MemberKind {
+    match k {
+        MemberKind::User => wp::MemberKind::User,
+        MemberKind::Group => wp::MemberKind::Group,
+    }
+}
+
+fn project(p: wp::Project) -> Project {
+    Project {
+        name: p.name,
+        public: p.public,
+        members: p
+            .members
+            .into_iter()
+            .map(|m| Member {
+                kind: match m.kind {
+                    wp::MemberKind::User => MemberKind::User,
+                    wp::MemberKind::Group => MemberKind::Group,
+                },
+                name: m.name,
+                role: role(m.role),
+            })
+            .collect(),
+    }
+}
+
+impl PluginAuthorizer {
+    /// Whether the loaded version manages projects (exports `pier:plugin/projects`).
+    pub fn manages_projects(&self) -> bool {
+        self.hook.current().manages_projects()
+    }
+
+    /// One call of the `projects` export. Changes run one at a time and then replace
+    /// the warm instances, so every later `authorize` reads the store again.
+    async fn projects_call<R: Send>(
+        &self,
+        change: bool,
+        call: impl AsyncFnOnce(
+            &wp::Guest,
+            &mut wasmtime::Store<crate::host::HostState>,
+        ) -> wasmtime::Result<Result<R, wp::ProjectError>>,
+    ) -> Result<R, ProjectError> {
+        let _one_at_a_time = match change {
+            true => Some(self.changes.lock().await),
+            false => None,
+        };
+        let plugin: std::sync::Arc<Plugin> = self.hook.current();
+        if !plugin.manages_projects() {
+            return Err(ProjectError::NotManaged);
+        }
+        let deadline = plugin.settings.timeout.max(PROJECTS_DEADLINE);
+        let r = plugin
+            .with_instance_for(deadline, async |b, store| match b.projects()? {
+                Some(p) => call(p, store).await,
+                None => Err(wasmtime::Error::msg("instance without the projects export")),
+            })
+            .await;
+        if change {
+            plugin.recycle();
+        }
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(project_error(e)),
+            Err(f) => Err(ProjectError::Unavailable(f.to_string())),
+        }
+    }
+}
+
+#[async_trait]
+impl ProjectStore for PluginAuthorizer {
+    async fn list(&self) -> Result<Vec<Project>, ProjectError> {
+        let ps = self
+            .projects_call(false, async |p, s| p.call_list_projects(s).await)
+            .await?;
+        Ok(ps.into_iter().map(project).collect())
+    }
+
+    async fn get(&self, name: &str) -> Result<Project, ProjectError> {
+        self.projects_call(false, async |p, s| p.call_get_project(s, name).await)
+            .await
+            .map(project)
+    }
+
+    async fn create(&self, name: &str, public: bool) -> Result<Project, ProjectError> {
+        self.projects_call(true, async |p, s| {
+            p.call_create_project(s, name, public).await
+        })
+        .await
+        .map(project)
+    }
+
+    async fn set_public(&self, name: &str, public: bool) -> Result<Project, ProjectError> {
+        self.projects_call(true, async |p, s| p.call_set_public(s, name, public).await)
+            .await
+            .map(project)
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), ProjectError> {
+        self.projects_call(true, async |p, s| p.call_delete_project(s, name).await)
+            .await
+    }
+
+    async fn set_member(
+        &self,
+        project_name: &str,
+        member: &Member,
+    ) -> Result<Project, ProjectError> {
+        let m = wp::Member {
+            kind: wit_kind(member.kind),
+            name: member.name.clone(),
+            role: wit_role(member.role),
+        };
+        self.projects_call(true, async |p, s| {
+            p.call_set_member(s, project_name, &m).await
+        })
+        .await
+        .map(project)
+    }
+
+    async fn remove_member(
+        &self,
+        project_name: &str,
+        kind: MemberKind,
+        name: &str,
+    ) -> Result<Project, ProjectError> {
+        self.projects_call(true, async |p, s| {
+            p.call_remove_member(s, project_name, wit_kind(kind), name)
+                .await
+        })
+        .await
+        .map(project)
     }
 }

@@ -17,7 +17,8 @@ pub struct CheckReport {
     pub size: u64,
     pub imports: Vec<String>,
     pub exports: Vec<String>,
-    /// Worlds the component implements (empty: none), in [`World::ALL`] order.
+    /// Worlds the component implements (empty: none), in [`World::ALL`] order;
+    /// `managed-authorizer` follows `authorizer` when it also exports `projects`.
     pub worlds: Vec<&'static str>,
     /// When it implements none: why not, one line per world (`authorizer: ...`).
     pub problems: Vec<String>,
@@ -47,7 +48,12 @@ pub fn check(runtime: &Arc<Runtime>, path: &Path) -> Result<CheckReport, PluginE
         Ok(pre) => {
             for world in World::ALL {
                 match Pre::new(world, pre.clone()) {
-                    Ok(_) => worlds.push(world.as_str()),
+                    Ok(p) => {
+                        worlds.push(world.as_str());
+                        if p.manages_projects() {
+                            worlds.push("managed-authorizer");
+                        }
+                    }
                     Err(e) => problems.push(format!("{world}: {e:#}")),
                 }
             }

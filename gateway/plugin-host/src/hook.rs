@@ -83,12 +83,14 @@ impl Hook {
 }
 
 /// Declares a plugin type for one world: a [`Hook`] with `load`, `metrics`, `digest`,
-/// `reload` and `reload_with`; the type's own calls go in a separate `impl`.
+/// `reload` and `reload_with`; the type's own calls go in a separate `impl`. Extra
+/// fields (`name: Type`, made with `Default`) may follow the world.
 macro_rules! hook_type {
-    ($(#[$doc:meta])* $name:ident, $world:expr) => {
+    ($(#[$doc:meta])* $name:ident, $world:expr $(, $field:ident: $ty:ty)*) => {
         $(#[$doc])*
         pub struct $name {
             hook: $crate::hook::Hook,
+            $($field: $ty,)*
         }
 
         impl $name {
@@ -98,6 +100,7 @@ macro_rules! hook_type {
             ) -> Result<$name, $crate::error::PluginError> {
                 Ok($name {
                     hook: $crate::hook::Hook::load(runtime, $world, settings).await?,
+                    $($field: Default::default(),)*
                 })
             }
 

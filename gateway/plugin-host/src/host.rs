@@ -168,10 +168,15 @@ impl kv::Host for HostState {
                 return Err(kv::KvError::TooLarge);
             }
         }
+        // Written whole, on disk, then renamed: a crash leaves the old value or the new.
         let tmp = p.with_extension("tmp");
-        std::fs::write(&tmp, &value)
-            .and_then(|_| std::fs::rename(&tmp, &p))
-            .map_err(kv_io)
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &value)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &p)
+        };
+        write().map_err(kv_io)
     }
 
     async fn delete(&mut self, key: String) -> Result<(), kv::KvError> {

@@ -42,6 +42,24 @@ mod bindings {
         });
     }
 
+    /// Only its `projects` export is used: the authorizer part comes from above.
+    pub(crate) mod managed {
+        wasmtime::component::bindgen!({
+            path: "../../wit",
+            world: "managed-authorizer",
+            imports: { default: async },
+            exports: { default: async },
+            with: {
+                "pier:plugin/types": crate::bindings::pier::plugin::types,
+                "pier:plugin/log": crate::bindings::pier::plugin::log,
+                "pier:plugin/config": crate::bindings::pier::plugin::config,
+                "pier:plugin/kv": crate::bindings::pier::plugin::kv,
+                "pier:plugin/http-outbound": crate::bindings::pier::plugin::http_outbound,
+                "pier:plugin/ldap": crate::bindings::pier::plugin::ldap,
+            },
+        });
+    }
+
     pub(crate) mod replicator {
         wasmtime::component::bindgen!({
             path: "../../wit",

@@ -1,6 +1,7 @@
 //! A loaded plugin: compiled component, `InstancePre`, warm instances, limits.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,9 +57,16 @@ impl PluginSettings {
     }
 }
 
+/// Epoch ticks for a deadline.
+fn ticks(deadline: Duration) -> u64 {
+    (deadline.as_micros() / TICK.as_micros()).max(1) as u64 + 1
+}
+
 pub(crate) struct Warm {
     store: Store<HostState>,
     bindings: Bindings,
+    /// The plugin's [`Plugin::recycle`] generation it was made in.
+    generation: u64,
 }
 
 /// One version of a loaded plugin, as one world (an authorizer unless loaded otherwise).
@@ -69,6 +77,8 @@ pub struct Plugin {
     pre: Pre,
     caps: Arc<Capabilities>,
     pool: Mutex<Vec<Warm>>,
+    /// Bumped by [`Plugin::recycle`]: instances of older generations are dropped.
+    generation: AtomicU64,
     permits: Semaphore,
     engine: wasmtime::Engine,
     pub(crate) metrics: Arc<PluginMetrics>,
@@ -123,6 +133,7 @@ impl Plugin {
             pre,
             caps,
             pool: Mutex::new(Vec::new()),
+            generation: AtomicU64::new(0),
             engine: runtime.engine.clone(),
             metrics,
         };
@@ -152,6 +163,20 @@ impl Plugin {
         self.world
     }
 
+    /// Whether it was loaded as an authorizer that also exports `projects`.
+    pub fn manages_projects(&self) -> bool {
+        self.pre.manages_projects()
+    }
+
+    /// Drops every warm instance, and instances in use when they return: the next
+    /// calls start fresh ones (after a change to state instances remember).
+    pub(crate) fn recycle(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut p) = self.pool.lock() {
+            p.clear();
+        }
+    }
+
     pub(crate) fn failure(&self, kind: PolicyFailure, message: String) -> PluginFailure {
         self.metrics.error(kind);
         PluginFailure {
@@ -176,6 +201,7 @@ impl Plugin {
             limits,
             caps: self.caps.clone(),
         };
+        let generation = self.generation.load(Ordering::SeqCst);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks());
@@ -185,14 +211,21 @@ impl Plugin {
             .await
             .map_err(|e| self.classify(e))?;
         self.metrics.instance_created();
-        Ok(Warm { store, bindings })
+        Ok(Warm {
+            store,
+            bindings,
+            generation,
+        })
     }
 
     fn deadline_ticks(&self) -> u64 {
-        (self.settings.timeout.as_micros() / TICK.as_micros()).max(1) as u64 + 1
+        ticks(self.settings.timeout)
     }
 
     fn put_back(&self, warm: Warm) {
+        if warm.generation != self.generation.load(Ordering::SeqCst) {
+            return;
+        }
         if let Ok(mut p) = self.pool.lock() {
             p.push(warm);
         }
@@ -202,6 +235,16 @@ impl Plugin {
     /// any way is dropped (a fresh one is made for the next call).
     pub(crate) async fn with_instance<R>(
         &self,
+        call: impl AsyncFnOnce(&Bindings, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginFailure> {
+        self.with_instance_for(self.settings.timeout, call).await
+    }
+
+    /// [`with_instance`](Self::with_instance) with another deadline for the call (e.g.
+    /// administrative calls that write the plugin's `kv`).
+    pub(crate) async fn with_instance_for<R>(
+        &self,
+        deadline: Duration,
         call: impl AsyncFnOnce(&Bindings, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {
         let _permit = match self.permits.try_acquire() {
@@ -227,7 +270,7 @@ impl Plugin {
             None => self.instantiate().await?,
         };
         let start = Instant::now();
-        warm.store.set_epoch_deadline(self.deadline_ticks());
+        warm.store.set_epoch_deadline(ticks(deadline));
         let result = call(&warm.bindings, &mut warm.store).await;
         self.metrics.call(start.elapsed());
         match result {

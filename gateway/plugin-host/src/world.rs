@@ -5,9 +5,10 @@
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
+use crate::bindings::managed::exports::pier::plugin::projects;
 use crate::bindings::notifier::{Notifier, NotifierPre};
 use crate::bindings::replicator::{Replicator, ReplicatorPre};
-use crate::bindings::{Authorizer, AuthorizerPre};
+use crate::bindings::{Authorizer, AuthorizerIndices};
 use crate::host::HostState;
 
 /// A hook of `package pier:plugin`: which world a plugin is loaded as.
@@ -42,23 +43,43 @@ impl std::fmt::Display for World {
 
 /// A component linked and checked against one world.
 pub(crate) enum Pre {
-    Authorizer(AuthorizerPre<HostState>),
+    /// With the `projects` export when the component has it (world `managed-authorizer`).
+    Authorizer {
+        pre: InstancePre<HostState>,
+        indices: AuthorizerIndices,
+        projects: Option<projects::GuestIndices>,
+    },
     Notifier(NotifierPre<HostState>),
     Replicator(ReplicatorPre<HostState>),
 }
 
 /// The exports of one instance.
 pub(crate) enum Bindings {
-    Authorizer(Authorizer),
+    Authorizer(Authorizer, Option<projects::Guest>),
     Notifier(Notifier),
     Replicator(Replicator),
 }
 
 impl Pre {
+    /// Whether an authorizer also exports `projects`.
+    pub(crate) fn manages_projects(&self) -> bool {
+        matches!(
+            self,
+            Pre::Authorizer {
+                projects: Some(_),
+                ..
+            }
+        )
+    }
+
     /// Fails when the component lacks an export of `world` (or has it with another type).
     pub(crate) fn new(world: World, pre: InstancePre<HostState>) -> wasmtime::Result<Pre> {
         Ok(match world {
-            World::Authorizer => Pre::Authorizer(AuthorizerPre::new(pre)?),
+            World::Authorizer => Pre::Authorizer {
+                indices: AuthorizerIndices::new(&pre)?,
+                projects: projects::GuestIndices::new(&pre).ok(),
+                pre,
+            },
             World::Notifier => Pre::Notifier(NotifierPre::new(pre)?),
             World::Replicator => Pre::Replicator(ReplicatorPre::new(pre)?),
         })
@@ -69,7 +90,18 @@ impl Pre {
         store: &mut Store<HostState>,
     ) -> wasmtime::Result<Bindings> {
         Ok(match self {
-            Pre::Authorizer(p) => Bindings::Authorizer(p.instantiate_async(store).await?),
+            Pre::Authorizer {
+                pre,
+                indices,
+                projects,
+            } => {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                let projects = match projects {
+                    Some(p) => Some(p.load(&mut *store, &instance)?),
+                    None => None,
+                };
+                Bindings::Authorizer(indices.load(&mut *store, &instance)?, projects)
+            }
             Pre::Notifier(p) => Bindings::Notifier(p.instantiate_async(store).await?),
             Pre::Replicator(p) => Bindings::Replicator(p.instantiate_async(store).await?),
         })
@@ -84,7 +116,15 @@ fn other_world() -> wasmtime::Error {
 impl Bindings {
     pub(crate) fn authorizer(&self) -> wasmtime::Result<&Authorizer> {
         match self {
-            Bindings::Authorizer(b) => Ok(b),
+            Bindings::Authorizer(b, _) => Ok(b),
+            _ => Err(other_world()),
+        }
+    }
+
+    /// The `projects` export (`None`: the plugin doesn't manage projects).
+    pub(crate) fn projects(&self) -> wasmtime::Result<Option<&projects::Guest>> {
+        match self {
+            Bindings::Authorizer(_, p) => Ok(p.as_ref()),
             _ => Err(other_world()),
         }
     }

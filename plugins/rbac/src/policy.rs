@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// What a subject wants to do (mirrors `action` in `wit/types.wit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +74,7 @@ pub enum Decision {
 }
 
 /// A project role, lowest first (so `max` picks the highest).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     Guest,
@@ -129,7 +129,7 @@ pub struct Config {
     pub ldap: Option<Ldap>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Project {
     pub name: String,
@@ -165,12 +165,7 @@ impl Config {
         let cfg = Config::deserialize(doc).map_err(|e| e.to_string())?;
         let mut seen = std::collections::BTreeSet::new();
         for p in &cfg.projects {
-            if p.name.is_empty() || p.name.contains('/') {
-                return Err(format!(
-                    "project name {:?} must be one non-empty path component",
-                    p.name
-                ));
-            }
+            validate_project_name(&p.name)?;
             if !seen.insert(p.name.as_str()) {
                 return Err(format!("project {:?} is listed twice", p.name));
             }
@@ -186,7 +181,8 @@ impl Config {
         Ok(cfg)
     }
 
-    fn project(&self, name: &str) -> Option<&Project> {
+    /// A project of the configuration (the seeds of the project store).
+    pub fn project(&self, name: &str) -> Option<&Project> {
         self.projects.iter().find(|p| p.name == name)
     }
 
@@ -194,24 +190,20 @@ impl Config {
         self.system_admins.iter().any(|a| a == name)
     }
 
-    /// Whether a project anyone may pull from and search.
-    fn is_public(&self, project: &str) -> bool {
-        match self.project(project) {
-            Some(p) => p.public,
-            None => self.default_public,
-        }
-    }
-
-    /// A user's role in a project: the highest of their own and their groups'.
+    /// A user's role in a project of the configuration.
     pub fn role(&self, project: &str, user: &str, groups: &[String]) -> Option<Role> {
-        let p = self.project(project)?;
-        let own = p.members.get(user).copied();
-        let via_groups = groups.iter().filter_map(|g| p.groups.get(g).copied()).max();
-        own.max(via_groups)
+        self.project(project)?.role(user, groups)
     }
 
-    /// Decides one request.
+    /// Decides one request with the projects of the configuration.
     pub fn decide(&self, req: &Request) -> Decision {
+        let project = req.project.as_deref().and_then(|p| self.project(p));
+        self.decide_in(req, project)
+    }
+
+    /// Decides one request; `found` is the request's project as the store knows it
+    /// (`None`: no such project).
+    pub fn decide_in(&self, req: &Request, found: Option<&Project>) -> Decision {
         let action = req.action;
         // Users named in system_admins may do everything, system-wide or not.
         if let Subject::User { name, .. } = &req.subject
@@ -234,7 +226,7 @@ impl Config {
                 "{who}: system-wide {action} is reserved for system administrators"
             ));
         };
-        let public = self.is_public(project);
+        let public = found.map_or(self.default_public, |p| p.public);
         // Public projects: pull and search for everyone (anonymous, users, robots).
         if public && matches!(action, Action::Pull | Action::Search) {
             return Decision::Allow;
@@ -244,7 +236,7 @@ impl Config {
                 "anonymous access to project {project}: {action} not allowed"
             )),
             Subject::Anonymous => deny(format!("anonymous access to private project {project}")),
-            Subject::User { name, groups } => match self.role(project, name, groups) {
+            Subject::User { name, groups } => match found.and_then(|p| p.role(name, groups)) {
                 Some(role) if role.allows(action) => Decision::Allow,
                 Some(role) => deny(format!(
                     "{name} is {role} in project {project}: {action} not allowed"
@@ -280,6 +272,46 @@ impl Config {
 
 fn deny(reason: String) -> Decision {
     Decision::Deny(reason)
+}
+
+impl Project {
+    /// A user's role: the highest of their own and their groups'.
+    pub fn role(&self, user: &str, groups: &[String]) -> Option<Role> {
+        let own = self.members.get(user).copied();
+        let via_groups = groups
+            .iter()
+            .filter_map(|g| self.groups.get(g).copied())
+            .max();
+        own.max(via_groups)
+    }
+}
+
+/// Longest project name (its store key must fit the `kv` key limit of 256 bytes).
+pub const MAX_PROJECT_NAME: usize = 128;
+
+/// A project name is one repository path component: lowercase letters and digits,
+/// separated by single `.`, `_`, `__` or `-` runs, at most [`MAX_PROJECT_NAME`] bytes.
+pub fn validate_project_name(name: &str) -> Result<(), String> {
+    let b = name.as_bytes();
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let separators_ok = b
+        .windows(2)
+        .all(|w| alnum(w[0]) || alnum(w[1]) || w == b"__" || w == b"--")
+        && !name.contains("___");
+    let ok = !b.is_empty()
+        && b.len() <= MAX_PROJECT_NAME
+        && b.iter()
+            .all(|&c| alnum(c) || matches!(c, b'.' | b'_' | b'-'))
+        && alnum(b[0])
+        && alnum(b[b.len() - 1])
+        && separators_ok;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "project name {name:?} must be one repository path component of at most {MAX_PROJECT_NAME} bytes: lowercase letters and digits separated by '.', '_' or '-'"
+        ))
+    }
 }
 
 /// Why the directory could not answer a bind (mirrors `ldap-error`).
@@ -440,7 +472,7 @@ mod tests {
             ),
             (
                 "{\"projects\": [{\"name\": \"a/b\"}]}",
-                "one non-empty path component",
+                "must be one repository path component",
             ),
             (
                 "{\"projects\": [{\"public\": true}]}",

@@ -258,10 +258,8 @@ fn a_file_that_is_not_a_component_is_refused() {
     );
     assert!(check.success(), "plugin check on rbac\n{check}");
     assert!(
-        check
-            .stdout
-            .lines()
-            .any(|l| l == "implements: pier:plugin/authorizer@0.1.0"),
+        check.stdout.lines().any(|l| l
+            == "implements: pier:plugin/authorizer@0.1.0, pier:plugin/managed-authorizer@0.1.0"),
         "{check}"
     );
     let imports: Vec<&str> = check
@@ -275,6 +273,7 @@ fn a_file_that_is_not_a_component_is_refused() {
     for i in [
         "pier:plugin/log@0.1.0",
         "pier:plugin/config@0.1.0",
+        "pier:plugin/kv@0.1.0",
         "pier:plugin/ldap@0.1.0",
     ] {
         assert!(
@@ -283,10 +282,8 @@ fn a_file_that_is_not_a_component_is_refused() {
         );
     }
     assert!(
-        !imports
-            .iter()
-            .any(|i| i.starts_with("pier:plugin/kv") || i.starts_with("pier:plugin/http")),
-        "rbac imports no kv or http: {imports:?}"
+        !imports.iter().any(|i| i.starts_with("pier:plugin/http")),
+        "rbac imports no http: {imports:?}"
     );
     let exports: Vec<&str> = check
         .stdout
@@ -296,5 +293,9 @@ fn a_file_that_is_not_a_component_is_refused() {
         .take_while(|l| l.starts_with("  "))
         .map(str::trim)
         .collect();
-    assert_eq!(exports, ["authorize", "authenticate"], "{check}");
+    assert_eq!(
+        exports,
+        ["authorize", "authenticate", "pier:plugin/projects@0.1.0"],
+        "{check}"
+    );
 }
