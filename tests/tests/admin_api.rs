@@ -464,7 +464,20 @@ fn admin_api_conforms_to_its_openapi_document() {
         .arg(reports.path())
         .current_dir(reports.path())
         .env("NO_COLOR", "1");
-    let o = clients_support::run(&mut cmd, Duration::from_secs(180));
+    let mut o = clients_support::run(&mut cmd, Duration::from_secs(180));
+    // schemathesis 4.32.5 sometimes crashes inside its own coverage phase (a KeyError
+    // in its schema walker, reported as an error, not a failed check): run it once more
+    // then. A failed check (❌) is never retried.
+    let tool_crashed = |o: &clients_support::Output| {
+        !o.success() && o.stdout.contains("KeyError") && !o.stdout.contains("❌")
+    };
+    if tool_crashed(&o) {
+        println!(
+            "schemathesis crashed internally; running it again\n{}",
+            o.stdout
+        );
+        o = clients_support::run(&mut cmd, Duration::from_secs(180));
+    }
     let summary: Vec<&str> = o
         .stdout
         .lines()
@@ -486,9 +499,20 @@ fn admin_api_conforms_to_its_openapi_document() {
     );
     // Every operation was tested but the document's own, which schemathesis leaves out
     // as the schema's location.
+    let doc: Value =
+        serde_json::from_str(include_str!("../../docs/openapi.json")).expect("the document");
+    let operations = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .map(|p| p.as_object().map_or(0, |m| m.len()))
+        .sum::<usize>()
+        - 1;
     assert!(
-        o.stdout.contains("Selected: 7/7") && o.stdout.contains("Tested: 7"),
-        "schemathesis did not test every operation\n{o}"
+        o.stdout
+            .contains(&format!("Selected: {operations}/{operations}"))
+            && o.stdout.contains(&format!("Tested: {operations}")),
+        "schemathesis did not test every operation ({operations})\n{o}"
     );
     let log = std::fs::read_to_string(pier.log_path()).unwrap_or_default();
     assert!(

@@ -39,8 +39,11 @@ use std::time::{Duration, Instant};
 use pier_e2e::{TestPier, http};
 use serde_json::{Value, json};
 
-use crate::clients_support::{Skopeo, TestImage, send_signal, temp_dir};
-use crate::support::{ADMIN, basic, skopeo_push};
+use crate::clients_support::{CMD_TIMEOUT, Dockerd, Skopeo, TestImage, run, send_signal, temp_dir};
+use crate::support::{
+    ADMIN, ALICE, RbacPier, assert_refused, basic, manifest_digest_as, rootfs_tar, skopeo_push,
+    wait_login_accepted,
+};
 
 const DRIVER: &str = include_str!("console/drive.mjs");
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -311,6 +314,18 @@ fn console_in_chromium_browses_a_pushed_image_and_retries_a_failed_job() {
         "the failed job shows its error\n{context}"
     );
     assert_eq!(result["jobAttempts"], "2", "{context}");
+    let log = result["jobLog"].as_str().unwrap_or_default();
+    for line in [
+        "attempt 1 started",
+        "attempt 1 failed",
+        "attempt 2 started",
+        "succeeded",
+    ] {
+        assert!(
+            log.contains(line),
+            "the job's log shows {line:?}\n{context}"
+        );
+    }
     assert!(
         result["deliveryRows"].as_u64().unwrap_or(0) >= 1,
         "the failed webhook delivery is listed\n{context}"
@@ -390,5 +405,107 @@ fn a_pull_through_the_mirror_moves_the_hit_ratio_chart() {
         stats["upstreamBytes"],
         serde_json::json!(layer.len()),
         "{stats}"
+    );
+}
+
+#[test]
+fn console_adds_a_member_whose_docker_login_and_push_then_succeed() {
+    require_browser();
+    let pier = RbacPier::start();
+    let host = pier.host();
+    let docker = Dockerd::start();
+    let (user, pass) = ("erin", "erin-pass-1");
+    let (project, robot) = ("team", "console-ci");
+    let image = format!("{host}/{project}/console-member:v1");
+    let rootfs = temp_dir("docker-rootfs");
+    let tar = rootfs_tar(rootfs.path(), "rootfs");
+    docker.ok(
+        &["import", &tar.display().to_string(), &image],
+        "docker import",
+    );
+    let env = [
+        ("ADMIN_USER", ADMIN.0.to_owned()),
+        ("ADMIN_PASS", ADMIN.1.to_owned()),
+        ("MODE", "members".to_owned()),
+        ("NEW_USER", user.to_owned()),
+        ("NEW_PASS", pass.to_owned()),
+        ("PROJECT", project.to_owned()),
+        ("ROBOT", robot.to_owned()),
+        ("PROJECT_ADMIN_USER", ALICE.0.to_owned()),
+        ("PROJECT_ADMIN_PASS", ALICE.1.to_owned()),
+    ];
+    let BrowserRun { result, context } = run_browser(&pier, "members", &env, |waiting| {
+        match waiting {
+            // Made on the Users page: erin logs in, but may not push to team yet.
+            "user-created" => {
+                wait_login_accepted(pier.addr, (user, pass));
+                let o = run(
+                    docker.cmd().args(["login", &host, "-u", user, "-p", pass]),
+                    CMD_TIMEOUT,
+                );
+                assert!(o.success(), "docker login as {user}\n{o}");
+                let o = run(docker.cmd().args(["push", &image]), CMD_TIMEOUT);
+                assert_refused(&o, &["denied"], "docker push before being a member");
+            }
+            // Added as developer on the project's page: the push goes through at once.
+            "member-added" => {
+                let o = run(
+                    docker.cmd().args(["login", &host, "-u", user, "-p", pass]),
+                    CMD_TIMEOUT,
+                );
+                assert!(o.success(), "docker login as member {user}\n{o}");
+                docker.ok(&["push", &image], "docker push as a new member");
+            }
+            other => panic!("unexpected wait {other}"),
+        }
+    });
+    assert_eq!(result["memberRole"], "developer", "{context}");
+    let digest = manifest_digest_as(
+        pier.addr,
+        &basic(ADMIN),
+        &format!("{project}/console-member"),
+        "v1",
+    );
+    assert!(digest.starts_with("sha256:"), "{digest}");
+
+    // The robot made in the console: its rotated secret works, the first one no longer.
+    let first = result["robotSecret"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let rotated = result["rotatedSecret"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!first.is_empty() && first != rotated, "{context}");
+    let login = format!("robot${robot}");
+    let tags = |secret: &str| {
+        http::request(
+            pier.addr,
+            "GET",
+            &format!("/v2/{project}/console-member/tags/list"),
+            &[("Authorization", &basic((&login, secret)))],
+            b"",
+        )
+        .status
+    };
+    let start = Instant::now();
+    while tags(&rotated) != 200 || tags(&first) != 401 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "rotated secret {} / first secret {}\n{context}",
+            tags(&rotated),
+            tags(&first)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    // alice, project admin of team, sees only Projects and only team.
+    assert_eq!(result["projectAdminProjects"], json!(["team"]), "{context}");
+    assert_eq!(result["projectAdminNav"], json!(["projects"]), "{context}");
+    assert_eq!(
+        result["screenshots"].as_array().map_or(0, Vec::len),
+        7,
+        "{context}"
     );
 }

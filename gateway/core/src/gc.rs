@@ -4,13 +4,113 @@
 //! from a tag — through index children and referrers), and the blobs they reference.
 //! Sweep: blobs nobody marked, older than the grace period, so content pushed while the
 //! collection runs (blobs whose manifest has not arrived yet) is never removed.
+//!
+//! Online: a [`GcFence`] (one per [`Registry`]) makes a collection safe while the same
+//! process serves pushes. Every write that makes content referenced (a manifest put,
+//! a mount, an upload commit) names its digests to the fence before checking that they
+//! exist and holds the fence until it is linked; a collection takes the fence to start
+//! and, for each removal, to check those names and delete. So either the sweep sees the
+//! digest and keeps it, or the write's check sees the blob gone and fails cleanly
+//! (`MANIFEST_BLOB_UNKNOWN`, the client uploads again): a stored manifest never names
+//! content the collection removed. Processes sharing the storage (scaled-out nodes, an
+//! offline `pier gc` beside a server) are not fenced from each other.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use pier_oci::{Digest, Manifest, Reference, RepoName};
+use tokio::sync::{RwLock, RwLockReadGuard};
 
 use crate::{CoreError, Registry, Result};
+
+/// Serializes an online collection with the writes that reference content (see the
+/// module documentation).
+#[derive(Default)]
+pub struct GcFence {
+    /// Writes hold it shared from their existence check until the link; a collection
+    /// holds it exclusively to start and around each removal.
+    gate: RwLock<()>,
+    state: Mutex<FenceState>,
+}
+
+#[derive(Default)]
+struct FenceState {
+    running: bool,
+    /// Digests writes referenced since the running collection started.
+    touched: HashSet<Digest>,
+}
+
+impl GcFence {
+    /// Whether a collection is running in this process.
+    pub fn running(&self) -> bool {
+        self.state.lock().expect("gc fence poisoned").running
+    }
+
+    /// Starts a collection; `None` while another one runs. The collection ends when the
+    /// returned run is dropped.
+    pub async fn begin(&self) -> Option<GcRun<'_>> {
+        if self.running() {
+            return None;
+        }
+        // Writes in flight finish first: whatever they link, the marking sees.
+        let _all = self.gate.write().await;
+        let mut s = self.state.lock().expect("gc fence poisoned");
+        if s.running {
+            return None;
+        }
+        s.running = true;
+        s.touched.clear();
+        Some(GcRun { fence: self })
+    }
+
+    /// Names the digests a write is about to reference; hold the guard until they are
+    /// linked.
+    pub(crate) async fn enter<'a>(
+        &self,
+        digests: impl IntoIterator<Item = &'a Digest>,
+    ) -> RwLockReadGuard<'_, ()> {
+        let guard = self.gate.read().await;
+        let mut s = self.state.lock().expect("gc fence poisoned");
+        if s.running {
+            s.touched.extend(digests.into_iter().cloned());
+        }
+        guard
+    }
+
+    /// Runs `remove` unless a write referenced `digest` during the collection; whether
+    /// it ran.
+    async fn remove_unless_touched<F>(&self, digest: &Digest, remove: F) -> Result<bool>
+    where
+        F: std::future::Future<Output = Result<()>>,
+    {
+        let _all = self.gate.write().await;
+        if self
+            .state
+            .lock()
+            .expect("gc fence poisoned")
+            .touched
+            .contains(digest)
+        {
+            return Ok(false);
+        }
+        remove.await?;
+        Ok(true)
+    }
+}
+
+/// A running collection (from [`GcFence::begin`]); dropping it ends the collection.
+pub struct GcRun<'a> {
+    fence: &'a GcFence,
+}
+
+impl Drop for GcRun<'_> {
+    fn drop(&mut self) {
+        let mut s = self.fence.state.lock().expect("gc fence poisoned");
+        s.running = false;
+        s.touched.clear();
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct GcOptions {
@@ -28,6 +128,8 @@ pub struct GcReport {
     pub blobs_removed: Vec<(Digest, u64)>,
     pub blobs_kept_by_grace: usize,
     pub blobs_marked: usize,
+    /// Unreferenced when marked, referenced again by a push while the collection ran.
+    pub kept_in_use: usize,
 }
 
 impl GcReport {
@@ -36,15 +138,41 @@ impl GcReport {
     }
 }
 
-/// Runs one collection, calling `progress` with a line per item freed.
+/// Runs one collection, calling `progress` with a line per item freed; `None` when
+/// another collection is running in this process.
 pub async fn collect(
+    registry: &Registry,
+    opts: &GcOptions,
+    progress: impl FnMut(&str),
+) -> Result<Option<GcReport>> {
+    let Some(run) = registry.gc_fence().begin().await else {
+        return Ok(None);
+    };
+    run_collection(&run, registry, opts, progress)
+        .await
+        .map(Some)
+}
+
+async fn run_collection(
+    run: &GcRun<'_>,
     registry: &Registry,
     opts: &GcOptions,
     mut progress: impl FnMut(&str),
 ) -> Result<GcReport> {
+    let fence = run.fence;
     let stores = registry.stores();
     let mut report = GcReport::default();
     let mut marked: HashSet<Digest> = HashSet::new();
+    // Listed before marking: what is stored later is not swept by this collection.
+    let now = SystemTime::now();
+    let blobs = stores.blobs.list().await?;
+    let modified: HashMap<&Digest, SystemTime> =
+        blobs.iter().map(|b| (&b.digest, b.modified)).collect();
+    let recent = |d: &Digest| {
+        modified
+            .get(d)
+            .is_none_or(|m| now.duration_since(*m).unwrap_or_default() < opts.grace)
+    };
 
     for repo in stores.repos.repositories().await? {
         let linked: BTreeSet<Digest> = stores
@@ -53,7 +181,7 @@ pub async fn collect(
             .await?
             .into_iter()
             .collect();
-        let keep: BTreeSet<Digest> = if opts.untagged {
+        let mut keep: BTreeSet<Digest> = if opts.untagged {
             let mut roots = Vec::new();
             for t in stores.manifests.tags(&repo).await?.unwrap_or_default() {
                 if let Some(d) = stores.manifests.resolve_tag(&repo, &t).await? {
@@ -68,12 +196,31 @@ pub async fn collect(
             if keep.contains(d) {
                 continue;
             }
-            progress(&format!("manifest {repo}@{d}: untagged, removing"));
-            if !opts.dry_run {
-                registry
-                    .manifest_delete(&repo, &Reference::Digest(d.clone()))
-                    .await?;
+            // Pushed by digest a moment ago: its index or tag may be on its way.
+            if recent(d) {
+                progress(&format!(
+                    "manifest {repo}@{d}: untagged but newer than the grace period, kept"
+                ));
+                keep.insert(d.clone());
+                continue;
             }
+            if !opts.dry_run {
+                let removed = fence
+                    .remove_unless_touched(
+                        d,
+                        registry.manifest_delete(&repo, &Reference::Digest(d.clone())),
+                    )
+                    .await?;
+                if !removed {
+                    progress(&format!(
+                        "manifest {repo}@{d}: pushed again meanwhile, kept"
+                    ));
+                    report.kept_in_use += 1;
+                    keep.insert(d.clone());
+                    continue;
+                }
+            }
+            progress(&format!("manifest {repo}@{d}: untagged, removing"));
             report.manifests_removed.push((repo.clone(), d.clone()));
         }
         for d in keep.iter().filter(|d| linked.contains(d)) {
@@ -98,8 +245,7 @@ pub async fn collect(
     }
     report.blobs_marked = marked.len();
 
-    let now = SystemTime::now();
-    for blob in stores.blobs.list().await? {
+    for blob in &blobs {
         if marked.contains(&blob.digest) {
             continue;
         }
@@ -107,14 +253,25 @@ pub async fn collect(
             report.blobs_kept_by_grace += 1;
             continue;
         }
+        if !opts.dry_run {
+            let delete = async {
+                stores.blobs.delete(&blob.digest).await?;
+                Ok(())
+            };
+            if !fence.remove_unless_touched(&blob.digest, delete).await? {
+                progress(&format!(
+                    "blob {}: referenced by a push meanwhile, kept",
+                    blob.digest
+                ));
+                report.kept_in_use += 1;
+                continue;
+            }
+        }
         progress(&format!(
             "blob {}: {} bytes, unreferenced, removing",
             blob.digest, blob.size
         ));
-        if !opts.dry_run {
-            stores.blobs.delete(&blob.digest).await?;
-        }
-        report.blobs_removed.push((blob.digest, blob.size));
+        report.blobs_removed.push((blob.digest.clone(), blob.size));
     }
     Ok(report)
 }
@@ -142,4 +299,59 @@ async fn reachable(
         todo.extend(stores.manifests.referrers(repo, &d).await?);
     }
     Ok(seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(b: &[u8]) -> Digest {
+        Digest::of(pier_oci::Algorithm::Sha256, b)
+    }
+
+    #[tokio::test]
+    async fn one_collection_at_a_time() {
+        let fence = GcFence::default();
+        assert!(!fence.running());
+        let run = fence.begin().await.expect("the first collection starts");
+        assert!(fence.running());
+        assert!(fence.begin().await.is_none(), "a second one is refused");
+        drop(run);
+        assert!(!fence.running());
+        assert!(fence.begin().await.is_some(), "and may start once it ended");
+    }
+
+    #[tokio::test]
+    async fn what_a_write_references_during_a_collection_is_not_removed() {
+        let fence = GcFence::default();
+        let (a, b) = (digest(b"a"), digest(b"b"));
+        // Before any collection, writes leave nothing behind.
+        drop(fence.enter([&a]).await);
+        let _run = fence.begin().await.unwrap();
+        drop(fence.enter([&a]).await);
+        let mut removed = Vec::new();
+        for d in [&a, &b] {
+            if fence
+                .remove_unless_touched(d, async { Ok(()) })
+                .await
+                .unwrap()
+            {
+                removed.push(d.clone());
+            }
+        }
+        assert_eq!(removed, [b], "a was referenced meanwhile: kept");
+    }
+
+    #[tokio::test]
+    async fn a_collection_waits_for_writes_in_flight() {
+        let fence = std::sync::Arc::new(GcFence::default());
+        let d = digest(b"x");
+        let write = fence.enter([&d]).await;
+        let f = fence.clone();
+        let started = tokio::spawn(async move { f.begin().await.is_some() });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!started.is_finished(), "begin waits for the write's link");
+        drop(write);
+        assert!(started.await.unwrap());
+    }
 }

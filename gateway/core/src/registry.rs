@@ -167,6 +167,8 @@ pub struct Registry {
     manifest_links: Links,
     tags: ReadCache<(RepoName, Tag), Digest>,
     sink: Option<Arc<dyn ChangeSink>>,
+    /// Keeps an online garbage collection from removing what a write references.
+    gc: crate::gc::GcFence,
 }
 
 /// The media type to serve stored manifest bytes with.
@@ -199,6 +201,7 @@ impl Registry {
             manifest_links: ReadCache::new(LINK_TTL),
             tags: ReadCache::new(TAG_TTL),
             sink: None,
+            gc: crate::gc::GcFence::default(),
         }
     }
 
@@ -257,6 +260,11 @@ impl Registry {
 
     pub fn stores(&self) -> &Stores {
         &self.stores
+    }
+
+    /// What an online garbage collection of this registry coordinates with.
+    pub fn gc_fence(&self) -> &crate::gc::GcFence {
+        &self.gc
     }
 
     // ---- blobs ----
@@ -319,6 +327,7 @@ impl Registry {
         from: &RepoName,
         digest: &Digest,
     ) -> Result<Option<u64>> {
+        let _gc = self.gc.enter([digest]).await;
         if !self.stores.repos.blob_linked(from, digest).await? {
             return Ok(None);
         }
@@ -354,6 +363,8 @@ impl Registry {
         if let Some((start, body)) = last_chunk {
             self.stores.uploads.append(repo, id, start, body).await?;
         }
+        // Around the commit only: a body streaming in never holds a collection back.
+        let _gc = self.gc.enter([digest]).await;
         Ok(self.stores.uploads.commit(repo, id, digest).await?)
     }
 
@@ -370,6 +381,7 @@ impl Registry {
                 .uploads
                 .append(repo, &session.id, Some(0), body)
                 .await?;
+            let _gc = self.gc.enter([digest]).await;
             self.stores.uploads.commit(repo, &session.id, digest).await
         }
         .await;
@@ -480,6 +492,12 @@ impl Registry {
                 computed: digest,
             });
         }
+        let referenced = manifest
+            .blob_references()
+            .map(|d| &d.digest)
+            .chain(manifest.manifests.iter().map(|c| &c.digest))
+            .chain([&digest]);
+        let _gc = self.gc.enter(referenced).await;
         for d in manifest.blob_references() {
             if !self.blob_linked(repo, &d.digest).await?
                 || self.stores.blobs.stat(&d.digest).await?.is_none()
@@ -523,6 +541,12 @@ impl Registry {
                 computed,
             });
         }
+        let referenced = manifest
+            .blob_references()
+            .map(|d| &d.digest)
+            .chain(manifest.manifests.iter().map(|c| &c.digest))
+            .chain([&computed]);
+        let _gc = self.gc.enter(referenced).await;
         self.store_manifest(repo, tag, computed, manifest, bytes)
             .await
     }
@@ -602,6 +626,16 @@ impl Registry {
             .await?
             .ok_or_else(|| CoreError::NameUnknown(repo.clone()))?;
         Ok(paginate(tags, n, last))
+    }
+
+    /// When `tag` was last set (pushed, refreshed from an upstream, replicated), as the
+    /// storage records it; `None` when the tag is gone or the backend cannot tell.
+    pub async fn tag_modified(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<std::time::SystemTime>> {
+        Ok(self.stores.manifests.tag_modified(repo, tag).await?)
     }
 
     pub async fn catalog(&self, n: Option<usize>, last: Option<&str>) -> Result<Page<RepoName>> {

@@ -99,6 +99,7 @@ async fn mirrored(
     match (route, &method) {
         (Route::Manifest(_, r), &Method::GET | &Method::HEAD) => {
             let m = mirror.manifest(t, &r).await?;
+            note_pull(state, &t.local, &r, &req);
             Ok(manifest_response(&m, &req))
         }
         (Route::Blob(_, d), &Method::HEAD) => {
@@ -324,6 +325,7 @@ async fn manifest_get(
     req: &Request<Incoming>,
 ) -> HandlerResult {
     let m = state.registry.manifest_get(repo, reference).await?;
+    note_pull(state, repo, reference, req);
     if req.method() == Method::GET
         && let Some(sink) = state.events.as_ref().filter(|s| s.wants_pulls())
     {
@@ -348,6 +350,15 @@ async fn manifest_get(
         });
     }
     Ok(manifest_response(&m, req))
+}
+
+/// A GET of a manifest is a pull (a HEAD only checks).
+fn note_pull(state: &AppState, repo: &RepoName, reference: &Reference, req: &Request<Incoming>) {
+    if req.method() == Method::GET
+        && let Some(p) = &state.pulls
+    {
+        p.pulled(repo, reference);
+    }
 }
 
 /// The authenticated subject of a request, for events.

@@ -5,6 +5,7 @@
 #![deny(rust_2018_idioms)]
 
 mod access;
+pub mod activity;
 pub mod auth;
 pub mod body;
 pub mod error;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub access: Option<Arc<AccessControl>>,
     /// Where manifest pushes, pulls and deletes are recorded; `None`: nowhere.
     pub events: Option<Arc<dyn events::EventSink>>,
+    /// Where manifest pulls are noted (last pull per tag); `None`: nowhere.
+    pub pulls: Option<Arc<dyn activity::PullRecorder>>,
     request_ids: AtomicU64,
     id_prefix: String,
 }
@@ -55,6 +58,7 @@ impl AppState {
             metrics,
             access: None,
             events: None,
+            pulls: None,
             request_ids: AtomicU64::new(0),
             id_prefix,
         }
@@ -69,6 +73,12 @@ impl AppState {
     /// Records manifest operations in `sink`.
     pub fn with_events(mut self, sink: Arc<dyn events::EventSink>) -> AppState {
         self.events = Some(sink);
+        self
+    }
+
+    /// Notes every manifest pull in `recorder`.
+    pub fn with_pulls(mut self, recorder: Arc<dyn activity::PullRecorder>) -> AppState {
+        self.pulls = Some(recorder);
         self
     }
 

@@ -98,6 +98,34 @@ pub struct JobRecord {
     pub updated_ms: u64,
     /// The last attempt's report.
     pub report: Option<JobReport>,
+    /// What happened to the job, oldest first: the last [`JobRecord::MAX_LOG`] lines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<JobLogLine>,
+}
+
+/// One timestamped line of a job's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLogLine {
+    /// Unix milliseconds.
+    pub time_ms: u64,
+    pub message: String,
+}
+
+impl JobRecord {
+    /// Lines a job keeps; older ones are dropped.
+    pub const MAX_LOG: usize = 200;
+
+    /// Adds a line to the job's history (not stored until the record is).
+    pub fn note(&mut self, message: impl Into<String>) {
+        self.log.push(JobLogLine {
+            time_ms: now_ms(),
+            message: message.into(),
+        });
+        if self.log.len() > Self::MAX_LOG {
+            let extra = self.log.len() - Self::MAX_LOG;
+            self.log.drain(..extra);
+        }
+    }
 }
 
 /// Where job records live.
@@ -132,6 +160,7 @@ pub trait JobLog: Send + Sync {
         }
         record.state = JobState::Queued;
         record.updated_ms = now_ms();
+        record.note("queued again by hand");
         self.update(&record).await?;
         Ok(record)
     }
@@ -275,6 +304,7 @@ impl JobLog for JsonlJobLog {
                 attempts: 0,
                 updated_ms: now_ms(),
                 report: None,
+                log: Vec::new(),
             };
             state.append(&record)?;
             Ok(record)
@@ -479,6 +509,28 @@ mod tests {
             Err(ReplicateError::JobNotFound(9))
         ));
         assert_eq!(log.create(spec()).await.unwrap().id, JobId(3));
+    }
+
+    #[tokio::test]
+    async fn a_job_keeps_the_last_lines_of_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let log = JsonlJobLog::open(&path).unwrap();
+        let mut r = log.create(spec()).await.unwrap();
+        for i in 0..(JobRecord::MAX_LOG + 5) {
+            r.note(format!("line {i}"));
+        }
+        log.update(&r).await.unwrap();
+        drop(log);
+        let got = JsonlJobLog::open(&path)
+            .unwrap()
+            .get(r.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.log.len(), JobRecord::MAX_LOG);
+        assert_eq!(got.log[0].message, "line 5");
+        assert!(got.log[0].time_ms > 0);
     }
 
     #[tokio::test]

@@ -29,7 +29,7 @@ pub use copy::{
 };
 pub use endpoint::{BlobOpener, BlobTransfer, Destination, Source, SourceBlob, SourceManifest};
 pub use error::{ReplicateError, Side};
-pub use joblog::{JobId, JobLog, JobRecord, JobRunner, JobSpec, JobState, JsonlJobLog};
+pub use joblog::{JobId, JobLog, JobLogLine, JobRecord, JobRunner, JobSpec, JobState, JsonlJobLog};
 pub use limit::RateLimiter;
 pub use remote::{RemoteDestination, RemoteSource, UploadOptions};
 pub use retry::{RetryPolicy, run_with_retries};

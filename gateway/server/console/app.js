@@ -1,14 +1,20 @@
 // Pier console: a single-page app over the admin listener's API. Plain DOM, hash routes,
 // no build step and no request to anything but this listener.
 //
-//   #/login                      username and password, checked against /api/v1/plugins
+//   #/login                      username and password, checked against /api/v1/me
 //   #/dashboard                  /metrics, /api/v1/mirror, /api/v1/plugins, sampled over time
 //   #/repositories?q=&last=      /api/v1/repositories, a page at a time
 //   #/repository/NAME            /api/v1/repositories/NAME/-/tags
 //   #/manifest/NAME/REFERENCE    /api/v1/repositories/NAME/-/manifests/REFERENCE
-//   #/replication                /replication/jobs, POST /replication/jobs/ID/retry
-//   #/deliveries                 /events/deliveries, POST /events/deliveries/ID/redeliver
+//   #/replication                /api/v1/replication/jobs (and .../ID/log), POST .../ID/retry
+//   #/deliveries                 /api/v1/events/deliveries, POST .../ID/redeliver
 //   #/plugins                    /api/v1/plugins, POST /plugins/reload
+//   #/projects                   /api/v1/projects (the ones the user manages), create
+//   #/project/NAME               /api/v1/projects/NAME: public, members (add, change, remove)
+//   #/robots                     /api/v1/robots: create (secret shown once), rotate, delete
+//   #/users                      /api/v1/users: create, delete
+//
+// System administrators see every page; other accounts (project admins) only Projects.
 "use strict";
 
 const SESSION_KEY = "pier-console";
@@ -76,9 +82,9 @@ const session = {
   get() {
     try { return JSON.parse(sessionStorage.getItem(SESSION_KEY)); } catch { return null; }
   },
-  set(user, password) {
+  set(user, password, admin) {
     const auth = "Basic " + btoa(unescape(enc(`${user}:${password}`)));
-    sessionStorage.setItem(SESSION_KEY, JSON.stringify({ user, auth }));
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify({ user, auth, admin }));
   },
   clear() { sessionStorage.removeItem(SESSION_KEY); },
 };
@@ -88,18 +94,24 @@ class ApiError extends Error {
 }
 
 /** Calls the admin listener with the session's credentials; JSON (or text) back. */
-async function api(path, { method = "GET", auth } = {}) {
+async function api(path, { method = "GET", auth, json } = {}) {
   const headers = { "X-Requested-With": "pier-console" };
   const a = auth || session.get()?.auth;
   if (a) headers.Authorization = a;
+  let payload;
+  if (json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    payload = JSON.stringify(json);
+  }
   // `credentials: "omit"`: the Authorization header still goes, but a 401 with a Basic
   // challenge comes back to us instead of opening the browser's own login dialog.
-  const r = await fetch(path, { method, headers, cache: "no-store", credentials: "omit" });
+  const r = await fetch(path, { method, headers, body: payload, cache: "no-store", credentials: "omit" });
+  if (r.status === 204) return null;
   const type = r.headers.get("content-type") || "";
   const body = type.includes("json") ? await r.json().catch(() => null) : await r.text();
   if (!r.ok) {
     const message = (body && body.error) || (typeof body === "string" && body.trim()) || r.statusText;
-    if ((r.status === 401 || r.status === 403) && !auth) {
+    if (r.status === 401 && !auth) {
       session.clear();
       location.hash = "#/login";
     }
@@ -124,7 +136,9 @@ function parseHash() {
   return { page: parts[0] || "dashboard", args: parts.slice(1), query: new URLSearchParams(query) };
 }
 
-const pages = { login, dashboard, repositories, repository, manifest, replication, deliveries, plugins };
+const pages = { login, dashboard, repositories, repository, manifest, replication, deliveries, plugins, projects, project, robots, users };
+/** Pages an account that is not a system administrator may open. */
+const MEMBER_PAGES = new Set(["login", "projects", "project"]);
 
 async function route() {
   timers.forEach(clearInterval);
@@ -132,7 +146,10 @@ async function route() {
   const gen = ++generation;
   const { page, args, query } = parseHash();
   const user = session.get()?.user;
+  const admin = session.get()?.admin;
   if (!user && page !== "login") { location.hash = "#/login"; return; }
+  if (user && !admin && !MEMBER_PAGES.has(page)) { location.hash = "#/projects"; return; }
+  for (const a of document.querySelectorAll("#nav a")) a.hidden = !admin && !MEMBER_PAGES.has(a.dataset.page);
   const who = document.getElementById("who");
   who.replaceChildren(...(user ? [h("span", { class: "user" }, user), h("button", { onclick: logout }, "Log out")] : []));
   document.getElementById("nav").hidden = !user;
@@ -169,15 +186,15 @@ async function login(show) {
   const submit = async (ev) => {
     ev.preventDefault();
     const auth = "Basic " + btoa(unescape(enc(`${user.value}:${pass.value}`)));
+    let admin;
     try {
-      await api("/api/v1/plugins", { auth });
+      admin = (await api("/api/v1/me", { auth })).systemAdmin;
     } catch (e) {
-      flash(e.status === 401 ? "Wrong username or password."
-        : e.status === 403 ? "This account is not a system administrator." : e.message);
+      flash(e.status === 401 ? "Wrong username or password." : e.message);
       return;
     }
-    session.set(user.value, pass.value);
-    location.hash = "#/dashboard";
+    session.set(user.value, pass.value, admin);
+    location.hash = admin ? "#/dashboard" : "#/projects";
   };
   show(h("form", { class: "login", onsubmit: submit },
     h("h1", {}, "Sign in to Pier"),
@@ -294,12 +311,14 @@ async function repository(show, [name], query) {
     h("td", { class: "mono digest" }, t.digest),
     h("td", {}, bytes(t.size)),
     h("td", {}, t.platforms.length ? t.platforms.join(", ") : "–"),
-    h("td", {}, t.referrers)));
+    h("td", {}, t.referrers),
+    h("td", { "data-col": "last-push" }, time(t.lastPush && Date.parse(t.lastPush))),
+    h("td", { "data-col": "last-pull" }, time(t.lastPull && Date.parse(t.lastPull)))));
   const nextLast = page.next && new URL(page.next, location.href).searchParams.get("last");
   show(
     h("p", {}, h("a", { href: "#/repositories" }, "« Repositories")),
     h("h1", {}, name),
-    table(["Tag", "Digest", "Size", "Platforms", "Referrers"], rows, "No tags."),
+    table(["Tag", "Digest", "Size", "Platforms", "Referrers", "Last push", "Last pull"], rows, "No tags."),
     h("div", { class: "pager" },
       nextLast && h("a", { href: `#/repository/${enc(name)}?last=${enc(nextLast)}` }, "Next page »")));
 }
@@ -331,31 +350,35 @@ async function manifest(show, [name, reference]) {
 }
 
 async function replication(show) {
+  const open = new Set();
   const load = async () => {
-    const { jobs } = await api("/replication/jobs?limit=200");
-    const retry = (id) => async (ev) => {
-      ev.target.disabled = true;
-      try {
-        await api(`/replication/jobs/${id}/retry`, { method: "POST" });
-        flash(`Job ${id} queued again.`, "info");
-      } catch (e) {
-        flash(e.message);
-      }
+    const { jobs } = await api("/api/v1/replication/jobs?n=200");
+    const logs = new Map(await Promise.all([...open].map(async (id) =>
+      [id, (await api(`/api/v1/replication/jobs/${id}/log`)).lines])));
+    const retry = (id) => action(() => api(`/api/v1/replication/jobs/${id}/retry`, { method: "POST" }), `Job ${id} queued again.`, load);
+    const toggle = (id) => async () => {
+      if (open.has(id)) open.delete(id); else open.add(id);
       await load().catch((e) => flash(e.message));
     };
-    const rows = jobs.map((j) => {
+    const rows = jobs.flatMap((j) => {
       const r = j.report || {};
-      const report = j.report ? `${bytes(r.bytes)} sent, ${r.blobs_copied} blobs copied, ${r.blobs_skipped} skipped, ${r.manifests} manifests` : "–";
-      return h("tr", { "data-job-id": j.id },
+      const report = j.report ? `${bytes(r.bytes)} sent, ${r.blobsCopied} blobs copied, ${r.blobsSkipped} skipped, ${r.blobsMounted} mounted, ${r.manifests} manifests` : "–";
+      const row = h("tr", { "data-job-id": j.id },
         h("td", {}, j.id),
         h("td", {}, j.rule),
-        h("td", { class: "mono" }, `${j.src_repo}:${j.reference}`, h("br"), `→ ${j.destination}/${j.dst_repo}${j.delete ? " (delete)" : ""}`),
+        h("td", { class: "mono" }, `${j.sourceRepository}:${j.reference}`, h("br"), `→ ${j.destination}/${j.destinationRepository}${j.delete ? " (delete)" : ""}`),
         h("td", { class: "state" }, badge(j.state)),
         h("td", { class: "attempts" }, j.attempts),
         h("td", {}, report),
         h("td", { class: "error" }, r.error || ""),
-        h("td", {}, time(j.updated_ms)),
-        h("td", {}, j.state === "failed" && h("button", { class: "retry", "data-job": j.id, onclick: retry(j.id) }, "Retry")));
+        h("td", {}, j.updated ? j.updated.replace("T", " ").replace(/\.\d+Z$/, " UTC") : "–"),
+        h("td", {},
+          h("button", { class: "log", onclick: toggle(j.id) }, open.has(j.id) ? "Hide log" : "Log"), " ",
+          j.state === "failed" && h("button", { class: "retry", "data-job": j.id, onclick: retry(j.id) }, "Retry")));
+      const lines = logs.get(j.id);
+      if (!lines) return [row];
+      return [row, h("tr", { class: "job-log", "data-log-of": j.id }, h("td", { colspan: 9 },
+        h("pre", { class: "mono" }, lines.map((l) => `${l.time}  ${l.message}`).join("\n") || "(no lines yet)")))];
     });
     show(h("h1", {}, "Replication jobs"),
       table(["Job", "Rule", "Image", "State", "Attempts", "Report", "Error", "Updated", ""], rows, "No replication jobs."));
@@ -366,11 +389,11 @@ async function replication(show) {
 
 async function deliveries(show) {
   const load = async () => {
-    const { deliveries: list } = await api("/events/deliveries?limit=200");
+    const { deliveries: list } = await api("/api/v1/events/deliveries?n=200");
     const redeliver = (id) => async (ev) => {
       ev.target.disabled = true;
       try {
-        await api(`/events/deliveries/${enc(id)}/redeliver`, { method: "POST" });
+        await api(`/api/v1/events/deliveries/${enc(id)}/redeliver`, { method: "POST" });
         flash(`Delivery ${id} queued again.`, "info");
       } catch (e) {
         flash(e.message);
@@ -425,6 +448,141 @@ async function plugins(show) {
     };
     show(h("h1", {}, "Plugins"), pluginTable(list),
       h("p", {}, h("button", { onclick: reload }, "Reload plugins")));
+  };
+  await load();
+}
+
+const ROLES = ["project-admin", "developer", "guest"];
+
+/** Runs a change; flashes `done` (or the error) and reloads the page's data. */
+function action(run, done, reload) {
+  return async (ev) => {
+    ev.preventDefault();
+    if (ev.target.disabled !== undefined) ev.target.disabled = true;
+    try {
+      const r = await run();
+      flash(typeof done === "function" ? done(r) : done, "info");
+    } catch (e) {
+      flash(e.message);
+    }
+    await reload().catch((e) => flash(e.message));
+  };
+}
+
+function select(name, options, value) {
+  return h("select", { name }, options.map((o) => h("option", { value: o, selected: o === value }, o)));
+}
+
+async function projects(show, _args, query) {
+  const load = async () => {
+    const params = new URLSearchParams({ n: PAGE_SIZE });
+    if (query.get("last")) params.set("last", query.get("last"));
+    const page = await api(`/api/v1/projects?${params}`);
+    const rows = page.projects.map((p) => h("tr", { "data-project": p.name },
+      h("td", {}, h("a", { href: `#/project/${enc(p.name)}` }, p.name)),
+      h("td", {}, p.public ? "public" : "private"),
+      h("td", {}, p.members.length)));
+    const nextLast = page.next && new URL(page.next, location.href).searchParams.get("last");
+    const name = h("input", { name: "project", placeholder: "new project name", required: true });
+    const pub = h("input", { name: "public", type: "checkbox" });
+    const create = action(() => api("/api/v1/projects", { method: "POST", json: { name: name.value, public: pub.checked } }),
+      () => `Project ${name.value} created.`, load);
+    show(h("h1", {}, "Projects"),
+      table(["Project", "Access", "Members"], rows, "No project you manage."),
+      h("div", { class: "pager" }, nextLast && h("a", { href: `#/projects?last=${enc(nextLast)}` }, "Next page »")),
+      session.get()?.admin && h("form", { class: "inline", id: "create-project", onsubmit: create },
+        name, h("label", {}, pub, " public"), h("button", { type: "submit" }, "Create project")));
+  };
+  await load();
+}
+
+async function project(show, [name]) {
+  const base = `/api/v1/projects/${enc(name)}`;
+  const load = async () => {
+    const p = await api(base);
+    const member = (m) => `${base}/members/${m.kind}/${enc(m.name)}`;
+    const rows = p.members.map((m) => {
+      const role = select("role", ROLES, m.role);
+      role.addEventListener("change", action(() => api(member(m), { method: "PUT", json: { role: role.value } }),
+        `${m.name} is now ${role.value}.`, load));
+      return h("tr", { "data-member": m.name, "data-kind": m.kind },
+        h("td", {}, m.name), h("td", {}, m.kind), h("td", {}, role),
+        h("td", {}, h("button", { class: "remove", onclick: action(() => api(member(m), { method: "DELETE" }), `${m.name} removed.`, load) }, "Remove")));
+    });
+    const who = h("input", { name: "member", placeholder: "user or group name", required: true });
+    const kind = select("kind", ["user", "group"], "user");
+    const role = select("new-role", ROLES, "developer");
+    const add = action(() => api(`${base}/members/${kind.value}/${enc(who.value)}`, { method: "PUT", json: { role: role.value } }),
+      () => `${who.value} added as ${role.value}.`, load);
+    const toggle = action(() => api(base, { method: "PATCH", json: { public: !p.public } }),
+      `${name} is now ${p.public ? "private" : "public"}.`, load);
+    const remove = action(() => api(base, { method: "DELETE" }), `Project ${name} deleted.`,
+      async () => { location.hash = "#/projects"; });
+    show(h("p", {}, h("a", { href: "#/projects" }, "« Projects")),
+      h("h1", {}, name),
+      h("p", {}, p.public ? "Public: everyone may pull and search. " : "Private: members only. ",
+        h("button", { id: "toggle-public", onclick: toggle }, p.public ? "Make private" : "Make public")),
+      h("h2", {}, "Members"),
+      table(["Name", "Kind", "Role", ""], rows, "No members."),
+      h("form", { class: "inline", id: "add-member", onsubmit: add }, who, kind, role, h("button", { type: "submit" }, "Add member")),
+      session.get()?.admin && h("p", {}, h("button", { id: "delete-project", class: "danger", onclick: remove }, "Delete project")));
+  };
+  await load();
+}
+
+/** A robot's or a rotation's secret, shown once. */
+function secretBox(login, secret) {
+  return h("div", { class: "card secret", "data-testid": "robot-secret" },
+    h("div", { class: "label" }, `Secret of ${login} (shown once: copy it now)`),
+    h("div", { class: "value mono" }, secret));
+}
+
+async function robots(show) {
+  let secret = null;
+  const load = async () => {
+    const { robots: list } = await api("/api/v1/robots");
+    const rows = list.map((r) => h("tr", { "data-robot": r.name },
+      h("td", { class: "mono" }, r.login),
+      h("td", {}, r.permissions.map((p) => `${p.project}: ${p.actions.join(", ")}`).join("; ")),
+      h("td", {}, r.description),
+      h("td", {}, r.expired ? `expired ${r.expiresAt}` : r.expiresAt || "never"),
+      h("td", {},
+        h("button", { class: "rotate", onclick: action(async () => { const s = await api(`/api/v1/robots/${enc(r.name)}/secret`, { method: "POST" }); secret = [s.login, s.secret]; }, `New secret for ${r.login}.`, load) }, "Rotate secret"), " ",
+        h("button", { class: "remove", onclick: action(() => api(`/api/v1/robots/${enc(r.name)}`, { method: "DELETE" }), `${r.login} deleted.`, load) }, "Delete"))));
+    const name = h("input", { name: "robot", placeholder: "name", required: true });
+    const proj = h("input", { name: "robot-project", placeholder: "project", required: true });
+    const boxes = ["pull", "push", "delete", "search"].map((a) => h("input", { type: "checkbox", name: `action-${a}`, value: a, checked: a === "pull" }));
+    const days = h("input", { name: "expires", type: "number", min: 1, placeholder: "days (never)" });
+    const create = action(async () => {
+      const body = { name: name.value, permissions: [{ project: proj.value, actions: boxes.filter((b) => b.checked).map((b) => b.value) }] };
+      if (days.value) body.expiresInDays = Number(days.value);
+      const r = await api("/api/v1/robots", { method: "POST", json: body });
+      secret = [r.login, r.secret];
+      return r;
+    }, (r) => `${r.login} created.`, load);
+    show(h("h1", {}, "Robot accounts"),
+      secret && secretBox(...secret),
+      table(["Login", "Permissions", "Description", "Expires", ""], rows, "No robot accounts."),
+      h("form", { class: "inline", id: "create-robot", onsubmit: create },
+        name, proj, boxes.map((b) => h("label", {}, b, ` ${b.value}`)), days, h("button", { type: "submit" }, "Create robot")));
+    secret = null;
+  };
+  await load();
+}
+
+async function users(show) {
+  const load = async () => {
+    const { users: list } = await api("/api/v1/users");
+    const rows = list.map((u) => h("tr", { "data-user": u.name },
+      h("td", {}, u.name),
+      h("td", {}, u.name !== session.get()?.user && h("button", { class: "remove", onclick: action(() => api(`/api/v1/users/${enc(u.name)}`, { method: "DELETE" }), `${u.name} deleted.`, load) }, "Delete"))));
+    const name = h("input", { name: "new-user", placeholder: "name", autocomplete: "off", required: true });
+    const pass = h("input", { name: "new-password", type: "password", placeholder: "password", autocomplete: "new-password", required: true });
+    const create = action(() => api("/api/v1/users", { method: "POST", json: { name: name.value, password: pass.value } }),
+      () => `User ${name.value} created.`, load);
+    show(h("h1", {}, "Users"),
+      table(["Name", ""], rows, "No local users."),
+      h("form", { class: "inline", id: "create-user", onsubmit: create }, name, pass, h("button", { type: "submit" }, "Create user")));
   };
   await load();
 }

@@ -71,6 +71,14 @@ impl Plugins {
         out
     }
 
+    /// The project store of the authorizer, when one is loaded (it may still answer
+    /// that it doesn't manage projects).
+    pub fn projects(&self) -> Option<Arc<dyn pier_auth::projects::ProjectStore>> {
+        self.authorizers
+            .first()
+            .map(|(_, p)| p.clone() as Arc<dyn pier_auth::projects::ProjectStore>)
+    }
+
     pub fn render_metrics(&self, out: &mut String) {
         for (_, p) in &self.authorizers {
             p.metrics().render(out);

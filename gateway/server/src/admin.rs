@@ -12,7 +12,16 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use pier_http::Metrics;
 
+/// The `[auth]` users and robots files, for the admin API; changes one at a time.
+pub struct AccountFiles {
+    pub users: PathBuf,
+    pub robots: PathBuf,
+    pub lock: tokio::sync::Mutex<()>,
+}
+
 pub struct AdminState {
+    /// The accounts files, when access control is on.
+    pub accounts: Option<AccountFiles>,
     pub metrics: Arc<Metrics>,
     pub mirror: Option<Arc<pier_core::Mirror>>,
     pub ready: AtomicBool,
@@ -26,6 +35,10 @@ pub struct AdminState {
     pub events: Option<Arc<crate::events::EventsRuntime>>,
     /// The registry, for the admin API (`crate::api`).
     pub registry: Arc<pier_core::Registry>,
+    /// When each tag was last pulled from this node (the tag list's `lastPull`).
+    pub pulls: Arc<crate::activity::PullLog>,
+    /// Whether other nodes share the storage (`[redis]`): online gc is refused then.
+    pub clustered: bool,
 }
 
 /// `POST /warm?image=NAME:TAG[&image=...][&platform=os/arch]`: pulls the images through

@@ -37,6 +37,12 @@ pub enum ReplicationCommand {
         target: AdminTarget,
         id: u64,
     },
+    /// A job's log: its attempts, what they copied, errors and retries
+    Log {
+        #[command(flatten)]
+        target: AdminTarget,
+        id: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -97,6 +103,16 @@ pub enum EventsCommand {
 
 /// One request to the admin API; the JSON answer, or an error naming the status.
 async fn call(target: &AdminTarget, method: &str, path: &str) -> Result<Value, ServerError> {
+    call_with(target, method, path, None).await
+}
+
+/// [`call`] with a JSON body.
+pub(crate) async fn call_with(
+    target: &AdminTarget,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, ServerError> {
     let err = |m: String| ServerError::Config(format!("{} {path}: {m}", target.admin));
     let host = target
         .admin
@@ -106,14 +122,20 @@ async fn call(target: &AdminTarget, method: &str, path: &str) -> Result<Value, S
     let mut stream = tokio::net::TcpStream::connect(host)
         .await
         .map_err(|e| err(e.to_string()))?;
+    let payload = body.map(Value::to_string).unwrap_or_default();
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        payload.len()
     );
+    if body.is_some() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
     if let Some(c) = &target.creds {
         let b = base64::engine::general_purpose::STANDARD.encode(c);
         req.push_str(&format!("Authorization: Basic {b}\r\n"));
     }
     req.push_str("\r\n");
+    req.push_str(&payload);
     stream
         .write_all(req.as_bytes())
         .await
@@ -164,7 +186,7 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
-fn field(v: &Value, k: &str) -> String {
+pub(crate) fn field(v: &Value, k: &str) -> String {
     match &v[k] {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -179,7 +201,8 @@ pub async fn replication(c: ReplicationCommand) -> Result<(), ServerError> {
             limit,
             json,
         } => {
-            let v = call(&target, "GET", &format!("/replication/jobs?limit={limit}")).await?;
+            let n = limit.clamp(1, crate::api::MAX_PAGE);
+            let v = call(&target, "GET", &format!("/api/v1/replication/jobs?n={n}")).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 return Ok(());
@@ -194,9 +217,9 @@ pub async fn replication(c: ReplicationCommand) -> Result<(), ServerError> {
                     field(j, "attempts"),
                     field(j, "source"),
                     field(j, "destination"),
-                    field(j, "src_repo"),
+                    field(j, "sourceRepository"),
                     field(j, "reference"),
-                    field(j, "dst_repo"),
+                    field(j, "destinationRepository"),
                     field(report, "bytes"),
                     field(report, "error"),
                 );
@@ -204,12 +227,29 @@ pub async fn replication(c: ReplicationCommand) -> Result<(), ServerError> {
             Ok(())
         }
         ReplicationCommand::Retry { target, id } => {
-            let v = call(&target, "POST", &format!("/replication/jobs/{id}/retry")).await?;
+            let v = call(
+                &target,
+                "POST",
+                &format!("/api/v1/replication/jobs/{id}/retry"),
+            )
+            .await?;
             println!(
                 "job {} queued again ({} attempts so far)",
                 field(&v, "id"),
                 field(&v, "attempts")
             );
+            Ok(())
+        }
+        ReplicationCommand::Log { target, id } => {
+            let v = call(
+                &target,
+                "GET",
+                &format!("/api/v1/replication/jobs/{id}/log"),
+            )
+            .await?;
+            for l in v["lines"].as_array().into_iter().flatten() {
+                println!("{}\t{}", field(l, "time"), field(l, "message"));
+            }
             Ok(())
         }
     }
@@ -223,7 +263,8 @@ pub async fn events(c: EventsCommand) -> Result<(), ServerError> {
             limit,
             json,
         } => {
-            let mut path = format!("/events/deliveries?limit={limit}");
+            let n = limit.clamp(1, crate::api::MAX_PAGE);
+            let mut path = format!("/api/v1/events/deliveries?n={n}");
             if let Some(s) = status {
                 path.push_str(&format!("&status={s}"));
             }
@@ -250,7 +291,7 @@ pub async fn events(c: EventsCommand) -> Result<(), ServerError> {
             let v = call(
                 &target,
                 "POST",
-                &format!("/events/deliveries/{id}/redeliver"),
+                &format!("/api/v1/events/deliveries/{}/redeliver", enc(&id)),
             )
             .await?;
             println!("delivery {} queued again", field(&v, "id"));
@@ -259,8 +300,41 @@ pub async fn events(c: EventsCommand) -> Result<(), ServerError> {
     }
 }
 
+/// `pier gc --admin URL`: a collection run by a running Pier (through its admin API).
+pub async fn gc(
+    admin: String,
+    creds: Option<String>,
+    dry_run: bool,
+    untagged: bool,
+    grace: std::time::Duration,
+) -> Result<(), ServerError> {
+    let target = AdminTarget { admin, creds };
+    let grace = if grace.subsec_millis() == 0 {
+        format!("{}s", grace.as_secs())
+    } else {
+        format!("{}ms", grace.as_millis())
+    };
+    let v = call(
+        &target,
+        "POST",
+        &format!("/api/v1/gc?dry_run={dry_run}&untagged={untagged}&grace={grace}"),
+    )
+    .await?;
+    println!(
+        "gc: {} {} manifests and {} blobs ({} bytes); {} blobs referenced; {} unreferenced blobs kept by the {grace} grace period; {} kept as pushed meanwhile",
+        if dry_run { "would remove" } else { "removed" },
+        field(&v, "manifestsRemoved"),
+        field(&v, "blobsRemoved"),
+        field(&v, "bytesFreed"),
+        field(&v, "blobsMarked"),
+        field(&v, "blobsKeptByGrace"),
+        field(&v, "keptInUse"),
+    );
+    Ok(())
+}
+
 /// Percent-encodes a query value or a path segment (unreserved characters kept).
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {

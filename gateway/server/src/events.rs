@@ -500,6 +500,16 @@ impl Replication {
         record.state = JobState::Running;
         record.attempts += 1;
         record.updated_ms = now_ms();
+        record.note(format!(
+            "attempt {} started: {} {}:{} -> {} {}{}",
+            record.attempts,
+            record.spec.source,
+            record.spec.src_repo,
+            record.spec.reference,
+            record.spec.destination,
+            record.spec.dst_repo,
+            if record.spec.delete { " (delete)" } else { "" }
+        ));
         if let Err(e) = self.log.update(&record).await {
             tracing::error!(job = %id, error = %e, "replication job log failed");
             return;
@@ -536,6 +546,7 @@ impl Replication {
         let retry_in = match outcome {
             Ok(report) => {
                 record.state = JobState::Succeeded;
+                record.note(format!("succeeded: {}", report_line(&report)));
                 record.report = Some(report);
                 None
             }
@@ -546,9 +557,19 @@ impl Replication {
                 } else {
                     JobState::Failed
                 };
+                record.note(format!(
+                    "attempt {} failed: {}; {}",
+                    record.attempts,
+                    failed.error,
+                    report_line(&failed.report)
+                ));
                 record.report = Some(failed.report);
+                if !retry {
+                    record.note("failed for good: retry it by hand once the cause is fixed");
+                }
                 if retry {
                     let wait = policy.backoff(tries);
+                    record.note(format!("will retry in {} ms", wait.as_millis()));
                     tracing::warn!(job = %id, attempt = record.attempts, wait_ms = wait.as_millis() as u64,
                         error = %failed.error, "replication job failed; will retry");
                     Some(wait)
@@ -675,6 +696,24 @@ impl Replication {
     }
 }
 
+/// A job log line of what an attempt did.
+fn report_line(r: &pier_replicate::JobReport) -> String {
+    let mut line = format!(
+        "{} blobs copied, {} mounted, {} skipped (already there); {} manifests written, {} skipped; {} bytes sent",
+        r.blobs_copied, r.blobs_mounted, r.blobs_skipped, r.manifests, r.manifests_skipped, r.bytes
+    );
+    if r.resumes > 0 {
+        line.push_str(&format!(
+            "; {} uploads resumed at the registry's offset ({} bytes not sent again)",
+            r.resumes, r.resumed_bytes_saved
+        ));
+    }
+    if r.blob_retries > 0 {
+        line.push_str(&format!("; {} blob transfers retried", r.blob_retries));
+    }
+    line
+}
+
 async fn delete(
     dest: &dyn Destination,
     repo: &RepoName,
@@ -792,7 +831,14 @@ pub async fn admin(
     let err = |s: S, m: String| Some((s, json!({ "error": m })));
     match parts.as_slice() {
         ["replication", "jobs"] if get => match rt.replication.log().list(limit).await {
-            Ok(jobs) => Some((S::OK, json!({ "jobs": jobs }))),
+            // Without their logs (`GET /api/v1/replication/jobs/ID/log`): a listing stays small.
+            Ok(jobs) => Some((
+                S::OK,
+                json!({ "jobs": jobs.into_iter().map(|mut j| {
+                    j.log.clear();
+                    j
+                }).collect::<Vec<_>>() }),
+            )),
             Err(e) => err(S::INTERNAL_SERVER_ERROR, e.to_string()),
         },
         ["replication", "targets"] if get => Some((

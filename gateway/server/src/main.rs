@@ -4,8 +4,10 @@
 
 mod access;
 mod accounts;
+mod activity;
 mod admin;
 mod admin_client;
+mod admin_projects;
 mod api;
 mod cluster;
 mod config;
@@ -64,6 +66,12 @@ enum Command {
     /// Webhook deliveries of a running Pier (through its admin API)
     #[command(subcommand)]
     Events(admin_client::EventsCommand),
+    /// Projects and their members of a running Pier (through its admin API)
+    #[command(subcommand)]
+    Projects(admin_projects::ProjectsCommand),
+    /// Robot accounts of a running Pier (through its admin API; `pier robot` edits the file)
+    #[command(subcommand)]
+    Robots(admin_projects::RobotsCommand),
 }
 
 #[derive(Args)]
@@ -100,6 +108,13 @@ struct GcArgs {
     /// Keep blobs modified more recently than this (protects uploads in flight)
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     grace: Duration,
+    /// Ask the running Pier at this admin listener to collect (online, through its admin
+    /// API) instead of collecting --root here, which must then not be served
+    #[arg(long)]
+    admin: Option<String>,
+    /// USER:PASSWORD of a system administrator, with --admin
+    #[arg(long, env = "PIER_ADMIN_CREDS")]
+    creds: Option<String>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -127,6 +142,9 @@ fn report(err: &ServerError) -> ExitCode {
 }
 
 async fn gc(args: GcArgs) -> Result<(), ServerError> {
+    if let Some(admin) = args.admin {
+        return admin_client::gc(admin, args.creds, args.dry_run, args.untagged, args.grace).await;
+    }
     let store = Arc::new(FsStore::new(&args.root)?);
     let registry = Registry::new(Stores::from_backend(store));
     let opts = GcOptions {
@@ -139,7 +157,9 @@ async fn gc(args: GcArgs) -> Result<(), ServerError> {
     } else {
         "removed"
     };
-    let report = collect(&registry, &opts, |line| println!("{line}")).await?;
+    let report = collect(&registry, &opts, |line| println!("{line}"))
+        .await?
+        .ok_or_else(|| ServerError::Config("a garbage collection is already running".into()))?;
     println!(
         "gc: {verb} {} manifests and {} blobs ({} bytes); {} blobs referenced; {} unreferenced blobs kept by the {:?} grace period",
         report.manifests_removed.len(),
@@ -193,6 +213,8 @@ fn main() -> ExitCode {
         Command::Repos(c) => runtime.block_on(admin_client::repos(c)),
         Command::Replication(c) => runtime.block_on(admin_client::replication(c)),
         Command::Events(c) => runtime.block_on(admin_client::events(c)),
+        Command::Projects(c) => runtime.block_on(admin_projects::projects(c)),
+        Command::Robots(c) => runtime.block_on(admin_projects::robots(c)),
         Command::User(c) => accounts::user(c),
         Command::Robot(c) => accounts::robot(c),
         Command::Plugin(c) => {

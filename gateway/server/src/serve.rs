@@ -21,6 +21,11 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::error::ServerError;
 
+/// How many tags and digests the pull log remembers (about 20 MB at most).
+const PULL_LOG_MAX: usize = 100_000;
+/// How often the pull log is written when it changed.
+const PULL_LOG_FLUSH: Duration = Duration::from_secs(5);
+
 /// Connection builders: protocol sniffing (h2c), HTTP/1.1 only, HTTP/2 only.
 #[derive(Clone)]
 struct Builders {
@@ -153,6 +158,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     if let Some(e) = &events {
         state = state.with_events(e.clone());
     }
+    let pulls = Arc::new(crate::activity::PullLog::open(
+        config.root.join("pier").join("activity").join("pulls.json"),
+        PULL_LOG_MAX,
+    ));
+    state = state.with_pulls(pulls.clone());
     let state = Arc::new(state);
     let tls = config
         .tls
@@ -164,6 +174,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let listener = bind(config.listen).await?;
     let admin_listener = bind(config.admin_listen).await?;
     let admin_state = Arc::new(AdminState {
+        accounts: config.auth.as_ref().map(|a| crate::admin::AccountFiles {
+            users: a.users_file.clone(),
+            robots: a.robots_file.clone(),
+            lock: tokio::sync::Mutex::new(()),
+        }),
         metrics,
         mirror,
         ready: AtomicBool::new(true),
@@ -172,6 +187,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         root: config.root.clone(),
         events,
         registry: registry.clone(),
+        pulls: pulls.clone(),
+        clustered: config.redis.is_some(),
         registry_url: tls
             .is_none()
             .then(|| listener.local_addr().map(|a| format!("http://{a}")).ok())
@@ -198,6 +215,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let expiry_task = tokio::spawn(expire_uploads(registry.clone(), config.upload_idle_timeout));
     let watch_task = tokio::spawn(plugins.clone().watch());
     let hup_task = tokio::spawn(reload_on_sighup(plugins.clone()));
+    let pulls_task = tokio::spawn(pulls.clone().run(PULL_LOG_FLUSH));
 
     let builders = Builders::new();
     let graceful = GracefulShutdown::new();
@@ -237,6 +255,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     }
     if let Some(e) = &admin_state.events {
         e.stop().await;
+    }
+    pulls_task.abort();
+    if let Err(e) = pulls.flush().await {
+        tracing::warn!(error = %e, "writing the pull log failed");
     }
     expiry_task.abort();
     watch_task.abort();

@@ -95,6 +95,13 @@ impl Warmer<'_> {
     }
 }
 
+/// What a warm-up pulled.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pulled {
+    pub blobs: usize,
+    pub bytes: u64,
+}
+
 /// Pulls `images` through the registry at `server`, reporting each manifest and blob.
 pub async fn run(
     server: String,
@@ -103,6 +110,19 @@ pub async fn run(
     credentials: Option<pier_upstream::Credentials>,
     progress: &mut (dyn FnMut(String) + Send),
 ) -> Result<(), ServerError> {
+    pull(server, platforms, images, credentials, progress)
+        .await
+        .map(drop)
+}
+
+/// [`run`], answering what it pulled.
+pub async fn pull(
+    server: String,
+    platforms: Vec<String>,
+    images: Vec<String>,
+    credentials: Option<pier_upstream::Credentials>,
+    progress: &mut (dyn FnMut(String) + Send),
+) -> Result<Pulled, ServerError> {
     let client = UpstreamClient::new(UpstreamConfig {
         name: "pier".into(),
         url: server.clone(),
@@ -128,7 +148,10 @@ pub async fn run(
         w.bytes
     );
     (w.progress)(summary);
-    Ok(())
+    Ok(Pulled {
+        blobs: w.blobs,
+        bytes: w.bytes,
+    })
 }
 
 #[cfg(test)]

@@ -75,6 +75,60 @@ type SessionKey = (RepoName, UploadId);
 pub struct FsStore {
     layout: Layout,
     sessions: Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<Session>>>>,
+    catalog: CatalogCache,
+}
+
+/// How long a walked catalog answers [`RepoStore::repositories`] (a repository this store
+/// creates shows at once; one made by another process on the same root within this).
+const CATALOG_TTL: Duration = Duration::from_secs(1);
+
+/// The last catalog walk, shared by the listings that follow it. A walk reads every
+/// repository directory (10,000 repositories: ~150 ms, most of it in the kernel) and the
+/// admin API lists a page at a time, so without this every page walked everything again,
+/// and console users browsing took the registry's CPU (benches/admin).
+#[derive(Default)]
+struct CatalogCache {
+    /// Bumped when this store may have created a repository the snapshot lacks.
+    generation: std::sync::atomic::AtomicU64,
+    snapshot: Mutex<Option<CatalogSnapshot>>,
+    /// One walk at a time; callers arriving meanwhile take its result.
+    walking: tokio::sync::Mutex<()>,
+}
+
+/// One walk's result.
+struct CatalogSnapshot {
+    walked_at: std::time::Instant,
+    /// [`CatalogCache::generation`] when the walk started.
+    generation: u64,
+    /// Sorted.
+    names: Arc<Vec<RepoName>>,
+}
+
+impl CatalogCache {
+    fn fresh(&self) -> Option<Arc<Vec<RepoName>>> {
+        let current = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        let snap = self.snapshot.lock().expect("catalog cache poisoned");
+        match &*snap {
+            Some(s) if s.generation == current && s.walked_at.elapsed() < CATALOG_TTL => {
+                Some(s.names.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// After a manifest or tag was written in `repo`.
+    fn touched(&self, repo: &RepoName) {
+        let listed = self
+            .snapshot
+            .lock()
+            .expect("catalog cache poisoned")
+            .as_ref()
+            .is_some_and(|s| s.names.binary_search(repo).is_ok());
+        if !listed {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -293,6 +347,7 @@ impl FsStore {
         Ok(FsStore {
             layout,
             sessions: Mutex::new(HashMap::new()),
+            catalog: CatalogCache::default(),
         })
     }
 
@@ -504,14 +559,35 @@ impl RepoStore for FsStore {
     }
 
     async fn repositories(&self) -> Result<Vec<RepoName>> {
+        if let Some(names) = self.catalog.fresh() {
+            return Ok(names.as_ref().clone());
+        }
+        let _walking = self.catalog.walking.lock().await;
+        if let Some(names) = self.catalog.fresh() {
+            return Ok(names.as_ref().clone());
+        }
+        let generation = self
+            .catalog
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire);
         let root = self.layout.repos_root();
-        blocking(move || {
+        let names = blocking(move || {
             let mut out = Vec::new();
             walk_repos(&root, "", false, &mut out)?;
             out.sort();
             Ok(out)
         })
-        .await
+        .await?;
+        *self
+            .catalog
+            .snapshot
+            .lock()
+            .expect("catalog cache poisoned") = Some(CatalogSnapshot {
+            walked_at: std::time::Instant::now(),
+            generation,
+            names: Arc::new(names.clone()),
+        });
+        Ok(names)
     }
 
     async fn repositories_with_blobs(&self) -> Result<Vec<RepoName>> {
@@ -561,7 +637,9 @@ impl ManifestStore for FsStore {
     async fn link_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         let path = self.layout.revision_link(repo, digest);
         let content = digest.to_string();
-        blocking(move || write_atomic(&path, content.as_bytes())).await
+        let written = blocking(move || write_atomic(&path, content.as_bytes())).await;
+        self.catalog.touched(repo);
+        written
     }
 
     async fn manifest_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
@@ -593,16 +671,35 @@ impl ManifestStore for FsStore {
         let current = self.layout.tag_current_link(repo, tag);
         let index = self.layout.tag_index_link(repo, tag, digest);
         let content = digest.to_string();
-        blocking(move || {
+        let written = blocking(move || {
             write_atomic(&index, content.as_bytes())?;
             write_atomic(&current, content.as_bytes())
         })
-        .await
+        .await;
+        self.catalog.touched(repo);
+        written
     }
 
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
         let dir = self.layout.tag_dir(repo, tag);
         blocking(move || remove_tree(&dir)).await
+    }
+
+    async fn tag_modified(&self, repo: &RepoName, tag: &Tag) -> Result<Option<SystemTime>> {
+        // `set_tag` replaces the link by a rename, so its mtime is the last time it was set.
+        let path = self.layout.tag_current_link(repo, tag);
+        blocking(
+            move || match fs::metadata(&path).and_then(|m| m.modified()) {
+                Ok(t) => Ok(Some(t)),
+                Err(e) if is_missing(&e) => Ok(None),
+                Err(e) => Err(StorageError::Io {
+                    op: "stat link",
+                    path,
+                    source: e,
+                }),
+            },
+        )
+        .await
     }
 
     async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<Tag>>> {
@@ -1128,6 +1225,32 @@ mod tests {
             assert!(store.abort(&repo, &id).await.is_err());
         }
         assert_eq!(store.sessions.lock().unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_catalog_is_walked_once_per_ttl_and_sees_own_writes_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::new(dir.path()).unwrap();
+        let d = Digest::of(Algorithm::Sha256, b"m");
+        let a: RepoName = "a/one".parse().unwrap();
+        store.link_manifest(&a, &d).await.unwrap();
+        assert_eq!(store.repositories().await.unwrap(), vec![a.clone()]);
+        // Made by another process: served from the snapshot until it expires.
+        let b: RepoName = "b/two".parse().unwrap();
+        fs::create_dir_all(store.layout.repo(&b).join("_manifests")).unwrap();
+        assert_eq!(store.repositories().await.unwrap(), vec![a.clone()]);
+        // Made through this store: at once.
+        let c: RepoName = "c/three".parse().unwrap();
+        store.set_tag(&c, &"v1".parse().unwrap(), &d).await.unwrap();
+        assert_eq!(
+            store.repositories().await.unwrap(),
+            vec![a.clone(), b.clone(), c.clone()]
+        );
+        // A write to a listed repository keeps the snapshot.
+        store.link_manifest(&a, &d).await.unwrap();
+        assert!(store.catalog.fresh().is_some());
+        *store.catalog.snapshot.lock().unwrap() = None;
+        assert_eq!(store.repositories().await.unwrap().len(), 3);
     }
 
     #[tokio::test]

@@ -225,6 +225,11 @@ pub trait ManifestStore: Send + Sync + 'static {
     async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>>;
     async fn set_tag(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()>;
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;
+    /// When the tag was last set (its `current/link` written: a push, a mirror refresh,
+    /// a replication); `None` when the tag does not exist or the backend cannot tell.
+    async fn tag_modified(&self, _repo: &RepoName, _tag: &Tag) -> Result<Option<SystemTime>> {
+        Ok(None)
+    }
     /// Tags of the repository, sorted; `None` when the repository does not exist.
     async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<Tag>>>;
     async fn add_referrer(

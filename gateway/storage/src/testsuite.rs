@@ -278,9 +278,19 @@ async fn manifests_and_tags<S: BlobStore + RepoStore + ManifestStore>(s: &S) {
     s.set_tag(&r, &a, &m2).await.unwrap();
     assert_eq!(s.resolve_tag(&r, &a).await.unwrap(), Some(m2.clone()));
     assert_eq!(s.tags(&r).await.unwrap(), Some(vec![b.clone(), a.clone()]));
+    let set = s
+        .tag_modified(&r, &a)
+        .await
+        .unwrap()
+        .expect("a set tag has a time");
+    let age = std::time::SystemTime::now()
+        .duration_since(set)
+        .unwrap_or_default();
+    assert!(age < std::time::Duration::from_secs(120), "set {age:?} ago");
     assert!(s.delete_tag(&r, &a).await.unwrap());
     assert!(!s.delete_tag(&r, &a).await.unwrap());
     assert_eq!(s.resolve_tag(&r, &a).await.unwrap(), None);
+    assert_eq!(s.tag_modified(&r, &a).await.unwrap(), None);
     assert!(s.repositories().await.unwrap().contains(&r));
     assert!(s.unlink_manifest(&r, &m2).await.unwrap());
     assert!(!s.manifest_linked(&r, &m2).await.unwrap());

@@ -3,8 +3,10 @@
 //
 // Environment: CONSOLE_URL, ADMIN_USER, ADMIN_PASS, SHOTS (a directory for screenshots),
 // PLAYWRIGHT_DIR (where node_modules/playwright-core is), CHROMIUM, and either REPO, TAG,
-// JOB_ID (browse a repository, retry a failed job) or MODE=mirror and EXPECTED_RATIO (watch
-// the hit ratio).
+// JOB_ID (browse a repository, retry a failed job), or MODE=mirror and EXPECTED_RATIO (watch
+// the hit ratio), or MODE=members with NEW_USER, NEW_PASS, PROJECT, ROBOT, PROJECT_ADMIN_USER
+// and PROJECT_ADMIN_PASS (create a user, make them a member, create and rotate a robot,
+// then sign in as a project admin).
 // Prints one JSON line per step on stdout, a `{"waiting":...}` line when it wants the test
 // to act (start the replication target, pull through the mirror; the test answers with a
 // line on stdin), and a last line `{"ok":true,...}`. Any failure exits 1 with
@@ -26,7 +28,8 @@ const stdinLines = createInterface({ input: process.stdin })[Symbol.asyncIterato
 const TIMEOUT = 30_000;
 
 const result = { ok: false, steps: [], screenshots: [], consoleErrors: [] };
-const mirrorMode = process.env.MODE === "mirror";
+const mode = process.env.MODE || "browse";
+const mirrorMode = mode === "mirror";
 let browser;
 let page;
 
@@ -43,7 +46,7 @@ async function login() {
   await page.goto(`${env("CONSOLE_URL")}/console/`);
   await onPage("login");
   await page.fill("input[name=username]", env("ADMIN_USER"));
-  if (!mirrorMode) {
+  if (mode === "browse") {
     await page.fill("input[name=password]", "not-the-password");
     await page.click("button[type=submit]");
     await page.waitForSelector("#flash:not([hidden])");
@@ -121,6 +124,10 @@ async function browse() {
   await page.waitForSelector(`${job} td.state .badge.succeeded`, { timeout: 60_000 });
   result.jobAttempts = (await page.textContent(`${job} td.attempts`)).trim();
   step("job-succeeded", { attempts: result.jobAttempts });
+  // Its log: one line per attempt and the outcome.
+  await page.click(`${job} button.log`);
+  await page.waitForSelector(`tr[data-log-of="${env("JOB_ID")}"] pre`);
+  result.jobLog = (await page.textContent(`tr[data-log-of="${env("JOB_ID")}"] pre`)).trim();
   await shot("replication-succeeded");
 
   // Webhook deliveries and plugins.
@@ -147,6 +154,73 @@ async function browse() {
   step("logged-out");
 }
 
+/** Users, members and robots, as the issue's operator would do them. */
+async function members() {
+  const user = env("NEW_USER");
+  const project = env("PROJECT");
+  // A user, made on the Users page.
+  await page.click("#nav a[data-page=users]");
+  await onPage("users");
+  await page.fill("input[name=new-user]", user);
+  await page.fill("input[name=new-password]", env("NEW_PASS"));
+  await page.click("#create-user button");
+  await page.waitForSelector(`tr[data-user="${user}"]`);
+  step("user-created", { user });
+  await shot("users");
+  out({ waiting: "user-created" });
+  await stdinLines.next();
+
+  // The user made a developer of the project.
+  await page.click("#nav a[data-page=projects]");
+  await onPage("projects");
+  await page.waitForSelector(`tr[data-project="${project}"]`);
+  await shot("projects");
+  await page.click(`tr[data-project="${project}"] a`);
+  await onPage("project");
+  await page.fill("input[name=member]", user);
+  await page.selectOption("select[name=new-role]", "developer");
+  await page.click("#add-member button");
+  const row = `tr[data-member="${user}"][data-kind=user]`;
+  await page.waitForSelector(row);
+  result.memberRole = await page.inputValue(`${row} select[name=role]`);
+  result.memberMessage = (await page.textContent("#flash")).trim();
+  step("member-added", { role: result.memberRole });
+  await shot("project-members");
+  out({ waiting: "member-added" });
+  await stdinLines.next();
+
+  // A robot: its secret shown once, then rotated.
+  const robot = env("ROBOT");
+  await page.click("#nav a[data-page=robots]");
+  await onPage("robots");
+  await page.fill("input[name=robot]", robot);
+  await page.fill("input[name=robot-project]", project);
+  await page.check("input[name=action-push]");
+  await page.click("#create-robot button");
+  await page.waitForSelector(`tr[data-robot="${robot}"]`);
+  result.robotSecret = (await page.textContent("[data-testid=robot-secret] .value")).trim();
+  await shot("robots");
+  await page.click(`tr[data-robot="${robot}"] button.rotate`);
+  await page.waitForFunction((old) => {
+    const el = document.querySelector("[data-testid=robot-secret] .value");
+    return el && el.textContent.trim() !== old;
+  }, result.robotSecret);
+  result.rotatedSecret = (await page.textContent("[data-testid=robot-secret] .value")).trim();
+  step("robot-rotated");
+
+  // A project admin signs in: only Projects, only their project.
+  await page.click("#who button");
+  await onPage("login");
+  await page.fill("input[name=username]", env("PROJECT_ADMIN_USER"));
+  await page.fill("input[name=password]", env("PROJECT_ADMIN_PASS"));
+  await page.click("button[type=submit]");
+  await onPage("projects");
+  result.projectAdminProjects = await page.locator("tr[data-project]").evaluateAll((rows) => rows.map((r) => r.dataset.project));
+  result.projectAdminNav = await page.locator("#nav a:not([hidden])").evaluateAll((as) => as.map((a) => a.dataset.page));
+  step("project-admin", { projects: result.projectAdminProjects, nav: result.projectAdminNav });
+  await shot("project-admin");
+}
+
 try {
   browser = await chromium.launch({
     executablePath: env("CHROMIUM"),
@@ -163,7 +237,7 @@ try {
   page.on("request", (r) => { if (!r.url().startsWith(origin) && !r.url().startsWith("data:")) foreign.push(r.url()); });
 
   await login();
-  await (mirrorMode ? mirror() : browse());
+  await (mirrorMode ? mirror() : mode === "members" ? members() : browse());
   result.foreignRequests = foreign;
   result.ok = true;
 } catch (e) {

@@ -14,11 +14,44 @@
 //! DELETE /api/v1/repositories/{name}/-/tags/{tag}
 //! GET    /api/v1/plugins
 //! GET    /api/v1/mirror
+//! GET    /api/v1/me                                   (any account: who, system admin?)
+//! GET    /api/v1/projects?n=&last=                    (the caller's managed projects)
+//! POST   /api/v1/projects
+//! GET    /api/v1/projects/{name}                      (system or project admin)
+//! PATCH  /api/v1/projects/{name}                      (system or project admin)
+//! DELETE /api/v1/projects/{name}
+//! PUT    /api/v1/projects/{name}/members/{kind}/{member}   (system or project admin)
+//! DELETE /api/v1/projects/{name}/members/{kind}/{member}   (system or project admin)
+//! GET    /api/v1/robots
+//! POST   /api/v1/robots
+//! PATCH  /api/v1/robots/{name}
+//! DELETE /api/v1/robots/{name}
+//! POST   /api/v1/robots/{name}/secret
+//! GET    /api/v1/users
+//! POST   /api/v1/users
+//! DELETE /api/v1/users/{name}
+//! GET    /api/v1/replication/jobs?n=&last=&status=
+//! GET    /api/v1/replication/jobs/{id}
+//! GET    /api/v1/replication/jobs/{id}/log
+//! POST   /api/v1/replication/jobs/{id}/retry
+//! GET    /api/v1/replication/targets
+//! GET    /api/v1/events/deliveries?n=&last=&status=
+//! GET    /api/v1/events/deliveries/{id}
+//! POST   /api/v1/events/deliveries/{id}/redeliver
+//! GET    /api/v1/gc                                   (running? and the last result)
+//! POST   /api/v1/gc?dry_run=&untagged=&grace=
+//! POST   /api/v1/mirror/preheat
 //! ```
 //!
-//! Every call but the document needs a system administrator's basic credentials when
-//! access control is on; every change is logged as an `audit` line.
+//! Every call but the document needs basic credentials when access control is on: a
+//! system administrator's, or for a project's own endpoints, one its authorizer lets
+//! `manage` the project (a project admin). Every change is logged as an `audit` line.
 
+mod accounts;
+mod gc;
+mod preheat;
+mod projects;
+mod replication;
 mod repos;
 mod status;
 
@@ -38,6 +71,8 @@ pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
 pub const MAX_PAGE: usize = 1000;
 /// The page size when `n` is not given.
 pub const DEFAULT_PAGE: usize = 100;
+/// The largest request body the API reads.
+pub const MAX_BODY: usize = 64 * 1024;
 
 /// Why an API call failed; [`ApiFailure::response`] is the one place it becomes JSON.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +81,19 @@ pub enum ApiFailure {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the request body is larger than {MAX_BODY} bytes")]
+    TooLarge,
+    /// The feature is not available with this configuration.
+    #[error("{0}")]
+    NotManaged(String),
+    /// A store behind the call failed (a plugin, the accounts files).
+    #[error("{0}")]
+    Backend(String),
+    /// An upstream registry failed (a preheat).
+    #[error("{0}")]
+    Upstream(String),
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed {
         method: Method,
@@ -75,6 +123,14 @@ impl ApiFailure {
         let status = match &self {
             ApiFailure::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiFailure::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiFailure::Conflict(_) => StatusCode::CONFLICT,
+            ApiFailure::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiFailure::NotManaged(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiFailure::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ApiFailure::Backend(e) => {
+                tracing::error!(error = %e, "admin API store failed");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiFailure::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiFailure::Internal(e) => {
                 tracing::error!(error = %chain(e), "admin API failed");
@@ -130,6 +186,41 @@ enum Route {
     Manifest(String, String),
     Plugins,
     Mirror,
+    Me,
+    Projects,
+    Project(String),
+    /// `{project}/members/{kind}/{member}`
+    Member(String, String, String),
+    Robots,
+    Robot(String),
+    /// `{robot}/secret`
+    RobotSecret(String),
+    Users,
+    User(String),
+    ReplicationJobs,
+    ReplicationJob(String),
+    /// `{id}/log`
+    ReplicationJobLog(String),
+    /// `{id}/retry`
+    ReplicationJobRetry(String),
+    ReplicationTargets,
+    Deliveries,
+    Delivery(String),
+    /// `{id}/redeliver`
+    Redeliver(String),
+    Gc,
+    Preheat,
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scope {
+    /// System administrators.
+    System,
+    /// Whoever may `manage` the project (system and project admins).
+    Project(String),
+    /// Any verified identity (the handler shows only what it may manage).
+    Anyone,
 }
 
 impl Route {
@@ -140,7 +231,58 @@ impl Route {
             "/repositories" | "/repositories/" => return Some(Route::Repositories),
             "/plugins" => return Some(Route::Plugins),
             "/mirror" => return Some(Route::Mirror),
+            "/me" => return Some(Route::Me),
+            "/projects" => return Some(Route::Projects),
+            "/robots" => return Some(Route::Robots),
+            "/users" => return Some(Route::Users),
+            "/replication/jobs" => return Some(Route::ReplicationJobs),
+            "/replication/targets" => return Some(Route::ReplicationTargets),
+            "/events/deliveries" => return Some(Route::Deliveries),
+            "/gc" => return Some(Route::Gc),
+            "/mirror/preheat" => return Some(Route::Preheat),
             _ => {}
+        }
+        let segments = |p: &str| -> Option<Vec<String>> {
+            p.split('/')
+                .map(|s| percent_decode(s).filter(|d| !d.is_empty()))
+                .collect()
+        };
+        if let Some(p) = rest.strip_prefix("/projects/") {
+            return match segments(p)?.as_slice() {
+                [name] => Some(Route::Project(name.clone())),
+                [name, m, kind, member] if m == "members" => {
+                    Some(Route::Member(name.clone(), kind.clone(), member.clone()))
+                }
+                _ => None,
+            };
+        }
+        if let Some(p) = rest.strip_prefix("/robots/") {
+            return match segments(p)?.as_slice() {
+                [name] => Some(Route::Robot(name.clone())),
+                [name, s] if s == "secret" => Some(Route::RobotSecret(name.clone())),
+                _ => None,
+            };
+        }
+        if let Some(p) = rest.strip_prefix("/users/") {
+            return match segments(p)?.as_slice() {
+                [name] => Some(Route::User(name.clone())),
+                _ => None,
+            };
+        }
+        if let Some(p) = rest.strip_prefix("/replication/jobs/") {
+            return match segments(p)?.as_slice() {
+                [id] => Some(Route::ReplicationJob(id.clone())),
+                [id, l] if l == "log" => Some(Route::ReplicationJobLog(id.clone())),
+                [id, r] if r == "retry" => Some(Route::ReplicationJobRetry(id.clone())),
+                _ => None,
+            };
+        }
+        if let Some(p) = rest.strip_prefix("/events/deliveries/") {
+            return match segments(p)?.as_slice() {
+                [id] => Some(Route::Delivery(id.clone())),
+                [id, r] if r == "redeliver" => Some(Route::Redeliver(id.clone())),
+                _ => None,
+            };
         }
         let repo_path = rest.strip_prefix("/repositories/")?;
         let (name, tail) = repo_path.split_once("/-/")?;
@@ -161,7 +303,9 @@ impl Route {
     fn params(&self) -> &'static [&'static str] {
         match self {
             Route::Repositories => &["q", "n", "last"],
-            Route::Tags(_) => &["n", "last"],
+            Route::Tags(_) | Route::Projects => &["n", "last"],
+            Route::ReplicationJobs | Route::Deliveries => &["n", "last", "status"],
+            Route::Gc => &["dry_run", "untagged", "grace"],
             _ => &[],
         }
     }
@@ -171,7 +315,26 @@ impl Route {
         match self {
             Route::Tag(..) => "DELETE",
             Route::Manifest(..) => "GET, DELETE",
+            Route::Projects | Route::Robots | Route::Users => "GET, POST",
+            Route::Project(_) => "GET, PATCH, DELETE",
+            Route::Member(..) => "PUT, DELETE",
+            Route::Robot(_) => "PATCH, DELETE",
+            Route::RobotSecret(_) => "POST",
+            Route::User(_) => "DELETE",
+            Route::ReplicationJobRetry(_) | Route::Redeliver(_) | Route::Preheat => "POST",
+            Route::Gc => "GET, POST",
             _ => "GET",
+        }
+    }
+
+    /// Who may call it with `method`.
+    fn scope(&self, method: &Method) -> Scope {
+        match self {
+            Route::Me => Scope::Anyone,
+            Route::Projects if method == Method::GET => Scope::Anyone,
+            Route::Project(p) if method != Method::DELETE => Scope::Project(p.clone()),
+            Route::Member(p, ..) => Scope::Project(p.clone()),
+            _ => Scope::System,
         }
     }
 }
@@ -214,10 +377,56 @@ pub(crate) fn percent_encode(s: &str) -> String {
     out
 }
 
-/// Who made a call, for audit lines.
+/// Who made a call, for audit lines and per-project listings.
 pub(crate) struct Caller {
     pub actor: String,
     pub client: String,
+    /// `None` when access control is off.
+    pub subject: Option<pier_auth::Subject>,
+    /// The caller's basic credentials, to act on the registry listener as the caller
+    /// (a preheat pulls with them); `None` when access control is off.
+    pub credentials: Option<pier_upstream::Credentials>,
+}
+
+impl Caller {
+    /// Whether the caller may do `action` in `project` (always, with access control off).
+    pub(crate) async fn may(
+        &self,
+        state: &AdminState,
+        action: pier_auth::Action,
+        project: &str,
+    ) -> Result<bool, ApiFailure> {
+        match (&state.access, &self.subject) {
+            (Some(ac), Some(s)) => ac
+                .allows(s, action, project, &self.client)
+                .await
+                .map_err(|e| ApiFailure::Backend(e.to_string())),
+            _ => Ok(true),
+        }
+    }
+}
+
+/// Parses a JSON request body into `T`, with a clear 400 when it doesn't fit.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiFailure> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiFailure::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+/// `204 No Content`.
+pub(crate) fn no_content() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+/// Reads a request body up to [`MAX_BODY`] bytes.
+async fn read_body(body: Incoming) -> Result<Bytes, ApiFailure> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiFailure::TooLarge),
+        Err(e) => Err(ApiFailure::BadRequest(format!("reading the body: {e}"))),
+    }
 }
 
 /// Answers a request under `/api/`.
@@ -249,14 +458,39 @@ pub async fn serve(state: &AdminState, req: Request<Incoming>) -> Response<Full<
         .get::<std::net::SocketAddr>()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let actor = match &state.access {
-        Some(ac) => match ac.check_admin(req.headers(), &client).await {
-            Ok(c) => c.username,
-            Err(e) => return refused(e),
-        },
-        None => "anonymous (access control off)".to_owned(),
+    let (actor, subject, credentials) = match &state.access {
+        Some(ac) => {
+            let checked = match route.scope(&method) {
+                Scope::System => {
+                    ac.check_basic(req.headers(), &client, pier_auth::Action::Admin, None)
+                        .await
+                }
+                Scope::Project(p) => {
+                    ac.check_basic(req.headers(), &client, pier_auth::Action::Manage, Some(&p))
+                        .await
+                }
+                Scope::Anyone => ac.authenticate_basic(req.headers(), &client).await,
+            };
+            match checked {
+                Ok((c, s)) => (
+                    c.username.clone(),
+                    Some(s),
+                    Some(pier_upstream::Credentials {
+                        username: c.username,
+                        password: c.password,
+                    }),
+                ),
+                Err(e) => return refused(e),
+            }
+        }
+        None => ("anonymous (access control off)".to_owned(), None, None),
     };
-    let caller = Caller { actor, client };
+    let caller = Caller {
+        actor,
+        client,
+        subject,
+        credentials,
+    };
     let query = pier_http::query::parse(req.uri().query().unwrap_or(""));
     if let Some((k, _)) = query
         .iter()
@@ -268,8 +502,37 @@ pub async fn serve(state: &AdminState, req: Request<Incoming>) -> Response<Full<
         ))
         .response();
     }
+    let body = match method {
+        Method::POST | Method::PUT | Method::PATCH => match read_body(req.into_body()).await {
+            Ok(b) => b,
+            Err(e) => return e.response(),
+        },
+        _ => Bytes::new(),
+    };
     let result = match route {
         Route::OpenApi => unreachable!("answered above"),
+        Route::Me => projects::me(state, &caller).await,
+        Route::Projects if method == Method::GET => projects::list(state, &caller, &query).await,
+        Route::Projects => projects::create(state, &caller, body).await,
+        Route::Project(name) if method == Method::GET => projects::get(state, &name).await,
+        Route::Project(name) if method == Method::PATCH => {
+            projects::update(state, &caller, &name, body).await
+        }
+        Route::Project(name) => projects::delete(state, &caller, &name).await,
+        Route::Member(p, kind, m) if method == Method::PUT => {
+            projects::set_member(state, &caller, &p, &kind, &m, body).await
+        }
+        Route::Member(p, kind, m) => projects::remove_member(state, &caller, &p, &kind, &m).await,
+        Route::Robots if method == Method::GET => accounts::list_robots(state).await,
+        Route::Robots => accounts::create_robot(state, &caller, body).await,
+        Route::Robot(name) if method == Method::PATCH => {
+            accounts::update_robot(state, &caller, &name, body).await
+        }
+        Route::Robot(name) => accounts::delete_robot(state, &caller, &name).await,
+        Route::RobotSecret(name) => accounts::rotate_robot(state, &caller, &name).await,
+        Route::Users if method == Method::GET => accounts::list_users(state).await,
+        Route::Users => accounts::create_user(state, &caller, body).await,
+        Route::User(name) => accounts::delete_user(state, &caller, &name).await,
         Route::Repositories => repos::list(state, &query).await,
         Route::Tags(name) => repos::tags(state, &name, &query).await,
         Route::Manifest(name, reference) if method == Method::GET => {
@@ -281,6 +544,17 @@ pub async fn serve(state: &AdminState, req: Request<Incoming>) -> Response<Full<
         Route::Tag(name, tag) => repos::delete_tag(state, &caller, &name, &tag).await,
         Route::Plugins => Ok(status::plugins(state)),
         Route::Mirror => Ok(status::mirror(state)),
+        Route::ReplicationJobs => replication::jobs(state, &query).await,
+        Route::ReplicationJob(id) => replication::job(state, &id).await,
+        Route::ReplicationJobLog(id) => replication::job_log(state, &id).await,
+        Route::ReplicationJobRetry(id) => replication::retry(state, &caller, &id).await,
+        Route::ReplicationTargets => replication::targets(state),
+        Route::Deliveries => replication::deliveries(state, &query).await,
+        Route::Delivery(id) => replication::delivery(state, &id).await,
+        Route::Redeliver(id) => replication::redeliver(state, &caller, &id).await,
+        Route::Gc if method == Method::GET => gc::status(state).await,
+        Route::Gc => gc::run(state, &caller, &query).await,
+        Route::Preheat => preheat::preheat(state, &caller, body).await,
     };
     result.unwrap_or_else(ApiFailure::response)
 }
@@ -357,6 +631,36 @@ mod tests {
     }
 
     #[test]
+    fn operations_routes_parse() {
+        let r = |p: &str| Route::parse(p);
+        assert_eq!(r("/replication/jobs"), Some(Route::ReplicationJobs));
+        assert_eq!(
+            r("/replication/jobs/7"),
+            Some(Route::ReplicationJob("7".into()))
+        );
+        assert_eq!(
+            r("/replication/jobs/7/log"),
+            Some(Route::ReplicationJobLog("7".into()))
+        );
+        assert_eq!(
+            r("/replication/jobs/7/retry"),
+            Some(Route::ReplicationJobRetry("7".into()))
+        );
+        assert_eq!(r("/replication/jobs/7/other"), None);
+        assert_eq!(r("/replication/jobs/"), None);
+        assert_eq!(r("/events/deliveries"), Some(Route::Deliveries));
+        assert_eq!(
+            r("/events/deliveries/ab/redeliver"),
+            Some(Route::Redeliver("ab".into()))
+        );
+        assert_eq!(r("/gc"), Some(Route::Gc));
+        assert_eq!(r("/mirror/preheat"), Some(Route::Preheat));
+        assert_eq!(Route::Gc.allow(), "GET, POST");
+        assert_eq!(Route::Preheat.allow(), "POST");
+        assert_eq!(Route::ReplicationJobRetry("1".into()).allow(), "POST");
+    }
+
+    #[test]
     fn page_size_is_bounded() {
         let q = |v: &str| vec![("n".to_owned(), v.to_owned())];
         assert_eq!(page_params(&[]).unwrap().0, DEFAULT_PAGE);
@@ -378,6 +682,25 @@ mod tests {
             "/api/v1/repositories/{name}/-/manifests/{reference}",
             "/api/v1/plugins",
             "/api/v1/mirror",
+            "/api/v1/me",
+            "/api/v1/projects",
+            "/api/v1/projects/{name}",
+            "/api/v1/projects/{name}/members/{kind}/{member}",
+            "/api/v1/robots",
+            "/api/v1/robots/{name}",
+            "/api/v1/robots/{name}/secret",
+            "/api/v1/users",
+            "/api/v1/users/{name}",
+            "/api/v1/replication/jobs",
+            "/api/v1/replication/jobs/{id}",
+            "/api/v1/replication/jobs/{id}/log",
+            "/api/v1/replication/jobs/{id}/retry",
+            "/api/v1/replication/targets",
+            "/api/v1/events/deliveries",
+            "/api/v1/events/deliveries/{id}",
+            "/api/v1/events/deliveries/{id}/redeliver",
+            "/api/v1/gc",
+            "/api/v1/mirror/preheat",
         ] {
             assert!(doc["paths"][p].is_object(), "{p} missing from the document");
         }

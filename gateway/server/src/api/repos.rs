@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
+use pier_auth::time::rfc3339;
 use pier_core::{ManifestContent, Registry};
 use pier_oci::{Descriptor, Digest, Manifest, Reference, RepoName, Tag};
 use serde_json::{Value, json};
@@ -18,7 +19,7 @@ fn repo_name(name: &str) -> Result<RepoName, ApiFailure> {
 }
 
 /// A page's answer: `next` in the body and, when more follow, a `Link` header.
-fn paged(mut body: Value, next: Option<String>) -> Response<Full<Bytes>> {
+pub(crate) fn paged(mut body: Value, next: Option<String>) -> Response<Full<Bytes>> {
     body["next"] = next.clone().map(Value::String).unwrap_or(Value::Null);
     let mut r = json_response(StatusCode::OK, &body);
     if let Some(n) = next
@@ -85,6 +86,11 @@ fn parse(content: &ManifestContent) -> Option<Manifest> {
     Manifest::parse(&content.bytes, Some(&content.media_type)).ok()
 }
 
+fn unix_secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// `GET /api/v1/repositories/{name}/-/tags?n=&last=`.
 pub async fn tags(state: &AdminState, name: &str, query: &[(String, String)]) -> Answer {
     let repo = repo_name(name)?;
@@ -108,6 +114,10 @@ pub async fn tags(state: &AdminState, name: &str, query: &[(String, String)]) ->
             .referrers(&repo, &content.digest, None)
             .await?
             .len();
+        // Pushes as the storage dates the tag (every node sees them); pulls as this node
+        // served them (crate::activity).
+        let pushed = state.registry.tag_modified(&repo, tag).await?;
+        let pulled = state.pulls.last_pull(&repo, tag, &content.digest, pushed);
         out.push(json!({
             "name": tag.as_str(),
             "digest": content.digest.to_string(),
@@ -115,6 +125,8 @@ pub async fn tags(state: &AdminState, name: &str, query: &[(String, String)]) ->
             "size": total_size(&content, m.as_ref()),
             "platforms": m.as_ref().map(platforms).unwrap_or_default(),
             "referrers": referrers,
+            "lastPush": pushed.map(|t| rfc3339(unix_secs(t))),
+            "lastPull": pulled.map(rfc3339),
         }));
     }
     let next = page.next_last.map(|l| {

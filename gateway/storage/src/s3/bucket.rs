@@ -112,6 +112,24 @@ impl Bucket {
         }
     }
 
+    /// When the object was last written (`LastModified`), if there.
+    pub(crate) async fn modified(&self, key: &str) -> Result<Option<std::time::SystemTime>> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out
+                .last_modified()
+                .and_then(|t| std::time::SystemTime::try_from(*t).ok())),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.err("stat", key, e)),
+        }
+    }
+
     pub(crate) async fn exists(&self, key: &str) -> Result<bool> {
         Ok(self.head(key).await?.is_some())
     }

@@ -744,6 +744,12 @@ impl ManifestStore for S3Store {
             .await
     }
 
+    async fn tag_modified(&self, repo: &RepoName, tag: &Tag) -> Result<Option<SystemTime>> {
+        self.bucket
+            .modified(&key(&self.bucket.layout.tag_current_link(repo, tag)))
+            .await
+    }
+
     async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<Tag>>> {
         let layout = &self.bucket.layout;
         let prefix = dir_prefix(&layout.tags_dir(repo));
