@@ -368,6 +368,8 @@ fn a_pull_through_the_mirror_moves_the_hit_ratio_chart() {
     let mirror = TestPier::builder()
         .arg("--upstream")
         .arg(upstream.url())
+        .arg("--history-every")
+        .arg("1s")
         .start();
     let layer_digest = img.layer_digests[0].clone();
     let pull = || {
@@ -392,6 +394,13 @@ fn a_pull_through_the_mirror_moves_the_hit_ratio_chart() {
     });
     assert_eq!(result["hitRatioBefore"], "0.0 %", "{context}");
     assert_eq!(result["hitRatioAfter"], "75.0 %", "{context}");
+    // Pier's own history (sampled every second here) shows the hits too, and is there
+    // again after the page is loaded anew.
+    assert!(
+        result["historyRatioPoints"].as_u64().unwrap_or(0) >= 2,
+        "{context}"
+    );
+    assert_eq!(result["historyAfterReload"], true, "{context}");
     // What the dashboard calls upstream bytes saved: the three hits' bytes.
     let r = pier_e2e::http::request(mirror.admin_addr, "GET", "/api/v1/mirror", &[], b"");
     r.expect_status(200, "mirror stats");

@@ -643,8 +643,8 @@ async fn check_and_load_name_the_right_world() {
         ),
         (
             &p.rbac,
-            vec!["authorizer"],
-            vec!["authorize", "authenticate"],
+            vec!["authorizer", "managed-authorizer"],
+            vec!["authorize", "authenticate", "pier:plugin/projects@0.1.0"],
         ),
     ] {
         let r = pier_plugin_host::check(&rt, path).unwrap();

@@ -619,12 +619,26 @@ impl Registry {
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<Page<Tag>> {
+        let unknown = || CoreError::NameUnknown(repo.clone());
+        if let Some(n) = n {
+            let (items, more) = self
+                .stores
+                .manifests
+                .tags_after(repo, last, n)
+                .await?
+                .ok_or_else(unknown)?;
+            let next_last = match more {
+                true => items.last().map(|t| t.as_str().to_owned()),
+                false => None,
+            };
+            return Ok(Page { items, next_last });
+        }
         let tags = self
             .stores
             .manifests
             .tags(repo)
             .await?
-            .ok_or_else(|| CoreError::NameUnknown(repo.clone()))?;
+            .ok_or_else(unknown)?;
         Ok(paginate(tags, n, last))
     }
 

@@ -69,6 +69,18 @@ impl Metrics {
         self.bytes_received.fetch_add(received, Ordering::Relaxed);
     }
 
+    /// Requests answered and response bytes sent since start.
+    pub fn totals(&self) -> (u64, u64) {
+        let requests = self
+            .durations
+            .lock()
+            .expect("metrics poisoned")
+            .values()
+            .map(|h| h.count)
+            .sum();
+        (requests, self.bytes_sent.load(Ordering::Relaxed))
+    }
+
     /// The Prometheus exposition text.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -2,13 +2,14 @@
 // no build step and no request to anything but this listener.
 //
 //   #/login                      username and password, checked against /api/v1/me
-//   #/dashboard                  /metrics, /api/v1/mirror, /api/v1/plugins, sampled over time
+//   #/dashboard                  /metrics, /api/v1/mirror, /api/v1/plugins, sampled while open,
+//                                and /api/v1/history (Pier's own samples of the last hour)
 //   #/repositories?q=&last=      /api/v1/repositories, a page at a time
 //   #/repository/NAME            /api/v1/repositories/NAME/-/tags
 //   #/manifest/NAME/REFERENCE    /api/v1/repositories/NAME/-/manifests/REFERENCE
 //   #/replication                /api/v1/replication/jobs (and .../ID/log), POST .../ID/retry
 //   #/deliveries                 /api/v1/events/deliveries, POST .../ID/redeliver
-//   #/plugins                    /api/v1/plugins, POST /plugins/reload
+//   #/plugins                    /api/v1/plugins, POST /api/v1/plugins/reload
 //   #/projects                   /api/v1/projects (the ones the user manages), create
 //   #/project/NAME               /api/v1/projects/NAME: public, members (add, change, remove)
 //   #/robots                     /api/v1/robots: create (secret shown once), rotate, delete
@@ -244,7 +245,7 @@ async function dashboard(show) {
   const samples = { hit: [], rps: [], bps: [] };
   let last = null;
   const sample = async () => {
-    const [metrics, mirror, plug] = await Promise.all([api("/metrics"), api("/api/v1/mirror"), api("/api/v1/plugins")]);
+    const [metrics, mirror, plug, hist] = await Promise.all([api("/metrics"), api("/api/v1/mirror"), api("/api/v1/plugins"), api("/api/v1/history?minutes=60")]);
     const now = Date.now();
     const requests = metricSum(metrics, "pier_http_requests_total");
     const served = metricSum(metrics, "pier_http_response_bytes_total");
@@ -273,12 +274,54 @@ async function dashboard(show) {
         lineChart("Mirror blob hit ratio", samples.hit, (v) => `${Math.round(100 * v)}%`, 1, true),
         lineChart("Registry requests per second", samples.rps, (v) => v.toFixed(1), 1),
         lineChart("Bytes served per second", samples.bps, bytes, 1024)),
+      historyCharts(hist),
       h("h2", {}, "Plugins"),
       pluginTable(plug.plugins));
   };
   const push = (a, v) => { a.push(v); if (a.length > SAMPLES_KEPT) a.shift(); };
   await sample();
   every(SAMPLE_EVERY_MS, () => sample().catch((e) => flash(e.message)));
+}
+
+/** Charts of the server's samples (kept for a day, so they survive reloads of the page). */
+function historyCharts(hist) {
+  const s = hist.samples;
+  const rates = (f) => s.slice(1).map((b, i) => f(s[i], b, Math.max(0.001, (b.timeMs - s[i].timeMs) / 1000)));
+  const ratio = (a, b) => { const l = b.blobLookups - a.blobLookups; return l > 0 ? (b.blobHits - a.blobHits) / l : 0; };
+  const latency = (a, b) => { const c = b.pluginCalls - a.pluginCalls; return c > 0 ? 1e6 * (b.pluginSeconds - a.pluginSeconds) / c : 0; };
+  const points = s.length - 1;
+  const caption = `last hour: ${points} intervals of ${hist.everySeconds} s`;
+  return [
+    h("h2", {}, "Last hour (sampled by Pier every ", hist.everySeconds, " s)"),
+    points < 1 ? h("p", { class: "muted" }, "Not enough samples yet.") :
+      h("div", { class: "charts", "data-testid": "history" },
+        historyChart("Requests per second (last hour)", rates((a, b, dt) => (b.requests - a.requests) / dt), (v) => v.toFixed(1), 1, caption),
+        historyChart("Bytes served per second (last hour)", rates((a, b, dt) => (b.bytesSent - a.bytesSent) / dt), bytes, 1024, caption),
+        historyChart("Mirror hit ratio (last hour)", rates((a, b) => ratio(a, b)), (v) => `${Math.round(100 * v)}%`, 1, caption, true),
+        historyChart("Upstream bytes saved per second (last hour)", rates((a, b, dt) => (b.cacheBytes - a.cacheBytes) / dt), bytes, 1024, caption),
+        historyChart("Plugin latency, µs (last hour)", rates((a, b) => latency(a, b)), (v) => v.toFixed(1), 1, caption)),
+  ];
+}
+
+/** A line chart over `values` spread across the full width. */
+function historyChart(title, values, format, floor, caption, fixed) {
+  const W = 360, H = 140, L = 48, B = 18;
+  const top = fixed ? floor : Math.max(floor, ...values);
+  const el = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
+  for (const f of [0, 0.5, 1]) {
+    const y = (H - B) * (1 - f) + 4 * f;
+    el.append(svg("line", { x1: L, x2: W, y1: y, y2: y }));
+    const label = svg("text", { x: 2, y: y + 3 });
+    label.textContent = format(top * f);
+    el.append(label);
+  }
+  const step = (W - L) / Math.max(1, values.length - 1);
+  const points = values.map((v, i) => `${(L + step * i).toFixed(1)},${((H - B) * (1 - v / top) + 4 * (v / top)).toFixed(1)}`);
+  el.append(svg("polyline", { points: points.join(" ") }));
+  const c = svg("text", { x: L, y: H - 4 });
+  c.textContent = caption;
+  el.append(c);
+  return h("div", { class: "card chart" }, h("div", { class: "label" }, title), el);
 }
 
 async function repositories(show, _args, query) {
@@ -440,7 +483,7 @@ async function plugins(show) {
     const reload = async (ev) => {
       ev.target.disabled = true;
       try {
-        flash(String(await api("/plugins/reload", { method: "POST" })).trim(), "info");
+        flash((await api("/api/v1/plugins/reload", { method: "POST" })).results.join("; "), "info");
       } catch (e) {
         flash(e.message);
       }

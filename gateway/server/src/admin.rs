@@ -22,6 +22,8 @@ pub struct AccountFiles {
 pub struct AdminState {
     /// The accounts files, when access control is on.
     pub accounts: Option<AccountFiles>,
+    /// The dashboard's counters over time.
+    pub history: crate::history::History,
     pub metrics: Arc<Metrics>,
     pub mirror: Option<Arc<pier_core::Mirror>>,
     pub ready: AtomicBool,

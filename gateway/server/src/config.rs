@@ -89,6 +89,9 @@ pub struct ServeArgs {
     /// How often the cache bound is enforced [default: 30s]
     #[arg(long, env = "PIER_CACHE_EVICT_INTERVAL", value_parser = parse_duration)]
     pub cache_evict_interval: Option<Duration>,
+    /// How often the dashboard's history is sampled [default: 10s]
+    #[arg(long, env = "PIER_HISTORY_EVERY", value_parser = parse_duration)]
+    pub history_every: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +111,7 @@ struct FileConfig {
     local_namespaces: Vec<String>,
     cache_max_size: Option<String>,
     cache_evict_interval: Option<String>,
+    history_every: Option<String>,
     auth: Option<FileAuth>,
     #[serde(default)]
     plugins: Vec<FilePlugin>,
@@ -475,6 +479,8 @@ pub struct Config {
     /// Bound on mirrored blob bytes.
     pub cache_max_size: Option<u64>,
     pub cache_evict_interval: Duration,
+    /// How often the dashboard's history is sampled (kept for a day, in memory).
+    pub history_every: Duration,
     /// Access control; `None`: everyone may do everything.
     pub auth: Option<AuthConfig>,
     pub plugins: Vec<PluginEntry>,
@@ -696,6 +702,12 @@ impl Config {
                     .unwrap_or(Duration::from_secs(30)),
             },
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            history_every: match args.history_every {
+                Some(d) => d,
+                None => file_duration(file.history_every, "history_every", &path)?
+                    .unwrap_or(Duration::from_secs(10)),
+            }
+            .max(Duration::from_millis(100)),
         })
     }
 }

@@ -15,6 +15,7 @@ mod config_events;
 mod console;
 mod error;
 mod events;
+mod history;
 mod replication_local;
 mod serve;
 mod tls;

@@ -174,6 +174,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let listener = bind(config.listen).await?;
     let admin_listener = bind(config.admin_listen).await?;
     let admin_state = Arc::new(AdminState {
+        history: crate::history::History::new(config.history_every),
         accounts: config.auth.as_ref().map(|a| crate::admin::AccountFiles {
             users: a.users_file.clone(),
             robots: a.robots_file.clone(),
@@ -204,6 +205,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     );
 
     let admin_task = tokio::spawn(admin_loop(admin_listener, admin_state.clone()));
+    let history_task = tokio::spawn(crate::history::run(Arc::downgrade(&admin_state)));
     let evict_task = match (&admin_state.mirror, config.cache_max_size) {
         (Some(m), Some(max)) => Some(tokio::spawn(evict_loop(
             m.clone(),
@@ -267,6 +269,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     }
     hup_task.abort();
     admin_task.abort();
+    history_task.abort();
     if let Some(t) = evict_task {
         t.abort();
     }

@@ -723,6 +723,43 @@ impl ManifestStore for FsStore {
         .await
     }
 
+    /// Sorts the tag directory's names and checks `current/link` only until the page is
+    /// full: a page of a repository with 10,000 tags costs one directory read and about
+    /// `limit` stats, not 10,000.
+    async fn tags_after(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<(Vec<Tag>, bool)>> {
+        let repo_dir = self.layout.repo(repo);
+        let dir = self.layout.tags_dir(repo);
+        let last = last.map(str::to_owned);
+        blocking(move || {
+            if !exists(&repo_dir)? {
+                return Ok(None);
+            }
+            let mut names: Vec<Tag> = dir_names(&dir)?
+                .into_iter()
+                .filter(|n| last.as_deref().is_none_or(|l| n.as_str() > l))
+                .filter_map(|n| n.parse::<Tag>().ok())
+                .collect();
+            names.sort();
+            let mut page = Vec::new();
+            for t in names {
+                if !exists(&dir.join(t.as_str()).join("current/link"))? {
+                    continue;
+                }
+                if page.len() == limit {
+                    return Ok(Some((page, true)));
+                }
+                page.push(t);
+            }
+            Ok(Some((page, false)))
+        })
+        .await
+    }
+
     async fn add_referrer(
         &self,
         repo: &RepoName,

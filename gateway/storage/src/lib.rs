@@ -232,6 +232,25 @@ pub trait ManifestStore: Send + Sync + 'static {
     }
     /// Tags of the repository, sorted; `None` when the repository does not exist.
     async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<Tag>>>;
+    /// At most `limit` tags sorted after `last`, and whether more follow; `None` when the
+    /// repository does not exist. Backends that can stop early (not checking every tag
+    /// of a large repository for one page) override it.
+    async fn tags_after(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<(Vec<Tag>, bool)>> {
+        let Some(all) = self.tags(repo).await? else {
+            return Ok(None);
+        };
+        let mut after = all
+            .into_iter()
+            .filter(|t| last.is_none_or(|l| t.as_str() > l));
+        let page: Vec<Tag> = after.by_ref().take(limit).collect();
+        let more = after.next().is_some();
+        Ok(Some((page, more)))
+    }
     async fn add_referrer(
         &self,
         repo: &RepoName,

@@ -278,6 +278,32 @@ async fn manifests_and_tags<S: BlobStore + RepoStore + ManifestStore>(s: &S) {
     s.set_tag(&r, &a, &m2).await.unwrap();
     assert_eq!(s.resolve_tag(&r, &a).await.unwrap(), Some(m2.clone()));
     assert_eq!(s.tags(&r).await.unwrap(), Some(vec![b.clone(), a.clone()]));
+    // A page at a time: "a", "b", "c"; a deleted tag is skipped.
+    let c: Tag = "c".parse().unwrap();
+    s.set_tag(&r, &c, &m1).await.unwrap();
+    let page = |last: Option<&'static str>, n| s.tags_after(&r, last, n);
+    assert_eq!(
+        page(None, 2).await.unwrap(),
+        Some((vec![b.clone(), a.clone()], true))
+    );
+    assert_eq!(
+        page(Some("a"), 1).await.unwrap(),
+        Some((vec![a.clone()], true))
+    );
+    assert_eq!(
+        page(Some("b"), 2).await.unwrap(),
+        Some((vec![c.clone()], false))
+    );
+    assert!(s.delete_tag(&r, &c).await.unwrap());
+    assert_eq!(
+        page(Some("a"), 1).await.unwrap(),
+        Some((vec![a.clone()], false))
+    );
+    assert_eq!(page(Some("b"), 5).await.unwrap(), Some((vec![], false)));
+    assert_eq!(
+        s.tags_after(&repo("suite/no-such"), None, 5).await.unwrap(),
+        None
+    );
     let set = s
         .tag_modified(&r, &a)
         .await

@@ -83,6 +83,20 @@ async function mirror() {
   result.chartPoints = await page.getAttribute(chart, "points");
   step("hit-ratio-moved", { before: result.hitRatioBefore, after: result.hitRatioAfter });
   await shot("dashboard-mirror");
+  // Pier's own samples: an interval with hits sits above the chart's floor, and the chart
+  // is back at once when the page is loaded again.
+  const history = 'svg[aria-label="Mirror hit ratio (last hour)"] polyline';
+  const historyMoved = ([sel]) => {
+    const ys = (document.querySelector(sel)?.getAttribute("points") || "")
+      .split(" ").filter(Boolean).map((p) => Number(p.split(",")[1]));
+    return ys.length >= 2 && Math.min(...ys) < Math.max(...ys) ? ys.length : false;
+  };
+  result.historyRatioPoints = await (await page.waitForFunction(historyMoved, [history])).jsonValue();
+  await page.reload();
+  await onPage("dashboard");
+  result.historyAfterReload = Boolean(await (await page.waitForFunction(historyMoved, [history])).jsonValue());
+  step("history", { points: result.historyRatioPoints });
+  await shot("dashboard-history");
 }
 
 async function browse() {

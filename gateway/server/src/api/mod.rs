@@ -14,6 +14,8 @@
 //! DELETE /api/v1/repositories/{name}/-/tags/{tag}
 //! GET    /api/v1/plugins
 //! GET    /api/v1/mirror
+//! GET    /api/v1/history?minutes=                     (the dashboard's counters over time)
+//! POST   /api/v1/plugins/reload
 //! GET    /api/v1/me                                   (any account: who, system admin?)
 //! GET    /api/v1/projects?n=&last=                    (the caller's managed projects)
 //! POST   /api/v1/projects
@@ -187,6 +189,8 @@ enum Route {
     Plugins,
     Mirror,
     Me,
+    History,
+    PluginsReload,
     Projects,
     Project(String),
     /// `{project}/members/{kind}/{member}`
@@ -232,6 +236,8 @@ impl Route {
             "/plugins" => return Some(Route::Plugins),
             "/mirror" => return Some(Route::Mirror),
             "/me" => return Some(Route::Me),
+            "/history" => return Some(Route::History),
+            "/plugins/reload" => return Some(Route::PluginsReload),
             "/projects" => return Some(Route::Projects),
             "/robots" => return Some(Route::Robots),
             "/users" => return Some(Route::Users),
@@ -304,6 +310,7 @@ impl Route {
         match self {
             Route::Repositories => &["q", "n", "last"],
             Route::Tags(_) | Route::Projects => &["n", "last"],
+            Route::History => &["minutes"],
             Route::ReplicationJobs | Route::Deliveries => &["n", "last", "status"],
             Route::Gc => &["dry_run", "untagged", "grace"],
             _ => &[],
@@ -319,7 +326,7 @@ impl Route {
             Route::Project(_) => "GET, PATCH, DELETE",
             Route::Member(..) => "PUT, DELETE",
             Route::Robot(_) => "PATCH, DELETE",
-            Route::RobotSecret(_) => "POST",
+            Route::RobotSecret(_) | Route::PluginsReload => "POST",
             Route::User(_) => "DELETE",
             Route::ReplicationJobRetry(_) | Route::Redeliver(_) | Route::Preheat => "POST",
             Route::Gc => "GET, POST",
@@ -512,6 +519,8 @@ pub async fn serve(state: &AdminState, req: Request<Incoming>) -> Response<Full<
     let result = match route {
         Route::OpenApi => unreachable!("answered above"),
         Route::Me => projects::me(state, &caller).await,
+        Route::History => status::history(state, &query),
+        Route::PluginsReload => Ok(status::reload(state, &caller).await),
         Route::Projects if method == Method::GET => projects::list(state, &caller, &query).await,
         Route::Projects => projects::create(state, &caller, body).await,
         Route::Project(name) if method == Method::GET => projects::get(state, &name).await,
@@ -683,6 +692,8 @@ mod tests {
             "/api/v1/plugins",
             "/api/v1/mirror",
             "/api/v1/me",
+            "/api/v1/history",
+            "/api/v1/plugins/reload",
             "/api/v1/projects",
             "/api/v1/projects/{name}",
             "/api/v1/projects/{name}/members/{kind}/{member}",

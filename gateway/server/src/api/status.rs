@@ -6,7 +6,7 @@ use http_body_util::Full;
 use pier_plugin_host::PluginMetrics;
 use serde_json::{Map, Value, json};
 
-use super::json_response;
+use super::{ApiFailure, Caller, json_response};
 use crate::admin::AdminState;
 
 fn plugin(name: &str, world: &str, digest: String, m: &PluginMetrics) -> Value {
@@ -78,4 +78,71 @@ pub fn mirror(state: &AdminState) -> Response<Full<Bytes>> {
             "fillFailures": s.fill_failures,
         }),
     )
+}
+
+/// `GET /api/v1/history?minutes=60`: the counters sampled every `history_every` over the
+/// last `minutes` (1 to 1440), at most 360 samples, oldest first.
+pub fn history(
+    state: &AdminState,
+    query: &[(String, String)],
+) -> Result<Response<Full<Bytes>>, ApiFailure> {
+    let minutes = match query.iter().find(|(k, _)| k == "minutes") {
+        None => 60,
+        Some((_, v)) => match v.parse::<u64>() {
+            Ok(m) if (1..=1440).contains(&m) => m,
+            _ => {
+                return Err(ApiFailure::BadRequest(format!(
+                    "minutes={v:?}: expected an integer from 1 to 1440"
+                )));
+            }
+        },
+    };
+    let since = crate::history::now_ms().saturating_sub(minutes * 60_000);
+    let samples: Vec<Value> = state
+        .history
+        .since(since)
+        .iter()
+        .map(|s| {
+            json!({
+                "time": pier_auth::time::rfc3339(s.at_ms / 1000),
+                "timeMs": s.at_ms,
+                "requests": s.requests,
+                "bytesSent": s.bytes_sent,
+                "blobLookups": s.blob_lookups,
+                "blobHits": s.blob_hits,
+                "upstreamBytes": s.upstream_bytes,
+                "cacheBytes": s.cache_bytes,
+                "pluginCalls": s.plugin_calls,
+                "pluginSeconds": s.plugin_seconds,
+            })
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "everySeconds": state.history.every.as_secs_f64(), "samples": samples }),
+    ))
+}
+
+/// `POST /api/v1/plugins/reload`: every plugin read again (file and settings); 422 when
+/// one failed to load (its previous version keeps running).
+pub async fn reload(state: &AdminState, caller: &Caller) -> Response<Full<Bytes>> {
+    let mut lines = state.plugins.reload_all().await;
+    if let Some(e) = &state.events {
+        lines.extend(e.reload_all().await);
+    }
+    let failed = lines.iter().any(|l| l.contains("reload failed"));
+    tracing::info!(
+        target: "audit",
+        actor = %caller.actor,
+        client = %caller.client,
+        action = "plugins.reload",
+        result = if failed { "failed" } else { "ok" },
+        "admin API change"
+    );
+    let status = if failed {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    json_response(status, &json!({ "results": lines }))
 }
