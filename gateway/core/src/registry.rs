@@ -258,6 +258,11 @@ impl Registry {
         self.tags.get((repo.clone(), tag.clone()), lookup).await
     }
 
+    /// The digest a tag points at (through the tag cache); `None` when it is not set.
+    pub async fn tag_digest(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
+        self.resolve_tag(repo, tag).await
+    }
+
     pub fn stores(&self) -> &Stores {
         &self.stores
     }

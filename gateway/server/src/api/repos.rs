@@ -192,11 +192,7 @@ async fn tags_on(
     let page = registry.tags(repo, Some(super::MAX_PAGE), None).await?;
     let mut out = Vec::new();
     for t in &page.items {
-        if let Ok(c) = registry
-            .manifest_get(repo, &Reference::Tag(t.clone()))
-            .await
-            && &c.digest == digest
-        {
+        if registry.tag_digest(repo, t).await?.as_ref() == Some(digest) {
             out.push(t.to_string());
         }
     }
