@@ -171,6 +171,16 @@ pub struct Registry {
     gc: crate::gc::GcFence,
 }
 
+/// Every digest storing `manifest` as `digest` makes it name: itself, its blobs and
+/// layers, its children (what an online garbage collection must not remove meanwhile).
+fn referenced<'a>(manifest: &'a Manifest, digest: &'a Digest) -> impl Iterator<Item = &'a Digest> {
+    manifest
+        .blob_references()
+        .map(|d| &d.digest)
+        .chain(manifest.manifests.iter().map(|c| &c.digest))
+        .chain([digest])
+}
+
 /// The media type to serve stored manifest bytes with.
 fn media_type_of(bytes: &[u8]) -> String {
     #[derive(serde::Deserialize)]
@@ -497,12 +507,7 @@ impl Registry {
                 computed: digest,
             });
         }
-        let referenced = manifest
-            .blob_references()
-            .map(|d| &d.digest)
-            .chain(manifest.manifests.iter().map(|c| &c.digest))
-            .chain([&digest]);
-        let _gc = self.gc.enter(referenced).await;
+        let _gc = self.gc.enter(referenced(&manifest, &digest)).await;
         for d in manifest.blob_references() {
             if !self.blob_linked(repo, &d.digest).await?
                 || self.stores.blobs.stat(&d.digest).await?.is_none()
@@ -546,12 +551,7 @@ impl Registry {
                 computed,
             });
         }
-        let referenced = manifest
-            .blob_references()
-            .map(|d| &d.digest)
-            .chain(manifest.manifests.iter().map(|c| &c.digest))
-            .chain([&computed]);
-        let _gc = self.gc.enter(referenced).await;
+        let _gc = self.gc.enter(referenced(&manifest, &computed)).await;
         self.store_manifest(repo, tag, computed, manifest, bytes)
             .await
     }

@@ -14,7 +14,7 @@ use pier_auth::{Action, AuthError, ProjectPermission, users};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiFailure, Caller, json_response};
+use super::{ApiFailure, Caller, audit, json_response};
 use crate::admin::{AccountFiles, AdminState};
 
 type Answer = Result<Response<Full<Bytes>>, ApiFailure>;
@@ -45,22 +45,6 @@ async fn change<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| AuthError::Unavailable(format!("account change failed: {e}")))?
-}
-
-fn audit<T>(caller: &Caller, action: &'static str, target: &str, outcome: &Result<T, AuthError>) {
-    let result = match outcome {
-        Ok(_) => "ok".to_owned(),
-        Err(e) => e.to_string(),
-    };
-    tracing::info!(
-        target: "audit",
-        actor = %caller.actor,
-        client = %caller.client,
-        action,
-        target = %target,
-        result = %result,
-        "admin API change"
-    );
 }
 
 fn permission_json(p: &ProjectPermission) -> Value {

@@ -413,6 +413,28 @@ impl Caller {
     }
 }
 
+/// One audit line per change attempted: who, from where, what, on what, and the outcome.
+pub(crate) fn audit<T, E: std::fmt::Display>(
+    caller: &Caller,
+    action: &'static str,
+    target: &str,
+    outcome: &Result<T, E>,
+) {
+    let result = match outcome {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    tracing::info!(
+        target: "audit",
+        actor = %caller.actor,
+        client = %caller.client,
+        action,
+        target = %target,
+        result = %result,
+        "admin API change"
+    );
+}
+
 /// Parses a JSON request body into `T`, with a clear 400 when it doesn't fit.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiFailure> {
     serde_json::from_slice(body)

@@ -11,7 +11,7 @@ use pier_auth::projects::{Member, MemberKind, Project, ProjectError, Role};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiFailure, Caller, json_response, page_params, percent_encode};
+use super::{ApiFailure, Caller, audit, json_response, page_params, percent_encode};
 use crate::admin::AdminState;
 
 type Answer = Result<Response<Full<Bytes>>, ApiFailure>;
@@ -44,28 +44,6 @@ pub(crate) fn project_json(p: &Project) -> Value {
         .map(|m| json!({ "kind": m.kind.as_str(), "name": m.name, "role": m.role.as_str() }))
         .collect();
     json!({ "name": p.name, "public": p.public, "members": members })
-}
-
-/// One audit line per change attempted, with its outcome.
-fn audit<T>(
-    caller: &Caller,
-    action: &'static str,
-    target: &str,
-    outcome: &Result<T, ProjectError>,
-) {
-    let result = match outcome {
-        Ok(_) => "ok".to_owned(),
-        Err(e) => e.to_string(),
-    };
-    tracing::info!(
-        target: "audit",
-        actor = %caller.actor,
-        client = %caller.client,
-        action,
-        target = %target,
-        result = %result,
-        "admin API change"
-    );
 }
 
 /// `GET /api/v1/me`: who the credentials belong to and whether they may administer the
