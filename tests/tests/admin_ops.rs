@@ -515,8 +515,8 @@ fn replication_and_deliveries_through_the_api() {
         o.stderr
     );
     assert!(
-        o.stdout.contains("Selected: 11/") && o.stdout.contains("Tested: 11"),
-        "schemathesis did not test the 11 operations\n{o}"
+        o.stdout.contains("Selected: 14/") && o.stdout.contains("Tested: 14"),
+        "schemathesis did not test the 14 operations (with the replication rules)\n{o}"
     );
     let log = std::fs::read_to_string(site.log_path()).unwrap_or_default();
     assert!(

@@ -633,8 +633,8 @@ async fn check_and_load_name_the_right_world() {
         (&p.webhook, vec!["notifier"], vec!["notify"]),
         (
             &p.replicate,
-            vec!["replicator"],
-            vec!["on-event", "on-tick"],
+            vec!["replicator", "managed-replicator"],
+            vec!["on-event", "on-tick", "pier:plugin/rules@0.1.0"],
         ),
         (
             &p.hostile_events,

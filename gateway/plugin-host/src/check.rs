@@ -18,7 +18,8 @@ pub struct CheckReport {
     pub imports: Vec<String>,
     pub exports: Vec<String>,
     /// Worlds the component implements (empty: none), in [`World::ALL`] order;
-    /// `managed-authorizer` follows `authorizer` when it also exports `projects`.
+    /// `managed-authorizer` follows `authorizer` when it also exports `projects`,
+    /// `managed-replicator` follows `replicator` when it also exports `rules`.
     pub worlds: Vec<&'static str>,
     /// When it implements none: why not, one line per world (`authorizer: ...`).
     pub problems: Vec<String>,
@@ -52,6 +53,9 @@ pub fn check(runtime: &Arc<Runtime>, path: &Path) -> Result<CheckReport, PluginE
                         worlds.push(world.as_str());
                         if p.manages_projects() {
                             worlds.push("managed-authorizer");
+                        }
+                        if p.manages_rules() {
+                            worlds.push("managed-replicator");
                         }
                     }
                     Err(e) => problems.push(format!("{world}: {e:#}")),

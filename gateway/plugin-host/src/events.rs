@@ -7,9 +7,11 @@
 use pier_auth::PolicyFailure;
 
 use crate::authorizer::tidy_reason;
+use crate::bindings::managed_replicator::exports::pier::plugin::rules as wr;
 use crate::bindings::pier::plugin::types as wit;
 use crate::error::PluginFailure;
 use crate::plugin::Plugin;
+use crate::rules::{Rule, RuleError, RuleSource, RuleStore, RuleTrigger};
 use crate::world::World;
 
 /// Deliveries one `notify` may return.
@@ -222,8 +224,73 @@ impl PluginNotifier {
 crate::hook::hook_type!(
     /// The current version of a replicator plugin (hot reload like [`crate::PluginAuthorizer`]).
     PluginReplicator,
-    World::Replicator
+    World::Replicator,
+    changes: tokio::sync::Mutex<()>
 );
+
+/// The least deadline of a `rules` call: they read and write (and sync) the plugin's
+/// `kv`.
+const RULES_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn rule_error(e: wr::RuleError) -> RuleError {
+    match e {
+        wr::RuleError::NotFound(m) => RuleError::NotFound(tidy_reason(m)),
+        wr::RuleError::Invalid(m) => RuleError::Invalid(tidy_reason(m)),
+        wr::RuleError::Unavailable(m) => RuleError::Unavailable(tidy_reason(m)),
+    }
+}
+
+fn wit_direction(d: ReplicationDirection) -> wit::ReplicationDirection {
+    match d {
+        ReplicationDirection::Push => wit::ReplicationDirection::Push,
+        ReplicationDirection::Pull => wit::ReplicationDirection::Pull,
+    }
+}
+
+fn direction(d: wit::ReplicationDirection) -> ReplicationDirection {
+    match d {
+        wit::ReplicationDirection::Push => ReplicationDirection::Push,
+        wit::ReplicationDirection::Pull => ReplicationDirection::Pull,
+    }
+}
+
+fn wit_rule(r: &Rule) -> wr::Rule {
+    wr::Rule {
+        name: r.name.clone(),
+        source: match &r.source {
+            RuleSource::Project(p) => wr::RuleSource::Project(p.clone()),
+            RuleSource::Repository(p) => wr::RuleSource::Repository(p.clone()),
+        },
+        tags: r.tags.clone(),
+        target: r.target.clone(),
+        destination: r.destination.clone(),
+        trigger: match r.trigger {
+            RuleTrigger::Event => wr::RuleTrigger::Event,
+            RuleTrigger::EverySecs(s) => wr::RuleTrigger::EverySecs(s),
+        },
+        delete: r.delete,
+        direction: wit_direction(r.direction),
+    }
+}
+
+fn rule(r: wr::Rule) -> Rule {
+    Rule {
+        name: r.name,
+        source: match r.source {
+            wr::RuleSource::Project(p) => RuleSource::Project(p),
+            wr::RuleSource::Repository(p) => RuleSource::Repository(p),
+        },
+        tags: r.tags,
+        target: r.target,
+        destination: r.destination,
+        trigger: match r.trigger {
+            wr::RuleTrigger::Event => RuleTrigger::Event,
+            wr::RuleTrigger::EverySecs(s) => RuleTrigger::EverySecs(s),
+        },
+        delete: r.delete,
+        direction: direction(r.direction),
+    }
+}
 
 impl PluginReplicator {
     /// The replication actions one event calls for (off the request path).
@@ -248,6 +315,68 @@ impl PluginReplicator {
             .await?;
         let actions = r.map_err(|m| plugin_error(&plugin, "on-tick", m))?;
         check_all(&plugin, "on-tick", actions, MAX_ACTIONS, check_action)
+    }
+
+    /// One call of the `rules` export. Changes run one at a time and then replace the
+    /// warm instances, so every later `on-event` and `on-tick` reads the rules again.
+    async fn rules_call<R: Send>(
+        &self,
+        change: bool,
+        call: impl AsyncFnOnce(
+            &wr::Guest,
+            &mut wasmtime::Store<crate::host::HostState>,
+        ) -> wasmtime::Result<Result<R, wr::RuleError>>,
+    ) -> Result<R, RuleError> {
+        let _one_at_a_time = match change {
+            true => Some(self.changes.lock().await),
+            false => None,
+        };
+        let plugin: std::sync::Arc<Plugin> = self.hook.current();
+        if !plugin.manages_rules() {
+            return Err(RuleError::NotManaged);
+        }
+        let deadline = plugin.settings.timeout.max(RULES_DEADLINE);
+        let r = plugin
+            .with_instance_for(deadline, async |b, store| match b.rules()? {
+                Some(r) => call(r, store).await,
+                None => Err(wasmtime::Error::msg("instance without the rules export")),
+            })
+            .await;
+        if change {
+            plugin.recycle();
+        }
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(rule_error(e)),
+            Err(f) => Err(RuleError::Unavailable(f.to_string())),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RuleStore for PluginReplicator {
+    /// Whether the loaded version manages rules (exports `pier:plugin/rules`).
+    fn manages_rules(&self) -> bool {
+        self.hook.current().manages_rules()
+    }
+
+    async fn list_rules(&self) -> Result<Vec<Rule>, RuleError> {
+        let rs = self
+            .rules_call(false, async |r, s| r.call_list_rules(s).await)
+            .await?;
+        Ok(rs.into_iter().map(rule).collect())
+    }
+
+    async fn put_rule(&self, new: &Rule) -> Result<Rule, RuleError> {
+        let w = wit_rule(new);
+        self.rules_call(true, async |r, s| r.call_put_rule(s, &w).await)
+            .await
+            .map(rule)
+    }
+
+    async fn delete_rule(&self, name: &str) -> Result<(), RuleError> {
+        self.rules_call(true, async |r, s| r.call_delete_rule(s, name).await)
+            .await
     }
 }
 

@@ -11,6 +11,8 @@
 //! - [`PluginNotifier`] and [`PluginReplicator`]: the `notifier` and `replicator` worlds
 //!   on the same pools and limits: a [`PluginEvent`] in, [`Delivery`]s or
 //!   [`ReplicationAction`]s out, a [`PluginFailure`] when the plugin misbehaved.
+//! - [`RuleStore`]: the rules of a replicator plugin that manages them (world
+//!   `managed-replicator`), implemented by [`PluginReplicator`].
 //! - [`check`]: what `pier plugin check FILE.wasm` prints.
 #![deny(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -60,6 +62,24 @@ mod bindings {
         });
     }
 
+    /// Only its `rules` export is used: the replicator part comes from below.
+    pub(crate) mod managed_replicator {
+        wasmtime::component::bindgen!({
+            path: "../../wit",
+            world: "managed-replicator",
+            imports: { default: async },
+            exports: { default: async },
+            with: {
+                "pier:plugin/types": crate::bindings::pier::plugin::types,
+                "pier:plugin/log": crate::bindings::pier::plugin::log,
+                "pier:plugin/config": crate::bindings::pier::plugin::config,
+                "pier:plugin/kv": crate::bindings::pier::plugin::kv,
+                "pier:plugin/http-outbound": crate::bindings::pier::plugin::http_outbound,
+                "pier:plugin/ldap": crate::bindings::pier::plugin::ldap,
+            },
+        });
+    }
+
     pub(crate) mod replicator {
         wasmtime::component::bindgen!({
             path: "../../wit",
@@ -86,6 +106,7 @@ mod hook;
 mod host;
 mod metrics;
 mod plugin;
+pub mod rules;
 mod runtime;
 mod world;
 
@@ -99,5 +120,6 @@ pub use events::{
 pub use host::Grants;
 pub use metrics::PluginMetrics;
 pub use plugin::{Plugin, PluginSettings};
+pub use rules::{Rule, RuleError, RuleSource, RuleStore, RuleTrigger};
 pub use runtime::Runtime;
 pub use world::World;

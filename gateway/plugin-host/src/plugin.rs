@@ -168,6 +168,11 @@ impl Plugin {
         self.pre.manages_projects()
     }
 
+    /// Whether it was loaded as a replicator that also exports `rules`.
+    pub fn manages_rules(&self) -> bool {
+        self.pre.manages_rules()
+    }
+
     /// Drops every warm instance, and instances in use when they return: the next
     /// calls start fresh ones (after a change to state instances remember).
     pub(crate) fn recycle(&self) {

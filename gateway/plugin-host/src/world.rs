@@ -6,8 +6,9 @@ use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
 use crate::bindings::managed::exports::pier::plugin::projects;
+use crate::bindings::managed_replicator::exports::pier::plugin::rules;
 use crate::bindings::notifier::{Notifier, NotifierPre};
-use crate::bindings::replicator::{Replicator, ReplicatorPre};
+use crate::bindings::replicator::{Replicator, ReplicatorIndices};
 use crate::bindings::{Authorizer, AuthorizerIndices};
 use crate::host::HostState;
 
@@ -50,14 +51,19 @@ pub(crate) enum Pre {
         projects: Option<projects::GuestIndices>,
     },
     Notifier(NotifierPre<HostState>),
-    Replicator(ReplicatorPre<HostState>),
+    /// With the `rules` export when the component has it (world `managed-replicator`).
+    Replicator {
+        pre: InstancePre<HostState>,
+        indices: ReplicatorIndices,
+        rules: Option<rules::GuestIndices>,
+    },
 }
 
 /// The exports of one instance.
 pub(crate) enum Bindings {
     Authorizer(Authorizer, Option<projects::Guest>),
     Notifier(Notifier),
-    Replicator(Replicator),
+    Replicator(Replicator, Option<rules::Guest>),
 }
 
 impl Pre {
@@ -72,6 +78,11 @@ impl Pre {
         )
     }
 
+    /// Whether a replicator also exports `rules`.
+    pub(crate) fn manages_rules(&self) -> bool {
+        matches!(self, Pre::Replicator { rules: Some(_), .. })
+    }
+
     /// Fails when the component lacks an export of `world` (or has it with another type).
     pub(crate) fn new(world: World, pre: InstancePre<HostState>) -> wasmtime::Result<Pre> {
         Ok(match world {
@@ -81,7 +92,11 @@ impl Pre {
                 pre,
             },
             World::Notifier => Pre::Notifier(NotifierPre::new(pre)?),
-            World::Replicator => Pre::Replicator(ReplicatorPre::new(pre)?),
+            World::Replicator => Pre::Replicator {
+                indices: ReplicatorIndices::new(&pre)?,
+                rules: rules::GuestIndices::new(&pre).ok(),
+                pre,
+            },
         })
     }
 
@@ -103,7 +118,18 @@ impl Pre {
                 Bindings::Authorizer(indices.load(&mut *store, &instance)?, projects)
             }
             Pre::Notifier(p) => Bindings::Notifier(p.instantiate_async(store).await?),
-            Pre::Replicator(p) => Bindings::Replicator(p.instantiate_async(store).await?),
+            Pre::Replicator {
+                pre,
+                indices,
+                rules,
+            } => {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                let rules = match rules {
+                    Some(r) => Some(r.load(&mut *store, &instance)?),
+                    None => None,
+                };
+                Bindings::Replicator(indices.load(&mut *store, &instance)?, rules)
+            }
         })
     }
 }
@@ -138,7 +164,15 @@ impl Bindings {
 
     pub(crate) fn replicator(&self) -> wasmtime::Result<&Replicator> {
         match self {
-            Bindings::Replicator(b) => Ok(b),
+            Bindings::Replicator(b, _) => Ok(b),
+            _ => Err(other_world()),
+        }
+    }
+
+    /// The `rules` export (`None`: the plugin doesn't manage rules).
+    pub(crate) fn rules(&self) -> wasmtime::Result<Option<&rules::Guest>> {
+        match self {
+            Bindings::Replicator(_, r) => Ok(r.as_ref()),
             _ => Err(other_world()),
         }
     }

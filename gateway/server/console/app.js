@@ -14,6 +14,7 @@
 //   #/project/NAME               /api/v1/projects/NAME: public, members (add, change, remove)
 //   #/robots                     /api/v1/robots: create (secret shown once), rotate, delete
 //   #/users                      /api/v1/users: create, delete
+//   #/rules                      /api/v1/replication/rules: add (PUT .../NAME), delete
 //
 // System administrators see every page; other accounts (project admins) only Projects.
 "use strict";
@@ -137,7 +138,7 @@ function parseHash() {
   return { page: parts[0] || "dashboard", args: parts.slice(1), query: new URLSearchParams(query) };
 }
 
-const pages = { login, dashboard, repositories, repository, manifest, replication, deliveries, plugins, projects, project, robots, users };
+const pages = { login, dashboard, repositories, repository, manifest, replication, deliveries, plugins, projects, project, robots, users, rules };
 /** Pages an account that is not a system administrator may open. */
 const MEMBER_PAGES = new Set(["login", "projects", "project"]);
 
@@ -626,6 +627,43 @@ async function users(show) {
     show(h("h1", {}, "Users"),
       table(["Name", ""], rows, "No local users."),
       h("form", { class: "inline", id: "create-user", onsubmit: create }, name, pass, h("button", { type: "submit" }, "Create user")));
+  };
+  await load();
+}
+
+async function rules(show) {
+  const load = async () => {
+    const { rules: list } = await api("/api/v1/replication/rules");
+    const source = (r) => (r.source.project !== undefined ? `project ${r.source.project}` : `repository ${r.source.repository}`);
+    const trigger = (r) => (r.trigger === "event" ? "on push" : `every ${r.trigger.everySecs} s`);
+    const rows = list.map((r) => h("tr", { "data-rule": r.name },
+      h("td", {}, r.name),
+      h("td", {}, source(r)),
+      h("td", {}, r.tags.length ? r.tags.join(", ") : "every tag"),
+      h("td", {}, `${r.direction} ${r.target}`),
+      h("td", { class: "mono" }, r.destination),
+      h("td", {}, trigger(r), r.delete ? ", deletes too" : ""),
+      h("td", {}, r.plugin),
+      h("td", {}, h("button", { class: "remove", onclick: action(() => api(`/api/v1/replication/rules/${enc(r.name)}?plugin=${enc(r.plugin)}`, { method: "DELETE" }), `Rule ${r.name} deleted.`, load) }, "Delete"))));
+    const name = h("input", { name: "rule", placeholder: "rule name", required: true });
+    const proj = h("input", { name: "rule-project", placeholder: "project (pattern)", required: true });
+    const tags = h("input", { name: "rule-tags", placeholder: "tags, e.g. v* (every tag)" });
+    const target = h("input", { name: "rule-target", placeholder: "target", required: true });
+    const when = select("rule-trigger", ["event", "every"], "event");
+    const secs = h("input", { name: "rule-every", type: "number", min: 1, placeholder: "seconds" });
+    const create = action(() => {
+      const body = {
+        source: { project: proj.value },
+        tags: tags.value.split(",").map((t) => t.trim()).filter((t) => t),
+        target: target.value,
+        trigger: when.value === "event" ? "event" : { everySecs: Number(secs.value) },
+      };
+      return api(`/api/v1/replication/rules/${enc(name.value)}`, { method: "PUT", json: body });
+    }, () => `Rule ${name.value} saved.`, load);
+    show(h("h1", {}, "Replication rules"),
+      table(["Rule", "Source", "Tags", "To", "Destination", "When", "Plugin", ""], rows, "No replication rules."),
+      h("form", { class: "inline", id: "create-rule", onsubmit: create },
+        name, proj, tags, target, when, secs, h("button", { type: "submit" }, "Save rule")));
   };
   await load();
 }

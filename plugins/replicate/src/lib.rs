@@ -3,29 +3,36 @@
 //! tick, the replication actions Pier should run. Pier moves the bytes; this plugin
 //! only decides what goes where.
 //!
-//! The rules live in [`rules`] (plain Rust, unit-tested on the host); this file
-//! converts the WIT types, reads the configuration through the `config` capability
-//! and keeps its state (each scheduled rule's last run, the repositories it has seen)
+//! The rules live in [`rules`] and the rule store in [`store`] (plain Rust, unit-tested
+//! on the host); this file converts the WIT types, reads the configuration through the
+//! `config` capability, keeps the rules Pier's admin API changes in the `kv` capability
+//! (world `managed-replicator`: the configuration's rules only seed them) and keeps its
+//! state (each scheduled rule's last run, the repositories it has seen)
 //! in the `kv` capability when granted, else in the instance's memory (lost on a
 //! reload, a restart or a trap: a scheduled rule then runs on the next tick). See
 //! README.md for the configuration.
 #![deny(rust_2018_idioms)]
 
 pub mod rules;
+pub mod store;
 
 #[cfg(target_arch = "wasm32")]
 mod guest {
-    // The `replicator` world of ../../wit: the `Guest` trait with `on_event` and
-    // `on_tick`, the WIT types and the host capabilities as plain functions.
+    // The `managed-replicator` world of ../../wit: the `Guest` trait with `on_event`
+    // and `on_tick`, the `rules` export, the WIT types and the host capabilities as
+    // plain functions.
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "replicator",
+        world: "managed-replicator",
     });
 
     use std::collections::{BTreeMap, BTreeSet};
-    use std::sync::{Mutex, OnceLock};
+    use std::sync::{Arc, Mutex, OnceLock};
 
-    use crate::rules;
+    use crate::{rules, store};
+    use exports::pier::plugin::rules::{
+        self as wit_rules, Rule, RuleError, RuleSource, RuleTrigger,
+    };
     // The world's `use types.{event, replication-action}` brought `Event` and
     // `ReplicationAction` here.
     use pier::plugin::types::{EventKind, ReplicationDirection};
@@ -46,6 +53,65 @@ mod guest {
             }
             parsed
         })
+    }
+
+    /// The `kv` capability for the rule store. Without the grant the store is never in
+    /// use (the configuration's rules answer) and changes fail with a message saying so.
+    struct KvCap;
+
+    impl store::Kv for KvCap {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+            match kv::get(key) {
+                Ok(v) => Ok(v),
+                Err(kv::KvError::Denied) => Ok(None),
+                Err(e) => Err(kv_error(e)),
+            }
+        }
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+            kv::set(key, value).map_err(kv_error)
+        }
+        fn delete(&self, key: &str) -> Result<(), String> {
+            kv::delete(key).map_err(kv_error)
+        }
+    }
+
+    fn kv_error(e: kv::KvError) -> String {
+        match e {
+            kv::KvError::Denied => {
+                "the kv capability is not granted: add \"kv\" to the plugin's grants to manage rules".into()
+            }
+            kv::KvError::TooLarge => "too large".into(),
+            kv::KvError::Io(m) => m,
+        }
+    }
+
+    fn store_message(e: store::StoreError) -> String {
+        match e {
+            store::StoreError::NotFound(m)
+            | store::StoreError::Invalid(m)
+            | store::StoreError::Unavailable(m) => m,
+        }
+    }
+
+    /// The rules in force, read once per instance: Pier replaces every instance after
+    /// a change, so they never go stale. A failed read is not remembered.
+    static ACTIVE: Mutex<Option<Arc<rules::Config>>> = Mutex::new(None);
+
+    fn active() -> Result<Arc<rules::Config>, String> {
+        let seeds = config().as_ref().map_err(Clone::clone)?;
+        let mut a = ACTIVE
+            .lock()
+            .map_err(|_| "replicate: poisoned".to_owned())?;
+        if let Some(c) = a.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(
+            store::Store::new(&KvCap, seeds)
+                .active()
+                .map_err(store_message)?,
+        );
+        *a = Some(c.clone());
+        Ok(c)
     }
 
     /// The state when `kv` is not granted (or fails): this instance's memory.
@@ -119,7 +185,7 @@ mod guest {
 
     impl Guest for Replicate {
         fn on_event(event: Event) -> Result<Vec<ReplicationAction>, String> {
-            let config = config().as_ref().map_err(Clone::clone)?;
+            let config = active()?;
             let ev = rules::Event {
                 kind: kind(event.kind),
                 repository: event.repository,
@@ -140,7 +206,7 @@ mod guest {
         }
 
         fn on_tick(unix_secs: u64) -> Result<Vec<ReplicationAction>, String> {
-            let config = config().as_ref().map_err(Clone::clone)?;
+            let config = active()?;
             let known: Vec<String> = known_repos().into_iter().collect();
             let (due, actions) = config.on_tick(unix_secs, last_run, &known);
             for rule in due {
@@ -150,6 +216,87 @@ mod guest {
                 );
             }
             Ok(actions.into_iter().map(wit_action).collect())
+        }
+    }
+
+    fn rule_error(e: store::StoreError) -> RuleError {
+        match e {
+            store::StoreError::NotFound(m) => RuleError::NotFound(m),
+            store::StoreError::Invalid(m) => RuleError::Invalid(m),
+            store::StoreError::Unavailable(m) => RuleError::Unavailable(m),
+        }
+    }
+
+    fn direction(d: ReplicationDirection) -> rules::Direction {
+        match d {
+            ReplicationDirection::Push => rules::Direction::Push,
+            ReplicationDirection::Pull => rules::Direction::Pull,
+        }
+    }
+
+    fn rule(r: Rule) -> rules::Rule {
+        rules::Rule {
+            name: r.name,
+            source: match r.source {
+                RuleSource::Project(p) => rules::Source::Project(p),
+                RuleSource::Repository(p) => rules::Source::Repository(p),
+            },
+            tags: r.tags,
+            target: r.target,
+            destination: r.destination.unwrap_or_else(|| "{repository}".to_owned()),
+            trigger: match r.trigger {
+                RuleTrigger::Event => rules::Trigger::Named(rules::Named::Event),
+                RuleTrigger::EverySecs(every_secs) => rules::Trigger::Every { every_secs },
+            },
+            delete: r.delete,
+            direction: direction(r.direction),
+        }
+    }
+
+    fn wit_rule(r: rules::Rule) -> Rule {
+        Rule {
+            name: r.name,
+            source: match r.source {
+                rules::Source::Project(p) => RuleSource::Project(p),
+                rules::Source::Repository(p) => RuleSource::Repository(p),
+            },
+            tags: r.tags,
+            target: r.target,
+            destination: Some(r.destination),
+            trigger: match r.trigger {
+                rules::Trigger::Named(rules::Named::Event) => RuleTrigger::Event,
+                rules::Trigger::Every { every_secs } => RuleTrigger::EverySecs(every_secs),
+            },
+            delete: r.delete,
+            direction: match r.direction {
+                rules::Direction::Push => ReplicationDirection::Push,
+                rules::Direction::Pull => ReplicationDirection::Pull,
+            },
+        }
+    }
+
+    /// Runs a store call with the configuration's rules as seeds, mapping both ends to
+    /// WIT.
+    fn with_store<T>(
+        call: impl FnOnce(&store::Store<'_, KvCap>) -> Result<T, store::StoreError>,
+    ) -> Result<T, RuleError> {
+        let seeds = config()
+            .as_ref()
+            .map_err(|e| RuleError::Unavailable(e.clone()))?;
+        call(&store::Store::new(&KvCap, seeds)).map_err(rule_error)
+    }
+
+    impl wit_rules::Guest for Replicate {
+        fn list_rules() -> Result<Vec<Rule>, RuleError> {
+            with_store(|s| s.list()).map(|rs| rs.into_iter().map(wit_rule).collect())
+        }
+
+        fn put_rule(r: Rule) -> Result<Rule, RuleError> {
+            with_store(|s| s.put(rule(r))).map(wit_rule)
+        }
+
+        fn delete_rule(name: String) -> Result<(), RuleError> {
+            with_store(|s| s.delete(&name))
         }
     }
 

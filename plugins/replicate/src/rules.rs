@@ -2,7 +2,7 @@
 //! host.
 
 use pier_glob as glob;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// What happened (the WIT `event-kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub struct Event {
     pub digest: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// From this Pier to the target.
@@ -48,7 +48,7 @@ pub struct Action {
 
 /// Which repositories a rule takes: every repository of a project, or the ones
 /// matching a name pattern.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum Source {
     Project(String),
@@ -56,7 +56,7 @@ pub enum Source {
 }
 
 /// When a rule runs.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Trigger {
     /// `"event"`: on each push (and delete, with `delete: true`) matching the rule.
@@ -65,14 +65,14 @@ pub enum Trigger {
     Every { every_secs: u64 },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Named {
     Event,
 }
 
 /// One rule, Harbor-like.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Unique; keys the rule's last run.
@@ -100,10 +100,12 @@ fn same_name() -> String {
     "{repository}".to_owned()
 }
 
-/// The whole configuration: `{"rules": [...]}`.
-#[derive(Debug, Clone, Deserialize)]
+/// The whole configuration: `{"rules": [...]}` (none: no rules until some are added
+/// through Pier's admin API).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    #[serde(default)]
     pub rules: Vec<Rule>,
 }
 
@@ -115,38 +117,10 @@ impl Config {
         let config: Config = serde_json::from_str(json).map_err(|e| e.to_string())?;
         let mut names = std::collections::BTreeSet::new();
         for r in &config.rules {
-            let n = &r.name;
-            if n.is_empty() || !names.insert(n.as_str()) {
-                return Err(format!("rule name {n:?} is empty or used twice"));
+            if !names.insert(r.name.as_str()) {
+                return Err(format!("rule name {:?} is used twice", r.name));
             }
-            if r.target.is_empty() {
-                return Err(format!("rule {n:?}: empty target"));
-            }
-            if r.destination.is_empty() {
-                return Err(format!("rule {n:?}: empty destination"));
-            }
-            if r.trigger == (Trigger::Every { every_secs: 0 }) {
-                return Err(format!("rule {n:?}: every_secs must be at least 1"));
-            }
-            if r.direction == Direction::Pull {
-                // Events come from this Pier; a pull rule reads the target, which only
-                // a schedule can poll, and only for repositories named in full.
-                if r.trigger == Trigger::Named(Named::Event) {
-                    return Err(format!("rule {n:?}: a pull rule needs a schedule"));
-                }
-                if !matches!(&r.source, Source::Repository(p) if !is_pattern(p)) {
-                    return Err(format!(
-                        "rule {n:?}: a pull rule needs a source repository without patterns"
-                    ));
-                }
-            }
-            if r.delete
-                && (r.direction == Direction::Pull || r.trigger != Trigger::Named(Named::Event))
-            {
-                return Err(format!(
-                    "rule {n:?}: delete propagation needs an event-driven push rule"
-                ));
-            }
+            r.validate()?;
         }
         Ok(config)
     }
@@ -237,7 +211,51 @@ impl Config {
     }
 }
 
+/// Longest rule name.
+pub const MAX_NAME: usize = 128;
+
 impl Rule {
+    /// Checks one rule: a name of 1 to [`MAX_NAME`] bytes without control characters,
+    /// a target and a destination, and a combination that can work (a pull rule driven
+    /// by events, a pull rule with a pattern source, delete propagation on anything
+    /// but an event-driven push rule are refused).
+    pub fn validate(&self) -> Result<(), String> {
+        let (r, n) = (self, &self.name);
+        if n.is_empty() || n.len() > MAX_NAME || n.chars().any(char::is_control) {
+            return Err(format!(
+                "rule name {n:?} must be 1 to {MAX_NAME} bytes without control characters"
+            ));
+        }
+        if r.target.is_empty() {
+            return Err(format!("rule {n:?}: empty target"));
+        }
+        if r.destination.is_empty() {
+            return Err(format!("rule {n:?}: empty destination"));
+        }
+        if r.trigger == (Trigger::Every { every_secs: 0 }) {
+            return Err(format!("rule {n:?}: every_secs must be at least 1"));
+        }
+        if r.direction == Direction::Pull {
+            // Events come from this Pier; a pull rule reads the target, which only a
+            // schedule can poll, and only for repositories named in full.
+            if r.trigger == Trigger::Named(Named::Event) {
+                return Err(format!("rule {n:?}: a pull rule needs a schedule"));
+            }
+            if !matches!(&r.source, Source::Repository(p) if !is_pattern(p)) {
+                return Err(format!(
+                    "rule {n:?}: a pull rule needs a source repository without patterns"
+                ));
+            }
+        }
+        if r.delete && (r.direction == Direction::Pull || r.trigger != Trigger::Named(Named::Event))
+        {
+            return Err(format!(
+                "rule {n:?}: delete propagation needs an event-driven push rule"
+            ));
+        }
+        Ok(())
+    }
+
     fn takes(&self, repository: &str, project: &str) -> bool {
         match &self.source {
             Source::Project(p) => glob::matches(p, project),
@@ -411,9 +429,10 @@ mod tests {
 
     #[test]
     fn invalid_configs_are_errors() {
+        assert!(Config::parse("{}").unwrap().rules.is_empty());
         for bad in [
-            "{}",
             r#"{"rules": [{"name": "a", "source": {"project": "p"}, "target": "t"}]}"#,
+            r#"{"rules": [{"name": "", "source": {"project": "p"}, "target": "t", "trigger": "event"}]}"#,
             r#"{"rules": [{"name": "a", "source": {"tag": "p"}, "target": "t", "trigger": "event"}]}"#,
             r#"{"rules": [{"name": "a", "source": {"project": "p"}, "target": "t", "trigger": "hourly"}]}"#,
             r#"{"rules": [{"name": "a", "source": {"project": "p"}, "target": "", "trigger": "event"}]}"#,

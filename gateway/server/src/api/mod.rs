@@ -37,6 +37,9 @@
 //! GET    /api/v1/replication/jobs/{id}/log
 //! POST   /api/v1/replication/jobs/{id}/retry
 //! GET    /api/v1/replication/targets
+//! GET    /api/v1/replication/rules                    (of every replicator managing them)
+//! PUT    /api/v1/replication/rules/{name}
+//! DELETE /api/v1/replication/rules/{name}?plugin=
 //! GET    /api/v1/events/deliveries?n=&last=&status=
 //! GET    /api/v1/events/deliveries/{id}
 //! POST   /api/v1/events/deliveries/{id}/redeliver
@@ -55,6 +58,7 @@ mod preheat;
 mod projects;
 mod replication;
 mod repos;
+mod rules;
 mod status;
 
 use bytes::Bytes;
@@ -208,6 +212,8 @@ enum Route {
     /// `{id}/retry`
     ReplicationJobRetry(String),
     ReplicationTargets,
+    ReplicationRules,
+    ReplicationRule(String),
     Deliveries,
     Delivery(String),
     /// `{id}/redeliver`
@@ -243,6 +249,7 @@ impl Route {
             "/users" => return Some(Route::Users),
             "/replication/jobs" => return Some(Route::ReplicationJobs),
             "/replication/targets" => return Some(Route::ReplicationTargets),
+            "/replication/rules" => return Some(Route::ReplicationRules),
             "/events/deliveries" => return Some(Route::Deliveries),
             "/gc" => return Some(Route::Gc),
             "/mirror/preheat" => return Some(Route::Preheat),
@@ -283,6 +290,12 @@ impl Route {
                 _ => None,
             };
         }
+        if let Some(p) = rest.strip_prefix("/replication/rules/") {
+            return match segments(p)?.as_slice() {
+                [name] => Some(Route::ReplicationRule(name.clone())),
+                _ => None,
+            };
+        }
         if let Some(p) = rest.strip_prefix("/events/deliveries/") {
             return match segments(p)?.as_slice() {
                 [id] => Some(Route::Delivery(id.clone())),
@@ -313,6 +326,7 @@ impl Route {
             Route::History => &["minutes"],
             Route::ReplicationJobs | Route::Deliveries => &["n", "last", "status"],
             Route::Gc => &["dry_run", "untagged", "grace"],
+            Route::ReplicationRule(_) => &["plugin"],
             _ => &[],
         }
     }
@@ -328,6 +342,7 @@ impl Route {
             Route::Robot(_) => "PATCH, DELETE",
             Route::RobotSecret(_) | Route::PluginsReload => "POST",
             Route::User(_) => "DELETE",
+            Route::ReplicationRule(_) => "PUT, DELETE",
             Route::ReplicationJobRetry(_) | Route::Redeliver(_) | Route::Preheat => "POST",
             Route::Gc => "GET, POST",
             _ => "GET",
@@ -580,6 +595,11 @@ pub async fn serve(state: &AdminState, req: Request<Incoming>) -> Response<Full<
         Route::ReplicationJobLog(id) => replication::job_log(state, &id).await,
         Route::ReplicationJobRetry(id) => replication::retry(state, &caller, &id).await,
         Route::ReplicationTargets => replication::targets(state),
+        Route::ReplicationRules => rules::list(state).await,
+        Route::ReplicationRule(name) if method == Method::PUT => {
+            rules::put(state, &caller, &name, body).await
+        }
+        Route::ReplicationRule(name) => rules::delete(state, &caller, &name, &query).await,
         Route::Deliveries => replication::deliveries(state, &query).await,
         Route::Delivery(id) => replication::delivery(state, &id).await,
         Route::Redeliver(id) => replication::redeliver(state, &caller, &id).await,
@@ -678,6 +698,20 @@ mod tests {
             Some(Route::ReplicationJobRetry("7".into()))
         );
         assert_eq!(r("/replication/jobs/7/other"), None);
+        assert_eq!(r("/replication/rules"), Some(Route::ReplicationRules));
+        assert_eq!(
+            r("/replication/rules/apps-to-b"),
+            Some(Route::ReplicationRule("apps-to-b".into()))
+        );
+        assert_eq!(
+            r("/replication/rules/a%2Fb"),
+            Some(Route::ReplicationRule("a/b".into()))
+        );
+        assert_eq!(r("/replication/rules/a/b"), None);
+        assert_eq!(r("/replication/rules/"), None);
+        assert_eq!(r("/replication/rulesx"), None);
+        assert_eq!(Route::ReplicationRule("a".into()).allow(), "PUT, DELETE");
+        assert_eq!(Route::ReplicationRules.allow(), "GET");
         assert_eq!(r("/replication/jobs/"), None);
         assert_eq!(r("/events/deliveries"), Some(Route::Deliveries));
         assert_eq!(
@@ -729,6 +763,8 @@ mod tests {
             "/api/v1/replication/jobs/{id}/log",
             "/api/v1/replication/jobs/{id}/retry",
             "/api/v1/replication/targets",
+            "/api/v1/replication/rules",
+            "/api/v1/replication/rules/{name}",
             "/api/v1/events/deliveries",
             "/api/v1/events/deliveries/{id}",
             "/api/v1/events/deliveries/{id}/redeliver",

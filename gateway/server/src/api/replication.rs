@@ -17,7 +17,7 @@ use crate::events::EventsRuntime;
 type Answer = Result<Response<Full<Bytes>>, ApiFailure>;
 
 /// Events and replication, or the 409 that says they are off.
-fn runtime(state: &AdminState) -> Result<&EventsRuntime, ApiFailure> {
+pub(super) fn runtime(state: &AdminState) -> Result<&EventsRuntime, ApiFailure> {
     state.events.as_deref().ok_or_else(|| {
         ApiFailure::Conflict(
             "events and replication are not configured: add a notifier or replicator plugin \

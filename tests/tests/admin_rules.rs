@@ -1,0 +1,134 @@
+//! Replication rules through the admin API, end to end: site A runs the `replicate`
+//! plugin (world `managed-replicator`, `kv` granted) with no rules in its TOML and a
+//! target pointing at site B. A rule added with `PUT /api/v1/replication/rules/{name}`
+//! replicates the next push at once; once deleted, pushes are not replicated; the
+//! rules survive a restart of A.
+//!
+//! Needs the binary (`cargo build -p pier-server`) and the wasm32-wasip2 target; then
+//! `cargo test -p pier-e2e --test admin_rules`.
+
+#[allow(dead_code)]
+#[path = "events/support.rs"]
+mod support;
+
+use std::time::Duration;
+
+use pier_e2e::{http, push_image, random_bytes};
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+fn rules(site: &pier_e2e::TestPier) -> Vec<Value> {
+    admin_json(site, "/api/v1/replication/rules")["rules"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn rules_added_through_the_api_replicate_at_once_and_persist() {
+    let b = start_site("");
+    let mut config = base_config("", &[("x", b.url())]);
+    // No rules in the TOML: the API adds them.
+    config.push_str(&replicator("replicate", &[]));
+    let mut a = start_site(&config);
+    assert!(rules(&a).is_empty(), "no rules yet");
+    // A push before the rule: no job, and the plugin's warm instance has read the
+    // (empty) rules, so the rule below is only seen if Pier replaces that instance.
+    let layer = random_bytes(2048);
+    push_image(a.addr, "apps/x", Some("v0"), &[&layer]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(find_job(&jobs(&a), "x", "apps/x", "v0").is_none());
+
+    let rule = json!({
+        "source": {"project": "apps"},
+        "target": "x",
+        "trigger": "event",
+    });
+    let r = http::request(
+        a.admin_addr,
+        "PUT",
+        "/api/v1/replication/rules/apps-to-x",
+        &[("content-type", "application/json")],
+        rule.to_string().as_bytes(),
+    );
+    r.expect_status(200, "PUT the rule");
+    let stored = r.json();
+    assert_eq!(stored["name"], "apps-to-x");
+    assert_eq!(stored["plugin"], "replicate");
+    assert_eq!(stored["destination"], "{repository}");
+    assert_eq!(stored["direction"], "push");
+
+    // A rule that can not work is refused like in the TOML.
+    let bad = json!({"source": {"project": "apps"}, "target": "x", "trigger": "event", "direction": "pull"});
+    http::request(
+        a.admin_addr,
+        "PUT",
+        "/api/v1/replication/rules/bad",
+        &[("content-type", "application/json")],
+        bad.to_string().as_bytes(),
+    )
+    .expect_status(400, "a pull rule driven by events");
+
+    let pushed = push_image(a.addr, "apps/x", Some("v1"), &[&layer]);
+    wait_succeeded(&a, "x", "apps/x", "v1", Duration::from_secs(60));
+    assert_eq!(
+        manifest_digest(b.addr, "apps/x", "v1").as_deref(),
+        Some(pushed.digest.as_str()),
+        "replicated to B"
+    );
+
+    // Persisted: the same list after a restart.
+    let before = rules(&a);
+    assert_eq!(before.len(), 1);
+    a.restart();
+    assert_eq!(rules(&a), before, "the rules survive a restart");
+
+    // Deleted: the next push makes no job.
+    http::request(
+        a.admin_addr,
+        "DELETE",
+        "/api/v1/replication/rules/apps-to-x",
+        &[],
+        b"",
+    )
+    .expect_status(204, "DELETE the rule");
+    http::request(
+        a.admin_addr,
+        "DELETE",
+        "/api/v1/replication/rules/apps-to-x",
+        &[],
+        b"",
+    )
+    .expect_status(404, "DELETE it again");
+    assert!(rules(&a).is_empty());
+    push_image(a.addr, "apps/x", Some("v2"), &[&layer]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        find_job(&jobs(&a), "x", "apps/x", "v2").is_none(),
+        "no job after the rule was deleted: {:#?}",
+        jobs(&a)
+    );
+    assert!(manifest_digest(b.addr, "apps/x", "v2").is_none());
+    let log = std::fs::read_to_string(a.log_path()).unwrap_or_default();
+    assert!(
+        log.contains("replication.rule.put") && log.contains("replication.rule.delete"),
+        "the changes are audited"
+    );
+}
+
+#[test]
+fn without_a_managing_replicator_the_api_says_so() {
+    // Events off: 409.
+    let plain = start_site("");
+    http::get(plain.admin_addr, "/api/v1/replication/rules")
+        .expect_status(409, "no events, no rules");
+    // A replicator without the rules export (hostile-events): 501.
+    let site = start_site(&format!(
+        "{}{}",
+        base_config("", &[]),
+        hostile("h", "replicator")
+    ));
+    http::get(site.admin_addr, "/api/v1/replication/rules")
+        .expect_status(501, "a replicator that does not manage rules");
+}
