@@ -2,7 +2,8 @@
 //! plugin (world `managed-replicator`, `kv` granted) with no rules in its TOML and a
 //! target pointing at site B. A rule added with `PUT /api/v1/replication/rules/{name}`
 //! replicates the next push at once; once deleted, pushes are not replicated; the
-//! rules survive a restart of A.
+//! rules survive a restart of A; `pier replication rules|set-rule|delete-rule` reads and
+//! changes the same rules.
 //!
 //! Needs the binary (`cargo build -p pier-server`) and the wasm32-wasip2 target; then
 //! `cargo test -p pier-e2e --test admin_rules`.
@@ -84,15 +85,72 @@ fn rules_added_through_the_api_replicate_at_once_and_persist() {
     a.restart();
     assert_eq!(rules(&a), before, "the rules survive a restart");
 
+    // The CLI reads and changes the same rules through the API.
+    let (ok, out, err) = cli(&a, &["replication", "rules"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l
+                == "apps-to-x\treplicate\tproject:apps\t*\tx\t{repository}\tevent\tpush\tfalse"),
+        "{out}"
+    );
+    let (ok, out, err) = cli(
+        &a,
+        &[
+            "replication",
+            "set-rule",
+            "mirror-base",
+            "--repository",
+            "library/base",
+            "--to",
+            "x",
+            "--tag",
+            "v*",
+            "--tag",
+            "stable",
+            "--destination",
+            "edge/base",
+            "--every",
+            "3600",
+            "--pull",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let listed = rules(&a);
+    let added = listed
+        .iter()
+        .find(|r| r["name"] == "mirror-base")
+        .unwrap_or_else(|| panic!("the CLI's rule is listed: {listed:#?}"));
+    assert_eq!(added["source"], json!({"repository": "library/base"}));
+    assert_eq!(added["tags"], json!(["v*", "stable"]));
+    assert_eq!(added["destination"], "edge/base");
+    assert_eq!(added["trigger"], json!({"everySecs": 3600}));
+    assert_eq!(added["direction"], "pull");
+    // The API's refusal reaches the operator.
+    let (ok, _, err) = cli(
+        &a,
+        &[
+            "replication",
+            "set-rule",
+            "bad",
+            "--project",
+            "apps",
+            "--to",
+            "x",
+            "--pull",
+        ],
+    );
+    assert!(
+        !ok && err.contains("HTTP 400"),
+        "a pull rule on events: {err}"
+    );
+    let (ok, out, err) = cli(&a, &["replication", "delete-rule", "mirror-base"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(rules(&a), before, "only the CLI's rule is gone");
+
     // Deleted: the next push makes no job.
-    http::request(
-        a.admin_addr,
-        "DELETE",
-        "/api/v1/replication/rules/apps-to-x",
-        &[],
-        b"",
-    )
-    .expect_status(204, "DELETE the rule");
+    let (ok, out, err) = cli(&a, &["replication", "delete-rule", "apps-to-x"]);
+    assert!(ok, "{out}{err}");
     http::request(
         a.admin_addr,
         "DELETE",
@@ -115,6 +173,21 @@ fn rules_added_through_the_api_replicate_at_once_and_persist() {
         log.contains("replication.rule.put") && log.contains("replication.rule.delete"),
         "the changes are audited"
     );
+}
+
+/// `pier ARGS --admin URL`: (success, stdout, stderr).
+fn cli(site: &pier_e2e::TestPier, args: &[&str]) -> (bool, String, String) {
+    let o = pier_e2e::pier_command()
+        .args(args)
+        .arg("--admin")
+        .arg(format!("http://{}", site.admin_addr))
+        .output()
+        .expect("run pier");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]

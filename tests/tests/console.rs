@@ -288,6 +288,9 @@ fn console_in_chromium_browses_a_pushed_image_and_retries_a_failed_job() {
         ("REPO", repo.to_owned()),
         ("TAG", tag.to_owned()),
         ("JOB_ID", job_id.to_string()),
+        ("RULE", "team-to-b".to_owned()),
+        ("RULE_PROJECT", "team".to_owned()),
+        ("RULE_TARGET", "site-b".to_owned()),
     ];
     let BrowserRun { result, context } = run_browser(&pier, "browse", &env, |waiting| {
         assert_eq!(waiting, "target", "what the driver waits for");
@@ -344,10 +347,44 @@ fn console_in_chromium_browses_a_pushed_image_and_retries_a_failed_job() {
             "plugin {p} listed\n{context}"
         );
     }
+    // The Rules page: the TOML's rule, one added in the form (kept by the plugin, as the
+    // API says while it exists), then deleted with its button.
+    assert_eq!(result["rulesBefore"], json!(["team-to-b"]), "{context}");
+    assert_eq!(
+        result["rulesAdded"],
+        json!(["console-hourly", "team-to-b"]),
+        "{context}"
+    );
+    assert_eq!(
+        result["addedRule"],
+        json!([
+            "console-hourly",
+            "project team",
+            "v*, stable",
+            "push site-b",
+            "{repository}",
+            "every 3600 s",
+            "replicate",
+            "Delete"
+        ]),
+        "{context}"
+    );
+    assert_eq!(
+        result["rulesAfterDelete"],
+        json!(["team-to-b"]),
+        "{context}"
+    );
+    let names: Vec<Value> = admin_json(pier.admin_addr, "/api/v1/replication/rules")["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r["name"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("team-to-b")], "the API agrees");
     assert_eq!(result["sessionAfterLogout"], Value::Null, "{context}");
     assert_eq!(
         result["screenshots"].as_array().map_or(0, Vec::len),
-        9,
+        10,
         "{context}"
     );
 

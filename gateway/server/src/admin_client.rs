@@ -43,6 +43,64 @@ pub enum ReplicationCommand {
         target: AdminTarget,
         id: u64,
     },
+    /// List the replication rules the replicator plugins keep
+    Rules {
+        #[command(flatten)]
+        target: AdminTarget,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a rule or replace the one of that name (effective for the next event or tick)
+    SetRule {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// The rule's name
+        name: String,
+        #[command(flatten)]
+        source: RuleSourceArgs,
+        /// The replication target (a [[replication.targets]] name) to copy to or from
+        #[arg(long = "to", value_name = "TARGET")]
+        to: String,
+        /// Only these tags (glob patterns); repeat for several. All tags when left out
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// The repository at the other end; {repository} stands for the source's name
+        #[arg(long)]
+        destination: Option<String>,
+        /// Run every SECS seconds instead of on each push
+        #[arg(long, value_name = "SECS")]
+        every: Option<u64>,
+        /// Replicate deletions too
+        #[arg(long)]
+        delete: bool,
+        /// Pull from the target instead of pushing to it (needs --every)
+        #[arg(long)]
+        pull: bool,
+        /// The replicator plugin that keeps the rule (when several manage rules)
+        #[arg(long)]
+        plugin: Option<String>,
+    },
+    /// Delete a rule
+    DeleteRule {
+        #[command(flatten)]
+        target: AdminTarget,
+        name: String,
+        /// The replicator plugin that keeps the rule (when several have one of that name)
+        #[arg(long)]
+        plugin: Option<String>,
+    },
+}
+
+/// What a rule replicates: a project's repositories or one repository.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct RuleSourceArgs {
+    /// Every repository of this project
+    #[arg(long)]
+    project: Option<String>,
+    /// This repository only
+    #[arg(long)]
+    repository: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -252,6 +310,118 @@ pub async fn replication(c: ReplicationCommand) -> Result<(), ServerError> {
             }
             Ok(())
         }
+        ReplicationCommand::Rules { target, json } => {
+            let v = call(&target, "GET", "/api/v1/replication/rules").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(());
+            }
+            println!("NAME\tPLUGIN\tSOURCE\tTAGS\tTARGET\tDESTINATION\tTRIGGER\tDIRECTION\tDELETE");
+            for r in v["rules"].as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    field(r, "name"),
+                    field(r, "plugin"),
+                    rule_source(&r["source"]),
+                    rule_tags(&r["tags"]),
+                    field(r, "target"),
+                    field(r, "destination"),
+                    rule_trigger(&r["trigger"]),
+                    field(r, "direction"),
+                    field(r, "delete"),
+                );
+            }
+            Ok(())
+        }
+        ReplicationCommand::SetRule {
+            target,
+            name,
+            source,
+            to,
+            tags,
+            destination,
+            every,
+            delete,
+            pull,
+            plugin,
+        } => {
+            let mut body = serde_json::json!({
+                "source": match (source.project, source.repository) {
+                    (Some(p), _) => serde_json::json!({ "project": p }),
+                    (None, r) => serde_json::json!({ "repository": r.unwrap_or_default() }),
+                },
+                "tags": tags,
+                "target": to,
+                "trigger": match every {
+                    Some(s) => serde_json::json!({ "everySecs": s }),
+                    None => serde_json::json!("event"),
+                },
+                "delete": delete,
+                "direction": if pull { "pull" } else { "push" },
+            });
+            if let Some(d) = destination {
+                body["destination"] = d.into();
+            }
+            if let Some(p) = plugin {
+                body["plugin"] = p.into();
+            }
+            let path = format!("/api/v1/replication/rules/{}", enc(&name));
+            let v = call_with(&target, "PUT", &path, Some(&body)).await?;
+            println!(
+                "rule {} kept by {}: {} -> {} ({})",
+                field(&v, "name"),
+                field(&v, "plugin"),
+                rule_source(&v["source"]),
+                field(&v, "target"),
+                rule_trigger(&v["trigger"]),
+            );
+            Ok(())
+        }
+        ReplicationCommand::DeleteRule {
+            target,
+            name,
+            plugin,
+        } => {
+            let mut path = format!("/api/v1/replication/rules/{}", enc(&name));
+            if let Some(p) = plugin {
+                path.push_str(&format!("?plugin={}", enc(&p)));
+            }
+            call(&target, "DELETE", &path).await?;
+            println!("rule {name} deleted");
+            Ok(())
+        }
+    }
+}
+
+/// `project:NAME` or `repository:NAME`, as the API's `source` object says.
+fn rule_source(v: &Value) -> String {
+    match (v["project"].as_str(), v["repository"].as_str()) {
+        (Some(p), _) => format!("project:{p}"),
+        (None, Some(r)) => format!("repository:{r}"),
+        _ => "-".into(),
+    }
+}
+
+/// The tag patterns joined by commas, `*` when the rule takes every tag.
+fn rule_tags(v: &Value) -> String {
+    let tags: Vec<&str> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if tags.is_empty() {
+        "*".into()
+    } else {
+        tags.join(",")
+    }
+}
+
+/// `event` or `every Ns`.
+fn rule_trigger(v: &Value) -> String {
+    match v["everySecs"].as_u64() {
+        Some(s) => format!("every {s}s"),
+        None => v.as_str().unwrap_or("-").to_owned(),
     }
 }
 
@@ -335,14 +505,7 @@ pub async fn gc(
 
 /// Percent-encodes a query value or a path segment (unreserved characters kept).
 pub(crate) fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    crate::api::percent_encode(s)
 }
 
 pub async fn repos(c: ReposCommand) -> Result<(), ServerError> {

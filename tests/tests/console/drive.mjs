@@ -3,7 +3,8 @@
 //
 // Environment: CONSOLE_URL, ADMIN_USER, ADMIN_PASS, SHOTS (a directory for screenshots),
 // PLAYWRIGHT_DIR (where node_modules/playwright-core is), CHROMIUM, and either REPO, TAG,
-// JOB_ID (browse a repository, retry a failed job), or MODE=mirror and EXPECTED_RATIO (watch
+// JOB_ID, RULE, RULE_PROJECT, RULE_TARGET (browse a repository, retry a failed job, add
+// and delete a replication rule), or MODE=mirror and EXPECTED_RATIO (watch
 // the hit ratio), or MODE=members with NEW_USER, NEW_PASS, PROJECT, ROBOT, PROJECT_ADMIN_USER
 // and PROJECT_ADMIN_PASS (create a user, make them a member, create and rotate a robot,
 // then sign in as a project admin).
@@ -160,6 +161,29 @@ async function browse() {
   result.plugins = await page.locator("tr[data-plugin]").evaluateAll((rows) => rows.map((r) => r.dataset.plugin));
   step("plugins", { plugins: result.plugins });
   await shot("plugins");
+
+  // Replication rules: the TOML's rule is listed; add one, see it, delete it.
+  const ruleNames = () => page.locator("tr[data-rule]").evaluateAll((rows) => rows.map((r) => r.dataset.rule));
+  await page.click("#nav a[data-page=rules]");
+  await onPage("rules");
+  await page.waitForSelector(`tr[data-rule="${env("RULE")}"]`);
+  result.rulesBefore = await ruleNames();
+  await page.fill("input[name=rule]", "console-hourly");
+  await page.fill("input[name=rule-project]", env("RULE_PROJECT"));
+  await page.fill("input[name=rule-tags]", "v*, stable");
+  await page.fill("input[name=rule-target]", env("RULE_TARGET"));
+  await page.selectOption("select[name=rule-trigger]", "every");
+  await page.fill("input[name=rule-every]", "3600");
+  await page.click("#create-rule button[type=submit]");
+  await page.waitForSelector('tr[data-rule="console-hourly"]');
+  result.addedRule = await page.locator('tr[data-rule="console-hourly"] td').evaluateAll((tds) => tds.map((td) => td.textContent.trim()));
+  result.rulesAdded = await ruleNames();
+  step("rule-added", { cells: result.addedRule });
+  await shot("rules");
+  await page.click('tr[data-rule="console-hourly"] button.remove');
+  await page.waitForSelector('tr[data-rule="console-hourly"]', { state: "detached" });
+  result.rulesAfterDelete = await ruleNames();
+  step("rule-deleted", { rules: result.rulesAfterDelete });
 
   // Log out: back to the login page, and the session is gone.
   await page.click("#who button");
