@@ -375,6 +375,26 @@ pub fn pier_command() -> Command {
     c
 }
 
+/// `pier ARGS --admin http://ADMIN [--creds USER:PASS]`, as an operator runs the admin
+/// CLI: (exit success, stdout, stderr).
+pub fn admin_cli(
+    admin: SocketAddr,
+    args: &[&str],
+    creds: Option<(&str, &str)>,
+) -> (bool, String, String) {
+    let mut c = pier_command();
+    c.args(args).arg("--admin").arg(format!("http://{admin}"));
+    if let Some((u, p)) = creds {
+        c.arg("--creds").arg(format!("{u}:{p}"));
+    }
+    let o = c.output().expect("run pier");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
 /// Runs `pier gc --root <root> <args>` and returns its output.
 pub fn run_gc(root: &Path, args: &[&str]) -> Output {
     pier_command()

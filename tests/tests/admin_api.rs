@@ -527,19 +527,7 @@ fn admin_api_conforms_to_its_openapi_document() {
 
 /// Runs `pier ARGS --admin URL [--creds ...]`; (exit success, stdout, stderr).
 fn cli(pier: &RbacPier, args: &[&str], creds: Option<(&str, &str)>) -> (bool, String, String) {
-    let mut c = pier_e2e::pier_command();
-    c.args(args)
-        .arg("--admin")
-        .arg(format!("http://{}", pier.admin_addr));
-    if let Some((u, p)) = creds {
-        c.arg("--creds").arg(format!("{u}:{p}"));
-    }
-    let o = c.output().expect("run pier");
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    pier_e2e::admin_cli(pier.admin_addr, args, creds)
 }
 
 #[test]

@@ -403,19 +403,7 @@ fn robots_are_created_rotated_and_removed_through_the_api() {
 
 /// `pier ARGS --admin URL --creds USER:PASS`: (success, stdout, stderr).
 fn cli(pier: &RbacPier, args: &[&str], who: (&str, &str)) -> (bool, String, String) {
-    let o = pier_e2e::pier_command()
-        .args(args)
-        .arg("--admin")
-        .arg(format!("http://{}", pier.admin_addr))
-        .arg("--creds")
-        .arg(format!("{}:{}", who.0, who.1))
-        .output()
-        .expect("run pier");
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    pier_e2e::admin_cli(pier.admin_addr, args, Some(who))
 }
 
 #[test]

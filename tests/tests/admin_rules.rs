@@ -177,17 +177,7 @@ fn rules_added_through_the_api_replicate_at_once_and_persist() {
 
 /// `pier ARGS --admin URL`: (success, stdout, stderr).
 fn cli(site: &pier_e2e::TestPier, args: &[&str]) -> (bool, String, String) {
-    let o = pier_e2e::pier_command()
-        .args(args)
-        .arg("--admin")
-        .arg(format!("http://{}", site.admin_addr))
-        .output()
-        .expect("run pier");
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    pier_e2e::admin_cli(site.admin_addr, args, None)
 }
 
 #[test]

@@ -27,75 +27,40 @@ mod bindings {
 
     /// The other worlds import the same interfaces: reuse the authorizer's types and
     /// host traits (one `HostState` implementation, one linker for every world).
-    pub(crate) mod notifier {
-        wasmtime::component::bindgen!({
-            path: "../../wit",
-            world: "notifier",
-            imports: { default: async },
-            exports: { default: async },
-            with: {
-                "pier:plugin/types": crate::bindings::pier::plugin::types,
-                "pier:plugin/log": crate::bindings::pier::plugin::log,
-                "pier:plugin/config": crate::bindings::pier::plugin::config,
-                "pier:plugin/kv": crate::bindings::pier::plugin::kv,
-                "pier:plugin/http-outbound": crate::bindings::pier::plugin::http_outbound,
-                "pier:plugin/ldap": crate::bindings::pier::plugin::ldap,
-            },
-        });
+    macro_rules! sharing_the_authorizer_imports {
+        ($(#[$doc:meta])* $module:ident, $world:tt) => {
+            $(#[$doc])*
+            pub(crate) mod $module {
+                wasmtime::component::bindgen!({
+                    path: "../../wit",
+                    world: $world,
+                    imports: { default: async },
+                    exports: { default: async },
+                    with: {
+                        "pier:plugin/types": crate::bindings::pier::plugin::types,
+                        "pier:plugin/log": crate::bindings::pier::plugin::log,
+                        "pier:plugin/config": crate::bindings::pier::plugin::config,
+                        "pier:plugin/kv": crate::bindings::pier::plugin::kv,
+                        "pier:plugin/http-outbound": crate::bindings::pier::plugin::http_outbound,
+                        "pier:plugin/ldap": crate::bindings::pier::plugin::ldap,
+                    },
+                });
+            }
+        };
     }
 
-    /// Only its `projects` export is used: the authorizer part comes from above.
-    pub(crate) mod managed {
-        wasmtime::component::bindgen!({
-            path: "../../wit",
-            world: "managed-authorizer",
-            imports: { default: async },
-            exports: { default: async },
-            with: {
-                "pier:plugin/types": crate::bindings::pier::plugin::types,
-                "pier:plugin/log": crate::bindings::pier::plugin::log,
-                "pier:plugin/config": crate::bindings::pier::plugin::config,
-                "pier:plugin/kv": crate::bindings::pier::plugin::kv,
-                "pier:plugin/http-outbound": crate::bindings::pier::plugin::http_outbound,
-                "pier:plugin/ldap": crate::bindings::pier::plugin::ldap,
-            },
-        });
-    }
-
-    /// Only its `rules` export is used: the replicator part comes from below.
-    pub(crate) mod managed_replicator {
-        wasmtime::component::bindgen!({
-            path: "../../wit",
-            world: "managed-replicator",
-            imports: { default: async },
-            exports: { default: async },
-            with: {
-                "pier:plugin/types": crate::bindings::pier::plugin::types,
-                "pier:plugin/log": crate::bindings::pier::plugin::log,
-                "pier:plugin/config": crate::bindings::pier::plugin::config,
-                "pier:plugin/kv": crate::bindings::pier::plugin::kv,
-                "pier:plugin/http-outbound": crate::bindings::pier::plugin::http_outbound,
-                "pier:plugin/ldap": crate::bindings::pier::plugin::ldap,
-            },
-        });
-    }
-
-    pub(crate) mod replicator {
-        wasmtime::component::bindgen!({
-            path: "../../wit",
-            world: "replicator",
-            imports: { default: async },
-            exports: { default: async },
-            with: {
-                "pier:plugin/types": crate::bindings::pier::plugin::types,
-                "pier:plugin/log": crate::bindings::pier::plugin::log,
-                "pier:plugin/config": crate::bindings::pier::plugin::config,
-                "pier:plugin/kv": crate::bindings::pier::plugin::kv,
-                "pier:plugin/http-outbound": crate::bindings::pier::plugin::http_outbound,
-                "pier:plugin/ldap": crate::bindings::pier::plugin::ldap,
-            },
-        });
-    }
+    sharing_the_authorizer_imports!(notifier, "notifier");
+    sharing_the_authorizer_imports!(
+        /// Only its `projects` export is used: the authorizer part comes from above.
+        managed,
+        "managed-authorizer"
+    );
+    sharing_the_authorizer_imports!(
+        /// Only its `rules` export is used: the replicator part comes from below.
+        managed_replicator,
+        "managed-replicator"
+    );
+    sharing_the_authorizer_imports!(replicator, "replicator");
 }
 
 mod authorizer;

@@ -27,7 +27,7 @@ pub enum ProjectsCommand {
     /// Make a project public or private
     Set {
         name: String,
-        /// true or false
+        /// Public (anyone may pull); the project becomes private when left out
         #[arg(long)]
         public: bool,
         #[command(flatten)]

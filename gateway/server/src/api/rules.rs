@@ -15,7 +15,7 @@ use pier_plugin_host::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiFailure, Caller, json_response, no_content};
+use super::{ApiFailure, Caller, audit, json_response, no_content};
 use crate::admin::AdminState;
 
 /// Longest rule name (the plugin's limit).
@@ -93,23 +93,6 @@ pub(crate) fn rule_json(plugin: &str, r: &Rule) -> Value {
             ReplicationDirection::Pull => "pull",
         },
     })
-}
-
-/// One audit line per change attempted, with its outcome.
-fn audit<T>(caller: &Caller, action: &'static str, target: &str, outcome: &Result<T, RuleError>) {
-    let result = match outcome {
-        Ok(_) => "ok".to_owned(),
-        Err(e) => e.to_string(),
-    };
-    tracing::info!(
-        target: "audit",
-        actor = %caller.actor,
-        client = %caller.client,
-        action,
-        target = %target,
-        result = %result,
-        "admin API change"
-    );
 }
 
 /// `GET /api/v1/replication/rules`: every rule of every replicator that manages them,
