@@ -85,6 +85,8 @@ FAILED=()
 if [[ -z ${PIER_SKIP_LINT:-} ]]; then
     log "cargo fmt --all -- --check"
     cargo fmt --all -- --check || FAILED+=("cargo fmt --check")
+    cargo fmt --manifest-path plugins/Cargo.toml --all -- --check ||
+        FAILED+=("cargo fmt --check (plugins)")
 fi
 
 # --- build ------------------------------------------------------------------------------
@@ -111,6 +113,19 @@ log "cargo test ${TEST_ARGS[*]}"
 # A hung test must not eat CI's whole budget: the suite gets PIER_TEST_TIMEOUT seconds.
 timeout --kill-after=30 "${PIER_TEST_TIMEOUT:-3000}" cargo test "${TEST_ARGS[@]}" ||
     FAILED+=("cargo test ${TEST_ARGS[*]}")
+
+# The plugins' own unit tests (their workspace is not the root's; compiled for the host,
+# where their wasm bindings are left out). Only with the full suite.
+if (($# == 0)); then
+    log "plugins: cargo test --lib and clippy on the host"
+    PLUGINS_HOST=(--manifest-path plugins/Cargo.toml --locked --workspace
+        --target x86_64-unknown-linux-gnu --target-dir "$CARGO_TARGET_DIR/plugins-host")
+    cargo test "${PLUGINS_HOST[@]}" --lib || FAILED+=("plugin unit tests")
+    if [[ -z ${PIER_SKIP_LINT:-} ]]; then
+        cargo clippy "${PLUGINS_HOST[@]}" --lib --tests -- -D warnings ||
+            FAILED+=("cargo clippy (plugins)")
+    fi
+fi
 
 if ((${#FAILED[@]} > 0)); then
     printf 'test.sh: FAILED: %s\n' "${FAILED[@]}" >&2

@@ -1,6 +1,6 @@
-//! The project store: projects and members kept in the plugin's `kv`, so the admin API
-//! can change them and the changes survive restarts. Plain Rust over a [`Kv`] role
-//! trait, unit-tested on the host with a map; `lib.rs` passes the `kv` capability.
+//! The project store: projects and members kept in the plugin's `kv` (through
+//! `pier-kv-records`), so the admin API can change them and the changes survive
+//! restarts; `lib.rs` passes the `kv` capability.
 //!
 //! Layout (keys of the plugin's own namespace):
 //! - `projects`: a JSON array of the project names, sorted. Its presence means the
@@ -8,31 +8,13 @@
 //!   seeds) answer, and the first change copies them in.
 //! - `project:NAME`: one project as JSON (`name`, `public`, `members`, `groups`).
 //!
-//! Lookups read `project:NAME` directly; the list reads the index. A project is
-//! written before it enters the index and leaves the index after its key is deleted,
-//! so a crash between the two leaves at worst an index entry without a project (which
-//! the list skips and the next change repairs) or a project missing from the list
-//! (which `create` repairs).
+//! Lookups read `project:NAME` directly; the list reads the index. How a crash between
+//! the two writes of a change is repaired: `pier-kv-records`.
 
-use std::collections::BTreeSet;
+pub use pier_kv_records::{Kv, KvFailure, StoreError};
+use pier_kv_records::{Layout, Record, Records};
 
 use crate::policy::{Config, Project, Role, validate_project_name};
-
-/// The plugin's key-value store (the `kv` host capability).
-pub trait Kv {
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
-    fn set(&self, key: &str, value: &[u8]) -> Result<(), String>;
-    fn delete(&self, key: &str) -> Result<(), String>;
-}
-
-/// Why a store call failed (mirrors `project-error`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreError {
-    NotFound(String),
-    Conflict(String),
-    Invalid(String),
-    Unavailable(String),
-}
 
 /// Whether a member entry names a user or a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,177 +23,77 @@ pub enum MemberKind {
     Group,
 }
 
-const INDEX: &str = "projects";
 /// Longest member (user or group) name.
 const MAX_MEMBER_NAME: usize = 255;
 
-fn project_key(name: &str) -> String {
-    format!("project:{name}")
-}
+const LAYOUT: Layout = Layout {
+    index: "projects",
+    prefix: "project:",
+    noun: "project",
+    owner: "rbac: project store",
+};
 
-fn unavailable(e: String) -> StoreError {
-    StoreError::Unavailable(format!("rbac: project store: {e}"))
+impl Record for Project {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn too_large(&self, bytes: usize) -> String {
+        format!(
+            "project {:?} has too many members to store ({bytes} bytes)",
+            self.name
+        )
+    }
 }
 
 /// The store over `kv`, seeded from `config`.
 pub struct Store<'a, K: Kv> {
-    kv: &'a K,
-    config: &'a Config,
+    records: Records<'a, K, Project>,
 }
 
 impl<'a, K: Kv> Store<'a, K> {
     pub fn new(kv: &'a K, config: &'a Config) -> Self {
-        Store { kv, config }
-    }
-
-    fn index(&self) -> Result<Option<BTreeSet<String>>, StoreError> {
-        match self.kv.get(INDEX).map_err(unavailable)? {
-            None => Ok(None),
-            Some(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| unavailable(format!("index unreadable: {e}"))),
+        Store {
+            records: Records::new(kv, &config.projects, LAYOUT),
         }
-    }
-
-    fn write_index(&self, names: &BTreeSet<String>) -> Result<(), StoreError> {
-        let b = serde_json::to_vec(names).map_err(|e| unavailable(e.to_string()))?;
-        self.kv.set(INDEX, &b).map_err(unavailable)
     }
 
     /// Whether the store (not the seeds) answers.
     pub fn in_use(&self) -> Result<bool, StoreError> {
-        Ok(self.kv.get(INDEX).map_err(unavailable)?.is_some())
-    }
-
-    fn read(&self, name: &str) -> Result<Option<Project>, StoreError> {
-        match self.kv.get(&project_key(name)).map_err(unavailable)? {
-            None => Ok(None),
-            Some(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| unavailable(format!("project {name:?} unreadable: {e}"))),
-        }
-    }
-
-    fn write(&self, p: &Project) -> Result<(), StoreError> {
-        let b = serde_json::to_vec(p).map_err(|e| unavailable(e.to_string()))?;
-        self.kv.set(&project_key(&p.name), &b).map_err(|e| {
-            if e.contains("too large") {
-                StoreError::Invalid(format!(
-                    "project {:?} has too many members to store ({} bytes)",
-                    p.name,
-                    b.len()
-                ))
-            } else {
-                unavailable(e)
-            }
-        })
+        self.records.in_use()
     }
 
     /// One project; `in_use` says whether the store or the seeds answer (callers that
     /// look up often remember it).
     pub fn lookup(&self, name: &str, in_use: bool) -> Result<Option<Project>, StoreError> {
-        if in_use {
-            self.read(name)
-        } else {
-            Ok(self.config.project(name).cloned())
-        }
-    }
-
-    /// Copies the seeds in before the first change.
-    fn seed(&self) -> Result<BTreeSet<String>, StoreError> {
-        if let Some(index) = self.index()? {
-            return Ok(index);
-        }
-        let mut names = BTreeSet::new();
-        for p in &self.config.projects {
-            self.write(p)?;
-            names.insert(p.name.clone());
-        }
-        self.write_index(&names)?;
-        Ok(names)
+        self.records.lookup(name, in_use)
     }
 
     pub fn list(&self) -> Result<Vec<Project>, StoreError> {
-        let Some(index) = self.index()? else {
-            let mut seeds = self.config.projects.clone();
-            seeds.sort_by(|a, b| a.name.cmp(&b.name));
-            return Ok(seeds);
-        };
-        let mut out = Vec::with_capacity(index.len());
-        for name in &index {
-            if let Some(p) = self.read(name)? {
-                out.push(p);
-            }
-        }
-        Ok(out)
+        self.records.list()
     }
 
     pub fn get(&self, name: &str) -> Result<Project, StoreError> {
-        self.lookup(name, self.in_use()?)?
-            .ok_or_else(|| StoreError::NotFound(format!("no project {name:?}")))
+        self.records.get(name)
     }
 
     pub fn create(&self, name: &str, public: bool) -> Result<Project, StoreError> {
         validate_project_name(name).map_err(StoreError::Invalid)?;
-        let mut index = self.seed()?;
-        if self.read(name)?.is_some() {
-            if index.insert(name.to_owned()) {
-                self.write_index(&index)?;
-            }
-            return Err(StoreError::Conflict(format!("project {name:?} exists")));
-        }
-        let p = Project {
+        self.records.create(Project {
             name: name.to_owned(),
             public,
             ..Project::default()
-        };
-        self.write(&p)?;
-        index.insert(name.to_owned());
-        self.write_index(&index)?;
-        Ok(p)
-    }
-
-    /// Reads a project for a change (seeding first), applies `change`, writes it back.
-    fn update(
-        &self,
-        name: &str,
-        change: impl FnOnce(&mut Project) -> Result<(), StoreError>,
-    ) -> Result<Project, StoreError> {
-        let index = self.seed()?;
-        let mut p = self
-            .read(name)?
-            .ok_or_else(|| StoreError::NotFound(format!("no project {name:?}")))?;
-        change(&mut p)?;
-        self.write(&p)?;
-        if !index.contains(name) {
-            let mut index = index;
-            index.insert(name.to_owned());
-            self.write_index(&index)?;
-        }
-        Ok(p)
+        })
     }
 
     pub fn set_public(&self, name: &str, public: bool) -> Result<Project, StoreError> {
-        self.update(name, |p| {
+        self.records.update(name, |p| {
             p.public = public;
             Ok(())
         })
     }
 
     pub fn delete(&self, name: &str) -> Result<(), StoreError> {
-        let mut index = self.seed()?;
-        let existed = self.read(name)?.is_some();
-        if existed {
-            self.kv.delete(&project_key(name)).map_err(unavailable)?;
-        }
-        if index.remove(name) {
-            self.write_index(&index)?;
-        }
-        if existed {
-            Ok(())
-        } else {
-            Err(StoreError::NotFound(format!("no project {name:?}")))
-        }
+        self.records.delete(name)
     }
 
     pub fn set_member(
@@ -222,7 +104,7 @@ impl<'a, K: Kv> Store<'a, K> {
         role: Role,
     ) -> Result<Project, StoreError> {
         validate_member(member)?;
-        self.update(project, |p| {
+        self.records.update(project, |p| {
             let table = match kind {
                 MemberKind::User => &mut p.members,
                 MemberKind::Group => &mut p.groups,
@@ -238,7 +120,7 @@ impl<'a, K: Kv> Store<'a, K> {
         kind: MemberKind,
         member: &str,
     ) -> Result<Project, StoreError> {
-        self.update(project, |p| {
+        self.records.update(project, |p| {
             let (table, what) = match kind {
                 MemberKind::User => (&mut p.members, "user"),
                 MemberKind::Group => (&mut p.groups, "group"),
@@ -269,49 +151,10 @@ fn validate_member(name: &str) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
-    use std::collections::BTreeMap;
+    use pier_kv_records::testing::MapKv;
 
     use super::*;
     use crate::policy::{Action, Decision, Request, Subject};
-
-    #[derive(Default)]
-    struct MapKv {
-        map: RefCell<BTreeMap<String, Vec<u8>>>,
-        /// Fail every call after this many (a store that dies mid-change).
-        fail_after: RefCell<Option<usize>>,
-    }
-
-    impl MapKv {
-        fn tick(&self) -> Result<(), String> {
-            let mut f = self.fail_after.borrow_mut();
-            match f.as_mut() {
-                Some(0) => Err("disk gone".into()),
-                Some(n) => {
-                    *n -= 1;
-                    Ok(())
-                }
-                None => Ok(()),
-            }
-        }
-    }
-
-    impl Kv for MapKv {
-        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-            self.tick()?;
-            Ok(self.map.borrow().get(key).cloned())
-        }
-        fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
-            self.tick()?;
-            self.map.borrow_mut().insert(key.into(), value.to_vec());
-            Ok(())
-        }
-        fn delete(&self, key: &str) -> Result<(), String> {
-            self.tick()?;
-            self.map.borrow_mut().remove(key);
-            Ok(())
-        }
-    }
 
     fn seeds() -> Config {
         Config::parse(

@@ -60,34 +60,35 @@ mod guest {
     struct KvCap;
 
     impl store::Kv for KvCap {
-        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, store::KvFailure> {
             match kv::get(key) {
                 Ok(v) => Ok(v),
                 Err(kv::KvError::Denied) => Ok(None),
                 Err(e) => Err(kv_error(e)),
             }
         }
-        fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), store::KvFailure> {
             kv::set(key, value).map_err(kv_error)
         }
-        fn delete(&self, key: &str) -> Result<(), String> {
+        fn delete(&self, key: &str) -> Result<(), store::KvFailure> {
             kv::delete(key).map_err(kv_error)
         }
     }
 
-    fn kv_error(e: kv::KvError) -> String {
+    fn kv_error(e: kv::KvError) -> store::KvFailure {
         match e {
-            kv::KvError::Denied => {
-                "the kv capability is not granted: add \"kv\" to the plugin's grants to manage rules".into()
-            }
-            kv::KvError::TooLarge => "too large".into(),
-            kv::KvError::Io(m) => m,
+            kv::KvError::Denied => store::KvFailure::Other(
+                "the kv capability is not granted: add \"kv\" to the plugin's grants to manage rules".into(),
+            ),
+            kv::KvError::TooLarge => store::KvFailure::TooLarge,
+            kv::KvError::Io(m) => store::KvFailure::Other(m),
         }
     }
 
     fn store_message(e: store::StoreError) -> String {
         match e {
             store::StoreError::NotFound(m)
+            | store::StoreError::Conflict(m)
             | store::StoreError::Invalid(m)
             | store::StoreError::Unavailable(m) => m,
         }
@@ -222,7 +223,8 @@ mod guest {
     fn rule_error(e: store::StoreError) -> RuleError {
         match e {
             store::StoreError::NotFound(m) => RuleError::NotFound(m),
-            store::StoreError::Invalid(m) => RuleError::Invalid(m),
+            // Rules are put (created or replaced), never created only: no conflict.
+            store::StoreError::Invalid(m) | store::StoreError::Conflict(m) => RuleError::Invalid(m),
             store::StoreError::Unavailable(m) => RuleError::Unavailable(m),
         }
     }

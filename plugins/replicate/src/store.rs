@@ -1,117 +1,49 @@
-//! The rules as Pier's admin API changes them, kept in the plugin's `kv`: seeded from
-//! the configuration's `rules`, which answer until the first change copies them in.
+//! The rules as Pier's admin API changes them, kept in the plugin's `kv` (through
+//! `pier-kv-records`): seeded from the configuration's `rules`, which answer until the
+//! first change copies them in.
 //!
 //! Keys (next to `repos` and `last-run/NAME`, which the guest keeps):
 //! - `rules`: the index, a JSON array of rule names; absent until the first change.
 //! - `rule/NAME`: one rule, as the configuration's JSON.
 //!
-//! A rule is written before it enters the index and leaves the index after its key is
-//! deleted, so a crash between the two leaves at worst an index entry without a rule
-//! (which the list skips and the next change repairs) or a rule missing from the index
-//! (which the next `put` of that name repairs).
+//! How a crash between the two writes of a change is repaired: `pier-kv-records`.
 
-use std::collections::BTreeSet;
+pub use pier_kv_records::{Kv, KvFailure, StoreError};
+use pier_kv_records::{Layout, Record, Records};
 
 use crate::rules::{Config, Rule};
 
-/// The plugin's key-value store (the `kv` host capability).
-pub trait Kv {
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
-    fn set(&self, key: &str, value: &[u8]) -> Result<(), String>;
-    fn delete(&self, key: &str) -> Result<(), String>;
-}
+const LAYOUT: Layout = Layout {
+    index: "rules",
+    prefix: "rule/",
+    noun: "rule",
+    owner: "replicate: rule store",
+};
 
-/// Why a store call failed (mirrors `rule-error`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreError {
-    NotFound(String),
-    Invalid(String),
-    Unavailable(String),
-}
-
-const INDEX: &str = "rules";
-
-fn rule_key(name: &str) -> String {
-    format!("rule/{name}")
-}
-
-fn unavailable(e: String) -> StoreError {
-    StoreError::Unavailable(format!("replicate: rule store: {e}"))
+impl Record for Rule {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn too_large(&self, _bytes: usize) -> String {
+        format!("rule {:?} is too large to store", self.name)
+    }
 }
 
 /// The store over `kv`, seeded from `config`.
 pub struct Store<'a, K: Kv> {
-    kv: &'a K,
-    config: &'a Config,
+    records: Records<'a, K, Rule>,
 }
 
 impl<'a, K: Kv> Store<'a, K> {
     pub fn new(kv: &'a K, config: &'a Config) -> Self {
-        Store { kv, config }
-    }
-
-    fn index(&self) -> Result<Option<BTreeSet<String>>, StoreError> {
-        match self.kv.get(INDEX).map_err(unavailable)? {
-            None => Ok(None),
-            Some(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| unavailable(format!("index unreadable: {e}"))),
+        Store {
+            records: Records::new(kv, &config.rules, LAYOUT),
         }
-    }
-
-    fn write_index(&self, names: &BTreeSet<String>) -> Result<(), StoreError> {
-        let b = serde_json::to_vec(names).map_err(|e| unavailable(e.to_string()))?;
-        self.kv.set(INDEX, &b).map_err(unavailable)
-    }
-
-    fn read(&self, name: &str) -> Result<Option<Rule>, StoreError> {
-        match self.kv.get(&rule_key(name)).map_err(unavailable)? {
-            None => Ok(None),
-            Some(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| unavailable(format!("rule {name:?} unreadable: {e}"))),
-        }
-    }
-
-    fn write(&self, r: &Rule) -> Result<(), StoreError> {
-        let b = serde_json::to_vec(r).map_err(|e| unavailable(e.to_string()))?;
-        self.kv.set(&rule_key(&r.name), &b).map_err(|e| {
-            if e.contains("too large") {
-                StoreError::Invalid(format!("rule {:?} is too large to store", r.name))
-            } else {
-                unavailable(e)
-            }
-        })
-    }
-
-    /// Copies the seeds in before the first change.
-    fn seed(&self) -> Result<BTreeSet<String>, StoreError> {
-        if let Some(index) = self.index()? {
-            return Ok(index);
-        }
-        let mut names = BTreeSet::new();
-        for r in &self.config.rules {
-            self.write(r)?;
-            names.insert(r.name.clone());
-        }
-        self.write_index(&names)?;
-        Ok(names)
     }
 
     /// Every rule, sorted by name: the seeds until the first change, then the store's.
     pub fn list(&self) -> Result<Vec<Rule>, StoreError> {
-        let Some(index) = self.index()? else {
-            let mut seeds = self.config.rules.clone();
-            seeds.sort_by(|a, b| a.name.cmp(&b.name));
-            return Ok(seeds);
-        };
-        let mut out = Vec::with_capacity(index.len());
-        for name in &index {
-            if let Some(r) = self.read(name)? {
-                out.push(r);
-            }
-        }
-        Ok(out)
+        self.records.list()
     }
 
     /// The rules in force, as a [`Config`] for `on_event` and `on_tick`.
@@ -125,76 +57,20 @@ impl<'a, K: Kv> Store<'a, K> {
     /// configuration's rules get.
     pub fn put(&self, rule: Rule) -> Result<Rule, StoreError> {
         rule.validate().map_err(StoreError::Invalid)?;
-        let mut index = self.seed()?;
-        self.write(&rule)?;
-        if index.insert(rule.name.clone()) {
-            self.write_index(&index)?;
-        }
-        Ok(rule)
+        self.records.put(rule)
     }
 
     pub fn delete(&self, name: &str) -> Result<(), StoreError> {
-        let mut index = self.seed()?;
-        let existed = self.read(name)?.is_some();
-        if existed {
-            self.kv.delete(&rule_key(name)).map_err(unavailable)?;
-        }
-        if index.remove(name) {
-            self.write_index(&index)?;
-        }
-        if existed {
-            Ok(())
-        } else {
-            Err(StoreError::NotFound(format!("no rule {name:?}")))
-        }
+        self.records.delete(name)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
-    use std::collections::BTreeMap;
+    use pier_kv_records::testing::MapKv;
 
     use super::*;
     use crate::rules::{Direction, Event, Kind, Named, Source, Trigger};
-
-    #[derive(Default)]
-    struct MapKv {
-        map: RefCell<BTreeMap<String, Vec<u8>>>,
-        /// Fail every call after this many (a store that dies mid-change).
-        fail_after: RefCell<Option<usize>>,
-    }
-
-    impl MapKv {
-        fn tick(&self) -> Result<(), String> {
-            let mut f = self.fail_after.borrow_mut();
-            match f.as_mut() {
-                Some(0) => Err("disk gone".into()),
-                Some(n) => {
-                    *n -= 1;
-                    Ok(())
-                }
-                None => Ok(()),
-            }
-        }
-    }
-
-    impl Kv for MapKv {
-        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-            self.tick()?;
-            Ok(self.map.borrow().get(key).cloned())
-        }
-        fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
-            self.tick()?;
-            self.map.borrow_mut().insert(key.into(), value.to_vec());
-            Ok(())
-        }
-        fn delete(&self, key: &str) -> Result<(), String> {
-            self.tick()?;
-            self.map.borrow_mut().remove(key);
-            Ok(())
-        }
-    }
 
     fn seeds() -> Config {
         Config::parse(
