@@ -155,6 +155,17 @@ fn members_added_through_the_api_may_push_at_once_and_after_a_restart() {
     .expect_status(403, "alice adding a member to library");
     api(admin, "PUT", member, ALICE, Some(json!({"role": "boss"})))
         .expect_status(400, "unknown role");
+    // A member name with '%' (sent as %25): refused like in user names, whatever a
+    // client does with percent signs in paths.
+    let r = api(
+        admin,
+        "PUT",
+        "/api/v1/projects/team/members/user/50%25off",
+        ALICE,
+        Some(json!({"role": "developer"})),
+    );
+    r.expect_status(400, "a member name with '%'");
+    assert!(r.text().contains("'%'"), "the error says why: {}", r.text());
     // alice, project admin of team, adds dave as developer: he pushes at once.
     let r = api(
         admin,

@@ -70,6 +70,14 @@ fn rules_added_through_the_api_replicate_at_once_and_persist() {
         bad.to_string().as_bytes(),
     )
     .expect_status(400, "a pull rule driven by events");
+    http::request(
+        a.admin_addr,
+        "PUT",
+        "/api/v1/replication/rules/50%25off",
+        &[("content-type", "application/json")],
+        rule.to_string().as_bytes(),
+    )
+    .expect_status(400, "a rule name with '%'");
 
     let pushed = push_image(a.addr, "apps/x", Some("v1"), &[&layer]);
     wait_succeeded(&a, "x", "apps/x", "v1", Duration::from_secs(60));

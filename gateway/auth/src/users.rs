@@ -12,18 +12,22 @@ use crate::watched::Watched;
 /// bcrypt cost for new hashes (htpasswd -B uses 5; distribution's docs suggest 10+).
 pub const BCRYPT_COST: u32 = 10;
 
-/// Checks a user name: 1-64 printable characters, no `:` (the file's separator), no
-/// spaces, and not starting with `robot$` (robot logins).
+/// Checks a user name: 1-64 printable characters, no `:` (the file's separator), no `%`
+/// (names go into admin API paths, where a literal `%` is mangled by common HTTP
+/// clients; Harbor refuses it too), no spaces, and not starting with `robot$` (robot
+/// logins).
 pub fn validate_name(name: &str) -> Result<(), AuthError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with(crate::robots::LOGIN_PREFIX)
-        && name.chars().all(|c| c.is_ascii_graphic() && c != ':');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != ':' && c != '%');
     if ok {
         Ok(())
     } else {
         Err(AuthError::Invalid(format!(
-            "invalid user name {name:?}: use 1-64 printable ASCII characters without ':' or spaces, not starting with \"robot$\""
+            "invalid user name {name:?}: use 1-64 printable ASCII characters without ':', '%' or spaces, not starting with \"robot$\""
         )))
     }
 }
@@ -174,6 +178,7 @@ mod tests {
         assert!(add(&p, "alice", "x").is_err());
         assert!(add(&p, "bad:name", "x").is_err());
         assert!(add(&p, "robot$x", "x").is_err());
+        assert!(add(&p, "50%off", "x").is_err(), "no '%' (admin API paths)");
         let f = UserFile::open(&p).unwrap();
         assert!(f.verify("alice", "wonderland"));
         assert!(!f.verify("alice", "Wonderland"));

@@ -152,12 +152,16 @@ struct MemberRole {
     role: String,
 }
 
-/// Member names: 1 to 255 printable ASCII characters without spaces (user names are
-/// at most 64 of them; groups are named by the identity source).
+/// Member names: 1 to 255 printable ASCII characters without spaces or `%` (user names
+/// are at most 64 of them; groups are named by the identity source). `%` is refused as
+/// in user names: it does not survive common HTTP clients in a path.
 fn member_name(name: &str) -> Result<(), ApiFailure> {
-    if name.is_empty() || name.len() > 255 || !name.chars().all(|c| c.is_ascii_graphic()) {
+    if name.is_empty()
+        || name.len() > 255
+        || !name.chars().all(|c| c.is_ascii_graphic() && c != '%')
+    {
         return Err(ApiFailure::BadRequest(format!(
-            "member name {name:?}: use 1 to 255 printable ASCII characters without spaces"
+            "member name {name:?}: use 1 to 255 printable ASCII characters without spaces or '%'"
         )));
     }
     Ok(())

@@ -171,9 +171,9 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
 pub async fn put(state: &AdminState, caller: &Caller, name: &str, body: Bytes) -> Answer {
     // Stricter than the plugin (which takes any name without control characters, as in
     // the TOML): names the API creates are safe in paths and shells.
-    if name.len() > MAX_NAME || !name.bytes().all(|b| b.is_ascii_graphic()) {
+    if name.len() > MAX_NAME || !name.bytes().all(|b| b.is_ascii_graphic() && b != b'%') {
         return Err(ApiFailure::BadRequest(format!(
-            "rule name {name:?} must be 1 to {MAX_NAME} printable ASCII characters without spaces"
+            "rule name {name:?} must be 1 to {MAX_NAME} printable ASCII characters without spaces or '%'"
         )));
     }
     let b: RuleBody = super::parse_json(&body)?;
