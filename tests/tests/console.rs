@@ -289,7 +289,7 @@ fn console_in_chromium_browses_a_pushed_image_and_retries_a_failed_job() {
         ("TAG", tag.to_owned()),
         ("JOB_ID", job_id.to_string()),
         ("RULE", "team-to-b".to_owned()),
-        ("RULE_PROJECT", "team".to_owned()),
+        ("RULE_REPOSITORY", "team/*".to_owned()),
         ("RULE_TARGET", "site-b".to_owned()),
     ];
     let BrowserRun { result, context } = run_browser(&pier, "browse", &env, |waiting| {
@@ -359,7 +359,7 @@ fn console_in_chromium_browses_a_pushed_image_and_retries_a_failed_job() {
         result["addedRule"],
         json!([
             "console-hourly",
-            "project team",
+            "repository team/*",
             "v*, stable",
             "push site-b",
             "{repository}",

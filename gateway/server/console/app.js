@@ -646,14 +646,15 @@ async function rules(show) {
       h("td", {}, r.plugin),
       h("td", {}, h("button", { class: "remove", onclick: action(() => api(`/api/v1/replication/rules/${enc(r.name)}?plugin=${enc(r.plugin)}`, { method: "DELETE" }), `Rule ${r.name} deleted.`, load) }, "Delete"))));
     const name = h("input", { name: "rule", placeholder: "rule name", required: true });
-    const proj = h("input", { name: "rule-project", placeholder: "project (pattern)", required: true });
+    const kind = select("rule-source", ["project", "repository"], "project");
+    const pattern = h("input", { name: "rule-pattern", placeholder: "project or repository (pattern)", required: true });
     const tags = h("input", { name: "rule-tags", placeholder: "tags, e.g. v* (every tag)" });
     const target = h("input", { name: "rule-target", placeholder: "target", required: true });
     const when = select("rule-trigger", ["event", "every"], "event");
     const secs = h("input", { name: "rule-every", type: "number", min: 1, placeholder: "seconds" });
     const create = action(() => {
       const body = {
-        source: { project: proj.value },
+        source: { [kind.value]: pattern.value },
         tags: tags.value.split(",").map((t) => t.trim()).filter((t) => t),
         target: target.value,
         trigger: when.value === "event" ? "event" : { everySecs: Number(secs.value) },
@@ -663,7 +664,7 @@ async function rules(show) {
     show(h("h1", {}, "Replication rules"),
       table(["Rule", "Source", "Tags", "To", "Destination", "When", "Plugin", ""], rows, "No replication rules."),
       h("form", { class: "inline", id: "create-rule", onsubmit: create },
-        name, proj, tags, target, when, secs, h("button", { type: "submit" }, "Save rule")));
+        name, kind, pattern, tags, target, when, secs, h("button", { type: "submit" }, "Save rule")));
   };
   await load();
 }

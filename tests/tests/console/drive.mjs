@@ -3,7 +3,7 @@
 //
 // Environment: CONSOLE_URL, ADMIN_USER, ADMIN_PASS, SHOTS (a directory for screenshots),
 // PLAYWRIGHT_DIR (where node_modules/playwright-core is), CHROMIUM, and either REPO, TAG,
-// JOB_ID, RULE, RULE_PROJECT, RULE_TARGET (browse a repository, retry a failed job, add
+// JOB_ID, RULE, RULE_REPOSITORY, RULE_TARGET (browse a repository, retry a failed job, add
 // and delete a replication rule), or MODE=mirror and EXPECTED_RATIO (watch
 // the hit ratio), or MODE=members with NEW_USER, NEW_PASS, PROJECT, ROBOT, PROJECT_ADMIN_USER
 // and PROJECT_ADMIN_PASS (create a user, make them a member, create and rotate a robot,
@@ -169,7 +169,8 @@ async function browse() {
   await page.waitForSelector(`tr[data-rule="${env("RULE")}"]`);
   result.rulesBefore = await ruleNames();
   await page.fill("input[name=rule]", "console-hourly");
-  await page.fill("input[name=rule-project]", env("RULE_PROJECT"));
+  await page.selectOption("select[name=rule-source]", "repository");
+  await page.fill("input[name=rule-pattern]", env("RULE_REPOSITORY"));
   await page.fill("input[name=rule-tags]", "v*, stable");
   await page.fill("input[name=rule-target]", env("RULE_TARGET"));
   await page.selectOption("select[name=rule-trigger]", "every");
