@@ -3,13 +3,18 @@
 //! `deploy/examples/ha`, its configs generated from the shipped templates. Real clients
 //! push through the load balancer and read back from each node; a chunked upload hops
 //! between nodes; a node is killed with SIGKILL mid-push; 30 cold mirror pulls over the
-//! three nodes fetch the blob from the upstream once; Redis goes down.
+//! three nodes fetch the blob from the upstream once; Redis goes down; a project member
+//! added through one node's admin API may push on every node at once.
 //!
 //! Needs the binary (`cargo build -p pier-server --bin pier`), s3s-fs, redis-server,
 //! nginx, skopeo, dockerd and docker-registry (`scripts/install-test-deps.sh`); then
 //! `cargo test -p pier-e2e --test scaleout`.
 
 mod clients_support;
+
+#[allow(dead_code)]
+#[path = "auth_clients/support.rs"]
+mod auth_support;
 
 #[path = "scaleout/caches.rs"]
 mod caches;
@@ -26,6 +31,8 @@ mod mirror;
 #[allow(dead_code)]
 #[path = "mirror/support.rs"]
 mod mirror_support;
+#[path = "scaleout/projects.rs"]
+mod projects;
 #[path = "scaleout/redis_down.rs"]
 mod redis_down;
 #[path = "scaleout/sentinel.rs"]

@@ -49,6 +49,10 @@ impl Keys {
         format!("{}revoked:{jti}", self.prefix)
     }
 
+    pub(crate) fn plugin_kv(&self, plugin: &str) -> String {
+        format!("{}plugin-kv:{plugin}", self.prefix)
+    }
+
     pub(crate) fn channel(&self, channel: &str) -> String {
         format!("{}bus:{channel}", self.prefix)
     }
@@ -73,6 +77,7 @@ mod tests {
         assert_eq!(k.session_id("pier:session:u1"), Some("u1"));
         assert_eq!(k.session_id("pier:lease:u1"), None);
         assert_eq!(k.revoked("j"), "pier:revoked:j");
+        assert_eq!(k.plugin_kv("rbac"), "pier:plugin-kv:rbac");
         assert_eq!(k.channel("manifests"), "pier:bus:manifests");
         assert_eq!(k.session_pattern(), "pier:session:*");
         assert_eq!(k.events(), "pier:{events}:");

@@ -4,6 +4,8 @@
 //! - **upload sessions** ([`Shared::session_put`]): opaque state with a version for
 //!   compare-and-set, so any node can take the next chunk;
 //! - **token revocation** ([`Shared::revoke`]);
+//! - **plugins' `kv`** ([`Shared::plugin_kv_get`]): projects, members and rules the admin
+//!   API changes, the same on every node;
 //! - **the invalidation bus** ([`Shared::publish`], [`Shared::subscribe`]);
 //! - **the event journal and delivery outbox** ([`Shared::event_stores`], [`RedisJournal`],
 //!   [`RedisOutbox`]) with one dispatching node at a time ([`EventsLeader`]).
@@ -21,6 +23,7 @@ mod error;
 mod events;
 mod keys;
 mod lease;
+mod plugin_kv;
 mod revoke;
 mod session;
 
@@ -50,6 +53,7 @@ use keys::Keys;
 /// | `lease:{name}`           | string  | owner id                                           | lease TTL |
 /// | `session:{id}`           | hash    | `v` version, `d` bytes, `t` last write (server ms) | session TTL, renewed by each write |
 /// | `revoked:{jti}`          | string  | `1`                                                | the token's own expiry |
+/// | `plugin-kv:{plugin}`     | hash    | the plugin's `kv`: a field per key                 | none |
 /// | `bus:{channel}`          | pub/sub | UTF-8 message                                      | — |
 /// | `{events}:…`             | several | the event journal and outbox (layout in `src/events.rs`) | none (trimmed by release/prune) |
 #[derive(Clone)]

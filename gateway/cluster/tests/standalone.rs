@@ -35,6 +35,12 @@ async fn revocation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_kv() {
+    let redis = Redis::start(&[]);
+    suite::plugin_kv(&connect(&redis).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_carry_the_prefix() {
     let redis = Redis::start(&[]);
     let mut cfg = RedisConfig::standalone(redis.url());

@@ -204,7 +204,7 @@ impl PluginAuthorizer {
             })
             .await;
         if change {
-            plugin.recycle();
+            self.hook.changed(&plugin);
         }
         match r {
             Ok(Ok(v)) => Ok(v),

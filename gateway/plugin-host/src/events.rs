@@ -343,7 +343,7 @@ impl PluginReplicator {
             })
             .await;
         if change {
-            plugin.recycle();
+            self.hook.changed(&plugin);
         }
         match r {
             Ok(Ok(v)) => Ok(v),

@@ -1,7 +1,7 @@
 //! The current version of a plugin loaded as one world, and hot reload: shared by
 //! [`crate::PluginAuthorizer`], [`crate::PluginNotifier`] and [`crate::PluginReplicator`].
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::error::PluginError;
 use crate::metrics::PluginMetrics;
@@ -9,11 +9,16 @@ use crate::plugin::{Plugin, PluginSettings};
 use crate::runtime::Runtime;
 use crate::world::World;
 
+/// Told the plugin's name after each change through its management export (projects,
+/// rules): Pier's scale-out tells the other nodes, which recycle their instances.
+pub type Announcer = Arc<dyn Fn(&str) + Send + Sync>;
+
 pub(crate) struct Hook {
     runtime: Arc<Runtime>,
     world: World,
     current: RwLock<Arc<Plugin>>,
     metrics: Arc<PluginMetrics>,
+    announcer: OnceLock<Announcer>,
 }
 
 impl Hook {
@@ -35,6 +40,7 @@ impl Hook {
             world,
             current: RwLock::new(Arc::new(plugin)),
             metrics,
+            announcer: OnceLock::new(),
         })
     }
 
@@ -47,6 +53,24 @@ impl Hook {
 
     pub(crate) fn metrics(&self) -> &Arc<PluginMetrics> {
         &self.metrics
+    }
+
+    pub(crate) fn set_announcer(&self, a: Announcer) {
+        if self.announcer.set(a).is_err() {
+            tracing::warn!(
+                plugin = self.current().name(),
+                "changes are already announced"
+            );
+        }
+    }
+
+    /// After a change through the management export: this node's instances are replaced,
+    /// and the announcer (if any) tells the others.
+    pub(crate) fn changed(&self, plugin: &Plugin) {
+        plugin.recycle();
+        if let Some(a) = self.announcer.get() {
+            a(plugin.name());
+        }
     }
 
     pub(crate) fn digest(&self) -> String {
@@ -128,6 +152,18 @@ macro_rules! hook_type {
                 settings: $crate::plugin::PluginSettings,
             ) -> Result<bool, $crate::error::PluginError> {
                 self.hook.reload_with(settings).await
+            }
+
+            /// Calls `announcer` with the plugin's name after each change through its
+            /// management export (set once).
+            pub fn announce_changes(&self, announcer: $crate::hook::Announcer) {
+                self.hook.set_announcer(announcer)
+            }
+
+            /// Replaces every warm instance: the next calls read the plugin's state
+            /// again (another node changed it in a shared `kv`).
+            pub fn recycle(&self) {
+                self.hook.current().recycle()
             }
         }
     };

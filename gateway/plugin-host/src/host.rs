@@ -1,21 +1,19 @@
 //! The per-call store data and Pier's host capabilities (`wit/host.wit`). Every
 //! capability is denied unless granted in the plugin's configuration.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::pier::plugin::{config, http_outbound, kv, ldap, log, types};
+use crate::kv::{KvFault, KvPlace};
 
 const KV_MAX_KEY: usize = 256;
 const KV_MAX_VALUE: usize = 64 << 10;
-const KV_MAX_KEYS: usize = 10_000;
 const HTTP_MAX_BODY: usize = 1 << 20;
 const LOG_MAX: usize = 4 << 10;
 
@@ -57,7 +55,7 @@ pub(crate) struct Capabilities {
     pub grants: Grants,
     /// The plugin's `config` table as a JSON object.
     pub config: serde_json::Map<String, serde_json::Value>,
-    pub kv_dir: PathBuf,
+    pub kv: KvPlace,
     pub allowed_hosts: Vec<String>,
     pub ldap_addr: Option<String>,
     pub io_timeout: Duration,
@@ -128,63 +126,42 @@ impl config::Host for HostState {
 }
 
 impl HostState {
-    fn kv_path(&self, key: &str) -> Result<PathBuf, kv::KvError> {
+    /// The grant and the key's size, checked before the store is asked.
+    fn kv_key(&self, key: &str) -> Result<(), kv::KvError> {
         if !self.caps.grants.kv {
             return Err(kv::KvError::Denied);
         }
         if key.len() > KV_MAX_KEY {
             return Err(kv::KvError::TooLarge);
         }
-        Ok(self
-            .caps
-            .kv_dir
-            .join(hex::encode(Sha256::digest(key.as_bytes()))))
+        Ok(())
     }
 }
 
-fn kv_io(e: std::io::Error) -> kv::KvError {
-    kv::KvError::Io(e.to_string())
+fn kv_fault(e: KvFault) -> kv::KvError {
+    match e {
+        KvFault::TooManyKeys => kv::KvError::TooLarge,
+        KvFault::Io(m) => kv::KvError::Io(m),
+    }
 }
 
 impl kv::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::KvError> {
-        let p = self.kv_path(&key)?;
-        match std::fs::read(&p) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(kv_io(e)),
-        }
+        self.kv_key(&key)?;
+        self.caps.kv.get(&key).await.map_err(kv_fault)
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv::KvError> {
-        let p = self.kv_path(&key)?;
+        self.kv_key(&key)?;
         if value.len() > KV_MAX_VALUE {
             return Err(kv::KvError::TooLarge);
         }
-        std::fs::create_dir_all(&self.caps.kv_dir).map_err(kv_io)?;
-        if !p.exists() {
-            let n = std::fs::read_dir(&self.caps.kv_dir).map_err(kv_io)?.count();
-            if n >= KV_MAX_KEYS {
-                return Err(kv::KvError::TooLarge);
-            }
-        }
-        // Written whole, on disk, then renamed: a crash leaves the old value or the new.
-        let tmp = p.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut f, &value)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &p)
-        };
-        write().map_err(kv_io)
+        self.caps.kv.set(&key, &value).await.map_err(kv_fault)
     }
 
     async fn delete(&mut self, key: String) -> Result<(), kv::KvError> {
-        let p = self.kv_path(&key)?;
-        match std::fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(kv_io(e)),
-            _ => Ok(()),
-        }
+        self.kv_key(&key)?;
+        self.caps.kv.delete(&key).await.map_err(kv_fault)
     }
 }
 

@@ -69,6 +69,7 @@ mod error;
 mod events;
 mod hook;
 mod host;
+pub mod kv;
 mod metrics;
 mod plugin;
 pub mod rules;
@@ -82,7 +83,9 @@ pub use events::{
     Delivery, EventKind, MAX_ACTIONS, MAX_DELIVERIES, MAX_DELIVERY_BODY, PluginEvent,
     PluginNotifier, PluginReplicator, ReplicationAction, ReplicationDirection,
 };
+pub use hook::Announcer;
 pub use host::Grants;
+pub use kv::{KvFault, KvPlace, KvStore};
 pub use metrics::PluginMetrics;
 pub use plugin::{Plugin, PluginSettings};
 pub use rules::{Rule, RuleError, RuleSource, RuleStore, RuleTrigger};

@@ -13,6 +13,7 @@ use wasmtime_wasi::WasiCtx;
 
 use crate::error::{PluginError, PluginFailure};
 use crate::host::{Capabilities, Grants, HostState};
+use crate::kv::KvPlace;
 use crate::metrics::PluginMetrics;
 use crate::runtime::{Runtime, TICK};
 use crate::world::{Bindings, Pre, World};
@@ -32,7 +33,7 @@ pub struct PluginSettings {
     /// The `config` table, as a JSON object.
     pub config: serde_json::Map<String, serde_json::Value>,
     /// Where the `kv` capability keeps this plugin's keys.
-    pub kv_dir: PathBuf,
+    pub kv: KvPlace,
     /// `host:port`s the `http` capability may reach.
     pub allowed_hosts: Vec<String>,
     /// `host:port` of the directory for the `ldap` capability.
@@ -40,7 +41,8 @@ pub struct PluginSettings {
 }
 
 impl PluginSettings {
-    /// Defaults: 100 ms deadline, 32 MiB memory, 16 instances, nothing granted.
+    /// Defaults: 100 ms deadline, 32 MiB memory, 16 instances, nothing granted, `kv` in
+    /// `kv_dir` on this node.
     pub fn new(name: &str, path: PathBuf, kv_dir: PathBuf) -> PluginSettings {
         PluginSettings {
             name: name.to_owned(),
@@ -50,7 +52,7 @@ impl PluginSettings {
             max_instances: 16,
             grants: Grants::default(),
             config: serde_json::Map::new(),
-            kv_dir,
+            kv: KvPlace::Dir(kv_dir),
             allowed_hosts: Vec::new(),
             ldap_addr: None,
         }
@@ -120,7 +122,7 @@ impl Plugin {
             plugin: settings.name.clone(),
             grants: settings.grants.clone(),
             config: settings.config.clone(),
-            kv_dir: settings.kv_dir.clone(),
+            kv: settings.kv.clone(),
             allowed_hosts: settings.allowed_hosts.clone(),
             ldap_addr: settings.ldap_addr.clone(),
             io_timeout: settings.timeout,

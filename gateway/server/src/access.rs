@@ -23,6 +23,8 @@ pub struct Plugins {
     /// The config file, read again on reload so `[plugins.config]` edits apply.
     config: Option<Config>,
     config_file: Option<std::path::PathBuf>,
+    /// `[redis]`: plugins' `kv` is shared (reloads keep it so).
+    shared: Option<pier_cluster::Shared>,
 }
 
 impl Plugins {
@@ -30,7 +32,7 @@ impl Plugins {
     /// plugin when the file still parses, else the ones it was started with.
     fn fresh_settings(&self, entry: &PluginEntry) -> Result<PluginSettings, ServerError> {
         let Some(started) = &self.config else {
-            return plugin_settings(entry, Path::new("."));
+            return plugin_settings(entry, Path::new("."), self.shared.as_ref());
         };
         if let Some(file) = &self.config_file {
             let args = crate::config::ServeArgs {
@@ -40,10 +42,10 @@ impl Plugins {
             };
             let now = Config::resolve(args)?;
             if let Some(e) = now.plugins.iter().find(|p| p.name == entry.name) {
-                return plugin_settings(e, &started.root);
+                return plugin_settings(e, &started.root, self.shared.as_ref());
             }
         }
-        plugin_settings(entry, &started.root)
+        plugin_settings(entry, &started.root, self.shared.as_ref())
     }
 
     /// Reloads every plugin (file and settings); returns one line per plugin.
@@ -124,7 +126,13 @@ pub fn public_key_path(key: &Path) -> std::path::PathBuf {
     key.with_file_name(format!("{stem}.pub.pem"))
 }
 
-pub fn plugin_settings(entry: &PluginEntry, root: &Path) -> Result<PluginSettings, ServerError> {
+/// How `entry` runs; with `shared` (`[redis]`), its `kv` is in Redis, the same on every
+/// node.
+pub fn plugin_settings(
+    entry: &PluginEntry,
+    root: &Path,
+    shared: Option<&pier_cluster::Shared>,
+) -> Result<PluginSettings, ServerError> {
     let mut s = PluginSettings::new(
         &entry.name,
         entry.path.clone(),
@@ -140,6 +148,12 @@ pub fn plugin_settings(entry: &PluginEntry, root: &Path) -> Result<PluginSetting
     s.config = entry.config.clone();
     s.allowed_hosts = entry.allowed_hosts.clone();
     s.ldap_addr = entry.ldap_addr.clone();
+    if let Some(shared) = shared {
+        s.kv = pier_plugin_host::KvPlace::Shared(Arc::new(crate::cluster::RedisPluginKv {
+            shared: shared.clone(),
+            plugin: entry.name.clone(),
+        }));
+    }
     Ok(s)
 }
 
@@ -160,6 +174,7 @@ pub async fn build(
     let mut plugins = Plugins {
         config: Some(config.clone()),
         config_file: config.config_file.clone(),
+        shared: shared.cloned(),
         ..Default::default()
     };
     let authorizers: Vec<&PluginEntry> = config
@@ -175,8 +190,9 @@ pub async fn build(
     let authorizer: Arc<dyn Authorizer> = match authorizers.first().copied() {
         Some(entry) => {
             let rt = runtime(&config.root)?;
-            let p =
-                Arc::new(PluginAuthorizer::load(rt, plugin_settings(entry, &config.root)?).await?);
+            let p = Arc::new(
+                PluginAuthorizer::load(rt, plugin_settings(entry, &config.root, shared)?).await?,
+            );
             plugins.authorizers.push((entry.clone(), p.clone()));
             p
         }

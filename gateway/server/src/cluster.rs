@@ -1,5 +1,6 @@
 //! Scale-out glue: the core's coordination traits implemented over Redis (`pier-cluster`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -201,5 +202,102 @@ impl pier_storage::s3::SessionLocks for RedisSessionLocks {
             .await
             .map(drop)
             .map_err(|e| e.to_string())
+    }
+}
+
+/// A plugin's `kv` in Redis (`[redis]` configured): the same projects, members and rules
+/// on every node.
+pub struct RedisPluginKv {
+    pub shared: Shared,
+    pub plugin: String,
+}
+
+fn kv_fault(e: ClusterError) -> pier_plugin_host::KvFault {
+    pier_plugin_host::KvFault::Io(format!("shared kv: {e}"))
+}
+
+#[async_trait]
+impl pier_plugin_host::KvStore for RedisPluginKv {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, pier_plugin_host::KvFault> {
+        self.shared
+            .plugin_kv_get(&self.plugin, key)
+            .await
+            .map_err(kv_fault)
+    }
+
+    async fn set(&self, key: &str, value: &[u8]) -> Result<(), pier_plugin_host::KvFault> {
+        let max = pier_plugin_host::kv::KV_MAX_KEYS;
+        match self
+            .shared
+            .plugin_kv_set(&self.plugin, key, value, max)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(pier_plugin_host::KvFault::TooManyKeys),
+            Err(e) => Err(kv_fault(e)),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), pier_plugin_host::KvFault> {
+        self.shared
+            .plugin_kv_delete(&self.plugin, key)
+            .await
+            .map_err(kv_fault)
+    }
+
+    fn place(&self) -> String {
+        format!("redis plugin-kv:{}", self.plugin)
+    }
+}
+
+/// The channel plugins' changes through the admin API are announced on.
+pub const PLUGIN_CHANGES_CHANNEL: &str = "plugin-changes";
+
+/// Announces a change to a plugin's shared state (fire and forget; a node that misses it
+/// recycles everything when its subscription reports the gap).
+pub fn plugin_announcer(shared: Shared) -> pier_plugin_host::Announcer {
+    Arc::new(move |plugin: &str| {
+        let (shared, plugin) = (shared.clone(), plugin.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = shared.publish(PLUGIN_CHANGES_CHANNEL, &plugin).await {
+                tracing::warn!(plugin = %plugin, error = %e, "announcing a plugin change failed; other nodes see it at their next reload");
+            }
+        });
+    })
+}
+
+/// Plugins whose instances remember state kept in the shared `kv`: recycled by name.
+pub type Recyclers = Vec<(String, Box<dyn Fn() + Send + Sync>)>;
+
+/// Recycles this node's instances of the plugins other nodes changed (all of them after
+/// a gap in the announcements).
+pub async fn follow_plugin_changes(shared: Shared, plugins: Recyclers) {
+    use futures_util::StreamExt;
+    let mut sub = loop {
+        match shared.subscribe(PLUGIN_CHANGES_CHANNEL).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "subscribing to plugin changes failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    while let Some(ev) = sub.next().await {
+        match ev {
+            pier_cluster::BusEvent::Message(name) => {
+                for (_, recycle) in plugins.iter().filter(|(n, _)| *n == name) {
+                    recycle();
+                }
+            }
+            pier_cluster::BusEvent::Gap(reason) => {
+                tracing::info!(
+                    ?reason,
+                    "plugin change announcements may have been missed; replacing every plugin instance"
+                );
+                for (_, recycle) in &plugins {
+                    recycle();
+                }
+            }
+        }
     }
 }

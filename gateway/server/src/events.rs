@@ -107,7 +107,7 @@ pub async fn start(
     let mut notifiers = Vec::new();
     let mut replicators = Vec::new();
     for e in entries {
-        let settings = crate::access::plugin_settings(e, &config.root)?;
+        let settings = crate::access::plugin_settings(e, &config.root, shared)?;
         match e.hook {
             Hook::Notifier => notifiers.push((
                 e.name.clone(),

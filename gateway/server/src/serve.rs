@@ -146,6 +146,27 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         .map(|s| tokio::spawn(crate::cluster::follow_changes(s, registry.clone())));
     let (access, plugins) = crate::access::build(&config, shared.as_ref()).await?;
     let events = crate::events::start(&config, registry.clone(), shared.as_ref()).await?;
+    let plugin_changes_task = shared.clone().map(|s| {
+        let announce = crate::cluster::plugin_announcer(s.clone());
+        let mut recyclers: crate::cluster::Recyclers = Vec::new();
+        for (entry, p) in &plugins.authorizers {
+            p.announce_changes(announce.clone());
+            let p = p.clone();
+            recyclers.push((entry.name.clone(), Box::new(move || p.recycle())));
+        }
+        if let Some(e) = &events {
+            for (name, p) in &e.replicators {
+                p.announce_changes(announce.clone());
+                let p = p.clone();
+                recyclers.push((name.clone(), Box::new(move || p.recycle())));
+            }
+            for (name, p) in &e.notifiers {
+                let p = p.clone();
+                recyclers.push((name.clone(), Box::new(move || p.recycle())));
+            }
+        }
+        tokio::spawn(crate::cluster::follow_plugin_changes(s, recyclers))
+    });
     let observer = events
         .clone()
         .map(|e| e as Arc<dyn pier_core::FillObserver>);
@@ -265,6 +286,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     expiry_task.abort();
     watch_task.abort();
     if let Some(t) = changes_task {
+        t.abort();
+    }
+    if let Some(t) = plugin_changes_task {
         t.abort();
     }
     hup_task.abort();

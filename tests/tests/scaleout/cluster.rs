@@ -94,6 +94,15 @@ fn start_on_free_port(
     unreachable!()
 }
 
+/// `GET /v2/` answered by a ready registry: 200, or with access control on 401 with a
+/// bearer challenge.
+fn registry_answers(r: &pier_e2e::Response) -> bool {
+    r.status == 200
+        || (r.status == 401
+            && r.header("www-authenticate")
+                .is_some_and(|c| c.starts_with("Bearer ")))
+}
+
 /// One `pier serve` node.
 pub struct Node {
     /// 1-based, as in the example (`node1.toml`).
@@ -154,7 +163,8 @@ impl Node {
         ));
     }
 
-    /// `GET /readyz` on the admin listener and `GET /v2/` both answer 200.
+    /// `GET /readyz` on the admin listener answers 200 and `GET /v2/` 200 (or, with access
+    /// control on, 401 with a bearer challenge).
     fn probe(&self) -> Result<(), String> {
         let r = http::try_request(self.admin, "GET", "/readyz", &[], b"")
             .map_err(|e| format!("admin /readyz: {e}"))?;
@@ -163,7 +173,7 @@ impl Node {
         }
         let r = http::try_request(self.addr, "GET", "/v2/", &[], b"")
             .map_err(|e| format!("GET /v2/: {e}"))?;
-        if r.status != 200 {
+        if !registry_answers(&r) {
             return Err(format!("GET /v2/ answered {}", r.status));
         }
         Ok(())
@@ -563,7 +573,11 @@ impl Cluster {
                     &d.join(format!("nginx-{attempt}.log")),
                 )
             },
-            |port| registry_ready(addr(port)),
+            |port| {
+                tcp_open(addr(port))
+                    && http::try_request(addr(port), "GET", "/v2/", &[], b"")
+                        .is_ok_and(|r| registry_answers(&r))
+            },
         );
 
         Cluster {

@@ -308,6 +308,46 @@ pub async fn revocation(shared: &Shared) {
     assert!(!shared.is_revoked("jti-1").await.unwrap());
 }
 
+/// Plugins' `kv`: values by plugin and key (binary safe), deletes, and the key limit
+/// that refuses a new key but still replaces an existing one.
+pub async fn plugin_kv(shared: &Shared) {
+    assert_eq!(shared.plugin_kv_get("p", "k").await.unwrap(), None);
+    let bytes = [0u8, 255, b'\n', 7];
+    assert!(shared.plugin_kv_set("p", "k", &bytes, 2).await.unwrap());
+    assert_eq!(
+        shared.plugin_kv_get("p", "k").await.unwrap().as_deref(),
+        Some(&bytes[..])
+    );
+    assert_eq!(
+        shared.plugin_kv_get("other", "k").await.unwrap(),
+        None,
+        "per plugin"
+    );
+    assert!(shared.plugin_kv_set("p", "k2", b"2", 2).await.unwrap());
+    assert!(
+        !shared.plugin_kv_set("p", "k3", b"3", 2).await.unwrap(),
+        "a third key"
+    );
+    assert_eq!(shared.plugin_kv_get("p", "k3").await.unwrap(), None);
+    assert!(
+        shared.plugin_kv_set("p", "k2", b"two", 2).await.unwrap(),
+        "a replacement"
+    );
+    assert_eq!(
+        shared.plugin_kv_get("p", "k2").await.unwrap().as_deref(),
+        Some(&b"two"[..])
+    );
+    shared.plugin_kv_delete("p", "k").await.unwrap();
+    shared.plugin_kv_delete("p", "k").await.unwrap();
+    assert_eq!(shared.plugin_kv_get("p", "k").await.unwrap(), None);
+    assert!(
+        shared.plugin_kv_set("p", "k3", b"3", 2).await.unwrap(),
+        "room again"
+    );
+    shared.plugin_kv_delete("p", "k2").await.unwrap();
+    shared.plugin_kv_delete("p", "k3").await.unwrap();
+}
+
 /// Next event within 5 s.
 pub async fn next_event(sub: &mut pier_cluster::Subscription) -> BusEvent {
     use futures_util::StreamExt;
