@@ -120,3 +120,87 @@ fn tags_show_their_last_push_and_last_pull() {
         pulled
     );
 }
+
+/// `GET /api/v1/history?minutes=5`: (time ms, requests) of each sample.
+fn history(pier: &TestPier) -> Vec<(u64, u64)> {
+    let r = http::request(
+        pier.admin_addr,
+        "GET",
+        "/api/v1/history?minutes=5",
+        &[],
+        b"",
+    );
+    r.expect_status(200, "GET /api/v1/history");
+    r.json()["samples"]
+        .as_array()
+        .expect("a samples array")
+        .iter()
+        .map(|s| {
+            (
+                s["timeMs"].as_u64().expect("timeMs"),
+                s["requests"].as_u64().expect("requests"),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the history has a sample newer than `after_ms`; returns the history.
+#[track_caller]
+fn history_after(pier: &TestPier, after_ms: u64) -> Vec<(u64, u64)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = history(pier);
+        if h.last().is_some_and(|(t, _)| *t > after_ms) {
+            return h;
+        }
+        assert!(std::time::Instant::now() < deadline, "no new sample: {h:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[test]
+fn the_dashboard_history_survives_restarts_and_its_counters_carry_on() {
+    let mut pier = TestPier::builder()
+        .arg("--history-every")
+        .arg("200ms")
+        .start();
+    for _ in 0..20 {
+        http::request(pier.addr, "GET", "/v2/", &[], b"").expect_status(200, "GET /v2/");
+    }
+    let before = history_after(&pier, now_ms());
+    let (last_ms, counted) = *before.last().unwrap();
+    assert!(counted >= 20, "the 20 requests are counted: {before:?}");
+
+    // Graceful, then SIGKILL: the samples are still there after each, and the new
+    // process's counters continue from the last sample instead of starting at 0.
+    pier.restart();
+    let mut seen = before;
+    for round in 0..2 {
+        let after = history_after(&pier, now_ms());
+        for s in &seen {
+            assert!(
+                after.contains(s),
+                "round {round}: sample {s:?} lost: {after:?}"
+            );
+        }
+        assert!(
+            after
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "round {round}: times and counters only grow: {after:?}"
+        );
+        assert!(after.last().unwrap().0 > last_ms);
+        seen = after;
+        if round == 0 {
+            pier.kill9();
+            pier.start_again();
+        }
+    }
+}

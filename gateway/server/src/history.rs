@@ -1,10 +1,18 @@
 //! The dashboard's history: the admin counters sampled every `history_every` (default
-//! 10 s) and kept in memory for a day, so the console's charts show the last hour as soon
-//! as the page opens, not only what was sampled while it was open. Lost at restart.
+//! 10 s) and kept for a day, so the console's charts show the last hour as soon as the
+//! page opens, not only what was sampled while it was open. Kept in
+//! `ROOT/pier/history.jsonl` (a JSON line per sample, appended as taken, rewritten once a
+//! day's worth has been appended), so the charts survive restarts; the counters continue
+//! from the last saved sample, so a rate across a restart stays right (the time Pier was
+//! down reads as no traffic).
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, Weak};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
 
 use crate::admin::AdminState;
 
@@ -14,7 +22,7 @@ pub const KEEP: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_POINTS: usize = 360;
 
 /// Cumulative counters at one moment (rates come from the difference of two samples).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     /// Unix milliseconds.
     pub at_ms: u64,
@@ -29,30 +37,142 @@ pub struct Sample {
     pub plugin_seconds: f64,
 }
 
+impl Sample {
+    /// These counters carried on from `base` (the last sample before a restart).
+    fn after(&self, base: &Sample) -> Sample {
+        Sample {
+            at_ms: self.at_ms,
+            requests: base.requests + self.requests,
+            bytes_sent: base.bytes_sent + self.bytes_sent,
+            blob_lookups: base.blob_lookups + self.blob_lookups,
+            blob_hits: base.blob_hits + self.blob_hits,
+            upstream_bytes: base.upstream_bytes + self.upstream_bytes,
+            cache_bytes: base.cache_bytes + self.cache_bytes,
+            plugin_calls: base.plugin_calls + self.plugin_calls,
+            plugin_seconds: base.plugin_seconds + self.plugin_seconds,
+        }
+    }
+}
+
+struct Samples {
+    kept: VecDeque<Sample>,
+    /// Added to this process's counters: the last sample of the previous run.
+    base: Sample,
+    /// Lines appended to the file since it was last rewritten.
+    appended: usize,
+    /// A write to the file failed (said once, not every sample).
+    warned: bool,
+}
+
 /// The samples of the last [`KEEP`].
 pub struct History {
     pub every: Duration,
-    samples: Mutex<VecDeque<Sample>>,
+    file: Option<PathBuf>,
+    samples: Mutex<Samples>,
 }
 
 impl History {
+    /// In memory only.
     pub fn new(every: Duration) -> History {
         History {
             every,
-            samples: Mutex::new(VecDeque::new()),
+            file: None,
+            samples: Mutex::new(Samples {
+                kept: VecDeque::new(),
+                base: Sample::default(),
+                appended: 0,
+                warned: false,
+            }),
         }
+    }
+
+    /// Kept in `file`: the last day of it read back (a torn last line is skipped), the
+    /// file rewritten with just that.
+    pub fn open(every: Duration, file: PathBuf) -> History {
+        let mut h = History::new(every);
+        let cutoff = now_ms().saturating_sub(KEEP.as_millis() as u64);
+        let kept: VecDeque<Sample> = match std::fs::read_to_string(&file) {
+            Ok(text) => text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Sample>(l).ok())
+                .filter(|s| s.at_ms >= cutoff)
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => VecDeque::new(),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "the dashboard history could not be read; starting a new one");
+                VecDeque::new()
+            }
+        };
+        let cap = h.capacity();
+        {
+            let s = h.samples.get_mut().unwrap_or_else(|p| p.into_inner());
+            s.base = kept.back().cloned().unwrap_or_default();
+            s.kept = kept;
+            while s.kept.len() > cap {
+                s.kept.pop_front();
+            }
+        }
+        h.file = Some(file);
+        h.rewrite(&mut h.samples.lock().unwrap_or_else(|p| p.into_inner()));
+        h
     }
 
     fn capacity(&self) -> usize {
         (KEEP.as_millis() / self.every.as_millis().max(1)).max(1) as usize
     }
 
-    pub fn push(&self, s: Sample) {
+    /// Adds a sample of this process's counters (file I/O: call it off the async
+    /// workers).
+    pub fn push(&self, raw: Sample) {
         let cap = self.capacity();
         let mut q = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        q.push_back(s);
-        while q.len() > cap {
-            q.pop_front();
+        let s = raw.after(&q.base);
+        q.kept.push_back(s.clone());
+        while q.kept.len() > cap {
+            q.kept.pop_front();
+        }
+        let Some(file) = &self.file else { return };
+        q.appended += 1;
+        if q.appended >= cap {
+            self.rewrite(&mut q);
+            return;
+        }
+        let line = serde_json::to_string(&s).unwrap_or_default() + "\n";
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        self.written(&mut q, appended);
+    }
+
+    /// Writes the kept samples as the whole file (temporary file, then renamed).
+    fn rewrite(&self, q: &mut Samples) {
+        let Some(file) = &self.file else { return };
+        let tmp = file.with_extension("jsonl.tmp");
+        let mut text = String::new();
+        for s in &q.kept {
+            text.push_str(&serde_json::to_string(s).unwrap_or_default());
+            text.push('\n');
+        }
+        let r = file
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&tmp, text))
+            .and_then(|()| std::fs::rename(&tmp, file));
+        q.appended = 0;
+        self.written(q, r);
+    }
+
+    fn written(&self, q: &mut Samples, r: std::io::Result<()>) {
+        match r {
+            Ok(()) => q.warned = false,
+            Err(e) if !q.warned => {
+                q.warned = true;
+                let file = self.file.as_deref().unwrap_or(std::path::Path::new("-"));
+                tracing::warn!(file = %file.display(), error = %e, "writing the dashboard history failed; it is kept in memory meanwhile");
+            }
+            Err(_) => {}
         }
     }
 
@@ -61,7 +181,7 @@ impl History {
     /// counters are cumulative, so thinning loses resolution, not totals).
     pub fn since(&self, since_ms: u64) -> Vec<Sample> {
         let q = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        let all: Vec<&Sample> = q.iter().filter(|s| s.at_ms >= since_ms).collect();
+        let all: Vec<&Sample> = q.kept.iter().filter(|s| s.at_ms >= since_ms).collect();
         let step = all.len().div_ceil(MAX_POINTS).max(1);
         let last = all.len().saturating_sub(1);
         all.iter()
@@ -115,9 +235,11 @@ fn sample(state: &AdminState) -> Sample {
 pub async fn run(state: Weak<AdminState>) {
     loop {
         let Some(st) = state.upgrade() else { return };
-        st.history.push(sample(&st));
+        let s = sample(&st);
         let every = st.history.every;
-        drop(st);
+        let st: Arc<AdminState> = st;
+        // The file append (and the daily rewrite) off the async workers.
+        let _ = tokio::task::spawn_blocking(move || st.history.push(s)).await;
         tokio::time::sleep(every).await;
     }
 }
@@ -132,6 +254,75 @@ mod tests {
             requests: ms,
             ..Sample::default()
         }
+    }
+
+    #[test]
+    fn a_restart_reads_the_file_back_and_the_counters_carry_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pier").join("history.jsonl");
+        let now = now_ms();
+        let h = History::open(Duration::from_secs(10), file.clone());
+        h.push(Sample {
+            at_ms: now - 20_000,
+            requests: 5,
+            plugin_seconds: 0.5,
+            ..Sample::default()
+        });
+        h.push(Sample {
+            at_ms: now - 10_000,
+            requests: 7,
+            plugin_seconds: 0.75,
+            ..Sample::default()
+        });
+        drop(h);
+        // A torn line (a crash mid-append) and a sample older than a day are dropped.
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        text.push_str("{\"at_ms\": 12");
+        let old = Sample {
+            at_ms: now - KEEP.as_millis() as u64 - 1,
+            ..Sample::default()
+        };
+        text.insert_str(0, &(serde_json::to_string(&old).unwrap() + "\n"));
+        std::fs::write(&file, text).unwrap();
+
+        let h = History::open(Duration::from_secs(10), file.clone());
+        assert_eq!(
+            h.since(0).iter().map(|s| s.requests).collect::<Vec<_>>(),
+            [5, 7]
+        );
+        // The new process counts from 0: its samples continue from 7.
+        h.push(Sample {
+            at_ms: now,
+            requests: 2,
+            plugin_seconds: 0.25,
+            ..Sample::default()
+        });
+        let all = h.since(0);
+        assert_eq!(all.last().unwrap().requests, 9);
+        assert_eq!(all.last().unwrap().plugin_seconds, 1.0);
+        // The file was rewritten clean, then appended to.
+        let lines: Vec<Sample> = std::fs::read_to_string(&file)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines, all);
+    }
+
+    #[test]
+    fn the_file_is_rewritten_once_a_days_worth_was_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("history.jsonl");
+        let h = History::open(Duration::from_secs(3600), file.clone());
+        let now = now_ms();
+        for i in 0..60u64 {
+            h.push(at(now - (60 - i) * 60_000 + 1));
+        }
+        // Rewritten with the 24 kept after every 24 appends: the file holds less than two
+        // days' worth whatever the uptime.
+        let lines = std::fs::read_to_string(&file).unwrap().lines().count();
+        assert!(lines < 48, "{lines} lines for 60 samples");
+        assert_eq!(h.since(0).len(), 24);
     }
 
     #[test]

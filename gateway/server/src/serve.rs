@@ -195,7 +195,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let listener = bind(config.listen).await?;
     let admin_listener = bind(config.admin_listen).await?;
     let admin_state = Arc::new(AdminState {
-        history: crate::history::History::new(config.history_every),
+        history: crate::history::History::open(
+            config.history_every,
+            config.root.join("pier").join("history.jsonl"),
+        ),
         accounts: config.auth.as_ref().map(|a| crate::admin::AccountFiles {
             users: a.users_file.clone(),
             robots: a.robots_file.clone(),
