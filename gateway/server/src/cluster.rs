@@ -89,18 +89,23 @@ impl pier_core::ChangeSink for RedisChanges {
     }
 }
 
-/// Applies other nodes' announcements to this node's registry caches.
-pub async fn follow_changes(shared: Shared, registry: std::sync::Arc<pier_core::Registry>) {
-    use futures_util::StreamExt;
-    let mut sub = loop {
-        match shared.subscribe(CHANGES_CHANNEL).await {
-            Ok(s) => break s,
+/// A subscription to `channel`, retried every second until Redis takes it.
+async fn subscribe(shared: &Shared, channel: &str) -> pier_cluster::Subscription {
+    loop {
+        match shared.subscribe(channel).await {
+            Ok(s) => return s,
             Err(e) => {
-                tracing::warn!(error = %e, "subscribing to registry changes failed; retrying");
+                tracing::warn!(channel, error = %e, "subscribing to the bus failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
-    };
+    }
+}
+
+/// Applies other nodes' announcements to this node's registry caches.
+pub async fn follow_changes(shared: Shared, registry: std::sync::Arc<pier_core::Registry>) {
+    use futures_util::StreamExt;
+    let mut sub = subscribe(&shared, CHANGES_CHANNEL).await;
     while let Some(ev) = sub.next().await {
         match ev {
             pier_cluster::BusEvent::Message(m) => match pier_core::Change::decode(&m) {
@@ -273,15 +278,7 @@ pub type Recyclers = Vec<(String, Box<dyn Fn() + Send + Sync>)>;
 /// a gap in the announcements).
 pub async fn follow_plugin_changes(shared: Shared, plugins: Recyclers) {
     use futures_util::StreamExt;
-    let mut sub = loop {
-        match shared.subscribe(PLUGIN_CHANGES_CHANNEL).await {
-            Ok(s) => break s,
-            Err(e) => {
-                tracing::warn!(error = %e, "subscribing to plugin changes failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
+    let mut sub = subscribe(&shared, PLUGIN_CHANGES_CHANNEL).await;
     while let Some(ev) = sub.next().await {
         match ev {
             pier_cluster::BusEvent::Message(name) => {

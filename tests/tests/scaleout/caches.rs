@@ -1,11 +1,10 @@
 //! Registry caches across nodes: a tag moved or deleted through one node is seen by the
 //! others at once (announced over Redis pub/sub), not after their 5 s tag cache.
 
-use std::time::{Duration, Instant};
-
 use pier_e2e::{ACCEPT_MANIFESTS, http, push_image};
 
 use crate::cluster::Cluster;
+use crate::support::within_2s;
 
 fn digest_of_tag(addr: std::net::SocketAddr, repo: &str, tag: &str) -> Option<String> {
     let r = http::request(
@@ -20,18 +19,6 @@ fn digest_of_tag(addr: std::net::SocketAddr, repo: &str, tag: &str) -> Option<St
             .unwrap_or_default()
             .to_owned()
     })
-}
-
-/// Polls for at most 2 s (well under the 5 s tag cache a node would otherwise keep).
-fn within_2s(mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(2) {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 #[test]

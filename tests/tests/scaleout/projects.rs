@@ -4,13 +4,13 @@
 
 use std::fs;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 use pier_e2e::http;
 use serde_json::{Value, json};
 
 use crate::auth_support::{ADMIN, CAROL, basic, bearer, request_as, token};
 use crate::cluster::Cluster;
+use crate::support::within_2s;
 
 /// The RBAC example's `[auth]` and plugin tables, with every path absolute (the users
 /// and robots files copied to `dir`, shared by the nodes; each node keeps its own token
@@ -78,16 +78,11 @@ fn admin(node: SocketAddr, method: &str, path: &str, body: Option<Value>) -> pie
     )
 }
 
-/// Polls `f` for at most 2 s: the bus delivers in milliseconds.
-fn within_2s(mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(2) {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
+/// Gives carol `role` in team through the admin API at `node`.
+#[track_caller]
+fn set_carol(node: SocketAddr, role: &str, what: &str) {
+    let path = "/api/v1/projects/team/members/user/carol";
+    admin(node, "PUT", path, Some(json!({ "role": role }))).expect_status(200, what);
 }
 
 #[test]
@@ -109,13 +104,7 @@ fn a_member_added_on_one_node_may_push_on_every_node() {
     }
 
     // Node 1's API makes her a developer: node 2 and 3 let her push at once.
-    admin(
-        nodes[0].1,
-        "PUT",
-        "/api/v1/projects/team/members/user/carol",
-        Some(json!({"role": "developer"})),
-    )
-    .expect_status(200, "make carol a developer on node 1");
+    set_carol(nodes[0].1, "developer", "make carol a developer on node 1");
     for (addr, admin_addr) in &nodes {
         assert!(
             within_2s(|| may_push(*addr, CAROL, "team/app")),
@@ -159,13 +148,7 @@ fn a_member_added_on_one_node_may_push_on_every_node() {
         == 404));
 
     // Demoted on node 2: refused on node 1 and 3 again.
-    admin(
-        nodes[1].1,
-        "PUT",
-        "/api/v1/projects/team/members/user/carol",
-        Some(json!({"role": "guest"})),
-    )
-    .expect_status(200, "make carol a guest again on node 2");
+    set_carol(nodes[1].1, "guest", "make carol a guest again on node 2");
     for (addr, _) in &nodes {
         assert!(
             within_2s(|| !may_push(*addr, CAROL, "team/app")),

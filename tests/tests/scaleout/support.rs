@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -100,4 +100,17 @@ pub fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
     let v = f();
     eprintln!("[scaleout] {what}: {:.1?}", t.elapsed());
     v
+}
+
+/// Polls `f` for at most 2 s: what the bus announces arrives in milliseconds, well under
+/// the 5 s tag cache a node would otherwise keep.
+pub fn within_2s(mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
