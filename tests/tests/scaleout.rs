@@ -4,7 +4,8 @@
 //! push through the load balancer and read back from each node; a chunked upload hops
 //! between nodes; a node is killed with SIGKILL mid-push; 30 cold mirror pulls over the
 //! three nodes fetch the blob from the upstream once; Redis goes down; a project member
-//! added through one node's admin API may push on every node at once.
+//! added through one node's admin API may push on every node at once; a pull served by one
+//! node shows as the tag's last pull on every node.
 //!
 //! Needs the binary (`cargo build -p pier-server --bin pier`), s3s-fs, redis-server,
 //! nginx, skopeo, dockerd and docker-registry (`scripts/install-test-deps.sh`); then
@@ -16,6 +17,8 @@ mod clients_support;
 #[path = "auth_clients/support.rs"]
 mod auth_support;
 
+#[path = "scaleout/activity.rs"]
+mod activity;
 #[path = "scaleout/caches.rs"]
 mod caches;
 #[path = "scaleout/clients.rs"]

@@ -49,6 +49,10 @@ impl Keys {
         format!("{}revoked:{jti}", self.prefix)
     }
 
+    pub(crate) fn pulls(&self) -> String {
+        format!("{}pulls", self.prefix)
+    }
+
     pub(crate) fn plugin_kv(&self, plugin: &str) -> String {
         format!("{}plugin-kv:{plugin}", self.prefix)
     }
@@ -78,6 +82,7 @@ mod tests {
         assert_eq!(k.session_id("pier:lease:u1"), None);
         assert_eq!(k.revoked("j"), "pier:revoked:j");
         assert_eq!(k.plugin_kv("rbac"), "pier:plugin-kv:rbac");
+        assert_eq!(k.pulls(), "pier:pulls");
         assert_eq!(k.channel("manifests"), "pier:bus:manifests");
         assert_eq!(k.session_pattern(), "pier:session:*");
         assert_eq!(k.events(), "pier:{events}:");

@@ -6,6 +6,7 @@
 //! - **token revocation** ([`Shared::revoke`]);
 //! - **plugins' `kv`** ([`Shared::plugin_kv_get`]): projects, members and rules the admin
 //!   API changes, the same on every node;
+//! - **last pulls** ([`Shared::pulls_merge`]): when each tag was last pulled, over every node;
 //! - **the invalidation bus** ([`Shared::publish`], [`Shared::subscribe`]);
 //! - **the event journal and delivery outbox** ([`Shared::event_stores`], [`RedisJournal`],
 //!   [`RedisOutbox`]) with one dispatching node at a time ([`EventsLeader`]).
@@ -24,6 +25,7 @@ mod events;
 mod keys;
 mod lease;
 mod plugin_kv;
+mod pulls;
 mod revoke;
 mod session;
 
@@ -54,6 +56,7 @@ use keys::Keys;
 /// | `session:{id}`           | hash    | `v` version, `d` bytes, `t` last write (server ms) | session TTL, renewed by each write |
 /// | `revoked:{jti}`          | string  | `1`                                                | the token's own expiry |
 /// | `plugin-kv:{plugin}`     | hash    | the plugin's `kv`: a field per key                 | none |
+/// | `pulls`                  | hash    | last pull (Unix s) per `repo:tag` / `repo@digest`  | none |
 /// | `bus:{channel}`          | pub/sub | UTF-8 message                                      | — |
 /// | `{events}:…`             | several | the event journal and outbox (layout in `src/events.rs`) | none (trimmed by release/prune) |
 #[derive(Clone)]

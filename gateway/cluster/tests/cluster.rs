@@ -26,6 +26,7 @@ async fn suite_on_three_masters() {
     suite::session_ttl(&shared).await;
     suite::revocation(&shared).await;
     suite::plugin_kv(&shared).await;
+    suite::pulls(&shared).await;
 
     // Idle listing must scan every master: first check the sessions really spread.
     for i in 0..40 {

@@ -41,6 +41,12 @@ async fn plugin_kv() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls() {
+    let redis = Redis::start(&[]);
+    suite::pulls(&connect(&redis).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_carry_the_prefix() {
     let redis = Redis::start(&[]);
     let mut cfg = RedisConfig::standalone(redis.url());

@@ -12,13 +12,18 @@
 //! the tag was last set.
 //!
 //! At most `max` tags and digests are kept; past that the least recently pulled tenth is
-//! dropped. Each node knows the pulls it served: nodes sharing storage don't merge them.
+//! dropped. Each node knows the pulls it served; scaled out (`[redis]`, a [`SharedPulls`]),
+//! each flush also merges this node's new pulls into the shared record, and the admin API
+//! answers the later of this node's and the shared time, so every node shows the pulls
+//! any node served (another node's within a flush interval).
 
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use async_trait::async_trait;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pier_http::activity::PullRecorder;
@@ -31,6 +36,44 @@ enum Pulled {
     Tag(RepoName, Tag),
     Digest(RepoName, Digest),
 }
+
+impl Pulled {
+    /// Its name in the shared record: `repo:tag` or `repo@digest`.
+    fn field(&self) -> String {
+        match self {
+            Pulled::Tag(r, t) => format!("{r}:{t}"),
+            Pulled::Digest(r, d) => format!("{r}@{d}"),
+        }
+    }
+}
+
+/// Pulls recorded by every node (`[redis]`): fields as [`Pulled::field`], Unix seconds.
+#[async_trait]
+pub trait SharedPulls: Send + Sync {
+    /// Keeps the later of each stored time and the one given.
+    async fn merge(&self, pulls: &[(String, u64)]) -> Result<(), String>;
+    /// The stored time of each field.
+    async fn get(&self, fields: &[String]) -> Result<Vec<Option<u64>>, String>;
+}
+
+/// One tag's or digest's last pull here, and how much of it the shared record has.
+#[derive(Default)]
+struct Seen {
+    at: AtomicU64,
+    shared: AtomicU64,
+}
+
+impl Seen {
+    fn at(at: u64) -> Seen {
+        Seen {
+            at: AtomicU64::new(at),
+            shared: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Merged into the shared record at most this many at a time.
+const SHARE_BATCH: usize = 500;
 
 /// One line of the file.
 #[derive(Serialize, Deserialize)]
@@ -78,7 +121,9 @@ pub struct PullLog {
     path: PathBuf,
     max: usize,
     /// Unix seconds of the last pull.
-    entries: RwLock<HashMap<Pulled, AtomicU64>>,
+    entries: RwLock<HashMap<Pulled, Seen>>,
+    /// Scaled out: the record every node merges into.
+    shared: Option<Arc<dyn SharedPulls>>,
     /// Changed since the last flush.
     dirty: AtomicBool,
     /// One writer of the file at a time (a flush outlives an aborted task).
@@ -126,9 +171,10 @@ impl PullLog {
             entries: RwLock::new(
                 entries
                     .into_iter()
-                    .map(|(k, at)| (k, AtomicU64::new(at)))
+                    .map(|(k, at)| (k, Seen::at(at)))
                     .collect(),
             ),
+            shared: None,
             dirty: AtomicBool::new(false),
             writing: Arc::new(Mutex::new(())),
         }
@@ -141,7 +187,7 @@ impl PullLog {
         let known = {
             let map = self.entries.read().unwrap_or_else(PoisonError::into_inner);
             map.get(&key)
-                .map(|t| t.fetch_max(at, Ordering::SeqCst))
+                .map(|t| t.at.fetch_max(at, Ordering::SeqCst))
                 .is_some()
         };
         if !known {
@@ -150,7 +196,8 @@ impl PullLog {
                 evict(&mut map, (self.max - self.max / 10).min(self.max - 1));
             }
             map.entry(key)
-                .or_insert_with(|| AtomicU64::new(0))
+                .or_default()
+                .at
                 .fetch_max(at, Ordering::SeqCst);
         }
         // Read first: most pulls find it set and leave the cache line shared.
@@ -169,12 +216,83 @@ impl PullLog {
         tag_set: Option<SystemTime>,
     ) -> Option<u64> {
         let map = self.entries.read().unwrap_or_else(PoisonError::into_inner);
-        let at = |k: Pulled| map.get(&k).map(|t| t.load(Ordering::Relaxed));
-        let by_tag = at(Pulled::Tag(repo.clone(), tag.clone()));
-        let since = tag_set.map(secs);
-        let by_digest = at(Pulled::Digest(repo.clone(), digest.clone()))
-            .filter(|&t| since.is_none_or(|s| t >= s));
-        by_tag.max(by_digest)
+        let at = |k: Pulled| map.get(&k).map(|t| t.at.load(Ordering::Relaxed));
+        combine(
+            at(Pulled::Tag(repo.clone(), tag.clone())),
+            at(Pulled::Digest(repo.clone(), digest.clone())),
+            tag_set,
+        )
+    }
+
+    /// Pulls go to (and are read from) `shared` too.
+    pub fn with_shared(mut self, shared: Arc<dyn SharedPulls>) -> PullLog {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// [`PullLog::last_pull`] of each (tag, digest, tag set), the later of this node's and
+    /// the shared record's when scaled out (this node's alone if the record can't be read).
+    pub async fn last_pulls(
+        &self,
+        repo: &RepoName,
+        tags: &[(Tag, Digest, Option<SystemTime>)],
+    ) -> Vec<Option<u64>> {
+        let local: Vec<Option<u64>> = tags
+            .iter()
+            .map(|(t, d, set)| self.last_pull(repo, t, d, *set))
+            .collect();
+        let Some(shared) = &self.shared else {
+            return local;
+        };
+        let fields: Vec<String> = tags
+            .iter()
+            .flat_map(|(t, d, _)| {
+                [
+                    Pulled::Tag(repo.clone(), t.clone()).field(),
+                    Pulled::Digest(repo.clone(), d.clone()).field(),
+                ]
+            })
+            .collect();
+        let got = match shared.get(&fields).await {
+            Ok(g) if g.len() == fields.len() => g,
+            Ok(_) => return local,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the shared last pulls failed; showing this node's");
+                return local;
+            }
+        };
+        tags.iter()
+            .zip(got.chunks(2))
+            .zip(local)
+            .map(|(((_, _, set), pair), mine)| combine(pair[0], pair[1], *set).max(mine))
+            .collect()
+    }
+
+    /// Merges the pulls the shared record lacks into it.
+    pub async fn share(&self) -> Result<(), String> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let news: Vec<(Pulled, u64)> = {
+            let map = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+            map.iter()
+                .filter_map(|(k, t)| {
+                    let at = t.at.load(Ordering::SeqCst);
+                    (at > t.shared.load(Ordering::SeqCst)).then(|| (k.clone(), at))
+                })
+                .collect()
+        };
+        for batch in news.chunks(SHARE_BATCH) {
+            let fields: Vec<(String, u64)> = batch.iter().map(|(k, at)| (k.field(), *at)).collect();
+            shared.merge(&fields).await?;
+            let map = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+            for (k, at) in batch {
+                if let Some(t) = map.get(k) {
+                    t.shared.fetch_max(*at, Ordering::SeqCst);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Writes the log to its file if it changed since the last write.
@@ -187,7 +305,7 @@ impl PullLog {
             File {
                 pulls: map
                     .iter()
-                    .map(|(k, t)| Entry::new(k, t.load(Ordering::SeqCst)))
+                    .map(|(k, t)| Entry::new(k, t.at.load(Ordering::SeqCst)))
                     .collect(),
             }
         };
@@ -215,6 +333,9 @@ impl PullLog {
             if let Err(e) = self.flush().await {
                 tracing::warn!(path = %self.path.display(), error = %e, "writing the pull log failed");
             }
+            if let Err(e) = self.share().await {
+                tracing::warn!(error = %e, "sharing this node's pulls failed; retried at the next flush");
+            }
         }
     }
 }
@@ -229,14 +350,24 @@ impl PullRecorder for PullLog {
     }
 }
 
+/// A tag's last pull from its own and its digest's, the digest's only after `tag_set`.
+fn combine(
+    by_tag: Option<u64>,
+    by_digest: Option<u64>,
+    tag_set: Option<SystemTime>,
+) -> Option<u64> {
+    let since = tag_set.map(secs);
+    by_tag.max(by_digest.filter(|&t| since.is_none_or(|s| t >= s)))
+}
+
 /// Drops the least recently pulled entries until `keep` remain.
-fn evict(map: &mut HashMap<Pulled, AtomicU64>, keep: usize) {
+fn evict(map: &mut HashMap<Pulled, Seen>, keep: usize) {
     let Some(drop) = map.len().checked_sub(keep).filter(|&n| n > 0) else {
         return;
     };
     let mut by_age: Vec<(u64, Pulled)> = map
         .iter()
-        .map(|(k, t)| (t.load(Ordering::Relaxed), k.clone()))
+        .map(|(k, t)| (t.at.load(Ordering::Relaxed), k.clone()))
         .collect();
     by_age.select_nth_unstable_by_key(drop - 1, |(at, _)| *at);
     for (_, k) in by_age.into_iter().take(drop) {
@@ -289,6 +420,62 @@ mod tests {
         assert_eq!(again.last_pull(&repo(), &v1, &d, None), Some(100));
         // The digest pull alone, by another tag on the same digest.
         assert_eq!(again.last_pull(&repo(), &tag("v2"), &d, None), Some(50));
+    }
+
+    /// The shared record as Redis keeps it (the Lua merge keeps the later time), in a map:
+    /// the Redis side itself is tested in pier-cluster and tests/tests/scaleout.
+    #[derive(Default)]
+    struct MapRecord {
+        map: Mutex<HashMap<String, u64>>,
+        merges: AtomicU64,
+    }
+
+    #[async_trait]
+    impl SharedPulls for MapRecord {
+        async fn merge(&self, pulls: &[(String, u64)]) -> Result<(), String> {
+            self.merges.fetch_add(1, Ordering::SeqCst);
+            let mut m = self.map.lock().unwrap();
+            for (f, at) in pulls {
+                let cur = m.entry(f.clone()).or_default();
+                *cur = (*cur).max(*at);
+            }
+            Ok(())
+        }
+        async fn get(&self, fields: &[String]) -> Result<Vec<Option<u64>>, String> {
+            let m = self.map.lock().unwrap();
+            Ok(fields.iter().map(|f| m.get(f).copied()).collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn every_node_shows_the_pulls_any_node_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = Arc::new(MapRecord::default());
+        let a = PullLog::open(dir.path().join("a.json"), 100).with_shared(record.clone());
+        let b = PullLog::open(dir.path().join("b.json"), 100).with_shared(record.clone());
+        let (v1, d) = (tag("v1"), digest("m"));
+        let page = [(v1.clone(), d.clone(), None)];
+        a.note(Pulled::Tag(repo(), v1.clone()), 100);
+        assert_eq!(b.last_pulls(&repo(), &page).await, [None], "not shared yet");
+        assert_eq!(a.last_pulls(&repo(), &page).await, [Some(100)], "a's own");
+        a.share().await.unwrap();
+        assert_eq!(b.last_pulls(&repo(), &page).await, [Some(100)]);
+        assert_eq!(record.map.lock().unwrap()["team/app:v1"], 100);
+
+        // Nothing new: nothing sent.
+        let merges = record.merges.load(Ordering::SeqCst);
+        a.share().await.unwrap();
+        assert_eq!(record.merges.load(Ordering::SeqCst), merges);
+
+        // b pulls the digest later; a's older pull does not lower the record.
+        b.note(Pulled::Digest(repo(), d.clone()), 150);
+        b.share().await.unwrap();
+        a.note(Pulled::Tag(repo(), v1.clone()), 120);
+        a.share().await.unwrap();
+        assert_eq!(a.last_pulls(&repo(), &page).await, [Some(150)]);
+        // The digest's pull counts only after the tag was set.
+        let set_later = [(v1, d, Some(UNIX_EPOCH + Duration::from_secs(200)))];
+        assert_eq!(a.last_pulls(&repo(), &set_later).await, [Some(120)]);
     }
 
     #[test]

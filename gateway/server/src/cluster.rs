@@ -298,3 +298,25 @@ pub async fn follow_plugin_changes(shared: Shared, plugins: Recyclers) {
         }
     }
 }
+
+/// Last pulls merged over every node in Redis.
+pub struct RedisPulls {
+    pub shared: Shared,
+}
+
+#[async_trait]
+impl crate::activity::SharedPulls for RedisPulls {
+    async fn merge(&self, pulls: &[(String, u64)]) -> Result<(), String> {
+        self.shared
+            .pulls_merge(pulls)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn get(&self, fields: &[String]) -> Result<Vec<Option<u64>>, String> {
+        self.shared
+            .pulls_get(fields)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}

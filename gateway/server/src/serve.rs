@@ -170,6 +170,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let observer = events
         .clone()
         .map(|e| e as Arc<dyn pier_core::FillObserver>);
+    let shared_pulls = shared
+        .clone()
+        .map(|s| Arc::new(crate::cluster::RedisPulls { shared: s }));
     let mirror = mirror(&config, registry.clone(), ingest, shared, observer)?;
     let metrics = Arc::new(Metrics::default());
     let mut state = AppState::new(registry.clone(), mirror.clone(), metrics.clone());
@@ -179,10 +182,14 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     if let Some(e) = &events {
         state = state.with_events(e.clone());
     }
-    let pulls = Arc::new(crate::activity::PullLog::open(
+    let mut pulls = crate::activity::PullLog::open(
         config.root.join("pier").join("activity").join("pulls.json"),
         PULL_LOG_MAX,
-    ));
+    );
+    if let Some(s) = shared_pulls {
+        pulls = pulls.with_shared(s);
+    }
+    let pulls = Arc::new(pulls);
     state = state.with_pulls(pulls.clone());
     let state = Arc::new(state);
     let tls = config
@@ -285,6 +292,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     pulls_task.abort();
     if let Err(e) = pulls.flush().await {
         tracing::warn!(error = %e, "writing the pull log failed");
+    }
+    if let Err(e) = pulls.share().await {
+        tracing::warn!(error = %e, "sharing this node's last pulls failed");
     }
     expiry_task.abort();
     watch_task.abort();

@@ -348,6 +348,28 @@ pub async fn plugin_kv(shared: &Shared) {
     shared.plugin_kv_delete("p", "k3").await.unwrap();
 }
 
+/// Last pulls: the latest time of each field wins, whichever node reports first.
+pub async fn pulls(shared: &Shared) {
+    let f = |s: &str| s.to_owned();
+    shared
+        .pulls_merge(&[(f("a/b:v1"), 100), (f("a/b@sha256:x"), 50)])
+        .await
+        .unwrap();
+    shared
+        .pulls_merge(&[(f("a/b:v1"), 90), (f("a/b@sha256:x"), 60)])
+        .await
+        .unwrap();
+    shared.pulls_merge(&[]).await.unwrap();
+    assert_eq!(
+        shared
+            .pulls_get(&[f("a/b:v1"), f("a/b@sha256:x"), f("a/b:never")])
+            .await
+            .unwrap(),
+        [Some(100), Some(60), None]
+    );
+    assert!(shared.pulls_get(&[]).await.unwrap().is_empty());
+}
+
 /// Next event within 5 s.
 pub async fn next_event(sub: &mut pier_cluster::Subscription) -> BusEvent {
     use futures_util::StreamExt;

@@ -97,6 +97,7 @@ pub async fn tags(state: &AdminState, name: &str, query: &[(String, String)]) ->
     let (n, last) = page_params(query)?;
     let page = state.registry.tags(&repo, Some(n), last.as_deref()).await?;
     let mut out = Vec::with_capacity(page.items.len());
+    let mut pulls = Vec::with_capacity(page.items.len());
     for tag in &page.items {
         let content = match state
             .registry
@@ -114,10 +115,9 @@ pub async fn tags(state: &AdminState, name: &str, query: &[(String, String)]) ->
             .referrers(&repo, &content.digest, None)
             .await?
             .len();
-        // Pushes as the storage dates the tag (every node sees them); pulls as this node
-        // served them (crate::activity).
+        // Pushes as the storage dates the tag (every node sees them); pulls below.
         let pushed = state.registry.tag_modified(&repo, tag).await?;
-        let pulled = state.pulls.last_pull(&repo, tag, &content.digest, pushed);
+        pulls.push((tag.clone(), content.digest.clone(), pushed));
         out.push(json!({
             "name": tag.as_str(),
             "digest": content.digest.to_string(),
@@ -126,8 +126,14 @@ pub async fn tags(state: &AdminState, name: &str, query: &[(String, String)]) ->
             "platforms": m.as_ref().map(platforms).unwrap_or_default(),
             "referrers": referrers,
             "lastPush": pushed.map(|t| rfc3339(unix_secs(t))),
-            "lastPull": pulled.map(rfc3339),
+            "lastPull": null,
         }));
+    }
+    // Pulls as this node served them and, scaled out, as every node did (crate::activity):
+    // one read of the shared record for the page.
+    let pulled = state.pulls.last_pulls(&repo, &pulls).await;
+    for (row, at) in out.iter_mut().zip(pulled) {
+        row["lastPull"] = at.map(rfc3339).into();
     }
     let next = page.next_last.map(|l| {
         format!(
