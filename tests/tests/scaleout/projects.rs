@@ -128,24 +128,14 @@ fn a_member_added_on_one_node_may_push_on_every_node() {
         Some(json!({"name": "apps"})),
     )
     .expect_status(201, "create apps on node 3");
-    assert!(within_2s(|| admin(
-        nodes[0].1,
-        "GET",
-        "/api/v1/projects/apps",
-        None
-    )
-    .status
-        == 200));
+    let apps_on_node1 = || admin(nodes[0].1, "GET", "/api/v1/projects/apps", None).status;
+    assert!(within_2s(|| apps_on_node1() == 200), "node 1 sees apps");
     admin(nodes[1].1, "DELETE", "/api/v1/projects/apps", None)
         .expect_status(204, "delete apps on node 2");
-    assert!(within_2s(|| admin(
-        nodes[0].1,
-        "GET",
-        "/api/v1/projects/apps",
-        None
-    )
-    .status
-        == 404));
+    assert!(
+        within_2s(|| apps_on_node1() == 404),
+        "node 1 sees apps gone"
+    );
 
     // Demoted on node 2: refused on node 1 and 3 again.
     set_carol(nodes[1].1, "guest", "make carol a guest again on node 2");
