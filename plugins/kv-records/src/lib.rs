@@ -125,11 +125,12 @@ impl<'a, K: Kv, R: Record> Records<'a, K, R> {
     }
 
     fn read(&self, name: &str) -> Result<Option<R>, StoreError> {
-        match self
-            .kv
-            .get(&self.key(name))
-            .map_err(|e| self.unavailable(e))?
-        {
+        let found = match self.kv.get(&self.key(name)) {
+            // A key over kv's limit can never have been stored.
+            Err(KvFailure::TooLarge) => None,
+            r => r.map_err(|e| self.unavailable(e))?,
+        };
+        match found {
             None => Ok(None),
             Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
                 self.unavailable(KvFailure::Other(format!(
@@ -278,9 +279,19 @@ pub mod testing {
         pub fail_after: RefCell<Option<usize>>,
         /// Refuse values longer than this as [`KvFailure::TooLarge`].
         pub max_value: Option<usize>,
+        /// Refuse keys longer than this as [`KvFailure::TooLarge`] (as the host does).
+        pub max_key: Option<usize>,
     }
 
     impl MapKv {
+        fn check(&self, key: &str) -> Result<(), KvFailure> {
+            self.tick()?;
+            match self.max_key {
+                Some(m) if key.len() > m => Err(KvFailure::TooLarge),
+                _ => Ok(()),
+            }
+        }
+
         fn tick(&self) -> Result<(), KvFailure> {
             let mut f = self.fail_after.borrow_mut();
             match f.as_mut() {
@@ -296,11 +307,11 @@ pub mod testing {
 
     impl Kv for MapKv {
         fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvFailure> {
-            self.tick()?;
+            self.check(key)?;
             Ok(self.map.borrow().get(key).cloned())
         }
         fn set(&self, key: &str, value: &[u8]) -> Result<(), KvFailure> {
-            self.tick()?;
+            self.check(key)?;
             if self.max_value.is_some_and(|m| value.len() > m) {
                 return Err(KvFailure::TooLarge);
             }
@@ -308,7 +319,7 @@ pub mod testing {
             Ok(())
         }
         fn delete(&self, key: &str) -> Result<(), KvFailure> {
-            self.tick()?;
+            self.check(key)?;
             self.map.borrow_mut().remove(key);
             Ok(())
         }
@@ -426,6 +437,30 @@ mod tests {
         kv.map.borrow_mut().remove("note/a");
         assert!(matches!(store.delete("a"), Err(StoreError::NotFound(_))));
         assert_eq!(kv.map.borrow()["notes"], b"[]");
+    }
+
+    #[test]
+    fn a_name_too_long_for_a_key_is_not_found_not_a_failure() {
+        let kv = MapKv {
+            max_key: Some(16),
+            ..MapKv::default()
+        };
+        let seeds = [note("a", "seed")];
+        let store = Records::new(&kv, &seeds, LAYOUT);
+        store.put(note("b", "1")).unwrap();
+        let long = "x".repeat(40);
+        assert_eq!(store.lookup(&long, true), Ok(None));
+        assert!(matches!(store.get(&long), Err(StoreError::NotFound(_))));
+        assert!(matches!(store.delete(&long), Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            store.update(&long, |_| Ok(())),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.put(note(&long, "2")),
+            Err(StoreError::Invalid(_))
+        ));
+        assert_eq!(store.list().unwrap().len(), 2);
     }
 
     #[test]
