@@ -22,8 +22,7 @@ const MAX_REASON: usize = 256;
 crate::hook::hook_type!(
     /// The current version of an authorizer plugin.
     PluginAuthorizer,
-    World::Authorizer,
-    changes: tokio::sync::Mutex<()>
+    World::Authorizer
 );
 
 fn action(a: Action) -> wit::Action {
@@ -178,8 +177,8 @@ impl PluginAuthorizer {
         self.hook.current().manages_projects()
     }
 
-    /// One call of the `projects` export. Changes run one at a time and then replace
-    /// the warm instances, so every later `authorize` reads the store again.
+    /// One call of the `projects` export ([`crate::hook::Hook::manage`]: a change makes
+    /// every later `authorize` read the store again).
     async fn projects_call<R: Send>(
         &self,
         change: bool,
@@ -188,28 +187,23 @@ impl PluginAuthorizer {
             &mut wasmtime::Store<crate::host::HostState>,
         ) -> wasmtime::Result<Result<R, wp::ProjectError>>,
     ) -> Result<R, ProjectError> {
-        let _one_at_a_time = match change {
-            true => Some(self.changes.lock().await),
-            false => None,
-        };
-        let plugin: std::sync::Arc<Plugin> = self.hook.current();
-        if !plugin.manages_projects() {
-            return Err(ProjectError::NotManaged);
-        }
-        let deadline = plugin.settings.timeout.max(PROJECTS_DEADLINE);
-        let r = plugin
-            .with_instance_for(deadline, async |b, store| match b.projects()? {
-                Some(p) => call(p, store).await,
-                None => Err(wasmtime::Error::msg("instance without the projects export")),
-            })
+        let r = self
+            .hook
+            .manage(
+                change,
+                PROJECTS_DEADLINE,
+                Plugin::manages_projects,
+                async |b, store| match b.projects()? {
+                    Some(p) => call(p, store).await,
+                    None => Err(wasmtime::Error::msg("instance without the projects export")),
+                },
+            )
             .await;
-        if change {
-            self.hook.changed(&plugin);
-        }
         match r {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(project_error(e)),
-            Err(f) => Err(ProjectError::Unavailable(f.to_string())),
+            None => Err(ProjectError::NotManaged),
+            Some(Ok(Ok(v))) => Ok(v),
+            Some(Ok(Err(e))) => Err(project_error(e)),
+            Some(Err(f)) => Err(ProjectError::Unavailable(f.to_string())),
         }
     }
 }

@@ -224,8 +224,7 @@ impl PluginNotifier {
 crate::hook::hook_type!(
     /// The current version of a replicator plugin (hot reload like [`crate::PluginAuthorizer`]).
     PluginReplicator,
-    World::Replicator,
-    changes: tokio::sync::Mutex<()>
+    World::Replicator
 );
 
 /// The least deadline of a `rules` call: they read and write (and sync) the plugin's
@@ -317,8 +316,8 @@ impl PluginReplicator {
         check_all(&plugin, "on-tick", actions, MAX_ACTIONS, check_action)
     }
 
-    /// One call of the `rules` export. Changes run one at a time and then replace the
-    /// warm instances, so every later `on-event` and `on-tick` reads the rules again.
+    /// One call of the `rules` export ([`crate::hook::Hook::manage`]: a change makes every
+    /// later `on-event` and `on-tick` read the rules again).
     async fn rules_call<R: Send>(
         &self,
         change: bool,
@@ -327,28 +326,23 @@ impl PluginReplicator {
             &mut wasmtime::Store<crate::host::HostState>,
         ) -> wasmtime::Result<Result<R, wr::RuleError>>,
     ) -> Result<R, RuleError> {
-        let _one_at_a_time = match change {
-            true => Some(self.changes.lock().await),
-            false => None,
-        };
-        let plugin: std::sync::Arc<Plugin> = self.hook.current();
-        if !plugin.manages_rules() {
-            return Err(RuleError::NotManaged);
-        }
-        let deadline = plugin.settings.timeout.max(RULES_DEADLINE);
-        let r = plugin
-            .with_instance_for(deadline, async |b, store| match b.rules()? {
-                Some(r) => call(r, store).await,
-                None => Err(wasmtime::Error::msg("instance without the rules export")),
-            })
+        let r = self
+            .hook
+            .manage(
+                change,
+                RULES_DEADLINE,
+                Plugin::manages_rules,
+                async |b, store| match b.rules()? {
+                    Some(r) => call(r, store).await,
+                    None => Err(wasmtime::Error::msg("instance without the rules export")),
+                },
+            )
             .await;
-        if change {
-            self.hook.changed(&plugin);
-        }
         match r {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(rule_error(e)),
-            Err(f) => Err(RuleError::Unavailable(f.to_string())),
+            None => Err(RuleError::NotManaged),
+            Some(Ok(Ok(v))) => Ok(v),
+            Some(Ok(Err(e))) => Err(rule_error(e)),
+            Some(Err(f)) => Err(RuleError::Unavailable(f.to_string())),
         }
     }
 }

@@ -3,11 +3,16 @@
 
 use std::sync::{Arc, OnceLock, RwLock};
 
-use crate::error::PluginError;
+use std::time::Duration;
+
+use wasmtime::Store;
+
+use crate::error::{PluginError, PluginFailure};
+use crate::host::HostState;
 use crate::metrics::PluginMetrics;
 use crate::plugin::{Plugin, PluginSettings};
 use crate::runtime::Runtime;
-use crate::world::World;
+use crate::world::{Bindings, World};
 
 /// Told the plugin's name after each change through its management export (projects,
 /// rules): Pier's scale-out tells the other nodes, which recycle their instances.
@@ -19,6 +24,8 @@ pub(crate) struct Hook {
     current: RwLock<Arc<Plugin>>,
     metrics: Arc<PluginMetrics>,
     announcer: OnceLock<Announcer>,
+    /// Changes through the management export run one at a time.
+    changes: tokio::sync::Mutex<()>,
 }
 
 impl Hook {
@@ -41,6 +48,7 @@ impl Hook {
             current: RwLock::new(Arc::new(plugin)),
             metrics,
             announcer: OnceLock::new(),
+            changes: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -64,13 +72,36 @@ impl Hook {
         }
     }
 
-    /// After a change through the management export: this node's instances are replaced,
-    /// and the announcer (if any) tells the others.
-    pub(crate) fn changed(&self, plugin: &Plugin) {
-        plugin.recycle();
-        if let Some(a) = self.announcer.get() {
-            a(plugin.name());
+    /// One call of a management export (projects, rules) of the current version; `None`
+    /// when `has` says that version lacks it. It gets at least `least` (these calls read,
+    /// write and sync the plugin's `kv`). A change runs alone, then replaces this node's
+    /// instances and is announced (if an announcer is set), so every later call here and
+    /// on the other nodes reads the plugin's state again.
+    pub(crate) async fn manage<R>(
+        &self,
+        change: bool,
+        least: Duration,
+        has: impl Fn(&Plugin) -> bool,
+        call: impl AsyncFnOnce(&Bindings, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Option<Result<R, PluginFailure>> {
+        let _one_at_a_time = match change {
+            true => Some(self.changes.lock().await),
+            false => None,
+        };
+        let plugin = self.current();
+        if !has(&plugin) {
+            return None;
         }
+        let r = plugin
+            .with_instance_for(plugin.settings.timeout.max(least), call)
+            .await;
+        if change {
+            plugin.recycle();
+            if let Some(a) = self.announcer.get() {
+                a(plugin.name());
+            }
+        }
+        Some(r)
     }
 
     pub(crate) fn digest(&self) -> String {
@@ -107,14 +138,13 @@ impl Hook {
 }
 
 /// Declares a plugin type for one world: a [`Hook`] with `load`, `metrics`, `digest`,
-/// `reload` and `reload_with`; the type's own calls go in a separate `impl`. Extra
-/// fields (`name: Type`, made with `Default`) may follow the world.
+/// `reload`, `reload_with`, `announce_changes` and `recycle`; the type's own calls go in
+/// a separate `impl`.
 macro_rules! hook_type {
-    ($(#[$doc:meta])* $name:ident, $world:expr $(, $field:ident: $ty:ty)*) => {
+    ($(#[$doc:meta])* $name:ident, $world:expr) => {
         $(#[$doc])*
         pub struct $name {
             hook: $crate::hook::Hook,
-            $($field: $ty,)*
         }
 
         impl $name {
@@ -124,7 +154,6 @@ macro_rules! hook_type {
             ) -> Result<$name, $crate::error::PluginError> {
                 Ok($name {
                     hook: $crate::hook::Hook::load(runtime, $world, settings).await?,
-                    $($field: Default::default(),)*
                 })
             }
 
