@@ -22,10 +22,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-
-use async_trait::async_trait;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use pier_http::activity::PullRecorder;
 use pier_oci::{Digest, Reference, RepoName, Tag};
 use serde::{Deserialize, Serialize};
@@ -324,18 +323,24 @@ impl PullLog {
         written
     }
 
-    /// Flushes every `every` until aborted.
+    /// [`PullLog::flush`] and [`PullLog::share`], failures logged (both are retried at the
+    /// next call).
+    pub async fn persist(&self) {
+        if let Err(e) = self.flush().await {
+            tracing::warn!(path = %self.path.display(), error = %e, "writing the pull log failed");
+        }
+        if let Err(e) = self.share().await {
+            tracing::warn!(error = %e, "sharing this node's pulls failed");
+        }
+    }
+
+    /// Persists every `every` until aborted.
     pub async fn run(self: Arc<Self>, every: Duration) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = self.flush().await {
-                tracing::warn!(path = %self.path.display(), error = %e, "writing the pull log failed");
-            }
-            if let Err(e) = self.share().await {
-                tracing::warn!(error = %e, "sharing this node's pulls failed; retried at the next flush");
-            }
+            self.persist().await;
         }
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -237,7 +237,6 @@ pub async fn run(state: Weak<AdminState>) {
         let Some(st) = state.upgrade() else { return };
         let s = sample(&st);
         let every = st.history.every;
-        let st: Arc<AdminState> = st;
         // The file append (and the daily rewrite) off the async workers.
         let _ = tokio::task::spawn_blocking(move || st.history.push(s)).await;
         tokio::time::sleep(every).await;

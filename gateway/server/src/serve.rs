@@ -290,12 +290,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         e.stop().await;
     }
     pulls_task.abort();
-    if let Err(e) = pulls.flush().await {
-        tracing::warn!(error = %e, "writing the pull log failed");
-    }
-    if let Err(e) = pulls.share().await {
-        tracing::warn!(error = %e, "sharing this node's last pulls failed");
-    }
+    pulls.persist().await;
     expiry_task.abort();
     watch_task.abort();
     if let Some(t) = changes_task {
