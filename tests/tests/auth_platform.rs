@@ -10,6 +10,7 @@
 //! - `issuer`: an edge Pier trusting a central Pier's token key; skopeo follows the
 //!   edge's challenge to the central token endpoint; untrusted keys are refused.
 //! - `mirror`: an edge mirror logging in to an authenticated upstream Pier as a robot.
+//! - `mirror_access`: access decided on the mirrored content (`?ns=` is no way around it).
 //! - `ldap`: logins verified by LDAP simple bind against a real slapd, and an outage.
 //!
 //! `PIER_SKIP_LINT=1 scripts/test.sh -p pier-e2e --test auth_platform` (needs skopeo,
@@ -25,6 +26,8 @@ mod issuer;
 mod ldap;
 #[path = "auth_platform/mirror.rs"]
 mod mirror;
+#[path = "auth_platform/mirror_access.rs"]
+mod mirror_access;
 #[path = "auth_platform/reload.rs"]
 mod reload;
 #[path = "auth_platform/support.rs"]

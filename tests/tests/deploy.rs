@@ -131,6 +131,11 @@ fn serves(config_text: &str, what: &str) -> TestPier {
         let r = http::get(pier.admin_addr, path);
         r.expect_status(200, &format!("{what}: GET {path} on the admin listener"));
     }
+    // The probes answer on the registry listener too (the shipped files probe there).
+    for path in ["/healthz", "/readyz"] {
+        let r = http::get(pier.addr, path);
+        r.expect_status(200, &format!("{what}: GET {path} on the registry listener"));
+    }
     http::get(pier.addr, "/v2/").expect_status(200, &format!("{what}: GET /v2/"));
     pier
 }
@@ -141,22 +146,21 @@ fn the_edge_configmap_starts_pier_and_its_ports_and_probes_match() {
     let toml = configmap_toml(&read("deploy/kubernetes/edge/configmap.yaml"));
     // Ports the pod publishes are the ones the config listens on.
     let registry = toml_port(&toml, "listen");
-    let admin = toml_port(&toml, "admin_listen");
     assert!(
         ds.contains(&format!("name: registry, containerPort: {registry}")),
         "{ds}"
     );
-    assert!(
-        ds.contains(&format!("name: admin, containerPort: {admin}")),
-        "{ds}"
-    );
+    admin_not_exposed(&toml, &ds, "edge");
     // The config mount and the --config path agree.
     assert!(
         ds.contains("mountPath: /etc/pier,")
             && ds.contains("\"--config\", \"/etc/pier/pier.toml\"")
     );
-    // Probe paths are admin paths that answer.
-    for probe in ["path: /readyz, port: admin", "path: /healthz, port: admin"] {
+    // Probe paths answer on the registry port (`serves` checks them).
+    for probe in [
+        "path: /readyz, port: registry",
+        "path: /healthz, port: registry",
+    ] {
         assert!(ds.contains(probe), "daemonset probes {probe}");
     }
     let pier = serves(&toml, "edge ConfigMap");
@@ -184,6 +188,15 @@ fn the_systemd_config_and_the_image_defaults_start_pier() {
             "CMD listens on {port}: {cmd}"
         );
     }
+    // The image has no [auth]: its admin API stays on loopback and is not exposed.
+    assert!(
+        cmd.contains("\"--admin-listen\", \"127.0.0.1:"),
+        "the image's admin listener is loopback only: {cmd}"
+    );
+    assert!(
+        !expose.contains("5001"),
+        "the image exposes no admin port: {expose}"
+    );
     // The plugins the image copies are the ones the plugins workspace builds.
     let built = pier_e2e::plugins::build();
     for (name, path) in [
@@ -198,6 +211,25 @@ fn the_systemd_config_and_the_image_defaults_start_pier() {
             path.ends_with(name),
             "{} is what the build produces",
             path.display()
+        );
+    }
+}
+
+/// A config without `[auth]` keeps the admin API on loopback, and the pod publishes no
+/// admin port.
+fn admin_not_exposed(toml: &str, pod: &str, what: &str) {
+    let line = toml
+        .lines()
+        .find(|l| l.trim_start().starts_with("admin_listen ="))
+        .unwrap_or_else(|| panic!("{what}: admin_listen in\n{toml}"));
+    if !toml.contains("[auth]") {
+        assert!(
+            line.contains("\"127.0.0.1:") && !toml.contains("admin_insecure"),
+            "{what}: an unauthenticated admin API must stay on loopback: {line}"
+        );
+        assert!(
+            !pod.contains("name: admin,"),
+            "{what}: the pod publishes the unauthenticated admin port"
         );
     }
 }
@@ -235,11 +267,11 @@ fn the_ha_configmap_runs_on_s3_and_redis() {
         "name: registry, containerPort: {}",
         toml_port(&toml, "listen")
     )));
-    assert!(dep.contains(&format!(
-        "name: admin, containerPort: {}",
-        toml_port(&toml, "admin_listen")
-    )));
-    for probe in ["path: /readyz, port: admin", "path: /healthz, port: admin"] {
+    admin_not_exposed(&toml, &dep, "HA");
+    for probe in [
+        "path: /readyz, port: registry",
+        "path: /healthz, port: registry",
+    ] {
         assert!(dep.contains(probe), "deployment probes {probe}");
     }
     assert!(dep.contains("kind: PodDisruptionBudget") && dep.contains("replicas: 3"));
@@ -306,6 +338,7 @@ fn the_ha_configmap_runs_on_s3_and_redis() {
         .start();
     for path in ["/healthz", "/readyz"] {
         http::get(pier.admin_addr, path).expect_status(200, &format!("HA config: {path}"));
+        http::get(pier.addr, path).expect_status(200, &format!("HA config: {path} (registry)"));
     }
     let data = pier_e2e::random_bytes(100_000);
     let digest = pier_e2e::push_blob(pier.addr, "team/app", &data);

@@ -12,6 +12,6 @@ mod registry;
 
 pub use error::{CoreError, Result};
 pub use lease::{Leases, MemoryLeases};
-pub use mirror::{FillObserver, Mirror, MirrorBlob, MirrorConfig, Target, UpstreamSpec};
+pub use mirror::{FillObserver, Mirror, MirrorBlob, MirrorConfig, Place, Target, UpstreamSpec};
 pub use page::{Page, paginate};
 pub use registry::{Change, ChangeSink, ManifestContent, PutManifest, Registry, Stores};

@@ -59,6 +59,28 @@ pub struct MirrorConfig {
     pub local_namespaces: Vec<String>,
 }
 
+/// Where a request's repository lives (see [`Mirror::place`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// A local repository: readable and writable as the access policy says.
+    Local,
+    /// Content of an upstream, kept under [`Target::local`]: read-only to clients.
+    Mirrored(Target),
+    /// `?ns=` named a registry that no upstream is: nothing to read, nothing to write.
+    UnknownNamespace(String),
+}
+
+impl Place {
+    /// The repository whose content a request for `requested` reaches: what access is
+    /// decided on.
+    pub fn served<'a>(&'a self, requested: &'a RepoName) -> &'a RepoName {
+        match self {
+            Place::Mirrored(t) => &t.local,
+            Place::Local | Place::UnknownNamespace(_) => requested,
+        }
+    }
+}
+
 /// Where a mirrored request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -471,6 +493,22 @@ impl Mirror {
             local: format!("{}/{remote}", spec.name).parse().ok()?,
             remote: remote.parse().ok()?,
         })
+    }
+
+    /// Where a request's repository lives: by containerd's `?ns=`, by a path prefix
+    /// naming an upstream, by the default upstream, or locally. An `?ns=` naming no
+    /// configured upstream is [`Place::UnknownNamespace`]: never local, so a write can't
+    /// land in an upstream's cache namespace by naming a bogus registry.
+    pub fn place(&self, repo: &RepoName, ns: Option<&str>) -> Place {
+        if let Some(ns) = ns
+            && !self.config.upstreams.iter().any(|u| u.namespace == ns)
+        {
+            return Place::UnknownNamespace(ns.to_owned());
+        }
+        match self.route(repo, ns) {
+            Some(t) => Place::Mirrored(t),
+            None => Place::Local,
+        }
     }
 
     /// Whether (and where) a repository is mirrored: by containerd's `?ns=`, by a path
@@ -1260,6 +1298,18 @@ mod tests {
             m.route(&"x".parse().unwrap(), Some("other.example"))
                 .is_none()
         );
+        // A bogus ?ns= is never local: the cache namespace can't be written through it.
+        let cached: RepoName = "up/library/alpine".parse().unwrap();
+        assert_eq!(
+            m.place(&cached, Some("bogus")),
+            Place::UnknownNamespace("bogus".into())
+        );
+        assert_eq!(m.place(&cached, None), Place::Mirrored(t.clone()));
+        let team: RepoName = "team/app".parse().unwrap();
+        assert_eq!(m.place(&team, None), Place::Local);
+        let alpine: RepoName = "library/alpine".parse().unwrap();
+        let by_ns = m.place(&alpine, Some("up.example"));
+        assert_eq!(by_ns.served(&alpine), &t.local);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

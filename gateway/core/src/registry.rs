@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use pier_oci::{
-    Algorithm, Descriptor, Digest, MAX_MANIFEST_SIZE, Manifest, Reference, RepoName, Tag,
-    media_types,
+    Algorithm, Descriptor, Digest, MAX_MANIFEST_SIZE, Manifest, ManifestError, Reference, RepoName,
+    Tag, media_types,
 };
 use pier_storage::{
     BlobBody, BlobRead, BlobStore, ByteStream, ManifestStore, RangeSpec, RepoStore, UploadId,
@@ -509,10 +509,23 @@ impl Registry {
         }
         let _gc = self.gc.enter(referenced(&manifest, &digest)).await;
         for d in manifest.blob_references() {
-            if !self.blob_linked(repo, &d.digest).await?
-                || self.stores.blobs.stat(&d.digest).await?.is_none()
-            {
+            if !self.blob_linked(repo, &d.digest).await? {
                 return Err(CoreError::ManifestBlobUnknown(d.digest.clone()));
+            }
+            match self.stores.blobs.stat(&d.digest).await? {
+                None => return Err(CoreError::ManifestBlobUnknown(d.digest.clone())),
+                // A client trusting the descriptor would read past the blob's end or stop
+                // short of it: refuse it where it is written.
+                Some(size) if size != d.size => {
+                    return Err(CoreError::ManifestInvalid(ManifestError::BadDescriptor {
+                        field: "descriptor size",
+                        reason: format!(
+                            "{} says {} bytes, but the blob holds {size}",
+                            d.digest, d.size
+                        ),
+                    }));
+                }
+                Some(_) => {}
             }
         }
         for child in &manifest.manifests {

@@ -16,6 +16,8 @@ use pier_auth::revoke::Revocations;
 use pier_auth::scope::{self, ResourceActions};
 use pier_auth::token::{Claims, TokenService};
 use pier_auth::{AccessRequest, Action, AuthError, Authorizer, Credentials, Decision, Subject};
+use pier_core::Mirror;
+use pier_oci::RepoName;
 use serde_json::json;
 
 use crate::body::{RespBody, full};
@@ -64,9 +66,20 @@ async fn read_form(req: Request<Incoming>) -> Result<Vec<(String, String)>, ApiE
     Ok(crate::query::parse(&String::from_utf8_lossy(&body)))
 }
 
+/// The repository a request is authorized on: the one whose content it reaches (for a
+/// mirrored name, the upstream's cache namespace, e.g. `library/app?ns=hub.example` is
+/// `hub/library/app`), and the path's own name when a token granted for it also counts.
+#[derive(Debug, Clone, Copy)]
+pub struct Served<'a> {
+    pub repo: Option<&'a RepoName>,
+    /// Set when no `?ns=` was given: the token endpoint decides a path name on the
+    /// content it routes to, so a token for the path's name grants the same.
+    pub alias: Option<&'a RepoName>,
+}
+
 /// What a request needs: (repository, action) pairs; none for `/v2/` and the catalog.
-fn needs(route: &Route, method: &Method) -> Vec<(String, Action)> {
-    let Some(repo) = route.repository() else {
+fn needs(route: &Route, repo: Option<&RepoName>, method: &Method) -> Vec<(String, Action)> {
+    let Some(repo) = repo else {
         return Vec::new();
     };
     let action = match (route, method) {
@@ -127,18 +140,18 @@ fn presented(headers: &HeaderMap, client: &str) -> Presented {
 }
 
 impl AccessControl {
-    fn realm(&self, headers: &HeaderMap, conn: &ConnInfo) -> String {
+    /// The configured realm, or one on the request's `Host` when that is a valid host
+    /// name or address (never the client's address, never a string it chose freely).
+    fn realm(&self, headers: &HeaderMap, conn: &ConnInfo) -> Option<String> {
         if let Some(r) = &self.realm {
-            return r.clone();
+            return Some(r.clone());
         }
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .filter(|h| !h.is_empty() && !h.contains(['"', '\\', ' ']))
-            .map(str::to_owned)
-            .unwrap_or_else(|| conn.peer.to_string());
+            .filter(|h| valid_host(h))?;
         let scheme = if conn.tls { "https" } else { "http" };
-        format!("{scheme}://{host}{TOKEN_PATH}")
+        Some(format!("{scheme}://{host}{TOKEN_PATH}"))
     }
 
     fn challenge(
@@ -150,7 +163,7 @@ impl AccessControl {
     ) -> String {
         let mut c = format!(
             "Bearer realm=\"{}\",service=\"{}\"",
-            self.realm(headers, conn),
+            self.realm(headers, conn).unwrap_or_default(),
             self.tokens.service()
         );
         if let Some(s) = scope {
@@ -167,12 +180,26 @@ impl AccessControl {
     pub async fn check(
         &self,
         route: &Route,
+        served: Served<'_>,
         req: &mut Request<Incoming>,
         conn: &ConnInfo,
     ) -> Result<(), ApiError> {
         let client = conn.peer.to_string();
-        let needs = needs(route, req.method());
-        let scope = scope_for(route, &needs);
+        if self.realm(req.headers(), conn).is_none() {
+            return Err(ApiError::BadHost);
+        }
+        let needs = needs(route, served.repo, req.method());
+        // The challenge names the path's name when a token for it counts (clients such as
+        // docker ask for their own name's scope anyway), else the content's.
+        let scope = scope_for(
+            route,
+            &self::needs(route, served.alias.or(served.repo), req.method()),
+        );
+        let alias_allows = |claims: &Claims, action: &Action| {
+            served
+                .alias
+                .is_some_and(|p| claims.allows("repository", p.as_str(), action.as_str()))
+        };
         let challenge =
             |error: Option<&str>| self.challenge(req.headers(), conn, scope.clone(), error);
         let subject = match presented(req.headers(), &client) {
@@ -203,10 +230,9 @@ impl AccessControl {
                         denied: false,
                     });
                 }
-                if let Some((repo, action)) = needs
-                    .iter()
-                    .find(|(r, a)| !claims.allows("repository", r, a.as_str()))
-                {
+                if let Some((repo, action)) = needs.iter().find(|(r, a)| {
+                    !claims.allows("repository", r, a.as_str()) && !alias_allows(&claims, a)
+                }) {
                     return Err(ApiError::Unauthorized {
                         challenge: challenge(Some("insufficient_scope")),
                         message: format!(
@@ -449,6 +475,7 @@ impl AccessControl {
         &self,
         req: Request<Incoming>,
         conn: &ConnInfo,
+        mirror: Option<&Mirror>,
     ) -> Result<Response<RespBody>, ApiError> {
         let client = conn.peer.to_string();
         let method = req.method().clone();
@@ -559,7 +586,7 @@ impl AccessControl {
             requested.push(ResourceActions::parse(s).map_err(ApiError::Auth)?);
         }
         let granted = self
-            .grant(&subject, scope::merge(requested), &client)
+            .grant(&subject, scope::merge(requested), &client, mirror)
             .await?;
         let groups = match &subject {
             Subject::User(i) => i.groups.clone(),
@@ -637,10 +664,13 @@ impl AccessControl {
         subject: &Subject,
         requested: Vec<ResourceActions>,
         client: &str,
+        mirror: Option<&Mirror>,
     ) -> Result<Vec<ResourceActions>, ApiError> {
         let mut out = Vec::new();
         for r in requested {
             let mut actions = Vec::new();
+            // Decided on the content the name reaches (a request without `?ns=`).
+            let decided_on = served_name(mirror, &r.name);
             match r.kind.as_str() {
                 // The catalog is filtered per caller, so anyone may ask for it.
                 "registry" if r.name == "catalog" => actions = r.actions.clone(),
@@ -653,7 +683,10 @@ impl AccessControl {
                         };
                         let mut all = !wanted.is_empty();
                         for w in wanted {
-                            all &= self.decide(subject, w, &r.name, client).await?.is_allow();
+                            all &= self
+                                .decide(subject, w, &decided_on, client)
+                                .await?
+                                .is_allow();
                         }
                         if all {
                             actions.push(a.clone());
@@ -678,6 +711,40 @@ impl AccessControl {
 #[derive(Debug, Clone)]
 pub struct TokenClaims(pub Arc<Claims>);
 
+/// `host[:port]` with a DNS name or an IP address (`[v6]` with brackets).
+fn valid_host(h: &str) -> bool {
+    let (host, port) = match h.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, tail)) if v6.parse::<std::net::Ipv6Addr>().is_ok() => ("v6", tail),
+            _ => return false,
+        },
+        None => match h.rsplit_once(':') {
+            Some((host, _)) => (host, &h[host.len()..]),
+            None => (h, ""),
+        },
+    };
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| {
+            !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+        });
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    port_ok && host_ok
+}
+
+/// The repository a request for `name` without `?ns=` reaches.
+fn served_name(mirror: Option<&Mirror>, name: &str) -> String {
+    match (mirror, name.parse::<RepoName>()) {
+        (Some(m), Ok(n)) => m.place(&n, None).served(&n).to_string(),
+        _ => name.to_owned(),
+    }
+}
+
 /// The scope a client should ask for to make this request.
 fn scope_for(route: &Route, needs: &[(String, Action)]) -> Option<String> {
     if matches!(route, Route::Catalog) {
@@ -693,10 +760,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hosts_for_the_realm() {
+        for ok in [
+            "registry.example:5000",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "localhost",
+            "a-b.c",
+        ] {
+            assert!(valid_host(ok), "{ok}");
+        }
+        for bad in [
+            "", "evil\"", "a b", "x:", "x:123456", "[::1", "a..b", "a/b", "u@h", ":80",
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn requests_map_to_the_actions_they_need() {
         let r = |p: &str| crate::route::parse(p).unwrap();
         let n = |p: &str, m: Method| {
-            needs(&r(p), &m)
+            needs(&r(p), r(p).repository(), &m)
                 .into_iter()
                 .map(|(_, a)| a)
                 .collect::<Vec<_>>()
@@ -727,7 +812,11 @@ mod tests {
         assert_eq!(
             scope_for(
                 &r("/v2/a/blobs/uploads/"),
-                &needs(&r("/v2/a/blobs/uploads/"), &Method::POST)
+                &needs(
+                    &r("/v2/a/blobs/uploads/"),
+                    Some(&"a".parse().unwrap()),
+                    &Method::POST
+                )
             ),
             Some("repository:a:pull,push".into())
         );

@@ -36,6 +36,10 @@ pub enum ApiError {
     Body(String),
     #[error("repository {0} is a read-only mirror of an upstream registry")]
     MirrorReadOnly(String),
+    #[error("the request has no valid Host header to name the token service by")]
+    BadHost,
+    #[error("repository {repo}: ?ns={ns} names no upstream registry of this mirror")]
+    NamespaceUnknown { repo: String, ns: String },
     /// 401 with a `WWW-Authenticate` challenge (none when `challenge` is empty);
     /// `denied`: the credentials are valid but don't grant the access (code DENIED).
     #[error("{message}")]
@@ -169,6 +173,8 @@ fn classify(
         ),
         ApiError::Body(_) => simple(C::BlobUploadInvalid),
         ApiError::MirrorReadOnly(_) => simple(C::Unsupported),
+        ApiError::BadHost => (StatusCode::BAD_REQUEST, C::Unsupported, none, vec![]),
+        ApiError::NamespaceUnknown { .. } => (StatusCode::NOT_FOUND, C::NameUnknown, none, vec![]),
         ApiError::Unauthorized {
             challenge, denied, ..
         } => (
@@ -239,6 +245,48 @@ impl ApiError {
     /// Whether an upstream registry is at fault.
     pub fn is_upstream(&self) -> bool {
         matches!(self, ApiError::Core(CoreError::Upstream(_)))
+    }
+
+    /// The token endpoint's error response: OAuth2's `error` and `error_description`
+    /// (RFC 6749 §5.2) beside the registry's `errors`, which docker's GET flow reads.
+    pub fn into_token_response(self) -> Response<RespBody> {
+        let (oauth, status) = match &self {
+            ApiError::Unauthorized { .. } => ("invalid_grant", None),
+            ApiError::Body(_) => ("invalid_request", Some(StatusCode::BAD_REQUEST)),
+            ApiError::Auth(pier_auth::AuthError::Scope { .. }) => ("invalid_scope", None),
+            ApiError::Auth(pier_auth::AuthError::Invalid(m)) if m.contains("grant_type") => {
+                ("unsupported_grant_type", None)
+            }
+            ApiError::Auth(pier_auth::AuthError::Invalid(_)) => ("invalid_request", None),
+            ApiError::MethodNotAllowed(_) => ("invalid_request", None),
+            e if e.is_internal() => ("server_error", None),
+            _ => ("temporarily_unavailable", None),
+        };
+        let description = if self.is_internal() {
+            "internal error; see the server log".to_owned()
+        } else {
+            chain(&self)
+        };
+        let resp = self.into_response();
+        let (mut parts, _) = resp.into_parts();
+        if let Some(s) = status {
+            parts.status = s;
+        }
+        let code = match parts.status {
+            StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
+            StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
+            StatusCode::METHOD_NOT_ALLOWED => "UNSUPPORTED",
+            s if s.is_server_error() => "UNKNOWN",
+            _ => "UNSUPPORTED",
+        };
+        let body = json!({
+            "error": oauth,
+            "error_description": description,
+            "errors": [{"code": code, "message": description}],
+        });
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        Response::from_parts(parts, full(bytes.into()))
     }
 
     /// The OCI error response for this error.

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
-use pier_core::{ManifestContent, Mirror, MirrorBlob, Page, Target};
+use pier_core::{ManifestContent, Mirror, MirrorBlob, Page, Place, Target};
 use pier_oci::{Digest, MAX_MANIFEST_SIZE, Reference, RepoName, media_types};
 use pier_storage::{BlobBody, BlobRead, UploadId, UploadStatus};
 use serde_json::json;
@@ -20,18 +20,41 @@ use crate::route::Route;
 
 type HandlerResult = Result<Response<RespBody>, ApiError>;
 
+/// Where a request's repository lives: local unless a mirror is configured and routes it.
+pub(crate) fn place(state: &AppState, route: &Route, req: &Request<Incoming>) -> Place {
+    match (&state.mirror, route.repository()) {
+        (Some(mirror), Some(repo)) => {
+            let params = query_params(req);
+            mirror.place(repo, query(&params, "ns"))
+        }
+        _ => Place::Local,
+    }
+}
+
 pub(crate) async fn dispatch(
     state: &Arc<AppState>,
     route: Route,
+    place: Place,
     req: Request<Incoming>,
 ) -> HandlerResult {
-    if let (Some(mirror), Some(repo)) = (&state.mirror, route.repository()) {
-        let params = query_params(&req);
-        if let Some(target) = mirror.route(repo, query(&params, "ns")) {
+    let method = req.method().clone();
+    match (place, &state.mirror) {
+        (Place::Mirrored(target), Some(mirror)) => {
             return mirrored(state, mirror, &target, route, req).await;
         }
+        (Place::UnknownNamespace(ns), _) => {
+            let repo = route
+                .repository()
+                .map(|r| r.to_string())
+                .unwrap_or_default();
+            return Err(if method == Method::GET || method == Method::HEAD {
+                ApiError::NamespaceUnknown { repo, ns }
+            } else {
+                ApiError::MirrorReadOnly(repo)
+            });
+        }
+        _ => {}
     }
-    let method = req.method().clone();
     match (route, &method) {
         (Route::Base, &Method::GET | &Method::HEAD) => Ok(json_response(
             StatusCode::OK,

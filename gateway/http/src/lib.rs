@@ -17,7 +17,7 @@ pub mod range;
 pub mod route;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, header};
@@ -41,6 +41,8 @@ pub struct AppState {
     pub events: Option<Arc<dyn events::EventSink>>,
     /// Where manifest pulls are noted (last pull per tag); `None`: nowhere.
     pub pulls: Option<Arc<dyn activity::PullRecorder>>,
+    /// Cleared when the server stops taking work (`/readyz` then answers 503).
+    pub ready: Arc<AtomicBool>,
     request_ids: AtomicU64,
     id_prefix: String,
 }
@@ -59,6 +61,7 @@ impl AppState {
             access: None,
             events: None,
             pulls: None,
+            ready: Arc::new(AtomicBool::new(true)),
             request_ids: AtomicU64::new(0),
             id_prefix,
         }
@@ -88,12 +91,36 @@ impl AppState {
     }
 }
 
+/// `GET /healthz` and `/readyz` on the registry listener too, so probes need no admin
+/// listener reachable from the network.
+fn probe(state: &AppState, req: &Request<Incoming>) -> Option<Response<RespBody>> {
+    if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+        return None;
+    }
+    let (status, text) = match req.uri().path() {
+        "/healthz" => (http::StatusCode::OK, "ok\n"),
+        "/readyz" if state.ready.load(Ordering::Relaxed) => (http::StatusCode::OK, "ready\n"),
+        "/readyz" => (http::StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        _ => return None,
+    };
+    let mut r = Response::new(body::full(bytes::Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Some(r)
+}
+
 /// Serves one registry request: dispatch, access log line, metrics.
 pub async fn serve(
     state: Arc<AppState>,
     conn: ConnInfo,
     mut req: Request<Incoming>,
 ) -> Result<Response<RespBody>, std::convert::Infallible> {
+    if let Some(r) = probe(&state, &req) {
+        return Ok(r);
+    }
     let start = Instant::now();
     let in_flight = state.metrics.start();
     let request_id = state.next_request_id();
@@ -114,13 +141,39 @@ pub async fn serve(
     };
     req.extensions_mut().insert(conn);
     let mut resp = match (route, &state.access) {
-        (Err(_), Some(ac)) if path == auth::TOKEN_PATH => ac.token_endpoint(req, &conn).await,
+        (Err(_), Some(ac)) if path == auth::TOKEN_PATH => Ok(ac
+            .token_endpoint(req, &conn, state.mirror.as_deref())
+            .await
+            .unwrap_or_else(error::ApiError::into_token_response)),
         (Err(_), Some(ac)) if path == auth::REVOKE_PATH => ac.revoke_endpoint(req).await,
-        (Ok(r), Some(ac)) => match ac.check(&r, &mut req, &conn).await {
-            Ok(()) => handlers::dispatch(&state, r, req).await,
-            Err(e) => Err(e),
-        },
-        (Ok(r), None) => handlers::dispatch(&state, r, req).await,
+        (Ok(r), Some(ac)) => {
+            // Route first, then authorize the repository whose content is served.
+            let place = handlers::place(&state, &r, &req);
+            let ns_given = req
+                .uri()
+                .query()
+                .is_some_and(|q| query::parse(q).iter().any(|(k, _)| k == "ns"));
+            let served = auth::Served {
+                repo: r.repository().map(|n| place.served(n)),
+                alias: r.repository().filter(|_| !ns_given),
+            };
+            match ac.check(&r, served, &mut req, &conn).await {
+                Ok(()) => handlers::dispatch(&state, r, place, req).await,
+                Err(e) => Err(e),
+            }
+        }
+        (Ok(r), None) => {
+            let place = handlers::place(&state, &r, &req);
+            handlers::dispatch(&state, r, place, req).await
+        }
+        // A tag that can't exist is a manifest that isn't there (as distribution and the
+        // conformance suite say); only a push by it is an invalid tag.
+        (Err(route::RouteError::Reference(_)), _)
+            if method == http::Method::GET || method == http::Method::HEAD =>
+        {
+            let reference = path.rsplit('/').next().unwrap_or_default().to_owned();
+            Err(pier_core::CoreError::ManifestUnknown(reference).into())
+        }
         (Err(e), _) => Err(e.into()),
     }
     .unwrap_or_else(error::ApiError::into_response);

@@ -15,6 +15,15 @@ struct Histogram {
     sum: f64,
 }
 
+/// The `method` label: the methods HTTP defines, anything else `other`, so a client can't
+/// grow the series without bound by inventing method names.
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    KNOWN.into_iter().find(|m| *m == method).unwrap_or("other")
+}
+
 /// Counters shared by every connection.
 #[derive(Default)]
 pub struct Metrics {
@@ -53,7 +62,7 @@ impl Metrics {
             .requests
             .lock()
             .expect("metrics poisoned")
-            .entry((route, method.to_owned(), status))
+            .entry((route, method_label(method).to_owned(), status))
             .or_default() += 1;
         let secs = took.as_secs_f64();
         let mut d = self.durations.lock().expect("metrics poisoned");
@@ -179,5 +188,16 @@ mod tests {
                 "pier_http_request_duration_seconds_bucket{route=\"blob\",le=\"0.001\"} 0"
             )
         );
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(super::method_label("GET"), "GET");
+        assert_eq!(super::method_label("PATCH"), "PATCH");
+        assert_eq!(super::method_label("XYZZY-1"), "other");
+        assert_eq!(super::method_label("get"), "other");
     }
 }

@@ -20,13 +20,15 @@ pub struct AccountFiles {
 }
 
 pub struct AdminState {
+    /// Host, Origin and content-type checks against browsers.
+    pub guard: crate::admin_guard::AdminGuard,
     /// The accounts files, when access control is on.
     pub accounts: Option<AccountFiles>,
     /// The dashboard's counters over time.
     pub history: crate::history::History,
     pub metrics: Arc<Metrics>,
     pub mirror: Option<Arc<pier_core::Mirror>>,
-    pub ready: AtomicBool,
+    pub ready: Arc<AtomicBool>,
     pub plugins: Arc<crate::access::Plugins>,
     /// When set, POST endpoints need basic credentials of a system administrator.
     pub access: Option<Arc<pier_http::AccessControl>>,
@@ -105,9 +107,24 @@ fn text(
 
 pub async fn serve(
     state: Arc<AdminState>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let plain = "text/plain; charset=utf-8";
+    if let Err(refused) = state.guard.check(&req) {
+        return Ok(refused.into_response());
+    }
+    // One path for the router and the credentials check alike.
+    let normalized = crate::admin_guard::normalize_path(req.uri().path());
+    if normalized != req.uri().path() {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{normalized}?{q}"),
+            None => normalized,
+        };
+        match pq.parse() {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return Ok(text(StatusCode::BAD_REQUEST, plain, "invalid path\n")),
+        }
+    }
     if req.uri().path().starts_with("/api/") {
         return Ok(crate::api::serve(&state, req).await);
     }
@@ -116,9 +133,8 @@ pub async fn serve(
     }
     let mut credentials = None;
     let path = req.uri().path().to_owned();
-    let protected = req.method() == http::Method::POST
-        || path.starts_with("/replication")
-        || path.starts_with("/events");
+    // Deny by default: only the probes and the scrape target are open.
+    let protected = !matches!(path.as_str(), "/metrics" | "/healthz" | "/readyz");
     if protected && let Some(ac) = &state.access {
         let client = req
             .extensions()

@@ -92,6 +92,10 @@ pub struct ServeArgs {
     /// How often the dashboard's history is sampled [default: 10s]
     #[arg(long, env = "PIER_HISTORY_EVERY", value_parser = parse_duration)]
     pub history_every: Option<Duration>,
+    /// Serve the admin API on a non-loopback address without access control [default: false]
+    #[arg(long, env = "PIER_ADMIN_INSECURE", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub admin_insecure: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +116,10 @@ struct FileConfig {
     cache_max_size: Option<String>,
     cache_evict_interval: Option<String>,
     history_every: Option<String>,
+    #[serde(default)]
+    admin_hostnames: Vec<String>,
+    admin_insecure: Option<bool>,
+    limits: Option<FileLimits>,
     auth: Option<FileAuth>,
     #[serde(default)]
     plugins: Vec<FilePlugin>,
@@ -119,6 +127,59 @@ struct FileConfig {
     redis: Option<pier_cluster::RedisConfig>,
     events: Option<crate::config_events::FileEvents>,
     replication: Option<crate::config_events::FileReplication>,
+}
+
+/// `[limits]`: bounds on connections (see [`crate::listen::Limits`] for the defaults).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_connections: Option<usize>,
+    admin_max_connections: Option<usize>,
+    header_read_timeout: Option<String>,
+    tls_handshake_timeout: Option<String>,
+    send_timeout: Option<String>,
+    h2_max_concurrent_streams: Option<u32>,
+    h2_keepalive: Option<String>,
+}
+
+impl FileLimits {
+    fn resolve(self, path: &Path) -> Result<crate::listen::Limits, ServerError> {
+        let mut l = crate::listen::Limits::default();
+        let positive = |d: Option<Duration>, key: &str| -> Result<Option<Duration>, ServerError> {
+            match d {
+                Some(d) if d.is_zero() => Err(ServerError::Config(format!(
+                    "{}: limits.{key} must be more than zero",
+                    path.display()
+                ))),
+                d => Ok(d),
+            }
+        };
+        if let Some(n) = self.max_connections {
+            l.max_connections = n.max(1);
+        }
+        if let Some(n) = self.admin_max_connections {
+            l.admin_max_connections = n.max(1);
+        }
+        if let Some(n) = self.h2_max_concurrent_streams {
+            l.h2_max_concurrent_streams = n.max(1);
+        }
+        let d = |v: Option<String>, key: &str| {
+            positive(file_duration(v, &format!("limits.{key}"), path)?, key)
+        };
+        if let Some(v) = d(self.header_read_timeout, "header_read_timeout")? {
+            l.header_read_timeout = v;
+        }
+        if let Some(v) = d(self.tls_handshake_timeout, "tls_handshake_timeout")? {
+            l.tls_handshake_timeout = v;
+        }
+        if let Some(v) = d(self.send_timeout, "send_timeout")? {
+            l.send_timeout = v;
+        }
+        if let Some(v) = d(self.h2_keepalive, "h2_keepalive")? {
+            l.h2_keepalive = v;
+        }
+        Ok(l)
+    }
 }
 
 #[derive(Deserialize)]
@@ -481,6 +542,12 @@ pub struct Config {
     pub cache_evict_interval: Duration,
     /// How often the dashboard's history is sampled (kept for a day, in memory).
     pub history_every: Duration,
+    /// Host names the admin listener answers to besides IP literals and `localhost`.
+    pub admin_hostnames: Vec<String>,
+    /// The operator's explicit consent to an unauthenticated admin API off loopback.
+    pub admin_insecure: bool,
+    /// Bounds on connections.
+    pub limits: crate::listen::Limits,
     /// Access control; `None`: everyone may do everything.
     pub auth: Option<AuthConfig>,
     pub plugins: Vec<PluginEntry>,
@@ -708,7 +775,25 @@ impl Config {
                     .unwrap_or(Duration::from_secs(10)),
             }
             .max(Duration::from_millis(100)),
+            admin_hostnames: file.admin_hostnames,
+            limits: file.limits.unwrap_or_default().resolve(&path)?,
+            admin_insecure: args.admin_insecure.or(file.admin_insecure).unwrap_or(false),
         })
+    }
+
+    /// Refuses an admin API anyone on the network could drive: a non-loopback
+    /// `admin_listen` without `[auth]`, unless the operator opted in.
+    pub fn check_admin_exposure(&self) -> Result<(), ServerError> {
+        if self.auth.is_some() || self.admin_listen.ip().is_loopback() || self.admin_insecure {
+            return Ok(());
+        }
+        Err(ServerError::Config(format!(
+            "admin_listen {} is reachable from the network but access control is off: anyone \
+             could delete, reconfigure and read through the admin API. Bind it to loopback \
+             (admin_listen = \"127.0.0.1:5001\"), turn on [auth], or set admin_insecure = true \
+             (--admin-insecure) if a network policy already keeps strangers out",
+            self.admin_listen
+        )))
     }
 }
 

@@ -2,11 +2,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use pier_core::{Mirror, MirrorConfig, Registry, Stores, UpstreamSpec};
@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::error::ServerError;
+use crate::listen::{Gate, Limits};
 
 /// How many tags and digests the pull log remembers (about 20 MB at most).
 const PULL_LOG_MAX: usize = 100_000;
@@ -35,14 +36,20 @@ struct Builders {
 }
 
 impl Builders {
-    fn new() -> Builders {
+    fn new(limits: &Limits) -> Builders {
         let mut b = auto::Builder::new(TokioExecutor::new());
-        b.http1().keep_alive(true);
+        b.http1()
+            .keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
         b.http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(limits.h2_keepalive)
+            .keep_alive_timeout(limits.h2_keepalive)
             .initial_stream_window_size(4 * 1024 * 1024)
             .initial_connection_window_size(16 * 1024 * 1024)
             .max_frame_size(1024 * 1024 - 1)
-            .max_concurrent_streams(256);
+            .max_concurrent_streams(limits.h2_max_concurrent_streams);
         Builders {
             sniff: b.clone(),
             h1: b.clone().http1_only(),
@@ -120,6 +127,8 @@ async fn open_storage(
 }
 
 pub async fn run(config: Config) -> Result<(), ServerError> {
+    config.check_admin_exposure()?;
+    crate::listen::raise_fd_limit();
     // The root holds Pier's own state (keys, plugin cache) whatever the blob backend.
     std::fs::create_dir_all(&config.root)?;
     let shared = match &config.redis {
@@ -202,6 +211,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let listener = bind(config.listen).await?;
     let admin_listener = bind(config.admin_listen).await?;
     let admin_state = Arc::new(AdminState {
+        guard: crate::admin_guard::AdminGuard::new(&config.admin_hostnames),
         history: crate::history::History::open(
             config.history_every,
             config.root.join("pier").join("history.jsonl"),
@@ -213,7 +223,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         }),
         metrics,
         mirror,
-        ready: AtomicBool::new(true),
+        ready: state.ready.clone(),
         plugins: plugins.clone(),
         access,
         root: config.root.clone(),
@@ -235,7 +245,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         "pier serving"
     );
 
-    let admin_task = tokio::spawn(admin_loop(admin_listener, admin_state.clone()));
+    let admin_task = tokio::spawn(admin_loop(
+        admin_listener,
+        admin_state.clone(),
+        config.limits.clone(),
+    ));
     let history_task = tokio::spawn(crate::history::run(Arc::downgrade(&admin_state)));
     let evict_task = match (&admin_state.mirror, config.cache_max_size) {
         (Some(m), Some(max)) => Some(tokio::spawn(evict_loop(
@@ -250,25 +264,27 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let hup_task = tokio::spawn(reload_on_sighup(plugins.clone()));
     let pulls_task = tokio::spawn(pulls.clone().run(PULL_LOG_FLUSH));
 
-    let builders = Builders::new();
+    let limits = Arc::new(config.limits.clone());
+    let builders = Builders::new(&limits);
+    let gate = Gate::new("registry", limits.max_connections);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+            (stream, peer) = crate::listen::accept(&listener, "registry") => {
+                let Some(permit) = gate.admit() else {
+                    if tls.is_none() {
+                        tokio::spawn(crate::listen::refuse_plain(stream));
                     }
+                    continue;
                 };
                 let _ = stream.set_nodelay(true);
                 let watcher = graceful.watcher();
                 let (state, builders, tls, h2c) = (state.clone(), builders.clone(), tls.clone(), config.h2c);
+                let limits = limits.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = connection(stream, peer, state, builders, tls, h2c, watcher).await {
+                    let _permit = permit;
+                    if let Err(e) = connection(stream, peer, state, builders, tls, h2c, &limits, watcher).await {
                         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
                     }
                 });
@@ -308,6 +324,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -315,6 +332,7 @@ async fn connection(
     builders: Builders,
     tls: Option<TlsAcceptor>,
     h2c: bool,
+    limits: &Limits,
     watcher: hyper_util::server::graceful::Watcher,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let info = pier_http::ConnInfo {
@@ -322,9 +340,14 @@ async fn connection(
         tls: tls.is_some(),
     };
     let svc = service_fn(move |req| pier_http::serve(state.clone(), info, req));
+    crate::listen::first_bytes(&stream, limits).await?;
+    let stream = crate::listen::with_send_timeout(stream, limits);
     match tls {
         Some(acceptor) => {
-            let tls_stream = acceptor.accept(stream).await?;
+            let tls_stream =
+                tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream))
+                    .await
+                    .map_err(|_| "TLS handshake timed out")??;
             let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let builder = if h2 { &builders.h2 } else { &builders.h1 };
             let conn = builder
@@ -395,15 +418,23 @@ fn mirror(
     Ok(Some(Arc::new(mirror)))
 }
 
-async fn admin_loop(listener: TcpListener, state: Arc<AdminState>) {
-    let builder = hyper::server::conn::http1::Builder::new();
+async fn admin_loop(listener: TcpListener, state: Arc<AdminState>, limits: Limits) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let gate = Gate::new("admin", limits.admin_max_connections);
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
+        let (stream, peer) = crate::listen::accept(&listener, "admin").await;
+        let Some(permit) = gate.admit() else {
+            tokio::spawn(crate::listen::refuse_plain(stream));
             continue;
         };
         let state = state.clone();
         let builder = builder.clone();
+        let stream = crate::listen::with_send_timeout(stream, &limits);
         tokio::spawn(async move {
+            let _permit = permit;
             let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(peer);
                 admin::serve(state.clone(), req)

@@ -28,8 +28,6 @@ const SMALL_BLOB: u64 = 2 * 1024 * 1024;
 /// Reads at least this large are served from a memory map instead of a copy.
 const MMAP_MIN: u64 = 64 * 1024;
 const CHUNK: usize = 256 * 1024;
-/// How many chunks a stream reads ahead of the client.
-const READ_AHEAD: usize = 1;
 /// While an upload streams in, its bytes are handed to the disk every this many bytes, so
 /// the fsync at commit has little left to do.
 const WRITEBACK_EVERY: u64 = 32 * 1024 * 1024;
@@ -76,7 +74,14 @@ pub struct FsStore {
     layout: Layout,
     sessions: Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<Session>>>>,
     catalog: CatalogCache,
+    /// Setting and deleting one tag are one directory's writes and its removal: they take
+    /// turns (a stripe per tag hash), or a removal meets a new file ("Directory not
+    /// empty") and a write meets a removed directory (ENOENT).
+    tag_locks: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// Stripes of [`FsStore::tag_locks`].
+const TAG_LOCKS: usize = 64;
 
 /// How long a walked catalog answers [`RepoStore::repositories`] (a repository this store
 /// creates shows at once; one made or removed by another process on the same root, e.g.
@@ -316,27 +321,55 @@ fn hash_file(path: &Path, algorithm: Algorithm) -> Result<(Digest, u64)> {
     Ok((h.finish(), n))
 }
 
-/// Streams `len` bytes of `file` from `start` in chunks, read on a blocking thread a few
-/// chunks ahead of the consumer; stops when the consumer goes away.
+/// Streams `len` bytes of `file` from `start` in chunks. Each chunk is read on a blocking
+/// thread only when the consumer asks for the previous one (one chunk ahead), so a client
+/// that stops reading parks no thread: the read is done and waits as data, and the stream
+/// is dropped with its connection. (A thread per stream that waited to hand over its next
+/// chunk let a few hundred non-reading clients take every blocking thread of the runtime.)
 pub(crate) fn stream_file(file: File, start: u64, len: u64) -> ByteStream {
-    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
-    tokio::task::spawn_blocking(move || {
-        let mut off = start;
-        let end = start + len;
-        while off < end {
-            let n = (CHUNK as u64).min(end - off);
-            // A mapped window costs no copy and no heap; it leaves the process's memory
-            // when the client has been sent it.
-            let item = read_range(&file, off, n);
-            let failed = item.is_err();
-            if tx.blocking_send(item).is_err() || failed {
+    type Read = tokio::task::JoinHandle<io::Result<Bytes>>;
+    struct State {
+        file: Arc<File>,
+        off: u64,
+        end: u64,
+        next: Option<Read>,
+    }
+    impl State {
+        /// Starts reading the chunk at `off`, if any is left.
+        fn read_ahead(&mut self) {
+            if self.off >= self.end {
+                self.next = None;
                 return;
             }
-            off += n;
+            let n = (CHUNK as u64).min(self.end - self.off);
+            let (file, off) = (self.file.clone(), self.off);
+            self.off += n;
+            // A mapped window costs no copy and no heap; it leaves the process's memory
+            // when the client has been sent it.
+            self.next = Some(tokio::task::spawn_blocking(move || {
+                read_range(&file, off, n)
+            }));
         }
-    });
-    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+    }
+    let mut state = State {
+        file: Arc::new(file),
+        off: start,
+        end: start + len,
+        next: None,
+    };
+    state.read_ahead();
+    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+        let read = st.next.take()?;
+        let item = match read.await {
+            Ok(item) => item,
+            Err(e) => Err(io::Error::other(format!("blob read task failed: {e}"))),
+        };
+        if item.is_err() {
+            st.off = st.end;
+        } else {
+            st.read_ahead();
+        }
+        Some((item, st))
     }))
 }
 
@@ -350,7 +383,17 @@ impl FsStore {
             layout,
             sessions: Mutex::new(HashMap::new()),
             catalog: CatalogCache::default(),
+            tag_locks: (0..TAG_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         })
+    }
+
+    fn tag_lock(&self, repo: &RepoName, tag: &Tag) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (repo, tag).hash(&mut h);
+        &self.tag_locks[(h.finish() % TAG_LOCKS as u64) as usize]
     }
 
     pub fn layout(&self) -> &Layout {
@@ -673,6 +716,7 @@ impl ManifestStore for FsStore {
         let current = self.layout.tag_current_link(repo, tag);
         let index = self.layout.tag_index_link(repo, tag, digest);
         let content = digest.to_string();
+        let _turn = self.tag_lock(repo, tag).lock().await;
         let written = blocking(move || {
             write_atomic(&index, content.as_bytes())?;
             write_atomic(&current, content.as_bytes())
@@ -684,6 +728,7 @@ impl ManifestStore for FsStore {
 
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
         let dir = self.layout.tag_dir(repo, tag);
+        let _turn = self.tag_lock(repo, tag).lock().await;
         blocking(move || remove_tree(&dir)).await
     }
 
@@ -806,15 +851,14 @@ impl UploadStore for FsStore {
     }
 
     async fn status(&self, repo: &RepoName, id: &UploadId) -> Result<UploadStatus> {
-        let session = self.session(repo, id);
-        let _guard = session.lock().await;
+        // Without the session's lock: a PATCH streaming into the session (slowly, maybe
+        // on purpose) must not hold its status hostage. The offset is what is on disk.
         match self.upload_len(repo, id).await {
             Ok(offset) => Ok(UploadStatus {
                 id: id.clone(),
                 offset,
             }),
             Err(e) => {
-                drop(_guard);
                 self.forget_session(repo, id);
                 Err(e)
             }
@@ -840,12 +884,11 @@ impl UploadStore for FsStore {
     }
 
     async fn abort(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
-        let session = self.session(repo, id);
-        let guard = session.lock().await;
+        // Without waiting for a PATCH in progress: it notices the session is gone when
+        // its body ends and answers "unknown upload" (a commit still takes turns).
         let dir = self.layout.upload_dir(repo, id);
         let id_str = id.to_string();
         let removed = blocking(move || remove_tree(&dir)).await;
-        drop(guard);
         self.forget_session(repo, id);
         match removed? {
             true => Ok(()),
@@ -1018,6 +1061,11 @@ impl FsStore {
         }
         if let Some(e) = body_err {
             return Err(StorageError::Body(e));
+        }
+        // Cancelled while the body streamed: the bytes went to an unlinked file.
+        let check = path.clone();
+        if !blocking(move || exists(&check)).await? {
+            return Err(StorageError::UploadNotFound(id.to_string()));
         }
         Ok(UploadStatus {
             id: id.clone(),

@@ -165,3 +165,85 @@ fn pushes_to_mirrored_names_are_refused_and_local_namespaces_stay_writable() {
         "team/app is not stored as a local repository"
     );
 }
+
+/// The cache namespace can't be written through a bogus `?ns=`: uploads and manifest
+/// puts naming a registry no upstream is answer 405, reads 404 `NAME_UNKNOWN` (so
+/// containerd falls back to its next host), and every route still serves the upstream's
+/// content afterwards.
+#[test]
+fn a_bogus_ns_neither_poisons_the_cache_nor_reads_it() {
+    let sk = Skopeo::new();
+    let up = Upstream::start();
+    let img = TestImage::new("v1", 1);
+    up.push_image(&sk, "lib/app", &img);
+    let pier = pier_mirroring(&up, &[]);
+    let name = up.name();
+    let ns = up.host();
+    // The genuine image, through the default route, fills the cache.
+    assert_registry_has_image(pier.addr, "lib/app", "v1", &img);
+
+    // The attacker's image: two blobs and a manifest, all under ?ns=bogus.
+    let evil = TestImage::new("v1", 1);
+    for (data, digest) in [
+        (&evil.config, &evil.config_digest),
+        (&evil.layers[0].0, &evil.layers[0].1),
+    ] {
+        for path in [
+            format!("/v2/{name}/lib/app/blobs/uploads/?ns=bogus&digest={digest}"),
+            format!("/v2/lib/app/blobs/uploads/?ns=bogus&digest={digest}"),
+        ] {
+            let r = http::request(
+                pier.addr,
+                "POST",
+                &path,
+                &[("Content-Type", "application/octet-stream")],
+                data,
+            );
+            r.expect_error(405, "UNSUPPORTED", &format!("POST {path}"));
+        }
+    }
+    for path in [
+        format!("/v2/{name}/lib/app/manifests/v1?ns=bogus"),
+        "/v2/lib/app/manifests/v1?ns=bogus".to_owned(),
+    ] {
+        let r = http::request(
+            pier.addr,
+            "PUT",
+            &path,
+            &[("Content-Type", OCI_MANIFEST)],
+            &evil.manifest,
+        );
+        r.expect_error(405, "UNSUPPORTED", &format!("PUT {path}"));
+        let r = http::request(pier.addr, "DELETE", &path, &[], b"");
+        r.expect_error(405, "UNSUPPORTED", &format!("DELETE {path}"));
+        let r = http::request(pier.addr, "GET", &path, &[("Accept", OCI_MANIFEST)], b"");
+        r.expect_error(404, "NAME_UNKNOWN", &format!("GET {path}"));
+    }
+    // Every name form still gives the upstream's image, also with the upstream down.
+    let mut up = up;
+    up.stop();
+    for (repo, query) in [
+        ("lib/app".to_owned(), String::new()),
+        (format!("{name}/lib/app"), String::new()),
+        ("lib/app".to_owned(), format!("?ns={ns}")),
+    ] {
+        let path = format!("/v2/{repo}/manifests/v1{query}");
+        let r = http::request(pier.addr, "GET", &path, &[("Accept", OCI_MANIFEST)], b"");
+        r.expect_status(200, &format!("GET {path}"));
+        assert_eq!(
+            r.header("Docker-Content-Digest"),
+            Some(img.manifest_digest.as_str()),
+            "GET {path} serves the upstream's manifest"
+        );
+    }
+    assert!(
+        !pier
+            .v2_dir()
+            .join("repositories")
+            .join(&name)
+            .join("lib/app/_layers/sha256")
+            .join(evil.layers[0].1.trim_start_matches("sha256:"))
+            .exists(),
+        "the attacker's layer is linked into the cache namespace"
+    );
+}
