@@ -3,13 +3,16 @@
 //! by the authorizer's `authenticate` (LDAP...). A verified password is remembered briefly under an HMAC of
 //! (user, password) with a per-process random key, so bcrypt's deliberate cost is paid
 //! once per minute, not per request, and a changed password or a deleted user takes
-//! effect as soon as the file changes.
+//! effect as soon as the file changes. Refresh tokens are bound to the credential they
+//! were issued for ([`Authenticator::refresh_binding`]), so that change ends them too.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ring::hmac;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::rand::SystemRandom;
+use ring::{digest, hmac};
 
 use crate::robots::{LOGIN_PREFIX, RobotFile};
 use crate::token::Claims;
@@ -134,28 +137,76 @@ impl Authenticator {
         }
     }
 
-    /// The subject of a refresh token, if it still exists: local users and unexpired
-    /// robots. (Users a plugin vouches for get no refresh tokens; see `refreshable`.)
-    pub fn still_valid(&self, sub: &str) -> Option<Subject> {
-        if let Some(name) = sub.strip_prefix(LOGIN_PREFIX) {
-            return self.robots.get(name).map(|r| Subject::Robot(r.robot()));
-        }
-        self.users.contains(sub).then(|| {
-            Subject::User(Identity {
-                name: sub.to_owned(),
-                groups: Vec::new(),
-            })
-        })
+    /// The binding a new refresh token for `subject` carries (its `pier_cred` claim), or
+    /// `None` when the subject gets no refresh token.
+    ///
+    /// The binding is a digest of the account's stored credential: a local user's bcrypt
+    /// hash in the users file, a robot's secret hash. bcrypt salts every hash afresh, so
+    /// `pier user passwd`, a robot's secret rotation and a delete + re-create under the
+    /// same name (even with the same password) all change it, and the refresh grant
+    /// ([`Self::refresh_subject`]) refuses the refresh tokens issued before. Tokens are
+    /// signed, not encrypted: whoever holds one can read the claim, but it is a one-way
+    /// digest of a string whose 128-bit salt never leaves the server, so it gives nothing
+    /// to test password guesses against. Unkeyed on purpose: a refresh token must keep
+    /// working across restarts and on every node that reads the same accounts files.
+    /// The credential is read here, a moment after the login was checked: a change the
+    /// gateway notices in between (milliseconds, within the second in which the old
+    /// password still works anyway) binds the token to the new credential.
+    ///
+    /// Users a plugin vouches for (LDAP) get none: Pier holds no credential of theirs to
+    /// bind to, and cannot ask the directory whether the password changed or the account
+    /// was disabled without the password, so such a token would keep minting access
+    /// tokens for its whole lifetime after either. Their clients log in again instead.
+    pub fn refresh_binding(&self, subject: &Subject) -> Option<String> {
+        let stored = match subject {
+            Subject::Anonymous => return None,
+            Subject::Robot(r) => self.robots.get(&r.name)?.secret_hash,
+            Subject::User(i) => self.users.stored_hash(&i.name)?,
+        };
+        Some(binding(&subject.token_name(), &stored))
     }
 
-    /// Whether a refresh token may be issued for this subject (see `still_valid`).
-    pub fn refreshable(&self, subject: &Subject) -> bool {
-        match subject {
-            Subject::Anonymous => false,
-            Subject::Robot(_) => true,
-            Subject::User(i) => self.users.contains(&i.name),
+    /// The subject a verified refresh token speaks for: its account must still exist (a
+    /// local user, an unexpired robot) with the credential the token was bound to (see
+    /// [`Self::refresh_binding`]). Refresh tokens without a binding are refused.
+    pub fn refresh_subject(&self, refresh: &Claims) -> Result<Subject, AuthError> {
+        let sub = &refresh.sub;
+        let gone = || AuthError::InvalidToken(format!("account {sub:?} no longer exists"));
+        let (subject, stored) = if let Some(name) = sub.strip_prefix(LOGIN_PREFIX) {
+            let r = self.robots.get(name).ok_or_else(gone)?;
+            (Subject::Robot(r.robot()), r.secret_hash)
+        } else {
+            let hash = self.users.stored_hash(sub).ok_or_else(gone)?;
+            let id = Identity {
+                name: sub.clone(),
+                groups: Vec::new(),
+            };
+            (Subject::User(id), hash)
+        };
+        match &refresh.pier_cred {
+            Some(b) if *b == binding(sub, &stored) => Ok(subject),
+            Some(_) => Err(AuthError::InvalidToken(format!(
+                "the password or secret of {sub:?} changed since the refresh token was issued \
+                 (or the account was re-created); log in again"
+            ))),
+            None => Err(AuthError::InvalidToken(
+                "the refresh token is bound to no credential (issued by an older Pier); log in again"
+                    .into(),
+            )),
         }
     }
+}
+
+/// `base64url(SHA-256("pier-refresh-binding-v1" 0 sub 0 stored)[..16])`: 128 bits are
+/// plenty to tell one hash of an account from the next.
+fn binding(sub: &str, stored: &str) -> String {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for part in [b"pier-refresh-binding-v1".as_slice(), sub.as_bytes()] {
+        ctx.update(part);
+        ctx.update(&[0]);
+    }
+    ctx.update(stored.as_bytes());
+    B64.encode(&ctx.finish().as_ref()[..16])
 }
 
 async fn blocking<T: Send + 'static>(
@@ -164,4 +215,170 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| AuthError::Invalid(format!("password check failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::token::{SigningKey, TokenService, TokenSettings};
+    use crate::{robots, users};
+
+    /// Longer than the accounts files' once-a-second re-read.
+    const RELOAD: Duration = Duration::from_millis(1100);
+
+    fn accounts(dir: &Path) -> Authenticator {
+        let u = dir.join("users.htpasswd");
+        users::add(&u, "alice", "alice-pass").unwrap();
+        users::add(&u, "bob", "bob-pass").unwrap();
+        Authenticator::new(
+            UserFile::open(&u).unwrap(),
+            RobotFile::open(&dir.join("robots.json")).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn tokens(dir: &Path) -> TokenService {
+        TokenService::new(
+            SigningKey::load_or_generate(&dir.join("key.pem")).unwrap(),
+            TokenSettings {
+                issuer: "pier".into(),
+                service: "pier".into(),
+                ttl: Duration::from_secs(60),
+                refresh_ttl: Duration::from_secs(3600),
+            },
+            vec![],
+        )
+    }
+
+    fn user(name: &str) -> Subject {
+        Subject::User(Identity {
+            name: name.into(),
+            groups: Vec::new(),
+        })
+    }
+
+    /// A refresh token for `subject` as the token endpoint issues it.
+    fn refresh_token(a: &Authenticator, t: &TokenService, subject: &Subject) -> String {
+        let binding = a.refresh_binding(subject).expect("a refreshable account");
+        t.issue_refresh(&subject.token_name(), &binding).unwrap()
+    }
+
+    /// What the refresh grant does with it.
+    fn redeem(a: &Authenticator, t: &TokenService, token: &str) -> Result<Subject, AuthError> {
+        a.refresh_subject(&t.verify_refresh(token)?)
+    }
+
+    #[test]
+    fn a_password_change_ends_the_users_refresh_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, t) = (accounts(dir.path()), tokens(dir.path()));
+        let bob = refresh_token(&a, &t, &user("bob"));
+        let alice = refresh_token(&a, &t, &user("alice"));
+        assert_eq!(redeem(&a, &t, &bob).unwrap(), user("bob"));
+
+        users::set_password(&dir.path().join("users.htpasswd"), "bob", "new-pass").unwrap();
+        std::thread::sleep(RELOAD);
+        let e = redeem(&a, &t, &bob).unwrap_err();
+        assert!(
+            matches!(&e, AuthError::InvalidToken(m) if m.contains("changed")),
+            "{e}"
+        );
+        // A token issued with the new password works; alice's is untouched.
+        let again = refresh_token(&a, &t, &user("bob"));
+        assert_eq!(redeem(&a, &t, &again).unwrap(), user("bob"));
+        assert_eq!(redeem(&a, &t, &alice).unwrap(), user("alice"));
+    }
+
+    #[test]
+    fn a_user_deleted_and_recreated_with_the_same_password_is_a_new_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, t) = (accounts(dir.path()), tokens(dir.path()));
+        let file = dir.path().join("users.htpasswd");
+        let bob = refresh_token(&a, &t, &user("bob"));
+        users::delete(&file, "bob").unwrap();
+        std::thread::sleep(RELOAD);
+        let e = redeem(&a, &t, &bob).unwrap_err();
+        assert!(
+            matches!(&e, AuthError::InvalidToken(m) if m.contains("no longer exists")),
+            "{e}"
+        );
+        users::add(&file, "bob", "bob-pass").unwrap();
+        std::thread::sleep(RELOAD);
+        assert!(
+            matches!(redeem(&a, &t, &bob), Err(AuthError::InvalidToken(_))),
+            "a refresh token of the deleted bob"
+        );
+    }
+
+    #[test]
+    fn a_secret_rotation_or_re_creation_ends_the_robots_refresh_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, t) = (accounts(dir.path()), tokens(dir.path()));
+        let file = dir.path().join("robots.json");
+        let perm = || vec![robots::parse_permission("team:pull").unwrap()];
+        robots::add(&file, "ci", perm(), None, "").unwrap();
+        robots::add(&file, "other", perm(), None, "").unwrap();
+        std::thread::sleep(RELOAD);
+        let ci = Subject::Robot(a.robots.get("ci").unwrap().robot());
+        let other = Subject::Robot(a.robots.get("other").unwrap().robot());
+        let before = refresh_token(&a, &t, &ci);
+        let kept = refresh_token(&a, &t, &other);
+        assert_eq!(redeem(&a, &t, &before).unwrap(), ci);
+
+        robots::rotate(&file, "ci").unwrap();
+        std::thread::sleep(RELOAD);
+        assert!(matches!(
+            redeem(&a, &t, &before),
+            Err(AuthError::InvalidToken(_))
+        ));
+        let rotated = refresh_token(&a, &t, &ci);
+        assert_eq!(redeem(&a, &t, &rotated).unwrap(), ci);
+
+        robots::delete(&file, "ci").unwrap();
+        robots::add(&file, "ci", perm(), None, "").unwrap();
+        std::thread::sleep(RELOAD);
+        assert!(matches!(
+            redeem(&a, &t, &rotated),
+            Err(AuthError::InvalidToken(_))
+        ));
+        assert_eq!(redeem(&a, &t, &kept).unwrap(), other, "untouched robot");
+    }
+
+    #[test]
+    fn unbound_and_foreign_bindings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, t) = (accounts(dir.path()), tokens(dir.path()));
+        let mut claims = t
+            .verify_refresh(&refresh_token(&a, &t, &user("bob")))
+            .unwrap();
+        assert!(a.refresh_subject(&claims).is_ok());
+        // Issued before refresh tokens carried a binding.
+        claims.pier_cred = None;
+        assert!(matches!(
+            a.refresh_subject(&claims),
+            Err(AuthError::InvalidToken(_))
+        ));
+        // Alice's binding does not open bob's account.
+        claims.pier_cred = a.refresh_binding(&user("alice"));
+        assert!(a.refresh_subject(&claims).is_err());
+    }
+
+    #[test]
+    fn the_binding_is_a_short_digest_and_only_for_local_accounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = accounts(dir.path());
+        let hash = a.users.stored_hash("bob").unwrap();
+        let b = a.refresh_binding(&user("bob")).unwrap();
+        assert_eq!(b.len(), 22, "16 bytes, base64url: {b}");
+        assert!(
+            !hash.contains(&b) && !b.contains(&hash[7..29]),
+            "no salt in {b}"
+        );
+        assert_eq!(a.refresh_binding(&user("bob")), Some(b), "stable");
+        // Plugin (LDAP) users have no local credential to bind to; anonymous has none.
+        assert_eq!(a.refresh_binding(&user("ldap-user")), None);
+        assert_eq!(a.refresh_binding(&Subject::Anonymous), None);
+    }
 }

@@ -173,7 +173,8 @@ pub fn delete(path: &Path, name: &str) -> Result<(), AuthError> {
 }
 
 /// Replaces a robot's secret; returns the new one (shown once). The old secret stops
-/// working at once for new logins (tokens already issued keep their lifetime).
+/// working at once for new logins, and so do refresh tokens issued with it (they are bound
+/// to the secret's hash); access tokens already issued keep their lifetime.
 pub fn rotate(path: &Path, name: &str) -> Result<String, AuthError> {
     let mut robots = read_file(path)?;
     let r = robots

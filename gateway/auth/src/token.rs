@@ -46,8 +46,9 @@ impl Audience {
     }
 }
 
-/// What Pier puts in (and reads from) a token: distribution's claim set plus two private
-/// claims (`groups`, and `pier_use` = `refresh` for refresh tokens).
+/// What Pier puts in (and reads from) a token: distribution's claim set plus three private
+/// claims (`groups`; `pier_use` = `refresh` for refresh tokens, and `pier_cred` in them:
+/// the credential they are bound to, see [`crate::authn::Authenticator::refresh_binding`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub iss: String,
@@ -67,6 +68,9 @@ pub struct Claims {
     pub groups: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pier_use: Option<String>,
+    /// Refresh tokens: a digest of the account's credential when the token was issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pier_cred: Option<String>,
 }
 
 impl Claims {
@@ -363,6 +367,7 @@ impl TokenService {
             access,
             groups: groups.to_vec(),
             pier_use: None,
+            pier_cred: None,
         };
         Ok(Issued {
             token: self.key.sign(&claims)?,
@@ -371,9 +376,10 @@ impl TokenService {
         })
     }
 
-    /// Signs a refresh token for `sub` (only this gateway accepts it, only at its token
-    /// endpoint).
-    pub fn issue_refresh(&self, sub: &str) -> Result<String, AuthError> {
+    /// Signs a refresh token for `sub` bound to its credential (`binding`, from
+    /// [`crate::authn::Authenticator::refresh_binding`]); only this gateway accepts it, only
+    /// at its token endpoint.
+    pub fn issue_refresh(&self, sub: &str, binding: &str) -> Result<String, AuthError> {
         let now = now_secs();
         let claims = Claims {
             iss: self.settings.issuer.clone(),
@@ -386,6 +392,7 @@ impl TokenService {
             access: Vec::new(),
             groups: Vec::new(),
             pier_use: Some("refresh".into()),
+            pier_cred: Some(binding.to_owned()),
         };
         self.key.sign(&claims)
     }
@@ -412,7 +419,8 @@ impl TokenService {
         Ok(claims)
     }
 
-    /// Verifies a refresh token this gateway issued; returns its claims (`sub`, `jti`).
+    /// Verifies a refresh token this gateway issued; returns its claims (`sub`, `jti`, and
+    /// `pier_cred` for [`crate::authn::Authenticator::refresh_subject`] to check).
     pub fn verify_refresh(&self, token: &str) -> Result<Claims, AuthError> {
         let c = self.verify_any(token)?;
         if !c.is_refresh() || c.iss != self.settings.issuer {
@@ -584,9 +592,11 @@ mod tests {
         let other = service(dir.path(), "central", 60, vec![]);
         let foreign = other.issue("bob", &[], vec![]).unwrap().token;
         assert!(s.verify(&foreign).is_err());
-        let r = s.issue_refresh("bob").unwrap();
+        let r = s.issue_refresh("bob", "cred").unwrap();
         assert!(s.verify(&r).is_err(), "refresh token used as access token");
-        assert_eq!(s.verify_refresh(&r).unwrap().sub, "bob");
+        let c = s.verify_refresh(&r).unwrap();
+        assert_eq!(c.sub, "bob");
+        assert_eq!(c.pier_cred.as_deref(), Some("cred"));
         assert!(s.verify_refresh(&t).is_err());
     }
 

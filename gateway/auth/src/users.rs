@@ -56,8 +56,14 @@ impl UserFile {
 
     /// Checks a password (bcrypt: slow on purpose, call it off the async runtime).
     pub fn verify(&self, name: &str, password: &str) -> bool {
-        let hash = self.file.with(|u| u.get(name).cloned()).flatten();
+        let hash = self.stored_hash(name);
         hash.is_some_and(|h| bcrypt::verify(password, &h).unwrap_or(false))
+    }
+
+    /// The user's stored bcrypt hash, for binding refresh tokens to it (never leaves the
+    /// crate).
+    pub(crate) fn stored_hash(&self, name: &str) -> Option<String> {
+        self.file.with(|u| u.get(name).cloned()).flatten()
     }
 
     pub fn contains(&self, name: &str) -> bool {

@@ -526,19 +526,10 @@ impl AccessControl {
                         if self.revoked(&refresh.jti).await {
                             return Err(invalid("the refresh token was revoked".into()));
                         }
-                        let sub = refresh.sub;
+                        // Gone, or its password or secret changed since: refused.
                         self.authn
-                            .still_valid(&sub)
-                            .ok_or_else(|| ApiError::Unauthorized {
-                                challenge: self.challenge(
-                                    &headers,
-                                    conn,
-                                    None,
-                                    Some("invalid_token"),
-                                ),
-                                message: format!("account {sub:?} no longer exists"),
-                                denied: false,
-                            })?
+                            .refresh_subject(&refresh)
+                            .map_err(|e| invalid(e.to_string()))?
                     }
                     other => {
                         return Err(ApiError::Auth(AuthError::Invalid(format!(
@@ -599,10 +590,10 @@ impl AccessControl {
         let offline = params
             .iter()
             .any(|(k, v)| k == "offline_token" && v == "true");
-        let refresh = if offline && self.authn.refreshable(&subject) {
+        let refresh = if offline && let Some(binding) = self.authn.refresh_binding(&subject) {
             Some(
                 self.tokens
-                    .issue_refresh(&subject.token_name())
+                    .issue_refresh(&subject.token_name(), &binding)
                     .map_err(ApiError::Auth)?,
             )
         } else {
