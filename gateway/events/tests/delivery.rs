@@ -191,6 +191,48 @@ async fn gives_up_then_redelivers_on_request() {
     events.shutdown().await;
 }
 
+/// A webhook endpoint's redirect is an answer, not a hop: a `307` to another address (here
+/// a private one) is recorded as a failed attempt and nothing is sent there. This is why
+/// webhooks need no outbound-address policy: they only ever reach the configured URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = Receiver::start().await;
+    let rx = Receiver::start().await;
+    rx.set_default_status(307);
+    rx.set_location(&elsewhere.url());
+    let cfg = EventsConfig {
+        max_attempts: 2,
+        ..config()
+    };
+    let events = Events::open_dir(dir.path(), webhook(rx.url()), cfg).unwrap();
+    events.publish(draft(1)).await.unwrap();
+    let failed = DeliveryFilter {
+        status: Some(DeliveryStatus::Failed),
+        ..Default::default()
+    };
+    wait_until("failed", WAIT, async || {
+        events
+            .deliveries(&failed, &PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .len()
+            == 1
+    })
+    .await;
+    let d = events
+        .deliveries(&failed, &PageRequest::default())
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    assert_eq!(d.last_status, Some(307));
+    assert_eq!(rx.count(), 2);
+    assert_eq!(elsewhere.count(), 0, "the redirect was followed");
+    events.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_down_then_up() {
     let dir = tempfile::tempdir().unwrap();

@@ -25,6 +25,7 @@ fn client(url: &str, retries: u32) -> Arc<UpstreamClient> {
         credentials: None,
         timeout: Duration::from_secs(5),
         retries,
+        allow_private: false,
     };
     Arc::new(
         UpstreamClient::new(config)

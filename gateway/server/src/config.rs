@@ -418,6 +418,8 @@ struct FileUpstream {
     default: bool,
     #[serde(default)]
     keep_deleted: bool,
+    #[serde(default)]
+    allow_private: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -442,6 +444,8 @@ pub struct UpstreamEntry {
     pub stale_while_revalidate: Duration,
     /// Keep serving cached tags the upstream deleted.
     pub keep_deleted: bool,
+    /// Its redirects and token realms may lead to private addresses.
+    pub allow_private: bool,
 }
 
 /// The part of a URL between `://` and the path.
@@ -511,6 +515,7 @@ fn upstream_entry(
         tag_ttl,
         stale_while_revalidate: Duration::ZERO,
         keep_deleted: false,
+        allow_private: false,
     })
 }
 
@@ -624,6 +629,7 @@ impl Config {
             };
             let mut entry = upstream_entry(&u.url, u.name, u.namespace, creds, ttl)?;
             entry.keep_deleted = u.keep_deleted;
+            entry.allow_private = u.allow_private;
             entry.stale_while_revalidate = file_duration(
                 u.stale_while_revalidate,
                 "upstreams.stale_while_revalidate",
@@ -902,7 +908,7 @@ mod tests {
         let path = dir.path().join("pier.toml");
         std::fs::write(
             &path,
-            "local_namespaces = [\"team\"]\n[[upstreams]]\nname = \"ghcr\"\nurl = \"https://ghcr.io\"\ntag_ttl = \"5m\"\n[[upstreams]]\nurl = \"https://registry-1.docker.io/\"\nusername = \"u\"\npassword = \"p\"\n",
+            "local_namespaces = [\"team\"]\n[[upstreams]]\nname = \"ghcr\"\nurl = \"https://ghcr.io\"\ntag_ttl = \"5m\"\nallow_private = true\n[[upstreams]]\nurl = \"https://registry-1.docker.io/\"\nusername = \"u\"\npassword = \"p\"\n",
         )
         .unwrap();
         let c = Config::resolve(ServeArgs {
@@ -918,6 +924,8 @@ mod tests {
         assert!(c.upstreams[2].docker_hub && c.upstreams[2].namespace == "docker.io");
         assert_eq!(c.upstreams[2].url, "https://registry-1.docker.io");
         assert_eq!(c.upstreams[2].credentials, Some(("u".into(), "p".into())));
+        let private: Vec<bool> = c.upstreams.iter().map(|u| u.allow_private).collect();
+        assert_eq!(private, [false, true, false]);
         assert_eq!(c.local_namespaces, ["team"]);
         assert_eq!(c.default_upstream, Some(0));
 

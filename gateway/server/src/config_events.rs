@@ -25,6 +25,7 @@
 //! username = "robot$replicator"  # optional
 //! password = "..."
 //! bandwidth = "50MiB"            # bytes per second to this target, shared by its jobs
+//! allow_private = false          # let its redirects and token realms reach private addresses
 //! ```
 
 use std::collections::BTreeMap;
@@ -71,6 +72,8 @@ struct FileTarget {
     password: Option<String>,
     bandwidth: Option<String>,
     timeout: Option<String>,
+    #[serde(default)]
+    allow_private: bool,
 }
 
 /// Where events are kept and how deliveries go out.
@@ -96,6 +99,8 @@ pub struct TargetSettings {
     /// Bytes per second; 0 = unlimited.
     pub bandwidth: u64,
     pub timeout: Duration,
+    /// Its redirects and token realms may lead to private addresses.
+    pub allow_private: bool,
 }
 
 /// How replication jobs run.
@@ -218,6 +223,7 @@ pub(crate) fn replication(
             url,
             credentials,
             bandwidth,
+            allow_private: t.allow_private,
         });
     }
     let chunk_size = f
@@ -248,4 +254,31 @@ pub(crate) fn replication(
         targets,
         job_log: root.join("pier").join("replication").join("jobs.jsonl"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_may_allow_private_addresses() {
+        let file: FileReplication = toml::from_str(
+            "[targets.a]\nurl = \"https://a.example/\"\n\
+             [targets.b]\nurl = \"https://b.example\"\nallow_private = true\n",
+        )
+        .unwrap();
+        let r = replication(Some(file), Path::new("pier.toml"), Path::new("/r")).unwrap();
+        let seen: Vec<(&str, &str, bool)> = r
+            .targets
+            .iter()
+            .map(|t| (t.name.as_str(), t.url.as_str(), t.allow_private))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("a", "https://a.example", false),
+                ("b", "https://b.example", true)
+            ]
+        );
+    }
 }

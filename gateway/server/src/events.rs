@@ -308,6 +308,7 @@ impl Replication {
                     .map(|(username, password)| Credentials { username, password }),
                 timeout: t.timeout,
                 retries: 2,
+                allow_private: t.allow_private,
             })
             .map_err(|e| ServerError::Config(format!("replication target {}: {e}", t.name)))?;
             targets.insert(

@@ -387,6 +387,7 @@ fn mirror(
                 .map(|(username, password)| Credentials { username, password }),
             timeout: Duration::from_secs(30),
             retries: 3,
+            allow_private: u.allow_private,
         })
         .map_err(|e| ServerError::Config(format!("upstream {}: {e}", u.url)))?;
         tracing::info!(name = %u.name, url = %u.url, namespace = %u.namespace, tag_ttl = ?u.tag_ttl, "mirroring upstream");

@@ -129,6 +129,7 @@ pub async fn pull(
         credentials,
         timeout: std::time::Duration::from_secs(60),
         retries: 2,
+        allow_private: false,
     })?;
     let mut w = Warmer {
         progress,

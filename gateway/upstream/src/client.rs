@@ -7,7 +7,9 @@
 //! - [`UpstreamClient::exchange`] is one attempt: it answers `401` challenges (Bearer
 //!   token from the realm, or Basic) and follows redirects, and hands back a response
 //!   whose status is a success, or the error it maps to;
-//! - [`UpstreamClient::send_one`] is one HTTP exchange bounded by the timeout.
+//! - [`UpstreamClient::send_one`] is one HTTP exchange bounded by the timeout; its
+//!   connections go through [`outbound::Connector`], which refuses private addresses the
+//!   upstream's answers lead to ([`UpstreamError::Refused`], never retried).
 //!
 //! A blob body is handed to the caller only once its headers are good, so nothing is
 //! retried after the caller has seen bytes; the body then streams for as long as bytes
@@ -34,7 +36,6 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pier_oci::{Digest, MAX_MANIFEST_SIZE, Reference, RepoName, media_types};
 use tracing::{debug, warn};
@@ -42,6 +43,7 @@ use tracing::{debug, warn};
 mod push;
 pub use push::{Mount, UploadSession};
 
+use crate::outbound::{self, Connector, Policy};
 use crate::{
     BlobFetched, ByteStream, Credentials, ManifestFetched, ManifestHead, Upstream, UpstreamConfig,
     UpstreamError,
@@ -67,7 +69,7 @@ const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-conten
 
 /// Request bodies: empty, a few bytes (manifests) or a streamed upload chunk.
 type ReqBody = UnsyncBoxBody<Bytes, io::Error>;
-type HttpClient = Client<HttpsConnector<HttpConnector>, ReqBody>;
+type HttpClient = Client<HttpsConnector<Connector>, ReqBody>;
 
 /// The real registry client. Cheap to share behind an `Arc`; holds a connection pool and
 /// the token cache for one upstream.
@@ -141,6 +143,16 @@ enum Sent {
 struct Failure {
     error: UpstreamError,
     retry_after: Option<Duration>,
+}
+
+impl Failure {
+    /// Name what led to a refused address (`send_one` cannot tell).
+    fn via(mut self, what: &'static str) -> Failure {
+        if let UpstreamError::Refused { via, .. } = &mut self.error {
+            *via = what;
+        }
+        self
+    }
 }
 
 impl From<UpstreamError> for Failure {
@@ -287,10 +299,10 @@ impl UpstreamClient {
             .map_err(|e| UpstreamError::Protocol(format!("TLS setup: {e}")))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(config.timeout));
+        // Redirects, realms and upload locations are the upstream's to choose; where they
+        // may lead is the operator's (see `outbound`).
+        let policy = Policy::new(authority.host(), config.allow_private);
+        let tcp = Connector::new(Arc::new(policy), config.timeout);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -425,7 +437,16 @@ impl UpstreamClient {
                     &call.body,
                     attempt,
                 )
-                .await?;
+                .await
+                .map_err(|f| {
+                    f.via(if redirects > 0 {
+                        "redirect"
+                    } else if call.target.is_some() {
+                        "upload location"
+                    } else {
+                        "request"
+                    })
+                })?;
             let status = response.status();
 
             if is_followed_redirect(status)
@@ -624,7 +645,8 @@ impl UpstreamClient {
         let started = Instant::now();
         let response = self
             .send_one(&Method::GET, &uri, &[], authorization, &Payload::Empty, 0)
-            .await?;
+            .await
+            .map_err(|f| f.via("token realm"))?;
         if !response.status().is_success() {
             let mut failure = self.status_failure(response).await;
             if let UpstreamError::Unauthorized(message) | UpstreamError::Denied(message) =
@@ -715,6 +737,21 @@ impl UpstreamClient {
                 Err(UpstreamError::Timeout(self.timeout).into())
             }
             Ok(Err(error)) => {
+                if let Some(refused) = outbound::refusal(&error) {
+                    let error = UpstreamError::Refused {
+                        via: "request",
+                        url: format!(
+                            "{}://{}{}",
+                            uri.scheme_str().unwrap_or("http"),
+                            uri_host(uri),
+                            uri.path()
+                        ),
+                        addr: refused.addr,
+                    };
+                    warn!(upstream = %self.name, method = %method, host = uri_host(uri), path = uri.path(),
+                        addr = %refused.addr, "refused to connect to a private address");
+                    return Err(error.into());
+                }
                 debug!(upstream = %self.name, method = %method, host = uri_host(uri), path = uri.path(),
                     attempt, error = %error, "upstream request failed");
                 Err(UpstreamError::Connect {
@@ -1418,6 +1455,7 @@ mod tests {
             credentials: None,
             timeout: Duration::from_secs(1),
             retries: 3,
+            allow_private: false,
         };
         let client = UpstreamClient::with_roots(config, rustls::RootCertStore::empty())
             .unwrap()
@@ -1425,6 +1463,22 @@ mod tests {
         let waits: Vec<_> = (0..5).map(|a| client.backoff(a).as_millis()).collect();
         assert_eq!(waits, [200, 400, 800, 1000, 1000]);
         assert_eq!(client.backoff(40), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn refusals_are_final_and_say_how_to_allow_them() {
+        let refused = UpstreamError::Refused {
+            via: "request",
+            url: "http://127.0.0.1:9/internal".into(),
+            addr: "127.0.0.1".parse().unwrap(),
+        };
+        let failure = Failure::from(refused).via("redirect");
+        assert!(!failure.error.is_retryable());
+        assert_eq!(
+            failure.error.to_string(),
+            "refused: redirect to http://127.0.0.1:9/internal (127.0.0.1), a private address; \
+             set allow_private = true on this upstream to allow it"
+        );
     }
 
     #[test]
@@ -1436,6 +1490,7 @@ mod tests {
                 credentials: None,
                 timeout: Duration::from_secs(1),
                 retries: 0,
+                allow_private: false,
             };
             assert!(
                 UpstreamClient::with_roots(config, rustls::RootCertStore::empty()).is_err(),

@@ -1,9 +1,11 @@
 //! Pier's client for other registries (the upstreams of the mirror, the targets of
-//! replication): Docker token auth, redirects, retries with backoff, streaming.
+//! replication): Docker token auth, redirects, retries with backoff, streaming; where
+//! redirects and token realms may lead is [`outbound`]'s policy.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -12,6 +14,7 @@ use futures_util::Stream;
 use pier_oci::{Digest, Reference, RepoName};
 
 pub mod client;
+pub mod outbound;
 pub use client::{Mount, UploadSession, UpstreamClient};
 
 /// A stream of bytes from an upstream.
@@ -35,6 +38,10 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// Attempts after the first on connection errors, 5xx and 429.
     pub retries: u32,
+    /// Let redirects, token realms and upload locations lead to private addresses
+    /// (loopback, RFC 1918, link-local, ...; see [`outbound`]). Off (the default): only
+    /// the configured host may be on one, and if it is, every other host may be too.
+    pub allow_private: bool,
 }
 
 /// Why an upstream request failed, and whose fault it is.
@@ -60,6 +67,17 @@ pub enum UpstreamError {
     Timeout(Duration),
     #[error("upstream protocol error: {0}")]
     Protocol(String),
+    /// The upstream sent Pier to a private address, which the outbound policy refuses.
+    #[error(
+        "refused: {via} to {url} ({addr}), a private address; \
+         set allow_private = true on this upstream to allow it"
+    )]
+    Refused {
+        /// What led there: `redirect`, `token realm`, `upload location`.
+        via: &'static str,
+        url: String,
+        addr: IpAddr,
+    },
 }
 
 impl UpstreamError {
@@ -69,7 +87,7 @@ impl UpstreamError {
     }
 
     /// Worth another attempt: the upstream could not be reached, was too slow, failed
-    /// (5xx) or is rate limiting.
+    /// (5xx) or is rate limiting. A [`UpstreamError::Refused`] is final.
     pub fn is_retryable(&self) -> bool {
         match self {
             UpstreamError::Connect { .. }

@@ -35,6 +35,7 @@ fn config(
         }),
         timeout,
         retries,
+        allow_private: false,
     }
 }
 

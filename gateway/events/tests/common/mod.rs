@@ -48,6 +48,8 @@ struct State {
     /// Statuses answered first, in order; then `default_status`.
     script: VecDeque<u16>,
     default_status: Option<u16>,
+    /// A `Location` header on every answer.
+    location: Option<String>,
 }
 
 pub struct Receiver {
@@ -80,17 +82,23 @@ impl Receiver {
                             let path = req.uri().path().to_owned();
                             let headers = req.headers().clone();
                             let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let status = {
+                            let (status, location) = {
                                 let mut s = state.lock().unwrap();
                                 s.requests.push(Recorded {
                                     path,
                                     headers,
                                     body,
                                 });
-                                s.script.pop_front().or(s.default_status).unwrap_or(200)
+                                let status =
+                                    s.script.pop_front().or(s.default_status).unwrap_or(200);
+                                (status, s.location.clone())
                             };
                             let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
                             *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+                            if let Some(location) = location {
+                                resp.headers_mut()
+                                    .insert(http::header::LOCATION, location.parse().unwrap());
+                            }
                             Ok::<_, Infallible>(resp)
                         }
                     });
@@ -123,6 +131,11 @@ impl Receiver {
 
     pub fn set_default_status(&self, status: u16) {
         self.state.lock().unwrap().default_status = Some(status);
+    }
+
+    /// Answer with `Location: url` (and whatever status) from now on.
+    pub fn set_location(&self, url: &str) {
+        self.state.lock().unwrap().location = Some(url.to_owned());
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
