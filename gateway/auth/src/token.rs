@@ -210,22 +210,19 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// The DER of the first PEM block with this label.
+/// The DER of the first PEM block with this label (`PRIVATE KEY` is PKCS#8).
 fn pem_block(pem: &[u8], label: &str) -> Option<Vec<u8>> {
-    let mut rd = pem;
-    while let Ok(Some((kind, rest))) = rustls_pemfile::read_one_from_slice(rd) {
-        rd = rest;
-        let (bytes, want): (&[u8], bool) = match &kind {
-            rustls_pemfile::Item::Pkcs8Key(k) => (k.secret_pkcs8_der(), label == "PRIVATE KEY"),
-            rustls_pemfile::Item::X509Certificate(c) => (c.as_ref(), label == "CERTIFICATE"),
-            rustls_pemfile::Item::SubjectPublicKeyInfo(s) => (s.as_ref(), label == "PUBLIC KEY"),
-            _ => (&[], false),
-        };
-        if want {
-            return Some(bytes.to_vec());
-        }
-    }
-    None
+    use rustls_pki_types::pem::{PemObject, SectionKind};
+    let want = match label {
+        "PRIVATE KEY" => SectionKind::PrivateKey,
+        "CERTIFICATE" => SectionKind::Certificate,
+        "PUBLIC KEY" => SectionKind::PublicKey,
+        _ => return None,
+    };
+    <(SectionKind, Vec<u8>)>::pem_slice_iter(pem)
+        .map_while(Result::ok)
+        .find(|(kind, _)| *kind == want)
+        .map(|(_, der)| der)
 }
 
 /// A key tokens may be signed with.

@@ -424,9 +424,14 @@ async fn manifest_put(
     }
     let content_type = header_str(req.headers(), header::CONTENT_TYPE).map(str::to_owned);
     let who = actor(&req);
-    let bytes = Limited::new(req.into_body(), MAX_MANIFEST_SIZE)
-        .collect()
-        .await
+    // A manifest (at most 4 MiB) arrives whole within the idle timeout.
+    let collected = tokio::time::timeout(
+        state.body_pace.idle,
+        Limited::new(req.into_body(), MAX_MANIFEST_SIZE).collect(),
+    )
+    .await
+    .map_err(|_| ApiError::Body("the manifest body did not arrive in time".into()))?;
+    let bytes = collected
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 ApiError::ManifestTooLarge
@@ -565,7 +570,7 @@ async fn upload_start(state: &AppState, repo: &RepoName, req: Request<Incoming>)
         }
     } else if let Some(digest) = query(&params, "digest") {
         let d = parse_digest_param(digest)?;
-        let body = request_stream(req.into_body());
+        let body = request_stream(req.into_body(), state.body_pace);
         state.registry.upload_monolithic(repo, &d, body).await?;
         return Ok(blob_created(repo, &d));
     }
@@ -595,7 +600,7 @@ async fn upload_patch(
     req: Request<Incoming>,
 ) -> HandlerResult {
     let start = chunk_start(req.headers())?;
-    let body = request_stream(req.into_body());
+    let body = request_stream(req.into_body(), state.body_pace);
     let st = state.registry.upload_append(repo, id, start, body).await?;
     Ok(upload_response(StatusCode::ACCEPTED, repo, &st))
 }
@@ -610,7 +615,7 @@ async fn upload_put(
     let d = parse_digest_param(query(&params, "digest").ok_or(ApiError::MissingDigest)?)?;
     let last_chunk = if has_body(req.body(), req.headers()) {
         let start = chunk_start(req.headers())?;
-        Some((start, request_stream(req.into_body())))
+        Some((start, request_stream(req.into_body(), state.body_pace)))
     } else {
         None
     };

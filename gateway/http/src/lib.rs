@@ -43,6 +43,8 @@ pub struct AppState {
     pub pulls: Option<Arc<dyn activity::PullRecorder>>,
     /// Cleared when the server stops taking work (`/readyz` then answers 503).
     pub ready: Arc<AtomicBool>,
+    /// How slow an upload's body may be.
+    pub body_pace: body::BodyPace,
     request_ids: AtomicU64,
     id_prefix: String,
 }
@@ -62,6 +64,7 @@ impl AppState {
             events: None,
             pulls: None,
             ready: Arc::new(AtomicBool::new(true)),
+            body_pace: body::BodyPace::default(),
             request_ids: AtomicU64::new(0),
             id_prefix,
         }
@@ -93,13 +96,15 @@ impl AppState {
 
 /// `GET /healthz` and `/readyz` on the registry listener too, so probes need no admin
 /// listener reachable from the network.
-fn probe(state: &AppState, req: &Request<Incoming>) -> Option<Response<RespBody>> {
+async fn probe(state: &AppState, req: &Request<Incoming>) -> Option<Response<RespBody>> {
     if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
         return None;
     }
     let (status, text) = match req.uri().path() {
         "/healthz" => (http::StatusCode::OK, "ok\n"),
-        "/readyz" if state.ready.load(Ordering::Relaxed) => (http::StatusCode::OK, "ready\n"),
+        "/readyz" if state.ready.load(Ordering::Relaxed) && blocking_pool_answers().await => {
+            (http::StatusCode::OK, "ready\n")
+        }
         "/readyz" => (http::StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => return None,
     };
@@ -112,13 +117,23 @@ fn probe(state: &AppState, req: &Request<Incoming>) -> Option<Response<RespBody>
     Some(r)
 }
 
+/// Whether a task on the blocking pool (where blob and file I/O runs) starts within two
+/// seconds: when it does not, blob serving is stuck and the node must leave the
+/// balancer, even though the async side still answers.
+pub async fn blocking_pool_answers() -> bool {
+    let task = tokio::task::spawn_blocking(|| ());
+    tokio::time::timeout(std::time::Duration::from_secs(2), task)
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
 /// Serves one registry request: dispatch, access log line, metrics.
 pub async fn serve(
     state: Arc<AppState>,
     conn: ConnInfo,
     mut req: Request<Incoming>,
 ) -> Result<Response<RespBody>, std::convert::Infallible> {
-    if let Some(r) = probe(&state, &req) {
+    if let Some(r) = probe(&state, &req).await {
         return Ok(r);
     }
     let start = Instant::now();

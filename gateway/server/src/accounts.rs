@@ -102,12 +102,15 @@ pub enum PluginCommand {
 }
 
 fn read_password(from_stdin: bool) -> Result<String, ServerError> {
-    if !from_stdin {
-        eprintln!("password (one line on stdin):");
-    }
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    let p = line.trim_end_matches(['\n', '\r']).to_owned();
+    use std::io::IsTerminal;
+    let p = if !from_stdin && std::io::stdin().is_terminal() {
+        // At a terminal the password is typed with echo off.
+        rpassword::prompt_password("password: ")?
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
     if p.is_empty() {
         return Err(ServerError::Config("empty password".into()));
     }

@@ -213,9 +213,13 @@ pub async fn serve(
         }
         "/healthz" => text(StatusCode::OK, plain, "ok\n"),
         "/readyz" => {
-            let storage_ok = tokio::fs::metadata(&state.root)
-                .await
-                .is_ok_and(|m| m.is_dir());
+            // On the blocking pool, with a deadline: stuck file I/O makes the node unready.
+            let storage_ok = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                tokio::fs::metadata(&state.root),
+            )
+            .await
+            .is_ok_and(|m| m.is_ok_and(|m| m.is_dir()));
             if state.ready.load(Ordering::Relaxed) && storage_ok {
                 text(StatusCode::OK, plain, "ready\n")
             } else {

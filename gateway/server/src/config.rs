@@ -140,6 +140,8 @@ struct FileLimits {
     send_timeout: Option<String>,
     h2_max_concurrent_streams: Option<u32>,
     h2_keepalive: Option<String>,
+    body_idle_timeout: Option<String>,
+    upload_min_rate: Option<String>,
 }
 
 impl FileLimits {
@@ -177,6 +179,14 @@ impl FileLimits {
         }
         if let Some(v) = d(self.h2_keepalive, "h2_keepalive")? {
             l.h2_keepalive = v;
+        }
+        if let Some(v) = d(self.body_idle_timeout, "body_idle_timeout")? {
+            l.body_idle_timeout = v;
+        }
+        if let Some(v) = self.upload_min_rate {
+            l.upload_min_rate = parse_size(&v).map_err(|e| {
+                ServerError::Config(format!("{}: limits.upload_min_rate: {e}", path.display()))
+            })?;
         }
         Ok(l)
     }

@@ -35,6 +35,10 @@ pub struct Limits {
     pub h2_max_concurrent_streams: u32,
     /// HTTP/2: a PING every this often; no answer within it closes the connection.
     pub h2_keepalive: Duration,
+    /// A request body that sends nothing this long fails (a manifest must arrive whole).
+    pub body_idle_timeout: Duration,
+    /// An upload's body must bring at least this many bytes per second (over 30 s).
+    pub upload_min_rate: u64,
 }
 
 impl Default for Limits {
@@ -47,6 +51,8 @@ impl Default for Limits {
             send_timeout: Duration::from_secs(60),
             h2_max_concurrent_streams: 128,
             h2_keepalive: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(60),
+            upload_min_rate: 1024,
         }
     }
 }

@@ -185,6 +185,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let mirror = mirror(&config, registry.clone(), ingest, shared, observer)?;
     let metrics = Arc::new(Metrics::default());
     let mut state = AppState::new(registry.clone(), mirror.clone(), metrics.clone());
+    state.body_pace = pier_http::body::BodyPace {
+        idle: config.limits.body_idle_timeout,
+        min_rate: config.limits.upload_min_rate,
+    };
     if let Some(a) = &access {
         state = state.with_access(a.clone());
     }
@@ -268,6 +272,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let builders = Builders::new(&limits);
     let gate = Gate::new("registry", limits.max_connections);
     let graceful = GracefulShutdown::new();
+    // Tells connections still before HTTP (first bytes, TLS handshake) to give up.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
         tokio::select! {
@@ -282,9 +288,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                 let watcher = graceful.watcher();
                 let (state, builders, tls, h2c) = (state.clone(), builders.clone(), tls.clone(), config.h2c);
                 let limits = limits.clone();
+                let stop = stop_rx.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    if let Err(e) = connection(stream, peer, state, builders, tls, h2c, &limits, watcher).await {
+                    let ended = connection(stream, peer, state, builders, tls, h2c, &limits, stop, watcher).await;
+                    if let Err(e) = ended {
                         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
                     }
                 });
@@ -294,6 +302,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     }
 
     admin_state.ready.store(false, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
     drop(listener);
     tracing::info!(timeout = ?config.shutdown_timeout, "no longer accepting; finishing in-flight requests");
     tokio::select! {
@@ -333,6 +342,7 @@ async fn connection(
     tls: Option<TlsAcceptor>,
     h2c: bool,
     limits: &Limits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
     watcher: hyper_util::server::graceful::Watcher,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let info = pier_http::ConnInfo {
@@ -340,14 +350,21 @@ async fn connection(
         tls: tls.is_some(),
     };
     let svc = service_fn(move |req| pier_http::serve(state.clone(), info, req));
-    crate::listen::first_bytes(&stream, limits).await?;
+    // Before HTTP starts (first bytes, TLS handshake) a shutdown just closes the
+    // connection; from then on the graceful watcher lets in-flight requests finish.
+    tokio::select! {
+        r = crate::listen::first_bytes(&stream, limits) => r?,
+        _ = stop.wait_for(|s| *s) => return Ok(()),
+    }
     let stream = crate::listen::with_send_timeout(stream, limits);
     match tls {
         Some(acceptor) => {
-            let tls_stream =
-                tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream))
-                    .await
-                    .map_err(|_| "TLS handshake timed out")??;
+            let handshake =
+                tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream));
+            let tls_stream = tokio::select! {
+                r = handshake => r.map_err(|_| "TLS handshake timed out")??,
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            };
             let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let builder = if h2 { &builders.h2 } else { &builders.h1 };
             let conn = builder

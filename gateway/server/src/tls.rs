@@ -1,22 +1,14 @@
 //! rustls server configuration from PEM files.
 
-use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::TlsConfig;
 use crate::error::ServerError;
-
-fn open(path: &Path) -> Result<BufReader<std::fs::File>, ServerError> {
-    std::fs::File::open(path)
-        .map(BufReader::new)
-        .map_err(|e| ServerError::Tls {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })
-}
 
 /// A rustls config offering HTTP/2 and HTTP/1.1 by ALPN.
 pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, ServerError> {
@@ -24,15 +16,19 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, ServerError> 
         path: path.to_owned(),
         reason,
     };
-    let certs = rustls_pemfile::certs(&mut open(&tls.cert)?)
-        .collect::<Result<Vec<_>, _>>()
+    // PEM parsing by rustls-pki-types (rustls-pemfile is unmaintained, RUSTSEC-2025-0134).
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| bad(&tls.cert, e.to_string()))?;
     if certs.is_empty() {
         return Err(bad(&tls.cert, "no PEM certificate found".into()));
     }
-    let key = rustls_pemfile::private_key(&mut open(&tls.key)?)
-        .map_err(|e| bad(&tls.key, e.to_string()))?
-        .ok_or_else(|| bad(&tls.key, "no PEM private key found".into()))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => {
+            bad(&tls.key, "no PEM private key found".into())
+        }
+        e => bad(&tls.key, e.to_string()),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

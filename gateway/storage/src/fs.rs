@@ -80,6 +80,9 @@ pub struct FsStore {
     tag_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
+/// How long an upload's status waits for a PATCH in progress to finish writing.
+const STATUS_WAIT: Duration = Duration::from_secs(1);
+
 /// Stripes of [`FsStore::tag_locks`].
 const TAG_LOCKS: usize = 64;
 
@@ -851,14 +854,18 @@ impl UploadStore for FsStore {
     }
 
     async fn status(&self, repo: &RepoName, id: &UploadId) -> Result<UploadStatus> {
-        // Without the session's lock: a PATCH streaming into the session (slowly, maybe
-        // on purpose) must not hold its status hostage. The offset is what is on disk.
+        // A PATCH that just ended (its client went away) finishes writing within moments:
+        // wait for it, so the offset is final. One still streaming (slowly, maybe on
+        // purpose) must not hold the status hostage: then the offset is what is on disk.
+        let session = self.session(repo, id);
+        let _guard = tokio::time::timeout(STATUS_WAIT, session.lock()).await.ok();
         match self.upload_len(repo, id).await {
             Ok(offset) => Ok(UploadStatus {
                 id: id.clone(),
                 offset,
             }),
             Err(e) => {
+                drop(_guard);
                 self.forget_session(repo, id);
                 Err(e)
             }

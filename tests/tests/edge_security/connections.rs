@@ -225,3 +225,35 @@ fn a_client_that_stops_reading_is_dropped_after_the_send_timeout() {
         got.len()
     );
 }
+
+#[test]
+fn an_upload_body_that_stalls_is_cut_off() {
+    let (pier, _dir) = pier_with("body_idle_timeout = \"2s\"", &[]);
+    let loc = pier_e2e::start_upload(pier.addr, "team/stall");
+    let path = pier_e2e::strip_origin(&loc);
+    let mut s = TcpStream::connect(pier.addr).unwrap();
+    s.write_all(
+        format!(
+            "PATCH {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\nx",
+            pier.addr
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let start = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(
+        start.elapsed() < Duration::from_secs(12),
+        "a stalled PATCH held its connection for {:?}",
+        start.elapsed()
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 4"),
+        "a stalled body gets a client error or a close: {text}"
+    );
+    // The session is still there and usable.
+    http::get(pier.addr, &path).expect_status(204, "the session after a stalled PATCH");
+}
