@@ -9,7 +9,11 @@
 //! # nodes = ["redis://10.0.0.1:6379", "10.0.0.2:6379"]        # cluster
 //! key_prefix = "pier:"           # default
 //! op_timeout_ms = 500            # default
+//! # ca_file = "/etc/pier/redis-ca.pem"  # rediss:// servers signed by a private CA
 //! ```
+//!
+//! `rediss://` URLs connect over TLS (rustls), verifying the server's certificate against
+//! the system's roots, or only `ca_file`'s when it is set.
 
 use std::time::Duration;
 
@@ -31,6 +35,8 @@ pub struct RedisConfig {
     /// Bound on every operation (connect included). An operation that takes longer fails
     /// with [`ClusterError::Unavailable`](crate::ClusterError::Unavailable).
     pub op_timeout: Duration,
+    /// PEM roots that `rediss://` servers are verified against instead of the system's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl RedisConfig {
@@ -45,6 +51,7 @@ impl RedisConfig {
             mode,
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             op_timeout: DEFAULT_OP_TIMEOUT,
+            ca_file: None,
         }
     }
 }
@@ -90,6 +97,7 @@ struct RawRedisConfig {
     nodes: Option<Vec<String>>,
     key_prefix: Option<String>,
     op_timeout_ms: Option<u64>,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl TryFrom<RawRedisConfig> for RedisConfig {
@@ -104,6 +112,7 @@ impl TryFrom<RawRedisConfig> for RedisConfig {
             nodes,
             key_prefix,
             op_timeout_ms,
+            ca_file,
         } = raw;
         let unexpected =
             |what: &str, mode: &str| format!("`{what}` is not used with mode = \"{mode}\"");
@@ -149,6 +158,7 @@ impl TryFrom<RawRedisConfig> for RedisConfig {
             mode,
             key_prefix: key_prefix.unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned()),
             op_timeout,
+            ca_file,
         })
     }
 }

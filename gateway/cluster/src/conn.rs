@@ -26,6 +26,8 @@ pub(crate) enum Backend {
     Cluster {
         conn: ClusterConnection,
         nodes: Vec<String>,
+        /// `ca_file`'s roots, for the pub/sub connections to single nodes.
+        roots: Option<redis::TlsCertificates>,
     },
 }
 
@@ -81,13 +83,34 @@ fn config_err(e: redis::RedisError) -> ClusterError {
     ClusterError::Config(e.to_string())
 }
 
+/// The roots `rediss://` servers are checked against: `ca_file`'s, or the system's.
+fn tls_roots(cfg: &RedisConfig) -> Result<Option<redis::TlsCertificates>, ClusterError> {
+    let Some(path) = &cfg.ca_file else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path)
+        .map_err(|e| ClusterError::Config(format!("redis ca_file {}: {e}", path.display())))?;
+    Ok(Some(redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    }))
+}
+
+/// A client for `url` (`redis://` or `rediss://`), trusting `roots` when given.
+fn open_client(url: &str, roots: Option<&redis::TlsCertificates>) -> RedisResult<Client> {
+    match roots {
+        Some(r) => Client::build_with_tls(url, r.clone()),
+        None => Client::open(url),
+    }
+}
+
 impl Backend {
     /// Builds the clients and makes the first connection (bounded by the caller's timeout).
     pub(crate) async fn connect(cfg: &RedisConfig) -> Result<Self, ClusterError> {
         let t = cfg.op_timeout;
         match &cfg.mode {
             RedisMode::Standalone { url } => {
-                let client = Client::open(url.as_str()).map_err(config_err)?;
+                let client = open_client(url, tls_roots(cfg)?.as_ref()).map_err(config_err)?;
                 let manager_config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(t))
                     .set_response_timeout(Some(t))
@@ -120,7 +143,12 @@ impl Backend {
             }
             RedisMode::Cluster { nodes } => {
                 let urls: Vec<String> = nodes.iter().map(|s| as_url(s)).collect();
-                let client = ClusterClient::builder(urls.clone())
+                let roots = tls_roots(cfg)?;
+                let mut builder = ClusterClient::builder(urls.clone());
+                if let Some(r) = &roots {
+                    builder = builder.certs(r.clone());
+                }
+                let client = builder
                     .connection_timeout(t)
                     .response_timeout(t)
                     .retries(3)
@@ -132,7 +160,11 @@ impl Backend {
                     .get_async_connection()
                     .await
                     .map_err(|e| ClusterError::from_redis("connect", e))?;
-                Ok(Backend::Cluster { conn, nodes: urls })
+                Ok(Backend::Cluster {
+                    conn,
+                    nodes: urls,
+                    roots,
+                })
             }
         }
     }
@@ -172,7 +204,9 @@ impl Backend {
         match self {
             Backend::Standalone { client, .. } => Ok(client.clone()),
             Backend::Sentinel(s) => s.client.lock().await.async_get_client().await,
-            Backend::Cluster { nodes, .. } => Client::open(nodes[attempt % nodes.len()].as_str()),
+            Backend::Cluster { nodes, roots, .. } => {
+                open_client(&nodes[attempt % nodes.len()], roots.as_ref())
+            }
         }
     }
 }

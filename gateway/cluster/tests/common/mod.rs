@@ -13,7 +13,7 @@ use tempfile::TempDir;
 
 /// Ports are handed out from a per-process range so parallel tests (and test binaries of
 /// other runs) rarely collide; each is checked free, with its cluster bus port (+10000).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let base = 20000 + (std::process::id() % 400) as u16 * 50;
     loop {
