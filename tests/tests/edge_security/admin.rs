@@ -1,7 +1,8 @@
 //! The admin API against web pages in an operator's browser and path tricks.
 
 use std::fs;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use pier_e2e::{TestPier, http, pier_command};
@@ -158,25 +159,33 @@ fn admin_paths_are_checked_as_the_router_sees_them() {
     }
 }
 
-#[test]
-fn an_unauthenticated_admin_api_off_loopback_needs_consent() {
-    let dir = tempfile::tempdir().unwrap();
-    let err_path = dir.path().join("refused.err");
-    let mut child = pier_command()
+/// `pier serve` with its admin listener on 0.0.0.0 and `extra` flags; its stderr (where
+/// the log goes) in `dir/NAME.err`.
+fn serve_on_all_addresses(dir: &Path, name: &str, extra: &[&str]) -> (Child, PathBuf) {
+    let err = dir.join(format!("{name}.err"));
+    let child = pier_command()
         .args([
             "serve",
             "--listen",
             "127.0.0.1:0",
             "--admin-listen",
             "0.0.0.0:0",
-            "--root",
         ])
-        .arg(dir.path().join("root"))
+        .args(extra)
+        .arg("--root")
+        .arg(dir.join("root"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::from(fs::File::create(&err_path).unwrap()))
+        .stderr(Stdio::from(fs::File::create(&err).unwrap()))
         .spawn()
         .expect("spawn pier serve");
+    (child, err)
+}
+
+#[test]
+fn an_unauthenticated_admin_api_off_loopback_needs_consent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, err_path) = serve_on_all_addresses(dir.path(), "refused", &[]);
     let mut status = None;
     pier_e2e::wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
         status = child.try_wait().ok().flatten();
@@ -194,29 +203,11 @@ fn an_unauthenticated_admin_api_off_loopback_needs_consent() {
         "the refusal says what to do: {err}"
     );
     // The operator's explicit consent starts it.
-    let log = dir.path().join("pier.log");
-    let mut child = pier_command()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "0.0.0.0:0",
-        ])
-        .arg("--admin-insecure")
-        .arg("--root")
-        .arg(dir.path().join("root"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(fs::File::create(&log).unwrap()))
-        .stderr(Stdio::from(
-            fs::File::create(dir.path().join("pier.err")).unwrap(),
-        ))
-        .spawn()
-        .expect("spawn pier serve --admin-insecure");
+    let (mut child, log) = serve_on_all_addresses(dir.path(), "consent", &["--admin-insecure"]);
     let started = pier_e2e::wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
-        let text = fs::read_to_string(&log).unwrap_or_default()
-            + &fs::read_to_string(dir.path().join("pier.err")).unwrap_or_default();
-        text.contains("pier serving")
+        fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("pier serving")
     });
     let _ = child.kill();
     let _ = child.wait();

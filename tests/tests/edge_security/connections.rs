@@ -4,8 +4,6 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pier_e2e::{TestPier, http};
@@ -84,36 +82,10 @@ fn silent_and_half_sent_connections_are_closed() {
     http::get(pier.addr, "/v2/").expect_status(200, "a real request afterwards");
 }
 
-fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args([
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
 #[test]
 fn tls_connections_without_a_handshake_are_closed() {
     let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(certs.path());
+    let (cert, key) = pier_e2e::self_signed_cert(certs.path());
     let (pier, _dir) = pier_with(
         "tls_handshake_timeout = \"1s\"\nheader_read_timeout = \"1s\"",
         &[
@@ -231,15 +203,7 @@ fn an_upload_body_that_stalls_is_cut_off() {
     let (pier, _dir) = pier_with("body_idle_timeout = \"2s\"", &[]);
     let loc = pier_e2e::start_upload(pier.addr, "team/stall");
     let path = pier_e2e::strip_origin(&loc);
-    let mut s = TcpStream::connect(pier.addr).unwrap();
-    s.write_all(
-        format!(
-            "PATCH {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\nx",
-            pier.addr
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+    let mut s = crate::support::patch_one_byte_of(pier.addr, &path, 100);
     let start = Instant::now();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     let mut got = Vec::new();

@@ -111,15 +111,7 @@ fn a_slow_patch_does_not_hold_its_session_hostage() {
     let loc = pier_e2e::start_upload(pier.addr, "team/slow");
     let path = pier_e2e::strip_origin(&loc);
     // A PATCH promising 100 bytes, sending one now and then.
-    let mut s = TcpStream::connect(pier.addr).unwrap();
-    s.write_all(
-        format!(
-            "PATCH {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\nx",
-            pier.addr
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+    let mut s = crate::support::patch_one_byte_of(pier.addr, &path, 100);
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
     let r = http::try_request_timeout(pier.addr, "GET", &path, &[], b"", Duration::from_secs(5))

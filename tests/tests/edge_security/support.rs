@@ -1,6 +1,8 @@
 //! Helpers of the edge security tests.
 
 use std::fs;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
 
 use pier_e2e::TestPier;
 
@@ -37,4 +39,17 @@ pub fn base64_encode(data: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Opens `PATCH path` promising `len` body bytes and sends only the first one.
+pub fn patch_one_byte_of(addr: SocketAddr, path: &str, len: usize) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(
+        format!(
+            "PATCH {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\nx"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s
 }

@@ -1,40 +1,8 @@
 //! HTTPS with ALPN (h2 and http/1.1) and cleartext HTTP/2 (h2c), checked with curl.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::*;
-
-/// Generates a self-signed certificate for 127.0.0.1 in `dir`; returns (cert, key).
-fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
 
 /// Runs curl; returns (exit success, stdout, stderr).
 fn curl(args: &[&str]) -> (bool, String, String) {
@@ -53,7 +21,7 @@ fn curl(args: &[&str]) -> (bool, String, String) {
 #[test]
 fn https_serves_http1_and_http2() {
     let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(certs.path());
+    let (cert, key) = pier_e2e::self_signed_cert(certs.path());
     let p = TestPier::builder()
         .arg("--tls-cert")
         .arg(&cert)
