@@ -133,12 +133,28 @@ pub async fn start(
             .clone()
             .unwrap_or_else(|| format!("pier://{}", config.listen)),
         signing_secret: s.secret.clone().map(String::into_bytes),
+        endpoint_secrets: s
+            .endpoints
+            .iter()
+            .map(|(url, secret)| pier_events::EndpointSecret {
+                url: url.clone(),
+                secret: secret.clone().into_bytes(),
+            })
+            .collect(),
         max_attempts: s.attempts,
         backoff_base: s.backoff,
         backoff_cap: s.backoff_max,
         request_timeout: s.timeout,
         ..EventsConfig::default()
     };
+    if s.secret.is_some() {
+        tracing::warn!(
+            endpoints_with_their_own_secret = s.endpoints.len(),
+            "[events] secret signs every delivery to a URL without its own [[events.endpoints]] \
+             secret: each receiver holding it can forge deliveries to the others; give each \
+             endpoint its own"
+        );
+    }
     let starting =
         |e: pier_events::EventsError| ServerError::Config(format!("starting event delivery: {e}"));
     let (events, leader, journal) = match shared {
@@ -248,6 +264,7 @@ impl Router for PluginRouter {
                     url: d.url,
                     headers: d.headers,
                     body: Bytes::from(d.body),
+                    refused: d.refused,
                 })),
                 Err(f) => tracing::warn!(plugin = %name, event = event.id, error = %f,
                     "notifier failed on an event; no webhook from it for this event"),
