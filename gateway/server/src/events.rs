@@ -664,22 +664,9 @@ impl Replication {
         let Some(events) = self.events.get().and_then(Weak::upgrade) else {
             return;
         };
-        let Ok(repo) = r.spec.dst_repo.parse::<RepoName>() else {
+        let Some(draft) = job_event(r) else {
             return;
         };
-        let mut draft =
-            EventDraft::new(EventKind::ReplicationJob, repo).detail(serde_json::json!({
-                "job": r.id.0,
-                "state": r.state.to_string(),
-                "attempts": r.attempts,
-                "source": r.spec.source,
-                "destination": r.spec.destination,
-                "reference": r.spec.reference,
-                "report": r.report,
-            }));
-        if let Ok(Reference::Tag(t)) = r.spec.reference.parse::<Reference>() {
-            draft = draft.tag(t);
-        }
         if let Err(e) = events.publish(draft).await {
             tracing::warn!(job = %r.id, error = %e, "recording the replication job's event failed");
         }
@@ -712,6 +699,29 @@ impl Replication {
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
+}
+
+/// The event of a finished job. It belongs to the job's SOURCE repository (and so to its
+/// project): the rule that made the job selected it there, whereas the destination is
+/// whatever the rule's template made of it, possibly in another project whose webhooks
+/// must not learn of the source's repositories. `None` when the name is invalid.
+fn job_event(r: &JobRecord) -> Option<EventDraft> {
+    let repo = r.spec.src_repo.parse::<RepoName>().ok()?;
+    let mut draft = EventDraft::new(EventKind::ReplicationJob, repo).detail(serde_json::json!({
+        "job": r.id.0,
+        "state": r.state.to_string(),
+        "attempts": r.attempts,
+        "source": r.spec.source,
+        "destination": r.spec.destination,
+        "sourceRepository": r.spec.src_repo,
+        "destinationRepository": r.spec.dst_repo,
+        "reference": r.spec.reference,
+        "report": r.report,
+    }));
+    if let Ok(Reference::Tag(t)) = r.spec.reference.parse::<Reference>() {
+        draft = draft.tag(t);
+    }
+    Some(draft)
 }
 
 /// A job log line of what an attempt did.
@@ -952,6 +962,49 @@ pub async fn admin(
 
 #[cfg(test)]
 mod tests {
+    /// A job's event is filed under its source repository's project, never under the
+    /// destination's (a rule `destination = "library/{repository}"` must not tell
+    /// `library`'s webhooks about `secretproj`).
+    #[test]
+    fn a_job_event_belongs_to_the_source_project() {
+        use pier_replicate::{JobId, JobRecord, JobSpec, JobState};
+        let spec = JobSpec {
+            rule: "replicate".into(),
+            source: "local".into(),
+            destination: "site-b".into(),
+            src_repo: "secretproj/hidden-app".into(),
+            dst_repo: "library/secretproj/hidden-app".into(),
+            reference: "v1".into(),
+            key: None,
+            delete: false,
+        };
+        let record = JobRecord {
+            id: JobId(7),
+            spec,
+            state: JobState::Succeeded,
+            attempts: 1,
+            updated_ms: 0,
+            report: None,
+            log: Vec::new(),
+        };
+        let draft = super::job_event(&record).unwrap();
+        assert_eq!(draft.repository.as_str(), "secretproj/hidden-app");
+        assert_eq!(draft.tag.as_ref().map(|t| t.as_str()), Some("v1"));
+        let detail = draft.detail.unwrap();
+        assert_eq!(detail["sourceRepository"], "secretproj/hidden-app");
+        assert_eq!(
+            detail["destinationRepository"],
+            "library/secretproj/hidden-app"
+        );
+        assert_eq!(detail["state"], "succeeded");
+        let event = pier_events::Event::from_draft(
+            super::job_event(&record).unwrap(),
+            pier_events::Timestamp::from_micros(0),
+            "pier".into(),
+        );
+        assert_eq!(super::plugin_event(&event).project, "secretproj");
+    }
+
     /// The tag filter of replication actions (the plugins' matcher, run here in CI).
     #[test]
     fn tag_patterns() {
