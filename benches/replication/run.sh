@@ -237,7 +237,9 @@ class H(BaseHTTPRequestHandler):
         self.wfile.write(body)
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        want = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+        h = self.headers  # docs/webhooks.md: HMAC over "<timestamp>.<event id>.<delivery id>.<body>"
+        signed = ("%s.%s.%s." % (h.get("X-Pier-Timestamp"), h.get("X-Pier-Event-Id"), h.get("X-Pier-Delivery"))).encode() + body
+        want = "sha256=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
         with lock:
             state["requests"] += 1
             state["keys"].add(self.headers.get("Idempotency-Key"))
@@ -257,14 +259,16 @@ fanout_bench() {
     receiver "$PR" >"$WORK/receiver.log" 2>&1 &
     PID[receiver]=$!
     cat >"$WORK/events.toml" <<TOML
-[events]
+[[events.endpoints]]
+url = "http://127.0.0.1:$PR/hook"
 secret = "$SECRET"
 
 [[plugins]]
 name = "webhook"
 hook = "notifier"
 path = "$WASM/pier_webhook.wasm"
-grants = ["log", "config"]
+grants = ["log", "config", "http"]
+allowed_hosts = ["127.0.0.1:$PR"]
 
 [plugins.config]
 endpoints = [ { url = "http://127.0.0.1:$PR/hook", events = ["manifest-pushed"] } ]

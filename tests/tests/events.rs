@@ -13,6 +13,10 @@
 //! - `webhooks`: every event delivered with a valid HMAC signature; kill -9 between
 //!   push and delivery, then restart: delivered, one idempotency key per manifest and
 //!   endpoint, also for `pier events redeliver`.
+//! - `guards`: notifiers without the `http` grant or outside their `allowed_hosts` make
+//!   Pier post nothing, forged headers are never sent; each endpoint verifies with its
+//!   own secret (docs/webhooks.md's Python and openssl snippets, run as written) and a
+//!   replay to another fails; a replication job's event goes to the source project.
 //! - `hostile`: a notifier and a replicator that spin, eat memory, panic or fail never
 //!   fail a push; a well-behaved notifier beside them still delivers.
 //! - `cli`: `pier replication jobs` / `pier replication retry ID` on a failed job.
@@ -27,6 +31,8 @@ mod clients_support;
 mod cli;
 #[path = "events/deletes.rs"]
 mod deletes;
+#[path = "events/guards.rs"]
+mod guards;
 #[path = "events/hostile.rs"]
 mod hostile;
 #[path = "events/resume.rs"]

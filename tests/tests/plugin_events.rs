@@ -204,6 +204,38 @@ async fn webhook_filters_and_bodies() {
     assert_eq!(n.metrics().calls(), 9);
 }
 
+/// Deliveries obey the grants of `http-outbound`: without `http`, every one comes back
+/// refused; with it, those to hosts outside `allowed_hosts` (here `https://` on 443 when
+/// only port 80 is allowed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_deliveries_need_the_http_grant_and_an_allowed_host() {
+    let wasm = &plugins::build().webhook;
+    let push = event(EventKind::ManifestDeleted, "team/app", Some("v1"));
+
+    let (_dir, n) = notifier("webhook", wasm, webhook_config(), |_| {}).await;
+    let d = n.notify(&push).await.unwrap();
+    assert_eq!(
+        urls(&d),
+        ["http://hooks.test/everything", "https://hooks.test/deletes"]
+    );
+    for x in &d {
+        let why = x.refused.as_deref().expect("refused without the grant");
+        assert!(why.contains("not granted \"http\""), "{why}");
+    }
+
+    let (_dir, n) = notifier("webhook", wasm, webhook_config(), |s| {
+        s.grants.http = true;
+        s.allowed_hosts = vec!["hooks.test:80".into()];
+    })
+    .await;
+    let d = n.notify(&push).await.unwrap();
+    assert_eq!(d[0].refused, None, "http://hooks.test is allowed");
+    assert_eq!(
+        d[1].refused.as_deref(),
+        Some("hooks.test:443 is not on the allowed_hosts of notifier \"webhook\"")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_invalid_config_is_an_error_not_silence() {
     let wasm = &plugins::build().webhook;

@@ -52,6 +52,7 @@ fn delivery(event_id: u64, index: u32, url: &str) -> Delivery {
             url: url.into(),
             headers: vec![("content-type".into(), "application/json".into())],
             body: Bytes::from(format!("{{\"e\":{event_id}}}")),
+            refused: None,
         },
         Timestamp::from_micros(1_000 + event_id),
     )

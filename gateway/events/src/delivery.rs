@@ -14,9 +14,14 @@ use crate::event::Timestamp;
 pub struct DeliveryRequest {
     /// `http://` or `https://` URL; the request is a `POST`.
     pub url: String,
-    /// Extra request headers (the host adds its own `Idempotency-Key`, `X-Pier-*`).
+    /// Extra request headers, within [`crate::check_header`]'s allowlist (the host adds
+    /// its own `Idempotency-Key`, `X-Pier-*`). A header outside it fails the delivery.
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// Why the request must not be sent (e.g. a notifier plugin without the grant or a
+    /// URL outside its allowed hosts): it is recorded as `failed` with this error, and
+    /// never sent, not even by a redelivery.
+    pub refused: Option<String>,
 }
 
 /// A delivery's id, also its `Idempotency-Key`: 32 lowercase hex characters, the first
@@ -114,11 +119,16 @@ pub struct Delivery {
     pub next_attempt: Timestamp,
     /// When it became delivered or failed.
     pub finished: Option<Timestamp>,
+    /// Why it is never sent ([`DeliveryRequest::refused`]); a redelivery fails again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 impl Delivery {
-    /// A new pending entry for the `index`th request the router returned for an event.
+    /// A new entry for the `index`th request the router returned for an event: pending,
+    /// or failed at once when the request is refused.
     pub fn new(event_id: u64, index: u32, request: DeliveryRequest, now: Timestamp) -> Delivery {
+        let refused = request.refused.map(|r| format!("refused: {r}"));
         Delivery {
             id: DeliveryId::derive(event_id, index, &request.url),
             event_id,
@@ -126,14 +136,19 @@ impl Delivery {
             url: request.url,
             headers: request.headers,
             body: request.body,
-            status: DeliveryStatus::Pending,
+            status: if refused.is_some() {
+                DeliveryStatus::Failed
+            } else {
+                DeliveryStatus::Pending
+            },
             attempts: 0,
             last_status: None,
-            last_error: None,
+            last_error: refused.clone(),
             created: now,
             last_attempt: None,
             next_attempt: now,
-            finished: None,
+            finished: refused.is_some().then_some(now),
+            refused,
         }
     }
 
@@ -287,6 +302,7 @@ mod tests {
             url: "http://x/hook".into(),
             headers: vec![("x-a".into(), "1".into())],
             body: Bytes::from_static(b"\x00\xffbody"),
+            refused: None,
         };
         let d = Delivery::new(3, 1, req, Timestamp::from_micros(5));
         let back: Delivery = serde_json::from_slice(&serde_json::to_vec(&d).unwrap()).unwrap();
@@ -298,5 +314,30 @@ mod tests {
         assert_eq!(log["bodySize"], 6);
         assert_eq!(log["created"], "1970-01-01T00:00:00.000005Z");
         assert!(log.get("body").is_none());
+    }
+
+    #[test]
+    fn a_refused_request_is_failed_from_the_start() {
+        let req = DeliveryRequest {
+            url: "http://elsewhere.test/".into(),
+            headers: vec![],
+            body: Bytes::from_static(b"{}"),
+            refused: Some("not in allowed_hosts".into()),
+        };
+        let d = Delivery::new(3, 0, req, Timestamp::from_micros(5));
+        assert_eq!(d.status, DeliveryStatus::Failed);
+        assert_eq!(d.attempts, 0);
+        assert_eq!(
+            d.last_error.as_deref(),
+            Some("refused: not in allowed_hosts")
+        );
+        assert_eq!(d.finished, Some(Timestamp::from_micros(5)));
+        let back: Delivery = serde_json::from_slice(&serde_json::to_vec(&d).unwrap()).unwrap();
+        assert_eq!(back, d);
+        // entries stored before the field existed read as not refused
+        let mut old = serde_json::to_value(&d).unwrap();
+        old.as_object_mut().unwrap().remove("refused");
+        let old: Delivery = serde_json::from_value(old).unwrap();
+        assert_eq!(old.refused, None);
     }
 }

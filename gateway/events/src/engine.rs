@@ -19,7 +19,8 @@ use crate::delivery::{
     PageRequest, Retention,
 };
 use crate::event::{Event, EventDraft, Timestamp};
-use crate::sender::{Outcome, Sender, check_url};
+use crate::sender::{Outcome, Sender, check_headers, check_url};
+use crate::signing::EndpointSecret;
 use crate::store::Stores;
 use crate::{EventsError, disk};
 
@@ -80,6 +81,7 @@ impl Router for WebhookRouter {
                 url: url.clone(),
                 headers: vec![("content-type".into(), "application/cloudevents+json".into())],
                 body: body.clone(),
+                refused: None,
             })
             .collect())
     }
@@ -90,8 +92,12 @@ impl Router for WebhookRouter {
 pub struct EventsConfig {
     /// The CloudEvents `source` of every event (e.g. the node's public URL).
     pub source: String,
-    /// When set, requests carry `X-Pier-Signature: sha256=<hex HMAC-SHA256(secret, body)>`.
+    /// Signs requests to URLs without an entry in `endpoint_secrets` ([`crate::signing`]);
+    /// `None`: those go unsigned. Every receiver holding it can forge requests to the
+    /// others: prefer a secret per endpoint.
     pub signing_secret: Option<Vec<u8>>,
+    /// A secret per endpoint: requests to a matching URL are signed with it.
+    pub endpoint_secrets: Vec<EndpointSecret>,
     /// Attempts per delivery before it is `failed` (at least 1).
     pub max_attempts: u32,
     /// Wait after the first failed attempt; doubles after each next one...
@@ -125,6 +131,7 @@ impl Default for EventsConfig {
         EventsConfig {
             source: "pier".into(),
             signing_secret: None,
+            endpoint_secrets: Vec::new(),
             max_attempts: 8,
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(300),
@@ -148,6 +155,7 @@ impl fmt::Debug for EventsConfig {
                 "signing_secret",
                 &self.signing_secret.as_ref().map(|_| "<redacted>"),
             )
+            .field("endpoint_secrets", &self.endpoint_secrets)
             .field("max_attempts", &self.max_attempts)
             .field("backoff_base", &self.backoff_base)
             .field("backoff_cap", &self.backoff_cap)
@@ -241,6 +249,7 @@ impl Events {
         let sender = Sender::new(
             config.tls_roots.take(),
             config.signing_secret.as_deref(),
+            &config.endpoint_secrets,
             config.request_timeout,
         )?;
         let inner = Arc::new(Inner {
@@ -372,11 +381,19 @@ impl Inner {
             .map(|(i, request)| {
                 let index = u32::try_from(i).unwrap_or(u32::MAX);
                 let mut d = Delivery::new(event.id, index, request, now);
-                if let Err(e) = check_url(&d.url) {
-                    warn!(event_id = event.id, delivery = %d.id, error = %e, "undeliverable request from the router");
+                if d.refused.is_none()
+                    && let Err(e) = check_url(&d.url).map(drop).and_then(|()| {
+                        check_headers(&d.headers).map_err(|e| format!("refused: {e}"))
+                    })
+                {
                     d.status = DeliveryStatus::Failed;
                     d.last_error = Some(e);
                     d.finished = Some(now);
+                }
+                if d.status == DeliveryStatus::Failed {
+                    warn!(event_id = event.id, delivery = %d.id, url = %d.url,
+                        error = d.last_error.as_deref().unwrap_or(""),
+                        "undeliverable request from the router: recorded as failed, not sent");
                 }
                 d
             })

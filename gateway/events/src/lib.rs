@@ -9,10 +9,15 @@
 //!    together with the new cursor. A crash in between routes the events again; the
 //!    delivery ids (the idempotency keys) are derived from (event id, index, url), so
 //!    the outbox keeps one copy.
+//!    A request the router marks refused ([`DeliveryRequest::refused`]), with a URL that
+//!    is not http(s) or with a header outside [`check_header`]'s allowlist is stored as
+//!    `failed` at once and never sent.
 //! 3. The scheduler sends due entries: `POST` with the router's headers plus
 //!    `Idempotency-Key`, `X-Pier-Delivery` (both the delivery id), `X-Pier-Event-Id`,
-//!    `X-Pier-Attempt` and, with a secret, `X-Pier-Signature: sha256=<hex hmac>`.
-//!    2xx is delivered; anything else is retried with exponential backoff, then failed.
+//!    `X-Pier-Attempt` and, with a secret for the URL, `X-Pier-Timestamp` and
+//!    `X-Pier-Signature` ([`signing`]: HMAC-SHA256 over timestamp, event id, delivery id
+//!    and body, with the endpoint's own secret). 2xx is delivered; anything else is
+//!    retried with exponential backoff, then failed.
 //! 4. The outbox is the delivery log ([`Events::deliveries`], [`Events::redeliver`]);
 //!    finished entries are pruned by [`Retention`].
 //!
@@ -41,6 +46,7 @@ pub mod disk;
 mod engine;
 pub mod event;
 mod sender;
+pub mod signing;
 pub mod store;
 
 pub use delivery::{
@@ -49,7 +55,8 @@ pub use delivery::{
 };
 pub use engine::{Events, EventsConfig, RouteError, Router, WebhookRouter, Workers};
 pub use event::{Event, EventDraft, EventKind, Timestamp};
-pub use sender::signature;
+pub use sender::{MAX_ROUTER_HEADER_VALUE, MAX_ROUTER_HEADERS, check_header, check_headers};
+pub use signing::{EndpointSecret, SignatureError, SignedHeaders, signature, verify};
 pub use store::{Journal, Outbox, Stores};
 
 /// The crate's errors.

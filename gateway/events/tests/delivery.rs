@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use common::{Receiver, body_event_id, draft, wait_until};
 use pier_events::{
     DeliveryFilter, DeliveryId, DeliveryRequest, DeliveryStatus, Event, Events, EventsConfig,
-    PageRequest, RouteError, Router, WebhookRouter, signature,
+    PageRequest, RouteError, Router, WebhookRouter,
 };
 
 const SECRET: &[u8] = b"s3cret";
@@ -76,7 +76,7 @@ async fn every_event_arrives_signed_and_in_order() {
     let requests = rx.requests();
     for (req, event) in requests.iter().zip(&published) {
         assert_eq!(req.path, "/hook");
-        assert_eq!(req.header("x-pier-signature"), signature(SECRET, &req.body));
+        assert_eq!(req.verify(SECRET), Ok(()));
         assert_eq!(req.key(), req.header("x-pier-delivery"));
         assert_eq!(req.key().len(), 32);
         assert_eq!(req.event_id(), event.id, "in event order");
@@ -121,7 +121,7 @@ async fn retries_with_the_same_key_until_success() {
         .collect();
     assert_eq!(attempts, ["1", "2", "3"]);
     for r in &requests {
-        assert_eq!(r.header("x-pier-signature"), signature(SECRET, &r.body));
+        assert_eq!(r.verify(SECRET), Ok(()));
     }
     let d = events
         .delivery(&DeliveryId::parse(&key).unwrap())
@@ -400,11 +400,13 @@ impl Router for Moody {
                 url: "ftp://nope/".into(),
                 headers: vec![],
                 body: "x".into(),
+                refused: None,
             }]),
             _ => Ok(vec![DeliveryRequest {
                 url: self.url.clone(),
                 headers: vec![("x-custom".into(), "yes".into())],
                 body: event.to_json().into(),
+                refused: None,
             }]),
         }
     }
@@ -539,11 +541,7 @@ async fn a_thousand_concurrent_publishes_are_each_delivered_once() {
     );
     let keys: HashSet<String> = requests.iter().map(|r| r.key()).collect();
     assert_eq!(keys.len(), N);
-    assert!(
-        requests
-            .iter()
-            .all(|r| r.header("x-pier-signature") == signature(SECRET, &r.body))
-    );
+    assert!(requests.iter().all(|r| r.verify(SECRET).is_ok()));
 
     // Sequential publishes: each one pays a whole fsync.
     let t = Instant::now();
@@ -646,5 +644,132 @@ async fn https_urls_go_through_tls() {
     assert_eq!(d.last_status, None);
     assert!(!d.last_error.unwrap_or_default().is_empty());
     assert_eq!(rx.count(), 0);
+    events.shutdown().await;
+}
+
+/// For each event: a refused request, one with a forged Pier header, one with a header
+/// split by CR/LF, and a good one to each of two receivers.
+struct Forger {
+    a: String,
+    b: String,
+}
+
+#[async_trait]
+impl Router for Forger {
+    async fn route(&self, event: &Event) -> Result<Vec<DeliveryRequest>, RouteError> {
+        let req = |url: &str, headers: &[(&str, &str)], refused: Option<&str>| DeliveryRequest {
+            url: url.to_owned(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            body: event.to_json().into(),
+            refused: refused.map(str::to_owned),
+        };
+        Ok(vec![
+            req(&self.a, &[], Some("not in the plugin's allowed_hosts")),
+            req(&self.a, &[("X-Pier-Signature", "sha256=forged")], None),
+            req(&self.a, &[("X-Ok", "1\r\nX-Pier-Signature: forged")], None),
+            req(&self.a, &[("X-Event", "a")], None),
+            req(&self.b, &[("X-Event", "b")], None),
+        ])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_and_forged_requests_are_never_sent_and_each_endpoint_has_its_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rx_a, rx_b) = (Receiver::start().await, Receiver::start().await);
+    let config = EventsConfig {
+        signing_secret: None,
+        endpoint_secrets: vec![
+            pier_events::EndpointSecret {
+                url: rx_a.url(),
+                secret: b"secret-a".to_vec(),
+            },
+            pier_events::EndpointSecret {
+                url: rx_b.url(),
+                secret: b"secret-b".to_vec(),
+            },
+        ],
+        ..config()
+    };
+    let router = Arc::new(Forger {
+        a: rx_a.url(),
+        b: rx_b.url(),
+    });
+    let events = Events::open_dir(dir.path(), router, config).unwrap();
+    events.publish(draft(1)).await.unwrap();
+    wait_until("a and b", WAIT, async || {
+        rx_a.count() == 1 && rx_b.count() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Only the good requests arrived, each verifiable with its endpoint's secret only.
+    let (a, b) = (rx_a.requests(), rx_b.requests());
+    assert_eq!((a.len(), b.len()), (1, 1), "a: {a:#?}\nb: {b:#?}");
+    assert_eq!(a[0].header("x-event"), "a");
+    assert_eq!(b[0].header("x-event"), "b");
+    assert_eq!(a[0].verify(b"secret-a"), Ok(()));
+    assert_eq!(b[0].verify(b"secret-b"), Ok(()));
+    // a delivery captured at a and replayed to b fails b's check (and vice versa)
+    assert_eq!(
+        a[0].verify(b"secret-b"),
+        Err(pier_events::SignatureError::Mismatch)
+    );
+    assert_eq!(
+        b[0].verify(b"secret-a"),
+        Err(pier_events::SignatureError::Mismatch)
+    );
+
+    // The three others are in the log as failed, with the reason, never attempted.
+    let failed = events
+        .deliveries(
+            &DeliveryFilter {
+                status: Some(DeliveryStatus::Failed),
+                ..Default::default()
+            },
+            &PageRequest::default(),
+        )
+        .await
+        .unwrap()
+        .items;
+    let mut why: Vec<(u32, String)> = failed
+        .iter()
+        .map(|d| (d.index, d.last_error.clone().unwrap_or_default()))
+        .collect();
+    why.sort();
+    assert_eq!(why.len(), 3, "{why:?}");
+    assert_eq!(
+        why[0],
+        (0, "refused: not in the plugin's allowed_hosts".into())
+    );
+    assert!(
+        why[1]
+            .1
+            .starts_with("refused: header X-Pier-Signature is not allowed"),
+        "{why:?}"
+    );
+    assert!(
+        why[2]
+            .1
+            .starts_with("refused: header X-Ok: value has the byte 0x0d"),
+        "{why:?}"
+    );
+    assert!(failed.iter().all(|d| d.attempts == 0));
+
+    // A redelivery of the refused one fails again without a request.
+    let refused = failed.iter().find(|d| d.index == 0).unwrap();
+    events.redeliver(&refused.id).await.unwrap();
+    wait_until("the redelivery to fail", WAIT, async || {
+        events
+            .delivery(&refused.id)
+            .await
+            .unwrap()
+            .is_some_and(|d| d.status == DeliveryStatus::Failed && d.attempts == 1)
+    })
+    .await;
+    assert_eq!(rx_a.count(), 1, "the refused request was sent");
     events.shutdown().await;
 }

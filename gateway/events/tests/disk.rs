@@ -24,6 +24,7 @@ fn delivery(event_id: u64, index: u32) -> Delivery {
             url: format!("http://r{index}/hook"),
             headers: vec![],
             body: Bytes::from(format!("{event_id}")),
+            refused: None,
         },
         Timestamp::from_micros(event_id),
     )

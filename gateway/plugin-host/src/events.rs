@@ -66,6 +66,10 @@ pub struct Delivery {
     pub headers: Vec<(String, String)>,
     /// At most [`MAX_DELIVERY_BODY`] bytes (checked).
     pub body: Vec<u8>,
+    /// Why it must not be sent: the plugin lacks the `http` grant, or the URL's host is
+    /// not on its `allowed_hosts` (the grants of `http-outbound`). The caller records it
+    /// as a failed delivery with this reason and never sends it.
+    pub refused: Option<String>,
 }
 
 /// Which way a [`ReplicationAction`] copies.
@@ -147,6 +151,7 @@ fn check_delivery(d: wit::Delivery) -> Result<Delivery, String> {
         url: d.url,
         headers: d.headers,
         body: d.body,
+        refused: None,
     })
 }
 
@@ -204,6 +209,8 @@ crate::hook::hook_type!(
 impl PluginNotifier {
     /// The deliveries for one event. Returns within about twice the plugin's deadline
     /// (waiting for a free instance, then the call); call it off the request path.
+    /// Deliveries the plugin's grants do not allow come back with
+    /// [`Delivery::refused`] set (and are logged); the caller must not send them.
     pub async fn notify(&self, event: &PluginEvent) -> Result<Vec<Delivery>, PluginFailure> {
         let plugin = self.hook.current();
         let ev = wit_event(event);
@@ -211,13 +218,21 @@ impl PluginNotifier {
             .with_instance(async |b, store| b.notifier()?.call_notify(store, &ev).await)
             .await?;
         let deliveries = r.map_err(|m| plugin_error(&plugin, "notify", m))?;
-        check_all(
+        let mut deliveries = check_all(
             &plugin,
             "notify",
             deliveries,
             MAX_DELIVERIES,
             check_delivery,
-        )
+        )?;
+        for d in &mut deliveries {
+            d.refused = plugin.caps.delivery_refusal(&d.url);
+            if let Some(why) = &d.refused {
+                tracing::warn!(plugin = plugin.name(), event = event.id, url = %tidy_reason(d.url.clone()),
+                    reason = %why, "delivery refused: not sent");
+            }
+        }
+        Ok(deliveries)
     }
 }
 

@@ -78,6 +78,79 @@ impl WasiView for HostState {
     }
 }
 
+/// `host` or `host:port` (`[v6]:port`) as a host and an optional port.
+fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if s.starts_with('[') {
+        let end = s.find(']')?;
+        let (h, rest) = s.split_at(end + 1);
+        match rest {
+            "" => (h, None),
+            r => (h, Some(r.strip_prefix(':')?)),
+        }
+    } else {
+        match s.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    let port = match port {
+        Some(p) => Some(p.parse::<u16>().ok()?),
+        None => None,
+    };
+    (!host.is_empty()).then_some((host, port))
+}
+
+/// Whether the plugin's `allowed_hosts` let it reach `host` on `port`, for a URL whose
+/// scheme's port is `default_port`: an entry `host:port` allows that host on that port,
+/// an entry `host` on the scheme's port. Hosts compare case-insensitively. Shared by
+/// `http-outbound` and notifier deliveries.
+pub(crate) fn host_allowed(allowed: &[String], host: &str, port: u16, default_port: u16) -> bool {
+    allowed.iter().any(|entry| {
+        split_host_port(entry.trim())
+            .is_some_and(|(h, p)| h.eq_ignore_ascii_case(host) && p.unwrap_or(default_port) == port)
+    })
+}
+
+impl Capabilities {
+    /// Why a notifier's delivery to `url` must not be sent, or `None`: deliveries obey the
+    /// grants of `http-outbound`: the `http` grant, and the URL's host on
+    /// `allowed_hosts`. Parsed as the sender parses it (`http::Uri`), so the host checked
+    /// is the host connected to.
+    pub(crate) fn delivery_refusal(&self, url: &str) -> Option<String> {
+        let name = &self.plugin;
+        if !self.grants.http {
+            return Some(format!(
+                "notifier {name:?} is not granted \"http\": a delivery needs that grant and \
+                 its host on the plugin's allowed_hosts"
+            ));
+        }
+        let uri: http::Uri = match url.parse() {
+            Ok(u) => u,
+            Err(e) => return Some(format!("invalid delivery URL: {e}")),
+        };
+        let default_port = match uri.scheme_str() {
+            Some("http") => 80,
+            Some("https") => 443,
+            _ => return Some("a delivery URL must be http:// or https://".into()),
+        };
+        let Some(authority) = uri.authority() else {
+            return Some("a delivery URL needs a host".into());
+        };
+        if authority.as_str().contains('@') {
+            return Some("a delivery URL must not carry credentials before its host".into());
+        }
+        let host = authority.host();
+        let port = authority.port_u16().unwrap_or(default_port);
+        if host_allowed(&self.allowed_hosts, host, port, default_port) {
+            None
+        } else {
+            Some(format!(
+                "{host}:{port} is not on the allowed_hosts of notifier {name:?}"
+            ))
+        }
+    }
+}
+
 impl types::Host for HostState {}
 
 impl log::Host for HostState {
@@ -182,22 +255,15 @@ impl http_outbound::Host for HostState {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
-        let hostport = if authority.contains(':') {
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
-        };
         if authority.is_empty() || authority.contains('@') {
             return Err(HttpError::InvalidUrl);
         }
-        if !self
-            .caps
-            .allowed_hosts
-            .iter()
-            .any(|h| *h == hostport || *h == authority)
-        {
+        let (host, port) = split_host_port(authority).ok_or(HttpError::InvalidUrl)?;
+        let port = port.unwrap_or(80);
+        if !host_allowed(&self.caps.allowed_hosts, host, port, 80) {
             return Err(HttpError::Denied);
         }
+        let hostport = format!("{host}:{port}");
         let method = req.method.to_ascii_uppercase();
         if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
             return Err(HttpError::InvalidUrl);
@@ -406,5 +472,77 @@ mod ber {
         ];
         assert_eq!(bind_result(&ok), Some(49));
         assert!(bind_result(&ok[..5]).is_none());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(http: bool, allowed: &[&str]) -> Capabilities {
+        Capabilities {
+            plugin: "n".into(),
+            grants: Grants {
+                log: true,
+                http,
+                ..Grants::default()
+            },
+            config: serde_json::Map::new(),
+            kv: KvPlace::Dir(std::env::temp_dir()),
+            allowed_hosts: allowed.iter().map(|h| (*h).to_owned()).collect(),
+            ldap_addr: None,
+            io_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn allowed_hosts_match_host_and_port() {
+        let allowed: Vec<String> = ["hooks.test", "127.0.0.1:8080", "[::1]:9000"]
+            .map(String::from)
+            .to_vec();
+        assert!(host_allowed(&allowed, "hooks.test", 80, 80));
+        assert!(host_allowed(&allowed, "HOOKS.test", 443, 443));
+        assert!(!host_allowed(&allowed, "hooks.test", 8080, 80));
+        assert!(host_allowed(&allowed, "127.0.0.1", 8080, 80));
+        assert!(!host_allowed(&allowed, "127.0.0.1", 80, 80));
+        assert!(host_allowed(&allowed, "[::1]", 9000, 80));
+        assert!(!host_allowed(&allowed, "hooks.test.evil", 80, 80));
+        assert!(!host_allowed(&[], "hooks.test", 80, 80));
+    }
+
+    #[test]
+    fn deliveries_need_the_http_grant_and_an_allowed_host() {
+        let c = caps(true, &["hooks.test", "127.0.0.1:8080"]);
+        for ok in [
+            "http://hooks.test/x",
+            "https://hooks.test/x",
+            "http://hooks.test:80/x",
+            "http://HOOKS.TEST/x?y=1",
+            "http://127.0.0.1:8080/hook",
+        ] {
+            assert_eq!(c.delivery_refusal(ok), None, "{ok}");
+        }
+        for bad in [
+            "http://elsewhere.test/x",
+            "http://hooks.test:8080/x",
+            "http://127.0.0.1/hook",
+            "http://127.0.0.1:8081/hook",
+            "http://hooks.test.evil/x",
+            "http://hooks.test@elsewhere.test/x",
+            "http://elsewhere.test#@hooks.test/",
+            "http://elsewhere.test\\@hooks.test/",
+            "ftp://hooks.test/",
+            "http:///x",
+        ] {
+            assert!(c.delivery_refusal(bad).is_some(), "{bad} allowed");
+        }
+        let no_grant = caps(false, &["hooks.test"]);
+        let why = no_grant.delivery_refusal("http://hooks.test/x").unwrap();
+        assert!(why.contains("not granted \"http\""), "{why}");
+        let why = c.delivery_refusal("http://elsewhere.test/x").unwrap();
+        assert_eq!(
+            why,
+            "elsewhere.test:80 is not on the allowed_hosts of notifier \"n\""
+        );
     }
 }

@@ -77,7 +77,7 @@ pub struct Plugin {
     digest: String,
     world: World,
     pre: Pre,
-    caps: Arc<Capabilities>,
+    pub(crate) caps: Arc<Capabilities>,
     pool: Mutex<Vec<Warm>>,
     /// Bumped by [`Plugin::recycle`]: instances of older generations are dropped.
     generation: AtomicU64,

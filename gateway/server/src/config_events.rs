@@ -5,12 +5,18 @@
 //! dir = "events"                 # journal + outbox [default: ROOT/pier/events]; with [redis]
 //!                                # they live in Redis instead and this is unused
 //! source = "https://registry.example.com"   # CloudEvents `source` [default: pier://LISTEN]
-//! secret = "s3cret"              # HMAC-SHA256 key of X-Pier-Signature (or secret_file)
+//! secret = "s3cret"              # signs deliveries to URLs without their own secret below
+//!                                # (or secret_file); shared: prefer one per endpoint
 //! attempts = 10                  # deliveries give up after this many tries
 //! backoff = "1s"                 # first retry delay, doubling ...
 //! backoff_max = "5m"             # ... up to this
 //! timeout = "10s"                # per delivery request
 //! pulls = false                  # also record manifest pulls (busy registries: keep off)
+//!
+//! [[events.endpoints]]           # a secret of its own for the deliveries to one endpoint
+//! url = "https://ci.example.com/pier"   # that URL (and URL?query); a URL ending in `/`:
+//!                                       # every URL under it; the longest match wins
+//! secret_file = "ci.secret"      # or secret = "..."
 //!
 //! [replication]
 //! tick = "30s"                   # how often replicators' on-tick runs
@@ -49,6 +55,16 @@ pub(crate) struct FileEvents {
     backoff_max: Option<String>,
     timeout: Option<String>,
     pulls: Option<bool>,
+    #[serde(default)]
+    endpoints: Vec<FileEndpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEndpoint {
+    url: String,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,7 +98,10 @@ pub struct EventsSettings {
     pub dir: PathBuf,
     /// CloudEvents `source`; `None`: derived from the listen address.
     pub source: Option<String>,
+    /// Signs deliveries to URLs no endpoint below matches.
     pub secret: Option<String>,
+    /// `(url, secret)`: the secret of the deliveries to that endpoint.
+    pub endpoints: Vec<(String, String)>,
     pub attempts: u32,
     pub backoff: Duration,
     pub backoff_max: Duration,
@@ -140,27 +159,32 @@ pub(crate) fn events(
     root: &Path,
 ) -> Result<EventsSettings, ServerError> {
     let f = f.unwrap_or_default();
-    let secret = match (f.secret, f.secret_file) {
-        (Some(_), Some(_)) => {
+    let secret = read_secret(f.secret, f.secret_file, "events", base, path)?;
+    let mut endpoints: Vec<(String, String)> = Vec::new();
+    for (i, e) in f.endpoints.into_iter().enumerate() {
+        let at = format!("events.endpoints[{i}]");
+        if !(e.url.starts_with("http://") || e.url.starts_with("https://")) {
             return Err(ServerError::Config(format!(
-                "{}: events: set `secret` or `secret_file`, not both",
-                path.display()
+                "{}: {at}.url {:?} must start with http:// or https://",
+                path.display(),
+                e.url
             )));
         }
-        (Some(s), None) => Some(s),
-        (None, Some(file)) => {
-            let file = relative_to(base, file);
-            let s = std::fs::read_to_string(&file).map_err(|e| {
-                ServerError::Config(format!(
-                    "{}: events.secret_file {}: {e}",
-                    path.display(),
-                    file.display()
-                ))
-            })?;
-            Some(s.trim().to_owned())
+        if endpoints.iter().any(|(u, _)| *u == e.url) {
+            return Err(ServerError::Config(format!(
+                "{}: {at}.url {:?} is listed twice",
+                path.display(),
+                e.url
+            )));
         }
-        (None, None) => None,
-    };
+        let Some(s) = read_secret(e.secret, e.secret_file, &at, base, path)? else {
+            return Err(ServerError::Config(format!(
+                "{}: {at}: set `secret` or `secret_file`",
+                path.display()
+            )));
+        };
+        endpoints.push((e.url, s));
+    }
     Ok(EventsSettings {
         dir: f
             .dir
@@ -168,6 +192,7 @@ pub(crate) fn events(
             .unwrap_or_else(|| root.join("pier").join("events")),
         source: f.source,
         secret,
+        endpoints,
         attempts: f.attempts.unwrap_or(10).max(1),
         backoff: duration(f.backoff, "events.backoff", path, Duration::from_secs(1))?,
         backoff_max: duration(
@@ -179,6 +204,44 @@ pub(crate) fn events(
         timeout: duration(f.timeout, "events.timeout", path, Duration::from_secs(10))?,
         pulls: f.pulls.unwrap_or(false),
     })
+}
+
+/// `secret` or `secret_file` (trimmed) of the table at `at`; empty secrets are errors.
+fn read_secret(
+    inline: Option<String>,
+    file: Option<PathBuf>,
+    at: &str,
+    base: &Path,
+    path: &Path,
+) -> Result<Option<String>, ServerError> {
+    let s = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(ServerError::Config(format!(
+                "{}: {at}: set `secret` or `secret_file`, not both",
+                path.display()
+            )));
+        }
+        (Some(s), None) => s,
+        (None, Some(file)) => {
+            let file = relative_to(base, file);
+            let s = std::fs::read_to_string(&file).map_err(|e| {
+                ServerError::Config(format!(
+                    "{}: {at}.secret_file {}: {e}",
+                    path.display(),
+                    file.display()
+                ))
+            })?;
+            s.trim().to_owned()
+        }
+        (None, None) => return Ok(None),
+    };
+    if s.is_empty() {
+        return Err(ServerError::Config(format!(
+            "{}: {at}: the secret is empty",
+            path.display()
+        )));
+    }
+    Ok(Some(s))
 }
 
 pub(crate) fn replication(
@@ -259,6 +322,45 @@ pub(crate) fn replication(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_events(toml_text: &str, base: &Path) -> Result<EventsSettings, ServerError> {
+        let file: FileEvents =
+            toml::from_str(toml_text).map_err(|e| ServerError::Config(e.to_string()))?;
+        events(Some(file), base, Path::new("pier.toml"), Path::new("/r"))
+    }
+
+    #[test]
+    fn endpoints_have_their_own_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.secret"), "secret-b\n").unwrap();
+        let e = parse_events(
+            "secret = \"default\"\n\
+             [[endpoints]]\nurl = \"http://a.test/hook\"\nsecret = \"secret-a\"\n\
+             [[endpoints]]\nurl = \"https://b.test/\"\nsecret_file = \"b.secret\"\n",
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(e.secret.as_deref(), Some("default"));
+        assert_eq!(
+            e.endpoints,
+            [
+                ("http://a.test/hook".to_owned(), "secret-a".to_owned()),
+                ("https://b.test/".to_owned(), "secret-b".to_owned())
+            ]
+        );
+        for bad in [
+            "[[endpoints]]\nurl = \"http://a.test/\"\n",
+            "[[endpoints]]\nurl = \"http://a.test/\"\nsecret = \"\"\n",
+            "[[endpoints]]\nurl = \"ftp://a.test/\"\nsecret = \"x\"\n",
+            "[[endpoints]]\nurl = \"http://a.test/\"\nsecret = \"x\"\nsecret_file = \"b.secret\"\n",
+            "[[endpoints]]\nurl = \"http://a.test/\"\nsecret = \"x\"\n\
+             [[endpoints]]\nurl = \"http://a.test/\"\nsecret = \"y\"\n",
+            "[[endpoints]]\nurl = \"http://a.test/\"\nsecret_file = \"missing\"\n",
+            "[[endpoints]]\nurl = \"http://a.test/\"\nsecret = \"x\"\nheaders = {}\n",
+        ] {
+            assert!(parse_events(bad, dir.path()).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn targets_may_allow_private_addresses() {

@@ -133,12 +133,28 @@ pub async fn start(
             .clone()
             .unwrap_or_else(|| format!("pier://{}", config.listen)),
         signing_secret: s.secret.clone().map(String::into_bytes),
+        endpoint_secrets: s
+            .endpoints
+            .iter()
+            .map(|(url, secret)| pier_events::EndpointSecret {
+                url: url.clone(),
+                secret: secret.clone().into_bytes(),
+            })
+            .collect(),
         max_attempts: s.attempts,
         backoff_base: s.backoff,
         backoff_cap: s.backoff_max,
         request_timeout: s.timeout,
         ..EventsConfig::default()
     };
+    if s.secret.is_some() {
+        tracing::warn!(
+            endpoints_with_their_own_secret = s.endpoints.len(),
+            "[events] secret signs every delivery to a URL without its own [[events.endpoints]] \
+             secret: each receiver holding it can forge deliveries to the others; give each \
+             endpoint its own"
+        );
+    }
     let starting =
         |e: pier_events::EventsError| ServerError::Config(format!("starting event delivery: {e}"));
     let (events, leader, journal) = match shared {
@@ -248,6 +264,7 @@ impl Router for PluginRouter {
                     url: d.url,
                     headers: d.headers,
                     body: Bytes::from(d.body),
+                    refused: d.refused,
                 })),
                 Err(f) => tracing::warn!(plugin = %name, event = event.id, error = %f,
                     "notifier failed on an event; no webhook from it for this event"),
@@ -647,22 +664,9 @@ impl Replication {
         let Some(events) = self.events.get().and_then(Weak::upgrade) else {
             return;
         };
-        let Ok(repo) = r.spec.dst_repo.parse::<RepoName>() else {
+        let Some(draft) = job_event(r) else {
             return;
         };
-        let mut draft =
-            EventDraft::new(EventKind::ReplicationJob, repo).detail(serde_json::json!({
-                "job": r.id.0,
-                "state": r.state.to_string(),
-                "attempts": r.attempts,
-                "source": r.spec.source,
-                "destination": r.spec.destination,
-                "reference": r.spec.reference,
-                "report": r.report,
-            }));
-        if let Ok(Reference::Tag(t)) = r.spec.reference.parse::<Reference>() {
-            draft = draft.tag(t);
-        }
         if let Err(e) = events.publish(draft).await {
             tracing::warn!(job = %r.id, error = %e, "recording the replication job's event failed");
         }
@@ -695,6 +699,29 @@ impl Replication {
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
+}
+
+/// The event of a finished job. It belongs to the job's SOURCE repository (and so to its
+/// project): the rule that made the job selected it there, whereas the destination is
+/// whatever the rule's template made of it, possibly in another project whose webhooks
+/// must not learn of the source's repositories. `None` when the name is invalid.
+fn job_event(r: &JobRecord) -> Option<EventDraft> {
+    let repo = r.spec.src_repo.parse::<RepoName>().ok()?;
+    let mut draft = EventDraft::new(EventKind::ReplicationJob, repo).detail(serde_json::json!({
+        "job": r.id.0,
+        "state": r.state.to_string(),
+        "attempts": r.attempts,
+        "source": r.spec.source,
+        "destination": r.spec.destination,
+        "sourceRepository": r.spec.src_repo,
+        "destinationRepository": r.spec.dst_repo,
+        "reference": r.spec.reference,
+        "report": r.report,
+    }));
+    if let Ok(Reference::Tag(t)) = r.spec.reference.parse::<Reference>() {
+        draft = draft.tag(t);
+    }
+    Some(draft)
 }
 
 /// A job log line of what an attempt did.
@@ -935,6 +962,49 @@ pub async fn admin(
 
 #[cfg(test)]
 mod tests {
+    /// A job's event is filed under its source repository's project, never under the
+    /// destination's (a rule `destination = "library/{repository}"` must not tell
+    /// `library`'s webhooks about `secretproj`).
+    #[test]
+    fn a_job_event_belongs_to_the_source_project() {
+        use pier_replicate::{JobId, JobRecord, JobSpec, JobState};
+        let spec = JobSpec {
+            rule: "replicate".into(),
+            source: "local".into(),
+            destination: "site-b".into(),
+            src_repo: "secretproj/hidden-app".into(),
+            dst_repo: "library/secretproj/hidden-app".into(),
+            reference: "v1".into(),
+            key: None,
+            delete: false,
+        };
+        let record = JobRecord {
+            id: JobId(7),
+            spec,
+            state: JobState::Succeeded,
+            attempts: 1,
+            updated_ms: 0,
+            report: None,
+            log: Vec::new(),
+        };
+        let draft = super::job_event(&record).unwrap();
+        assert_eq!(draft.repository.as_str(), "secretproj/hidden-app");
+        assert_eq!(draft.tag.as_ref().map(|t| t.as_str()), Some("v1"));
+        let detail = draft.detail.unwrap();
+        assert_eq!(detail["sourceRepository"], "secretproj/hidden-app");
+        assert_eq!(
+            detail["destinationRepository"],
+            "library/secretproj/hidden-app"
+        );
+        assert_eq!(detail["state"], "succeeded");
+        let event = pier_events::Event::from_draft(
+            super::job_event(&record).unwrap(),
+            pier_events::Timestamp::from_micros(0),
+            "pier".into(),
+        );
+        assert_eq!(super::plugin_event(&event).project, "secretproj");
+    }
+
     /// The tag filter of replication actions (the plugins' matcher, run here in CI).
     #[test]
     fn tag_patterns() {

@@ -28,6 +28,7 @@ wit_bindgen::generate!({
         package pier:hostile-events;
         world hostile-events {
             use pier:plugin/types@0.1.0.{event, delivery, replication-action};
+            import pier:plugin/config@0.1.0;
             export notify: func(event: event) -> result<list<delivery>, string>;
             export on-event: func(event: event) -> result<list<replication-action>, string>;
             export on-tick: func(unix-secs: u64) -> result<list<replication-action>, string>;
@@ -66,6 +67,7 @@ fn misbehave(repository: &str) -> Result<Option<&'static str>, String> {
             spin_for(Duration::from_millis(30));
             Ok(None)
         }
+        "forge" => Ok(Some("forge")),
         _ => Ok(None),
     }
 }
@@ -85,16 +87,32 @@ fn action(repository: &str, target: &str) -> ReplicationAction {
 impl Guest for HostileEvents {
     fn notify(event: Event) -> Result<Vec<Delivery>, String> {
         let odd = misbehave(&event.repository)?;
+        let base = pier::plugin::config::get("url").unwrap_or_else(|| "http://hostile.test".into());
         let url = match odd {
             Some("badurl") => "ftp://hostile.test/".to_owned(),
-            _ => format!("http://hostile.test/{}", event.repository),
+            _ => format!("{}/{}", base.trim_end_matches('/'), event.repository),
         };
         let one = Delivery {
             url,
             headers: vec![("x-event".to_owned(), event.id.to_string())],
             body: event.cloudevent.into_bytes(),
         };
+        let with = |headers: &[(&str, &str)]| Delivery {
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..one.clone()
+        };
         match odd {
+            Some("forge") => Ok(vec![
+                with(&[
+                    ("X-Pier-Signature", "sha256=forged"),
+                    ("X-Pier-Timestamp", "1"),
+                ]),
+                with(&[("Host", "elsewhere.test")]),
+                with(&[("X-Note", "a\r\nX-Pier-Signature: sha256=forged")]),
+            ]),
             // small ones: over the host's count cap, well under the memory cap
             Some("flood") => Ok(vec![
                 Delivery {

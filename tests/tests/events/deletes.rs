@@ -19,8 +19,9 @@ fn deletes_on_a_propagate_to_b_and_reach_the_webhook() {
         pier_e2e::plugins::build().replicate.display().to_string()
     ));
     config.push_str(&format!(
-        "\n[[plugins]]\nname = \"webhook\"\nhook = \"notifier\"\npath = {:?}\ngrants = [\"log\", \"config\"]\n\n[plugins.config]\nendpoints = [{{ url = \"{}\", events = [\"manifest-deleted\"] }}]\n",
+        "\n[[plugins]]\nname = \"webhook\"\nhook = \"notifier\"\npath = {:?}\ngrants = [\"log\", \"config\", \"http\"]\n{}\n\n[plugins.config]\nendpoints = [{{ url = \"{}\", events = [\"manifest-deleted\"] }}]\n",
         pier_e2e::plugins::build().webhook.display().to_string(),
+        allowed_hosts(&[receiver.url("/deleted")]),
         receiver.url("/deleted")
     ));
     let a = start_site(&config);

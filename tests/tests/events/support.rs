@@ -92,23 +92,42 @@ pub fn replicator(name: &str, rules: &[(&str, &str, &str)]) -> String {
     s
 }
 
-/// A `webhook` plugin posting every manifest push to each URL (CloudEvents bodies).
+/// `host:port` of an `http://` URL.
+pub fn host_port(url: &str) -> &str {
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// `allowed_hosts = [...]` with the `host:port` of each URL.
+pub fn allowed_hosts(urls: &[String]) -> String {
+    let hosts: Vec<String> = urls.iter().map(|u| format!("{:?}", host_port(u))).collect();
+    format!("allowed_hosts = [{}]", hosts.join(", "))
+}
+
+/// A `webhook` plugin posting every manifest push to each URL (CloudEvents bodies),
+/// granted `http` to the URLs' hosts.
 pub fn webhook(name: &str, urls: &[String]) -> String {
     let endpoints: Vec<String> = urls
         .iter()
         .map(|u| format!("{{ url = \"{u}\", events = [\"manifest-pushed\"] }}"))
         .collect();
     format!(
-        "\n[[plugins]]\nname = \"{name}\"\nhook = \"notifier\"\npath = {}\ngrants = [\"log\", \"config\"]\n\n[plugins.config]\nendpoints = [{}]\n",
+        "\n[[plugins]]\nname = \"{name}\"\nhook = \"notifier\"\npath = {}\ngrants = [\"log\", \"config\", \"http\"]\n{}\n\n[plugins.config]\nendpoints = [{}]\n",
         toml_path(&plugins::build().webhook),
+        allowed_hosts(urls),
         endpoints.join(", ")
     )
 }
 
 /// The hostile-events plugin loaded as `hook` (`notifier` or `replicator`).
 pub fn hostile(name: &str, hook: &str) -> String {
+    hostile_with(name, hook, "grants = [\"log\"]")
+}
+
+/// [`hostile`] with `extra` TOML lines in its `[[plugins]]` entry (grants, config...).
+pub fn hostile_with(name: &str, hook: &str, extra: &str) -> String {
     format!(
-        "\n[[plugins]]\nname = \"{name}\"\nhook = \"{hook}\"\npath = {}\ngrants = [\"log\"]\ntimeout = \"100ms\"\nmemory_limit = \"16MiB\"\n",
+        "\n[[plugins]]\nname = \"{name}\"\nhook = \"{hook}\"\npath = {}\ntimeout = \"100ms\"\nmemory_limit = \"16MiB\"\n{extra}\n",
         toml_path(&plugins::build().hostile_events)
     )
 }
@@ -243,12 +262,37 @@ pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     outer.finalize().into()
 }
 
-/// The `X-Pier-Signature` a body must carry.
-pub fn expected_signature(body: &[u8]) -> String {
-    format!(
+/// A receiver's check of a request with its `secret`, written here from
+/// docs/webhooks.md, independently of Pier: `X-Pier-Signature` is
+/// `sha256=HMAC(secret, "<X-Pier-Timestamp>.<X-Pier-Event-Id>.<X-Pier-Delivery>.<body>")`
+/// and the timestamp is within 5 minutes of now.
+pub fn verify_hook(h: &Hook, secret: &str) -> Result<(), String> {
+    let get = |n: &str| h.header(n).ok_or_else(|| format!("no {n} header"));
+    let (ts, event, delivery, sig) = (
+        get("x-pier-timestamp")?,
+        get("x-pier-event-id")?,
+        get("x-pier-delivery")?,
+        get("x-pier-signature")?,
+    );
+    let t: u64 = ts.parse().map_err(|_| format!("timestamp {ts:?}"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if now.abs_diff(t) > 300 {
+        return Err(format!("stale timestamp {t} (now {now})"));
+    }
+    let mut msg = format!("{ts}.{event}.{delivery}.").into_bytes();
+    msg.extend_from_slice(&h.body);
+    let want = format!(
         "sha256={}",
-        hex::encode(hmac_sha256(SECRET.as_bytes(), body))
-    )
+        hex::encode(hmac_sha256(secret.as_bytes(), &msg))
+    );
+    if sig == want {
+        Ok(())
+    } else {
+        Err(format!("signature {sig} is not {want}"))
+    }
 }
 
 // ---------------------------------------------------------------------------------------

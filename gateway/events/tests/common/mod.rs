@@ -40,6 +40,26 @@ impl Recorded {
     pub fn event_id(&self) -> u64 {
         self.header("x-pier-event-id").parse().unwrap()
     }
+
+    /// Whether the request verifies with `secret` (signature, timestamp within 5 min).
+    pub fn verify(&self, secret: &[u8]) -> Result<(), pier_events::SignatureError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        pier_events::verify(
+            secret,
+            pier_events::SignedHeaders {
+                timestamp: self.header("x-pier-timestamp"),
+                event_id: self.header("x-pier-event-id"),
+                delivery: self.header("x-pier-delivery"),
+                signature: self.header("x-pier-signature"),
+            },
+            &self.body,
+            now,
+            pier_events::signing::DEFAULT_TOLERANCE,
+        )
+    }
 }
 
 #[derive(Default)]
