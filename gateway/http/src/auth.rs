@@ -21,6 +21,7 @@ use pier_oci::RepoName;
 use serde_json::json;
 
 use crate::body::{RespBody, full};
+use crate::client::{ClientAddr, TrustedProxies};
 use crate::error::ApiError;
 use crate::route::Route;
 
@@ -38,6 +39,8 @@ pub struct AccessControl {
     pub revocations: Arc<dyn Revocations>,
     /// The realm URL to advertise; derived from the request's Host when `None`.
     pub realm: Option<String>,
+    /// Peers whose `X-Forwarded-For` names the client (for throttles and policies).
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// The connection a request arrived on.
@@ -140,6 +143,16 @@ fn presented(headers: &HeaderMap, client: &str) -> Presented {
 }
 
 impl AccessControl {
+    /// The client of a request that came from `peer` (see [`TrustedProxies`]).
+    pub fn client(&self, peer: SocketAddr, headers: &HeaderMap) -> ClientAddr {
+        self.trusted_proxies.client(peer, headers)
+    }
+
+    /// Counters of logins, in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        self.authn.render_metrics(out);
+    }
+
     /// The configured realm, or one on the request's `Host` when that is a valid host
     /// name or address (never the client's address, never a string it chose freely).
     fn realm(&self, headers: &HeaderMap, conn: &ConnInfo) -> Option<String> {
@@ -184,7 +197,8 @@ impl AccessControl {
         req: &mut Request<Incoming>,
         conn: &ConnInfo,
     ) -> Result<(), ApiError> {
-        let client = conn.peer.to_string();
+        let from = self.client(conn.peer, req.headers());
+        let client = from.label.clone();
         if self.realm(req.headers(), conn).is_none() {
             return Err(ApiError::BadHost);
         }
@@ -252,7 +266,7 @@ impl AccessControl {
             Presented::Basic(creds) => {
                 let subject = self
                     .authn
-                    .authenticate(self.authorizer.as_ref(), &creds)
+                    .authenticate(self.authorizer.as_ref(), &creds, from.ip)
                     .await
                     .map_err(ApiError::from)?
                     .ok_or_else(|| ApiError::Unauthorized {
@@ -307,7 +321,7 @@ impl AccessControl {
     pub async fn check_admin(
         &self,
         headers: &HeaderMap,
-        client: &str,
+        client: &ClientAddr,
     ) -> Result<Credentials, ApiError> {
         self.check_basic(headers, client, Action::Admin, None)
             .await
@@ -318,9 +332,9 @@ impl AccessControl {
     pub async fn authenticate_basic(
         &self,
         headers: &HeaderMap,
-        client: &str,
+        client: &ClientAddr,
     ) -> Result<(Credentials, Subject), ApiError> {
-        let creds = match presented(headers, client) {
+        let creds = match presented(headers, &client.label) {
             Presented::Basic(c) => c,
             _ => {
                 return Err(ApiError::Unauthorized {
@@ -332,7 +346,7 @@ impl AccessControl {
         };
         let subject = self
             .authn
-            .authenticate(self.authorizer.as_ref(), &creds)
+            .authenticate(self.authorizer.as_ref(), &creds, client.ip)
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::Unauthorized {
@@ -349,11 +363,12 @@ impl AccessControl {
     pub async fn check_basic(
         &self,
         headers: &HeaderMap,
-        client: &str,
+        client: &ClientAddr,
         action: Action,
         project: Option<&str>,
     ) -> Result<(Credentials, Subject), ApiError> {
         let (creds, subject) = self.authenticate_basic(headers, client).await?;
+        let client = client.label.as_str();
         let decision = match project {
             Some(p) => self.decide(&subject, action, p, client).await?,
             None => self
@@ -477,7 +492,8 @@ impl AccessControl {
         conn: &ConnInfo,
         mirror: Option<&Mirror>,
     ) -> Result<Response<RespBody>, ApiError> {
-        let client = conn.peer.to_string();
+        let from = self.client(conn.peer, req.headers());
+        let client = from.label.clone();
         let method = req.method().clone();
         let headers = req.headers().clone();
         let query = req
@@ -489,7 +505,7 @@ impl AccessControl {
             Method::GET => {
                 let subject = match presented(&headers, &client) {
                     Presented::None => Subject::Anonymous,
-                    Presented::Basic(c) => self.login(&c).await?,
+                    Presented::Basic(c) => self.login(&c, &from).await?,
                     _ => {
                         return Err(ApiError::Unauthorized {
                             challenge: String::new(),
@@ -510,7 +526,7 @@ impl AccessControl {
                             password: get("password").unwrap_or_default(),
                             client: client.clone(),
                         };
-                        self.login(&c).await?
+                        self.login(&c, &from).await?
                     }
                     Some("refresh_token") => {
                         let t = get("refresh_token").unwrap_or_default();
@@ -637,9 +653,9 @@ impl AccessControl {
         Ok(resp)
     }
 
-    async fn login(&self, c: &Credentials) -> Result<Subject, ApiError> {
+    async fn login(&self, c: &Credentials, from: &ClientAddr) -> Result<Subject, ApiError> {
         self.authn
-            .authenticate(self.authorizer.as_ref(), c)
+            .authenticate(self.authorizer.as_ref(), c, from.ip)
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::Unauthorized {

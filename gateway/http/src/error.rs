@@ -58,6 +58,11 @@ pub enum ApiError {
     EventNotRecorded(String),
 }
 
+/// `Retry-After` seconds: rounded up, at least 1.
+fn retry_after_secs(d: std::time::Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
 /// What the wire says for an error: status, code, message, detail and extra headers.
 fn classify(
     err: &ApiError,
@@ -201,6 +206,12 @@ fn classify(
                 none,
                 vec![("Retry-After", "1".to_owned())],
             ),
+            pier_auth::AuthError::Throttled { retry_after } => (
+                by_code(C::TooManyRequests),
+                C::TooManyRequests,
+                none,
+                vec![("Retry-After", retry_after_secs(*retry_after).to_string())],
+            ),
             pier_auth::AuthError::InvalidToken(_) | pier_auth::AuthError::TokenExpired => {
                 (StatusCode::UNAUTHORIZED, C::Unauthorized, none, vec![])
             }
@@ -259,6 +270,11 @@ impl ApiError {
             }
             ApiError::Auth(pier_auth::AuthError::Invalid(_)) => ("invalid_request", None),
             ApiError::MethodNotAllowed(_) => ("invalid_request", None),
+            // OAuth2 has no code of its own for "slow down" at the token endpoint; the
+            // status (429) and Retry-After say it.
+            ApiError::Auth(pier_auth::AuthError::Throttled { .. }) => {
+                ("temporarily_unavailable", None)
+            }
             e if e.is_internal() => ("server_error", None),
             _ => ("temporarily_unavailable", None),
         };
@@ -275,6 +291,7 @@ impl ApiError {
         let code = match parts.status {
             StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
             StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
+            StatusCode::TOO_MANY_REQUESTS => "TOOMANYREQUESTS",
             StatusCode::METHOD_NOT_ALLOWED => "UNSUPPORTED",
             s if s.is_server_error() => "UNKNOWN",
             _ => "UNSUPPORTED",

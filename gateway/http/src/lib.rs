@@ -8,6 +8,7 @@ mod access;
 pub mod activity;
 pub mod auth;
 pub mod body;
+pub mod client;
 pub mod error;
 pub mod events;
 mod handlers;
@@ -27,6 +28,7 @@ use pier_core::{Mirror, Registry};
 
 pub use auth::{AccessControl, ConnInfo};
 pub use body::RespBody;
+pub use client::{ClientAddr, TrustedProxies};
 pub use metrics::Metrics;
 
 /// Everything a request handler needs; built once by the binary.
