@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use pier_auth::authn::Authenticator;
 use pier_auth::revoke::Revocations;
 use pier_auth::scope::{self, ResourceActions};
+use pier_auth::throttle::RateLimit;
 use pier_auth::token::{Claims, TokenService};
 use pier_auth::{AccessRequest, Action, AuthError, Authorizer, Credentials, Decision, Subject};
 use pier_core::Mirror;
@@ -41,6 +42,8 @@ pub struct AccessControl {
     pub realm: Option<String>,
     /// Peers whose `X-Forwarded-For` names the client (for throttles and policies).
     pub trusted_proxies: TrustedProxies,
+    /// Calls of the revocation endpoint per client address.
+    pub revoke_limit: RateLimit,
 }
 
 /// The connection a request arrived on.
@@ -148,9 +151,18 @@ impl AccessControl {
         self.trusted_proxies.client(peer, headers)
     }
 
-    /// Counters of logins, in the Prometheus text format.
+    /// Counters of logins and revocations, in the Prometheus text format.
     pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
         self.authn.render_metrics(out);
+        let _ = writeln!(
+            out,
+            "# HELP pier_auth_revocations_limited_total Token revocations refused by the \
+             per-address rate limit.\n\
+             # TYPE pier_auth_revocations_limited_total counter\n\
+             pier_auth_revocations_limited_total {}",
+            self.revoke_limit.limited()
+        );
     }
 
     /// The configured realm, or one on the request's `Host` when that is a valid host
@@ -455,13 +467,26 @@ impl AccessControl {
     /// access or refresh token this gateway (or a trusted issuer) signed. Holding the token
     /// is the right to revoke it. Answers 200 also for tokens that are invalid or already
     /// expired (nothing to revoke), as RFC 7009 asks.
+    ///
+    /// Each revocation is kept until its token expires (a refresh token's lifetime: days),
+    /// so calls are rate limited per client address (429 with `Retry-After`). Anonymous
+    /// tokens are not stored: one grants only what anyone may have (public pulls), and
+    /// anyone can get another for the asking, so revoking it would protect nothing.
     pub async fn revoke_endpoint(
         &self,
         req: Request<Incoming>,
+        conn: &ConnInfo,
     ) -> Result<Response<RespBody>, ApiError> {
         if req.method() != Method::POST {
             return Err(ApiError::MethodNotAllowed(req.method().clone()));
         }
+        let from = self.client(conn.peer, req.headers());
+        self.revoke_limit
+            .take(from.ip)
+            .map_err(|retry_after| ApiError::RateLimited {
+                what: "token revocations",
+                retry_after,
+            })?;
         let form = read_form(req).await?;
         let Some(token) = form.iter().find(|(k, _)| k == "token").map(|(_, v)| v) else {
             return Err(ApiError::Auth(AuthError::Invalid(
@@ -470,12 +495,13 @@ impl AccessControl {
         };
         if let Ok(claims) = self.tokens.verify_any(token)
             && !claims.jti.is_empty()
+            && !claims.sub.is_empty()
         {
             self.revocations
                 .revoke(&claims.jti, claims.exp)
                 .await
                 .map_err(ApiError::Auth)?;
-            tracing::info!(sub = %claims.sub, jti = %claims.jti, "token revoked");
+            tracing::info!(sub = %claims.sub, jti = %claims.jti, client = %from, "token revoked");
         }
         Ok(Response::builder()
             .status(StatusCode::OK)

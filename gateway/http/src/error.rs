@@ -53,6 +53,12 @@ pub enum ApiError {
     Denied(String),
     #[error(transparent)]
     Auth(#[from] pier_auth::AuthError),
+    /// A per-client rate limit refused the call (token revocations).
+    #[error("too many {what} from this address; retry in {} s", retry_after_secs(*retry_after))]
+    RateLimited {
+        what: &'static str,
+        retry_after: std::time::Duration,
+    },
     /// The operation took effect but its event could not be recorded.
     #[error("the operation was stored but its event could not be recorded ({0}); retry it")]
     EventNotRecorded(String),
@@ -193,6 +199,12 @@ fn classify(
             },
         ),
         ApiError::Denied(_) => simple(C::Denied),
+        ApiError::RateLimited { retry_after, .. } => (
+            by_code(C::TooManyRequests),
+            C::TooManyRequests,
+            none,
+            vec![("Retry-After", retry_after_secs(*retry_after).to_string())],
+        ),
         ApiError::EventNotRecorded(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             C::Unavailable,

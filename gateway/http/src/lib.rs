@@ -147,7 +147,7 @@ pub async fn serve(
             .token_endpoint(req, &conn, state.mirror.as_deref())
             .await
             .unwrap_or_else(error::ApiError::into_token_response)),
-        (Err(_), Some(ac)) if path == auth::REVOKE_PATH => ac.revoke_endpoint(req).await,
+        (Err(_), Some(ac)) if path == auth::REVOKE_PATH => ac.revoke_endpoint(req, &conn).await,
         (Ok(r), Some(ac)) => {
             // Route first, then authorize the repository whose content is served.
             let place = handlers::place(&state, &r, &req);

@@ -254,6 +254,10 @@ pub async fn build(
         revocations,
         realm: auth.realm.clone(),
         trusted_proxies: config.trusted_proxies.clone(),
+        revoke_limit: pier_auth::throttle::RateLimit::per_minute(
+            auth.throttle.revocations_per_minute,
+            100_000,
+        ),
     };
     Ok((Some(Arc::new(control)), Arc::new(plugins)))
 }

@@ -234,7 +234,7 @@ struct FileAuth {
     throttle: Option<FileThrottle>,
 }
 
-/// `[auth.throttle]`: failed logins and password checks (defaults in
+/// `[auth.throttle]`: failed logins, password checks, revocations (defaults in
 /// [`ThrottleConfig::default`]).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,6 +244,7 @@ struct FileThrottle {
     max_backoff: Option<String>,
     password_checks: Option<usize>,
     password_check_wait: Option<String>,
+    revocations_per_minute: Option<u32>,
 }
 
 impl FileThrottle {
@@ -269,15 +270,29 @@ impl FileThrottle {
         )? {
             c.login.password_check_wait = d;
         }
+        if let Some(n) = self.revocations_per_minute {
+            c.revocations_per_minute = n;
+        }
         Ok(c)
     }
 }
 
 /// Bounds on what one client can make the token service do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottleConfig {
     /// The failed-login throttle and the password check pool.
     pub login: pier_auth::authn::LoginLimits,
+    /// `/auth/revoke` calls per client address and minute (0: no limit).
+    pub revocations_per_minute: u32,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> ThrottleConfig {
+        ThrottleConfig {
+            login: pier_auth::authn::LoginLimits::default(),
+            revocations_per_minute: 30,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -999,7 +1014,7 @@ mod tests {
         let path = dir.path().join("pier.toml");
         std::fs::write(
             &path,
-            "trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n[auth]\n[auth.throttle]\naccount_failures = 3\nmax_backoff = \"1m\"\npassword_checks = 4\n",
+            "trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n[auth]\n[auth.throttle]\naccount_failures = 3\nmax_backoff = \"1m\"\npassword_checks = 4\nrevocations_per_minute = 0\n",
         )
         .unwrap();
         let c = Config::resolve(ServeArgs {
@@ -1016,6 +1031,7 @@ mod tests {
         assert_eq!(t.login.throttle.address_failures, 30, "default");
         assert_eq!(t.login.throttle.max_backoff, Duration::from_secs(60));
         assert_eq!(t.login.password_checks, 4);
+        assert_eq!(t.revocations_per_minute, 0);
 
         let d = Config::resolve(ServeArgs::default()).unwrap();
         assert!(

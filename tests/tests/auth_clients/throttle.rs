@@ -2,7 +2,8 @@
 //! account from one address end in `429` with `Retry-After` and no further password
 //! check, on `/v2/`, both token endpoint flows and the admin API alike, while the account
 //! keeps working from another address; `X-Forwarded-For` names the client only behind a
-//! trusted proxy.
+//! trusted proxy; revocations are rate limited per address, anonymous tokens are not
+//! stored, and revocations of expired tokens leave the file without a restart.
 //!
 //! Two client addresses without a proxy: Linux routes all of 127.0.0.0/8 to loopback, so
 //! a socket bound to 127.0.0.2 reaches the server from another address.
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use pier_e2e::http::{self, Response};
 use socket2::{Domain, Socket, Type};
 
+use crate::clients_support::TestImage;
 use crate::support::*;
 
 const GUESSER: [u8; 4] = [127, 0, 0, 1];
@@ -271,4 +273,80 @@ fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
     );
     assert_throttled(&r, "a direct guesser is keyed by its own address");
     assert_eq!(metric(admin, FAILURES), 10);
+}
+
+fn revoke_from(local: [u8; 4], addr: SocketAddr, token: &str) -> Response {
+    request_from(
+        local,
+        addr,
+        "POST",
+        "/auth/revoke",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        format!("token={}", pct(token)).as_bytes(),
+    )
+}
+
+#[test]
+fn revocations_are_rate_limited_per_address_and_anonymous_tokens_are_not_kept() {
+    let rb = RbacPier::start();
+    let (addr, admin) = (rb.addr, rb.admin_addr);
+    let file = rb.pier.root.join("pier").join("revoked-tokens");
+    let img = TestImage::new("1", 1);
+    push_image_as(addr, &basic(ADMIN), "library/app", "1", &img);
+
+    // An anonymous token grants what anyone gets for the asking: revoking it is
+    // answered, and nothing is kept.
+    let anon = token(addr, None, &["repository:library/app:pull"]);
+    revoke_from(GUESSER, addr, &anon).expect_status(200, "revoke an anonymous token");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "",
+        "nothing stored"
+    );
+    manifest_as(addr, &bearer(&anon), "library/app", "1")
+        .expect_status(200, "an anonymous token is as good as a fresh one");
+
+    // 30 a minute per address (1 used above); then 429 with Retry-After.
+    let carol = token(addr, Some(CAROL), &[]);
+    for i in 1..30 {
+        revoke_from(GUESSER, addr, &carol).expect_status(200, &format!("revocation {i}"));
+    }
+    let r = revoke_from(GUESSER, addr, &carol);
+    r.expect_error(429, "TOOMANYREQUESTS", "revocation 31 within a minute");
+    let after: u64 = r
+        .require_header("retry-after", "revocation 31")
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&after), "one more every 2 s: {after}\n{r}");
+    let other = token(addr, Some(CAROL), &[]);
+    revoke_from(ELSEWHERE, addr, &other).expect_status(200, "another address");
+    manifest_as(addr, &bearer(&other), "library/app", "1").expect_error(
+        401,
+        "UNAUTHORIZED",
+        "the token revoked from the other address",
+    );
+    assert_eq!(metric(admin, "pier_auth_revocations_limited_total"), 1);
+}
+
+#[test]
+fn revocations_of_expired_tokens_leave_the_file_without_a_restart() {
+    let rb = RbacPier::start_with_ttl(Some("2s"));
+    let addr = rb.addr;
+    let file = rb.pier.root.join("pier").join("revoked-tokens");
+    let lines = || std::fs::read_to_string(&file).unwrap().lines().count();
+    for _ in 0..3 {
+        let t = token(addr, Some(CAROL), &[]);
+        revoke_from(GUESSER, addr, &t).expect_status(200, "revoke");
+    }
+    assert_eq!(lines(), 3);
+    std::thread::sleep(Duration::from_millis(3100));
+    // The next revocation finds three dead lines beside one live one: rewritten.
+    let live = token(addr, Some(CAROL), &["repository:team/app:pull"]);
+    revoke_from(GUESSER, addr, &live).expect_status(200, "revoke");
+    assert_eq!(lines(), 1, "{}", std::fs::read_to_string(&file).unwrap());
+    manifest_as(addr, &bearer(&live), "team/app", "1").expect_error(
+        401,
+        "UNAUTHORIZED",
+        "the live revocation still holds",
+    );
 }
