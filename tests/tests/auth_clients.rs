@@ -33,3 +33,5 @@ mod revoke;
 mod skopeo;
 #[path = "auth_clients/support.rs"]
 mod support;
+#[path = "auth_clients/throttle.rs"]
+mod throttle;

@@ -5,16 +5,26 @@
 //! once per minute, not per request, and a changed password or a deleted user takes
 //! effect as soon as the file changes. Refresh tokens are bound to the credential they
 //! were issued for ([`Authenticator::refresh_binding`]), so that change ends them too.
+//!
+//! Guessing is bounded twice: a login from an address that failed too often lately is
+//! refused before anything is checked ([`crate::throttle`]), and password checks run on
+//! at most [`LoginLimits::password_checks`] blocking threads at once, a login waiting at
+//! most [`LoginLimits::password_check_wait`] for one (then 503), so a flood of guesses
+//! cannot queue without bound or starve the runtime.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::rand::SystemRandom;
 use ring::{digest, hmac};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::robots::{LOGIN_PREFIX, RobotFile};
+use crate::throttle::{LoginThrottle, ThrottlePolicy};
 use crate::token::Claims;
 use crate::users::UserFile;
 use crate::{AuthError, AuthnOutcome, Authorizer, Credentials, Identity, Subject};
@@ -25,15 +35,59 @@ pub(crate) const DUMMY_HASH: &str = "$2y$10$nTe9qnwAmGcNgQirxk/d1uJY9w2FgtHZjnft
 /// How long a verified password is remembered.
 pub const REMEMBER: Duration = Duration::from_secs(60);
 
+/// Bounds on password checking: the failed-login throttle, and how many checks (bcrypt,
+/// a plugin's `authenticate`) run at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginLimits {
+    pub throttle: ThrottlePolicy,
+    /// Password checks running at once (each holds a blocking thread for bcrypt's
+    /// deliberate ~50-100 ms). Default: the number of cores, so guessing can take the CPU
+    /// from logins but not from everything else.
+    pub password_checks: usize,
+    /// How long a login waits for a check slot before it is answered 503.
+    pub password_check_wait: Duration,
+}
+
+impl Default for LoginLimits {
+    fn default() -> LoginLimits {
+        LoginLimits {
+            throttle: ThrottlePolicy::default(),
+            password_checks: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            password_check_wait: Duration::from_secs(5),
+        }
+    }
+}
+
 pub struct Authenticator {
     users: UserFile,
     robots: RobotFile,
     key: hmac::Key,
     verified: moka::sync::Cache<[u8; 32], Subject>,
+    throttle: LoginThrottle,
+    checks: Arc<Semaphore>,
+    limits: LoginLimits,
+    busy: AtomicU64,
+}
+
+/// What a login may do once it holds a check slot.
+enum Slot {
+    /// Someone verified the same credentials while it waited.
+    Cached(Subject),
+    Held(OwnedSemaphorePermit),
 }
 
 impl Authenticator {
     pub fn new(users: UserFile, robots: RobotFile) -> Result<Authenticator, AuthError> {
+        Authenticator::with_limits(users, robots, LoginLimits::default())
+    }
+
+    pub fn with_limits(
+        users: UserFile,
+        robots: RobotFile,
+        limits: LoginLimits,
+    ) -> Result<Authenticator, AuthError> {
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())
             .map_err(|_| AuthError::Invalid("no randomness available".into()))?;
         Ok(Authenticator {
@@ -44,11 +98,20 @@ impl Authenticator {
                 .max_capacity(10_000)
                 .time_to_live(REMEMBER)
                 .build(),
+            throttle: LoginThrottle::new(limits.throttle),
+            checks: Arc::new(Semaphore::new(limits.password_checks.max(1))),
+            limits,
+            busy: AtomicU64::new(0),
         })
     }
 
     pub fn users(&self) -> &UserFile {
         &self.users
+    }
+
+    /// The failed-login throttle.
+    pub fn throttle(&self) -> &LoginThrottle {
+        &self.throttle
     }
 
     fn cache_key(&self, c: &Credentials) -> [u8; 32] {
@@ -63,26 +126,90 @@ impl Authenticator {
         out
     }
 
-    /// Verifies credentials. `Ok(None)`: wrong credentials. `Err`: the policy's identity
-    /// source failed (fail closed with 503).
+    /// The subject of credentials verified in the last minute.
+    fn cached(&self, key: &[u8; 32]) -> Option<Subject> {
+        let s = self.verified.get(key)?;
+        // A robot may have expired since (expiry doesn't change the file).
+        if let Subject::Robot(r) = &s
+            && self.robots.get(&r.name).is_none()
+        {
+            self.verified.invalidate(key);
+            return None;
+        }
+        Some(s)
+    }
+
+    /// Waits (boundedly) for a password check slot, then looks again: failures recorded
+    /// or the same credentials verified while this login waited count.
+    async fn slot(
+        &self,
+        creds: &Credentials,
+        from: IpAddr,
+        key: &[u8; 32],
+    ) -> Result<Slot, AuthError> {
+        let acquired = tokio::time::timeout(
+            self.limits.password_check_wait,
+            self.checks.clone().acquire_owned(),
+        )
+        .await;
+        let Ok(Ok(permit)) = acquired else {
+            self.busy.fetch_add(1, Ordering::Relaxed);
+            return Err(AuthError::Unavailable(
+                "too many logins are being checked; retry in a moment".into(),
+            ));
+        };
+        self.throttle
+            .check(&creds.username, from)
+            .map_err(|t| AuthError::Throttled {
+                retry_after: t.retry_after,
+            })?;
+        Ok(match self.cached(key) {
+            Some(s) => Slot::Cached(s),
+            None => Slot::Held(permit),
+        })
+    }
+
+    /// Verifies credentials presented from `from` (the client's address, for the
+    /// failed-login throttle). `Ok(None)`: wrong credentials. `Err`:
+    /// [`AuthError::Throttled`] when this account from this address, or this address,
+    /// failed too often lately (nothing is checked then); `Unavailable` when every
+    /// password check slot stayed taken, or the policy's identity source failed (fail
+    /// closed with 503).
     pub async fn authenticate(
         self: &Arc<Self>,
         policy: &dyn Authorizer,
         creds: &Credentials,
+        from: IpAddr,
     ) -> Result<Option<Subject>, AuthError> {
+        // Throttled first: a cache hit must not tell a guesser that a guess is right.
+        self.throttle
+            .check(&creds.username, from)
+            .map_err(|t| AuthError::Throttled {
+                retry_after: t.retry_after,
+            })?;
         let key = self.cache_key(creds);
-        if let Some(s) = self.verified.get(&key) {
-            // A robot may have expired since (expiry doesn't change the file).
-            if let Subject::Robot(r) = &s
-                && self.robots.get(&r.name).is_none()
-            {
-                self.verified.invalidate(&key);
-                return Ok(None);
-            }
+        if let Some(s) = self.cached(&key) {
+            self.throttle.succeeded(&creds.username, from);
             return Ok(Some(s));
         }
-        let local = |me: Arc<Self>, c: Credentials| {
-            blocking(move || {
+        let permit = match self.slot(creds, from, &key).await? {
+            Slot::Cached(s) => {
+                self.throttle.succeeded(&creds.username, from);
+                return Ok(Some(s));
+            }
+            Slot::Held(p) => p,
+        };
+        let subject = if let Some(robot) = creds.username.strip_prefix(LOGIN_PREFIX) {
+            let (me, robot, secret) = (self.clone(), robot.to_owned(), creds.password.clone());
+            blocking(permit, move || {
+                me.robots.verify(&robot, &secret).map(Subject::Robot)
+            })
+            .await?
+        } else if self.users.contains(&creds.username) {
+            // Local accounts are checked locally only: they keep working when the
+            // policy's identity source (LDAP) is down, and a plugin can't take them over.
+            let (me, c) = (self.clone(), creds.clone());
+            blocking(permit, move || {
                 me.users.verify(&c.username, &c.password).then(|| {
                     Subject::User(Identity {
                         name: c.username.clone(),
@@ -90,22 +217,17 @@ impl Authenticator {
                     })
                 })
             })
-        };
-        let subject = if let Some(robot) = creds.username.strip_prefix(LOGIN_PREFIX) {
-            let (me, robot, secret) = (self.clone(), robot.to_owned(), creds.password.clone());
-            blocking(move || me.robots.verify(&robot, &secret).map(Subject::Robot)).await?
-        } else if self.users.contains(&creds.username) {
-            // Local accounts are checked locally only: they keep working when the
-            // policy's identity source (LDAP) is down, and a plugin can't take them over.
-            local(self.clone(), creds.clone()).await?
+            .await?
         } else {
+            // The slot is held through the plugin's call too: its deadline bounds it,
+            // and a directory is no more a thing to guess against than a file.
             match policy.authenticate(creds).await? {
                 AuthnOutcome::Verified(id) => Some(Subject::User(id)),
                 AuthnOutcome::Invalid | AuthnOutcome::NotHandled => {
                     // Spend a bcrypt check anyway, so an unknown name answers as slowly
                     // as a wrong password (no user enumeration by timing).
                     let pw = creds.password.clone();
-                    blocking(move || {
+                    blocking(permit, move || {
                         let _ = bcrypt::verify(pw, DUMMY_HASH);
                     })
                     .await?;
@@ -113,10 +235,36 @@ impl Authenticator {
                 }
             }
         };
-        if let Some(s) = &subject {
-            self.verified.insert(key, s.clone());
+        match &subject {
+            Some(s) => {
+                self.verified.insert(key, s.clone());
+                self.throttle.succeeded(&creds.username, from);
+            }
+            None => self.throttle.failed(&creds.username, from),
         }
         Ok(subject)
+    }
+
+    /// The login counters in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        self.throttle.render(out);
+        let in_use = self
+            .limits
+            .password_checks
+            .max(1)
+            .saturating_sub(self.checks.available_permits());
+        let _ = writeln!(
+            out,
+            "# HELP pier_auth_password_checks_busy_total Logins answered 503 because every \
+             password check slot stayed taken.\n\
+             # TYPE pier_auth_password_checks_busy_total counter\n\
+             pier_auth_password_checks_busy_total {}\n\
+             # HELP pier_auth_password_checks_in_flight Password checks running now.\n\
+             # TYPE pier_auth_password_checks_in_flight gauge\n\
+             pier_auth_password_checks_in_flight {in_use}",
+            self.busy.load(Ordering::Relaxed)
+        );
     }
 
     /// The subject a verified token speaks for (robots are looked up again, so a deleted
@@ -209,12 +357,18 @@ fn binding(sub: &str, stored: &str) -> String {
     B64.encode(&ctx.finish().as_ref()[..16])
 }
 
+/// Runs `f` on a blocking thread, holding `permit` until it returns (also when the
+/// request that started it went away).
 async fn blocking<T: Send + 'static>(
+    permit: OwnedSemaphorePermit,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, AuthError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| AuthError::Invalid(format!("password check failed: {e}")))
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        f()
+    })
+    .await
+    .map_err(|e| AuthError::Invalid(format!("password check failed: {e}")))
 }
 
 #[cfg(test)]
@@ -268,6 +422,111 @@ mod tests {
     /// What the refresh grant does with it.
     fn redeem(a: &Authenticator, t: &TokenService, token: &str) -> Result<Subject, AuthError> {
         a.refresh_subject(&t.verify_refresh(token)?)
+    }
+
+    fn creds(user: &str, password: &str) -> Credentials {
+        Credentials {
+            username: user.into(),
+            password: password.into(),
+            client: String::new(),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn limited(dir: &Path, limits: LoginLimits) -> Arc<Authenticator> {
+        let u = dir.join("users.htpasswd");
+        users::add(&u, "bob", "bob-pass").unwrap();
+        Arc::new(
+            Authenticator::with_limits(
+                UserFile::open(&u).unwrap(),
+                RobotFile::open(&dir.join("robots.json")).unwrap(),
+                limits,
+            )
+            .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn guessing_is_throttled_before_any_password_check_but_not_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = limited(dir.path(), LoginLimits::default());
+        let policy = crate::AllowAll;
+        let guesser = ip("192.0.2.66");
+        for i in 0..5 {
+            let r = a
+                .authenticate(&policy, &creds("bob", &format!("guess{i}")), guesser)
+                .await;
+            assert!(matches!(r, Ok(None)), "{r:?}");
+        }
+        // Every check slot taken: a login that needed one would wait and fail with
+        // Unavailable; a throttled one is refused at once, before any check.
+        let held = a
+            .checks
+            .clone()
+            .acquire_many_owned(a.limits.password_checks as u32);
+        let held = held.await.unwrap();
+        let r = a
+            .authenticate(&policy, &creds("bob", "bob-pass"), guesser)
+            .await;
+        match r {
+            Err(AuthError::Throttled { retry_after }) => {
+                assert!(retry_after <= Duration::from_secs(1), "{retry_after:?}")
+            }
+            other => panic!("expected Throttled, got {other:?}"),
+        }
+        drop(held);
+        // Bob from his own address is not locked out; a success there is remembered.
+        let s = a
+            .authenticate(&policy, &creds("bob", "bob-pass"), ip("192.0.2.10"))
+            .await
+            .unwrap();
+        assert_eq!(s, Some(user("bob")));
+        assert_eq!(a.throttle().refused(crate::throttle::Scope::Account), 1);
+        let mut text = String::new();
+        a.render_metrics(&mut text);
+        assert!(
+            text.contains("pier_auth_login_throttled_total{scope=\"account\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("pier_auth_login_failures_total 5"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn password_checks_run_on_a_bounded_pool_with_a_bounded_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = limited(
+            dir.path(),
+            LoginLimits {
+                password_checks: 1,
+                password_check_wait: Duration::from_millis(1),
+                ..LoginLimits::default()
+            },
+        );
+        // Distinct accounts and addresses: no throttle, only the pool.
+        let logins = (0..4).map(|i| {
+            let a = a.clone();
+            tokio::spawn(async move {
+                let from = ip(&format!("192.0.2.{}", 20 + i));
+                a.authenticate(&crate::AllowAll, &creds("bob", &format!("x{i}")), from)
+                    .await
+            })
+        });
+        let mut busy = 0;
+        for l in logins.collect::<Vec<_>>() {
+            match l.await.unwrap() {
+                Ok(None) => {}
+                Err(AuthError::Unavailable(_)) => busy += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(
+            busy >= 1,
+            "one slot, four concurrent bcrypt checks: some must wait out"
+        );
+        assert_eq!(a.busy.load(Ordering::Relaxed), busy);
     }
 
     #[test]

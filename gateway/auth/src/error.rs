@@ -31,7 +31,12 @@ pub enum AuthError {
     /// The user or robot to create exists already.
     #[error("{0}")]
     Exists(String),
-    /// A store the operation needs is unreachable (Redis down).
+    /// Too many failed logins (see [`crate::throttle`]): refused without checking the
+    /// password. Retry after `retry_after`.
+    #[error("too many failed logins; retry in {} s", retry_after.as_secs().max(1))]
+    Throttled { retry_after: std::time::Duration },
+    /// A store the operation needs is unreachable (Redis down), or the gateway is too busy
+    /// to do it now (every password check slot taken).
     #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]

@@ -15,6 +15,7 @@ pub mod projects;
 pub mod revoke;
 pub mod robots;
 pub mod scope;
+pub mod throttle;
 pub mod time;
 pub mod token;
 pub mod users;

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use pier_auth::authn::Authenticator;
 use pier_auth::revoke::Revocations;
 use pier_auth::scope::{self, ResourceActions};
+use pier_auth::throttle::RateLimit;
 use pier_auth::token::{Claims, TokenService};
 use pier_auth::{AccessRequest, Action, AuthError, Authorizer, Credentials, Decision, Subject};
 use pier_core::Mirror;
@@ -21,6 +22,7 @@ use pier_oci::RepoName;
 use serde_json::json;
 
 use crate::body::{RespBody, full};
+use crate::client::{ClientAddr, TrustedProxies};
 use crate::error::ApiError;
 use crate::route::Route;
 
@@ -38,6 +40,10 @@ pub struct AccessControl {
     pub revocations: Arc<dyn Revocations>,
     /// The realm URL to advertise; derived from the request's Host when `None`.
     pub realm: Option<String>,
+    /// Peers whose `X-Forwarded-For` names the client (for throttles and policies).
+    pub trusted_proxies: TrustedProxies,
+    /// Calls of the revocation endpoint per client address.
+    pub revoke_limit: RateLimit,
 }
 
 /// The connection a request arrived on.
@@ -140,6 +146,25 @@ fn presented(headers: &HeaderMap, client: &str) -> Presented {
 }
 
 impl AccessControl {
+    /// The client of a request that came from `peer` (see [`TrustedProxies`]).
+    pub fn client(&self, peer: SocketAddr, headers: &HeaderMap) -> ClientAddr {
+        self.trusted_proxies.client(peer, headers)
+    }
+
+    /// Counters of logins and revocations, in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        self.authn.render_metrics(out);
+        let _ = writeln!(
+            out,
+            "# HELP pier_auth_revocations_limited_total Token revocations refused by the \
+             per-address rate limit.\n\
+             # TYPE pier_auth_revocations_limited_total counter\n\
+             pier_auth_revocations_limited_total {}",
+            self.revoke_limit.limited()
+        );
+    }
+
     /// The configured realm, or one on the request's `Host` when that is a valid host
     /// name or address (never the client's address, never a string it chose freely).
     fn realm(&self, headers: &HeaderMap, conn: &ConnInfo) -> Option<String> {
@@ -184,7 +209,8 @@ impl AccessControl {
         req: &mut Request<Incoming>,
         conn: &ConnInfo,
     ) -> Result<(), ApiError> {
-        let client = conn.peer.to_string();
+        let from = self.client(conn.peer, req.headers());
+        let client = from.label.clone();
         if self.realm(req.headers(), conn).is_none() {
             return Err(ApiError::BadHost);
         }
@@ -252,7 +278,7 @@ impl AccessControl {
             Presented::Basic(creds) => {
                 let subject = self
                     .authn
-                    .authenticate(self.authorizer.as_ref(), &creds)
+                    .authenticate(self.authorizer.as_ref(), &creds, from.ip)
                     .await
                     .map_err(ApiError::from)?
                     .ok_or_else(|| ApiError::Unauthorized {
@@ -307,7 +333,7 @@ impl AccessControl {
     pub async fn check_admin(
         &self,
         headers: &HeaderMap,
-        client: &str,
+        client: &ClientAddr,
     ) -> Result<Credentials, ApiError> {
         self.check_basic(headers, client, Action::Admin, None)
             .await
@@ -318,9 +344,9 @@ impl AccessControl {
     pub async fn authenticate_basic(
         &self,
         headers: &HeaderMap,
-        client: &str,
+        client: &ClientAddr,
     ) -> Result<(Credentials, Subject), ApiError> {
-        let creds = match presented(headers, client) {
+        let creds = match presented(headers, &client.label) {
             Presented::Basic(c) => c,
             _ => {
                 return Err(ApiError::Unauthorized {
@@ -332,7 +358,7 @@ impl AccessControl {
         };
         let subject = self
             .authn
-            .authenticate(self.authorizer.as_ref(), &creds)
+            .authenticate(self.authorizer.as_ref(), &creds, client.ip)
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::Unauthorized {
@@ -349,11 +375,12 @@ impl AccessControl {
     pub async fn check_basic(
         &self,
         headers: &HeaderMap,
-        client: &str,
+        client: &ClientAddr,
         action: Action,
         project: Option<&str>,
     ) -> Result<(Credentials, Subject), ApiError> {
         let (creds, subject) = self.authenticate_basic(headers, client).await?;
+        let client = client.label.as_str();
         let decision = match project {
             Some(p) => self.decide(&subject, action, p, client).await?,
             None => self
@@ -440,13 +467,26 @@ impl AccessControl {
     /// access or refresh token this gateway (or a trusted issuer) signed. Holding the token
     /// is the right to revoke it. Answers 200 also for tokens that are invalid or already
     /// expired (nothing to revoke), as RFC 7009 asks.
+    ///
+    /// Each revocation is kept until its token expires (a refresh token's lifetime: days),
+    /// so calls are rate limited per client address (429 with `Retry-After`). Anonymous
+    /// tokens are not stored: one grants only what anyone may have (public pulls), and
+    /// anyone can get another for the asking, so revoking it would protect nothing.
     pub async fn revoke_endpoint(
         &self,
         req: Request<Incoming>,
+        conn: &ConnInfo,
     ) -> Result<Response<RespBody>, ApiError> {
         if req.method() != Method::POST {
             return Err(ApiError::MethodNotAllowed(req.method().clone()));
         }
+        let from = self.client(conn.peer, req.headers());
+        self.revoke_limit
+            .take(from.ip)
+            .map_err(|retry_after| ApiError::RateLimited {
+                what: "token revocations",
+                retry_after,
+            })?;
         let form = read_form(req).await?;
         let Some(token) = form.iter().find(|(k, _)| k == "token").map(|(_, v)| v) else {
             return Err(ApiError::Auth(AuthError::Invalid(
@@ -455,12 +495,13 @@ impl AccessControl {
         };
         if let Ok(claims) = self.tokens.verify_any(token)
             && !claims.jti.is_empty()
+            && !claims.sub.is_empty()
         {
             self.revocations
                 .revoke(&claims.jti, claims.exp)
                 .await
                 .map_err(ApiError::Auth)?;
-            tracing::info!(sub = %claims.sub, jti = %claims.jti, "token revoked");
+            tracing::info!(sub = %claims.sub, jti = %claims.jti, client = %from, "token revoked");
         }
         Ok(Response::builder()
             .status(StatusCode::OK)
@@ -477,7 +518,8 @@ impl AccessControl {
         conn: &ConnInfo,
         mirror: Option<&Mirror>,
     ) -> Result<Response<RespBody>, ApiError> {
-        let client = conn.peer.to_string();
+        let from = self.client(conn.peer, req.headers());
+        let client = from.label.clone();
         let method = req.method().clone();
         let headers = req.headers().clone();
         let query = req
@@ -489,7 +531,7 @@ impl AccessControl {
             Method::GET => {
                 let subject = match presented(&headers, &client) {
                     Presented::None => Subject::Anonymous,
-                    Presented::Basic(c) => self.login(&c).await?,
+                    Presented::Basic(c) => self.login(&c, &from).await?,
                     _ => {
                         return Err(ApiError::Unauthorized {
                             challenge: String::new(),
@@ -510,7 +552,7 @@ impl AccessControl {
                             password: get("password").unwrap_or_default(),
                             client: client.clone(),
                         };
-                        self.login(&c).await?
+                        self.login(&c, &from).await?
                     }
                     Some("refresh_token") => {
                         let t = get("refresh_token").unwrap_or_default();
@@ -637,9 +679,9 @@ impl AccessControl {
         Ok(resp)
     }
 
-    async fn login(&self, c: &Credentials) -> Result<Subject, ApiError> {
+    async fn login(&self, c: &Credentials, from: &ClientAddr) -> Result<Subject, ApiError> {
         self.authn
-            .authenticate(self.authorizer.as_ref(), c)
+            .authenticate(self.authorizer.as_ref(), c, from.ip)
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::Unauthorized {

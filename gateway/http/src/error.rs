@@ -53,9 +53,20 @@ pub enum ApiError {
     Denied(String),
     #[error(transparent)]
     Auth(#[from] pier_auth::AuthError),
+    /// A per-client rate limit refused the call (token revocations).
+    #[error("too many {what} from this address; retry in {} s", retry_after_secs(*retry_after))]
+    RateLimited {
+        what: &'static str,
+        retry_after: std::time::Duration,
+    },
     /// The operation took effect but its event could not be recorded.
     #[error("the operation was stored but its event could not be recorded ({0}); retry it")]
     EventNotRecorded(String),
+}
+
+/// `Retry-After` seconds: rounded up, at least 1.
+fn retry_after_secs(d: std::time::Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 /// What the wire says for an error: status, code, message, detail and extra headers.
@@ -188,6 +199,12 @@ fn classify(
             },
         ),
         ApiError::Denied(_) => simple(C::Denied),
+        ApiError::RateLimited { retry_after, .. } => (
+            by_code(C::TooManyRequests),
+            C::TooManyRequests,
+            none,
+            vec![("Retry-After", retry_after_secs(*retry_after).to_string())],
+        ),
         ApiError::EventNotRecorded(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             C::Unavailable,
@@ -200,6 +217,12 @@ fn classify(
                 C::Unavailable,
                 none,
                 vec![("Retry-After", "1".to_owned())],
+            ),
+            pier_auth::AuthError::Throttled { retry_after } => (
+                by_code(C::TooManyRequests),
+                C::TooManyRequests,
+                none,
+                vec![("Retry-After", retry_after_secs(*retry_after).to_string())],
             ),
             pier_auth::AuthError::InvalidToken(_) | pier_auth::AuthError::TokenExpired => {
                 (StatusCode::UNAUTHORIZED, C::Unauthorized, none, vec![])
@@ -259,6 +282,11 @@ impl ApiError {
             }
             ApiError::Auth(pier_auth::AuthError::Invalid(_)) => ("invalid_request", None),
             ApiError::MethodNotAllowed(_) => ("invalid_request", None),
+            // OAuth2 has no code of its own for "slow down" at the token endpoint; the
+            // status (429) and Retry-After say it.
+            ApiError::Auth(pier_auth::AuthError::Throttled { .. }) => {
+                ("temporarily_unavailable", None)
+            }
             e if e.is_internal() => ("server_error", None),
             _ => ("temporarily_unavailable", None),
         };
@@ -275,6 +303,7 @@ impl ApiError {
         let code = match parts.status {
             StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
             StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
+            StatusCode::TOO_MANY_REQUESTS => "TOOMANYREQUESTS",
             StatusCode::METHOD_NOT_ALLOWED => "UNSUPPORTED",
             s if s.is_server_error() => "UNKNOWN",
             _ => "UNSUPPORTED",

@@ -8,6 +8,7 @@ mod access;
 pub mod activity;
 pub mod auth;
 pub mod body;
+pub mod client;
 pub mod error;
 pub mod events;
 mod handlers;
@@ -27,6 +28,7 @@ use pier_core::{Mirror, Registry};
 
 pub use auth::{AccessControl, ConnInfo};
 pub use body::RespBody;
+pub use client::{ClientAddr, TrustedProxies};
 pub use metrics::Metrics;
 
 /// Everything a request handler needs; built once by the binary.
@@ -160,7 +162,7 @@ pub async fn serve(
             .token_endpoint(req, &conn, state.mirror.as_deref())
             .await
             .unwrap_or_else(error::ApiError::into_token_response)),
-        (Err(_), Some(ac)) if path == auth::REVOKE_PATH => ac.revoke_endpoint(req).await,
+        (Err(_), Some(ac)) if path == auth::REVOKE_PATH => ac.revoke_endpoint(req, &conn).await,
         (Ok(r), Some(ac)) => {
             // Route first, then authorize the repository whose content is served.
             let place = handlers::place(&state, &r, &req);

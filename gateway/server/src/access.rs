@@ -230,9 +230,10 @@ pub async fn build(
         },
         trusted,
     ));
-    let authn = Arc::new(Authenticator::new(
+    let authn = Arc::new(Authenticator::with_limits(
         UserFile::open(&auth.users_file)?,
         RobotFile::open(&auth.robots_file)?,
+        auth.throttle.login,
     )?);
     tracing::info!(
         service = %auth.service,
@@ -252,6 +253,11 @@ pub async fn build(
         tokens,
         revocations,
         realm: auth.realm.clone(),
+        trusted_proxies: config.trusted_proxies.clone(),
+        revoke_limit: pier_auth::throttle::RateLimit::per_minute(
+            auth.throttle.revocations_per_minute,
+            100_000,
+        ),
     };
     Ok((Some(Arc::new(control)), Arc::new(plugins)))
 }

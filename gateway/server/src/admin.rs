@@ -91,6 +91,14 @@ async fn warm(
     }
 }
 
+/// The admin connection's peer (the listener notes it on every request).
+pub(crate) fn peer_of(req: &Request<Incoming>) -> std::net::SocketAddr {
+    req.extensions()
+        .get::<std::net::SocketAddr>()
+        .copied()
+        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
 fn text(
     status: StatusCode,
     content_type: &'static str,
@@ -136,11 +144,7 @@ pub async fn serve(
     // Deny by default: only the probes and the scrape target are open.
     let protected = !matches!(path.as_str(), "/metrics" | "/healthz" | "/readyz");
     if protected && let Some(ac) = &state.access {
-        let client = req
-            .extensions()
-            .get::<std::net::SocketAddr>()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let client = ac.client(peer_of(&req), req.headers());
         match ac.check_admin(req.headers(), &client).await {
             Ok(c) => {
                 credentials = Some(pier_upstream::Credentials {
@@ -201,6 +205,9 @@ pub async fn serve(
                 body.push_str(&m.render_metrics());
             }
             state.plugins.render_metrics(&mut body);
+            if let Some(ac) = &state.access {
+                ac.render_metrics(&mut body);
+            }
             if let Some(e) = &state.events {
                 for (_, n) in &e.notifiers {
                     n.metrics().render(&mut body);

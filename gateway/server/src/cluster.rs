@@ -177,6 +177,11 @@ impl pier_auth::revoke::Revocations for RedisRevocations {
         self.recent.insert(jti.to_owned(), r);
         Ok(r)
     }
+
+    /// Redis keys expire by themselves; the local memory of recent ones is swept.
+    async fn sweep(&self) -> Result<(), pier_auth::AuthError> {
+        self.local.sweep().await
+    }
 }
 
 /// Upload session locks shared by every node (S3 multipart sessions; see pier-storage).

@@ -119,6 +119,8 @@ struct FileConfig {
     #[serde(default)]
     admin_hostnames: Vec<String>,
     admin_insecure: Option<bool>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
     limits: Option<FileLimits>,
     auth: Option<FileAuth>,
     #[serde(default)]
@@ -239,6 +241,68 @@ struct FileAuth {
     robots_file: Option<PathBuf>,
     #[serde(default)]
     trusted_issuers: Vec<FileIssuer>,
+    throttle: Option<FileThrottle>,
+}
+
+/// `[auth.throttle]`: failed logins, password checks, revocations (defaults in
+/// [`ThrottleConfig::default`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileThrottle {
+    account_failures: Option<u32>,
+    address_failures: Option<u32>,
+    max_backoff: Option<String>,
+    password_checks: Option<usize>,
+    password_check_wait: Option<String>,
+    revocations_per_minute: Option<u32>,
+}
+
+impl FileThrottle {
+    fn resolve(self, path: &Path) -> Result<ThrottleConfig, ServerError> {
+        let mut c = ThrottleConfig::default();
+        let t = &mut c.login.throttle;
+        if let Some(n) = self.account_failures {
+            t.account_failures = n.max(1);
+        }
+        if let Some(n) = self.address_failures {
+            t.address_failures = n.max(1);
+        }
+        if let Some(d) = file_duration(self.max_backoff, "auth.throttle.max_backoff", path)? {
+            t.max_backoff = d.max(t.first_backoff);
+        }
+        if let Some(n) = self.password_checks {
+            c.login.password_checks = n.max(1);
+        }
+        if let Some(d) = file_duration(
+            self.password_check_wait,
+            "auth.throttle.password_check_wait",
+            path,
+        )? {
+            c.login.password_check_wait = d;
+        }
+        if let Some(n) = self.revocations_per_minute {
+            c.revocations_per_minute = n;
+        }
+        Ok(c)
+    }
+}
+
+/// Bounds on what one client can make the token service do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleConfig {
+    /// The failed-login throttle and the password check pool.
+    pub login: pier_auth::authn::LoginLimits,
+    /// `/auth/revoke` calls per client address and minute (0: no limit).
+    pub revocations_per_minute: u32,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> ThrottleConfig {
+        ThrottleConfig {
+            login: pier_auth::authn::LoginLimits::default(),
+            revocations_per_minute: 30,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -283,6 +347,7 @@ pub struct AuthConfig {
     pub robots_file: PathBuf,
     /// (issuer, PEM public key or certificate) of tokens accepted from elsewhere.
     pub trusted_issuers: Vec<(String, PathBuf)>,
+    pub throttle: ThrottleConfig,
 }
 
 impl AuthConfig {
@@ -303,6 +368,7 @@ impl AuthConfig {
             users_file: dir.join("users.htpasswd"),
             robots_file: dir.join("robots.json"),
             trusted_issuers: Vec::new(),
+            throttle: ThrottleConfig::default(),
         }
     }
 }
@@ -561,6 +627,8 @@ pub struct Config {
     pub admin_hostnames: Vec<String>,
     /// The operator's explicit consent to an unauthenticated admin API off loopback.
     pub admin_insecure: bool,
+    /// Peers whose `X-Forwarded-For` names the client (load balancers, ingress).
+    pub trusted_proxies: pier_http::TrustedProxies,
     /// Bounds on connections.
     pub limits: crate::listen::Limits,
     /// Access control; `None`: everyone may do everything.
@@ -724,6 +792,7 @@ impl Config {
                     .into_iter()
                     .map(|t| (t.issuer, relative_to(&base, t.public_key)))
                     .collect();
+                c.throttle = a.throttle.unwrap_or_default().resolve(&path)?;
                 Some(c)
             }
         };
@@ -792,6 +861,9 @@ impl Config {
             }
             .max(Duration::from_millis(100)),
             admin_hostnames: file.admin_hostnames,
+            trusted_proxies: pier_http::TrustedProxies::parse(&file.trusted_proxies).map_err(
+                |e| ServerError::Config(format!("{}: trusted_proxies: {e}", path.display())),
+            )?,
             limits: file.limits.unwrap_or_default().resolve(&path)?,
             admin_insecure: args.admin_insecure.or(file.admin_insecure).unwrap_or(false),
         })
@@ -944,6 +1016,46 @@ mod tests {
             ..Default::default()
         });
         assert!(bad.unwrap_err().to_string().contains("ftp://x"));
+    }
+
+    #[test]
+    fn trusted_proxies_and_throttle_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pier.toml");
+        std::fs::write(
+            &path,
+            "trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n[auth]\n[auth.throttle]\naccount_failures = 3\nmax_backoff = \"1m\"\npassword_checks = 4\nrevocations_per_minute = 0\n",
+        )
+        .unwrap();
+        let c = Config::resolve(ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.trusted_proxies,
+            pier_http::TrustedProxies::parse(&["127.0.0.1", "10.0.0.0/8"]).unwrap()
+        );
+        let t = c.auth.unwrap().throttle;
+        assert_eq!(t.login.throttle.account_failures, 3);
+        assert_eq!(t.login.throttle.address_failures, 30, "default");
+        assert_eq!(t.login.throttle.max_backoff, Duration::from_secs(60));
+        assert_eq!(t.login.password_checks, 4);
+        assert_eq!(t.revocations_per_minute, 0);
+
+        let d = Config::resolve(ServeArgs::default()).unwrap();
+        assert!(
+            d.trusted_proxies.is_empty(),
+            "no proxy is trusted by default"
+        );
+
+        std::fs::write(&path, "trusted_proxies = [\"lb.example\"]\n").unwrap();
+        let err = Config::resolve(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("lb.example"), "{err}");
     }
 
     #[test]

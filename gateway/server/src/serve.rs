@@ -154,6 +154,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         .clone()
         .map(|s| tokio::spawn(crate::cluster::follow_changes(s, registry.clone())));
     let (access, plugins) = crate::access::build(&config, shared.as_ref()).await?;
+    let sweep_task = access
+        .as_ref()
+        .map(|a| tokio::spawn(sweep_revocations(a.revocations.clone())));
     let events = crate::events::start(&config, registry.clone(), shared.as_ref()).await?;
     let plugin_changes_task = shared.clone().map(|s| {
         let announce = crate::cluster::plugin_announcer(s.clone());
@@ -325,6 +328,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         t.abort();
     }
     hup_task.abort();
+    if let Some(t) = sweep_task {
+        t.abort();
+    }
     admin_task.abort();
     history_task.abort();
     if let Some(t) = evict_task {
@@ -477,6 +483,18 @@ async fn evict_loop(mirror: Arc<Mirror>, max: u64, every: Duration) {
             ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cache eviction failed"),
+        }
+    }
+}
+
+/// Forgets revocations of tokens that have expired (and compacts their file) once a
+/// minute.
+async fn sweep_revocations(revocations: Arc<dyn pier_auth::revoke::Revocations>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        if let Err(e) = revocations.sweep().await {
+            tracing::warn!(error = %e, "sweeping expired token revocations failed");
         }
     }
 }

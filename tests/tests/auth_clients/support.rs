@@ -61,6 +61,14 @@ impl RbacPier {
     /// The example with `token_ttl` set to `ttl` (e.g. `"2s"`) when given.
     #[track_caller]
     pub fn start_with_ttl(ttl: Option<&str>) -> RbacPier {
+        RbacPier::start_with(ttl, "", "")
+    }
+
+    /// The example with `token_ttl` set to `ttl` when given, the top-level keys `top`
+    /// (e.g. `trusted_proxies = [...]`) put before its first table, and the tables `tail`
+    /// (e.g. `[auth.throttle]`) after its last.
+    #[track_caller]
+    pub fn start_with(ttl: Option<&str>, top: &str, tail: &str) -> RbacPier {
         let wasm = &pier_e2e::plugins::build().rbac;
         let dir = temp_dir("rbac-example");
         let src = example_dir();
@@ -95,7 +103,7 @@ impl RbacPier {
             "no `token_ttl` line in the example\n{toml}"
         );
         let config = dir.path().join("pier.toml");
-        fs::write(&config, lines.join("\n") + "\n").unwrap();
+        fs::write(&config, format!("{top}\n{}\n{tail}\n", lines.join("\n"))).unwrap();
         let pier = TestPier::builder().arg("--config").arg(&config).start();
         RbacPier {
             pier,

@@ -497,13 +497,10 @@ pub async fn serve(state: &AdminState, req: Request<Incoming>) -> Response<Full<
         );
         return r;
     }
-    let client = req
-        .extensions()
-        .get::<std::net::SocketAddr>()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let (actor, subject, credentials) = match &state.access {
+    let peer = crate::admin::peer_of(&req);
+    let (client, actor, subject, credentials) = match &state.access {
         Some(ac) => {
+            let client = ac.client(peer, req.headers());
             let checked = match route.scope(&method) {
                 Scope::System => {
                     ac.check_basic(req.headers(), &client, pier_auth::Action::Admin, None)
@@ -517,6 +514,7 @@ pub async fn serve(state: &AdminState, req: Request<Incoming>) -> Response<Full<
             };
             match checked {
                 Ok((c, s)) => (
+                    client.label,
                     c.username.clone(),
                     Some(s),
                     Some(pier_upstream::Credentials {
@@ -527,7 +525,12 @@ pub async fn serve(state: &AdminState, req: Request<Incoming>) -> Response<Full<
                 Err(e) => return refused(e),
             }
         }
-        None => ("anonymous (access control off)".to_owned(), None, None),
+        None => (
+            peer.to_string(),
+            "anonymous (access control off)".to_owned(),
+            None,
+            None,
+        ),
     };
     let caller = Caller {
         actor,
