@@ -398,3 +398,73 @@ mod tests {
         assert_eq!(m.artifact_type.as_deref(), Some("application/x-sbom"));
     }
 }
+
+/// Manifest lists (OCI index, Docker manifest list) with hostile children: parsed or
+/// refused, never a panic, and a parsed one keeps every child it was given (the
+/// stable-toolchain stand-in for a fuzz target of the manifest-list path).
+#[cfg(test)]
+mod index_props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn child() -> impl Strategy<Value = serde_json::Value> {
+        (
+            prop::sample::select(vec![
+                "application/vnd.oci.image.manifest.v1+json",
+                "application/vnd.docker.distribution.manifest.v2+json",
+                "application/vnd.oci.image.index.v1+json",
+                "text/html",
+                "",
+            ]),
+            prop_oneof![
+                "[0-9a-f]{64}".prop_map(|h| format!("sha256:{h}")),
+                "[ -~]{0,80}",
+                "[0-9a-f]{128}".prop_map(|h| format!("sha512:{h}")),
+            ],
+            prop_oneof![
+                any::<u64>().prop_map(serde_json::Value::from),
+                Just(serde_json::json!(-1)),
+                Just(serde_json::json!("9"))
+            ],
+            prop::option::of(("[ -~]{0,12}", "[ -~]{0,12}", prop::option::of("[ -~]{0,6}"))),
+        )
+            .prop_map(|(media, digest, size, platform)| {
+                let mut c = serde_json::json!({"mediaType": media, "digest": digest, "size": size});
+                if let Some((os, arch, variant)) = platform {
+                    c["platform"] =
+                        serde_json::json!({"os": os, "architecture": arch, "variant": variant});
+                }
+                c
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn hostile_manifest_lists_parse_or_are_refused(
+            kind in prop::sample::select(vec![
+                "application/vnd.oci.image.index.v1+json",
+                "application/vnd.docker.distribution.manifest.list.v2+json",
+            ]),
+            header in prop::option::of(prop::sample::select(vec![
+                "application/vnd.oci.image.index.v1+json",
+                "application/vnd.docker.distribution.manifest.list.v2+json",
+                "application/json",
+            ])),
+            children in prop::collection::vec(child(), 0..12),
+            extra in prop::option::of("[ -~]{0,30}"),
+        ) {
+            let mut doc = serde_json::json!({"schemaVersion": 2, "mediaType": kind, "manifests": children});
+            if let Some(e) = extra {
+                doc["annotations"] = serde_json::json!({"x": e});
+            }
+            let bytes = serde_json::to_vec(&doc).unwrap();
+            if let Ok(m) = Manifest::parse(&bytes, header) {
+                prop_assert_eq!(m.manifests.len(), children.len());
+                prop_assert_eq!(m.blob_references().count(), 0);
+            }
+        }
+    }
+}

@@ -26,19 +26,33 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 10m, 2h"))?;
-    let secs = match unit.trim() {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let per: u64 = match unit.trim() {
+        "ms" => return checked_duration(Duration::from_millis(n), s),
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         other => {
             return Err(format!(
                 "invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d"
             ));
         }
     };
-    Ok(Duration::from_secs(secs))
+    let secs = n
+        .checked_mul(per)
+        .ok_or_else(|| format!("duration {s:?} is too long"))?;
+    checked_duration(Duration::from_secs(secs), s)
+}
+
+/// The longest duration a setting may have: longer ones would overflow the clock
+/// arithmetic (`now + ttl`) they are used in.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+fn checked_duration(d: Duration, s: &str) -> Result<Duration, String> {
+    if d > MAX_DURATION {
+        return Err(format!("duration {s:?} is too long: at most 100 years"));
+    }
+    Ok(d)
 }
 
 pub use pier_storage::parse_size;
@@ -882,6 +896,104 @@ impl Config {
              (--admin-insecure) if a network policy already keeps strangers out",
             self.admin_listen
         )))
+    }
+}
+
+/// The configuration reader on any file an operator (or a config generator gone wrong) may
+/// write: an answer, never a panic (the stable-toolchain stand-in for a fuzz target).
+#[cfg(test)]
+mod config_props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn resolve_text(text: &str) -> Result<Config, ServerError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pier.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::resolve(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+    }
+
+    /// A value of the kinds the file's keys take, with hostile edges.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| format!("\"{n}h\"")),
+            any::<u64>().prop_map(|n| format!("\"{n}d\"")),
+            any::<u64>().prop_map(|n| format!("\"{n}ms\"")),
+            any::<u64>().prop_map(|n| format!("\"{n}TiB\"")),
+            "[ -~]{0,20}".prop_map(|v| format!("{v:?}")),
+            Just("true".to_owned()),
+            Just("[]".to_owned()),
+            Just("[\"\"]".to_owned()),
+            Just("{}".to_owned()),
+        ]
+    }
+
+    fn key() -> impl Strategy<Value = (&'static str, &'static str)> {
+        prop::sample::select(vec![
+            ("", "listen"),
+            ("", "admin_listen"),
+            ("", "upload_idle_timeout"),
+            ("", "shutdown_timeout"),
+            ("", "cache_max_size"),
+            ("", "cache_evict_interval"),
+            ("", "history_every"),
+            ("", "admin_hostnames"),
+            ("", "admin_insecure"),
+            ("", "local_namespaces"),
+            ("limits", "max_connections"),
+            ("limits", "header_read_timeout"),
+            ("limits", "send_timeout"),
+            ("limits", "h2_max_concurrent_streams"),
+            ("limits", "body_idle_timeout"),
+            ("limits", "upload_min_rate"),
+            ("auth", "token_ttl"),
+            ("auth", "refresh_ttl"),
+            ("auth", "service"),
+            ("[upstreams]", "url"),
+            ("[upstreams]", "tag_ttl"),
+            ("[upstreams]", "stale_while_revalidate"),
+            ("redis", "mode"),
+            ("redis", "url"),
+            ("redis", "op_timeout_ms"),
+            ("events", "secret"),
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn any_text_is_read_or_refused(text in any::<String>()) {
+            let _ = resolve_text(&text);
+        }
+
+        #[test]
+        fn known_keys_with_hostile_values_are_read_or_refused(
+            entries in prop::collection::vec((key(), value()), 0..8)
+        ) {
+            let mut text = String::new();
+            for ((section, k), v) in &entries {
+                match *section {
+                    "" => text.insert_str(0, &format!("{k} = {v}\n")),
+                    s if s.starts_with('[') => text.push_str(&format!("[{s}]\nurl = \"http://u\"\n{k} = {v}\n")),
+                    s => text.push_str(&format!("[{s}]\n{k} = {v}\n")),
+                }
+            }
+            let _ = resolve_text(&text);
+        }
+
+        #[test]
+        fn durations_never_overflow(n in any::<u64>(), unit in prop::sample::select(vec!["", "ms", "s", "m", "h", "d"])) {
+            if let Ok(d) = parse_duration(&format!("{n}{unit}")) {
+                prop_assert!(d <= MAX_DURATION);
+                prop_assert!(std::time::Instant::now().checked_add(d).is_some());
+            }
+        }
     }
 }
 

@@ -1327,6 +1327,44 @@ fn parse_challenges(header: &str) -> Vec<Challenge> {
     out
 }
 
+/// The `WWW-Authenticate` parser on anything an upstream may send (the stable-toolchain
+/// stand-in for a fuzz target: it runs with every `cargo test`).
+#[cfg(test)]
+mod challenge_props {
+    use proptest::prelude::*;
+
+    use super::parse_challenges;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn any_header_parses_without_panicking(h in any::<String>()) {
+            let _ = parse_challenges(&h);
+        }
+
+        #[test]
+        fn header_like_noise_parses_without_panicking(
+            h in r#"[A-Za-z ,="\\\x{80}-\x{10FFFF}]{0,80}"#
+        ) {
+            let _ = parse_challenges(&h);
+        }
+
+        #[test]
+        fn bearer_parameters_come_back(
+            realm in r#"[!#-\[\]-~]{1,40}"#,
+            service in "[a-z0-9.-]{1,20}",
+            junk in "[a-z]{0,8}",
+        ) {
+            let h = format!(r#"Basic realm="x", Bearer realm="{realm}",service={service},{junk}"#);
+            let c = parse_challenges(&h);
+            let bearer = c.iter().find(|c| c.scheme == "bearer").expect("a bearer challenge");
+            prop_assert_eq!(bearer.param("realm"), Some(realm.as_str()));
+            prop_assert_eq!(bearer.param("service"), Some(service.as_str()));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
