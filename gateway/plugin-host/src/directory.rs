@@ -169,7 +169,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unreachable_directory_is_unavailable_within_the_deadline() {
+    async fn a_silent_directory_is_unavailable_within_the_deadline() {
         // A listener that accepts and never answers.
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
