@@ -661,7 +661,11 @@ async fn check_reports_worlds_imports_and_exports() {
             &["authorizer"][..],
             vec!["types@0.1.0", "log@0.1.0", "config@0.1.0"],
         ),
-        (&p.hostile, &["authorizer"][..], vec!["types@0.1.0"]),
+        (
+            &p.hostile,
+            &["authorizer"][..],
+            vec!["types@0.1.0", "http-outbound@0.1.0"],
+        ),
     ] {
         let r = pier_plugin_host::check(&rt, path).unwrap();
         let name = path.display();
@@ -777,4 +781,102 @@ async fn compile_cache_is_reused_by_a_new_runtime() {
         "rewritten"
     );
     assert_eq!(a.digest(), digest);
+}
+
+// `http-outbound` from inside a component (the hostile plugin's `authenticate`): a GET to
+// an allowed http:// host, a header value carrying CR LF refused before anything is sent,
+// a host off the allowlist denied, and https:// spoken, the server's certificate checked
+// against the system's roots (which don't know the test CA).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_outbound_from_a_component() {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            let (mut head, mut b) = (Vec::new(), [0u8; 1]);
+            while !head.ends_with(b"\r\n\r\n") {
+                match s.read(&mut b) {
+                    Ok(1) => head.push(b[0]),
+                    _ => break,
+                }
+            }
+            seen.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&head).into_owned());
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pier_e2e::test_ca(dir.path());
+    let tls_port = pier_e2e::free_port();
+    let mut s_server = std::process::Command::new("openssl")
+        .args([
+            "s_server",
+            "-quiet",
+            "-www",
+            "-accept",
+            &tls_port.to_string(),
+        ])
+        .arg("-cert")
+        .arg(&ca.cert)
+        .arg("-key")
+        .arg(&ca.key)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    assert!(pier_e2e::wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
+    ));
+
+    let (_d, a) = load("hostile", &plugins::build().hostile, |s| {
+        s.timeout = Duration::from_secs(5);
+        s.grants.http = true;
+        s.allowed_hosts = vec![format!("127.0.0.1:{port}"), format!("127.0.0.1:{tls_port}")];
+    })
+    .await;
+    let creds = |user: &str, url: String| Credentials {
+        username: user.to_owned(),
+        password: url,
+        client: "127.0.0.1:1".to_owned(),
+    };
+    let plain = format!("http://127.0.0.1:{port}/x");
+    match a.authenticate(&creds("http", plain.clone())).await.unwrap() {
+        AuthnOutcome::Verified(id) => assert_eq!(id.name, "200 hello"),
+        other => panic!("{other:?}"),
+    }
+    {
+        let heads = heads.lock().unwrap();
+        assert_eq!(heads.len(), 1);
+        assert!(heads[0].starts_with("GET /x HTTP/1.1\r\n"), "{}", heads[0]);
+        assert!(heads[0].contains("x-probe: 1\r\n"), "{}", heads[0]);
+    }
+    let e = a
+        .authenticate(&creds("http-crlf", plain.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, PolicyFailure::Unavailable, "{e}");
+    assert!(e.message.contains("InvalidUrl"), "{e}");
+    assert_eq!(heads.lock().unwrap().len(), 1, "nothing sent");
+    let e = a
+        .authenticate(&creds("http", "http://127.0.0.1:1/".into()))
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("Denied"), "{e}");
+    let e = a
+        .authenticate(&creds("http", format!("https://127.0.0.1:{tls_port}/")))
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("invalid peer certificate"), "{e}");
+    let _ = s_server.kill();
+    let _ = s_server.wait();
 }

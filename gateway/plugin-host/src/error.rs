@@ -26,6 +26,8 @@ pub enum PluginError {
         world: &'static str,
         message: String,
     },
+    #[error("plugin {name:?}: the ldap directory: {message}")]
+    Ldap { name: String, message: String },
     #[error("plugin runtime: {0}")]
     Runtime(String),
 }

@@ -4,17 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::pier::plugin::{config, http_outbound, kv, ldap, log, types};
+use crate::directory::Directory;
 use crate::kv::{KvFault, KvPlace};
+use crate::outbound::OutboundHttp;
 
 const KV_MAX_KEY: usize = 256;
 const KV_MAX_VALUE: usize = 64 << 10;
-const HTTP_MAX_BODY: usize = 1 << 20;
 const LOG_MAX: usize = 4 << 10;
 
 /// Which host capabilities a plugin may use.
@@ -57,7 +57,10 @@ pub(crate) struct Capabilities {
     pub config: serde_json::Map<String, serde_json::Value>,
     pub kv: KvPlace,
     pub allowed_hosts: Vec<String>,
-    pub ldap_addr: Option<String>,
+    /// The runtime's client for `http-outbound`.
+    pub http: OutboundHttp,
+    /// The directory of the `ldap` capability, when configured.
+    pub ldap: Option<Directory>,
     pub io_timeout: Duration,
 }
 
@@ -243,102 +246,13 @@ impl http_outbound::Host for HostState {
         &mut self,
         req: http_outbound::Request,
     ) -> Result<http_outbound::Response, http_outbound::HttpError> {
-        use http_outbound::HttpError;
         if !self.caps.grants.http {
-            return Err(HttpError::Denied);
+            return Err(http_outbound::HttpError::Denied);
         }
-        let rest = req
-            .url
-            .strip_prefix("http://")
-            .ok_or(HttpError::InvalidUrl)?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        if authority.is_empty() || authority.contains('@') {
-            return Err(HttpError::InvalidUrl);
-        }
-        let (host, port) = split_host_port(authority).ok_or(HttpError::InvalidUrl)?;
-        let port = port.unwrap_or(80);
-        if !host_allowed(&self.caps.allowed_hosts, host, port, 80) {
-            return Err(HttpError::Denied);
-        }
-        let hostport = format!("{host}:{port}");
-        let method = req.method.to_ascii_uppercase();
-        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-            return Err(HttpError::InvalidUrl);
-        }
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            req.body.len()
-        );
-        for (k, v) in &req.headers {
-            if k.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']) {
-                return Err(HttpError::InvalidUrl);
-            }
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        let io = async {
-            let mut s = tokio::net::TcpStream::connect(&hostport).await?;
-            s.write_all(head.as_bytes()).await?;
-            s.write_all(&req.body).await?;
-            let mut buf = Vec::new();
-            (&mut s)
-                .take((HTTP_MAX_BODY + 64 * 1024) as u64)
-                .read_to_end(&mut buf)
-                .await?;
-            Ok::<_, std::io::Error>(buf)
-        };
-        let raw = tokio::time::timeout(self.caps.io_timeout, io)
+        self.caps
+            .http
+            .send(&self.caps.allowed_hosts, req, self.caps.io_timeout)
             .await
-            .map_err(|_| HttpError::Transport("timed out".into()))?
-            .map_err(|e| HttpError::Transport(e.to_string()))?;
-        parse_http_response(&raw).ok_or_else(|| HttpError::Transport("malformed response".into()))
-    }
-}
-
-fn parse_http_response(raw: &[u8]) -> Option<http_outbound::Response> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..end]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let mut body = raw[end + 4..].to_vec();
-    let chunked = headers.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
-    });
-    if chunked {
-        body = dechunk(&body)?;
-    } else if let Some(n) = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse::<usize>().ok())
-    {
-        body.truncate(n);
-    }
-    (body.len() <= HTTP_MAX_BODY).then_some(http_outbound::Response {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let nl = b.windows(2).position(|w| w == b"\r\n")?;
-        let size_str = std::str::from_utf8(&b[..nl]).ok()?;
-        let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
-        b = &b[nl + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size + 2..)?;
     }
 }
 
@@ -348,130 +262,16 @@ impl ldap::Host for HostState {
         if !self.caps.grants.ldap {
             return Err(LdapError::Denied);
         }
-        let addr = self.caps.ldap_addr.clone().ok_or(LdapError::Denied)?;
+        let directory = self.caps.ldap.as_ref().ok_or(LdapError::Denied)?;
         // An empty password is an "unauthenticated bind" that many directories accept:
         // never let it count as a successful login.
         if password.is_empty() {
             return Ok(false);
         }
-        let io = async {
-            let mut s = tokio::net::TcpStream::connect(&addr).await?;
-            s.write_all(&ber::bind_request(1, &dn, &password)).await?;
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            loop {
-                let n = s.read(&mut chunk).await?;
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if ber::complete(&buf) || buf.len() > 64 << 10 {
-                    break;
-                }
-            }
-            Ok::<_, std::io::Error>(buf)
-        };
-        let raw = tokio::time::timeout(self.caps.io_timeout, io)
+        directory
+            .simple_bind(&dn, &password, self.caps.io_timeout)
             .await
-            .map_err(|_| LdapError::Unavailable(format!("{addr}: timed out")))?
-            .map_err(|e| LdapError::Unavailable(format!("{addr}: {e}")))?;
-        match ber::bind_result(&raw) {
-            Some(0) => Ok(true),
-            Some(49) => Ok(false),
-            Some(code) => Err(LdapError::Unavailable(format!(
-                "bind answered result code {code}"
-            ))),
-            None => Err(LdapError::Unavailable("malformed bind response".into())),
-        }
-    }
-}
-
-/// The few BER encodings an LDAP simple bind needs (RFC 4511 4.2).
-mod ber {
-    fn len(n: usize, out: &mut Vec<u8>) {
-        if n < 0x80 {
-            out.push(n as u8);
-        } else {
-            let bytes = n.to_be_bytes();
-            let skip = bytes.iter().take_while(|b| **b == 0).count();
-            out.push(0x80 | (bytes.len() - skip) as u8);
-            out.extend_from_slice(&bytes[skip..]);
-        }
-    }
-
-    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        len(content.len(), &mut out);
-        out.extend_from_slice(content);
-        out
-    }
-
-    /// LDAPMessage { messageID, BindRequest [APPLICATION 0] { version 3, name, simple [0] } }
-    pub fn bind_request(id: u8, dn: &str, password: &str) -> Vec<u8> {
-        let mut bind = tlv(0x02, &[3]);
-        bind.extend(tlv(0x04, dn.as_bytes()));
-        bind.extend(tlv(0x80, password.as_bytes()));
-        let mut msg = tlv(0x02, &[id]);
-        msg.extend(tlv(0x60, &bind));
-        tlv(0x30, &msg)
-    }
-
-    fn read(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let tag = *b.first()?;
-        let first = *b.get(1)?;
-        let (n, hdr) = if first < 0x80 {
-            (first as usize, 2)
-        } else {
-            let k = (first & 0x7f) as usize;
-            if k == 0 || k > 4 {
-                return None;
-            }
-            let mut n = 0usize;
-            for i in 0..k {
-                n = (n << 8) | *b.get(2 + i)? as usize;
-            }
-            (n, 2 + k)
-        };
-        Some((tag, b.get(hdr..hdr + n)?, b.get(hdr + n..)?))
-    }
-
-    pub fn complete(b: &[u8]) -> bool {
-        read(b).is_some()
-    }
-
-    /// The resultCode of a BindResponse [APPLICATION 1].
-    pub fn bind_result(b: &[u8]) -> Option<u32> {
-        let (0x30, msg, _) = read(b)? else {
-            return None;
-        };
-        let (0x02, _, rest) = read(msg)? else {
-            return None;
-        };
-        let (0x61, resp, _) = read(rest)? else {
-            return None;
-        };
-        let (0x0a, code, _) = read(resp)? else {
-            return None;
-        };
-        Some(code.iter().fold(0u32, |a, b| (a << 8) | *b as u32))
-    }
-
-    #[cfg(test)]
-    #[test]
-    fn encodes_a_bind_and_reads_a_result() {
-        let r = bind_request(1, "cn=a", "pw");
-        assert_eq!(
-            r,
-            [
-                0x30, 0x12, 0x02, 0x01, 0x01, 0x60, 0x0d, 0x02, 0x01, 0x03, 0x04, 0x04, b'c', b'n',
-                b'=', b'a', 0x80, 0x02, b'p', b'w'
-            ]
-        );
-        let ok = [
-            0x30, 0x0c, 0x02, 0x01, 0x01, 0x61, 0x07, 0x0a, 0x01, 0x31, 0x04, 0x00, 0x04, 0x00,
-        ];
-        assert_eq!(bind_result(&ok), Some(49));
-        assert!(bind_result(&ok[..5]).is_none());
+            .map_err(LdapError::Unavailable)
     }
 }
 
@@ -490,7 +290,8 @@ mod tests {
             config: serde_json::Map::new(),
             kv: KvPlace::Dir(std::env::temp_dir()),
             allowed_hosts: allowed.iter().map(|h| (*h).to_owned()).collect(),
-            ldap_addr: None,
+            http: OutboundHttp::new(),
+            ldap: None,
             io_timeout: Duration::from_secs(1),
         }
     }

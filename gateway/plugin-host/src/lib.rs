@@ -65,12 +65,14 @@ mod bindings {
 
 mod authorizer;
 mod check;
+mod directory;
 mod error;
 mod events;
 mod hook;
 mod host;
 pub mod kv;
 mod metrics;
+mod outbound;
 mod plugin;
 pub mod rules;
 mod runtime;
@@ -78,6 +80,7 @@ mod world;
 
 pub use authorizer::PluginAuthorizer;
 pub use check::{CheckReport, check};
+pub use directory::LdapDirectory;
 pub use error::{PluginError, PluginFailure};
 pub use events::{
     Delivery, EventKind, MAX_ACTIONS, MAX_DELIVERIES, MAX_DELIVERY_BODY, PluginEvent,

@@ -11,6 +11,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::WasiCtx;
 
+use crate::directory::{Directory, LdapDirectory};
 use crate::error::{PluginError, PluginFailure};
 use crate::host::{Capabilities, Grants, HostState};
 use crate::kv::KvPlace;
@@ -36,8 +37,8 @@ pub struct PluginSettings {
     pub kv: KvPlace,
     /// `host:port`s the `http` capability may reach.
     pub allowed_hosts: Vec<String>,
-    /// `host:port` of the directory for the `ldap` capability.
-    pub ldap_addr: Option<String>,
+    /// The directory of the `ldap` capability.
+    pub ldap: Option<LdapDirectory>,
 }
 
 impl PluginSettings {
@@ -54,7 +55,7 @@ impl PluginSettings {
             config: serde_json::Map::new(),
             kv: KvPlace::Dir(kv_dir),
             allowed_hosts: Vec::new(),
-            ldap_addr: None,
+            ldap: None,
         }
     }
 }
@@ -118,13 +119,23 @@ impl Plugin {
             .instantiate_pre(&component)
             .map_err(|e| world(format!("{e:#}")))?;
         let pre = Pre::new(world_kind, pre).map_err(|e| world(format!("{e:#}")))?;
+        let ldap = settings
+            .ldap
+            .as_ref()
+            .map(Directory::new)
+            .transpose()
+            .map_err(|message| PluginError::Ldap {
+                name: settings.name.clone(),
+                message,
+            })?;
         let caps = Arc::new(Capabilities {
             plugin: settings.name.clone(),
             grants: settings.grants.clone(),
             config: settings.config.clone(),
             kv: settings.kv.clone(),
             allowed_hosts: settings.allowed_hosts.clone(),
-            ldap_addr: settings.ldap_addr.clone(),
+            http: runtime.http.clone(),
+            ldap,
             io_timeout: settings.timeout,
         });
         let plugin = Plugin {

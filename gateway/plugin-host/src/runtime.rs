@@ -13,6 +13,7 @@ use wasmtime::{Config, Engine};
 use crate::bindings::Authorizer;
 use crate::error::PluginError;
 use crate::host::HostState;
+use crate::outbound::OutboundHttp;
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 pub(crate) const TICK: Duration = Duration::from_millis(2);
@@ -23,6 +24,8 @@ pub struct Runtime {
     pub(crate) linker: Linker<HostState>,
     cache_dir: PathBuf,
     stop: Arc<AtomicBool>,
+    /// The client of every plugin's `http-outbound`.
+    pub(crate) http: OutboundHttp,
 }
 
 impl Runtime {
@@ -58,6 +61,7 @@ impl Runtime {
             engine,
             linker,
             cache_dir: cache_dir.to_owned(),
+            http: OutboundHttp::new(),
             stop,
         })
     }

@@ -147,7 +147,7 @@ pub fn plugin_settings(
     s.grants = Grants::parse(&entry.grants).map_err(ServerError::Config)?;
     s.config = entry.config.clone();
     s.allowed_hosts = entry.allowed_hosts.clone();
-    s.ldap_addr = entry.ldap_addr.clone();
+    s.ldap = entry.ldap.clone();
     if let Some(shared) = shared {
         s.kv = pier_plugin_host::KvPlace::Shared(Arc::new(crate::cluster::RedisPluginKv {
             shared: shared.clone(),

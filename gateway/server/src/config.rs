@@ -340,6 +340,8 @@ struct FilePlugin {
     #[serde(default)]
     allowed_hosts: Vec<String>,
     ldap_url: Option<String>,
+    ldap_starttls: Option<bool>,
+    ldap_ca_file: Option<PathBuf>,
     watch: Option<bool>,
     config: Option<toml::Table>,
 }
@@ -399,8 +401,9 @@ pub struct PluginEntry {
     pub max_instances: usize,
     pub grants: Vec<String>,
     pub allowed_hosts: Vec<String>,
-    /// `host:port` of `ldap://host:port`.
-    pub ldap_addr: Option<String>,
+    /// The directory of the `ldap` capability (`ldap_url`, `ldap_starttls`,
+    /// `ldap_ca_file`).
+    pub ldap: Option<pier_plugin_host::LdapDirectory>,
     /// Reload when the file changes.
     pub watch: bool,
     pub config: serde_json::Map<String, serde_json::Value>,
@@ -459,22 +462,50 @@ fn plugin_entry(p: FilePlugin, base: &Path, cfg_path: &Path) -> Result<PluginEnt
         .transpose()
         .map_err(err)?
         .unwrap_or(32 << 20) as usize;
-    let ldap_addr = p
+    let ldap = p
         .ldap_url
         .as_deref()
         .map(|u| {
-            u.strip_prefix("ldap://")
-                .map(|h| h.trim_end_matches('/').to_owned())
-                .map(|h| {
-                    if h.contains(':') {
-                        h
-                    } else {
-                        format!("{h}:389")
-                    }
-                })
-                .ok_or_else(|| err(format!("ldap_url {u:?} must be ldap://HOST[:PORT]")))
+            let (scheme, default_port) = if u.starts_with("ldaps://") {
+                ("ldaps", 636)
+            } else {
+                ("ldap", 389)
+            };
+            let h = u
+                .strip_prefix("ldap://")
+                .or_else(|| u.strip_prefix("ldaps://"))
+                .map(|h| h.trim_end_matches('/'))
+                .filter(|h| !h.is_empty() && !h.contains(['/', '?', '@']))
+                .ok_or_else(|| {
+                    err(format!(
+                        "ldap_url {u:?} must be ldap://HOST[:PORT] or ldaps://HOST[:PORT]"
+                    ))
+                })?;
+            let has_port = match h.rfind(']') {
+                Some(i) => h[i..].contains(':'),
+                None => h.contains(':'),
+            };
+            let url = if has_port {
+                format!("{scheme}://{h}")
+            } else {
+                format!("{scheme}://{h}:{default_port}")
+            };
+            let starttls = p.ldap_starttls.unwrap_or(false);
+            if starttls && scheme == "ldaps" {
+                return Err(err(
+                    "ldap_starttls is for ldap:// URLs; ldaps:// is TLS already".into(),
+                ));
+            }
+            Ok(pier_plugin_host::LdapDirectory {
+                url,
+                starttls,
+                ca_file: p.ldap_ca_file.clone().map(|f| relative_to(base, f)),
+            })
         })
         .transpose()?;
+    if p.ldap_url.is_none() && (p.ldap_starttls.is_some() || p.ldap_ca_file.is_some()) {
+        return Err(err("ldap_starttls and ldap_ca_file need ldap_url".into()));
+    }
     pier_plugin_host::Grants::parse(&p.grants).map_err(err)?;
     Ok(PluginEntry {
         hook,
@@ -484,7 +515,7 @@ fn plugin_entry(p: FilePlugin, base: &Path, cfg_path: &Path) -> Result<PluginEnt
         max_instances: p.max_instances.unwrap_or(16).max(1),
         grants: p.grants,
         allowed_hosts: p.allowed_hosts,
-        ldap_addr,
+        ldap,
         watch: p.watch.unwrap_or(true),
         config: p
             .config
@@ -1030,6 +1061,56 @@ mod tests {
         assert_eq!(c.root, PathBuf::from("./pier-data"));
         assert!(!c.h2c && c.tls.is_none());
         assert_eq!(c.upload_idle_timeout, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn plugin_ldap_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pier.toml");
+        let resolve = |lines: &str| {
+            std::fs::write(
+                &path,
+                format!(
+                    "[[plugins]]\nname = \"p\"\npath = \"p.wasm\"\nhook = \"authorizer\"\n{lines}\n"
+                ),
+            )
+            .unwrap();
+            Config::resolve(ServeArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            })
+            .map(|c| c.plugins[0].ldap.clone())
+        };
+        let d = |url: &str, starttls: bool, ca: Option<&str>| {
+            Some(pier_plugin_host::LdapDirectory {
+                url: url.into(),
+                starttls,
+                ca_file: ca.map(|f| dir.path().join(f)),
+            })
+        };
+        assert_eq!(resolve("").unwrap(), None);
+        assert_eq!(
+            resolve("ldap_url = \"ldap://10.0.0.1\"").unwrap(),
+            d("ldap://10.0.0.1:389", false, None)
+        );
+        assert_eq!(
+            resolve("ldap_url = \"ldaps://ldap.test/\"\nldap_ca_file = \"ca.pem\"").unwrap(),
+            d("ldaps://ldap.test:636", false, Some("ca.pem"))
+        );
+        assert_eq!(
+            resolve("ldap_url = \"ldap://[::1]:1389\"\nldap_starttls = true").unwrap(),
+            d("ldap://[::1]:1389", true, None)
+        );
+        for bad in [
+            "ldap_url = \"http://ldap.test\"",
+            "ldap_url = \"ldaps://ldap.test\"\nldap_starttls = true",
+            "ldap_url = \"ldap://u@ldap.test\"",
+            "ldap_url = \"ldap://\"",
+            "ldap_starttls = true",
+            "ldap_ca_file = \"ca.pem\"",
+        ] {
+            assert!(resolve(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //! | `garbage/..` | denies with a reason that is not UTF-8 (invalid result)    |
 //! | `bigreason/` | denies with a 1 MiB reason full of control characters      |
 //! | `slow/...`   | spins for about 30 ms, then allows                         |
+//!
+//! `authenticate` as `http` or `http-crlf` GETs the URL in the password through
+//! `http-outbound` (with a header `x-probe`, whose value carries CR LF for `http-crlf`)
+//! and answers the identity `"STATUS BODY"`, or `unavailable` with the error.
 #![deny(rust_2018_idioms)]
 // The generated bindings have a 14-argument function.
 #![allow(clippy::too_many_arguments)]
@@ -61,8 +65,26 @@ impl Guest for Hostile {
         }
     }
 
-    fn authenticate(_credentials: Credentials) -> Result<Identity, AuthError> {
-        Err(AuthError::NotHandled)
+    fn authenticate(credentials: Credentials) -> Result<Identity, AuthError> {
+        use pier::plugin::http_outbound;
+        let probe = match credentials.username.as_str() {
+            "http" => "1",
+            "http-crlf" => "1\r\nx-injected: 1",
+            _ => return Err(AuthError::NotHandled),
+        };
+        let req = http_outbound::Request {
+            method: "GET".into(),
+            url: credentials.password,
+            headers: vec![("x-probe".into(), probe.into())],
+            body: Vec::new(),
+        };
+        match http_outbound::send(&req) {
+            Ok(r) => Ok(Identity {
+                name: format!("{} {}", r.status, String::from_utf8_lossy(&r.body)),
+                groups: Vec::new(),
+            }),
+            Err(e) => Err(AuthError::Unavailable(format!("{e:?}"))),
+        }
     }
 }
 

@@ -11,13 +11,15 @@ use crate::support::{
 /// The rbac example with the `ldap` grant, the directory, `ldap.user_dn`, and lena as a
 /// developer of team.
 fn pier_with_ldap(slapd: &Slapd) -> (RbacExample, TestPier) {
+    pier_with_directory(&format!("ldap_url = \"{}\"", slapd.url()))
+}
+
+/// [`pier_with_ldap`] with `directory` (the `ldap_*` lines of the plugin).
+fn pier_with_directory(directory: &str) -> (RbacExample, TestPier) {
     let mut ex = RbacExample::new();
     ex.replace_line(
         "grants = ",
-        &format!(
-            "grants = [\"log\", \"config\", \"ldap\"]\nldap_url = \"{}\"",
-            slapd.url()
-        ),
+        &format!("grants = [\"log\", \"config\", \"ldap\"]\n{directory}"),
     )
     .insert_after(
         "system_admins = [\"admin\"]",
@@ -178,4 +180,102 @@ fn a_local_user_logs_in_while_the_directory_is_down() {
     // And a wrong local password is still refused.
     let r = token_request(pier.addr, Some(("bob", "wrong")), PUSH_APP);
     assert_ne!(r.status, 200, "{r}");
+}
+
+/// lena logs in through `pier`, a wrong password is refused.
+fn lena_logs_in(pier: &TestPier, how: &str) {
+    let t = token(pier.addr, Some(("lena", "lena-pass")), PUSH_APP);
+    let c = claims(&t);
+    assert_eq!(c["sub"], "lena", "{how}");
+    assert_eq!(granted(&c, "team/app"), ["pull", "push"], "{how}");
+    token_request(pier.addr, Some(("lena", "wrong")), PUSH_APP).expect_error(
+        401,
+        "UNAUTHORIZED",
+        &format!("lena with a wrong password, {how}"),
+    );
+}
+
+/// A login that needs the directory fails closed: 503, naming the plugin, saying `why`;
+/// the local users still log in.
+fn directory_refused(pier: &TestPier, how: &str, why: &str) {
+    let r = token_request(pier.addr, Some(("lena", "lena-pass")), PUSH_APP);
+    r.expect_error(503, "UNAVAILABLE", how);
+    let message = error_message(&r);
+    assert!(
+        message.starts_with("authorization plugin \"rbac\" failed (unavailable): ")
+            && message.contains(why),
+        "{how}: {r}"
+    );
+    let t = token(pier.addr, Some(("alice", "alice-pass")), PUSH_APP);
+    assert_eq!(granted(&claims(&t), "team/app"), ["pull", "push"], "{how}");
+}
+
+// The password crosses the network only over TLS: ldaps:// and StartTLS against a slapd
+// that refuses a simple bind in the clear, its certificate verified against
+// `ldap_ca_file`.
+#[test]
+fn ldaps_and_starttls_bind_over_verified_tls() {
+    let slapd = Slapd::start_tls(&[("lena", "lena-pass")]);
+    let (_, ca) = slapd.tls.clone().unwrap();
+    let ca = ca.display().to_string();
+
+    let (_ex, pier) = pier_with_directory(&format!(
+        "ldap_url = \"{}\"\nldap_ca_file = {ca:?}",
+        slapd.ldaps_url()
+    ));
+    lena_logs_in(&pier, "over ldaps://");
+    drop(pier);
+
+    let (_ex, pier) = pier_with_directory(&format!(
+        "ldap_url = \"{}\"\nldap_starttls = true\nldap_ca_file = {ca:?}",
+        slapd.url()
+    ));
+    lena_logs_in(&pier, "over StartTLS");
+    drop(pier);
+
+    // The same directory without TLS: slapd answers confidentialityRequired, the login
+    // fails closed (the password was sent in the clear, which is why ldaps:// and
+    // StartTLS exist).
+    let (_ex, pier) = pier_with_directory(&format!("ldap_url = \"{}\"", slapd.url()));
+    directory_refused(
+        &pier,
+        "plaintext bind to a directory that requires TLS",
+        "result code 13",
+    );
+}
+
+// A directory whose certificate the configured roots do not vouch for is refused before
+// any password is sent, and the login fails closed.
+#[test]
+fn an_untrusted_directory_certificate_fails_closed() {
+    let slapd = Slapd::start_tls(&[("lena", "lena-pass")]);
+    // The system's roots don't know the test CA.
+    let (_ex, pier) = pier_with_directory(&format!("ldap_url = \"{}\"", slapd.ldaps_url()));
+    directory_refused(
+        &pier,
+        "ldaps:// with the system's roots",
+        "invalid peer certificate",
+    );
+    let (_ex, pier) = pier_with_directory(&format!(
+        "ldap_url = \"{}\"\nldap_starttls = true",
+        slapd.url()
+    ));
+    directory_refused(
+        &pier,
+        "StartTLS with the system's roots",
+        "invalid peer certificate",
+    );
+    // Another CA's certificate as ldap_ca_file.
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = pier_e2e::test_ca(other.path()).ca;
+    let (_ex, pier) = pier_with_directory(&format!(
+        "ldap_url = \"{}\"\nldap_ca_file = {:?}",
+        slapd.ldaps_url(),
+        other_ca.display().to_string()
+    ));
+    directory_refused(
+        &pier,
+        "ldaps:// with another CA",
+        "invalid peer certificate",
+    );
 }

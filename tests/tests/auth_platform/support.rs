@@ -527,6 +527,9 @@ pub fn ldap_dn(user: &str) -> String {
 /// drop.
 pub struct Slapd {
     pub port: u16,
+    /// With [`Slapd::start_tls`]: the `ldaps://` port and the CA that signed the server's
+    /// certificate.
+    pub tls: Option<(u16, PathBuf)>,
     dir: TempDir,
     child: Option<Child>,
 }
@@ -545,6 +548,19 @@ impl Slapd {
     /// Starts slapd with `users` (uid, password) and waits until the first can bind.
     #[track_caller]
     pub fn start(users: &[(&str, &str)]) -> Slapd {
+        Slapd::start_with(users, false)
+    }
+
+    /// [`Slapd::start`] with a certificate of a private CA ([`Slapd::tls`]), listening
+    /// on `ldaps://` and on `ldap://` for StartTLS, refusing a simple bind that is not
+    /// over TLS (`security simple_bind=1`: confidentialityRequired).
+    #[track_caller]
+    pub fn start_tls(users: &[(&str, &str)]) -> Slapd {
+        Slapd::start_with(users, true)
+    }
+
+    #[track_caller]
+    fn start_with(users: &[(&str, &str)], tls: bool) -> Slapd {
         let slapd = clients_support::require_bin("slapd");
         let slapadd = clients_support::require_bin("slapadd");
         clients_support::require_bin("ldapwhoami");
@@ -554,8 +570,20 @@ impl Slapd {
             .expect("temp dir");
         let d = dir.path();
         fs::create_dir_all(d.join("db")).unwrap();
+        let ca = tls.then(|| {
+            fs::create_dir_all(d.join("tls")).unwrap();
+            pier_e2e::test_ca(&d.join("tls"))
+        });
+        let tls_conf = match &ca {
+            Some(ca) => format!(
+                "TLSCertificateFile {}\nTLSCertificateKeyFile {}\nsecurity simple_bind=1\n",
+                ca.cert.display(),
+                ca.key.display()
+            ),
+            None => String::new(),
+        };
         let conf = format!(
-            "include /etc/ldap/schema/core.schema\n\
+            "{tls_conf}include /etc/ldap/schema/core.schema\n\
              include /etc/ldap/schema/cosine.schema\n\
              include /etc/ldap/schema/inetorgperson.schema\n\
              pidfile {pid}\n\
@@ -594,12 +622,17 @@ impl Slapd {
             "slapadd",
         );
         let port = free_port();
+        let tls = ca.map(|ca| (free_port(), ca.ca));
+        let mut listen = format!("ldap://127.0.0.1:{port}/");
+        if let Some((ldaps, _)) = &tls {
+            listen.push_str(&format!(" ldaps://127.0.0.1:{ldaps}/"));
+        }
         let log = fs::File::create(d.join("slapd.log")).unwrap();
         let child = Command::new(slapd)
             .arg("-f")
             .arg(d.join("slapd.conf"))
             .arg("-h")
-            .arg(format!("ldap://127.0.0.1:{port}/"))
+            .arg(listen)
             // -d keeps it in the foreground (our child) and logs to stderr
             .args(["-d", "0"])
             .stdin(Stdio::null())
@@ -609,6 +642,7 @@ impl Slapd {
             .expect("start slapd");
         let mut s = Slapd {
             port,
+            tls,
             dir,
             child: Some(child),
         };
@@ -637,10 +671,24 @@ impl Slapd {
         format!("ldap://127.0.0.1:{}", self.port)
     }
 
-    /// Whether `ldapwhoami` binds as `uid` with `password`.
+    /// `ldaps://127.0.0.1:PORT` of [`Slapd::start_tls`].
+    pub fn ldaps_url(&self) -> String {
+        let (port, _) = self.tls.as_ref().expect("slapd started with TLS");
+        format!("ldaps://127.0.0.1:{port}")
+    }
+
+    /// Whether `ldapwhoami` binds as `uid` with `password` (over `ldaps://` trusting the
+    /// CA when started with TLS).
     pub fn whoami(&self, uid: &str, password: &str) -> bool {
-        Command::new("ldapwhoami")
-            .args(["-x", "-H", &self.url(), "-D", &ldap_dn(uid), "-w", password])
+        let mut cmd = Command::new("ldapwhoami");
+        let url = match &self.tls {
+            Some((_, ca)) => {
+                cmd.env("LDAPTLS_CACERT", ca);
+                self.ldaps_url()
+            }
+            None => self.url(),
+        };
+        cmd.args(["-x", "-H", &url, "-D", &ldap_dn(uid), "-w", password])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
