@@ -1199,17 +1199,16 @@ fn resolve_location(base: &Uri, location: &str) -> Result<Uri, UpstreamError> {
     Ok(uri)
 }
 
+/// Everything but RFC 3986 unreserved characters.
+const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encode a query value (everything but RFC 3986 unreserved characters).
 fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(value, RESERVED).to_string()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
