@@ -3,7 +3,10 @@
 #   1. authorize() through the plugin host on warm instances (cargo bench, RBAC plugin);
 #   2. manifest HEAD with token auth + the RBAC plugin vs the same Pier without auth (ab -i -k);
 #   3. token issuance: anonymous, and repeated logins of one user (Basic on the token endpoint);
-#   4. manifest HEAD with HTTP basic auth on every request.
+#   4. manifest HEAD with HTTP basic auth on every request;
+#   5. a legitimate login (alice, the right password, from 127.0.0.1) while another address
+#      (127.0.0.2) guesses alice's password, vs the same client load on /v2/ instead of
+#      guesses: the failed-login throttle must not slow the real user down.
 #
 #   benches/auth/run.sh [--quick] [--rounds N] [--requests N]
 #
@@ -97,6 +100,38 @@ for r in $(seq "$ROUNDS"); do
     v=$(ab_rps -i -A admin:admin-pass "http://127.0.0.1:$PB/v2/library/bench/manifests/latest") && BASIC+=("$v") || fail "HEAD with basic auth"
 done
 
+# 5. Login latency beside a guesser. The background load is the same number of curl
+# processes either way (their own CPU is no part of the comparison): wrong passwords for
+# alice, or anonymous /v2/ pings.
+background() { # url-suffix curl-args...: 16 at a time from 127.0.0.2 until killed
+    local suffix=$1; shift
+    while :; do
+        seq 64 | xargs -P 16 -I{} curl -s -o /dev/null --interface 127.0.0.2 "$@" \
+            "http://127.0.0.1:$PB$suffix" 2>/dev/null
+    done
+}
+login_ms() { # mean ms per login of alice (ab -c 4)
+    ab -q -c 4 -n 2000 -A alice:alice-pass \
+        "http://127.0.0.1:$PB/auth/token?service=pier&scope=repository:team/app:pull" 2>&1 \
+        | awk '/^Time per request:.*\(mean\)$/ {print $4; exit}'
+}
+declare -a QUIET GUESSED
+GUESS_URL="/auth/token?service=pier&scope=repository:team/app:pull"
+for r in $(seq "$ROUNDS"); do
+    log "round $r/$ROUNDS: login beside a guesser"
+    background /v2/ & bg=$!
+    sleep 1
+    v=$(login_ms) && [[ -n $v ]] && QUIET+=("$v") || fail "login beside /v2/ load"
+    kill $bg 2>/dev/null; wait $bg 2>/dev/null
+    background "$GUESS_URL" -u "alice:wrong-guess" & bg=$!
+    sleep 1
+    v=$(login_ms) && [[ -n $v ]] && GUESSED+=("$v") || fail "login beside a guesser"
+    kill $bg 2>/dev/null; wait $bg 2>/dev/null
+done
+throttled=$(curl -s -o /dev/null -w '%{http_code}' --interface 127.0.0.2 -u alice:wrong-guess "http://127.0.0.1:$PB$GUESS_URL")
+# A guesser in the background is pkill'd by name pattern if the loop above left one.
+pkill -f -- "--interface 127.0.0.2" 2>/dev/null || true
+
 mp=$(median "${PLAIN[@]}"); ma=$(median "${AUTH[@]}"); mn=$(median "${ANON[@]}"); ml=$(median "${LOGIN[@]}"); mb=$(median "${BASIC[@]}")
 echo
 echo "== results (medians of $ROUNDS rounds, ab -k -c 16 -n $REQS, $(nproc) cores)"
@@ -105,4 +140,8 @@ printf '%-48s %10s req/s  (%sx no auth; target >= 0.9: %s)\n' "manifest HEAD, to
 printf '%-48s %10s req/s  (%s, target 5000/s: %s)\n' "manifest HEAD, basic auth each request" "$mb" "$(ratio "$mb" "$mp")x no auth" "$(verdict "$mb" ">=" 5000)"
 printf '%-48s %10s tokens/s (target >= 5000: %s)\n' "token issuance, anonymous" "$mn" "$(verdict "$mn" ">=" 5000)"
 printf '%-48s %10s tokens/s (target >= 5000: %s)\n' "token issuance, repeated login (bcrypt once)" "$ml" "$(verdict "$ml" ">=" 5000)"
+mq=$(median "${QUIET[@]}"); mg=$(median "${GUESSED[@]}")
+printf '%-48s %10s ms (beside the same load on /v2/: %s ms; %sx, target <= 1.1: %s; the guesser now gets %s)\n' \
+    "alice's login while 127.0.0.2 guesses her password" "$mg" "$mq" "$(ratio "$mg" "$mq")" \
+    "$(verdict "$(ratio "$mg" "$mq")" "<=" 1.1)" "$throttled"
 ((${#FAILURES[@]} == 0)) || exit 1

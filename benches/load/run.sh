@@ -2,7 +2,7 @@
 # Side-by-side load benchmark: Pier vs the reference registry (CNCF distribution,
 # Debian's `docker-registry`) vs nginx `sendfile` serving the same blob files.
 #
-#   benches/load/run.sh [--quick] [--only pier,reference,nginx] [--tests get,manifest,upload,memory]
+#   benches/load/run.sh [--quick] [--only pier,baseline,reference,nginx] [--tests get,manifest,upload,memory]
 #                       [--rounds N] [--duration SECS] [--upload-runs N] [--keep]
 #
 # Every server is started by this script on a free 127.0.0.1 port with its own temporary
@@ -12,6 +12,9 @@
 # Environment:
 #   PIER_BIN        Pier binary (default: $CARGO_TARGET_DIR/release/pier, then
 #                   /root/.cache/pier/target/release/pier, then <repo>/target/release/pier)
+#   PIER_BASELINE_BIN  another Pier binary (e.g. the previous main's) measured as "baseline"
+#                   with `--only pier,baseline,...`: the summary then prints Pier / baseline
+#                   (A/B in one run, target >= 0.95x)
 #   PIER_LOG        Pier's log filter (default here: warn, so the per-request access log
 #                   stays off, as the reference's access log is off)
 #   BENCH_TMPDIR    where the temporary directory goes (default: $TMPDIR or /tmp); needs ~8 GiB
@@ -65,7 +68,7 @@ fi
 ((ROUNDS >= 1)) || { echo "run.sh: --rounds must be >= 1" >&2; exit 2; }
 
 for s in ${ONLY//,/ }; do
-    case "$s" in pier|reference|nginx) ;; *) echo "run.sh: --only: unknown system '$s'" >&2; exit 2 ;; esac
+    case "$s" in pier|baseline|reference|nginx) ;; *) echo "run.sh: --only: unknown system '$s'" >&2; exit 2 ;; esac
 done
 for t in ${TESTS//,/ }; do
     case "$t" in get|manifest|upload|memory) ;; *) echo "run.sh: --tests: unknown test '$t'" >&2; exit 2 ;; esac
@@ -73,6 +76,7 @@ done
 # Registry systems (those that speak /v2/), in measurement order.
 REGS=()
 has "$ONLY" pier && REGS+=(pier)
+has "$ONLY" baseline && REGS+=(baseline)
 has "$ONLY" reference && REGS+=(reference)
 
 # ---------------------------------------------------------------- tools
@@ -95,6 +99,11 @@ if has "$ONLY" pier; then
         echo "  cargo build --release -p pier-server --bin pier), or run with --only reference,nginx" >&2
         exit 2
     fi
+fi
+
+if has "$ONLY" baseline && [[ -z "${PIER_BASELINE_BIN:-}" || ! -x "${PIER_BASELINE_BIN:-}" ]]; then
+    echo "run.sh: --only baseline needs PIER_BASELINE_BIN (another pier binary)" >&2
+    exit 2
 fi
 
 # ---------------------------------------------------------------- workspace and cleanup
@@ -145,20 +154,23 @@ wait_ready() { # name url timeout_s
     return 1
 }
 
-start_pier() {
-    local d="$WORK/pier" port admin
+start_pier() { # [name] [binary]
+    local name=${1:-pier} bin=${2:-$PIER_BIN}
+    local d="$WORK/$name" port admin
     mkdir -p "$d/data"
     free_port || return 1
     port=$FREE_PORT
     free_port || return 1
     admin=$FREE_PORT
-    PIER_LOG="${PIER_LOG:-warn}" "$PIER_BIN" serve --listen "127.0.0.1:$port" \
+    PIER_LOG="${PIER_LOG:-warn}" "$bin" serve --listen "127.0.0.1:$port" \
         --admin-listen "127.0.0.1:$admin" --root "$d/data" >"$d/server.log" 2>&1 &
-    PID[pier]=$!
-    PORT[pier]=$port
-    URL[pier]="http://127.0.0.1:$port"
-    wait_ready pier "${URL[pier]}/v2/" 30
+    PID[$name]=$!
+    PORT[$name]=$port
+    URL[$name]="http://127.0.0.1:$port"
+    wait_ready "$name" "${URL[$name]}/v2/" 30
 }
+
+start_baseline() { start_pier baseline "$PIER_BASELINE_BIN"; }
 
 start_reference() {
     local d="$WORK/reference" port
@@ -610,6 +622,13 @@ row "chunked (8 MiB) 256 MiB upload, MB/s" "$(med up.chunked pier)" "$(med up.ch
 row "chunked (8 MiB) 256 MiB upload, MB/s" "$(med up.chunked pier)" "$(med up.openssl openssl)" openssl ">=" 0.8
 rss_row "Pier peak RSS, 32x100 MiB pulls, MiB" "$(med rss.pull pier)"
 rss_row "Pier peak RSS, 2 GiB push, MiB" "$(med rss.push pier)"
+if has "$ONLY" baseline; then
+    row "GET 1 MiB blob, MB/s (vs baseline)" "$(med get1m.mbs pier)" "$(med get1m.mbs baseline)" baseline ">=" 0.95
+    row "GET 100 MiB blob, MB/s (vs baseline)" "$(med get100m.mbs pier)" "$(med get100m.mbs baseline)" baseline ">=" 0.95
+    row "GET manifest by tag, req/s (vs baseline)" "$(med mget.rps pier)" "$(med mget.rps baseline)" baseline ">=" 0.95
+    row "HEAD manifest by tag, req/s (vs baseline)" "$(med mhead.rps pier)" "$(med mhead.rps baseline)" baseline ">=" 0.95
+    row "monolithic upload, MB/s (vs baseline)" "$(med up.mono pier)" "$(med up.mono baseline)" baseline ">=" 0.95
+fi
 log ""
 log "context (not targets): req/s GET 1 MiB pier/ref/nginx = $(fmt "$(med get1m.rps pier)")/$(fmt "$(med get1m.rps reference)")/$(fmt "$(med get1m.rps nginx)");" \
     "GET 100 MiB = $(fmt "$(med get100m.rps pier)")/$(fmt "$(med get100m.rps reference)")/$(fmt "$(med get100m.rps nginx)");" \

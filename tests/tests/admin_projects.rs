@@ -12,8 +12,7 @@ mod clients_support;
 mod support;
 
 use std::net::SocketAddr;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pier_e2e::{Response, http};
 use serde_json::{Value, json};
@@ -60,19 +59,6 @@ fn push_blob_status(addr: SocketAddr, who: (&str, &str), repo: &str) -> u16 {
         data.as_bytes(),
     )
     .status
-}
-
-/// Polls until `check` holds (account files are re-read within a second of a change).
-#[track_caller]
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{what}: not within 10 s"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn names(v: &Value, key: &str) -> Vec<String> {
@@ -126,15 +112,12 @@ fn members_added_through_the_api_may_push_at_once_and_after_a_restart() {
         Some(json!({"name": "eve", "password": "x"})),
     )
     .expect_status(403, "bob creating a user");
-    // Until the users file is re-read, dave's login fails (401), and after a few failures
-    // his address is throttled for a moment (429): both mean "not yet".
-    eventually("dave's login", || {
-        !matches!(push_blob_status(registry, DAVE, "team/app"), 401 | 429)
-    });
+    // An account made through the API logs in with the very next request (no wait for
+    // the users file's watcher): dave is known, just not a member yet.
     assert_eq!(
         push_blob_status(registry, DAVE, "team/app"),
         403,
-        "dave is not a member yet"
+        "dave's first login right after the API created him"
     );
 
     // Who may add him: not bob (developer), not alice in a project she doesn't manage.
@@ -361,9 +344,11 @@ fn robots_are_created_rotated_and_removed_through_the_api() {
     assert!(created["expiresAt"].is_string(), "{created}");
     let secret = created["secret"].as_str().unwrap().to_owned();
     let robot = ("robot$deploy", secret.as_str());
-    eventually("the robot's login", || {
-        push_blob_status(registry, robot, "team/app") == 201
-    });
+    assert_eq!(
+        push_blob_status(registry, robot, "team/app"),
+        201,
+        "the robot's first push right after the API created it"
+    );
     assert_eq!(
         push_blob_status(registry, robot, "library/x"),
         403,
@@ -391,18 +376,22 @@ fn robots_are_created_rotated_and_removed_through_the_api() {
         Some(json!({"permissions": [{"project": "team", "actions": ["pull"]}]})),
     )
     .expect_status(200, "change permissions");
-    eventually("pull-only robot", || {
-        push_blob_status(registry, robot, "team/app") == 403
-    });
+    assert_eq!(
+        push_blob_status(registry, robot, "team/app"),
+        403,
+        "a push right after the API made the robot pull-only"
+    );
 
     // Rotated: the old secret stops working, the new one works.
     let r = api(admin, "POST", "/api/v1/robots/deploy/secret", ADMIN, None);
     r.expect_status(200, "rotate");
     let new_secret = r.json()["secret"].as_str().unwrap().to_owned();
     assert_ne!(new_secret, secret);
-    eventually("old secret refused", || {
-        push_blob_status(registry, robot, "team/app") == 401
-    });
+    assert_eq!(
+        push_blob_status(registry, robot, "team/app"),
+        401,
+        "the old secret right after the API rotated it"
+    );
     let pull = http::request(
         registry,
         "GET",
@@ -489,9 +478,11 @@ fn the_cli_manages_projects_members_and_robots_through_the_api() {
     assert!(ok, "{err}");
     let secret = out.lines().last().unwrap().to_owned();
     let bot = ("robot$cli-bot", secret.as_str());
-    eventually("the robot's login", || {
-        push_blob_status(rp.addr, bot, "tools/x") == 201
-    });
+    assert_eq!(
+        push_blob_status(rp.addr, bot, "tools/x"),
+        201,
+        "the robot the CLI created, at once"
+    );
     let (ok, out, _) = cli(&rp, &["robots", "list"], ADMIN);
     assert!(
         ok && out.contains("robot$cli-bot\ttools:pull,push\tnever"),
@@ -500,9 +491,11 @@ fn the_cli_manages_projects_members_and_robots_through_the_api() {
     let (ok, out, err) = cli(&rp, &["robots", "rotate", "cli-bot"], ADMIN);
     assert!(ok, "{err}");
     let rotated = out.lines().last().unwrap().to_owned();
-    eventually("the old secret refused", || {
-        push_blob_status(rp.addr, bot, "tools/x") == 401
-    });
+    assert_eq!(
+        push_blob_status(rp.addr, bot, "tools/x"),
+        401,
+        "the old secret right after the CLI rotated it"
+    );
     assert_eq!(
         push_blob_status(rp.addr, ("robot$cli-bot", &rotated), "tools/x"),
         201

@@ -83,6 +83,13 @@ impl Authenticator {
         Authenticator::with_limits(users, robots, LoginLimits::default())
     }
 
+    /// Reads the users and robots files again now: for changes this process just made
+    /// (the admin API), which apply to the very next request.
+    pub fn reload_accounts(&self) {
+        self.users.reload();
+        self.robots.reload();
+    }
+
     pub fn with_limits(
         users: UserFile,
         robots: RobotFile,

@@ -58,6 +58,12 @@ impl RobotFile {
         })
     }
 
+    /// Reads the file again now (after this process changed it: the next login must see
+    /// the change, not wait for the once-a-second look).
+    pub fn reload(&self) {
+        self.file.reload();
+    }
+
     pub fn generation(&self) -> u64 {
         self.file.generation()
     }

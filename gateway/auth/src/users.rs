@@ -49,6 +49,12 @@ impl UserFile {
         self.file.path()
     }
 
+    /// Reads the file again now (after this process changed it: the next login must see
+    /// the change, not wait for the once-a-second look).
+    pub fn reload(&self) {
+        self.file.reload();
+    }
+
     /// A number that changes whenever the file's content is re-read after a change.
     pub fn generation(&self) -> u64 {
         self.file.generation()

@@ -8,9 +8,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::AuthError;
 
+/// What tells a changed file: its modification time, length and inode (an edit that
+/// keeps the length within the clock's granularity, such as a new bcrypt hash, still
+/// replaces the file, and so its inode).
+type Stamp = (SystemTime, u64, u64);
+
 struct Loaded<T> {
     value: T,
-    stamp: Option<(SystemTime, u64)>,
+    stamp: Option<Stamp>,
     checked: Option<Instant>,
     generation: u64,
 }
@@ -21,10 +26,15 @@ pub(crate) struct Watched<T> {
     state: RwLock<Loaded<T>>,
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    std::fs::metadata(path)
-        .ok()
-        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|m| {
+        (
+            m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            m.len(),
+            m.ino(),
+        )
+    })
 }
 
 impl<T> Watched<T> {
@@ -86,6 +96,16 @@ impl<T> Watched<T> {
                 tracing::warn!(path = %self.path.display(), error = %e, "not reloaded; keeping the last good copy")
             }
         }
+    }
+
+    /// Reads the file again now, changed or not: for a change this process has just
+    /// written, which the very next request must see.
+    pub(crate) fn reload(&self) {
+        if let Ok(mut s) = self.state.write() {
+            s.checked = None;
+            s.stamp = None;
+        }
+        self.refresh();
     }
 
     /// A number that changes whenever a changed file was read again.

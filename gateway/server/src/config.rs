@@ -18,30 +18,20 @@ pub enum LogFormat {
     Json,
 }
 
-/// Parses `500ms`, `30s`, `10m`, `2h`, `1d` (a bare number is seconds).
+/// Parses durations as humantime writes them (`500ms`, `90s`, `10m`, `1h30m`, `2d`); a bare
+/// number is seconds. At most 100 years.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 10m, 2h"))?;
-    let per: u64 = match unit.trim() {
-        "ms" => return checked_duration(Duration::from_millis(n), s),
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        other => {
-            return Err(format!(
-                "invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d"
-            ));
-        }
+    let d = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(
+            s.parse()
+                .map_err(|_| format!("duration {s:?} is too long: at most 100 years"))?,
+        )
+    } else {
+        humantime::parse_duration(s)
+            .map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 30s, 10m, 1h30m, 2d)"))?
     };
-    let secs = n
-        .checked_mul(per)
-        .ok_or_else(|| format!("duration {s:?} is too long"))?;
-    checked_duration(Duration::from_secs(secs), s)
+    checked_duration(d, s)
 }
 
 /// The longest duration a setting may have: longer ones would overflow the clock
@@ -151,6 +141,8 @@ struct FileConfig {
 struct FileLimits {
     max_connections: Option<usize>,
     admin_max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
+    idle_timeout: Option<String>,
     header_read_timeout: Option<String>,
     tls_handshake_timeout: Option<String>,
     send_timeout: Option<String>,
@@ -178,6 +170,9 @@ impl FileLimits {
         if let Some(n) = self.admin_max_connections {
             l.admin_max_connections = n.max(1);
         }
+        if let Some(n) = self.max_connections_per_address {
+            l.max_connections_per_address = n;
+        }
         if let Some(n) = self.h2_max_concurrent_streams {
             l.h2_max_concurrent_streams = n.max(1);
         }
@@ -186,6 +181,9 @@ impl FileLimits {
         };
         if let Some(v) = d(self.header_read_timeout, "header_read_timeout")? {
             l.header_read_timeout = v;
+        }
+        if let Some(v) = d(self.idle_timeout, "idle_timeout")? {
+            l.idle_timeout = v;
         }
         if let Some(v) = d(self.tls_handshake_timeout, "tls_handshake_timeout")? {
             l.tls_handshake_timeout = v;
@@ -1039,8 +1037,18 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(2 * 86_400)));
         assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_duration("-5s").is_err());
+        // Overflow is an error, never a wrap.
+        assert!(parse_duration("18446744073709551615d").is_err());
+        assert!(parse_duration("99999999999999999999").is_err());
+        assert!(parse_duration("101y").is_err());
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! What every listener does before HTTP starts: a bound on concurrent connections
 //! (answered with a clean 503 when full), accept errors backed off instead of retried in a
 //! busy loop, a deadline for the first bytes and the TLS handshake, and a send timeout on
-//! the socket so a client that stops reading is dropped. HTTP-level timers (header read,
-//! HTTP/2 keep-alive pings) are set on the hyper builders from the same [`Limits`].
+//! the socket so a client that stops reading is dropped, a cap per client address, and an
+//! idle timeout once HTTP runs ([`drive`]). HTTP-level timers (header read, HTTP/2
+//! keep-alive pings) are set on the hyper builders from the same [`Limits`].
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use hyper_util::server::graceful::GracefulConnection;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +30,13 @@ pub struct Limits {
     pub max_connections: usize,
     /// Concurrent connections on the admin listener.
     pub admin_max_connections: usize,
+    /// Concurrent connections from one client address (an IPv6 client's /64) on the
+    /// registry listener; `trusted_proxies` are exempt (every client behind a balancer
+    /// shares its address). 0 turns the cap off.
+    pub max_connections_per_address: usize,
+    /// A connection with no request in flight for this long is closed (HTTP/1.1
+    /// keep-alive and HTTP/2 alike; HTTP/2 gets a GOAWAY).
+    pub idle_timeout: Duration,
     /// A request's headers (and the first bytes of a connection) must arrive within this.
     pub header_read_timeout: Duration,
     /// The TLS handshake must finish within this.
@@ -46,6 +58,8 @@ impl Default for Limits {
         Limits {
             max_connections: 10_000,
             admin_max_connections: 256,
+            max_connections_per_address: 1_024,
+            idle_timeout: Duration::from_secs(120),
             header_read_timeout: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(60),
@@ -66,39 +80,211 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// Open connections per client address (key: [`address_key`]).
+type Counts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
 /// Admission of connections to one listener.
 pub struct Gate {
     listener: &'static str,
     permits: Arc<Semaphore>,
     max: usize,
+    per_address: usize,
+    exempt: pier_http::TrustedProxies,
+    by_address: Counts,
     last_warning: Mutex<Option<Instant>>,
 }
 
+/// A connection's admission: released when the connection ends.
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+    address: Option<(IpAddr, Counts)>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some((ip, map)) = self.address.take() {
+            let mut map = map.lock().expect("gate poisoned");
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// The key a client address is counted under: the address itself, or an IPv6 client's
+/// /64 (one subscriber's prefix: its addresses cost an attacker nothing).
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
 impl Gate {
-    pub fn new(listener: &'static str, max: usize) -> Gate {
+    /// A gate of `max` connections, at most `per_address` of them (0: no cap) from one
+    /// client address other than the `exempt` proxies.
+    pub fn new(
+        listener: &'static str,
+        max: usize,
+        per_address: usize,
+        exempt: pier_http::TrustedProxies,
+    ) -> Gate {
         Gate {
             listener,
             permits: Arc::new(Semaphore::new(max)),
             max,
+            per_address,
+            exempt,
+            by_address: Arc::default(),
             last_warning: Mutex::new(None),
         }
     }
 
-    /// A permit held for the connection's life, or `None` when the listener is full.
-    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
-        let permit = self.permits.clone().try_acquire_owned().ok();
-        if permit.is_none() {
-            let mut last = self.last_warning.lock().expect("gate poisoned");
-            if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                *last = Some(Instant::now());
-                tracing::warn!(
-                    listener = self.listener,
-                    max = self.max,
-                    "connection limit reached; refusing new connections"
-                );
+    /// Held for the connection's life, or `None` when the listener, or this client
+    /// address's share of it, is full.
+    pub fn admit(&self, peer: IpAddr) -> Option<Admission> {
+        let Some(permit) = self.permits.clone().try_acquire_owned().ok() else {
+            self.warn("connection limit reached; refusing new connections", peer);
+            return None;
+        };
+        if self.per_address == 0 || self.exempt.trusts(peer) {
+            return Some(Admission {
+                _permit: permit,
+                address: None,
+            });
+        }
+        let key = address_key(peer);
+        let mut map = self.by_address.lock().expect("gate poisoned");
+        let n = map.entry(key).or_insert(0);
+        if *n >= self.per_address {
+            drop(map);
+            self.warn(
+                "connection limit per client address reached; refusing",
+                peer,
+            );
+            return None;
+        }
+        *n += 1;
+        Some(Admission {
+            _permit: permit,
+            address: Some((key, self.by_address.clone())),
+        })
+    }
+
+    /// Logs a refusal, at most once every 10 seconds per listener.
+    fn warn(&self, what: &str, peer: IpAddr) {
+        let mut last = self.last_warning.lock().expect("gate poisoned");
+        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                listener = self.listener,
+                max = self.max,
+                per_address = self.per_address,
+                client = %peer,
+                "{what}"
+            );
+        }
+    }
+}
+
+/// What a connection is doing: requests in flight (a response counts until its body is
+/// sent or dropped) and when it last had none.
+pub struct Activity {
+    in_flight: AtomicUsize,
+    since: Mutex<Instant>,
+}
+
+/// One request in flight on a connection; dropped with its response body.
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.since.lock().expect("activity poisoned") = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            since: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// A request starts.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// Resolves once no request has been in flight for `timeout`.
+    async fn idle(&self, timeout: Duration) {
+        loop {
+            let since = *self.since.lock().expect("activity poisoned");
+            let wait = if self.busy() {
+                timeout
+            } else {
+                match timeout.checked_sub(since.elapsed()) {
+                    None | Some(Duration::ZERO) => return,
+                    Some(left) => left,
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// How long an idle connection asked to close may take to do so (an HTTP/2 client must
+/// answer the GOAWAY's PING first) before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs an HTTP connection until it ends: asked to finish gracefully (in-flight requests
+/// complete; HTTP/2 gets a GOAWAY) when the server stops or when the connection has been
+/// idle for `idle_timeout`; an idle one that does not close within [`IDLE_CLOSE_GRACE`]
+/// while still idle is dropped.
+pub async fn drive<C>(
+    conn: C,
+    activity: &Activity,
+    idle_timeout: Duration,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), C::Error>
+where
+    C: GracefulConnection,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut closing = false;
+    let mut drop_at: Option<tokio::time::Instant> = None;
+    loop {
+        let deadline = drop_at.unwrap_or_else(tokio::time::Instant::now);
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            _ = stop.wait_for(|s| *s), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = activity.idle(idle_timeout), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+                drop_at = Some(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
+            }
+            _ = tokio::time::sleep_until(deadline), if drop_at.is_some() => {
+                if !activity.busy() {
+                    return Ok(());
+                }
+                drop_at = Some(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
             }
         }
-        permit
     }
 }
 

@@ -28,7 +28,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use pier_core::gc::{GcOptions, collect};
 use pier_core::{Registry, Stores};
 use pier_storage::fs::FsStore;
@@ -75,6 +75,13 @@ enum Command {
     /// Robot accounts of a running Pier (through its admin API; `pier robot` edits the file)
     #[command(subcommand)]
     Robots(admin_projects::RobotsCommand),
+    /// Print a shell completion script: `pier completions bash > /etc/bash_completion.d/pier`
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `pier man | man -l -`
+    Man,
 }
 
 #[derive(Args)]
@@ -218,6 +225,13 @@ fn main() -> ExitCode {
         Command::Events(c) => runtime.block_on(admin_client::events(c)),
         Command::Projects(c) => runtime.block_on(admin_projects::projects(c)),
         Command::Robots(c) => runtime.block_on(admin_projects::robots(c)),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "pier", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(ServerError::Io),
         Command::User(c) => accounts::user(c),
         Command::Robot(c) => accounts::robot(c),
         Command::Plugin(c) => {

@@ -1,5 +1,6 @@
 //! `pier serve`: listeners, connections, background maintenance, graceful shutdown.
 
+use http_body_util::BodyExt as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -273,7 +274,12 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
 
     let limits = Arc::new(config.limits.clone());
     let builders = Builders::new(&limits);
-    let gate = Gate::new("registry", limits.max_connections);
+    let gate = Gate::new(
+        "registry",
+        limits.max_connections,
+        limits.max_connections_per_address,
+        config.trusted_proxies.clone(),
+    );
     let graceful = GracefulShutdown::new();
     // Tells connections still before HTTP (first bytes, TLS handshake) to give up.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -281,7 +287,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     loop {
         tokio::select! {
             (stream, peer) = crate::listen::accept(&listener, "registry") => {
-                let Some(permit) = gate.admit() else {
+                let Some(permit) = gate.admit(peer.ip()) else {
                     if tls.is_none() {
                         tokio::spawn(crate::listen::refuse_plain(stream));
                     }
@@ -355,9 +361,26 @@ async fn connection(
         peer,
         tls: tls.is_some(),
     };
-    let svc = service_fn(move |req| pier_http::serve(state.clone(), info, req));
+    // Every request counts as activity until its response body is sent or dropped.
+    let activity = crate::listen::Activity::new();
+    let tracker = activity.clone();
+    let svc = service_fn(move |req| {
+        let flight = tracker.begin();
+        let state = state.clone();
+        async move {
+            let resp = pier_http::serve(state, info, req).await?;
+            Ok::<_, std::convert::Infallible>(resp.map(move |body| {
+                body.map_frame(move |frame| {
+                    let _in_flight = &flight;
+                    frame
+                })
+            }))
+        }
+    });
     // Before HTTP starts (first bytes, TLS handshake) a shutdown just closes the
-    // connection; from then on the graceful watcher lets in-flight requests finish.
+    // connection; from then on in-flight requests finish first. The watcher, held for the
+    // connection's life, is what the server's shutdown waits for.
+    let _watcher = watcher;
     tokio::select! {
         r = crate::listen::first_bytes(&stream, limits) => r?,
         _ = stop.wait_for(|s| *s) => return Ok(()),
@@ -376,14 +399,14 @@ async fn connection(
             let conn = builder
                 .serve_connection(TokioIo::new(tls_stream), svc)
                 .into_owned();
-            watcher.watch(conn).await
+            crate::listen::drive(conn, &activity, limits.idle_timeout, &mut stop).await
         }
         None => {
             let builder = if h2c { &builders.sniff } else { &builders.h1 };
             let conn = builder
                 .serve_connection(TokioIo::new(stream), svc)
                 .into_owned();
-            watcher.watch(conn).await
+            crate::listen::drive(conn, &activity, limits.idle_timeout, &mut stop).await
         }
     }
 }
@@ -447,23 +470,45 @@ async fn admin_loop(listener: TcpListener, state: Arc<AdminState>, limits: Limit
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    let gate = Gate::new("admin", limits.admin_max_connections);
+    // Operators only: no cap per address (loopback would share it with everything).
+    let gate = Gate::new(
+        "admin",
+        limits.admin_max_connections,
+        0,
+        pier_http::TrustedProxies::default(),
+    );
+    // The admin listener stops with the process; connections end on their own or idle.
+    let (_never, stop) = tokio::sync::watch::channel(false);
     loop {
         let (stream, peer) = crate::listen::accept(&listener, "admin").await;
-        let Some(permit) = gate.admit() else {
+        let Some(permit) = gate.admit(peer.ip()) else {
             tokio::spawn(crate::listen::refuse_plain(stream));
             continue;
         };
         let state = state.clone();
         let builder = builder.clone();
         let stream = crate::listen::with_send_timeout(stream, &limits);
+        let (idle_timeout, mut stop) = (limits.idle_timeout, stop.clone());
         tokio::spawn(async move {
             let _permit = permit;
+            let activity = crate::listen::Activity::new();
+            let tracker = activity.clone();
             let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(peer);
-                admin::serve(state.clone(), req)
+                let flight = tracker.begin();
+                let reply = admin::serve(state.clone(), req);
+                async move {
+                    let resp = reply.await?;
+                    Ok::<_, std::convert::Infallible>(resp.map(move |body| {
+                        body.map_frame(move |frame| {
+                            let _in_flight = &flight;
+                            frame
+                        })
+                    }))
+                }
             });
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let _ = crate::listen::drive(conn, &activity, idle_timeout, &mut stop).await;
         });
     }
 }

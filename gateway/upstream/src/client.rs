@@ -546,11 +546,11 @@ impl UpstreamClient {
         call: &Call<'_>,
         sent: &Sent,
     ) -> Result<Option<Sent>, Failure> {
-        let challenges: Vec<Challenge> = headers
+        let challenges: Vec<crate::challenge::Challenge> = headers
             .get_all(WWW_AUTHENTICATE)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(parse_challenges)
+            .flat_map(crate::challenge::parse)
             .collect();
         if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
             if let Sent::Bearer { fresh: true, .. } = sent {
@@ -1199,17 +1199,16 @@ fn resolve_location(base: &Uri, location: &str) -> Result<Uri, UpstreamError> {
     Ok(uri)
 }
 
+/// Everything but RFC 3986 unreserved characters.
+const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encode a query value (everything but RFC 3986 unreserved characters).
 fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(value, RESERVED).to_string()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1235,180 +1234,9 @@ fn parse_content_range(value: &str) -> Option<ContentRange> {
     Some(ContentRange { start, total })
 }
 
-/// One challenge of a `WWW-Authenticate` header: its scheme (lowercase) and parameters
-/// (names lowercase).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Challenge {
-    scheme: String,
-    params: Vec<(String, String)>,
-}
-
-impl Challenge {
-    fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Parse `WWW-Authenticate` (RFC 9110 §11.6.1): comma-separated challenges, each a scheme
-/// followed by `name=value` or `name="quoted value"` parameters. Token68 forms are skipped.
-fn parse_challenges(header: &str) -> Vec<Challenge> {
-    let s = header.as_bytes();
-    let mut i = 0;
-    let mut out: Vec<Challenge> = Vec::new();
-    let is_token = |b: u8| !b.is_ascii_whitespace() && !matches!(b, b',' | b'=' | b'"');
-    let skip_ws = |i: &mut usize| {
-        while *i < s.len() && s[*i].is_ascii_whitespace() {
-            *i += 1;
-        }
-    };
-    loop {
-        // Skip separators between items.
-        while i < s.len() && (s[i].is_ascii_whitespace() || s[i] == b',') {
-            i += 1;
-        }
-        if i >= s.len() {
-            break;
-        }
-        let start = i;
-        while i < s.len() && is_token(s[i]) {
-            i += 1;
-        }
-        if i == start {
-            // A stray character: skip it.
-            i += 1;
-            continue;
-        }
-        let word = &header[start..i];
-        let mut j = i;
-        skip_ws(&mut j);
-        if j < s.len() && s[j] == b'=' && j + 1 < s.len() && s[j + 1] != b'=' {
-            // `name=value`: a parameter of the current challenge.
-            i = j + 1;
-            skip_ws(&mut i);
-            let value = if i < s.len() && s[i] == b'"' {
-                i += 1;
-                let mut value = String::new();
-                while i < s.len() && s[i] != b'"' {
-                    if s[i] == b'\\' && i + 1 < s.len() {
-                        i += 1;
-                    }
-                    let ch = header[i..].chars().next().unwrap_or('\u{fffd}');
-                    value.push(ch);
-                    i += ch.len_utf8();
-                }
-                i += 1;
-                value
-            } else {
-                let vstart = i;
-                while i < s.len() && s[i] != b',' && !s[i].is_ascii_whitespace() {
-                    i += 1;
-                }
-                header[vstart..i].to_owned()
-            };
-            if let Some(challenge) = out.last_mut() {
-                challenge.params.push((word.to_ascii_lowercase(), value));
-            }
-        } else if j < s.len() && s[j] == b'=' {
-            // token68 padding (`abc==`): skip it.
-            i = j;
-            while i < s.len() && s[i] == b'=' {
-                i += 1;
-            }
-        } else {
-            out.push(Challenge {
-                scheme: word.to_ascii_lowercase(),
-                params: Vec::new(),
-            });
-        }
-    }
-    out
-}
-
-/// The `WWW-Authenticate` parser on anything an upstream may send (the stable-toolchain
-/// stand-in for a fuzz target: it runs with every `cargo test`).
-#[cfg(test)]
-mod challenge_props {
-    use proptest::prelude::*;
-
-    use super::parse_challenges;
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(4096))]
-
-        #[test]
-        fn any_header_parses_without_panicking(h in any::<String>()) {
-            let _ = parse_challenges(&h);
-        }
-
-        #[test]
-        fn header_like_noise_parses_without_panicking(
-            h in r#"[A-Za-z ,="\\\x{80}-\x{10FFFF}]{0,80}"#
-        ) {
-            let _ = parse_challenges(&h);
-        }
-
-        #[test]
-        fn bearer_parameters_come_back(
-            realm in r#"[!#-\[\]-~]{1,40}"#,
-            service in "[a-z0-9.-]{1,20}",
-            junk in "[a-z]{0,8}",
-        ) {
-            let h = format!(r#"Basic realm="x", Bearer realm="{realm}",service={service},{junk}"#);
-            let c = parse_challenges(&h);
-            let bearer = c.iter().find(|c| c.scheme == "bearer").expect("a bearer challenge");
-            prop_assert_eq!(bearer.param("realm"), Some(realm.as_str()));
-            prop_assert_eq!(bearer.param("service"), Some(service.as_str()));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_docker_hub_challenge() {
-        let c = parse_challenges(
-            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull""#,
-        );
-        assert_eq!(c.len(), 1);
-        assert_eq!(c[0].scheme, "bearer");
-        assert_eq!(c[0].param("realm"), Some("https://auth.docker.io/token"));
-        assert_eq!(c[0].param("service"), Some("registry.docker.io"));
-        assert_eq!(c[0].param("scope"), Some("repository:library/alpine:pull"));
-    }
-
-    #[test]
-    fn parses_several_challenges_and_escapes() {
-        let c = parse_challenges(
-            r#"Basic realm="a \"quoted\" realm", charset=UTF-8, Bearer realm="https://r/t", error=invalid_token"#,
-        );
-        assert_eq!(c.len(), 2, "{c:?}");
-        assert_eq!(c[0].scheme, "basic");
-        assert_eq!(c[0].param("realm"), Some(r#"a "quoted" realm"#));
-        assert_eq!(c[0].param("charset"), Some("UTF-8"));
-        assert_eq!(c[1].scheme, "bearer");
-        assert_eq!(c[1].param("realm"), Some("https://r/t"));
-        assert_eq!(c[1].param("error"), Some("invalid_token"));
-        assert_eq!(
-            parse_challenges("Negotiate abc==, Basic"),
-            vec![
-                Challenge {
-                    scheme: "negotiate".into(),
-                    params: vec![]
-                },
-                Challenge {
-                    scheme: "basic".into(),
-                    params: vec![]
-                },
-            ]
-        );
-        assert!(parse_challenges("").is_empty());
-        assert!(parse_challenges(" , ,").is_empty());
-    }
 
     #[test]
     fn resolves_redirect_locations() {

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use pier_oci::{Digest, Reference, RepoName};
 
+pub mod challenge;
 pub mod client;
 pub mod outbound;
 pub use client::{Mount, UploadSession, UpstreamClient};

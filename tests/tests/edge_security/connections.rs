@@ -9,13 +9,17 @@ use std::time::{Duration, Instant};
 use pier_e2e::{TestPier, http};
 
 fn pier_with(limits: &str, extra: &[&str]) -> (TestPier, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("pier.toml");
     let text = if limits.is_empty() {
         String::new()
     } else {
         format!("[limits]\n{limits}\n")
     };
+    pier_with_config(&text, extra)
+}
+
+fn pier_with_config(text: &str, extra: &[&str]) -> (TestPier, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pier.toml");
     fs::write(&cfg, text).unwrap();
     let pier = TestPier::builder()
         .arg("--config")
@@ -220,4 +224,161 @@ fn an_upload_body_that_stalls_is_cut_off() {
     );
     // The session is still there and usable.
     http::get(pier.addr, &path).expect_status(204, "the session after a stalled PATCH");
+}
+
+/// A connection from `source` (a loopback address) that sends a half request and holds.
+fn held_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: SocketAddr = format!("{source}:0").parse().unwrap();
+    sock.bind(&from.into()).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut s: TcpStream = sock.into();
+    s.write_all(b"GET /v2/ HTTP/1.1\r\n").unwrap();
+    s
+}
+
+/// The status line of a `GET /v2/` sent from `source`.
+fn status_from(source: &str, addr: SocketAddr) -> String {
+    let mut s = held_from(source, addr);
+    s.write_all(b"Host: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn one_client_address_cannot_take_every_connection() {
+    let (pier, _dir) = pier_with("max_connections_per_address = 3", &[]);
+    // Let the readiness probes' connections finish closing on a busy machine.
+    std::thread::sleep(Duration::from_secs(1));
+    let held: Vec<TcpStream> = (0..3).map(|_| held_from("127.0.0.1", pier.addr)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = http::get(pier.addr, "/v2/");
+    r.expect_error(503, "UNAVAILABLE", "a fourth connection from one address");
+    // Another client is served meanwhile.
+    assert_eq!(
+        status_from("127.0.0.2", pier.addr),
+        "HTTP/1.1 200 OK",
+        "a client at another address, while 127.0.0.1 holds its share"
+    );
+    drop(held);
+    assert!(
+        pier_e2e::wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+            http::try_request(pier.addr, "GET", "/v2/", &[], b"").is_ok_and(|r| r.status == 200)
+        }),
+        "the address is served again once its connections closed"
+    );
+}
+
+#[test]
+fn a_trusted_proxy_is_not_held_to_one_client_share() {
+    let (pier, _dir) = pier_with_config(
+        "trusted_proxies = [\"127.0.0.1\"]\n[limits]\nmax_connections_per_address = 3\n",
+        &[],
+    );
+    let held: Vec<TcpStream> = (0..6).map(|_| held_from("127.0.0.1", pier.addr)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    http::get(pier.addr, "/v2/").expect_status(200, "the balancer's seventh connection");
+    // Everyone else is.
+    let others: Vec<TcpStream> = (0..3).map(|_| held_from("127.0.0.3", pier.addr)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        status_from("127.0.0.3", pier.addr).starts_with("HTTP/1.1 503"),
+        "a direct client over its share"
+    );
+    drop((held, others));
+}
+
+/// Reads HTTP/2 frames (answering the server's SETTINGS) until a GOAWAY; returns when it
+/// came, or `None` if the connection stayed quiet for `within`.
+fn goaway_within(s: &mut TcpStream, within: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    s.set_read_timeout(Some(within)).unwrap();
+    loop {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).ok()?;
+        match (head[3], head[4]) {
+            (0x7, _) => return Some(start.elapsed()),
+            // SETTINGS without ACK: acknowledge it.
+            (0x4, 0) => s.write_all(&[0, 0, 0, 0x4, 0x1, 0, 0, 0, 0]).ok()?,
+            // PING without ACK: answer it (a client that does is alive).
+            (0x6, 0) => {
+                let mut pong = vec![0, 0, 8, 0x6, 0x1, 0, 0, 0, 0];
+                pong.extend_from_slice(&payload);
+                s.write_all(&pong).ok()?;
+            }
+            _ => {}
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+    }
+}
+
+#[test]
+fn an_idle_http2_connection_gets_a_goaway() {
+    // Keep-alive pings far apart: only the idle timeout can end this connection.
+    let (pier, _dir) = pier_with("idle_timeout = \"2s\"\nh2_keepalive = \"1h\"", &["--h2c"]);
+    let mut s = TcpStream::connect(pier.addr).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]).unwrap();
+    let took = goaway_within(&mut s, Duration::from_secs(20))
+        .expect("an idle HTTP/2 connection got no GOAWAY within 20 s of a 2 s idle timeout");
+    assert!(
+        took >= Duration::from_secs(1),
+        "GOAWAY after {took:?}: too soon for idle"
+    );
+    // A client that answers nothing more (not the GOAWAY's PING) is dropped all the same.
+    assert!(
+        closed_by_server(&mut s, Duration::from_secs(20)).is_some(),
+        "the connection stays open 20 s after its GOAWAY"
+    );
+}
+
+#[test]
+fn a_long_download_is_not_idle() {
+    let (pier, _dir) = pier_with("idle_timeout = \"1s\"", &[]);
+    let data = pier_e2e::random_bytes(2 << 20);
+    let digest = pier_e2e::push_blob(pier.addr, "team/big", &data);
+    let mut s = non_reading_get(pier.addr, &format!("/v2/team/big/blobs/{digest}"));
+    // Read slowly: the response takes several idle timeouts to deliver.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let start = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    while start.elapsed() < Duration::from_secs(60) {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        if got.len() > data.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let body_start = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("headers")
+        + 4;
+    assert!(
+        start.elapsed() > Duration::from_secs(2),
+        "the download was not slow enough to span idle timeouts ({:?})",
+        start.elapsed()
+    );
+    assert_eq!(
+        got.len() - body_start,
+        data.len(),
+        "a download in progress was cut as idle"
+    );
+    assert!(got[body_start..] == data[..], "the blob's bytes");
 }

@@ -156,3 +156,51 @@ fn bad_configuration_is_refused() {
         );
     }
 }
+
+#[test]
+fn completions_man_page_and_suggestions() {
+    let pier = |args: &[&str]| {
+        let out = Command::new(pier_e2e::pier_bin())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // A bash script that bash itself accepts, naming the subcommands.
+    let (ok, script, err) = pier(&["completions", "bash"]);
+    assert!(ok, "{err}");
+    assert!(
+        script.contains("_pier") && script.contains("serve"),
+        "{script}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pier.bash");
+    std::fs::write(&path, &script).unwrap();
+    let check = Command::new("bash").arg("-n").arg(&path).output().unwrap();
+    assert!(
+        check.status.success(),
+        "bash -n: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for shell in ["zsh", "fish"] {
+        let (ok, script, err) = pier(&["completions", shell]);
+        assert!(ok && script.contains("serve"), "{shell}: {err}");
+    }
+    let (ok, _, err) = pier(&["completions", "tcsh"]);
+    assert!(!ok && err.contains("possible values"), "{err}");
+    // The man page: roff with the name, the synopsis and the subcommands.
+    let (ok, man, err) = pier(&["man"]);
+    assert!(ok, "{err}");
+    assert!(man.starts_with(".ie") || man.contains(".TH pier"), "{man}");
+    assert!(man.contains("serve") && man.contains("SYNOPSIS"), "{man}");
+    // A mistyped subcommand gets a suggestion.
+    let (ok, _, err) = pier(&["serv"]);
+    assert!(
+        !ok && err.contains("similar") && err.contains("serve"),
+        "{err}"
+    );
+}

@@ -36,15 +36,24 @@ fn files(state: &AdminState) -> Result<&AccountFiles, ApiFailure> {
     })
 }
 
-/// Runs a file change off the async runtime (bcrypt is slow on purpose), one at a time.
+/// Runs a file change off the async runtime (bcrypt is slow on purpose), one at a time;
+/// this node's logins see it from the next request on (other nodes within a second, when
+/// their watchers look).
 async fn change<T: Send + 'static>(
+    state: &AdminState,
     files: &AccountFiles,
     f: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
 ) -> Result<T, AuthError> {
     let _one_at_a_time = files.lock.lock().await;
-    tokio::task::spawn_blocking(f)
+    let r = tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| AuthError::Unavailable(format!("account change failed: {e}")))?
+        .map_err(|e| AuthError::Unavailable(format!("account change failed: {e}")))?;
+    if let Some(access) = &state.access {
+        let authn = access.authn.clone();
+        // Reading the files is blocking I/O, like the change itself.
+        let _ = tokio::task::spawn_blocking(move || authn.reload_accounts()).await;
+    }
+    r
 }
 
 fn permission_json(p: &ProjectPermission) -> Value {
@@ -158,7 +167,7 @@ pub async fn create_robot(state: &AdminState, caller: &Caller, body: Bytes) -> A
         None => None,
     };
     let (path, name, description) = (f.robots.clone(), b.name.clone(), b.description.clone());
-    let r = change(f, move || {
+    let r = change(state, f, move || {
         robots::add(&path, &name, perms, expires, &description)
     })
     .await;
@@ -186,7 +195,7 @@ pub async fn update_robot(state: &AdminState, caller: &Caller, name: &str, body:
     let b: RobotChange = super::parse_json(&body)?;
     let perms = permissions(b.permissions)?;
     let (path, n) = (f.robots.clone(), name.to_owned());
-    let r = change(f, move || {
+    let r = change(state, f, move || {
         robots::update(&path, &n, perms, b.description.as_deref())
     })
     .await;
@@ -198,7 +207,7 @@ pub async fn update_robot(state: &AdminState, caller: &Caller, name: &str, body:
 pub async fn delete_robot(state: &AdminState, caller: &Caller, name: &str) -> Answer {
     let f = files(state)?;
     let (path, n) = (f.robots.clone(), name.to_owned());
-    let r = change(f, move || robots::delete(&path, &n)).await;
+    let r = change(state, f, move || robots::delete(&path, &n)).await;
     audit(caller, "robot.delete", name, &r);
     r?;
     Ok(super::no_content())
@@ -209,7 +218,7 @@ pub async fn delete_robot(state: &AdminState, caller: &Caller, name: &str) -> An
 pub async fn rotate_robot(state: &AdminState, caller: &Caller, name: &str) -> Answer {
     let f = files(state)?;
     let (path, n) = (f.robots.clone(), name.to_owned());
-    let r = change(f, move || robots::rotate(&path, &n)).await;
+    let r = change(state, f, move || robots::rotate(&path, &n)).await;
     audit(caller, "robot.rotate", name, &r);
     let secret = r?;
     Ok(json_response(
@@ -244,7 +253,7 @@ pub async fn create_user(state: &AdminState, caller: &Caller, body: Bytes) -> An
         ));
     }
     let (path, name) = (f.users.clone(), b.name.clone());
-    let r = change(f, move || users::add(&path, &name, &b.password)).await;
+    let r = change(state, f, move || users::add(&path, &name, &b.password)).await;
     audit(caller, "user.create", &b.name, &r);
     r?;
     Ok(json_response(
@@ -262,7 +271,7 @@ pub async fn delete_user(state: &AdminState, caller: &Caller, name: &str) -> Ans
         ));
     }
     let (path, n) = (f.users.clone(), name.to_owned());
-    let r = change(f, move || users::delete(&path, &n)).await;
+    let r = change(state, f, move || users::delete(&path, &n)).await;
     audit(caller, "user.delete", name, &r);
     r?;
     Ok(super::no_content())

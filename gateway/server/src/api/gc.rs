@@ -212,7 +212,7 @@ mod tests {
         assert_eq!(grace(&[]).unwrap(), DEFAULT_GRACE);
         assert_eq!(grace(&q("grace", "0s")).unwrap(), Duration::ZERO);
         assert_eq!(grace(&q("grace", "2m")).unwrap(), Duration::from_secs(120));
-        for bad in ["", "s", "1y", "9999999999h", "-1s"] {
+        for bad in ["", "s", "1 fortnight", "101y", "9999999999h", "-1s"] {
             assert!(grace(&q("grace", bad)).is_err(), "{bad}");
         }
     }
