@@ -5,71 +5,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::{Redis, suite};
 use pier_cluster::{RedisConfig, Shared};
-
-/// A CA and a server certificate for 127.0.0.1 signed by it, in `dir`.
-fn certificates(dir: &Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=pier test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "server.pem",
-    ]);
-}
 
 fn tls_config(port: u16, ca: Option<&Path>) -> RedisConfig {
     let mut c = RedisConfig::standalone(format!("rediss://127.0.0.1:{port}"));
@@ -80,7 +18,8 @@ fn tls_config(port: u16, ca: Option<&Path>) -> RedisConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_verifies_the_server_and_carries_the_shared_state() {
     let certs = tempfile::tempdir().unwrap();
-    certificates(certs.path());
+    // ca.pem, server.pem, server.key
+    pier_e2e::test_ca(certs.path());
     let p = |f: &str| certs.path().join(f).to_str().unwrap().to_owned();
     let tls_port = common::free_port();
     let _redis = Redis::start(&[

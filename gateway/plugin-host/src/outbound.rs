@@ -247,63 +247,6 @@ mod tests {
         }
     }
 
-    /// A CA and a server certificate for 127.0.0.1 signed by it (openssl), in `dir`.
-    fn certificates(dir: &std::path::Path) {
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("run openssl");
-            assert!(out.status.success(), "openssl {args:?}: {out:?}");
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=pier test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ]);
-        std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "server.pem",
-        ]);
-    }
-
     /// An HTTPS server on 127.0.0.1 answering every request with `body`, sending the
     /// request heads it saw on the channel.
     async fn https_server(
@@ -371,7 +314,8 @@ mod tests {
     #[tokio::test]
     async fn https_is_verified_and_the_body_is_capped() {
         let dir = tempfile::tempdir().unwrap();
-        certificates(dir.path());
+        // ca.pem, server.pem, server.key
+        pier_e2e::test_ca(dir.path());
         let (port, mut heads) = https_server(dir.path(), b"hello".to_vec()).await;
         let a = allowed(&[&format!("127.0.0.1:{port}")]);
         let url = format!("https://127.0.0.1:{port}/hook");
