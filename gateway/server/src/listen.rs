@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hyper_util::server::graceful::GracefulConnection;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_io_timeout::TimeoutStream;
@@ -304,7 +304,10 @@ pub async fn accept(listener: &TcpListener, name: &'static str) -> (TcpStream, S
     }
 }
 
-/// Answers a connection over the limit with `503` (plain HTTP) and closes it.
+/// Answers a connection over the limit with `503` (plain HTTP) and closes it: the write
+/// side first, then what the client sent is drained (at most 64 KiB, within a second
+/// overall), so the close is a FIN and not a reset that could discard the answer before
+/// the client reads it.
 pub async fn refuse_plain(mut stream: TcpStream) {
     const BODY: &str =
         r#"{"errors":[{"code":"UNAVAILABLE","message":"too many connections; retry later"}]}"#;
@@ -313,7 +316,21 @@ pub async fn refuse_plain(mut stream: TcpStream) {
          Connection: close\r\nContent-Length: {}\r\n\r\n{BODY}",
         BODY.len()
     );
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(resp.as_bytes())).await;
+    let answer = async {
+        stream.write_all(resp.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left = 64 * 1024usize;
+        while left > 0 {
+            let n = stream.read(&mut sink).await?;
+            if n == 0 {
+                break;
+            }
+            left = left.saturating_sub(n);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
 }
 
 /// Waits until the client has sent something: a connection that never does is closed
