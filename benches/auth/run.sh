@@ -10,7 +10,7 @@
 #
 #   benches/auth/run.sh [--quick] [--rounds N] [--requests N]
 #
-# Builds what it needs (release pier, the plugins), starts two Pier processes on free
+# Builds what it needs (release pier unless PIER_BIN is set, the plugins), starts two Pier processes on free
 # loopback ports with temp data dirs, stops them on exit. Ratios and medians are
 # printed; a MISS is a finding (exit 0), a measurement that could not be taken exits 1.
 set -uo pipefail
@@ -35,11 +35,13 @@ done
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pier/target}"
 WASM_DIR="$CARGO_TARGET_DIR/wasm-plugins"
-log "building release pier and the plugins"
-(cd "$REPO_DIR" && cargo build -q --release -p pier-server --bin pier) || exit 1
+log "building release pier (unless PIER_BIN names one) and the plugins"
+if [[ -z "${PIER_BIN:-}" ]]; then
+    (cd "$REPO_DIR" && cargo build -q --release -p pier-server --bin pier) || exit 1
+fi
 cargo build -q --release --target wasm32-wasip2 --manifest-path "$REPO_DIR/plugins/Cargo.toml" \
     --target-dir "$WASM_DIR" || exit 1
-PIER="$CARGO_TARGET_DIR/release/pier"
+PIER="${PIER_BIN:-$CARGO_TARGET_DIR/release/pier}"
 RBAC="$WASM_DIR/wasm32-wasip2/release/pier_rbac.wasm"
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/pier-bench-auth.XXXXXX")"
