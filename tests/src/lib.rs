@@ -792,29 +792,44 @@ impl Drop for TestPier {
     }
 }
 
-/// A self-signed certificate for 127.0.0.1 and localhost made by openssl in `dir`;
-/// returns (certificate, key) PEM paths.
-pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
+/// Runs `openssl ARGS` in `dir`; panics with its stderr when it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
+        .args(args)
+        .current_dir(dir)
         .output()
         .expect("run openssl");
     assert!(
         out.status.success(),
-        "openssl failed: {}",
+        "openssl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    (cert, key)
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost made by openssl in `dir`;
+/// returns (certificate, key) PEM paths.
+pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+        ],
+    );
+    (dir.join("cert.pem"), dir.join("key.pem"))
 }
 
 /// A private CA and a server certificate for 127.0.0.1 and localhost signed by it, made
@@ -829,18 +844,7 @@ pub struct TestCa {
 }
 
 pub fn test_ca(dir: &Path) -> TestCa {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| openssl(dir, args);
     run(&[
         "req",
         "-x509",
