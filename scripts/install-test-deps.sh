@@ -68,7 +68,7 @@ else
 fi
 
 # schemathesis in the same venv: tests/tests/admin_api.rs checks the admin API against
-# docs/openapi.json with it.
+# gateway/admin/openapi.json with it.
 if [[ "$("$VENV/bin/schemathesis" --version 2>/dev/null)" != *"version $SCHEMATHESIS_VERSION"* ]]; then
     log "installing schemathesis==$SCHEMATHESIS_VERSION into $VENV"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"

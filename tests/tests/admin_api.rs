@@ -3,7 +3,7 @@
 //! developer (403); for the system admin, repositories a page at a time, tags with
 //! digests, sizes, platforms and referrers, a manifest with its layers, deletes that are
 //! audited in the log; plugin and mirror counters. Then schemathesis checks the API
-//! against its own OpenAPI document (`docs/openapi.json`, served at
+//! against its own OpenAPI document (`gateway/admin/openapi.json`, served at
 //! `/api/v1/openapi.json`).
 //!
 //! Needs the binary (`cargo build -p pier-server`), the wasm32-wasip2 target and
@@ -509,8 +509,8 @@ fn admin_api_conforms_to_its_openapi_document() {
     );
     // Every operation was tested but the document's own, which schemathesis leaves out
     // as the schema's location.
-    let doc: Value =
-        serde_json::from_str(include_str!("../../docs/openapi.json")).expect("the document");
+    let doc: Value = serde_json::from_str(include_str!("../../gateway/admin/openapi.json"))
+        .expect("the document");
     let operations = doc["paths"]
         .as_object()
         .expect("paths")

@@ -16,6 +16,50 @@ use pier_plugin_host::{Grants, PluginAuthorizer, PluginSettings, Runtime};
 use crate::config::{Config, PluginEntry};
 use crate::error::ServerError;
 
+/// Loads the notifier and replicator plugins and starts events and replication
+/// (`pier-dispatch`); `None` when no such plugin is configured.
+pub async fn start_events(
+    config: &Config,
+    registry: Arc<pier_core::Registry>,
+    shared: Option<&pier_cluster::Shared>,
+) -> Result<Option<Arc<pier_dispatch::EventsRuntime>>, ServerError> {
+    use crate::config::Hook;
+    use pier_plugin_host::{PluginNotifier, PluginReplicator};
+    let entries: Vec<_> = config
+        .plugins
+        .iter()
+        .filter(|p| p.hook != Hook::Authorizer)
+        .collect();
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    let runtime = runtime(&config.root)?;
+    let mut notifiers = Vec::new();
+    let mut replicators = Vec::new();
+    for e in entries {
+        let settings = plugin_settings(e, &config.root, shared)?;
+        match e.hook {
+            Hook::Notifier => notifiers.push((
+                e.name.clone(),
+                Arc::new(PluginNotifier::load(runtime.clone(), settings).await?),
+            )),
+            Hook::Replicator => replicators.push((
+                e.name.clone(),
+                Arc::new(PluginReplicator::load(runtime.clone(), settings).await?),
+            )),
+            Hook::Authorizer => {}
+        }
+    }
+    let setup = pier_dispatch::Setup {
+        notifiers,
+        replicators,
+        events: config.events.clone(),
+        replication: config.replication.clone(),
+        listen: config.listen.to_string(),
+    };
+    Ok(Some(pier_dispatch::start(setup, registry, shared).await?))
+}
+
 /// The loaded plugins, for reloads and metrics.
 #[derive(Default)]
 pub struct Plugins {
@@ -47,9 +91,11 @@ impl Plugins {
         }
         plugin_settings(entry, &started.root, self.shared.as_ref())
     }
+}
 
-    /// Reloads every plugin (file and settings); returns one line per plugin.
-    pub async fn reload_all(&self) -> Vec<String> {
+#[async_trait::async_trait]
+impl pier_admin::Plugins for Plugins {
+    async fn reload_all(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (entry, p) in &self.authorizers {
             let reloaded = match self.fresh_settings(entry) {
@@ -73,20 +119,15 @@ impl Plugins {
         out
     }
 
-    /// The project store of the authorizer, when one is loaded (it may still answer
-    /// that it doesn't manage projects).
-    pub fn projects(&self) -> Option<Arc<dyn pier_auth::projects::ProjectStore>> {
+    fn authorizers(&self) -> Vec<(String, Arc<PluginAuthorizer>)> {
         self.authorizers
-            .first()
-            .map(|(_, p)| p.clone() as Arc<dyn pier_auth::projects::ProjectStore>)
+            .iter()
+            .map(|(e, p)| (e.name.clone(), p.clone()))
+            .collect()
     }
+}
 
-    pub fn render_metrics(&self, out: &mut String) {
-        for (_, p) in &self.authorizers {
-            p.metrics().render(out);
-        }
-    }
-
+impl Plugins {
     /// Polls the files of plugins with `watch` and reloads one when it changed.
     pub async fn watch(self: Arc<Self>) {
         let stamp = |p: &Path| {
@@ -149,7 +190,7 @@ pub fn plugin_settings(
     s.allowed_hosts = entry.allowed_hosts.clone();
     s.ldap = entry.ldap.clone();
     if let Some(shared) = shared {
-        s.kv = pier_plugin_host::KvPlace::Shared(Arc::new(crate::cluster::RedisPluginKv {
+        s.kv = pier_plugin_host::KvPlace::Shared(Arc::new(pier_cluster::adapters::RedisPluginKv {
             shared: shared.clone(),
             plugin: entry.name.clone(),
         }));
@@ -242,7 +283,7 @@ pub async fn build(
         "access control on"
     );
     let revocations: Arc<dyn pier_auth::revoke::Revocations> = match shared {
-        Some(s) => Arc::new(crate::cluster::RedisRevocations::new(s.clone())),
+        Some(s) => Arc::new(pier_cluster::adapters::RedisRevocations::new(s.clone())),
         None => Arc::new(pier_auth::revoke::LocalRevocations::open(
             &config.root.join("pier").join("revoked-tokens"),
         )?),

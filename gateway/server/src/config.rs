@@ -18,34 +18,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// Parses durations as humantime writes them (`500ms`, `90s`, `10m`, `1h30m`, `2d`); a bare
-/// number is seconds. At most 100 years.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let d = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        Duration::from_secs(
-            s.parse()
-                .map_err(|_| format!("duration {s:?} is too long: at most 100 years"))?,
-        )
-    } else {
-        humantime::parse_duration(s)
-            .map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 30s, 10m, 1h30m, 2d)"))?
-    };
-    checked_duration(d, s)
-}
-
-/// The longest duration a setting may have: longer ones would overflow the clock
-/// arithmetic (`now + ttl`) they are used in.
-const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
-
-fn checked_duration(d: Duration, s: &str) -> Result<Duration, String> {
-    if d > MAX_DURATION {
-        return Err(format!("duration {s:?} is too long: at most 100 years"));
-    }
-    Ok(d)
-}
-
-pub use pier_storage::parse_size;
+pub use pier_storage::{parse_duration, parse_size};
 
 #[derive(Debug, Clone, Args, Default)]
 pub struct ServeArgs {
@@ -699,21 +672,55 @@ fn file_duration(
     .transpose()
 }
 
+/// The config file (if any) with the environment's keys over it and secrets read from
+/// their files, as [`FileConfig`]; errors name the file and, from the parser, the line.
+fn read_file(
+    file: Option<&Path>,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(FileConfig, PathBuf), ServerError> {
+    let p = file.unwrap_or(Path::new(""));
+    let text = match file {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| {
+            ServerError::Config(format!("cannot read config file {}: {e}", p.display()))
+        })?,
+        None => String::new(),
+    };
+    let invalid =
+        |e: String| ServerError::Config(format!("invalid config file {}: {e}", p.display()));
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let from_env = crate::config_source::apply_env(&mut table, vars)
+        .map_err(|e| ServerError::Config(format!("environment: {e}")))?;
+    let base = p.parent().unwrap_or(Path::new("."));
+    let from_files = crate::config_source::read_secret_files(&mut table, base).map_err(invalid)?;
+    match FileConfig::deserialize(toml::Value::Table(table)) {
+        Ok(f) => Ok((f, p.to_path_buf())),
+        // The text's own error says on which line; with variables or secret files over it,
+        // the line may not be the culprit.
+        Err(e) if from_env.is_empty() && from_files.is_empty() => Err(invalid(
+            toml::from_str::<FileConfig>(&text)
+                .err()
+                .map_or_else(|| e.to_string(), |e| e.to_string()),
+        )),
+        Err(e) => Err(invalid(format!(
+            "{e} (with {} over it)",
+            from_env.join(", ")
+        ))),
+    }
+}
+
 impl Config {
     /// Merges flags/env (`args`) over the file named by `args.config` over defaults.
     pub fn resolve(args: ServeArgs) -> Result<Config, ServerError> {
-        let (file, path) = match &args.config {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| {
-                    ServerError::Config(format!("cannot read config file {}: {e}", p.display()))
-                })?;
-                let f: FileConfig = toml::from_str(&text).map_err(|e| {
-                    ServerError::Config(format!("invalid config file {}: {e}", p.display()))
-                })?;
-                (f, p.clone())
-            }
-            None => (FileConfig::default(), PathBuf::new()),
-        };
+        Self::resolve_with_env(args, std::env::vars())
+    }
+
+    /// [`Config::resolve`] with these environment variables (`PIER_…__…` keys, see
+    /// `config_source`) instead of the process's.
+    pub fn resolve_with_env(
+        args: ServeArgs,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ServerError> {
+        let (file, path) = read_file(args.config.as_deref(), vars)?;
         let file_tls = file.tls.unwrap_or_default();
         let cert = args.tls_cert.or(file_tls.cert);
         let key = args.tls_key.or(file_tls.key);
@@ -1019,7 +1026,7 @@ mod config_props {
         #[test]
         fn durations_never_overflow(n in any::<u64>(), unit in prop::sample::select(vec!["", "ms", "s", "m", "h", "d"])) {
             if let Ok(d) = parse_duration(&format!("{n}{unit}")) {
-                prop_assert!(d <= MAX_DURATION);
+                prop_assert!(d <= pier_storage::MAX_DURATION);
                 prop_assert!(std::time::Instant::now().checked_add(d).is_some());
             }
         }

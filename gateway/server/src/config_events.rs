@@ -40,6 +40,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use pier_dispatch::{EventsSettings, ReplicationSettings, TargetSettings};
+
 use crate::config::{parse_duration, parse_size};
 use crate::error::ServerError;
 
@@ -49,7 +51,6 @@ pub(crate) struct FileEvents {
     dir: Option<PathBuf>,
     source: Option<String>,
     secret: Option<String>,
-    secret_file: Option<PathBuf>,
     attempts: Option<u32>,
     backoff: Option<String>,
     backoff_max: Option<String>,
@@ -64,7 +65,6 @@ pub(crate) struct FileEvents {
 struct FileEndpoint {
     url: String,
     secret: Option<String>,
-    secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,49 +92,6 @@ struct FileTarget {
     allow_private: bool,
 }
 
-/// Where events are kept and how deliveries go out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventsSettings {
-    pub dir: PathBuf,
-    /// CloudEvents `source`; `None`: derived from the listen address.
-    pub source: Option<String>,
-    /// Signs deliveries to URLs no endpoint below matches.
-    pub secret: Option<String>,
-    /// `(url, secret)`: the secret of the deliveries to that endpoint.
-    pub endpoints: Vec<(String, String)>,
-    pub attempts: u32,
-    pub backoff: Duration,
-    pub backoff_max: Duration,
-    pub timeout: Duration,
-    pub pulls: bool,
-}
-
-/// One registry replication copies to or from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetSettings {
-    pub name: String,
-    pub url: String,
-    pub credentials: Option<(String, String)>,
-    /// Bytes per second; 0 = unlimited.
-    pub bandwidth: u64,
-    pub timeout: Duration,
-    /// Its redirects and token realms may lead to private addresses.
-    pub allow_private: bool,
-}
-
-/// How replication jobs run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplicationSettings {
-    pub tick: Duration,
-    pub attempts: u32,
-    pub backoff: Duration,
-    pub backoff_max: Duration,
-    pub concurrency: usize,
-    pub chunk_size: u64,
-    pub targets: Vec<TargetSettings>,
-    pub job_log: PathBuf,
-}
-
 fn duration(
     v: Option<String>,
     key: &str,
@@ -159,7 +116,7 @@ pub(crate) fn events(
     root: &Path,
 ) -> Result<EventsSettings, ServerError> {
     let f = f.unwrap_or_default();
-    let secret = read_secret(f.secret, f.secret_file, "events", base, path)?;
+    let secret = nonempty_secret(f.secret, "events", path)?;
     let mut endpoints: Vec<(String, String)> = Vec::new();
     for (i, e) in f.endpoints.into_iter().enumerate() {
         let at = format!("events.endpoints[{i}]");
@@ -177,7 +134,7 @@ pub(crate) fn events(
                 e.url
             )));
         }
-        let Some(s) = read_secret(e.secret, e.secret_file, &at, base, path)? else {
+        let Some(s) = nonempty_secret(e.secret, &at, path)? else {
             return Err(ServerError::Config(format!(
                 "{}: {at}: set `secret` or `secret_file`",
                 path.display()
@@ -206,42 +163,20 @@ pub(crate) fn events(
     })
 }
 
-/// `secret` or `secret_file` (trimmed) of the table at `at`; empty secrets are errors.
-fn read_secret(
-    inline: Option<String>,
-    file: Option<PathBuf>,
+/// The `secret` of the table at `at` (`secret_file` became `secret` before, in
+/// `config_source`); empty secrets are errors.
+fn nonempty_secret(
+    s: Option<String>,
     at: &str,
-    base: &Path,
     path: &Path,
 ) -> Result<Option<String>, ServerError> {
-    let s = match (inline, file) {
-        (Some(_), Some(_)) => {
-            return Err(ServerError::Config(format!(
-                "{}: {at}: set `secret` or `secret_file`, not both",
-                path.display()
-            )));
-        }
-        (Some(s), None) => s,
-        (None, Some(file)) => {
-            let file = relative_to(base, file);
-            let s = std::fs::read_to_string(&file).map_err(|e| {
-                ServerError::Config(format!(
-                    "{}: {at}.secret_file {}: {e}",
-                    path.display(),
-                    file.display()
-                ))
-            })?;
-            s.trim().to_owned()
-        }
-        (None, None) => return Ok(None),
-    };
-    if s.is_empty() {
-        return Err(ServerError::Config(format!(
+    match s {
+        Some(s) if s.trim().is_empty() => Err(ServerError::Config(format!(
             "{}: {at}: the secret is empty",
             path.display()
-        )));
+        ))),
+        s => Ok(s),
     }
-    Ok(Some(s))
 }
 
 pub(crate) fn replication(
@@ -324,8 +259,11 @@ mod tests {
     use super::*;
 
     fn parse_events(toml_text: &str, base: &Path) -> Result<EventsSettings, ServerError> {
-        let file: FileEvents =
+        let mut table: toml::Table =
             toml::from_str(toml_text).map_err(|e| ServerError::Config(e.to_string()))?;
+        crate::config_source::read_secret_files(&mut table, base).map_err(ServerError::Config)?;
+        let file = FileEvents::deserialize(toml::Value::Table(table))
+            .map_err(|e| ServerError::Config(e.to_string()))?;
         events(Some(file), base, Path::new("pier.toml"), Path::new("/r"))
     }
 

@@ -26,3 +26,22 @@ pub enum ServerError {
     #[error("plugin")]
     Plugin(#[from] pier_plugin_host::PluginError),
 }
+
+impl From<pier_dispatch::DispatchError> for ServerError {
+    fn from(e: pier_dispatch::DispatchError) -> Self {
+        match e {
+            pier_dispatch::DispatchError::Start(m) => ServerError::Config(m),
+            pier_dispatch::DispatchError::Io(e) => ServerError::Io(e),
+        }
+    }
+}
+
+impl From<pier_admin::AdminError> for ServerError {
+    fn from(e: pier_admin::AdminError) -> Self {
+        match e {
+            pier_admin::AdminError::Failed(m) => ServerError::Config(m),
+            pier_admin::AdminError::Io(e) => ServerError::Io(e),
+            pier_admin::AdminError::Upstream(e) => ServerError::Upstream(e),
+        }
+    }
+}

@@ -4,24 +4,14 @@
 
 mod access;
 mod accounts;
-mod activity;
-mod admin;
-mod admin_client;
-mod admin_guard;
-mod admin_projects;
-mod api;
 mod cluster;
 mod config;
 mod config_events;
-mod console;
+mod config_source;
 mod error;
-mod events;
-mod history;
 mod listen;
-mod replication_local;
 mod serve;
 mod tls;
-mod warm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,19 +52,19 @@ enum Command {
     Plugin(accounts::PluginCommand),
     /// Repositories and tags of a running Pier (through its admin API)
     #[command(subcommand)]
-    Repos(admin_client::ReposCommand),
+    Repos(pier_admin::client::ReposCommand),
     /// Replication jobs of a running Pier (through its admin API)
     #[command(subcommand)]
-    Replication(admin_client::ReplicationCommand),
+    Replication(pier_admin::client::ReplicationCommand),
     /// Webhook deliveries of a running Pier (through its admin API)
     #[command(subcommand)]
-    Events(admin_client::EventsCommand),
+    Events(pier_admin::client::EventsCommand),
     /// Projects and their members of a running Pier (through its admin API)
     #[command(subcommand)]
-    Projects(admin_projects::ProjectsCommand),
+    Projects(pier_admin::client_projects::ProjectsCommand),
     /// Robot accounts of a running Pier (through its admin API; `pier robot` edits the file)
     #[command(subcommand)]
-    Robots(admin_projects::RobotsCommand),
+    Robots(pier_admin::client_projects::RobotsCommand),
     /// Print a shell completion script: `pier completions bash > /etc/bash_completion.d/pier`
     Completions {
         #[arg(value_enum)]
@@ -153,7 +143,14 @@ fn report(err: &ServerError) -> ExitCode {
 
 async fn gc(args: GcArgs) -> Result<(), ServerError> {
     if let Some(admin) = args.admin {
-        return admin_client::gc(admin, args.creds, args.dry_run, args.untagged, args.grace).await;
+        return Ok(pier_admin::client::gc(
+            admin,
+            args.creds,
+            args.dry_run,
+            args.untagged,
+            args.grace,
+        )
+        .await?);
     }
     let store = Arc::new(FsStore::new(&args.root)?);
     let registry = Registry::new(Stores::from_backend(store));
@@ -212,19 +209,31 @@ fn main() -> ExitCode {
                     password: p.to_owned(),
                 }
             });
-            runtime.block_on(warm::run(
-                args.server,
-                args.platforms,
-                args.images,
-                creds,
-                &mut |line| println!("{line}"),
-            ))
+            runtime
+                .block_on(pier_admin::warm::run(
+                    args.server,
+                    args.platforms,
+                    args.images,
+                    creds,
+                    &mut |line| println!("{line}"),
+                ))
+                .map_err(ServerError::from)
         }
-        Command::Repos(c) => runtime.block_on(admin_client::repos(c)),
-        Command::Replication(c) => runtime.block_on(admin_client::replication(c)),
-        Command::Events(c) => runtime.block_on(admin_client::events(c)),
-        Command::Projects(c) => runtime.block_on(admin_projects::projects(c)),
-        Command::Robots(c) => runtime.block_on(admin_projects::robots(c)),
+        Command::Repos(c) => runtime
+            .block_on(pier_admin::client::repos(c))
+            .map_err(ServerError::from),
+        Command::Replication(c) => runtime
+            .block_on(pier_admin::client::replication(c))
+            .map_err(ServerError::from),
+        Command::Events(c) => runtime
+            .block_on(pier_admin::client::events(c))
+            .map_err(ServerError::from),
+        Command::Projects(c) => runtime
+            .block_on(pier_admin::client_projects::projects(c))
+            .map_err(ServerError::from),
+        Command::Robots(c) => runtime
+            .block_on(pier_admin::client_projects::robots(c))
+            .map_err(ServerError::from),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "pier", &mut std::io::stdout());
             Ok(())

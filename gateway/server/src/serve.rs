@@ -18,10 +18,10 @@ use pier_upstream::{Credentials, UpstreamClient, UpstreamConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::error::ServerError;
 use crate::listen::{Gate, Limits};
+use pier_admin::{self as admin, AdminState, Plugins as _};
 
 /// How many tags and digests the pull log remembers (about 20 MB at most).
 const PULL_LOG_MAX: usize = 100_000;
@@ -112,9 +112,9 @@ async fn open_storage(
             let mut store = pier_storage::s3::S3Store::connect(c.clone()).await?;
             if let Some(shared) = shared {
                 store = store.with_session_locks(
-                    Arc::new(crate::cluster::RedisSessionLocks {
+                    Arc::new(pier_cluster::adapters::RedisSessionLocks {
                         shared: shared.clone(),
-                        owner: crate::cluster::node_id(),
+                        owner: pier_cluster::adapters::node_id(),
                     }),
                     Duration::from_secs(30),
                 );
@@ -147,21 +147,22 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let (stores, ingest) = open_storage(&config, shared.as_ref()).await?;
     let mut registry = Registry::new(stores);
     if let Some(s) = &shared {
-        registry =
-            registry.with_change_sink(Arc::new(crate::cluster::RedisChanges { shared: s.clone() }));
+        registry = registry.with_change_sink(Arc::new(pier_cluster::adapters::RedisChanges {
+            shared: s.clone(),
+        }));
     }
     let registry = Arc::new(registry);
     let changes_task = shared
         .clone()
-        .map(|s| tokio::spawn(crate::cluster::follow_changes(s, registry.clone())));
+        .map(|s| tokio::spawn(pier_cluster::adapters::follow_changes(s, registry.clone())));
     let (access, plugins) = crate::access::build(&config, shared.as_ref()).await?;
     let sweep_task = access
         .as_ref()
         .map(|a| tokio::spawn(sweep_revocations(a.revocations.clone())));
-    let events = crate::events::start(&config, registry.clone(), shared.as_ref()).await?;
+    let events = crate::access::start_events(&config, registry.clone(), shared.as_ref()).await?;
     let plugin_changes_task = shared.clone().map(|s| {
-        let announce = crate::cluster::plugin_announcer(s.clone());
-        let mut recyclers: crate::cluster::Recyclers = Vec::new();
+        let announce = pier_cluster::adapters::plugin_announcer(s.clone());
+        let mut recyclers: pier_cluster::adapters::Recyclers = Vec::new();
         for (entry, p) in &plugins.authorizers {
             p.announce_changes(announce.clone());
             let p = p.clone();
@@ -178,7 +179,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                 recyclers.push((name.clone(), Box::new(move || p.recycle())));
             }
         }
-        tokio::spawn(crate::cluster::follow_plugin_changes(s, recyclers))
+        tokio::spawn(pier_cluster::adapters::follow_plugin_changes(s, recyclers))
     });
     let observer = events
         .clone()
@@ -199,7 +200,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     if let Some(e) = &events {
         state = state.with_events(e.clone());
     }
-    let mut pulls = crate::activity::PullLog::open(
+    let mut pulls = pier_admin::activity::PullLog::open(
         config.root.join("pier").join("activity").join("pulls.json"),
         PULL_LOG_MAX,
     );
@@ -219,12 +220,12 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let listener = bind(config.listen).await?;
     let admin_listener = bind(config.admin_listen).await?;
     let admin_state = Arc::new(AdminState {
-        guard: crate::admin_guard::AdminGuard::new(&config.admin_hostnames),
-        history: crate::history::History::open(
+        guard: pier_admin::guard::AdminGuard::new(&config.admin_hostnames),
+        history: pier_admin::history::History::open(
             config.history_every,
             config.root.join("pier").join("history.jsonl"),
         ),
-        accounts: config.auth.as_ref().map(|a| crate::admin::AccountFiles {
+        accounts: config.auth.as_ref().map(|a| pier_admin::AccountFiles {
             users: a.users_file.clone(),
             robots: a.robots_file.clone(),
             lock: tokio::sync::Mutex::new(()),
@@ -258,7 +259,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         admin_state.clone(),
         config.limits.clone(),
     ));
-    let history_task = tokio::spawn(crate::history::run(Arc::downgrade(&admin_state)));
+    let history_task = tokio::spawn(pier_admin::history::run(Arc::downgrade(&admin_state)));
     let evict_task = match (&admin_state.mirror, config.cache_max_size) {
         (Some(m), Some(max)) => Some(tokio::spawn(evict_loop(
             m.clone(),
@@ -457,9 +458,9 @@ fn mirror(
         mirror = mirror.with_fill_observer(o);
     }
     if let Some(shared) = shared {
-        mirror = mirror.with_leases(Arc::new(crate::cluster::RedisLeases {
+        mirror = mirror.with_leases(Arc::new(pier_cluster::adapters::RedisLeases {
             shared,
-            owner: crate::cluster::node_id(),
+            owner: pier_cluster::adapters::node_id(),
         }));
     }
     Ok(Some(Arc::new(mirror)))

@@ -28,6 +28,33 @@ pub mod testsuite;
 /// A stream of bytes, as read from a client or from storage.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;
 
+/// Parses durations as humantime writes them (`500ms`, `90s`, `10m`, `1h30m`, `2d`); a bare
+/// number is seconds. At most 100 years.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let d = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        std::time::Duration::from_secs(
+            s.parse()
+                .map_err(|_| format!("duration {s:?} is too long: at most 100 years"))?,
+        )
+    } else {
+        humantime::parse_duration(s)
+            .map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 30s, 10m, 1h30m, 2d)"))?
+    };
+    checked_duration(d, s)
+}
+
+/// The longest duration a setting may have: longer ones would overflow the clock
+/// arithmetic (`now + ttl`) they are used in.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+
+fn checked_duration(d: std::time::Duration, s: &str) -> Result<std::time::Duration, String> {
+    if d > MAX_DURATION {
+        return Err(format!("duration {s:?} is too long: at most 100 years"));
+    }
+    Ok(d)
+}
+
 /// Parses `123`, `500MB`, `10GiB`, `2T` (K/M/G/T are powers of 1024, KB/MB/GB/TB of 1000),
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();

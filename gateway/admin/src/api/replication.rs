@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use super::repos::paged;
 use super::{ApiFailure, Caller, json_response, page_params};
-use crate::admin::AdminState;
-use crate::events::EventsRuntime;
+use crate::router::AdminState;
+use pier_dispatch::EventsRuntime;
 
 type Answer = Result<Response<Full<Bytes>>, ApiFailure>;
 

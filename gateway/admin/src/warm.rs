@@ -6,11 +6,11 @@ use futures_util::StreamExt;
 use pier_oci::{Descriptor, Manifest, Reference, RepoName};
 use pier_upstream::{Upstream, UpstreamClient, UpstreamConfig};
 
-use crate::error::ServerError;
+use crate::AdminError;
 
 /// Splits `NAME[:TAG]` or `NAME@DIGEST`.
-pub fn parse_image(image: &str) -> Result<(RepoName, Reference), ServerError> {
-    let bad = |e: String| ServerError::Config(format!("image {image:?}: {e}"));
+pub fn parse_image(image: &str) -> Result<(RepoName, Reference), AdminError> {
+    let bad = |e: String| AdminError::Failed(format!("image {image:?}: {e}"));
     let (name, reference) = match image.split_once('@') {
         Some((n, d)) => (n, d),
         None => match image.rsplit_once(':') {
@@ -60,11 +60,11 @@ impl Warmer<'_> {
         repo: &RepoName,
         reference: &Reference,
         depth: usize,
-    ) -> Result<(), ServerError> {
+    ) -> Result<(), AdminError> {
         let indent = "  ".repeat(depth);
         let fetched = self.client.get_manifest(repo, reference).await?;
         let manifest = Manifest::parse(&fetched.bytes, Some(&fetched.media_type))
-            .map_err(|e| ServerError::Config(format!("{repo}:{reference}: {e}")))?;
+            .map_err(|e| AdminError::Failed(format!("{repo}:{reference}: {e}")))?;
         (self.progress)(format!(
             "{indent}{repo}:{reference}: {}",
             fetched.media_type
@@ -85,7 +85,7 @@ impl Warmer<'_> {
             let mut body = self.client.get_blob(repo, &blob.digest, 0).await?.stream;
             let mut n = 0u64;
             while let Some(chunk) = body.next().await {
-                n += chunk.map_err(ServerError::Io)?.len() as u64;
+                n += chunk.map_err(AdminError::Io)?.len() as u64;
             }
             (self.progress)(format!("{indent}  {}: {n} bytes", blob.digest));
             self.bytes += n;
@@ -109,7 +109,7 @@ pub async fn run(
     images: Vec<String>,
     credentials: Option<pier_upstream::Credentials>,
     progress: &mut (dyn FnMut(String) + Send),
-) -> Result<(), ServerError> {
+) -> Result<(), AdminError> {
     pull(server, platforms, images, credentials, progress)
         .await
         .map(drop)
@@ -122,7 +122,7 @@ pub async fn pull(
     images: Vec<String>,
     credentials: Option<pier_upstream::Credentials>,
     progress: &mut (dyn FnMut(String) + Send),
-) -> Result<Pulled, ServerError> {
+) -> Result<Pulled, AdminError> {
     let client = UpstreamClient::new(UpstreamConfig {
         name: "pier".into(),
         url: server.clone(),

@@ -19,9 +19,26 @@ pub struct AccountFiles {
     pub lock: tokio::sync::Mutex<()>,
 }
 
+/// The authorizer plugins as the admin side sees them; the binary loads and reloads them.
+#[async_trait::async_trait]
+pub trait Plugins: Send + Sync {
+    /// Reloads every authorizer plugin (file and settings); one line per plugin.
+    async fn reload_all(&self) -> Vec<String>;
+    /// The loaded authorizers by name.
+    fn authorizers(&self) -> Vec<(String, Arc<pier_plugin_host::PluginAuthorizer>)>;
+    /// The project store of the authorizer, when one is loaded (it may still answer
+    /// that it doesn't manage projects).
+    fn projects(&self) -> Option<Arc<dyn pier_auth::projects::ProjectStore>> {
+        self.authorizers()
+            .into_iter()
+            .next()
+            .map(|(_, p)| p as Arc<dyn pier_auth::projects::ProjectStore>)
+    }
+}
+
 pub struct AdminState {
     /// Host, Origin and content-type checks against browsers.
-    pub guard: crate::admin_guard::AdminGuard,
+    pub guard: crate::guard::AdminGuard,
     /// The accounts files, when access control is on.
     pub accounts: Option<AccountFiles>,
     /// The dashboard's counters over time.
@@ -29,14 +46,14 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub mirror: Option<Arc<pier_core::Mirror>>,
     pub ready: Arc<AtomicBool>,
-    pub plugins: Arc<crate::access::Plugins>,
+    pub plugins: Arc<dyn Plugins>,
     /// When set, POST endpoints need basic credentials of a system administrator.
     pub access: Option<Arc<pier_http::AccessControl>>,
     pub root: PathBuf,
     /// The registry listener's URL for preheating through it; `None` when it speaks TLS.
     pub registry_url: Option<String>,
     /// Events and replication, when configured.
-    pub events: Option<Arc<crate::events::EventsRuntime>>,
+    pub events: Option<Arc<pier_dispatch::EventsRuntime>>,
     /// The registry, for the admin API (`crate::api`).
     pub registry: Arc<pier_core::Registry>,
     /// When each tag was last pulled from this node (the tag list's `lastPull`).
@@ -92,7 +109,7 @@ async fn warm(
 }
 
 /// The admin connection's peer (the listener notes it on every request).
-pub(crate) fn peer_of(req: &Request<Incoming>) -> std::net::SocketAddr {
+pub fn peer_of(req: &Request<Incoming>) -> std::net::SocketAddr {
     req.extensions()
         .get::<std::net::SocketAddr>()
         .copied()
@@ -122,7 +139,7 @@ pub async fn serve(
         return Ok(refused.into_response());
     }
     // One path for the router and the credentials check alike.
-    let normalized = crate::admin_guard::normalize_path(req.uri().path());
+    let normalized = crate::guard::normalize_path(req.uri().path());
     if normalized != req.uri().path() {
         let pq = match req.uri().query() {
             Some(q) => format!("{normalized}?{q}"),
@@ -171,7 +188,7 @@ pub async fn serve(
             }
         }
     }
-    if let Some((status, body)) = crate::events::admin(
+    if let Some((status, body)) = crate::legacy::admin(
         state.events.as_deref(),
         req.method(),
         &path,
@@ -204,7 +221,9 @@ pub async fn serve(
             if let Some(m) = &state.mirror {
                 body.push_str(&m.render_metrics());
             }
-            state.plugins.render_metrics(&mut body);
+            for (_, p) in state.plugins.authorizers() {
+                p.metrics().render(&mut body);
+            }
             if let Some(ac) = &state.access {
                 ac.render_metrics(&mut body);
             }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiFailure, Caller, audit, json_response, page_params, percent_encode};
-use crate::admin::AdminState;
+use crate::router::AdminState;
 
 type Answer = Result<Response<Full<Bytes>>, ApiFailure>;
 

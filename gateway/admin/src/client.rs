@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::error::ServerError;
+use crate::AdminError;
 
 #[derive(Args)]
 pub struct AdminTarget {
@@ -160,7 +160,7 @@ pub enum EventsCommand {
 }
 
 /// One request to the admin API; the JSON answer, or an error naming the status.
-async fn call(target: &AdminTarget, method: &str, path: &str) -> Result<Value, ServerError> {
+async fn call(target: &AdminTarget, method: &str, path: &str) -> Result<Value, AdminError> {
     call_with(target, method, path, None).await
 }
 
@@ -170,8 +170,8 @@ pub(crate) async fn call_with(
     method: &str,
     path: &str,
     body: Option<&Value>,
-) -> Result<Value, ServerError> {
-    let err = |m: String| ServerError::Config(format!("{} {path}: {m}", target.admin));
+) -> Result<Value, AdminError> {
+    let err = |m: String| AdminError::Failed(format!("{} {path}: {m}", target.admin));
     let host = target
         .admin
         .strip_prefix("http://")
@@ -252,7 +252,7 @@ pub(crate) fn field(v: &Value, k: &str) -> String {
     }
 }
 
-pub async fn replication(c: ReplicationCommand) -> Result<(), ServerError> {
+pub async fn replication(c: ReplicationCommand) -> Result<(), AdminError> {
     match c {
         ReplicationCommand::Jobs {
             target,
@@ -425,7 +425,7 @@ fn rule_trigger(v: &Value) -> String {
     }
 }
 
-pub async fn events(c: EventsCommand) -> Result<(), ServerError> {
+pub async fn events(c: EventsCommand) -> Result<(), AdminError> {
     match c {
         EventsCommand::Deliveries {
             target,
@@ -477,7 +477,7 @@ pub async fn gc(
     dry_run: bool,
     untagged: bool,
     grace: std::time::Duration,
-) -> Result<(), ServerError> {
+) -> Result<(), AdminError> {
     let target = AdminTarget { admin, creds };
     let grace = if grace.subsec_millis() == 0 {
         format!("{}s", grace.as_secs())
@@ -508,7 +508,7 @@ pub(crate) fn enc(s: &str) -> String {
     crate::api::percent_encode(s)
 }
 
-pub async fn repos(c: ReposCommand) -> Result<(), ServerError> {
+pub async fn repos(c: ReposCommand) -> Result<(), AdminError> {
     match c {
         ReposCommand::List {
             target,
@@ -582,7 +582,7 @@ pub async fn repos(c: ReposCommand) -> Result<(), ServerError> {
             } else if let Some((name, tag)) = reference.rsplit_once(':') {
                 format!("/api/v1/repositories/{name}/-/tags/{tag}")
             } else {
-                return Err(ServerError::Config(format!(
+                return Err(AdminError::Failed(format!(
                     "{reference:?}: name NAME:TAG or NAME@DIGEST"
                 )));
             };

@@ -5,8 +5,8 @@
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use crate::admin_client::{AdminTarget, call_with, enc, field};
-use crate::error::ServerError;
+use crate::AdminError;
+use crate::client::{AdminTarget, call_with, enc, field};
 
 #[derive(Subcommand)]
 pub enum ProjectsCommand {
@@ -120,7 +120,7 @@ fn print_members(p: &Value) {
     }
 }
 
-pub async fn projects(c: ProjectsCommand) -> Result<(), ServerError> {
+pub async fn projects(c: ProjectsCommand) -> Result<(), AdminError> {
     match c {
         ProjectsCommand::List { target } => {
             let mut last: Option<String> = None;
@@ -213,7 +213,7 @@ pub async fn projects(c: ProjectsCommand) -> Result<(), ServerError> {
     Ok(())
 }
 
-pub async fn robots(c: RobotsCommand) -> Result<(), ServerError> {
+pub async fn robots(c: RobotsCommand) -> Result<(), AdminError> {
     match c {
         RobotsCommand::List { target } => {
             let v = call_with(&target, "GET", "/api/v1/robots", None).await?;
@@ -257,13 +257,13 @@ pub async fn robots(c: RobotsCommand) -> Result<(), ServerError> {
                 .iter()
                 .map(|p| {
                     let (project, actions) = p.split_once(':').ok_or_else(|| {
-                        ServerError::Config(format!(
+                        AdminError::Failed(format!(
                             "invalid permission {p:?}: expected PROJECT:ACTION[,ACTION...]"
                         ))
                     })?;
                     Ok(json!({ "project": project, "actions": actions.split(',').collect::<Vec<_>>() }))
                 })
-                .collect::<Result<Vec<Value>, ServerError>>()?;
+                .collect::<Result<Vec<Value>, AdminError>>()?;
             let mut body =
                 json!({ "name": name, "permissions": perms, "description": description });
             if let Some(d) = expires_in_days {

@@ -28,10 +28,21 @@ use pier_replicate::{
 use pier_upstream::{Credentials, UpstreamClient, UpstreamConfig};
 use tokio::sync::mpsc;
 
-use crate::config::{Config, Hook};
-use crate::config_events::{ReplicationSettings, TargetSettings};
-use crate::error::ServerError;
-use crate::replication_local::LocalRegistry;
+mod local;
+mod settings;
+
+pub use settings::{EventsSettings, ReplicationSettings, TargetSettings};
+
+use crate::local::LocalRegistry;
+
+/// Why events and replication could not start; printed for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("{0}")]
+    Start(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
 
 /// Replication workers: jobs copied at the same time.
 const WORKERS: usize = 2;
@@ -87,51 +98,42 @@ fn reload_line(
     }
 }
 
-/// Starts events and replication when a notifier or replicator plugin is configured.
-/// With `shared` (`[redis]`), the journal and outbox are in Redis and this node routes
-/// and delivers only while it holds the dispatcher lease; else they are on disk.
+/// What `start` wires: the loaded notifier and replicator plugins and the settings.
+pub struct Setup {
+    pub notifiers: Vec<(String, Arc<PluginNotifier>)>,
+    pub replicators: Vec<(String, Arc<PluginReplicator>)>,
+    pub events: EventsSettings,
+    pub replication: ReplicationSettings,
+    /// The registry listener's address: the CloudEvents `source` when none is set.
+    pub listen: String,
+}
+
+/// Starts events and replication. With `shared` (`[redis]`), the journal and outbox are
+/// in Redis and this node routes and delivers only while it holds the dispatcher lease;
+/// else they are on disk.
 pub async fn start(
-    config: &Config,
+    setup: Setup,
     registry: Arc<Registry>,
     shared: Option<&pier_cluster::Shared>,
-) -> Result<Option<Arc<EventsRuntime>>, ServerError> {
-    let entries: Vec<_> = config
-        .plugins
-        .iter()
-        .filter(|p| p.hook != Hook::Authorizer)
-        .collect();
-    if entries.is_empty() {
-        return Ok(None);
-    }
-    let runtime = crate::access::runtime(&config.root)?;
-    let mut notifiers = Vec::new();
-    let mut replicators = Vec::new();
-    for e in entries {
-        let settings = crate::access::plugin_settings(e, &config.root, shared)?;
-        match e.hook {
-            Hook::Notifier => notifiers.push((
-                e.name.clone(),
-                Arc::new(PluginNotifier::load(runtime.clone(), settings).await?),
-            )),
-            Hook::Replicator => replicators.push((
-                e.name.clone(),
-                Arc::new(PluginReplicator::load(runtime.clone(), settings).await?),
-            )),
-            Hook::Authorizer => {}
-        }
-    }
-    let replication = Arc::new(Replication::new(&config.replication, registry)?);
+) -> Result<Arc<EventsRuntime>, DispatchError> {
+    let Setup {
+        notifiers,
+        replicators,
+        events: s,
+        replication: replication_settings,
+        listen,
+    } = setup;
+    let replication = Arc::new(Replication::new(&replication_settings, registry)?);
     let router = Arc::new(PluginRouter {
         notifiers: notifiers.clone(),
         replicators: replicators.clone(),
         replication: replication.clone(),
     });
-    let s = &config.events;
     let events_config = EventsConfig {
         source: s
             .source
             .clone()
-            .unwrap_or_else(|| format!("pier://{}", config.listen)),
+            .unwrap_or_else(|| format!("pier://{listen}")),
         signing_secret: s.secret.clone().map(String::into_bytes),
         endpoint_secrets: s
             .endpoints
@@ -156,7 +158,7 @@ pub async fn start(
         );
     }
     let starting =
-        |e: pier_events::EventsError| ServerError::Config(format!("starting event delivery: {e}"));
+        |e: pier_events::EventsError| DispatchError::Start(format!("starting event delivery: {e}"));
     let (events, leader, journal) = match shared {
         Some(shared) => {
             let events_config = EventsConfig {
@@ -179,9 +181,9 @@ pub async fn start(
             let dir = s.dir.clone();
             let stores = tokio::task::spawn_blocking(move || pier_events::disk::open(dir))
                 .await
-                .map_err(|e| ServerError::Config(format!("opening the event journal: {e}")))?
+                .map_err(|e| DispatchError::Start(format!("opening the event journal: {e}")))?
                 .map_err(|e| {
-                    ServerError::Config(format!("event journal {}: {e}", s.dir.display()))
+                    DispatchError::Start(format!("event journal {}: {e}", s.dir.display()))
                 })?;
             let events = Arc::new(Events::start(stores, router, events_config).map_err(starting)?);
             (events, None, s.dir.display().to_string())
@@ -194,18 +196,18 @@ pub async fn start(
     tracing::info!(
         notifiers = notifiers.len(),
         replicators = replicators.len(),
-        targets = config.replication.targets.len(),
+        targets = replication_settings.targets.len(),
         journal = %journal,
         "events on"
     );
-    Ok(Some(Arc::new(EventsRuntime {
+    Ok(Arc::new(EventsRuntime {
         events,
         replication,
         pulls: s.pulls,
         notifiers,
         replicators,
         leader: tokio::sync::Mutex::new(leader),
-    })))
+    }))
 }
 
 fn plugin_event(e: &Event) -> PluginEvent {
@@ -313,7 +315,7 @@ impl Replication {
     fn new(
         settings: &ReplicationSettings,
         registry: Arc<Registry>,
-    ) -> Result<Replication, ServerError> {
+    ) -> Result<Replication, DispatchError> {
         let mut targets = HashMap::new();
         for t in &settings.targets {
             let client = UpstreamClient::new(UpstreamConfig {
@@ -327,7 +329,7 @@ impl Replication {
                 retries: 2,
                 allow_private: t.allow_private,
             })
-            .map_err(|e| ServerError::Config(format!("replication target {}: {e}", t.name)))?;
+            .map_err(|e| DispatchError::Start(format!("replication target {}: {e}", t.name)))?;
             targets.insert(
                 t.name.clone(),
                 Target {
@@ -342,7 +344,7 @@ impl Replication {
             std::fs::create_dir_all(dir)?;
         }
         let log = JsonlJobLog::open(&settings.job_log).map_err(|e| {
-            ServerError::Config(format!(
+            DispatchError::Start(format!(
                 "replication job log {}: {e}",
                 settings.job_log.display()
             ))
@@ -358,7 +360,7 @@ impl Replication {
     }
 
     /// Starts the workers and queues again the jobs a previous run left unfinished.
-    async fn start(self: &Arc<Self>, events: Weak<Events>) -> Result<(), ServerError> {
+    async fn start(self: &Arc<Self>, events: Weak<Events>) -> Result<(), DispatchError> {
         let _ = self.events.set(events);
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = self.queue.set(tx);
@@ -378,7 +380,7 @@ impl Replication {
             .log
             .list(usize::MAX)
             .await
-            .map_err(|e| ServerError::Config(format!("replication job log: {e}")))?;
+            .map_err(|e| DispatchError::Start(format!("replication job log: {e}")))?;
         for r in unfinished.into_iter().rev() {
             if matches!(
                 r.state,
@@ -821,142 +823,6 @@ impl pier_core::FillObserver for EventsRuntime {
                 tracing::warn!(error = %e, "recording a mirror-fill event failed");
             }
         });
-    }
-}
-
-/// The admin API of events and replication (JSON):
-/// `GET /replication/jobs[?limit=N]`, `GET /replication/jobs/ID`,
-/// `POST /replication/jobs/ID/retry`, `GET /events/deliveries[?status=S&limit=N]`,
-/// `GET /events/deliveries/ID`, `POST /events/deliveries/ID/redeliver`.
-/// `None` when the path is not one of these.
-pub async fn admin(
-    rt: Option<&EventsRuntime>,
-    method: &http::Method,
-    path: &str,
-    query: &str,
-) -> Option<(http::StatusCode, serde_json::Value)> {
-    use http::StatusCode as S;
-    use serde_json::json;
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let known = matches!(parts.first(), Some(&"replication") | Some(&"events"));
-    if !known {
-        return None;
-    }
-    let Some(rt) = rt else {
-        return Some((
-            S::NOT_FOUND,
-            json!({"error": "events and replication are off: configure a notifier or replicator plugin"}),
-        ));
-    };
-    let params = pier_http::query::parse(query);
-    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let limit = param("limit")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100usize)
-        .min(1000);
-    let get = method == http::Method::GET;
-    let post = method == http::Method::POST;
-    let err = |s: S, m: String| Some((s, json!({ "error": m })));
-    match parts.as_slice() {
-        ["replication", "jobs"] if get => match rt.replication.log().list(limit).await {
-            // Without their logs (`GET /api/v1/replication/jobs/ID/log`): a listing stays small.
-            Ok(jobs) => Some((
-                S::OK,
-                json!({ "jobs": jobs.into_iter().map(|mut j| {
-                    j.log.clear();
-                    j
-                }).collect::<Vec<_>>() }),
-            )),
-            Err(e) => err(S::INTERNAL_SERVER_ERROR, e.to_string()),
-        },
-        ["replication", "targets"] if get => Some((
-            S::OK,
-            json!({ "targets": rt.replication.targets().iter().map(|t| json!({
-                "name": t.name, "url": t.url, "bandwidth": t.bandwidth,
-                "authenticated": t.credentials.is_some(),
-            })).collect::<Vec<_>>() }),
-        )),
-        ["replication", "jobs", id] | ["replication", "jobs", id, "retry"] => {
-            let Ok(id) = id.parse::<u64>() else {
-                return err(S::BAD_REQUEST, format!("job id {id:?} is not a number"));
-            };
-            let id = JobId(id);
-            if parts.len() == 4 && post {
-                return match rt.replication.retry(id).await {
-                    Ok(r) => Some((S::ACCEPTED, json!(r))),
-                    Err(e @ ReplicateError::JobNotFound(_)) => err(S::NOT_FOUND, e.to_string()),
-                    Err(e @ ReplicateError::JobNotRetryable { .. }) => {
-                        err(S::CONFLICT, e.to_string())
-                    }
-                    Err(e) => err(S::INTERNAL_SERVER_ERROR, e.to_string()),
-                };
-            }
-            if parts.len() == 3 && get {
-                return match rt.replication.log().get(id).await {
-                    Ok(Some(r)) => Some((S::OK, json!(r))),
-                    Ok(None) => err(S::NOT_FOUND, format!("job {id} not found")),
-                    Err(e) => err(S::INTERNAL_SERVER_ERROR, e.to_string()),
-                };
-            }
-            err(
-                S::METHOD_NOT_ALLOWED,
-                format!("{method} is not allowed on {path}"),
-            )
-        }
-        ["events", "deliveries"] if get => {
-            let status = match param("status") {
-                None => None,
-                Some("pending") => Some(pier_events::DeliveryStatus::Pending),
-                Some("delivered") => Some(pier_events::DeliveryStatus::Delivered),
-                Some("failed") => Some(pier_events::DeliveryStatus::Failed),
-                Some(s) => {
-                    return err(
-                        S::BAD_REQUEST,
-                        format!("status {s:?}: use pending, delivered or failed"),
-                    );
-                }
-            };
-            let filter = pier_events::DeliveryFilter {
-                status,
-                event_id: param("event").and_then(|v| v.parse().ok()),
-                url: None,
-            };
-            let page = pier_events::PageRequest {
-                before: None,
-                limit,
-            };
-            match rt.events.deliveries(&filter, &page).await {
-                Ok(p) => Some((
-                    S::OK,
-                    json!({ "deliveries": p.items.iter().map(|d| d.log_json()).collect::<Vec<_>>() }),
-                )),
-                Err(e) => err(S::INTERNAL_SERVER_ERROR, e.to_string()),
-            }
-        }
-        ["events", "deliveries", id] | ["events", "deliveries", id, "redeliver"] => {
-            let id = match pier_events::DeliveryId::parse(id) {
-                Ok(i) => i,
-                Err(e) => return err(S::BAD_REQUEST, e.to_string()),
-            };
-            if parts.len() == 4 && post {
-                return match rt.events.redeliver(&id).await {
-                    Ok(d) => Some((S::ACCEPTED, d.log_json())),
-                    Err(e) => err(S::NOT_FOUND, e.to_string()),
-                };
-            }
-            if parts.len() == 3 && get {
-                return match rt.events.delivery(&id).await {
-                    Ok(Some(d)) => Some((S::OK, d.log_json())),
-                    Ok(None) => err(S::NOT_FOUND, format!("delivery {path} not found")),
-                    Err(e) => err(S::INTERNAL_SERVER_ERROR, e.to_string()),
-                };
-            }
-            err(
-                S::METHOD_NOT_ALLOWED,
-                format!("{method} is not allowed on {path}"),
-            )
-        }
-        _ => err(S::NOT_FOUND, format!("no admin endpoint {method} {path}")),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The operator console: a single-page app at `/console` on the admin listener.
 //!
-//! Its three files (`gateway/server/console/`: plain HTML, JavaScript and CSS, no build
+//! Its three files (`gateway/admin/console/`: plain HTML, JavaScript and CSS, no build
 //! step) are compiled into the binary. They need no credentials: the page asks for a
 //! username and password and sends them with each call to the admin API. Every path
 //! under `/console/` that is not an asset answers the page itself (routes live in the

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::replication::time_ms;
 use super::{ApiFailure, Caller, json_response};
-use crate::admin::AdminState;
+use crate::router::AdminState;
 
 type Answer = Result<Response<Full<Bytes>>, ApiFailure>;
 
@@ -63,7 +63,7 @@ fn grace(query: &[(String, String)]) -> Result<Duration, ApiFailure> {
             "grace={v:?}: expected a duration like 0s, 30m or 1h"
         )));
     }
-    crate::config::parse_duration(v).map_err(ApiFailure::BadRequest)
+    pier_storage::parse_duration(v).map_err(ApiFailure::BadRequest)
 }
 
 /// `GET /api/v1/gc`: `{running, last}`.

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiFailure, Caller, audit, json_response, no_content};
-use crate::admin::AdminState;
+use crate::router::AdminState;
 
 /// Longest rule name (the plugin's limit).
 const MAX_NAME: usize = 128;

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiFailure, Caller, json_response, parse_json};
-use crate::admin::AdminState;
+use crate::router::AdminState;
 
 type Answer = Result<Response<Full<Bytes>>, ApiFailure>;
 

@@ -1,5 +1,5 @@
 //! The admin REST API (`/api/v1/...` on the admin listener), described by
-//! `docs/openapi.json`, which `GET /api/v1/openapi.json` serves.
+//! `gateway/admin/openapi.json`, which `GET /api/v1/openapi.json` serves.
 //!
 //! Repository names contain `/`, and a component may be any word (`tags`, `manifests`),
 //! so the name ends at the first `/-/` component: a lone `-` is not a valid name
@@ -68,10 +68,10 @@ use hyper::body::Incoming;
 use pier_core::CoreError;
 use serde_json::{Value, json};
 
-use crate::admin::AdminState;
+use crate::router::AdminState;
 
 /// The OpenAPI document, kept in the repository.
-pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
+pub const OPENAPI: &str = include_str!("../../openapi.json");
 
 /// The most items one page may hold.
 pub const MAX_PAGE: usize = 1000;
@@ -480,7 +480,7 @@ pub async fn serve(state: &AdminState, req: Request<Incoming>) -> Response<Full<
         );
         return r;
     }
-    let peer = crate::admin::peer_of(&req);
+    let peer = crate::router::peer_of(&req);
     let (client, actor, subject, credentials) = match &state.access {
         Some(ac) => {
             let client = ac.client(peer, req.headers());
@@ -723,7 +723,7 @@ mod tests {
 
     #[test]
     fn the_document_is_json_with_every_path() {
-        let doc: Value = serde_json::from_str(OPENAPI).expect("docs/openapi.json parses");
+        let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
         assert_eq!(doc["openapi"], "3.0.3");
         for p in [
             "/api/v1/openapi.json",

@@ -7,7 +7,7 @@ use pier_plugin_host::PluginMetrics;
 use serde_json::{Map, Value, json};
 
 use super::{ApiFailure, Caller, json_response};
-use crate::admin::AdminState;
+use crate::router::AdminState;
 
 fn plugin(name: &str, world: &str, digest: String, m: &PluginMetrics) -> Value {
     let errors: Map<String, Value> = m
@@ -37,8 +37,8 @@ fn plugin(name: &str, world: &str, digest: String, m: &PluginMetrics) -> Value {
 /// `GET /api/v1/plugins`: every loaded plugin with its version and counters.
 pub fn plugins(state: &AdminState) -> Response<Full<Bytes>> {
     let mut out = Vec::new();
-    for (entry, p) in &state.plugins.authorizers {
-        out.push(plugin(&entry.name, "authorizer", p.digest(), p.metrics()));
+    for (name, p) in state.plugins.authorizers() {
+        out.push(plugin(&name, "authorizer", p.digest(), p.metrics()));
     }
     if let Some(e) = &state.events {
         for (name, p) in &e.notifiers {

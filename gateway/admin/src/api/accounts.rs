@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiFailure, Caller, audit, json_response};
-use crate::admin::{AccountFiles, AdminState};
+use crate::router::{AccountFiles, AdminState};
 
 type Answer = Result<Response<Full<Bytes>>, ApiFailure>;
 

@@ -9,7 +9,7 @@ use pier_oci::{Descriptor, Digest, Manifest, Reference, RepoName, Tag};
 use serde_json::{Value, json};
 
 use super::{ApiFailure, Caller, json_response, page_params, percent_encode};
-use crate::admin::AdminState;
+use crate::router::AdminState;
 
 type Answer = Result<Response<Full<Bytes>>, ApiFailure>;
 

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::admin::AdminState;
+use crate::router::AdminState;
 
 /// How long samples are kept.
 pub const KEEP: Duration = Duration::from_secs(24 * 3600);
@@ -217,7 +217,7 @@ fn sample(state: &AdminState) -> Sample {
         s.plugin_calls += m.calls();
         s.plugin_seconds += m.call_seconds();
     };
-    for (_, p) in &state.plugins.authorizers {
+    for (_, p) in state.plugins.authorizers() {
         add(p.metrics());
     }
     if let Some(e) = &state.events {
