@@ -28,6 +28,7 @@ use pier_replicate::{
 use pier_upstream::{Credentials, UpstreamClient, UpstreamConfig};
 use tokio::sync::mpsc;
 
+pub mod config;
 mod local;
 mod settings;
 

@@ -9,6 +9,7 @@ pub mod activity;
 pub mod auth;
 pub mod body;
 pub mod client;
+pub mod conn;
 pub mod error;
 pub mod events;
 mod handlers;

@@ -104,11 +104,11 @@ struct FileConfig {
     plugins: Vec<FilePlugin>,
     storage: Option<FileStorage>,
     redis: Option<pier_cluster::RedisConfig>,
-    events: Option<crate::config_events::FileEvents>,
-    replication: Option<crate::config_events::FileReplication>,
+    events: Option<pier_dispatch::config::FileEvents>,
+    replication: Option<pier_dispatch::config::FileReplication>,
 }
 
-/// `[limits]`: bounds on connections (see [`crate::listen::Limits`] for the defaults).
+/// `[limits]`: bounds on connections (see [`pier_http::conn::Limits`] for the defaults).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileLimits {
@@ -126,8 +126,8 @@ struct FileLimits {
 }
 
 impl FileLimits {
-    fn resolve(self, path: &Path) -> Result<crate::listen::Limits, ServerError> {
-        let mut l = crate::listen::Limits::default();
+    fn resolve(self, path: &Path) -> Result<pier_http::conn::Limits, ServerError> {
+        let mut l = pier_http::conn::Limits::default();
         let positive = |d: Option<Duration>, key: &str| -> Result<Option<Duration>, ServerError> {
             match d {
                 Some(d) if d.is_zero() => Err(ServerError::Config(format!(
@@ -646,7 +646,7 @@ pub struct Config {
     /// Peers whose `X-Forwarded-For` names the client (load balancers, ingress).
     pub trusted_proxies: pier_http::TrustedProxies,
     /// Bounds on connections.
-    pub limits: crate::listen::Limits,
+    pub limits: pier_http::conn::Limits,
     /// Access control; `None`: everyone may do everything.
     pub auth: Option<AuthConfig>,
     pub plugins: Vec<PluginEntry>,
@@ -656,8 +656,8 @@ pub struct Config {
     /// Shared state of a scaled-out deployment; `None`: a single node.
     pub redis: Option<pier_cluster::RedisConfig>,
     /// Event journal and webhook delivery (used when a notifier or replicator is loaded).
-    pub events: crate::config_events::EventsSettings,
-    pub replication: crate::config_events::ReplicationSettings,
+    pub events: pier_dispatch::EventsSettings,
+    pub replication: pier_dispatch::ReplicationSettings,
 }
 
 fn file_duration(
@@ -808,8 +808,8 @@ impl Config {
             .into_iter()
             .map(|p| plugin_entry(p, &base, &path))
             .collect::<Result<Vec<_>, _>>()?;
-        let events = crate::config_events::events(file.events, &base, &path, &root)?;
-        let replication = crate::config_events::replication(file.replication, &path, &root)?;
+        let events = pier_dispatch::config::events(file.events, &base, &path, &root)?;
+        let replication = pier_dispatch::config::replication(file.replication, &path, &root)?;
         let auth = match file.auth {
             None if !plugins.iter().any(|p| p.hook == Hook::Authorizer) => None,
             None => Some(AuthConfig::defaults(&root)),

@@ -6,10 +6,8 @@ mod access;
 mod accounts;
 mod cluster;
 mod config;
-mod config_events;
 mod config_source;
 mod error;
-mod listen;
 mod serve;
 mod tls;
 

@@ -20,8 +20,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::error::ServerError;
-use crate::listen::{Gate, Limits};
 use pier_admin::{self as admin, AdminState, Plugins as _};
+use pier_http::conn::{Gate, Limits};
 
 /// How many tags and digests the pull log remembers (about 20 MB at most).
 const PULL_LOG_MAX: usize = 100_000;
@@ -129,7 +129,7 @@ async fn open_storage(
 
 pub async fn run(config: Config) -> Result<(), ServerError> {
     config.check_admin_exposure()?;
-    crate::listen::raise_fd_limit();
+    pier_http::conn::raise_fd_limit();
     // The root holds Pier's own state (keys, plugin cache) whatever the blob backend.
     std::fs::create_dir_all(&config.root)?;
     let shared = match &config.redis {
@@ -287,10 +287,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
         tokio::select! {
-            (stream, peer) = crate::listen::accept(&listener, "registry") => {
+            (stream, peer) = pier_http::conn::accept(&listener, "registry") => {
                 let Some(permit) = gate.admit(peer.ip()) else {
                     if tls.is_none() {
-                        tokio::spawn(crate::listen::refuse_plain(stream));
+                        tokio::spawn(pier_http::conn::refuse_plain(stream));
                     }
                     continue;
                 };
@@ -363,7 +363,7 @@ async fn connection(
         tls: tls.is_some(),
     };
     // Every request counts as activity until its response body is sent or dropped.
-    let activity = crate::listen::Activity::new();
+    let activity = pier_http::conn::Activity::new();
     let tracker = activity.clone();
     let svc = service_fn(move |req| {
         let flight = tracker.begin();
@@ -383,10 +383,10 @@ async fn connection(
     // connection's life, is what the server's shutdown waits for.
     let _watcher = watcher;
     tokio::select! {
-        r = crate::listen::first_bytes(&stream, limits) => r?,
+        r = pier_http::conn::first_bytes(&stream, limits) => r?,
         _ = stop.wait_for(|s| *s) => return Ok(()),
     }
-    let stream = crate::listen::with_send_timeout(stream, limits);
+    let stream = pier_http::conn::with_send_timeout(stream, limits);
     match tls {
         Some(acceptor) => {
             let handshake =
@@ -400,14 +400,14 @@ async fn connection(
             let conn = builder
                 .serve_connection(TokioIo::new(tls_stream), svc)
                 .into_owned();
-            crate::listen::drive(conn, &activity, limits.idle_timeout, &mut stop).await
+            pier_http::conn::drive(conn, &activity, limits.idle_timeout, &mut stop).await
         }
         None => {
             let builder = if h2c { &builders.sniff } else { &builders.h1 };
             let conn = builder
                 .serve_connection(TokioIo::new(stream), svc)
                 .into_owned();
-            crate::listen::drive(conn, &activity, limits.idle_timeout, &mut stop).await
+            pier_http::conn::drive(conn, &activity, limits.idle_timeout, &mut stop).await
         }
     }
 }
@@ -481,18 +481,18 @@ async fn admin_loop(listener: TcpListener, state: Arc<AdminState>, limits: Limit
     // The admin listener stops with the process; connections end on their own or idle.
     let (_never, stop) = tokio::sync::watch::channel(false);
     loop {
-        let (stream, peer) = crate::listen::accept(&listener, "admin").await;
+        let (stream, peer) = pier_http::conn::accept(&listener, "admin").await;
         let Some(permit) = gate.admit(peer.ip()) else {
-            tokio::spawn(crate::listen::refuse_plain(stream));
+            tokio::spawn(pier_http::conn::refuse_plain(stream));
             continue;
         };
         let state = state.clone();
         let builder = builder.clone();
-        let stream = crate::listen::with_send_timeout(stream, &limits);
+        let stream = pier_http::conn::with_send_timeout(stream, &limits);
         let (idle_timeout, mut stop) = (limits.idle_timeout, stop.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let activity = crate::listen::Activity::new();
+            let activity = pier_http::conn::Activity::new();
             let tracker = activity.clone();
             let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(peer);
@@ -509,7 +509,7 @@ async fn admin_loop(listener: TcpListener, state: Arc<AdminState>, limits: Limit
                 }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            let _ = crate::listen::drive(conn, &activity, idle_timeout, &mut stop).await;
+            let _ = pier_http::conn::drive(conn, &activity, idle_timeout, &mut stop).await;
         });
     }
 }

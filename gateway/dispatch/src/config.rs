@@ -6,7 +6,7 @@
 //!                                # they live in Redis instead and this is unused
 //! source = "https://registry.example.com"   # CloudEvents `source` [default: pier://LISTEN]
 //! secret = "s3cret"              # signs deliveries to URLs without their own secret below
-//!                                # (or secret_file); shared: prefer one per endpoint
+//!                                # (or secret_file, as every secret); shared: prefer one per endpoint
 //! attempts = 10                  # deliveries give up after this many tries
 //! backoff = "1s"                 # first retry delay, doubling ...
 //! backoff_max = "5m"             # ... up to this
@@ -40,14 +40,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use pier_dispatch::{EventsSettings, ReplicationSettings, TargetSettings};
+use pier_storage::{parse_duration, parse_size};
 
-use crate::config::{parse_duration, parse_size};
-use crate::error::ServerError;
+use crate::DispatchError as ServerError;
+use crate::{EventsSettings, ReplicationSettings, TargetSettings};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileEvents {
+pub struct FileEvents {
     dir: Option<PathBuf>,
     source: Option<String>,
     secret: Option<String>,
@@ -69,7 +69,7 @@ struct FileEndpoint {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileReplication {
+pub struct FileReplication {
     tick: Option<String>,
     attempts: Option<u32>,
     backoff: Option<String>,
@@ -101,7 +101,7 @@ fn duration(
     match v {
         None => Ok(default),
         Some(s) => parse_duration(&s)
-            .map_err(|e| ServerError::Config(format!("{}: {key}: {e}", path.display()))),
+            .map_err(|e| ServerError::Start(format!("{}: {key}: {e}", path.display()))),
     }
 }
 
@@ -109,7 +109,7 @@ fn relative_to(base: &Path, p: PathBuf) -> PathBuf {
     if p.is_absolute() { p } else { base.join(p) }
 }
 
-pub(crate) fn events(
+pub fn events(
     f: Option<FileEvents>,
     base: &Path,
     path: &Path,
@@ -121,21 +121,21 @@ pub(crate) fn events(
     for (i, e) in f.endpoints.into_iter().enumerate() {
         let at = format!("events.endpoints[{i}]");
         if !(e.url.starts_with("http://") || e.url.starts_with("https://")) {
-            return Err(ServerError::Config(format!(
+            return Err(ServerError::Start(format!(
                 "{}: {at}.url {:?} must start with http:// or https://",
                 path.display(),
                 e.url
             )));
         }
         if endpoints.iter().any(|(u, _)| *u == e.url) {
-            return Err(ServerError::Config(format!(
+            return Err(ServerError::Start(format!(
                 "{}: {at}.url {:?} is listed twice",
                 path.display(),
                 e.url
             )));
         }
         let Some(s) = nonempty_secret(e.secret, &at, path)? else {
-            return Err(ServerError::Config(format!(
+            return Err(ServerError::Start(format!(
                 "{}: {at}: set `secret` or `secret_file`",
                 path.display()
             )));
@@ -171,7 +171,7 @@ fn nonempty_secret(
     path: &Path,
 ) -> Result<Option<String>, ServerError> {
     match s {
-        Some(s) if s.trim().is_empty() => Err(ServerError::Config(format!(
+        Some(s) if s.trim().is_empty() => Err(ServerError::Start(format!(
             "{}: {at}: the secret is empty",
             path.display()
         ))),
@@ -179,13 +179,13 @@ fn nonempty_secret(
     }
 }
 
-pub(crate) fn replication(
+pub fn replication(
     f: Option<FileReplication>,
     path: &Path,
     root: &Path,
 ) -> Result<ReplicationSettings, ServerError> {
     let f = f.unwrap_or_default();
-    let err = |m: String| ServerError::Config(format!("{}: {m}", path.display()));
+    let err = |m: String| ServerError::Start(format!("{}: {m}", path.display()));
     let mut targets = Vec::new();
     for (name, t) in f.targets {
         let url = t.url.trim_end_matches('/').to_owned();
@@ -258,24 +258,23 @@ pub(crate) fn replication(
 mod tests {
     use super::*;
 
-    fn parse_events(toml_text: &str, base: &Path) -> Result<EventsSettings, ServerError> {
-        let mut table: toml::Table =
-            toml::from_str(toml_text).map_err(|e| ServerError::Config(e.to_string()))?;
-        crate::config_source::read_secret_files(&mut table, base).map_err(ServerError::Config)?;
-        let file = FileEvents::deserialize(toml::Value::Table(table))
-            .map_err(|e| ServerError::Config(e.to_string()))?;
-        events(Some(file), base, Path::new("pier.toml"), Path::new("/r"))
+    fn parse_events(toml_text: &str) -> Result<EventsSettings, ServerError> {
+        let file: FileEvents =
+            toml::from_str(toml_text).map_err(|e| ServerError::Start(e.to_string()))?;
+        events(
+            Some(file),
+            Path::new("/etc/pier"),
+            Path::new("pier.toml"),
+            Path::new("/r"),
+        )
     }
 
     #[test]
     fn endpoints_have_their_own_secrets() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("b.secret"), "secret-b\n").unwrap();
         let e = parse_events(
             "secret = \"default\"\n\
              [[endpoints]]\nurl = \"http://a.test/hook\"\nsecret = \"secret-a\"\n\
-             [[endpoints]]\nurl = \"https://b.test/\"\nsecret_file = \"b.secret\"\n",
-            dir.path(),
+             [[endpoints]]\nurl = \"https://b.test/\"\nsecret = \"secret-b\"\n",
         )
         .unwrap();
         assert_eq!(e.secret.as_deref(), Some("default"));
@@ -290,13 +289,11 @@ mod tests {
             "[[endpoints]]\nurl = \"http://a.test/\"\n",
             "[[endpoints]]\nurl = \"http://a.test/\"\nsecret = \"\"\n",
             "[[endpoints]]\nurl = \"ftp://a.test/\"\nsecret = \"x\"\n",
-            "[[endpoints]]\nurl = \"http://a.test/\"\nsecret = \"x\"\nsecret_file = \"b.secret\"\n",
             "[[endpoints]]\nurl = \"http://a.test/\"\nsecret = \"x\"\n\
              [[endpoints]]\nurl = \"http://a.test/\"\nsecret = \"y\"\n",
-            "[[endpoints]]\nurl = \"http://a.test/\"\nsecret_file = \"missing\"\n",
             "[[endpoints]]\nurl = \"http://a.test/\"\nsecret = \"x\"\nheaders = {}\n",
         ] {
-            assert!(parse_events(bad, dir.path()).is_err(), "{bad}");
+            assert!(parse_events(bad).is_err(), "{bad}");
         }
     }
 

@@ -89,7 +89,7 @@ pub struct Gate {
     permits: Arc<Semaphore>,
     max: usize,
     per_address: usize,
-    exempt: pier_http::TrustedProxies,
+    exempt: crate::TrustedProxies,
     by_address: Counts,
     last_warning: Mutex<Option<Instant>>,
 }
@@ -133,7 +133,7 @@ impl Gate {
         listener: &'static str,
         max: usize,
         per_address: usize,
-        exempt: pier_http::TrustedProxies,
+        exempt: crate::TrustedProxies,
     ) -> Gate {
         Gate {
             listener,
