@@ -36,6 +36,8 @@ mod mirror;
 mod mirror_support;
 #[path = "scaleout/projects.rs"]
 mod projects;
+#[path = "scaleout/readiness.rs"]
+mod readiness;
 #[path = "scaleout/redis_down.rs"]
 mod redis_down;
 #[path = "scaleout/sentinel.rs"]

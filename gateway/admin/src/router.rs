@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
@@ -45,7 +44,8 @@ pub struct AdminState {
     pub history: crate::history::History,
     pub metrics: Arc<Metrics>,
     pub mirror: Option<Arc<pier_core::Mirror>>,
-    pub ready: Arc<AtomicBool>,
+    /// Whether this node should get traffic (`/readyz`), shared with the registry listener.
+    pub ready: Arc<pier_http::ready::Readiness>,
     pub plugins: Arc<dyn Plugins>,
     /// When set, POST endpoints need basic credentials of a system administrator.
     pub access: Option<Arc<pier_http::AccessControl>>,
@@ -238,20 +238,14 @@ pub async fn serve(
             text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         "/healthz" => text(StatusCode::OK, plain, "ok\n"),
-        "/readyz" => {
-            // On the blocking pool, with a deadline: stuck file I/O makes the node unready.
-            let storage_ok = tokio::time::timeout(
-                std::time::Duration::from_secs(2),
-                tokio::fs::metadata(&state.root),
-            )
-            .await
-            .is_ok_and(|m| m.is_ok_and(|m| m.is_dir()));
-            if state.ready.load(Ordering::Relaxed) && storage_ok {
-                text(StatusCode::OK, plain, "ready\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, plain, "not ready\n")
-            }
-        }
+        "/readyz" => match state.ready.check().await {
+            Ok(()) => text(StatusCode::OK, plain, "ready\n"),
+            Err(what) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                plain,
+                format!("not ready: {what}\n"),
+            ),
+        },
         _ => text(StatusCode::NOT_FOUND, plain, "not found\n"),
     })
 }

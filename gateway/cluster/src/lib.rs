@@ -106,6 +106,13 @@ impl Shared {
         Ok(shared)
     }
 
+    /// Whether Redis answers (`PING`), within the operation bound.
+    pub async fn ping(&self) -> Result<(), ClusterError> {
+        self.query::<String>("ping", &redis::cmd("PING"))
+            .await
+            .map(drop)
+    }
+
     /// The bound on each operation.
     pub fn op_timeout(&self) -> Duration {
         self.inner.op_timeout

@@ -133,13 +133,15 @@ fn classify(
                 vec![("Content-Range", format!("bytes */{size}"))],
             ),
             CoreError::Body(_) => simple(C::BlobUploadInvalid),
-            CoreError::Storage(_) => simple(C::Unknown),
-            CoreError::Coordination(_) => (
+            // A backend (S3, Redis) that does not answer now may answer a retry.
+            CoreError::Storage(pier_storage::StorageError::Unavailable { .. })
+            | CoreError::Coordination(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 C::Unavailable,
                 none,
                 vec![("Retry-After", "1".to_owned())],
             ),
+            CoreError::Storage(_) => simple(C::Unknown),
             CoreError::Upstream(u) => match u {
                 pier_upstream::UpstreamError::TooManyRequests { retry_after } => (
                     by_code(C::TooManyRequests),

@@ -16,10 +16,11 @@ mod handlers;
 pub mod metrics;
 pub mod query;
 pub mod range;
+pub mod ready;
 pub mod route;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, header};
@@ -44,8 +45,8 @@ pub struct AppState {
     pub events: Option<Arc<dyn events::EventSink>>,
     /// Where manifest pulls are noted (last pull per tag); `None`: nowhere.
     pub pulls: Option<Arc<dyn activity::PullRecorder>>,
-    /// Cleared when the server stops taking work (`/readyz` then answers 503).
-    pub ready: Arc<AtomicBool>,
+    /// Whether this node should get traffic (`/readyz`).
+    pub ready: Arc<ready::Readiness>,
     /// How slow an upload's body may be.
     pub body_pace: body::BodyPace,
     request_ids: AtomicU64,
@@ -66,7 +67,7 @@ impl AppState {
             access: None,
             events: None,
             pulls: None,
-            ready: Arc::new(AtomicBool::new(true)),
+            ready: Arc::new(ready::Readiness::new()),
             body_pace: body::BodyPace::default(),
             request_ids: AtomicU64::new(0),
             id_prefix,
@@ -105,9 +106,8 @@ async fn probe(state: &AppState, req: &Request<Incoming>) -> Option<Response<Res
     }
     let (status, text) = match req.uri().path() {
         "/healthz" => (http::StatusCode::OK, "ok\n"),
-        "/readyz" if state.ready.load(Ordering::Relaxed) && blocking_pool_answers().await => {
-            (http::StatusCode::OK, "ready\n")
-        }
+        // What is wrong is logged and shown on the admin listener, not to the network.
+        "/readyz" if state.ready.check().await.is_ok() => (http::StatusCode::OK, "ready\n"),
         "/readyz" => (http::StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => return None,
     };

@@ -128,13 +128,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn report(err: &ServerError) -> ExitCode {
-    let mut msg = err.to_string();
-    let mut src = std::error::Error::source(err);
-    while let Some(e) = src {
-        msg.push_str(": ");
-        msg.push_str(&e.to_string());
-        src = e.source();
-    }
+    let msg = error::chain(err);
     eprintln!("pier: {msg}");
     ExitCode::FAILURE
 }

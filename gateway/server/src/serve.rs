@@ -3,7 +3,6 @@
 use http_body_util::BodyExt as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -22,6 +21,7 @@ use crate::config::Config;
 use crate::error::ServerError;
 use pier_admin::{self as admin, AdminState, Plugins as _};
 use pier_http::conn::{Gate, Limits};
+use pier_http::ready::{CheckFn, Readiness};
 
 /// How many tags and digests the pull log remembers (about 20 MB at most).
 const PULL_LOG_MAX: usize = 100_000;
@@ -95,14 +95,26 @@ async fn reload_on_sighup(plugins: Arc<crate::access::Plugins>) {
 }
 
 /// The configured storage backend, with its roles for the registry and the mirror.
+/// The storage roles, the mirror's ingest, and the storage's readiness check.
 async fn open_storage(
     config: &Config,
     shared: Option<&pier_cluster::Shared>,
-) -> Result<(Stores, Arc<dyn IngestStore>), ServerError> {
+) -> Result<(Stores, Arc<dyn IngestStore>, CheckFn), ServerError> {
     match &config.storage {
         crate::config::StorageChoice::Fs => {
             let store = Arc::new(FsStore::new(&config.root)?);
-            Ok((Stores::from_backend(store.clone()), store))
+            let root = config.root.clone();
+            let check: CheckFn = Box::new(move || {
+                let root = root.clone();
+                Box::pin(async move {
+                    match tokio::fs::metadata(&root).await {
+                        Ok(m) if m.is_dir() => Ok(()),
+                        Ok(_) => Err(format!("{} is not a directory", root.display())),
+                        Err(e) => Err(format!("{}: {e}", root.display())),
+                    }
+                })
+            });
+            Ok((Stores::from_backend(store.clone()), store, check))
         }
         crate::config::StorageChoice::S3(c) => {
             let mut c = (**c).clone();
@@ -122,7 +134,12 @@ async fn open_storage(
             let store = Arc::new(store);
             store.check().await?;
             tracing::info!(bucket = %c.bucket, prefix = %c.prefix, cache_dir = ?c.cache_dir, "storage: S3");
-            Ok((Stores::from_backend(store.clone()), store))
+            let probe = store.clone();
+            let check: CheckFn = Box::new(move || {
+                let store = probe.clone();
+                Box::pin(async move { store.check().await.map_err(|e| crate::error::chain(&e)) })
+            });
+            Ok((Stores::from_backend(store.clone()), store, check))
         }
     }
 }
@@ -144,7 +161,18 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         }
         None => None,
     };
-    let (stores, ingest) = open_storage(&config, shared.as_ref()).await?;
+    let (stores, ingest, storage_check) = open_storage(&config, shared.as_ref()).await?;
+    let mut readiness = Readiness::new().with_check("storage", storage_check);
+    if let Some(s) = &shared {
+        let s = s.clone();
+        readiness = readiness.with_check(
+            "redis",
+            Box::new(move || {
+                let s = s.clone();
+                Box::pin(async move { s.ping().await.map_err(|e| crate::error::chain(&e)) })
+            }),
+        );
+    }
     let mut registry = Registry::new(stores);
     if let Some(s) = &shared {
         registry = registry.with_change_sink(Arc::new(pier_cluster::adapters::RedisChanges {
@@ -190,6 +218,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let mirror = mirror(&config, registry.clone(), ingest, shared, observer)?;
     let metrics = Arc::new(Metrics::default());
     let mut state = AppState::new(registry.clone(), mirror.clone(), metrics.clone());
+    state.ready = Arc::new(readiness);
     state.body_pace = pier_http::body::BodyPace {
         idle: config.limits.body_idle_timeout,
         min_rate: config.limits.upload_min_rate,
@@ -311,7 +340,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         }
     }
 
-    admin_state.ready.store(false, Ordering::Relaxed);
+    admin_state.ready.stop();
     let _ = stop_tx.send(true);
     drop(listener);
     tracing::info!(timeout = ?config.shutdown_timeout, "no longer accepting; finishing in-flight requests");

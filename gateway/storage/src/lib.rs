@@ -104,6 +104,15 @@ pub enum StorageError {
     },
     #[error("storage task failed")]
     Task(#[source] io::Error),
+    /// The backend could not be reached or asked to slow down (S3: no connection, a
+    /// timeout, 503): the same request may succeed later.
+    #[error("storage backend unavailable: {op} {}", path.display())]
+    Unavailable {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl StorageError {

@@ -94,6 +94,31 @@ fn start_on_free_port(
     unreachable!()
 }
 
+/// s3s-fs serving `<d>/s3` on `port`.
+fn spawn_s3(d: &Path, port: u16, attempt: u32) -> Daemon {
+    Daemon::spawn(
+        "s3s-fs",
+        Command::new(s3s_fs_bin())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(d.join("s3")),
+        &d.join(format!("s3s-fs-{attempt}.log")),
+    )
+}
+
+/// A standalone redis-server on `port`, data in `<d>/redis`, nothing saved.
+fn spawn_redis(d: &Path, port: u16, attempt: u32) -> Daemon {
+    Daemon::spawn(
+        "redis-server",
+        Command::new(require_bin("redis-server"))
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(d.join("redis")),
+        &d.join(format!("redis-{attempt}.log")),
+    )
+}
+
 /// `GET /v2/` answered by a ready registry: 200, or with access control on 401 with a
 /// bearer challenge.
 fn registry_answers(r: &pier_e2e::Response) -> bool {
@@ -461,40 +486,19 @@ impl Cluster {
         fs::create_dir_all(s3_dir.join(BUCKET)).unwrap();
         fs::create_dir_all(d.join("redis")).unwrap();
 
-        let s3s = s3s_fs_bin();
         let (s3, s3_port) = start_on_free_port(
             "s3s-fs",
-            |port, attempt| {
-                Daemon::spawn(
-                    "s3s-fs",
-                    Command::new(&s3s)
-                        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-                        .arg(&s3_dir),
-                    &d.join(format!("s3s-fs-{attempt}.log")),
-                )
-            },
+            |port, attempt| spawn_s3(&d, port, attempt),
             |port| tcp_open(addr(port)),
         );
 
         let sentinel = (sentinels > 0).then(|| SentinelSet::start(&d, sentinels));
-        let redis_bin = require_bin("redis-server");
         let (redis, redis_port) = match &sentinel {
             Some(set) => (None, set.servers[0].0),
             None => {
                 let (redis, port) = start_on_free_port(
                     "redis-server",
-                    |port, attempt| {
-                        Daemon::spawn(
-                            "redis-server",
-                            Command::new(&redis_bin)
-                                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                                .args(["--save", "", "--appendonly", "no"])
-                                .arg("--dir")
-                                .arg(d.join("redis")),
-                            &d.join(format!("redis-{attempt}.log")),
-                        )
-                    },
+                    |port, attempt| spawn_redis(&d, port, attempt),
                     |port| tcp_open(addr(port)),
                 );
                 (Some(redis), port)
@@ -637,6 +641,43 @@ impl Cluster {
         if let Some(mut r) = self.redis.take() {
             r.stop();
         }
+    }
+
+    /// Starts redis-server again on its port (empty: nothing was saved).
+    #[track_caller]
+    pub fn restart_redis(&mut self) {
+        assert!(self.redis.is_none(), "redis-server still runs");
+        let mut r = spawn_redis(self.dir.path(), self.redis_port, 100);
+        assert!(
+            poll(Duration::from_secs(15), || tcp_open(addr(self.redis_port))),
+            "redis-server did not come back on {}\n{}",
+            self.redis_port,
+            r.log()
+        );
+        r.assert_running();
+        self.redis = Some(r);
+    }
+
+    /// Stops the S3 server (SIGTERM, reaped).
+    pub fn stop_s3(&mut self) {
+        if let Some(mut s) = self.s3.take() {
+            s.stop();
+        }
+    }
+
+    /// Starts the S3 server again on its port, over the same data.
+    #[track_caller]
+    pub fn restart_s3(&mut self) {
+        assert!(self.s3.is_none(), "the S3 server still runs");
+        let mut s = spawn_s3(self.dir.path(), self.s3_port, 100);
+        assert!(
+            poll(Duration::from_secs(15), || tcp_open(addr(self.s3_port))),
+            "s3s-fs did not come back on {}\n{}",
+            self.s3_port,
+            s.log()
+        );
+        s.assert_running();
+        self.s3 = Some(s);
     }
 
     /// Sentinel mode: the current master's port, as

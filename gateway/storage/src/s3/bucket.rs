@@ -63,7 +63,9 @@ pub(crate) fn is_not_found<E>(e: &SdkError<E, HttpResponse>) -> bool {
 }
 
 impl Bucket {
-    /// The error for a failed call on `key`: the SDK's whole error chain, flattened.
+    /// The error for a failed call on `key`: the SDK's whole error chain, flattened;
+    /// [`StorageError::Unavailable`] when the bucket could not be reached or asked to slow
+    /// down, so clients get a 503 to retry instead of a 500.
     pub(crate) fn err<E>(
         &self,
         op: &'static str,
@@ -73,10 +75,14 @@ impl Bucket {
     where
         E: std::error::Error + Send + Sync + 'static,
     {
-        StorageError::Io {
-            op,
-            path: PathBuf::from(format!("s3://{}/{key}", self.name)),
-            source: io::Error::other(DisplayErrorContext(e).to_string()),
+        let unavailable = matches!(e, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_))
+            || status(&e) == Some(503);
+        let path = PathBuf::from(format!("s3://{}/{key}", self.name));
+        let source = io::Error::other(DisplayErrorContext(e).to_string());
+        if unavailable {
+            StorageError::Unavailable { op, path, source }
+        } else {
+            StorageError::Io { op, path, source }
         }
     }
 
