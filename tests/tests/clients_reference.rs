@@ -205,7 +205,47 @@ fn pier_serves_what_reference_registry_stored() {
     );
     reg.stop();
 
-    let pier = TestPier::builder().root(&root).start();
+    // Its config.yml as Pier's TOML (`pier config from-distribution`), checked, then served.
+    let out = pier_e2e::pier_command()
+        .args(["config", "from-distribution"])
+        .arg(&reg.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let converted = String::from_utf8(out.stdout).unwrap();
+    let t: toml::Table = toml::from_str(&converted).expect(&converted);
+    assert_eq!(t["root"].as_str(), root.to_str(), "{converted}");
+    assert_eq!(
+        t["listen"].as_str(),
+        Some(reg.host().as_str()),
+        "{converted}"
+    );
+    assert!(
+        converted.contains("log.level"),
+        "named as not converted:\n{converted}"
+    );
+    let toml_path = dir.path().join("pier.toml");
+    std::fs::write(&toml_path, &converted).unwrap();
+    let out = pier_e2e::pier_command()
+        .args(["config", "check"])
+        .arg(&toml_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let pier = TestPier::builder()
+        .root(&root)
+        .arg("--config")
+        .arg(&toml_path)
+        .start();
     check_set(&sk, pier.addr, name, &p);
     assert_registry_has_image(pier.addr, "interop/second", "oci", &p.image);
 

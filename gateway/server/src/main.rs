@@ -7,6 +7,7 @@ mod accounts;
 mod cluster;
 mod config;
 mod config_source;
+mod config_tools;
 mod error;
 mod serve;
 mod tls;
@@ -63,6 +64,9 @@ enum Command {
     /// Robot accounts of a running Pier (through its admin API; `pier robot` edits the file)
     #[command(subcommand)]
     Robots(pier_admin::client_projects::RobotsCommand),
+    /// Check a configuration file, or convert distribution's
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print a shell completion script: `pier completions bash > /etc/bash_completion.d/pier`
     Completions {
         #[arg(value_enum)]
@@ -70,6 +74,16 @@ enum Command {
     },
     /// Print the man page (roff): `pier man | man -l -`
     Man,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate FILE as `pier serve --config FILE` would (PIER_* variables included): parse,
+    /// resolve paths, open the TLS files, compile the plugins; exit 1 with the first error
+    /// and its line
+    Check { file: PathBuf },
+    /// Print CNCF distribution's config.yml as Pier's TOML, naming what has no equivalent
+    FromDistribution { file: PathBuf },
 }
 
 #[derive(Args)]
@@ -226,6 +240,10 @@ fn main() -> ExitCode {
         Command::Robots(c) => runtime
             .block_on(pier_admin::client_projects::robots(c))
             .map_err(ServerError::from),
+        Command::Config(ConfigCommand::Check { file }) => config_tools::check(file),
+        Command::Config(ConfigCommand::FromDistribution { file }) => {
+            config_tools::from_distribution(&file).map(|toml| print!("{toml}"))
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "pier", &mut std::io::stdout());
             Ok(())

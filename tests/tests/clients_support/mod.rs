@@ -1021,6 +1021,8 @@ pub fn oras_python() -> PathBuf {
 pub struct RefRegistry {
     pub addr: SocketAddr,
     pub root: PathBuf,
+    /// Its `config.yml`.
+    pub config: PathBuf,
     pub daemon: Daemon,
     _dir: TempDir,
 }
@@ -1047,6 +1049,7 @@ impl RefRegistry {
                 return RefRegistry {
                     addr,
                     root: root.to_owned(),
+                    config: dir.path().join("config.yml"),
                     daemon,
                     _dir: dir,
                 };

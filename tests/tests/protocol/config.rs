@@ -204,3 +204,71 @@ fn completions_man_page_and_suggestions() {
         "{err}"
     );
 }
+
+/// `pier config check`: 0 and a summary for a good file (keys from `PIER_A__B` variables
+/// and secrets from `<key>_file` included), 1 with `FILE:LINE:` for a bad value, the
+/// parser's line for bad syntax, and the variable's name when a variable is wrong.
+#[test]
+fn config_check_validates_files_variables_and_secret_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |text: &str, env: &[(&str, &str)]| {
+        let file = dir.path().join("pier.toml");
+        std::fs::write(&file, text).unwrap();
+        let mut c = pier_e2e::pier_command();
+        c.args(["config", "check"]).arg(&file);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    std::fs::write(dir.path().join("hub.password"), "s3cret\n").unwrap();
+    let good = "listen = \"127.0.0.1:5999\"\n\n[[upstreams]]\nname = \"hub\"\nurl = \"https://registry-1.docker.io\"\nusername = \"u\"\npassword_file = \"hub.password\"\n";
+    let (code, out, err) = check(good, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("ok") && out.contains("upstream hub = https://registry-1.docker.io"),
+        "{out}"
+    );
+
+    // A variable adds a second upstream and moves the listener.
+    let (code, out, err) = check(
+        good,
+        &[
+            ("PIER_UPSTREAMS__1__URL", "https://ghcr.io"),
+            ("PIER__LISTEN", "127.0.0.1:6001"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("upstream ghcr.io = https://ghcr.io") && out.contains("listen 127.0.0.1:6001"),
+        "{out}"
+    );
+
+    let bad_value = "listen = \"127.0.0.1:5999\"\n\n[[upstreams]]\nurl = \"https://ghcr.io\"\ntag_ttl = \"soon\"\n";
+    let (code, _, err) = check(bad_value, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("pier.toml:5:") && err.contains("tag_ttl"),
+        "{err}"
+    );
+
+    let (code, _, err) = check("listen = \"127.0.0.1:5999\"\n[tls\n", &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+
+    let (code, _, err) = check(good, &[("PIER_UPSTREAMS__0__URL__X", "1")]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("PIER_UPSTREAMS__0__URL__X"), "{err}");
+
+    let (code, _, err) = check(&good.replace("hub.password", "missing.password"), &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("upstreams.0.password_file") && err.contains("missing.password"),
+        "{err}"
+    );
+}
