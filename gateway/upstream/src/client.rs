@@ -3,7 +3,8 @@
 //!
 //! One request goes through three layers:
 //! - [`UpstreamClient::with_retries`] repeats a whole attempt after connection errors,
-//!   timeouts, 5xx and 429 (backoff doubling from 200 ms, `Retry-After` honoured);
+//!   timeouts, 5xx and 429 (backoff with jitter doubling from 200 ms, [`Backoff`];
+//!   `Retry-After` honoured);
 //! - [`UpstreamClient::exchange`] is one attempt: it answers `401` challenges (Bearer
 //!   token from the realm, or Basic) and follows redirects, and hands back a response
 //!   whose status is a success, or the error it maps to;
@@ -43,6 +44,7 @@ use tracing::{debug, warn};
 mod push;
 pub use push::{Mount, UploadSession};
 
+use crate::backoff::Backoff;
 use crate::outbound::{self, Connector, Policy};
 use crate::{
     BlobFetched, ByteStream, Credentials, ManifestFetched, ManifestHead, Upstream, UpstreamConfig,
@@ -82,8 +84,7 @@ pub struct UpstreamClient {
     credentials: Option<Credentials>,
     timeout: Duration,
     retries: u32,
-    backoff_base: Duration,
-    backoff_cap: Duration,
+    backoff: Backoff,
     http: HttpClient,
     auth: AuthState,
 }
@@ -322,17 +323,16 @@ impl UpstreamClient {
             credentials: config.credentials,
             timeout: config.timeout,
             retries: config.retries,
-            backoff_base: Duration::from_millis(200),
-            backoff_cap: Duration::from_secs(5),
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
             http,
             auth: AuthState::default(),
         })
     }
 
-    /// Change the retry backoff: the first wait is `base`, each next one doubles, up to `cap`.
+    /// Change the retry backoff: the first wait is from `base`, each next one doubles, up
+    /// to `cap`, with jitter ([`Backoff`]).
     pub fn with_backoff(mut self, base: Duration, cap: Duration) -> Self {
-        self.backoff_base = base;
-        self.backoff_cap = cap.max(base);
+        self.backoff = Backoff::new(base, cap.max(base));
         self
     }
 
@@ -368,17 +368,10 @@ impl UpstreamClient {
         uri.scheme() == Some(&self.scheme) && uri.authority() == Some(&self.authority)
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX);
-        self.backoff_base
-            .saturating_mul(factor)
-            .min(self.backoff_cap)
-    }
-
     /// The longest `Retry-After` worth waiting for inside one request; beyond it the
     /// error goes back to the caller at once.
     fn max_retry_after(&self) -> Duration {
-        self.backoff_cap.max(self.timeout)
+        self.backoff.cap().max(self.timeout)
     }
 
     /// Run `op` (one attempt) until it succeeds, fails for good, or `retries` run out.
@@ -388,6 +381,7 @@ impl UpstreamClient {
         Fut: Future<Output = Result<T, Failure>>,
     {
         let mut attempt = 0;
+        let mut waits = self.backoff.waits();
         loop {
             let failure = match op(attempt).await {
                 Ok(value) => return Ok(value),
@@ -396,7 +390,7 @@ impl UpstreamClient {
             if attempt >= self.retries || !failure.error.is_retryable() {
                 return Err(failure.error);
             }
-            let mut wait = self.backoff(attempt);
+            let mut wait = waits.next().unwrap_or(self.backoff.cap());
             if let Some(asked) = failure.retry_after {
                 if asked > self.max_retry_after() {
                     warn!(upstream = %self.name, method = %call.method, path = %call.path, attempt,
@@ -1314,7 +1308,7 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_the_cap() {
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
         let config = UpstreamConfig {
             name: "t".into(),
             url: "http://127.0.0.1:1".into(),
@@ -1326,9 +1320,20 @@ mod tests {
         let client = UpstreamClient::with_roots(config, rustls::RootCertStore::empty())
             .unwrap()
             .with_backoff(Duration::from_millis(200), Duration::from_secs(1));
-        let waits: Vec<_> = (0..5).map(|a| client.backoff(a).as_millis()).collect();
-        assert_eq!(waits, [200, 400, 800, 1000, 1000]);
-        assert_eq!(client.backoff(40), Duration::from_secs(1));
+        // Each wait in [d, min(2d, cap)] for d = 200 ms doubling (backon computes in f32
+        // seconds: a microsecond of slack below).
+        let floors = [200, 400, 800, 1000, 1000];
+        for _ in 0..100 {
+            for (wait, floor) in client.backoff.waits().zip(floors) {
+                let floor = Duration::from_millis(floor);
+                assert!(
+                    wait + Duration::from_micros(1) >= floor,
+                    "{wait:?} < {floor:?}"
+                );
+                assert!(wait <= (floor * 2).min(Duration::from_secs(1)), "{wait:?}");
+            }
+        }
+        assert!(client.backoff.wait(40) <= Duration::from_secs(1));
     }
 
     #[test]

@@ -13,9 +13,11 @@ use bytes::Bytes;
 use futures_util::Stream;
 use pier_oci::{Digest, Reference, RepoName};
 
+pub mod backoff;
 pub mod challenge;
 pub mod client;
 pub mod outbound;
+pub use backoff::Backoff;
 pub use client::{Mount, UploadSession, UpstreamClient};
 
 /// A stream of bytes from an upstream.
