@@ -80,6 +80,8 @@ pub enum EventsError {
     Closed,
     #[error("TLS setup for webhooks: {0}")]
     Tls(String),
+    #[error("proxy settings for webhooks")]
+    Proxy(#[source] pier_upstream::proxy::ProxyConfigError),
     /// A storage backend's own failure (for backends other than [`disk`]).
     #[error("event store backend: {context}")]
     Backend {

@@ -10,7 +10,8 @@
 //!   whose status is a success, or the error it maps to;
 //! - [`UpstreamClient::send_one`] is one HTTP exchange bounded by the timeout; its
 //!   connections go through [`outbound::Connector`], which refuses private addresses the
-//!   upstream's answers lead to ([`UpstreamError::Refused`], never retried).
+//!   upstream's answers lead to ([`UpstreamError::Refused`], never retried), or through
+//!   the proxy the environment names ([`crate::proxy`], the same policy checked first).
 //!
 //! A blob body is handed to the caller only once its headers are good, so nothing is
 //! retried after the caller has seen bytes; the body then streams for as long as bytes
@@ -28,7 +29,7 @@ use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use http::header::{
     ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, HeaderName,
-    HeaderValue, LOCATION, RANGE, RETRY_AFTER, USER_AGENT, WWW_AUTHENTICATE,
+    HeaderValue, LOCATION, PROXY_AUTHORIZATION, RANGE, RETRY_AFTER, USER_AGENT, WWW_AUTHENTICATE,
 };
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -46,6 +47,7 @@ pub use push::{Mount, UploadSession};
 
 use crate::backoff::Backoff;
 use crate::outbound::{self, Connector, Policy};
+use crate::proxy::{Proxies, ProxyConnector};
 use crate::{
     BlobFetched, ByteStream, Credentials, ManifestFetched, ManifestHead, Upstream, UpstreamConfig,
     UpstreamError,
@@ -71,7 +73,7 @@ const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-conten
 
 /// Request bodies: empty, a few bytes (manifests) or a streamed upload chunk.
 type ReqBody = UnsyncBoxBody<Bytes, io::Error>;
-type HttpClient = Client<HttpsConnector<Connector>, ReqBody>;
+type HttpClient = Client<HttpsConnector<ProxyConnector<Connector>>, ReqBody>;
 
 /// The real registry client. Cheap to share behind an `Arc`; holds a connection pool and
 /// the token cache for one upstream.
@@ -86,6 +88,7 @@ pub struct UpstreamClient {
     retries: u32,
     backoff: Backoff,
     http: HttpClient,
+    proxies: Arc<Proxies>,
     auth: AuthState,
 }
 
@@ -268,10 +271,22 @@ impl UpstreamClient {
         Self::with_roots(config, roots)
     }
 
-    /// A client that trusts exactly `roots` (a private CA; tests).
+    /// A client that trusts exactly `roots` (a private CA; tests), through the proxies
+    /// the environment names.
     pub fn with_roots(
         config: UpstreamConfig,
         roots: rustls::RootCertStore,
+    ) -> Result<UpstreamClient, UpstreamError> {
+        let proxies = Proxies::from_env()
+            .map_err(|e| UpstreamError::Protocol(format!("proxy settings: {e}")))?;
+        Self::with_roots_and_proxies(config, roots, Arc::new(proxies))
+    }
+
+    /// A client that trusts exactly `roots` and goes through `proxies`.
+    pub fn with_roots_and_proxies(
+        config: UpstreamConfig,
+        roots: rustls::RootCertStore,
+        proxies: Arc<Proxies>,
     ) -> Result<UpstreamClient, UpstreamError> {
         let base: Uri = config.url.parse().map_err(|e| {
             UpstreamError::Protocol(format!("invalid upstream url {:?}: {e}", config.url))
@@ -302,8 +317,12 @@ impl UpstreamClient {
             .with_no_client_auth();
         // Redirects, realms and upload locations are the upstream's to choose; where they
         // may lead is the operator's (see `outbound`).
-        let policy = Policy::new(authority.host(), config.allow_private);
-        let tcp = Connector::new(Arc::new(policy), config.timeout);
+        let policy = Arc::new(Policy::new(authority.host(), config.allow_private));
+        let direct = Connector::new(policy.clone(), config.timeout);
+        // Through a proxy, the same policy is checked on the destination first (the
+        // proxy connects: see `proxy`).
+        let tcp = ProxyConnector::new(direct, proxies.clone(), config.timeout).with_policy(policy);
+        proxies.log(&format!("upstream {}", config.name));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -325,6 +344,7 @@ impl UpstreamClient {
             retries: config.retries,
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
             http,
+            proxies,
             auth: AuthState::default(),
         })
     }
@@ -700,6 +720,10 @@ impl UpstreamClient {
         }
         if let Some(value) = authorization {
             request = request.header(AUTHORIZATION, value);
+        }
+        // A plain-http request through a proxy with credentials: they are the proxy's.
+        if let Some(value) = self.proxies.http_authorization(uri) {
+            request = request.header(PROXY_AUTHORIZATION, value);
         }
         let (body, activity) = payload.take()?;
         let request = request
