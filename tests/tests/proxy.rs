@@ -360,7 +360,7 @@ fn an_https_upstream_is_pulled_through_a_connect_tunnel() {
     let connect = format!("CONNECT {}", up.addr());
     let asked = proxy.requests();
     assert!(
-        asked.iter().any(|r| *r == connect),
+        asked.contains(&connect),
         "tinyproxy was not asked to {connect:?}: {asked:#?}"
     );
     // Only tunnels: no request of Pier's went to the proxy in the clear.
