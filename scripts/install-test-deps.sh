@@ -17,6 +17,8 @@ APT_PACKAGES=(
     redis-server
     # The console test (tests/tests/console.rs): Debian's Chromium driven by playwright-core.
     chromium
+    # The proxy test (tests/tests/proxy.rs): outbound requests through an HTTP proxy.
+    tinyproxy
 )
 # Node and npm for playwright-core: Debian's, unless a node with its npm is there already
 # (NodeSource's nodejs package carries npm and conflicts with Debian's npm package).

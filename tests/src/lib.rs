@@ -844,6 +844,11 @@ pub struct TestCa {
 }
 
 pub fn test_ca(dir: &Path) -> TestCa {
+    test_ca_for(dir, "IP:127.0.0.1,DNS:localhost")
+}
+
+/// [`test_ca`] with a server certificate for `san` (`IP:203.0.113.9,DNS:x.test`).
+pub fn test_ca_for(dir: &Path, san: &str) -> TestCa {
     let run = |args: &[&str]| openssl(dir, args);
     run(&[
         "req",
@@ -872,11 +877,7 @@ pub fn test_ca(dir: &Path) -> TestCa {
         "-out",
         "server.csr",
     ]);
-    fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
+    fs::write(dir.join("server.ext"), format!("subjectAltName={san}\n")).unwrap();
     run(&[
         "x509",
         "-req",

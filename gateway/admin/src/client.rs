@@ -1,12 +1,27 @@
 //! `pier replication ...` and `pier events ...`: the CLI side of the admin API, so
-//! scripts and the API agree. Plain HTTP/1.1 to the admin listener.
+//! scripts and the API agree. HTTP or HTTPS to the admin listener (hyper-util's client),
+//! through the proxies the environment names.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
+use bytes::Bytes;
 use clap::{Args, Subcommand};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, PROXY_AUTHORIZATION};
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use pier_upstream::proxy::{Proxies, ProxyConnector};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::AdminError;
+
+/// Bound on connecting to the admin listener (or to a proxy).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Args)]
 pub struct AdminTarget {
@@ -172,55 +187,42 @@ pub(crate) async fn call_with(
     body: Option<&Value>,
 ) -> Result<Value, AdminError> {
     let err = |m: String| AdminError::Failed(format!("{} {path}: {m}", target.admin));
-    let host = target
-        .admin
-        .strip_prefix("http://")
-        .ok_or_else(|| err("--admin must be an http:// URL".into()))?
-        .trim_end_matches('/');
-    let mut stream = tokio::net::TcpStream::connect(host)
-        .await
-        .map_err(|e| err(e.to_string()))?;
+    let base = target.admin.trim_end_matches('/');
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err(err("--admin must be an http:// or https:// URL".into()));
+    }
+    let uri: Uri = format!("{base}{path}")
+        .parse()
+        .map_err(|e| err(format!("invalid URL: {e}")))?;
+    let method = Method::from_bytes(method.as_bytes()).map_err(|e| err(e.to_string()))?;
     let payload = body.map(Value::to_string).unwrap_or_default();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        payload.len()
-    );
+    let mut req = Request::builder().method(method).uri(uri.clone());
     if body.is_some() {
-        req.push_str("Content-Type: application/json\r\n");
+        req = req.header(CONTENT_TYPE, "application/json");
     }
     if let Some(c) = &target.creds {
         let b = base64::engine::general_purpose::STANDARD.encode(c);
-        req.push_str(&format!("Authorization: Basic {b}\r\n"));
+        let mut value = HeaderValue::try_from(format!("Basic {b}"))
+            .map_err(|_| err("--creds cannot go in a header".into()))?;
+        value.set_sensitive(true);
+        req = req.header(AUTHORIZATION, value);
     }
-    req.push_str("\r\n");
-    req.push_str(&payload);
-    stream
-        .write_all(req.as_bytes())
-        .await
+    let client = http_client().map_err(err)?;
+    if let Some(auth) = client.proxies.http_authorization(&uri) {
+        req = req.header(PROXY_AUTHORIZATION, auth);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(payload)))
         .map_err(|e| err(e.to_string()))?;
-    let mut buf = Vec::new();
-    stream
-        .read_to_end(&mut buf)
+    let response = client.http.request(req).await.map_err(|e| err(chain(&e)))?;
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
         .await
-        .map_err(|e| err(e.to_string()))?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| err("malformed answer".into()))?;
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| err("malformed status line".into()))?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
+        .map_err(|e| err(chain(&e)))?
+        .to_bytes();
+    let body = String::from_utf8_lossy(&bytes).into_owned();
     let value: Value = serde_json::from_str(&body).unwrap_or(Value::String(body.clone()));
     if !(200..300).contains(&status) {
         let msg = value["error"].as_str().map(str::to_owned).unwrap_or(body);
@@ -229,19 +231,53 @@ pub(crate) async fn call_with(
     Ok(value)
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
+/// The HTTP client of one command: hyper-util's, https with the system's trusted roots
+/// (rustls-native-certs), through the proxies the environment names
+/// ([`pier_upstream::proxy`]; a loopback admin listener is always reached directly).
+struct AdminHttp {
+    http: Client<HttpsConnector<ProxyConnector<HttpConnector>>, Full<Bytes>>,
+    proxies: Arc<Proxies>,
+}
+
+fn http_client() -> Result<AdminHttp, String> {
+    let proxies = Arc::new(Proxies::from_env().map_err(|e| format!("proxy settings: {e}"))?);
+    proxies.log("admin client");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = ProxyConnector::new(
+        pier_upstream::proxy::tcp_connector(CONNECT_TIMEOUT),
+        proxies.clone(),
+        CONNECT_TIMEOUT,
+    );
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(tcp);
+    let http = Client::builder(TokioExecutor::new()).build(connector);
+    Ok(AdminHttp { http, proxies })
+}
+
+/// An error and its sources, joined by `: ` (each said once).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let m = e.to_string();
+        if !text.contains(&m) {
+            text.push_str(": ");
+            text.push_str(&m);
         }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
+        source = e.source();
     }
-    out
+    text
 }
 
 pub(crate) fn field(v: &Value, k: &str) -> String {

@@ -8,7 +8,7 @@
 //! secret = "s3cret"              # signs deliveries to URLs without their own secret below
 //!                                # (or secret_file, as every secret); shared: prefer one per endpoint
 //! attempts = 10                  # deliveries give up after this many tries
-//! backoff = "1s"                 # first retry delay, doubling ...
+//! backoff = "1s"                 # first retry delay (jitter adds up to as much), doubling ...
 //! backoff_max = "5m"             # ... up to this
 //! timeout = "10s"                # per delivery request
 //! pulls = false                  # also record manifest pulls (busy registries: keep off)

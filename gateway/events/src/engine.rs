@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pier_upstream::Backoff;
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -100,9 +101,11 @@ pub struct EventsConfig {
     pub endpoint_secrets: Vec<EndpointSecret>,
     /// Attempts per delivery before it is `failed` (at least 1).
     pub max_attempts: u32,
-    /// Wait after the first failed attempt; doubles after each next one...
+    /// Wait after the first failed attempt (jitter adds up to as much again); doubles
+    /// after each next one...
     pub backoff_base: Duration,
-    /// ...up to this (a `Retry-After` in seconds is honoured up to this too).
+    /// ...up to this, jitter included (a `Retry-After` in seconds is honoured up to this
+    /// too).
     pub backoff_cap: Duration,
     /// Bound on one request, connecting included.
     pub request_timeout: Duration,
@@ -353,6 +356,11 @@ impl Drop for Events {
     }
 }
 
+/// The wait after `attempts` failed attempts of one delivery.
+fn delivery_backoff(config: &EventsConfig, attempts: u32) -> Duration {
+    Backoff::new(config.backoff_base, config.backoff_cap).wait(attempts.saturating_sub(1))
+}
+
 impl Inner {
     /// The entries for one event; none if the router fails, panics or times out.
     async fn route(&self, event: &Event, now: Timestamp) -> Vec<Delivery> {
@@ -400,14 +408,11 @@ impl Inner {
             .collect()
     }
 
+    /// The wait after `attempts` failed attempts: exponential with jitter, at most the
+    /// cap ([`Backoff`]; drawn per delivery, so receivers that failed together are not
+    /// retried together).
     fn backoff(&self, attempts: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(attempts.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        self.config
-            .backoff_base
-            .saturating_mul(factor)
-            .min(self.config.backoff_cap)
+        delivery_backoff(&self.config, attempts)
     }
 
     /// After a failed attempt: schedule the next one or give up.
@@ -638,4 +643,35 @@ fn finished(
         }
     };
     in_flight.remove(&task);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_backoff_grows_with_jitter_under_the_cap() {
+        let config = EventsConfig {
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_millis(1000),
+            ..EventsConfig::default()
+        };
+        let ms = Duration::from_millis;
+        // backon computes in f32 seconds: a microsecond of slack.
+        let slack = Duration::from_micros(1);
+        for _ in 0..100 {
+            for (attempts, floor) in (1..=7).zip([100, 200, 400, 800, 1000, 1000, 1000]) {
+                let wait = delivery_backoff(&config, attempts);
+                assert!(wait + slack >= ms(floor), "{attempts}: {wait:?}");
+                assert!(
+                    wait <= (ms(floor) * 2).min(ms(1000)),
+                    "{attempts}: {wait:?}"
+                );
+            }
+            assert!(delivery_backoff(&config, u32::MAX) <= ms(1000));
+        }
+        let a: Vec<Duration> = (1..=4).map(|n| delivery_backoff(&config, n)).collect();
+        let b: Vec<Duration> = (1..=4).map(|n| delivery_backoff(&config, n)).collect();
+        assert_ne!(a, b, "no jitter");
+    }
 }

@@ -17,7 +17,8 @@
 //!    `X-Pier-Attempt` and, with a secret for the URL, `X-Pier-Timestamp` and
 //!    `X-Pier-Signature` ([`signing`]: HMAC-SHA256 over timestamp, event id, delivery id
 //!    and body, with the endpoint's own secret). 2xx is delivered; anything else is
-//!    retried with exponential backoff, then failed.
+//!    retried with exponential backoff and jitter ([`pier_upstream::Backoff`], the policy
+//!    of every outbound client of Pier), then failed.
 //! 4. The outbox is the delivery log ([`Events::deliveries`], [`Events::redeliver`]);
 //!    finished entries are pruned by [`Retention`].
 //!
@@ -29,7 +30,8 @@
 //!   until the earlier one is delivered or failed; other URLs are not held back.
 //! - Routing is sequential, one event at a time, each call bounded by
 //!   [`EventsConfig::router_timeout`]; a slow router delays deliveries, never publishes.
-//! - Redirects are not followed (a 3xx is a failed attempt); no jitter in the backoff.
+//! - Redirects are not followed (a 3xx is a failed attempt).
+//! - `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY` are honoured ([`pier_upstream::proxy`]).
 //!
 //! Storage is two small traits ([`Journal`], [`Outbox`]); [`disk`] implements both.
 //! Stores shared by several instances (Redis, in `pier-cluster`) take
@@ -78,6 +80,8 @@ pub enum EventsError {
     Closed,
     #[error("TLS setup for webhooks: {0}")]
     Tls(String),
+    #[error("proxy settings for webhooks")]
+    Proxy(#[source] pier_upstream::proxy::ProxyConfigError),
     /// A storage backend's own failure (for backends other than [`disk`]).
     #[error("event store backend: {context}")]
     Backend {

@@ -5,13 +5,16 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
+use http::header::{
+    CONTENT_TYPE, HeaderName, HeaderValue, PROXY_AUTHORIZATION, RETRY_AFTER, USER_AGENT,
+};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pier_upstream::proxy::{Proxies, ProxyConnector};
 use tracing::{debug, warn};
 
 use crate::EventsError;
@@ -115,7 +118,10 @@ pub(crate) fn check_url(url: &str) -> Result<Uri, String> {
 }
 
 pub(crate) struct Sender {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<ProxyConnector<HttpConnector>>, Full<Bytes>>,
+    /// From the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`): see
+    /// [`pier_upstream::proxy`].
+    proxies: std::sync::Arc<Proxies>,
     keys: SigningKeys,
     timeout: Duration,
 }
@@ -134,10 +140,10 @@ impl Sender {
             .map_err(|e| EventsError::Tls(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(timeout));
+        let proxies = std::sync::Arc::new(Proxies::from_env().map_err(EventsError::Proxy)?);
+        proxies.log("webhooks");
+        let direct = pier_upstream::proxy::tcp_connector(timeout);
+        let tcp = ProxyConnector::new(direct, proxies.clone(), timeout);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -150,6 +156,7 @@ impl Sender {
             .build(connector);
         Ok(Sender {
             client,
+            proxies,
             keys: SigningKeys::new(default_secret, endpoint_secrets),
             timeout,
         })
@@ -182,6 +189,12 @@ impl Sender {
                 .map_err(|e| format!("invalid value for header {name}: {e}"))?;
             headers.append(name, value);
         }
+        // A plain-http webhook through a proxy with credentials: they are the proxy's
+        // (after the router's headers: a router cannot set this one).
+        if let Some(auth) = self.proxies.http_authorization(req.uri()) {
+            req.headers_mut().insert(PROXY_AUTHORIZATION, auth);
+        }
+        let headers = req.headers_mut();
         if !headers.contains_key(CONTENT_TYPE) {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }

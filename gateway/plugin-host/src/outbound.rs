@@ -1,6 +1,7 @@
 //! The client behind the `http-outbound` capability: hyper-util's pooled client over
 //! rustls (ring, the system's roots), `http://` and `https://`, one per [`Runtime`]
-//! (crate::Runtime) and shared by its plugins.
+//! (crate::Runtime) and shared by its plugins; through the proxies the environment names
+//! (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`: [`pier_upstream::proxy`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pier_upstream::proxy::{Proxies, ProxyConfigError, ProxyConnector};
 
 use crate::bindings::pier::plugin::http_outbound::{HttpError, Request, Response};
 use crate::host::host_allowed;
@@ -31,41 +33,62 @@ const RESERVED: [&str; 7] = [
     "keep-alive",
 ];
 
+/// Bound on connecting to a host (or to a proxy); the whole exchange has the caller's
+/// deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 pub(crate) struct OutboundHttp {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<ProxyConnector<HttpConnector>>, Full<Bytes>>,
+    proxies: Arc<Proxies>,
 }
 
 impl OutboundHttp {
-    /// Trusting the system's roots (rustls-native-certs).
-    pub(crate) fn new() -> OutboundHttp {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for error in &native.errors {
-            tracing::debug!(%error, "skipping unreadable system certificate");
-        }
-        roots.add_parsable_certificates(native.certs);
-        OutboundHttp::with_roots(roots)
+    /// Trusting the system's roots (rustls-native-certs), through the environment's
+    /// proxies.
+    pub(crate) fn from_env() -> Result<OutboundHttp, ProxyConfigError> {
+        let proxies = Arc::new(Proxies::from_env()?);
+        proxies.log("plugins' http-outbound");
+        Ok(OutboundHttp::with_roots_and_proxies(
+            native_roots(),
+            proxies,
+        ))
     }
 
-    /// Trusting exactly `roots` (tests).
+    /// Trusting the system's roots, direct.
+    #[cfg(test)]
+    pub(crate) fn new() -> OutboundHttp {
+        OutboundHttp::with_roots(native_roots())
+    }
+
+    /// Trusting exactly `roots` (tests), direct.
+    #[cfg(test)]
     pub(crate) fn with_roots(roots: rustls::RootCertStore) -> OutboundHttp {
+        OutboundHttp::with_roots_and_proxies(roots, Arc::new(Proxies::none()))
+    }
+
+    fn with_roots_and_proxies(roots: rustls::RootCertStore, proxies: Arc<Proxies>) -> OutboundHttp {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("ring supports the default protocol versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let tcp = ProxyConnector::new(
+            pier_upstream::proxy::tcp_connector(CONNECT_TIMEOUT),
+            proxies.clone(),
+            CONNECT_TIMEOUT,
+        );
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(tcp);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_timer(TokioTimer::new())
             .build(connector);
-        OutboundHttp { client }
+        OutboundHttp { client, proxies }
     }
 
     /// Sends `req` if its host is on `allowed_hosts` (an entry `host` allows the
@@ -77,7 +100,13 @@ impl OutboundHttp {
         req: Request,
         deadline: Duration,
     ) -> Result<Response, HttpError> {
-        let request = build(allowed_hosts, req)?;
+        let mut request = build(allowed_hosts, req)?;
+        // A plain-http request through a proxy with credentials: they are the proxy's.
+        if let Some(auth) = self.proxies.http_authorization(request.uri()) {
+            request
+                .headers_mut()
+                .insert(http::header::PROXY_AUTHORIZATION, auth);
+        }
         let io = async {
             let resp = self
                 .client
@@ -111,6 +140,17 @@ impl OutboundHttp {
             .await
             .map_err(|_| HttpError::Transport("timed out".into()))?
     }
+}
+
+/// The system's trusted roots (rustls-native-certs).
+fn native_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::debug!(%error, "skipping unreadable system certificate");
+    }
+    roots.add_parsable_certificates(native.certs);
+    roots
 }
 
 /// `e` and its sources, `: `-separated (hyper-util's errors say only "client error

@@ -61,7 +61,8 @@ impl Runtime {
             engine,
             linker,
             cache_dir: cache_dir.to_owned(),
-            http: OutboundHttp::new(),
+            http: OutboundHttp::from_env()
+                .map_err(|e| PluginError::Runtime(format!("proxy settings: {e}")))?,
             stop,
         })
     }

@@ -494,6 +494,7 @@ impl Destination for RemoteDestination {
             stale: false,
         };
         let policy = self.options.retry;
+        let mut waits = policy.backoff_policy().waits();
         let mut attempt = 1;
         loop {
             let error = match self.upload_attempt(repo, blob, &mut state).await {
@@ -506,7 +507,7 @@ impl Destination for RemoteDestination {
                 }
                 return Err(error);
             }
-            let wait = policy.backoff(attempt);
+            let wait = waits.next().unwrap_or(policy.cap);
             warn!(destination = %self.name, %repo, digest = %blob.digest, attempt,
                 wait_ms = wait.as_millis() as u64, %error, "blob upload failed; resuming");
             tokio::time::sleep(wait).await;

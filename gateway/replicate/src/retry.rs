@@ -1,8 +1,10 @@
-//! Retrying with exponential backoff.
+//! Retrying with exponential backoff and jitter: [`pier_upstream::Backoff`], the policy
+//! of every outbound client of Pier.
 
 use std::future::Future;
 use std::time::Duration;
 
+use pier_upstream::Backoff;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -11,10 +13,10 @@ use tracing::warn;
 pub struct RetryPolicy {
     /// Attempts in all (the first included); `0` = until success or a permanent error.
     pub max_attempts: u32,
-    /// The first wait; each next one doubles.
+    /// The first wait (jitter adds up to as much again); each next one doubles.
     #[serde(with = "millis")]
     pub base: Duration,
-    /// The longest wait.
+    /// The longest wait, jitter included.
     #[serde(with = "millis")]
     pub cap: Duration,
 }
@@ -30,14 +32,16 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The wait after failed attempt number `attempt` (1-based).
+    /// The backoff: from `base`, doubling, with jitter, at most `cap` (or `base`, if
+    /// the cap is under it).
+    pub fn backoff_policy(&self) -> Backoff {
+        Backoff::new(self.base, self.cap.max(self.base))
+    }
+
+    /// The wait after failed attempt number `attempt` (1-based), drawn alone: in
+    /// `[d, min(2d, cap)]` for `d = base · 2^(attempt-1)` up to the cap.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(attempt.saturating_sub(1).min(20))
-            .unwrap_or(u32::MAX);
-        self.base
-            .saturating_mul(factor)
-            .min(self.cap.max(self.base))
+        self.backoff_policy().wait(attempt.saturating_sub(1))
     }
 
     /// Whether another attempt is allowed after `attempts` failed ones.
@@ -59,6 +63,7 @@ where
     E: std::fmt::Display,
 {
     let mut attempt = 1;
+    let mut waits = policy.backoff_policy().waits();
     loop {
         match op(attempt).await {
             Ok(value) => return (Ok(value), attempt),
@@ -66,7 +71,7 @@ where
                 if !retryable(&error) || !policy.allows(attempt) {
                     return (Err(error), attempt);
                 }
-                let wait = policy.backoff(attempt);
+                let wait = waits.next().unwrap_or(policy.cap);
                 warn!(attempt, wait_ms = wait.as_millis() as u64, %error, "retrying");
                 tokio::time::sleep(wait).await;
                 attempt += 1;
@@ -94,14 +99,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_to_the_cap() {
+    fn backoff_doubles_with_jitter_to_the_cap() {
         let p = RetryPolicy {
             max_attempts: 0,
             base: Duration::from_millis(100),
             cap: Duration::from_millis(500),
         };
-        let waits: Vec<u128> = (1..=5).map(|a| p.backoff(a).as_millis()).collect();
-        assert_eq!(waits, [100, 200, 400, 500, 500]);
+        let ms = Duration::from_millis;
+        for _ in 0..100 {
+            for (attempt, floor) in (1..=6).zip([100, 200, 400, 500, 500, 500]) {
+                let wait = p.backoff(attempt);
+                // backon computes in f32 seconds: a microsecond of slack.
+                assert!(
+                    wait + Duration::from_micros(1) >= ms(floor),
+                    "{attempt}: {wait:?}"
+                );
+                assert!(wait <= (ms(floor) * 2).min(ms(500)), "{attempt}: {wait:?}");
+            }
+        }
+        assert!(p.backoff(u32::MAX) <= ms(500));
+        let a: Vec<Duration> = (1..=4).map(|n| p.backoff(n)).collect();
+        let b: Vec<Duration> = (1..=4).map(|n| p.backoff(n)).collect();
+        assert_ne!(a, b, "no jitter");
         assert!(p.allows(1_000_000));
     }
 

@@ -3,13 +3,15 @@
 //!
 //! One request goes through three layers:
 //! - [`UpstreamClient::with_retries`] repeats a whole attempt after connection errors,
-//!   timeouts, 5xx and 429 (backoff doubling from 200 ms, `Retry-After` honoured);
+//!   timeouts, 5xx and 429 (backoff with jitter doubling from 200 ms, [`Backoff`];
+//!   `Retry-After` honoured);
 //! - [`UpstreamClient::exchange`] is one attempt: it answers `401` challenges (Bearer
 //!   token from the realm, or Basic) and follows redirects, and hands back a response
 //!   whose status is a success, or the error it maps to;
 //! - [`UpstreamClient::send_one`] is one HTTP exchange bounded by the timeout; its
 //!   connections go through [`outbound::Connector`], which refuses private addresses the
-//!   upstream's answers lead to ([`UpstreamError::Refused`], never retried).
+//!   upstream's answers lead to ([`UpstreamError::Refused`], never retried), or through
+//!   the proxy the environment names ([`crate::proxy`], the same policy checked first).
 //!
 //! A blob body is handed to the caller only once its headers are good, so nothing is
 //! retried after the caller has seen bytes; the body then streams for as long as bytes
@@ -27,7 +29,7 @@ use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use http::header::{
     ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, HeaderName,
-    HeaderValue, LOCATION, RANGE, RETRY_AFTER, USER_AGENT, WWW_AUTHENTICATE,
+    HeaderValue, LOCATION, PROXY_AUTHORIZATION, RANGE, RETRY_AFTER, USER_AGENT, WWW_AUTHENTICATE,
 };
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -43,7 +45,9 @@ use tracing::{debug, warn};
 mod push;
 pub use push::{Mount, UploadSession};
 
+use crate::backoff::Backoff;
 use crate::outbound::{self, Connector, Policy};
+use crate::proxy::{Proxies, ProxyConnector};
 use crate::{
     BlobFetched, ByteStream, Credentials, ManifestFetched, ManifestHead, Upstream, UpstreamConfig,
     UpstreamError,
@@ -69,7 +73,7 @@ const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-conten
 
 /// Request bodies: empty, a few bytes (manifests) or a streamed upload chunk.
 type ReqBody = UnsyncBoxBody<Bytes, io::Error>;
-type HttpClient = Client<HttpsConnector<Connector>, ReqBody>;
+type HttpClient = Client<HttpsConnector<ProxyConnector<Connector>>, ReqBody>;
 
 /// The real registry client. Cheap to share behind an `Arc`; holds a connection pool and
 /// the token cache for one upstream.
@@ -82,9 +86,9 @@ pub struct UpstreamClient {
     credentials: Option<Credentials>,
     timeout: Duration,
     retries: u32,
-    backoff_base: Duration,
-    backoff_cap: Duration,
+    backoff: Backoff,
     http: HttpClient,
+    proxies: Arc<Proxies>,
     auth: AuthState,
 }
 
@@ -267,10 +271,22 @@ impl UpstreamClient {
         Self::with_roots(config, roots)
     }
 
-    /// A client that trusts exactly `roots` (a private CA; tests).
+    /// A client that trusts exactly `roots` (a private CA; tests), through the proxies
+    /// the environment names.
     pub fn with_roots(
         config: UpstreamConfig,
         roots: rustls::RootCertStore,
+    ) -> Result<UpstreamClient, UpstreamError> {
+        let proxies = Proxies::from_env()
+            .map_err(|e| UpstreamError::Protocol(format!("proxy settings: {e}")))?;
+        Self::with_roots_and_proxies(config, roots, Arc::new(proxies))
+    }
+
+    /// A client that trusts exactly `roots` and goes through `proxies`.
+    pub fn with_roots_and_proxies(
+        config: UpstreamConfig,
+        roots: rustls::RootCertStore,
+        proxies: Arc<Proxies>,
     ) -> Result<UpstreamClient, UpstreamError> {
         let base: Uri = config.url.parse().map_err(|e| {
             UpstreamError::Protocol(format!("invalid upstream url {:?}: {e}", config.url))
@@ -301,8 +317,12 @@ impl UpstreamClient {
             .with_no_client_auth();
         // Redirects, realms and upload locations are the upstream's to choose; where they
         // may lead is the operator's (see `outbound`).
-        let policy = Policy::new(authority.host(), config.allow_private);
-        let tcp = Connector::new(Arc::new(policy), config.timeout);
+        let policy = Arc::new(Policy::new(authority.host(), config.allow_private));
+        let direct = Connector::new(policy.clone(), config.timeout);
+        // Through a proxy, the same policy is checked on the destination first (the
+        // proxy connects: see `proxy`).
+        let tcp = ProxyConnector::new(direct, proxies.clone(), config.timeout).with_policy(policy);
+        proxies.log(&format!("upstream {}", config.name));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -322,17 +342,17 @@ impl UpstreamClient {
             credentials: config.credentials,
             timeout: config.timeout,
             retries: config.retries,
-            backoff_base: Duration::from_millis(200),
-            backoff_cap: Duration::from_secs(5),
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
             http,
+            proxies,
             auth: AuthState::default(),
         })
     }
 
-    /// Change the retry backoff: the first wait is `base`, each next one doubles, up to `cap`.
+    /// Change the retry backoff: the first wait is from `base`, each next one doubles, up
+    /// to `cap`, with jitter ([`Backoff`]).
     pub fn with_backoff(mut self, base: Duration, cap: Duration) -> Self {
-        self.backoff_base = base;
-        self.backoff_cap = cap.max(base);
+        self.backoff = Backoff::new(base, cap.max(base));
         self
     }
 
@@ -368,17 +388,10 @@ impl UpstreamClient {
         uri.scheme() == Some(&self.scheme) && uri.authority() == Some(&self.authority)
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX);
-        self.backoff_base
-            .saturating_mul(factor)
-            .min(self.backoff_cap)
-    }
-
     /// The longest `Retry-After` worth waiting for inside one request; beyond it the
     /// error goes back to the caller at once.
     fn max_retry_after(&self) -> Duration {
-        self.backoff_cap.max(self.timeout)
+        self.backoff.cap().max(self.timeout)
     }
 
     /// Run `op` (one attempt) until it succeeds, fails for good, or `retries` run out.
@@ -388,6 +401,7 @@ impl UpstreamClient {
         Fut: Future<Output = Result<T, Failure>>,
     {
         let mut attempt = 0;
+        let mut waits = self.backoff.waits();
         loop {
             let failure = match op(attempt).await {
                 Ok(value) => return Ok(value),
@@ -396,7 +410,7 @@ impl UpstreamClient {
             if attempt >= self.retries || !failure.error.is_retryable() {
                 return Err(failure.error);
             }
-            let mut wait = self.backoff(attempt);
+            let mut wait = waits.next().unwrap_or(self.backoff.cap());
             if let Some(asked) = failure.retry_after {
                 if asked > self.max_retry_after() {
                     warn!(upstream = %self.name, method = %call.method, path = %call.path, attempt,
@@ -706,6 +720,10 @@ impl UpstreamClient {
         }
         if let Some(value) = authorization {
             request = request.header(AUTHORIZATION, value);
+        }
+        // A plain-http request through a proxy with credentials: they are the proxy's.
+        if let Some(value) = self.proxies.http_authorization(uri) {
+            request = request.header(PROXY_AUTHORIZATION, value);
         }
         let (body, activity) = payload.take()?;
         let request = request
@@ -1314,7 +1332,7 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_the_cap() {
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
         let config = UpstreamConfig {
             name: "t".into(),
             url: "http://127.0.0.1:1".into(),
@@ -1326,9 +1344,20 @@ mod tests {
         let client = UpstreamClient::with_roots(config, rustls::RootCertStore::empty())
             .unwrap()
             .with_backoff(Duration::from_millis(200), Duration::from_secs(1));
-        let waits: Vec<_> = (0..5).map(|a| client.backoff(a).as_millis()).collect();
-        assert_eq!(waits, [200, 400, 800, 1000, 1000]);
-        assert_eq!(client.backoff(40), Duration::from_secs(1));
+        // Each wait in [d, min(2d, cap)] for d = 200 ms doubling (backon computes in f32
+        // seconds: a microsecond of slack below).
+        let floors = [200, 400, 800, 1000, 1000];
+        for _ in 0..100 {
+            for (wait, floor) in client.backoff.waits().zip(floors) {
+                let floor = Duration::from_millis(floor);
+                assert!(
+                    wait + Duration::from_micros(1) >= floor,
+                    "{wait:?} < {floor:?}"
+                );
+                assert!(wait <= (floor * 2).min(Duration::from_secs(1)), "{wait:?}");
+            }
+        }
+        assert!(client.backoff.wait(40) <= Duration::from_secs(1));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Pier's client for other registries (the upstreams of the mirror, the targets of
 //! replication): Docker token auth, redirects, retries with backoff, streaming; where
-//! redirects and token realms may lead is [`outbound`]'s policy.
+//! redirects and token realms may lead is [`outbound`]'s policy. Also what every outbound
+//! client of Pier shares: the retry policy ([`backoff`]) and the proxies ([`proxy`]).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -13,9 +14,12 @@ use bytes::Bytes;
 use futures_util::Stream;
 use pier_oci::{Digest, Reference, RepoName};
 
+pub mod backoff;
 pub mod challenge;
 pub mod client;
 pub mod outbound;
+pub mod proxy;
+pub use backoff::Backoff;
 pub use client::{Mount, UploadSession, UpstreamClient};
 
 /// A stream of bytes from an upstream.

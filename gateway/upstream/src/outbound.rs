@@ -127,7 +127,8 @@ impl Policy {
         }
     }
 
-    fn is_home(&self, host: &str) -> bool {
+    /// `host` is the configured one.
+    pub fn is_home(&self, host: &str) -> bool {
         normalize(host) == self.home
     }
 

@@ -1030,22 +1030,40 @@ pub struct RefRegistry {
 impl RefRegistry {
     #[track_caller]
     pub fn start(root: &Path) -> RefRegistry {
+        RefRegistry::start_on(root, std::net::Ipv4Addr::LOCALHOST.into(), None)
+    }
+
+    /// [`RefRegistry::start`] on a free port of `ip`, over TLS with `tls` (certificate
+    /// and key PEM files) when given.
+    #[track_caller]
+    pub fn start_on(root: &Path, ip: std::net::IpAddr, tls: Option<(&Path, &Path)>) -> RefRegistry {
         let bin = require_bin("docker-registry");
         let dir = temp_dir("refreg");
+        // A TLS registry is ready when it accepts connections (the probe speaks http).
+        let ready = |addr| {
+            if tls.is_some() {
+                tcp_open(addr)
+            } else {
+                registry_ready(addr)
+            }
+        };
         // free_port() can race with another test: retry when the port was taken.
         for attempt in 1.. {
-            let port = pier_e2e::free_port();
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let port = std::net::TcpListener::bind((ip, 0))
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port");
+            let addr = SocketAddr::new(ip, port);
             let log = dir.path().join(format!("registry-{attempt}.log"));
-            let mut daemon = Self::spawn(&bin, dir.path(), root, addr, &log);
+            let mut daemon = Self::spawn(&bin, dir.path(), root, addr, tls, &log);
             let ok = poll(START_TIMEOUT, || {
-                registry_ready(addr)
+                ready(addr)
                     || daemon
                         .child
                         .as_mut()
                         .is_some_and(|c| c.try_wait().ok().flatten().is_some())
             });
-            if ok && registry_ready(addr) {
+            if ok && ready(addr) {
                 return RefRegistry {
                     addr,
                     root: root.to_owned(),
@@ -1066,15 +1084,30 @@ impl RefRegistry {
         unreachable!()
     }
 
-    fn spawn(bin: &Path, dir: &Path, root: &Path, addr: SocketAddr, log: &Path) -> Daemon {
+    fn spawn(
+        bin: &Path,
+        dir: &Path,
+        root: &Path,
+        addr: SocketAddr,
+        tls: Option<(&Path, &Path)>,
+        log: &Path,
+    ) -> Daemon {
         let config = dir.join("config.yml");
+        let tls = match tls {
+            Some((cert, key)) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         fs::write(
             &config,
             format!(
                 "version: 0.1\n\
                  log:\n  level: info\n  accesslog:\n    disabled: false\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
-                 http:\n  addr: {addr}\n",
+                 http:\n  addr: {addr}\n{tls}",
                 root.display()
             ),
         )
