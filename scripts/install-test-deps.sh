@@ -19,6 +19,8 @@ APT_PACKAGES=(
     chromium
     # The proxy test (tests/tests/proxy.rs): outbound requests through an HTTP proxy.
     tinyproxy
+    # The container image test (tests/container-image.sh): its Debian base, offline of Docker Hub.
+    debootstrap
 )
 # Node and npm for playwright-core: Debian's, unless a node with its npm is there already
 # (NodeSource's nodejs package carries npm and conflicts with Debian's npm package).

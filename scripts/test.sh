@@ -5,6 +5,7 @@
 #   scripts/test.sh ARGS...            same, but `cargo test ARGS...` instead of `cargo test --workspace`
 #                                      (e.g. scripts/test.sh -p pier-e2e --test clients_skopeo)
 #   PIER_SKIP_LINT=1 scripts/test.sh   skip cargo fmt --check and clippy (quick local runs)
+#   tests/container-image.sh           only the container image test (the full suite runs it)
 #
 # The tests start their own servers (pier, dockerd, containerd, docker-registry) on free
 # loopback ports with files in temp dirs, and stop them. Every temp dir of a run lives
@@ -124,6 +125,21 @@ if (($# == 0)); then
     if [[ -z ${PIER_SKIP_LINT:-} ]]; then
         cargo clippy "${PLUGINS_HOST[@]}" --lib --tests -- -D warnings ||
             FAILED+=("cargo clippy (plugins)")
+    fi
+fi
+
+# The container image, built and run (tests/container-image.sh): deploy/container/Dockerfile's
+# runtime-prebuilt target with this build's pier and plugins, on a debootstrapped Debian
+# base, under a dockerd of its own. A script rather than a cargo test: it drives
+# debootstrap, docker, skopeo and curl, nothing of pier_e2e. Only with the full suite.
+if (($# == 0)); then
+    log "container image: tests/container-image.sh"
+    if cargo build -q --release --locked --target wasm32-wasip2 --manifest-path plugins/Cargo.toml \
+        --target-dir "$CARGO_TARGET_DIR/wasm-plugins"; then
+        timeout --kill-after=30 "${PIER_IMAGE_TEST_TIMEOUT:-900}" tests/container-image.sh ||
+            FAILED+=("tests/container-image.sh")
+    else
+        FAILED+=("building the plugins for the container image")
     fi
 fi
 
