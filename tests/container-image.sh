@@ -82,7 +82,9 @@ dump() {
 
 cleanup() {
     local rc=$? c i
-    trap - EXIT INT TERM
+    # A second signal must not cut the cleanup short (a timeout's KILL still does).
+    trap - EXIT
+    trap '' INT TERM
     ((rc != 0)) && dump
     if [[ -n $DOCKERD_PID ]]; then
         for c in "${CONTAINERS[@]}"; do docker rm -f "$c" >/dev/null 2>&1 || true; done
@@ -151,7 +153,8 @@ mkdir -p "$BASE_DIR"
 start_dockerd() {
     local driver=$1 i
     mkdir -p "$WORK/data" "$WORK/exec" "$WORK/config"
-    dockerd --iptables=false --ip6tables=false --bridge=none --storage-driver="$driver" \
+    # TMPDIR: its containerd's stack dumps (written when it is signalled) stay in WORK.
+    TMPDIR="$WORK" dockerd --iptables=false --ip6tables=false --bridge=none --storage-driver="$driver" \
         --data-root "$WORK/data" --exec-root "$WORK/exec" --pidfile "$WORK/docker.pid" \
         -H "unix://$WORK/docker.sock" >"$WORK/dockerd.log" 2>&1 &
     DOCKERD_PID=$!
