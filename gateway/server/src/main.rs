@@ -241,15 +241,13 @@ fn main() -> ExitCode {
             .block_on(pier_admin::client_projects::robots(c))
             .map_err(ServerError::from),
         Command::Config(ConfigCommand::Check { file }) => config_tools::check(file),
-        Command::Config(ConfigCommand::FromDistribution { file }) => {
-            std::fs::read_to_string(&file)
-                .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", file.display())))
-                .and_then(|text| {
-                    pier_migrate::from_distribution(&text)
-                        .map_err(|e| ServerError::Config(format!("{}: {e}", file.display())))
-                })
-                .map(|toml| print!("{toml}"))
-        }
+        Command::Config(ConfigCommand::FromDistribution { file }) => std::fs::read_to_string(&file)
+            .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", file.display())))
+            .and_then(|text| {
+                pier_migrate::from_distribution(&text)
+                    .map_err(|e| ServerError::Config(format!("{}: {e}", file.display())))
+            })
+            .map(|toml| print!("{toml}")),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "pier", &mut std::io::stdout());
             Ok(())
