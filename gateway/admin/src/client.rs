@@ -244,12 +244,7 @@ fn http_client() -> Result<AdminHttp, String> {
     proxies.log("admin client");
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = pier_upstream::tls_client_config(roots).map_err(|e| format!("TLS setup: {e}"))?;
     let tcp = ProxyConnector::new(
         pier_upstream::proxy::tcp_connector(CONNECT_TIMEOUT),
         proxies.clone(),

@@ -134,12 +134,8 @@ impl Sender {
         timeout: Duration,
     ) -> Result<Sender, EventsError> {
         let roots = roots.unwrap_or_else(native_roots);
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| EventsError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls =
+            pier_upstream::tls_client_config(roots).map_err(|e| EventsError::Tls(e.to_string()))?;
         let proxies = std::sync::Arc::new(Proxies::from_env().map_err(EventsError::Proxy)?);
         proxies.log("webhooks");
         let direct = pier_upstream::proxy::tcp_connector(timeout);

@@ -140,12 +140,7 @@ fn client_config(ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfig, Stri
             }
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    pier_upstream::tls_client_config(roots).map_err(|e| format!("TLS setup: {e}"))
 }
 
 #[cfg(test)]

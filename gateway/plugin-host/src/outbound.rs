@@ -68,12 +68,8 @@ impl OutboundHttp {
     }
 
     fn with_roots_and_proxies(roots: rustls::RootCertStore, proxies: Arc<Proxies>) -> OutboundHttp {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = pier_upstream::tls_client_config(roots)
+            .expect("ring supports the default protocol versions");
         let tcp = ProxyConnector::new(
             pier_upstream::proxy::tcp_connector(CONNECT_TIMEOUT),
             proxies.clone(),
@@ -153,18 +149,7 @@ fn native_roots() -> rustls::RootCertStore {
     roots
 }
 
-/// `e` and its sources, `: `-separated (hyper-util's errors say only "client error
-/// (Connect)" themselves).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+use pier_upstream::error_chain as chain;
 
 /// The request to send, or why not: `denied` for a host off the allowlist,
 /// `invalid-url` for a URL, method or header that is not acceptable.

@@ -47,13 +47,4 @@ impl From<pier_admin::AdminError> for ServerError {
 }
 
 /// An error with its sources, on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
-}
+pub use pier_upstream::error_chain as chain;

@@ -309,12 +309,8 @@ impl UpstreamClient {
         }
         let prefix = base.path().trim_end_matches('/').to_owned();
 
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| UpstreamError::Protocol(format!("TLS setup: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = crate::tls_client_config(roots)
+            .map_err(|e| UpstreamError::Protocol(format!("TLS setup: {e}")))?;
         // Redirects, realms and upload locations are the upstream's to choose; where they
         // may lead is the operator's (see `outbound`).
         let policy = Arc::new(Policy::new(authority.host(), config.allow_private));

@@ -20,6 +20,31 @@ pub mod client;
 pub mod outbound;
 pub mod proxy;
 pub use backoff::Backoff;
+
+/// The TLS client configuration every outbound client of Pier uses: ring, TLS 1.2 and 1.3,
+/// `roots`, no client certificate.
+pub fn tls_client_config(
+    roots: rustls::RootCertStore,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// `e` and its sources, `: `-separated, on one line (hyper-util's errors say only "client
+/// error (Connect)" themselves).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
 pub use client::{Mount, UploadSession, UpstreamClient};
 
 /// A stream of bytes from an upstream.
