@@ -19,8 +19,10 @@ pub mod challenge;
 pub mod client;
 pub mod outbound;
 pub mod proxy;
+mod timings;
 pub use backoff::Backoff;
 pub use client::{Mount, UploadSession, UpstreamClient};
+pub use timings::UpstreamTimings;
 
 /// A stream of bytes from an upstream.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;
