@@ -21,6 +21,10 @@ APT_PACKAGES=(
     tinyproxy
     # The container image test (tests/container-image.sh): its Debian base, offline of Docker Hub.
     debootstrap
+    # The metrics test (tests/tests/metrics.rs): `promtool check metrics` and a real
+    # Prometheus scraping the admin listener (the test starts its own; the service the
+    # package would start is kept off by the policy below, and disabled after).
+    prometheus
 )
 # Node and npm for playwright-core: Debian's, unless a node with its npm is there already
 # (NodeSource's nodejs package carries npm and conflicts with Debian's npm package).
@@ -54,6 +58,10 @@ if ((${#missing[@]} > 0)); then
     fi
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+    # prometheus's unit is enabled on install: the metrics test runs its own server.
+    if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
+        $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
 else
     log "Debian packages present"
 fi

@@ -43,6 +43,8 @@ pub struct AdminState {
     /// The dashboard's counters over time.
     pub history: crate::history::History,
     pub metrics: Arc<Metrics>,
+    /// Every series `/metrics` serves (built by the binary: each part registers its own).
+    pub series: Arc<prometheus_client::registry::Registry>,
     pub mirror: Option<Arc<pier_core::Mirror>>,
     /// Whether this node should get traffic (`/readyz`), shared with the registry listener.
     pub ready: Arc<pier_http::ready::Readiness>,
@@ -217,25 +219,16 @@ pub async fn serve(
     }
     Ok(match req.uri().path() {
         "/metrics" => {
-            let mut body = state.metrics.render();
-            if let Some(m) = &state.mirror {
-                body.push_str(&m.render_metrics());
+            use prometheus_client::encoding::prometheus_text;
+            let mut body = String::new();
+            match prometheus_text::encode(&mut body, &state.series) {
+                Ok(()) => text(StatusCode::OK, prometheus_text::CONTENT_TYPE, body),
+                Err(_) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    plain,
+                    "cannot encode the metrics\n",
+                ),
             }
-            for (_, p) in state.plugins.authorizers() {
-                p.metrics().render(&mut body);
-            }
-            if let Some(ac) = &state.access {
-                ac.render_metrics(&mut body);
-            }
-            if let Some(e) = &state.events {
-                for (_, n) in &e.notifiers {
-                    n.metrics().render(&mut body);
-                }
-                for (_, r) in &e.replicators {
-                    r.metrics().render(&mut body);
-                }
-            }
-            text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         "/healthz" => text(StatusCode::OK, plain, "ok\n"),
         "/readyz" => match state.ready.check().await {

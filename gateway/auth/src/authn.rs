@@ -252,26 +252,33 @@ impl Authenticator {
         Ok(subject)
     }
 
-    /// The login counters in the Prometheus text format.
-    pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        self.throttle.render(out);
+    /// The login counters, for the binary's metrics registry (read at scrape time).
+    pub fn encode_metrics(
+        &self,
+        encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        self.throttle.encode_metrics(encoder)?;
         let in_use = self
             .limits
             .password_checks
             .max(1)
             .saturating_sub(self.checks.available_permits());
-        let _ = writeln!(
-            out,
-            "# HELP pier_auth_password_checks_busy_total Logins answered 503 because every \
-             password check slot stayed taken.\n\
-             # TYPE pier_auth_password_checks_busy_total counter\n\
-             pier_auth_password_checks_busy_total {}\n\
-             # HELP pier_auth_password_checks_in_flight Password checks running now.\n\
-             # TYPE pier_auth_password_checks_in_flight gauge\n\
-             pier_auth_password_checks_in_flight {in_use}",
-            self.busy.load(Ordering::Relaxed)
-        );
+        ConstCounter::new(self.busy.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(
+            "pier_auth_password_checks_busy",
+            "Logins answered 503 because every password check slot stayed taken.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstGauge::new(in_use as i64).encode(encoder.encode_descriptor(
+            "pier_auth_password_checks_in_flight",
+            "Password checks running now.",
+            None,
+            MetricType::Gauge,
+        )?)
     }
 
     /// The subject a verified token speaks for (robots are looked up again, so a deleted
@@ -443,6 +450,29 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// The authenticator's series as the binary's registry encodes them.
+    fn metrics_text(a: &Arc<Authenticator>) -> String {
+        struct Series(Arc<Authenticator>);
+        impl std::fmt::Debug for Series {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("Series")
+            }
+        }
+        impl prometheus_client::collector::Collector for Series {
+            fn encode(
+                &self,
+                mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+            ) -> std::fmt::Result {
+                self.0.encode_metrics(&mut encoder)
+            }
+        }
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Series(a.clone())));
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
     fn limited(dir: &Path, limits: LoginLimits) -> Arc<Authenticator> {
         let u = dir.join("users.htpasswd");
         users::add(&u, "bob", "bob-pass").unwrap();
@@ -492,8 +522,7 @@ mod tests {
             .unwrap();
         assert_eq!(s, Some(user("bob")));
         assert_eq!(a.throttle().refused(crate::throttle::Scope::Account), 1);
-        let mut text = String::new();
-        a.render_metrics(&mut text);
+        let text = metrics_text(&a);
         assert!(
             text.contains("pier_auth_login_throttled_total{scope=\"account\"} 1"),
             "{text}"

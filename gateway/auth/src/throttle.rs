@@ -232,29 +232,32 @@ impl LoginThrottle {
         self.accounts.entry_count() + self.addresses.entry_count()
     }
 
-    /// The counters in the Prometheus text format.
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        out.push_str(
-            "# HELP pier_auth_login_throttled_total Logins refused without a password check, \
-             by what was throttled (an account from one address, or an address).\n\
-             # TYPE pier_auth_login_throttled_total counter\n",
-        );
+    /// The login counters, for the binary's metrics registry.
+    pub fn encode_metrics(
+        &self,
+        encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let mut family = encoder.encode_descriptor(
+            "pier_auth_login_throttled",
+            "Logins refused without a password check, by what was throttled (an account \
+             from one address, or an address).",
+            None,
+            MetricType::Counter,
+        )?;
         for scope in [Scope::Account, Scope::Address] {
-            let _ = writeln!(
-                out,
-                "pier_auth_login_throttled_total{{scope=\"{}\"}} {}",
-                scope.as_str(),
-                self.refused(scope)
-            );
+            ConstCounter::new(self.refused(scope))
+                .encode(family.encode_family(&[("scope", scope.as_str())])?)?;
         }
-        let _ = writeln!(
-            out,
-            "# HELP pier_auth_login_failures_total Logins with wrong credentials.\n\
-             # TYPE pier_auth_login_failures_total counter\n\
-             pier_auth_login_failures_total {}",
-            self.failures.load(Ordering::Relaxed)
-        );
+        let failures = ConstCounter::new(self.failures.load(Ordering::Relaxed));
+        failures.encode(encoder.encode_descriptor(
+            "pier_auth_login_failures",
+            "Logins with wrong credentials.",
+            None,
+            MetricType::Counter,
+        )?)
     }
 }
 

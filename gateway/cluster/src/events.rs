@@ -423,6 +423,15 @@ impl Outbox for RedisOutbox {
         json.as_deref().map(parse_entry).transpose()
     }
 
+    async fn pending_count(&self) -> Result<u64, EventsError> {
+        let mut cmd = redis::cmd("ZCARD");
+        cmd.arg(self.key("pending"));
+        self.shared
+            .query("events_pending_count", &cmd)
+            .await
+            .map_err(backend)
+    }
+
     async fn pending(
         &self,
         limit: usize,

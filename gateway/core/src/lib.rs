@@ -9,9 +9,11 @@ pub mod lease;
 pub mod mirror;
 mod page;
 mod registry;
+mod timings;
 
 pub use error::{CoreError, Result};
 pub use lease::{Leases, MemoryLeases};
 pub use mirror::{FillObserver, Mirror, MirrorBlob, MirrorConfig, Place, Target, UpstreamSpec};
 pub use page::{Page, paginate};
 pub use registry::{Change, ChangeSink, ManifestContent, PutManifest, Registry, Stores};
+pub use timings::StorageTimings;

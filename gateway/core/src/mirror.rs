@@ -421,64 +421,12 @@ impl Mirror {
         }
     }
 
-    /// The mirror's counters in the Prometheus text format.
-    pub fn render_metrics(&self) -> String {
-        let c = &self.counters;
-        let rows = [
-            (
-                "pier_mirror_blob_hits_total",
-                "Blob requests served from the cache.",
-                &c.blob_hits,
-            ),
-            (
-                "pier_mirror_blob_misses_total",
-                "Blob fetches started from an upstream.",
-                &c.blob_misses,
-            ),
-            (
-                "pier_mirror_blob_coalesced_total",
-                "Blob requests that joined a fetch in progress.",
-                &c.blob_coalesced,
-            ),
-            (
-                "pier_mirror_manifest_hits_total",
-                "Manifest requests served from the cache.",
-                &c.manifest_hits,
-            ),
-            (
-                "pier_mirror_manifest_misses_total",
-                "Manifests fetched from an upstream.",
-                &c.manifest_misses,
-            ),
-            (
-                "pier_mirror_stale_serves_total",
-                "Cached tags served because the upstream failed.",
-                &c.stale_serves,
-            ),
-            (
-                "pier_mirror_upstream_bytes_total",
-                "Blob bytes received from upstreams.",
-                &c.upstream_bytes,
-            ),
-            (
-                "pier_mirror_cache_bytes_total",
-                "Blob bytes answered from the cache (not fetched from an upstream again).",
-                &c.cache_bytes,
-            ),
-            (
-                "pier_mirror_fill_failures_total",
-                "Upstream fetches that failed or did not verify.",
-                &c.fill_failures,
-            ),
-        ];
-        let mut out = String::new();
-        for (name, help, v) in rows {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                v.load(Ordering::Relaxed)
-            ));
-        }
-        out
+    /// Adds the mirror's counters to `registry` (read from the mirror at scrape time).
+    pub fn register_metrics(
+        self: &Arc<Self>,
+        registry: &mut prometheus_client::registry::Registry,
+    ) {
+        registry.register_collector(Box::new(MirrorSeries(self.clone())));
     }
 
     fn target(&self, upstream: usize, remote: &str) -> Option<Target> {
@@ -1015,7 +963,11 @@ impl Mirror {
             }
         };
         let outcome = match transferred {
-            Ok(()) => ingest.commit().await.map(drop).map_err(|e| e.to_string()),
+            Ok(()) => (self.registry.storage_timings())
+                .time("blob_put", ingest.commit())
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
             Err(e) => {
                 ingest.abort().await;
                 Err(e)
@@ -1084,6 +1036,83 @@ fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> ByteStream {
             }
         },
     ))
+}
+
+/// The mirror's counters as Prometheus series (each named with `_total` once encoded).
+struct MirrorSeries(Arc<Mirror>);
+
+impl std::fmt::Debug for MirrorSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MirrorSeries")
+    }
+}
+
+impl prometheus_client::collector::Collector for MirrorSeries {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let c = &self.0.counters;
+        let rows = [
+            (
+                "pier_mirror_blob_hits",
+                "Blob requests served from the cache.",
+                &c.blob_hits,
+            ),
+            (
+                "pier_mirror_blob_misses",
+                "Blob fetches started from an upstream.",
+                &c.blob_misses,
+            ),
+            (
+                "pier_mirror_blob_coalesced",
+                "Blob requests that joined a fetch in progress.",
+                &c.blob_coalesced,
+            ),
+            (
+                "pier_mirror_manifest_hits",
+                "Manifest requests served from the cache.",
+                &c.manifest_hits,
+            ),
+            (
+                "pier_mirror_manifest_misses",
+                "Manifests fetched from an upstream.",
+                &c.manifest_misses,
+            ),
+            (
+                "pier_mirror_stale_serves",
+                "Cached tags served because the upstream failed.",
+                &c.stale_serves,
+            ),
+            (
+                "pier_mirror_upstream_bytes",
+                "Blob bytes received from upstreams.",
+                &c.upstream_bytes,
+            ),
+            (
+                "pier_mirror_cache_bytes",
+                "Blob bytes answered from the cache (not fetched from an upstream again).",
+                &c.cache_bytes,
+            ),
+            (
+                "pier_mirror_fill_failures",
+                "Upstream fetches that failed or did not verify.",
+                &c.fill_failures,
+            ),
+        ];
+        for (name, help, v) in rows {
+            ConstCounter::new(v.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -169,6 +169,7 @@ pub struct Registry {
     sink: Option<Arc<dyn ChangeSink>>,
     /// Keeps an online garbage collection from removing what a write references.
     gc: crate::gc::GcFence,
+    timings: crate::StorageTimings,
 }
 
 /// Every digest storing `manifest` as `digest` makes it name: itself, its blobs and
@@ -212,6 +213,7 @@ impl Registry {
             tags: ReadCache::new(TAG_TTL),
             sink: None,
             gc: crate::gc::GcFence::default(),
+            timings: crate::StorageTimings::default(),
         }
     }
 
@@ -277,6 +279,16 @@ impl Registry {
         &self.stores
     }
 
+    /// The storage operations' latency histogram (the mirror's fills feed it too).
+    pub fn storage_timings(&self) -> &crate::StorageTimings {
+        &self.timings
+    }
+
+    /// Adds the storage latency histogram to the binary's metrics registry.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.timings.register(registry);
+    }
+
     /// What an online garbage collection of this registry coordinates with.
     pub fn gc_fence(&self) -> &crate::gc::GcFence {
         &self.gc
@@ -289,9 +301,8 @@ impl Registry {
         if !self.blob_linked(repo, digest).await? {
             return Err(CoreError::BlobUnknown(digest.clone()));
         }
-        self.stores
-            .blobs
-            .stat(digest)
+        self.timings
+            .time("blob_stat", self.stores.blobs.stat(digest))
             .await?
             .ok_or_else(|| CoreError::BlobUnknown(digest.clone()))
     }
@@ -305,7 +316,10 @@ impl Registry {
         if !self.blob_linked(repo, digest).await? {
             return Err(CoreError::BlobUnknown(digest.clone()));
         }
-        Ok(self.stores.blobs.read(digest, range).await?)
+        Ok(self
+            .timings
+            .time("blob_get", self.stores.blobs.read(digest, range))
+            .await?)
     }
 
     /// Where a client may fetch the blob itself (a presigned object-store URL), when the
@@ -346,7 +360,8 @@ impl Registry {
         if !self.stores.repos.blob_linked(from, digest).await? {
             return Ok(None);
         }
-        let Some(size) = self.stores.blobs.stat(digest).await? else {
+        let stat = self.stores.blobs.stat(digest);
+        let Some(size) = self.timings.time("blob_stat", stat).await? else {
             return Ok(None);
         };
         self.stores.repos.link_blob(repo, digest).await?;
@@ -364,7 +379,8 @@ impl Registry {
         start: Option<u64>,
         body: ByteStream,
     ) -> Result<UploadStatus> {
-        Ok(self.stores.uploads.append(repo, id, start, body).await?)
+        let append = self.stores.uploads.append(repo, id, start, body);
+        Ok(self.timings.time("upload_append", append).await?)
     }
 
     /// Appends the optional last chunk and commits the upload as `digest`.
@@ -376,11 +392,13 @@ impl Registry {
         last_chunk: Option<(Option<u64>, ByteStream)>,
     ) -> Result<u64> {
         if let Some((start, body)) = last_chunk {
-            self.stores.uploads.append(repo, id, start, body).await?;
+            let append = self.stores.uploads.append(repo, id, start, body);
+            self.timings.time("upload_append", append).await?;
         }
         // Around the commit only: a body streaming in never holds a collection back.
         let _gc = self.gc.enter([digest]).await;
-        Ok(self.stores.uploads.commit(repo, id, digest).await?)
+        let commit = self.stores.uploads.commit(repo, id, digest);
+        Ok(self.timings.time("upload_commit", commit).await?)
     }
 
     /// A whole blob in one request.
@@ -392,12 +410,11 @@ impl Registry {
     ) -> Result<u64> {
         let session = self.stores.uploads.create(repo).await?;
         let res = async {
-            self.stores
-                .uploads
-                .append(repo, &session.id, Some(0), body)
-                .await?;
+            let append = self.stores.uploads.append(repo, &session.id, Some(0), body);
+            self.timings.time("upload_append", append).await?;
             let _gc = self.gc.enter([digest]).await;
-            self.stores.uploads.commit(repo, &session.id, digest).await
+            let commit = self.stores.uploads.commit(repo, &session.id, digest);
+            self.timings.time("upload_commit", commit).await
         }
         .await;
         if res.is_err() {
@@ -431,7 +448,8 @@ impl Registry {
         if let Some(m) = self.manifest_cache.get(digest) {
             return Ok(m);
         }
-        let bytes = match self.stores.blobs.read(digest, None).await {
+        let read = self.stores.blobs.read(digest, None);
+        let bytes = match self.timings.time("manifest_get", read).await {
             Ok(BlobRead::Content {
                 body: BlobBody::Bytes(b),
                 ..
@@ -512,7 +530,11 @@ impl Registry {
             if !self.blob_linked(repo, &d.digest).await? {
                 return Err(CoreError::ManifestBlobUnknown(d.digest.clone()));
             }
-            match self.stores.blobs.stat(&d.digest).await? {
+            match self
+                .timings
+                .time("blob_stat", self.stores.blobs.stat(&d.digest))
+                .await?
+            {
                 None => return Err(CoreError::ManifestBlobUnknown(d.digest.clone())),
                 // A client trusting the descriptor would read past the blob's end or stop
                 // short of it: refuse it where it is written.
@@ -577,8 +599,11 @@ impl Registry {
         manifest: Manifest,
         bytes: Bytes,
     ) -> Result<PutManifest> {
-        self.stores.blobs.put(&digest, bytes).await?;
-        self.stores.manifests.link_manifest(repo, &digest).await?;
+        let put = async {
+            self.stores.blobs.put(&digest, bytes).await?;
+            self.stores.manifests.link_manifest(repo, &digest).await
+        };
+        self.timings.time("manifest_put", put).await?;
         let subject = manifest.subject.map(|s| s.digest);
         if let Some(s) = &subject {
             self.stores.manifests.add_referrer(repo, s, &digest).await?;

@@ -71,6 +71,20 @@ impl EventsRuntime {
         }
     }
 
+    /// Adds the outbox and replication queue gauges and the notifier and replicator
+    /// plugins' series to the binary's metrics registry.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.events.register_metrics(registry);
+        self.replication.register_metrics(registry);
+    }
+
+    /// The metrics of the notifier and replicator plugins.
+    pub fn plugin_metrics(&self) -> Vec<Arc<pier_plugin_host::PluginMetrics>> {
+        let notifiers = self.notifiers.iter().map(|(_, p)| p.metrics().clone());
+        let replicators = self.replicators.iter().map(|(_, p)| p.metrics().clone());
+        notifiers.chain(replicators).collect()
+    }
+
     /// Reloads the notifier and replicator plugins from their files; one line each.
     pub async fn reload_all(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -296,6 +310,8 @@ pub struct Replication {
     /// (or by a restart).
     queue: OnceLock<mpsc::UnboundedSender<(JobId, u32)>>,
     events: OnceLock<Weak<Events>>,
+    /// Jobs in the queue or running (`pier_replication_queue_jobs`).
+    queued: prometheus_client::metrics::gauge::Gauge,
 }
 
 fn now_ms() -> u64 {
@@ -357,6 +373,7 @@ impl Replication {
             log: Arc::new(log),
             queue: OnceLock::new(),
             events: OnceLock::new(),
+            queued: Default::default(),
         })
     }
 
@@ -374,6 +391,7 @@ impl Replication {
                     let next = rx.lock().await.recv().await;
                     let Some((id, tries)) = next else { break };
                     me.run(id, tries).await;
+                    me.queued.dec();
                 }
             });
         }
@@ -400,8 +418,22 @@ impl Replication {
 
     fn submit_after(&self, id: JobId, tries: u32) {
         if let Some(q) = self.queue.get() {
-            let _ = q.send((id, tries));
+            // Counted before a worker can take it (and count it out).
+            self.queued.inc();
+            if q.send((id, tries)).is_err() {
+                self.queued.dec();
+            }
         }
+    }
+
+    /// Adds `pier_replication_queue_jobs` to the binary's metrics registry.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "pier_replication_queue_jobs",
+            "Replication jobs queued or running on this node (a job waiting out a retry's \
+             backoff is not counted)",
+            self.queued.clone(),
+        );
     }
 
     pub fn log(&self) -> &Arc<JsonlJobLog> {

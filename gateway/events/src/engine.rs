@@ -183,6 +183,8 @@ struct Inner {
     dispatch: Notify,
     /// Wakes the scheduler (entries were added or redelivered).
     schedule: Notify,
+    /// Deliveries pending, as the scheduler last counted them.
+    outbox_pending: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// The events subsystem: publish events, and (in background tasks) route them and
@@ -262,11 +264,23 @@ impl Events {
             sender,
             dispatch: Notify::new(),
             schedule: Notify::new(),
+            outbox_pending: Default::default(),
         });
         Ok(Events {
             inner,
             tasks: Vec::new(),
         })
+    }
+
+    /// Adds `pier_webhook_outbox_pending` to the binary's metrics registry: deliveries
+    /// neither delivered nor failed yet, counted at each pass of the delivery scheduler
+    /// (on the node running delivery when scaled out).
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "pier_webhook_outbox_pending",
+            "Webhook deliveries neither delivered nor failed yet",
+            self.inner.outbox_pending.clone(),
+        );
     }
 
     /// Starts the dispatcher and the delivery scheduler for this instance's stores, until
@@ -559,6 +573,12 @@ async fn schedule_loop(inner: Arc<Inner>) {
         }
         let now = Timestamp::now();
         let ordered = inner.config.ordered_per_url;
+        match outbox.pending_count().await {
+            Ok(n) => {
+                inner.outbox_pending.set(n as i64);
+            }
+            Err(e) => warn!(error = %e, "cannot count pending deliveries"),
+        }
         let pending = match outbox.pending(SCHEDULE_WINDOW, ordered).await {
             Ok(p) => p,
             Err(e) => {

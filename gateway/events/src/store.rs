@@ -55,6 +55,9 @@ pub trait Outbox: Send + Sync + 'static {
         oldest_per_url: bool,
     ) -> Result<Vec<PendingDelivery>, EventsError>;
 
+    /// How many entries are pending (neither delivered nor failed yet).
+    async fn pending_count(&self) -> Result<u64, EventsError>;
+
     /// The delivery log, newest key first.
     async fn list(
         &self,

@@ -151,18 +151,12 @@ impl AccessControl {
         self.trusted_proxies.client(peer, headers)
     }
 
-    /// Counters of logins and revocations, in the Prometheus text format.
-    pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        self.authn.render_metrics(out);
-        let _ = writeln!(
-            out,
-            "# HELP pier_auth_revocations_limited_total Token revocations refused by the \
-             per-address rate limit.\n\
-             # TYPE pier_auth_revocations_limited_total counter\n\
-             pier_auth_revocations_limited_total {}",
-            self.revoke_limit.limited()
-        );
+    /// Adds the counters of logins and revocations to `registry` (read at scrape time).
+    pub fn register_metrics(
+        self: &Arc<Self>,
+        registry: &mut prometheus_client::registry::Registry,
+    ) {
+        registry.register_collector(Box::new(AccessMetrics(self.clone())));
     }
 
     /// The configured realm, or one on the request's `Host` when that is a valid host
@@ -786,6 +780,34 @@ fn scope_for(route: &Route, needs: &[(String, Action)]) -> Option<String> {
     let repo = &needs.first()?.0;
     let actions: Vec<&str> = needs.iter().map(|(_, a)| a.as_str()).collect();
     Some(format!("repository:{repo}:{}", actions.join(",")))
+}
+
+/// The access control's series: its counters live in the authenticator and the rate
+/// limit, read when scraped.
+struct AccessMetrics(Arc<AccessControl>);
+
+impl std::fmt::Debug for AccessMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessMetrics")
+    }
+}
+
+impl prometheus_client::collector::Collector for AccessMetrics {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        self.0.authn.encode_metrics(&mut encoder)?;
+        ConstCounter::new(self.0.revoke_limit.limited()).encode(encoder.encode_descriptor(
+            "pier_auth_revocations_limited",
+            "Token revocations refused by the per-address rate limit.",
+            None,
+            MetricType::Counter,
+        )?)
+    }
 }
 
 #[cfg(test)]

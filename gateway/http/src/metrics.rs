@@ -1,19 +1,17 @@
-//! Request metrics in the Prometheus text format.
+//! Request metrics, registered in the binary's one Prometheus registry.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-#[derive(Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
+const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
 
 /// The `method` label: the methods HTTP defines, anything else `other`, so a client can't
 /// grow the series without bound by inventing method names.
@@ -24,14 +22,42 @@ fn method_label(method: &str) -> &'static str {
     KNOWN.into_iter().find(|m| *m == method).unwrap_or("other")
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    method: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
+
 /// Counters shared by every connection.
-#[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
-    durations: Mutex<BTreeMap<&'static str, Histogram>>,
-    bytes_sent: AtomicU64,
-    bytes_received: AtomicU64,
-    in_flight: AtomicI64,
+    requests: Family<RequestLabels, Counter>,
+    durations: HistogramFamily<RouteLabels>,
+    /// Requests answered, summed over every label (the admin API's history reads it).
+    answered: AtomicU64,
+    bytes_sent: Counter,
+    bytes_received: Counter,
+    in_flight: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            requests: Family::default(),
+            durations: Family::new_with_constructor(|| Histogram::new(BUCKETS)),
+            answered: AtomicU64::new(0),
+            bytes_sent: Counter::default(),
+            bytes_received: Counter::default(),
+            in_flight: Gauge::default(),
+        }
+    }
 }
 
 /// Marks a request in flight until dropped.
@@ -39,13 +65,13 @@ pub struct InFlight(Arc<Metrics>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.dec();
     }
 }
 
 impl Metrics {
     pub fn start(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.inc();
         InFlight(self.clone())
     }
 
@@ -58,106 +84,53 @@ impl Metrics {
         received: u64,
         took: Duration,
     ) {
-        *self
-            .requests
-            .lock()
-            .expect("metrics poisoned")
-            .entry((route, method_label(method).to_owned(), status))
-            .or_default() += 1;
-        let secs = took.as_secs_f64();
-        let mut d = self.durations.lock().expect("metrics poisoned");
-        let h = d.entry(route).or_default();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                h.counts[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += secs;
-        self.bytes_sent.fetch_add(sent, Ordering::Relaxed);
-        self.bytes_received.fetch_add(received, Ordering::Relaxed);
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                method: method_label(method),
+                status,
+            })
+            .inc();
+        self.durations
+            .get_or_create(&RouteLabels { route })
+            .observe(took.as_secs_f64());
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        self.bytes_sent.inc_by(sent);
+        self.bytes_received.inc_by(received);
     }
 
     /// Requests answered and response bytes sent since start.
     pub fn totals(&self) -> (u64, u64) {
-        let requests = self
-            .durations
-            .lock()
-            .expect("metrics poisoned")
-            .values()
-            .map(|h| h.count)
-            .sum();
-        (requests, self.bytes_sent.load(Ordering::Relaxed))
+        (self.answered.load(Ordering::Relaxed), self.bytes_sent.get())
     }
 
-    /// The Prometheus exposition text.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        out.push_str(
-            "# HELP pier_http_requests_total Registry requests by route, method and status.\n",
+    /// Adds the request series to `registry` (they share their values with `self`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "pier_http_requests",
+            "Registry requests by route, method and status",
+            self.requests.clone(),
         );
-        out.push_str("# TYPE pier_http_requests_total counter\n");
-        for ((route, method, status), n) in self.requests.lock().expect("metrics poisoned").iter() {
-            let _ = writeln!(
-                out,
-                "pier_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
-            );
-        }
-        out.push_str(
-            "# HELP pier_http_request_duration_seconds Registry request latency by route.\n",
+        registry.register(
+            "pier_http_request_duration_seconds",
+            "Registry request latency by route",
+            self.durations.clone(),
         );
-        out.push_str("# TYPE pier_http_request_duration_seconds histogram\n");
-        for (route, h) in self.durations.lock().expect("metrics poisoned").iter() {
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "pier_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{b}\"}} {}",
-                    h.counts[i]
-                );
-            }
-            let _ = writeln!(
-                out,
-                "pier_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "pier_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "pier_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
-                h.count
-            );
-        }
-        let gauges = [
-            (
-                "pier_http_response_bytes_total",
-                "counter",
-                "Bytes of response bodies sent.",
-                self.bytes_sent.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "pier_http_request_bytes_total",
-                "counter",
-                "Bytes of request bodies announced.",
-                self.bytes_received.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "pier_http_requests_in_flight",
-                "gauge",
-                "Requests being served.",
-                self.in_flight.load(Ordering::Relaxed),
-            ),
-        ];
-        for (name, kind, help, v) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
-        }
-        out
+        registry.register(
+            "pier_http_response_bytes",
+            "Bytes of response bodies sent",
+            self.bytes_sent.clone(),
+        );
+        registry.register(
+            "pier_http_request_bytes",
+            "Bytes of request bodies announced",
+            self.bytes_received.clone(),
+        );
+        registry.register(
+            "pier_http_requests_in_flight",
+            "Requests being served",
+            self.in_flight.clone(),
+        );
     }
 }
 
@@ -170,24 +143,34 @@ mod tests {
         let m = Metrics::default();
         m.record("blob", "GET", 200, 10, 0, Duration::from_millis(2));
         m.record("blob", "GET", 200, 5, 0, Duration::from_millis(2));
-        let text = m.render();
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
         assert!(
             text.contains(
                 "pier_http_requests_total{route=\"blob\",method=\"GET\",status=\"200\"} 2"
             ),
             "{text}"
         );
+        assert!(
+            text.contains("# TYPE pier_http_requests_total counter\n"),
+            "{text}"
+        );
         assert!(text.contains("pier_http_response_bytes_total 15"), "{text}");
         assert!(
             text.contains(
                 "pier_http_request_duration_seconds_bucket{route=\"blob\",le=\"0.005\"} 2"
-            )
+            ),
+            "{text}"
         );
         assert!(
             text.contains(
                 "pier_http_request_duration_seconds_bucket{route=\"blob\",le=\"0.001\"} 0"
-            )
+            ),
+            "{text}"
         );
+        assert_eq!(m.totals(), (2, 15));
     }
 }
 

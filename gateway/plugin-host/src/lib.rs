@@ -89,7 +89,7 @@ pub use events::{
 pub use hook::Announcer;
 pub use host::Grants;
 pub use kv::{KvFault, KvPlace, KvStore};
-pub use metrics::PluginMetrics;
+pub use metrics::{PluginMetrics, PluginSeries};
 pub use plugin::{Plugin, PluginSettings};
 pub use rules::{Rule, RuleError, RuleSource, RuleStore, RuleTrigger};
 pub use runtime::Runtime;

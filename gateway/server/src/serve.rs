@@ -215,8 +215,25 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let shared_pulls = shared
         .clone()
         .map(|s| Arc::new(crate::cluster::RedisPulls { shared: s }));
-    let mirror = mirror(&config, registry.clone(), ingest, shared, observer)?;
+    let upstream_timings = pier_upstream::UpstreamTimings::default();
+    let mirror = mirror(
+        &config,
+        registry.clone(),
+        ingest,
+        shared,
+        observer,
+        &upstream_timings,
+    )?;
     let metrics = Arc::new(Metrics::default());
+    let series = Arc::new(metrics_registry(MetricsParts {
+        metrics: &metrics,
+        registry: &registry,
+        upstreams: &upstream_timings,
+        mirror: mirror.as_ref(),
+        access: access.as_ref(),
+        plugins: &plugins,
+        events: events.as_ref(),
+    }));
     let mut state = AppState::new(registry.clone(), mirror.clone(), metrics.clone());
     state.ready = Arc::new(readiness);
     state.body_pace = pier_http::body::BodyPace {
@@ -260,6 +277,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             lock: tokio::sync::Mutex::new(()),
         }),
         metrics,
+        series,
         mirror,
         ready: state.ready.clone(),
         plugins: plugins.clone(),
@@ -441,6 +459,62 @@ async fn connection(
     }
 }
 
+/// What registers series in the one metrics registry `/metrics` serves.
+struct MetricsParts<'a> {
+    metrics: &'a Arc<Metrics>,
+    registry: &'a Arc<Registry>,
+    upstreams: &'a pier_upstream::UpstreamTimings,
+    mirror: Option<&'a Arc<Mirror>>,
+    access: Option<&'a Arc<pier_http::AccessControl>>,
+    plugins: &'a crate::access::Plugins,
+    events: Option<&'a Arc<pier_dispatch::EventsRuntime>>,
+}
+
+/// The one metrics registry: every part registers its own series (with HELP and TYPE),
+/// plus the process and the build.
+fn metrics_registry(p: MetricsParts<'_>) -> prometheus_client::registry::Registry {
+    use prometheus_client::metrics::{family::Family, gauge::Gauge};
+    let mut series = prometheus_client::registry::Registry::default();
+    let build = Family::<[(&'static str, &'static str); 2], Gauge>::default();
+    build
+        .get_or_create(&[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("commit", env!("PIER_COMMIT")),
+        ])
+        .set(1);
+    series.register(
+        "pier_build_info",
+        "Pier's version and the commit it was built from (always 1)",
+        build,
+    );
+    series.register_collector(Box::new(pier_admin::process::ProcessCollector));
+    p.metrics.register(&mut series);
+    p.registry.register_metrics(&mut series);
+    p.upstreams.register(&mut series);
+    if let Some(m) = p.mirror {
+        m.register_metrics(&mut series);
+    }
+    if let Some(a) = p.access {
+        a.register_metrics(&mut series);
+    }
+    // Every plugin's series in one set of families; a plugin's counters survive its
+    // reloads, so the list taken now stays right.
+    let mut plugins: Vec<_> = p
+        .plugins
+        .authorizers
+        .iter()
+        .map(|(_, a)| a.metrics().clone())
+        .collect();
+    if let Some(e) = p.events {
+        e.register_metrics(&mut series);
+        plugins.extend(e.plugin_metrics());
+    }
+    series.register_collector(Box::new(pier_plugin_host::PluginSeries(move || {
+        plugins.clone()
+    })));
+    series
+}
+
 /// The pull-through mirror, when upstreams are configured.
 fn mirror(
     config: &Config,
@@ -448,6 +522,7 @@ fn mirror(
     ingest: Arc<dyn IngestStore>,
     shared: Option<pier_cluster::Shared>,
     observer: Option<Arc<dyn pier_core::FillObserver>>,
+    timings: &pier_upstream::UpstreamTimings,
 ) -> Result<Option<Arc<Mirror>>, ServerError> {
     if config.upstreams.is_empty() {
         return Ok(None);
@@ -465,7 +540,8 @@ fn mirror(
             retries: 3,
             allow_private: u.allow_private,
         })
-        .map_err(|e| ServerError::Config(format!("upstream {}: {e}", u.url)))?;
+        .map_err(|e| ServerError::Config(format!("upstream {}: {e}", u.url)))?
+        .with_timings(timings.clone());
         tracing::info!(name = %u.name, url = %u.url, namespace = %u.namespace, tag_ttl = ?u.tag_ttl, "mirroring upstream");
         upstreams.push(UpstreamSpec {
             name: u.name.clone(),

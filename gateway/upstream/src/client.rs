@@ -90,6 +90,7 @@ pub struct UpstreamClient {
     http: HttpClient,
     proxies: Arc<Proxies>,
     auth: AuthState,
+    timings: Option<crate::UpstreamTimings>,
 }
 
 impl fmt::Debug for UpstreamClient {
@@ -271,6 +272,12 @@ impl UpstreamClient {
         Self::with_roots(config, roots)
     }
 
+    /// Records each exchange's latency in `timings`, labelled with this upstream's name.
+    pub fn with_timings(mut self, timings: crate::UpstreamTimings) -> UpstreamClient {
+        self.timings = Some(timings);
+        self
+    }
+
     /// A client that trusts exactly `roots` (a private CA; tests), through the proxies
     /// the environment names.
     pub fn with_roots(
@@ -342,6 +349,7 @@ impl UpstreamClient {
             http,
             proxies,
             auth: AuthState::default(),
+            timings: None,
         })
     }
 
@@ -744,6 +752,9 @@ impl UpstreamClient {
                 break Ok(result);
             }
         };
+        if let Some(t) = &self.timings {
+            t.observe(&self.name, started.elapsed());
+        }
         match outcome {
             Err(()) => {
                 debug!(upstream = %self.name, method = %method, host = uri_host(uri), path = uri.path(),

@@ -19,6 +19,7 @@ pub mod challenge;
 pub mod client;
 pub mod outbound;
 pub mod proxy;
+mod timings;
 pub use backoff::Backoff;
 
 /// The TLS client configuration every outbound client of Pier uses: ring, TLS 1.2 and 1.3,
@@ -46,6 +47,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 pub use client::{Mount, UploadSession, UpstreamClient};
+pub use timings::UpstreamTimings;
 
 /// A stream of bytes from an upstream.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;

@@ -244,6 +244,10 @@ impl Outbox for DiskOutbox {
         Ok(self.state().cursor)
     }
 
+    async fn pending_count(&self) -> Result<u64, EventsError> {
+        Ok(self.state().pending.len() as u64)
+    }
+
     async fn commit_routed(
         &self,
         through: u64,
