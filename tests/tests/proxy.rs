@@ -159,15 +159,7 @@ struct Image {
 #[track_caller]
 fn push_blob(addr: SocketAddr, repo: &str, data: &[u8]) -> String {
     let digest = sha256_digest(data);
-    let r = http::request(
-        addr,
-        "POST",
-        &format!("/v2/{repo}/blobs/uploads/"),
-        &[],
-        b"",
-    );
-    r.expect_status(202, "upstream: start an upload");
-    let loc = pier_e2e::location_path(&r);
+    let loc = pier_e2e::start_upload(addr, repo);
     let r = http::request(
         addr,
         "PUT",
