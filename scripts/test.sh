@@ -91,16 +91,20 @@ if [[ -z ${PIER_SKIP_LINT:-} ]]; then
 fi
 
 # --- build ------------------------------------------------------------------------------
-log "cargo build -p pier-server --bin pier"
-if ! cargo build -p pier-server --bin pier; then
+# The test binary has the crash tests' fail points compiled in (the `failpoints` feature;
+# inert unless FAILPOINTS is set). Release builds never have them. The same features for
+# build, clippy and test, so cargo builds each crate once.
+FEATURES=(--features pier-server/failpoints)
+log "cargo build -p pier-server --bin pier ${FEATURES[*]}"
+if ! cargo build -p pier-server --bin pier "${FEATURES[@]}"; then
     echo "test.sh: building pier failed" >&2
     exit 1
 fi
 
 # --- lint -------------------------------------------------------------------------------
 if [[ -z ${PIER_SKIP_LINT:-} ]]; then
-    log "cargo clippy --workspace --all-targets -- -D warnings"
-    cargo clippy --workspace --all-targets -- -D warnings || FAILED+=("cargo clippy")
+    log "cargo clippy --workspace --all-targets ${FEATURES[*]} -- -D warnings"
+    cargo clippy --workspace --all-targets "${FEATURES[@]}" -- -D warnings || FAILED+=("cargo clippy")
 fi
 
 # --- tests ------------------------------------------------------------------------------
@@ -108,7 +112,7 @@ fi
 if (($# > 0)); then
     TEST_ARGS=(--no-fail-fast "$@")
 else
-    TEST_ARGS=(--no-fail-fast --workspace)
+    TEST_ARGS=(--no-fail-fast --workspace "${FEATURES[@]}")
 fi
 log "cargo test ${TEST_ARGS[*]}"
 # A hung test must not eat CI's whole budget: the suite gets PIER_TEST_TIMEOUT seconds.

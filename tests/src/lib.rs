@@ -647,6 +647,28 @@ impl TestPier {
         }
     }
 
+    /// Drops an environment variable from later starts ([`TestPier::start_again`]), e.g. the
+    /// `FAILPOINTS` a crash test started the first process with.
+    pub fn remove_env(&mut self, k: &str) {
+        self.envs.retain(|(name, _)| name != k);
+    }
+
+    /// Waits (up to `timeout`) for the process to die on its own, as at a fail point that
+    /// aborts it; panics with the log tail when it is still running.
+    #[track_caller]
+    pub fn expect_crash(&mut self, timeout: Duration) -> ExitStatus {
+        match self.wait_exit(timeout) {
+            Some(st) => st,
+            None => {
+                let log = tail(&self.log_path, 30);
+                self.kill9();
+                panic!(
+                    "pier did not stop at its fail point within {timeout:?}\n--- log tail:\n{log}"
+                );
+            }
+        }
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn term(&self) {
         let pid = self.pid();

@@ -342,71 +342,73 @@ fn kill9_mid_monolithic_push_then_a_fresh_push_succeeds() {
     assert_blob_store_consistent(&pier.root);
 }
 
-/// SIGKILL right after the closing `PUT ?digest=` of a 200 MiB upload: whatever moment
-/// the kill hits, the blob is afterwards either complete and correct or absent (never
-/// partial), a 201 that reached the client is durable, and an absent blob can still be
-/// pushed (by finishing the session, or afresh).
-#[test]
-fn kill9_during_the_closing_put_is_all_or_nothing() {
-    let mut pier = TestPier::start();
-    let generator = Generator::new(
-        u64::from_le_bytes(unique_bytes(8).try_into().unwrap()),
-        SIZE,
-    );
-    let digest = generator.digest();
-    let repo = "crash/commit";
-    let blob = format!("/v2/{repo}/blobs/{digest}");
-
+/// A chunked upload of the whole generator into `repo`, not yet closed: the session's path.
+fn upload_every_chunk(pier: &TestPier, repo: &str, generator: &Generator) -> String {
     let mut loc = pier_e2e::start_upload(pier.addr, repo);
     let mut off = 0;
     while off < SIZE {
         let end = (off + CHUNK).min(SIZE);
-        let r = patch(pier.addr, &loc, &generator, off, end);
+        let r = patch(pier.addr, &loc, generator, off, end);
         r.expect_status(202, &format!("PATCH {off}-{}", end - 1));
         loc = location_path(&r);
         off = end;
     }
-    let put = with_query(&loc, &format!("digest={digest}"));
-    let open = Streaming::open(pier.addr, "PUT", &put, &[], 0).expect("send PUT ?digest=");
-    thread::sleep(Duration::from_millis(20));
-    pier.kill9();
-    let answered = open.response().ok().map(|r| r.status);
-    eprintln!("closing PUT answered before the kill: {answered:?}");
+    loc
+}
 
+/// The closing `PUT ?digest=` of a 200 MiB upload, with the process aborted by a fail
+/// point at `point` (in the commit, on one side of the rename into the blob store); the
+/// PUT gets no answer. The process is started again without the fail point.
+fn crash_in_the_commit(point: &str) -> (TestPier, Generator, String) {
+    let mut pier = TestPier::builder()
+        .env("FAILPOINTS", format!("{point}=return"))
+        .start();
+    let generator = Generator::new(
+        u64::from_le_bytes(unique_bytes(8).try_into().unwrap()),
+        SIZE,
+    );
+    let loc = upload_every_chunk(&pier, "crash/commit", &generator);
+    let put = with_query(&loc, &format!("digest={}", generator.digest()));
+    let open = Streaming::open(pier.addr, "PUT", &put, &[], 0).expect("send PUT ?digest=");
+    let answer = open.response();
+    let status = pier.expect_crash(Duration::from_secs(60));
+    assert!(
+        answer.is_err(),
+        "the closing PUT was answered although pier stopped at {point} ({status}): {:?}",
+        answer.map(|r| r.status)
+    );
     assert_blob_store_consistent(&pier.root);
+    pier.remove_env("FAILPOINTS");
     pier.start_again();
     assert_blob_store_consistent(&pier.root);
-    let h = pier.head(&blob);
-    match h.status {
-        200 => {
-            assert_eq!(h.content_length(), Some(SIZE), "Content-Length\n{h}");
-        }
-        404 => {
-            assert_ne!(
-                answered,
-                Some(201),
-                "the PUT was acknowledged with 201, but the blob is gone after kill -9\n{h}"
-            );
-            let st = pier.get(&loc);
-            if st.status == 204 {
-                assert_eq!(
-                    upload_offset(&st),
-                    SIZE,
-                    "offset of the interrupted session\n{st}"
-                );
-                pier.request("PUT", &put, &[], b"")
-                    .expect_status(201, "PUT ?digest= again after the crash");
-            } else {
-                let post = format!("/v2/{repo}/blobs/uploads/?digest={digest}");
-                let headers = [("Content-Type", "application/octet-stream")];
-                send_range(pier.addr, "POST", &post, &headers, &generator, 0, SIZE)
-                    .expect_status(201, "fresh monolithic push after the crash");
-            }
-            pier.head(&blob)
-                .expect_status(200, "HEAD after pushing again");
-        }
-        other => panic!("HEAD of the blob after the crash answered {other}\n{h}"),
-    }
+    (pier, generator, loc)
+}
+
+/// Killed between writing the upload and renaming it into the blob store: no blob (not
+/// even a partial one), and the session, whose bytes are all on disk, finishes with the
+/// client's retried `PUT ?digest=`.
+#[test]
+fn crash_between_the_write_and_the_rename_leaves_no_blob_and_the_upload_finishes() {
+    let (pier, generator, loc) = crash_in_the_commit("fs-commit-before-rename");
+    let digest = generator.digest();
+    let blob = format!("/v2/crash/commit/blobs/{digest}");
+    pier.head(&blob)
+        .expect_status(404, "HEAD of the blob whose commit was cut short");
+    let st = pier.get(&loc);
+    st.expect_status(204, "GET upload status after the crash");
+    assert_eq!(
+        upload_offset(&st),
+        SIZE,
+        "offset of the interrupted session\n{st}"
+    );
+    let r = pier.request(
+        "PUT",
+        &with_query(&loc, &format!("digest={digest}")),
+        &[],
+        b"",
+    );
+    r.expect_status(201, "PUT ?digest= again after the crash");
+    assert_eq!(r.header("docker-content-digest"), Some(digest.as_str()));
     let (status, len, got) = get_digest(pier.addr, &blob);
     assert_eq!(
         (status, len, got.as_str()),
@@ -414,4 +416,176 @@ fn kill9_during_the_closing_put_is_all_or_nothing() {
         "GET of the blob"
     );
     assert_blob_store_consistent(&pier.root);
+}
+
+/// Killed right after the rename, before the repository link and the answer: the blob
+/// store holds the whole blob (the check above: never partial), and the client's retry,
+/// a fresh push of the same blob, succeeds and reads back byte-exact.
+#[test]
+fn crash_after_the_rename_keeps_the_whole_blob_and_a_retried_push_succeeds() {
+    let (pier, generator, _) = crash_in_the_commit("fs-commit-after-rename");
+    let digest = generator.digest();
+    let data = pier
+        .root
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&digest["sha256:".len().."sha256:".len() + 2])
+        .join(&digest["sha256:".len()..])
+        .join("data");
+    assert_eq!(
+        std::fs::metadata(&data).map(|m| m.len()).ok(),
+        Some(SIZE),
+        "the renamed blob {} after the crash",
+        data.display()
+    );
+    let post = format!("/v2/crash/commit/blobs/uploads/?digest={digest}");
+    let headers = [("Content-Type", "application/octet-stream")];
+    send_range(pier.addr, "POST", &post, &headers, &generator, 0, SIZE)
+        .expect_status(201, "the client's retried push after the crash");
+    let blob = format!("/v2/crash/commit/blobs/{digest}");
+    let (status, len, got) = get_digest(pier.addr, &blob);
+    assert_eq!(
+        (status, len, got.as_str()),
+        (200, SIZE, digest.as_str()),
+        "GET of the blob"
+    );
+    assert_blob_store_consistent(&pier.root);
+}
+
+/// An ext4 filesystem on a loop device that can lose power: `commit=600` keeps the
+/// journal from committing on its own during a test, so only what Pier synced (fsync of
+/// a file commits the journal, and with it every rename before it) is on the disk; the
+/// shutdown ioctl with `EXT4_GOING_FLAGS_NOLOGFLUSH` then stops the filesystem without
+/// writing anything more, as a power cut would, and a fresh mount shows what survived.
+struct LossyDisk {
+    image: std::path::PathBuf,
+    mnt: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl LossyDisk {
+    fn new() -> LossyDisk {
+        let dir = temp_dir("pier-power-loss");
+        let image = dir.path().join("disk.img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(1024 * 1024 * 1024))
+            .unwrap();
+        sh(std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&image));
+        let disk = LossyDisk {
+            image,
+            mnt,
+            _dir: dir,
+        };
+        disk.mount();
+        disk
+    }
+
+    fn mount(&self) {
+        sh(std::process::Command::new("mount")
+            .args(["-o", "loop,commit=600"])
+            .arg(&self.image)
+            .arg(&self.mnt));
+    }
+
+    /// The power cut: nothing not yet synced reaches the disk from now on.
+    fn cut_power(&self) {
+        // EXT4_IOC_SHUTDOWN = _IOR('X', 125, __u32); EXT4_GOING_FLAGS_NOLOGFLUSH = 2.
+        sh(std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import fcntl, os, struct, sys\n\
+                 fd = os.open(sys.argv[1], os.O_RDONLY)\n\
+                 fcntl.ioctl(fd, 0x8004587d, struct.pack('I', 2))",
+            ])
+            .arg(&self.mnt));
+    }
+
+    /// Mounted again (once no process holds a file on it): what the disk kept.
+    fn remount(&self) {
+        sh(std::process::Command::new("umount").arg(&self.mnt));
+        self.mount();
+    }
+}
+
+impl Drop for LossyDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mnt)
+            .status();
+    }
+}
+
+#[track_caller]
+fn sh(cmd: &mut std::process::Command) {
+    let out = run(cmd, Duration::from_secs(60));
+    assert!(out.success(), "{out}");
+}
+
+/// What Pier acknowledged survives a power cut: blobs pushed monolithically and in chunks,
+/// the manifest and its tag, all readable byte-exact on the filesystem as the disk kept it.
+/// (A kill -9 keeps the page cache, so only a lost disk write proves the fsyncs.)
+#[test]
+fn acknowledged_pushes_survive_a_power_cut() {
+    let disk = LossyDisk::new();
+    let root = disk.mnt.join("root");
+    let mut pier = TestPier::builder().root(&root).start();
+
+    let repo = "durable/app";
+    let layers = [unique_bytes(3 * 1024 * 1024), unique_bytes(70 * 1024)];
+    let img = pier_e2e::push_image(
+        pier.addr,
+        repo,
+        Some("v1"),
+        &[layers[0].as_slice(), layers[1].as_slice()],
+    );
+    // A chunked upload, closed by PUT ?digest= (the session's file renamed into place).
+    let generator = Generator::new(
+        u64::from_le_bytes(unique_bytes(8).try_into().unwrap()),
+        8 * 1024 * 1024 + 5,
+    );
+    let mut loc = pier_e2e::start_upload(pier.addr, repo);
+    for (start, end) in [(0, 4 * 1024 * 1024), (4 * 1024 * 1024, generator.len)] {
+        let r = patch(pier.addr, &loc, &generator, start, end);
+        r.expect_status(202, "PATCH");
+        loc = location_path(&r);
+    }
+    let chunked = generator.digest();
+    pier.request(
+        "PUT",
+        &with_query(&loc, &format!("digest={chunked}")),
+        &[],
+        b"",
+    )
+    .expect_status(201, "closing PUT ?digest=");
+
+    disk.cut_power();
+    pier.kill9();
+    disk.remount();
+    pier.start_again();
+
+    let m = pier.get(&format!("/v2/{repo}/manifests/v1"));
+    m.expect_status(200, "GET of the tag pushed before the power cut");
+    assert_eq!(
+        m.header("docker-content-digest"),
+        Some(img.digest.as_str()),
+        "the tag after the power cut\n{m}"
+    );
+    assert_eq!(m.body, img.manifest, "the manifest after the power cut");
+    for d in std::iter::once(&img.config_digest)
+        .chain(&img.layer_digests)
+        .chain(std::iter::once(&chunked))
+    {
+        let (status, _, got) = get_digest(pier.addr, &format!("/v2/{repo}/blobs/{d}"));
+        assert_eq!(
+            (status, got.as_str()),
+            (200, d.as_str()),
+            "blob {d} after the power cut\n{}",
+            pier.log_tail(20)
+        );
+    }
+    assert_blob_store_consistent(&root);
 }

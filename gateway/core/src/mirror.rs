@@ -962,6 +962,16 @@ impl Mirror {
                 None => break Ok(()),
             }
         };
+        // Every byte is stored, the last one still held back from the clients: the tests
+        // pause here to prove that nothing reaches a client whole before the digest check.
+        // `FAILPOINTS=mirror-fill-before-verify=return(MS)` waits MS milliseconds (without
+        // blocking a runtime thread, so the clients' streams keep running).
+        #[cfg(feature = "failpoints")]
+        if let Some(ms) = fail::eval("mirror-fill-before-verify", |ms| {
+            ms.and_then(|ms| ms.parse::<u64>().ok()).unwrap_or(1000)
+        }) {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
         let outcome = match transferred {
             Ok(()) => (self.registry.storage_timings())
                 .time("blob_put", ingest.commit())

@@ -1,5 +1,6 @@
-//! A real `kill -9`: a child process (this test binary again) publishes events with
-//! the receiver down and is killed; the parent reopens the directory and gets them all.
+//! A real `kill -9`: a child process (this test binary again, running the same test with
+//! the child's variables set) publishes events with the receiver down and is killed; the
+//! parent reopens the directory and gets them all.
 
 mod common;
 
@@ -27,18 +28,13 @@ fn config() -> EventsConfig {
     }
 }
 
-/// The child's side, run only by the parent below (`--ignored --exact`): never a test that
-/// passes on its own.
-#[test]
-#[ignore = "the child process of kill_9_between_push_and_delivery_loses_nothing"]
-fn child_publishes_then_waits_to_be_killed() {
-    let (Ok(dir), Ok(url)) = (std::env::var(DIR_VAR), std::env::var(URL_VAR)) else {
-        panic!("started without {DIR_VAR} and {URL_VAR}: this is the kill test's child");
-    };
+/// The child's side: this test binary started again by the test below with the directory
+/// and the receiver's URL in its environment. Publishes, says so, waits to be killed.
+fn child_publishes_then_waits_to_be_killed(dir: &str, url: String) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let router = Arc::new(WebhookRouter { urls: vec![url] });
-        let events = Arc::new(Events::open_dir(&dir, router, config()).unwrap());
+        let events = Arc::new(Events::open_dir(dir, router, config()).unwrap());
         let mut tasks = Vec::new();
         for n in 0..N {
             let events = events.clone();
@@ -51,20 +47,26 @@ fn child_publishes_then_waits_to_be_killed() {
         }
         // Every push is answered: now the parent kills us.
         println!("PUBLISHED");
-        std::future::pending::<()>().await;
+        std::future::pending::<()>().await
     });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_between_push_and_delivery_loses_nothing() {
+    // One test in two processes: started with the variables set, this is the child.
+    if let (Ok(dir), Ok(url)) = (std::env::var(DIR_VAR), std::env::var(URL_VAR)) {
+        // The runtime this test runs in cannot block on another: a thread of its own.
+        std::thread::spawn(move || child_publishes_then_waits_to_be_killed(&dir, url))
+            .join()
+            .unwrap();
+    }
     let dir = tempfile::tempdir().unwrap();
     let addr = Receiver::unused_addr();
     let url = format!("http://{addr}/hook");
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "--ignored",
-            "child_publishes_then_waits_to_be_killed",
+            "kill_9_between_push_and_delivery_loses_nothing",
             "--nocapture",
             "--test-threads=1",
         ])

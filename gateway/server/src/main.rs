@@ -187,6 +187,17 @@ async fn gc(args: GcArgs) -> Result<(), ServerError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The crash tests' fail points (`FAILPOINTS=name=action;...`), in test builds only.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
+    #[cfg(not(feature = "failpoints"))]
+    if std::env::var_os("FAILPOINTS").is_some() {
+        return report(&ServerError::Config(
+            "FAILPOINTS is set, but this pier was built without fail points \
+             (cargo build --features pier-server/failpoints, as scripts/test.sh does)"
+                .into(),
+        ));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

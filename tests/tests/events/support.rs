@@ -46,13 +46,22 @@ impl DerefMut for Site {
 /// Starts a site with `config` (TOML) as its configuration file.
 #[track_caller]
 pub fn start_site(config: &str) -> Site {
+    start_site_with_env(config, &[])
+}
+
+/// [`start_site`] with extra environment variables for the process.
+pub fn start_site_with_env(config: &str, envs: &[(&str, &str)]) -> Site {
     let dir = tempfile::Builder::new()
         .prefix("pier-events-cfg-")
         .tempdir()
         .expect("temp dir");
     let path = dir.path().join("pier.toml");
     std::fs::write(&path, config).expect("write config");
-    let pier = TestPier::builder().arg("--config").arg(&path).start();
+    let mut builder = TestPier::builder().arg("--config").arg(&path);
+    for (k, v) in envs {
+        builder = builder.env(*k, *v);
+    }
+    let pier = builder.start();
     Site {
         pier,
         config: config.to_owned(),

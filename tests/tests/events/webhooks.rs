@@ -91,7 +91,13 @@ fn every_push_delivered_signed_once_per_endpoint_even_across_kill_9() {
     let receiver = Receiver::start();
     let urls: Vec<String> = ENDPOINTS.iter().map(|e| receiver.url(e)).collect();
     let config = base_config("", &[]) + &webhook("webhook", &urls);
-    let mut site = start_site(&config);
+    // Each journal write takes 400 ms longer: a push answered before its event is on disk
+    // would be answered at once, and the kill -9 right after the last answer would then
+    // lose that event on every run, not only when the background write loses a race.
+    let mut site = start_site_with_env(
+        &config,
+        &[("FAILPOINTS", "events-journal-write=sleep(400)")],
+    );
 
     // 1. Receiver up: every push arrives at both endpoints, signed.
     let mut pushed = Vec::new();
@@ -138,6 +144,7 @@ fn every_push_delivered_signed_once_per_endpoint_even_across_kill_9() {
     eprintln!(
         "webhooks: killed with {before_restart} requests received ({answered_200} answered 200)"
     );
+    site.remove_env("FAILPOINTS");
     site.start_again();
     receiver.answer(200);
     pushed.extend(during.iter().cloned());

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::clients_support::*;
 use crate::support::*;
+use pier_e2e::TestPier;
 
 const BIG: u64 = 100 * 1024 * 1024;
 const CLIENTS: usize = 50;
@@ -110,7 +111,14 @@ fn corrupted_upstream_blob_reaches_no_client_and_is_not_cached() {
     Generator::new(g.seed ^ 0xdead_beef, g.len).fill(0, &mut corrupt);
     fs::write(&file, &corrupt).unwrap();
 
-    let pier = pier_mirroring(&up, &[]);
+    // With every byte stored, the fill waits 1.5 s before it checks the digest: time for
+    // each client to receive whatever Pier releases before the check, so a Pier that
+    // released the last byte early is caught on every run, not only when it loses a race.
+    let pier = TestPier::builder()
+        .arg("--upstream")
+        .arg(up.url())
+        .env("FAILPOINTS", "mirror-fill-before-verify=return(1500)")
+        .start();
     let path = format!("/v2/library/corrupt/blobs/{digest}");
     let barrier = Arc::new(Barrier::new(3));
     let handles: Vec<_> = (0..3)

@@ -237,6 +237,10 @@ impl Writer {
             }
             return;
         }
+        // The crash tests slow the journal write down here, to prove that a push is
+        // answered only after its event is on disk.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("events-journal-write");
         let first_id = self.next_id;
         let mut buf = Vec::new();
         for req in batch.iter_mut() {
