@@ -250,12 +250,7 @@ fn http_client() -> Result<AdminHttp, String> {
         proxies.clone(),
         CONNECT_TIMEOUT,
     );
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(tcp);
+    let connector = pier_upstream::proxy::https_connector(tls, tcp, true);
     let http = Client::builder(TokioExecutor::new()).build(connector);
     Ok(AdminHttp { http, proxies })
 }

@@ -140,12 +140,7 @@ impl Sender {
         proxies.log("webhooks");
         let direct = pier_upstream::proxy::tcp_connector(timeout);
         let tcp = ProxyConnector::new(direct, proxies.clone(), timeout);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(tcp);
+        let connector = pier_upstream::proxy::https_connector(tls, tcp, true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())

@@ -75,11 +75,7 @@ impl OutboundHttp {
             proxies.clone(),
             CONNECT_TIMEOUT,
         );
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
+        let connector = pier_upstream::proxy::https_connector(tls, tcp, false);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_timer(TokioTimer::new())

@@ -326,12 +326,7 @@ impl UpstreamClient {
         // proxy connects: see `proxy`).
         let tcp = ProxyConnector::new(direct, proxies.clone(), config.timeout).with_policy(policy);
         proxies.log(&format!("upstream {}", config.name));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(tcp);
+        let connector = crate::proxy::https_connector(tls, tcp, true);
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())

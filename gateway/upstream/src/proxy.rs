@@ -339,6 +339,25 @@ impl<C> ProxyConnector<C> {
     }
 }
 
+/// The connector of every outbound client (upstreams, webhooks, plugins' http-outbound,
+/// the admin CLI): `https://` over rustls with `tls`, `http://` plain, HTTP/1.1 and, when
+/// `http2`, HTTP/2 by ALPN, over `tcp` (a [`ProxyConnector`]).
+pub fn https_connector<T>(
+    tls: rustls::ClientConfig,
+    tcp: T,
+    http2: bool,
+) -> hyper_rustls::HttpsConnector<T> {
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1();
+    if http2 {
+        builder.enable_http2().wrap_connector(tcp)
+    } else {
+        builder.wrap_connector(tcp)
+    }
+}
+
 /// A TCP connector of `http://` and `https://` (TLS is the wrapper's), without Nagle.
 pub fn tcp_connector(connect_timeout: Duration) -> HttpConnector {
     let mut tcp = HttpConnector::new();
