@@ -5,6 +5,7 @@
 
 mod error;
 pub mod gc;
+mod histogram;
 pub mod lease;
 pub mod mirror;
 mod page;
@@ -12,6 +13,7 @@ mod registry;
 mod timings;
 
 pub use error::{CoreError, Result};
+pub use histogram::AtomicHistogram;
 pub use lease::{Leases, MemoryLeases};
 pub use mirror::{FillObserver, Mirror, MirrorBlob, MirrorConfig, Place, Target, UpstreamSpec};
 pub use page::{Page, paginate};

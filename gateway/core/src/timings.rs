@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
+
+use crate::AtomicHistogram;
 
 /// From half a millisecond (a cached stat on a local disk) to half a minute (a large
 /// commit to an object store).
@@ -21,11 +22,13 @@ struct OperationLabels {
 
 /// `pier_storage_operation_duration_seconds{operation}`; clones share the series.
 #[derive(Clone)]
-pub struct StorageTimings(Family<OperationLabels, Histogram, fn() -> Histogram>);
+pub struct StorageTimings(Family<OperationLabels, AtomicHistogram, fn() -> AtomicHistogram>);
 
 impl Default for StorageTimings {
     fn default() -> StorageTimings {
-        StorageTimings(Family::new_with_constructor(|| Histogram::new(BUCKETS)))
+        StorageTimings(Family::new_with_constructor(|| {
+            AtomicHistogram::new(&BUCKETS)
+        }))
     }
 }
 
@@ -36,7 +39,7 @@ impl StorageTimings {
         let out = op.await;
         self.0
             .get_or_create(&OperationLabels { operation })
-            .observe(start.elapsed().as_secs_f64());
+            .observe(start.elapsed());
         out
     }
 

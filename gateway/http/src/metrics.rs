@@ -8,8 +8,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use pier_core::AtomicHistogram;
 
 const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
 
@@ -34,7 +35,7 @@ struct RouteLabels {
     route: &'static str,
 }
 
-type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
+type HistogramFamily<S> = Family<S, AtomicHistogram, fn() -> AtomicHistogram>;
 
 /// Counters shared by every connection.
 pub struct Metrics {
@@ -51,7 +52,7 @@ impl Default for Metrics {
     fn default() -> Metrics {
         Metrics {
             requests: Family::default(),
-            durations: Family::new_with_constructor(|| Histogram::new(BUCKETS)),
+            durations: Family::new_with_constructor(|| AtomicHistogram::new(&BUCKETS)),
             answered: AtomicU64::new(0),
             bytes_sent: Counter::default(),
             bytes_received: Counter::default(),
@@ -93,7 +94,7 @@ impl Metrics {
             .inc();
         self.durations
             .get_or_create(&RouteLabels { route })
-            .observe(took.as_secs_f64());
+            .observe(took);
         self.answered.fetch_add(1, Ordering::Relaxed);
         self.bytes_sent.inc_by(sent);
         self.bytes_received.inc_by(received);

@@ -107,6 +107,19 @@ fn spawn_s3(d: &Path, port: u16, attempt: u32) -> Daemon {
 }
 
 /// A standalone redis-server on `port`, data in `<d>/redis`, nothing saved.
+/// A stopped server started again by `spawn` on `port`, once it answers there.
+#[track_caller]
+fn respawn(name: &str, port: u16, spawn: impl FnOnce() -> Daemon) -> Daemon {
+    let mut d = spawn();
+    assert!(
+        poll(Duration::from_secs(15), || tcp_open(addr(port))),
+        "{name} did not come back on {port}\n{}",
+        d.log()
+    );
+    d.assert_running();
+    d
+}
+
 fn spawn_redis(d: &Path, port: u16, attempt: u32) -> Daemon {
     Daemon::spawn(
         "redis-server",
@@ -647,15 +660,9 @@ impl Cluster {
     #[track_caller]
     pub fn restart_redis(&mut self) {
         assert!(self.redis.is_none(), "redis-server still runs");
-        let mut r = spawn_redis(self.dir.path(), self.redis_port, 100);
-        assert!(
-            poll(Duration::from_secs(15), || tcp_open(addr(self.redis_port))),
-            "redis-server did not come back on {}\n{}",
-            self.redis_port,
-            r.log()
-        );
-        r.assert_running();
-        self.redis = Some(r);
+        self.redis = Some(respawn("redis-server", self.redis_port, || {
+            spawn_redis(self.dir.path(), self.redis_port, 100)
+        }));
     }
 
     /// Stops the S3 server (SIGTERM, reaped).
@@ -669,15 +676,9 @@ impl Cluster {
     #[track_caller]
     pub fn restart_s3(&mut self) {
         assert!(self.s3.is_none(), "the S3 server still runs");
-        let mut s = spawn_s3(self.dir.path(), self.s3_port, 100);
-        assert!(
-            poll(Duration::from_secs(15), || tcp_open(addr(self.s3_port))),
-            "s3s-fs did not come back on {}\n{}",
-            self.s3_port,
-            s.log()
-        );
-        s.assert_running();
-        self.s3 = Some(s);
+        self.s3 = Some(respawn("s3s-fs", self.s3_port, || {
+            spawn_s3(self.dir.path(), self.s3_port, 100)
+        }));
     }
 
     /// Sentinel mode: the current master's port, as
