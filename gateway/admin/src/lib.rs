@@ -12,6 +12,7 @@ mod error;
 pub mod guard;
 pub mod history;
 mod legacy;
+pub mod metrics;
 pub mod process;
 mod router;
 pub mod warm;

@@ -688,10 +688,10 @@ fn read_file(
     let invalid =
         |e: String| ServerError::Config(format!("invalid config file {}: {e}", p.display()));
     let mut table: toml::Table = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-    let from_env = crate::config_source::apply_env(&mut table, vars)
+    let from_env = pier_settings::apply_env(&mut table, vars)
         .map_err(|e| ServerError::Config(format!("environment: {e}")))?;
     let base = p.parent().unwrap_or(Path::new("."));
-    let from_files = crate::config_source::read_secret_files(&mut table, base).map_err(invalid)?;
+    let from_files = pier_settings::read_secret_files(&mut table, base).map_err(invalid)?;
     match FileConfig::deserialize(toml::Value::Table(table)) {
         Ok(f) => Ok((f, p.to_path_buf())),
         // The text's own error says on which line; with variables or secret files over it,

@@ -6,7 +6,6 @@ mod access;
 mod accounts;
 mod cluster;
 mod config;
-mod config_source;
 mod config_tools;
 mod error;
 mod serve;

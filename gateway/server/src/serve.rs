@@ -225,13 +225,18 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         &upstream_timings,
     )?;
     let metrics = Arc::new(Metrics::default());
-    let series = Arc::new(metrics_registry(MetricsParts {
+    let series = Arc::new(pier_admin::metrics::registry(pier_admin::metrics::Parts {
+        build: (env!("CARGO_PKG_VERSION"), env!("PIER_COMMIT")),
         metrics: &metrics,
         registry: &registry,
         upstreams: &upstream_timings,
         mirror: mirror.as_ref(),
         access: access.as_ref(),
-        plugins: &plugins,
+        authorizers: plugins
+            .authorizers
+            .iter()
+            .map(|(_, a)| a.metrics().clone())
+            .collect(),
         events: events.as_ref(),
     }));
     let mut state = AppState::new(registry.clone(), mirror.clone(), metrics.clone());
@@ -457,62 +462,6 @@ async fn connection(
             pier_http::conn::drive(conn, &activity, limits.idle_timeout, &mut stop).await
         }
     }
-}
-
-/// What registers series in the one metrics registry `/metrics` serves.
-struct MetricsParts<'a> {
-    metrics: &'a Arc<Metrics>,
-    registry: &'a Arc<Registry>,
-    upstreams: &'a pier_upstream::UpstreamTimings,
-    mirror: Option<&'a Arc<Mirror>>,
-    access: Option<&'a Arc<pier_http::AccessControl>>,
-    plugins: &'a crate::access::Plugins,
-    events: Option<&'a Arc<pier_dispatch::EventsRuntime>>,
-}
-
-/// The one metrics registry: every part registers its own series (with HELP and TYPE),
-/// plus the process and the build.
-fn metrics_registry(p: MetricsParts<'_>) -> prometheus_client::registry::Registry {
-    use prometheus_client::metrics::{family::Family, gauge::Gauge};
-    let mut series = prometheus_client::registry::Registry::default();
-    let build = Family::<[(&'static str, &'static str); 2], Gauge>::default();
-    build
-        .get_or_create(&[
-            ("version", env!("CARGO_PKG_VERSION")),
-            ("commit", env!("PIER_COMMIT")),
-        ])
-        .set(1);
-    series.register(
-        "pier_build_info",
-        "Pier's version and the commit it was built from (always 1)",
-        build,
-    );
-    series.register_collector(Box::new(pier_admin::process::ProcessCollector));
-    p.metrics.register(&mut series);
-    p.registry.register_metrics(&mut series);
-    p.upstreams.register(&mut series);
-    if let Some(m) = p.mirror {
-        m.register_metrics(&mut series);
-    }
-    if let Some(a) = p.access {
-        a.register_metrics(&mut series);
-    }
-    // Every plugin's series in one set of families; a plugin's counters survive its
-    // reloads, so the list taken now stays right.
-    let mut plugins: Vec<_> = p
-        .plugins
-        .authorizers
-        .iter()
-        .map(|(_, a)| a.metrics().clone())
-        .collect();
-    if let Some(e) = p.events {
-        e.register_metrics(&mut series);
-        plugins.extend(e.plugin_metrics());
-    }
-    series.register_collector(Box::new(pier_plugin_host::PluginSeries(move || {
-        plugins.clone()
-    })));
-    series
 }
 
 /// The pull-through mirror, when upstreams are configured.
