@@ -13,6 +13,8 @@ mod clients_support;
 
 #[path = "mirror/blobs.rs"]
 mod blobs;
+#[path = "mirror/budget.rs"]
+mod budget;
 #[path = "mirror/freshness.rs"]
 mod freshness;
 #[path = "mirror/podman.rs"]

@@ -16,6 +16,7 @@ pub struct Parts<'a> {
     pub metrics: &'a Arc<Metrics>,
     pub registry: &'a Arc<Registry>,
     pub upstreams: &'a pier_upstream::UpstreamTimings,
+    pub budgets: &'a pier_upstream::UpstreamBudgets,
     pub mirror: Option<&'a Arc<Mirror>>,
     pub access: Option<&'a Arc<AccessControl>>,
     /// The authorizer plugins' series (the notifiers' and replicators' come with `events`).
@@ -39,6 +40,7 @@ pub fn registry(p: Parts<'_>) -> prometheus_client::registry::Registry {
     p.metrics.register(&mut series);
     p.registry.register_metrics(&mut series);
     p.upstreams.register(&mut series);
+    p.budgets.register(&mut series);
     if let Some(m) = p.mirror {
         m.register_metrics(&mut series);
     }

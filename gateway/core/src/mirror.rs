@@ -625,6 +625,15 @@ impl Mirror {
         if local.is_none() && self.negative.contains_key(&negative_key) {
             return Err(unknown());
         }
+        // The upstream asked for a pause (429): what is held is served without asking.
+        if let Some(m) = &local
+            && let Some(left) = client.paused_for()
+        {
+            bump(&self.counters.stale_serves);
+            tracing::debug!(upstream = %self.upstream(t).name, repository = %t.remote, tag = %tag,
+                pause_left_s = left.as_secs(), "upstream paused after a 429; serving the cached tag");
+            return Ok(m.clone());
+        }
         match client.head_manifest(&t.remote, &reference).await {
             Ok(head) => {
                 if let Some(m) = local.filter(|m| m.digest == head.digest) {

@@ -512,6 +512,8 @@ struct FileUpstream {
     keep_deleted: bool,
     #[serde(default)]
     allow_private: bool,
+    max_concurrent_fetches: Option<usize>,
+    max_requests_per_second: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -522,7 +524,7 @@ struct FileTls {
 }
 
 /// One upstream registry of the mirror.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamEntry {
     /// A repository name component: `/v2/<name>/...` reaches it; content is kept under it.
     pub name: String,
@@ -538,6 +540,8 @@ pub struct UpstreamEntry {
     pub keep_deleted: bool,
     /// Its redirects and token realms may lead to private addresses.
     pub allow_private: bool,
+    /// Its pull budget: concurrent fetches and requests per second (0: no limit).
+    pub budget: pier_upstream::BudgetConfig,
 }
 
 /// The part of a URL between `://` and the path.
@@ -608,6 +612,7 @@ fn upstream_entry(
         stale_while_revalidate: Duration::ZERO,
         keep_deleted: false,
         allow_private: false,
+        budget: pier_upstream::BudgetConfig::default(),
     })
 }
 
@@ -758,6 +763,19 @@ impl Config {
             let mut entry = upstream_entry(&u.url, u.name, u.namespace, creds, ttl)?;
             entry.keep_deleted = u.keep_deleted;
             entry.allow_private = u.allow_private;
+            if let Some(n) = u.max_concurrent_fetches {
+                entry.budget.max_concurrent = n;
+            }
+            if let Some(r) = u.max_requests_per_second {
+                if !(r.is_finite() && r >= 0.0) {
+                    return Err(ServerError::Config(format!(
+                        "{}: upstream {}: max_requests_per_second must be a number >= 0 (0: no limit), not {r}",
+                        path.display(),
+                        u.url
+                    )));
+                }
+                entry.budget.per_second = r;
+            }
             entry.stale_while_revalidate = file_duration(
                 u.stale_while_revalidate,
                 "upstreams.stale_while_revalidate",
@@ -993,6 +1011,8 @@ mod config_props {
             ("[upstreams]", "url"),
             ("[upstreams]", "tag_ttl"),
             ("[upstreams]", "stale_while_revalidate"),
+            ("[upstreams]", "max_concurrent_fetches"),
+            ("[upstreams]", "max_requests_per_second"),
             ("redis", "mode"),
             ("redis", "url"),
             ("redis", "op_timeout_ms"),

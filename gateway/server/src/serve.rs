@@ -216,13 +216,14 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         .clone()
         .map(|s| Arc::new(crate::cluster::RedisPulls { shared: s }));
     let upstream_timings = pier_upstream::UpstreamTimings::default();
+    let budgets = pier_upstream::UpstreamBudgets::default();
     let mirror = mirror(
         &config,
         registry.clone(),
         ingest,
         shared,
         observer,
-        &upstream_timings,
+        (&upstream_timings, &budgets),
     )?;
     let metrics = Arc::new(Metrics::default());
     let series = Arc::new(pier_admin::metrics::registry(pier_admin::metrics::Parts {
@@ -230,6 +231,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         metrics: &metrics,
         registry: &registry,
         upstreams: &upstream_timings,
+        budgets: &budgets,
         mirror: mirror.as_ref(),
         access: access.as_ref(),
         authorizers: plugins
@@ -471,7 +473,10 @@ fn mirror(
     ingest: Arc<dyn IngestStore>,
     shared: Option<pier_cluster::Shared>,
     observer: Option<Arc<dyn pier_core::FillObserver>>,
-    timings: &pier_upstream::UpstreamTimings,
+    (timings, budgets): (
+        &pier_upstream::UpstreamTimings,
+        &pier_upstream::UpstreamBudgets,
+    ),
 ) -> Result<Option<Arc<Mirror>>, ServerError> {
     if config.upstreams.is_empty() {
         return Ok(None);
@@ -490,7 +495,8 @@ fn mirror(
             allow_private: u.allow_private,
         })
         .map_err(|e| ServerError::Config(format!("upstream {}: {e}", u.url)))?
-        .with_timings(timings.clone());
+        .with_timings(timings.clone())
+        .with_budget(budgets.add(&u.name, u.budget));
         tracing::info!(name = %u.name, url = %u.url, namespace = %u.namespace, tag_ttl = ?u.tag_ttl, "mirroring upstream");
         upstreams.push(UpstreamSpec {
             name: u.name.clone(),

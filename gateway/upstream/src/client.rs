@@ -91,6 +91,8 @@ pub struct UpstreamClient {
     proxies: Arc<Proxies>,
     auth: AuthState,
     timings: Option<crate::UpstreamTimings>,
+    /// The upstream's pull budget (concurrency, rate, 429 pauses); none: unlimited.
+    budget: Option<Arc<crate::Budget>>,
 }
 
 impl fmt::Debug for UpstreamClient {
@@ -278,6 +280,20 @@ impl UpstreamClient {
         self
     }
 
+    /// Keeps this client inside `budget` ([`crate::budget`]).
+    pub fn with_budget(mut self, budget: Arc<crate::Budget>) -> UpstreamClient {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// One of the budget's concurrent fetches (none without a budget).
+    async fn fetch_permit(&self) -> Option<crate::budget::Permit> {
+        match &self.budget {
+            Some(b) => Some(b.fetch_permit().await),
+            None => None,
+        }
+    }
+
     /// A client that trusts exactly `roots` (a private CA; tests), through the proxies
     /// the environment names.
     pub fn with_roots(
@@ -345,6 +361,7 @@ impl UpstreamClient {
             proxies,
             auth: AuthState::default(),
             timings: None,
+            budget: None,
         })
     }
 
@@ -407,6 +424,12 @@ impl UpstreamClient {
                 Err(failure) => failure,
             };
             if attempt >= self.retries || !failure.error.is_retryable() {
+                return Err(failure.error);
+            }
+            // Under a budget a 429 paused the upstream: no request waits for it here.
+            if self.budget.is_some()
+                && matches!(failure.error, UpstreamError::TooManyRequests { .. })
+            {
                 return Err(failure.error);
             }
             let mut wait = waits.next().unwrap_or(self.backoff.cap());
@@ -710,6 +733,18 @@ impl UpstreamClient {
         payload: &Payload,
         attempt: u32,
     ) -> Result<Response<Incoming>, Failure> {
+        // The budget counts requests to the upstream itself (not its CDN or token
+        // service); while a 429's pause runs, none is sent.
+        let budgeted = self.budget.as_ref().filter(|_| self.is_origin(uri));
+        if let Some(b) = budgeted {
+            b.admit().await.map_err(|error| {
+                let retry_after = match &error {
+                    UpstreamError::TooManyRequests { retry_after } => *retry_after,
+                    _ => None,
+                };
+                Failure { error, retry_after }
+            })?;
+        }
         let mut request = Request::builder()
             .method(method.clone())
             .uri(uri.clone())
@@ -786,6 +821,12 @@ impl UpstreamClient {
                 .into())
             }
             Ok(Ok(response)) => {
+                if let Some(b) = budgeted {
+                    b.observe_headers(response.headers());
+                    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                        b.pause(retry_after(response.headers()));
+                    }
+                }
                 debug!(upstream = %self.name, method = %method, host = uri_host(uri), path = uri.path(),
                     status = response.status().as_u16(), attempt,
                     elapsed_ms = started.elapsed().as_millis() as u64, "upstream response");
@@ -797,12 +838,7 @@ impl UpstreamClient {
     /// The error a non-success response maps to, with a short text from its body.
     async fn status_failure(&self, response: Response<Incoming>) -> Failure {
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry_after(response.headers());
         let body = tokio::time::timeout(self.timeout, async {
             let mut body = response.into_body();
             let mut text = BytesMut::new();
@@ -839,6 +875,10 @@ impl Upstream for UpstreamClient {
         &self.name
     }
 
+    fn paused_for(&self) -> Option<Duration> {
+        self.budget.as_ref().and_then(|b| b.paused_for())
+    }
+
     async fn get_manifest(
         &self,
         repo: &RepoName,
@@ -848,6 +888,7 @@ impl Upstream for UpstreamClient {
         call.headers
             .push((ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT)));
         let call = &call;
+        let _permit = self.fetch_permit().await;
         let (headers, bytes) = self
             .with_retries(call, |attempt| async move {
                 let response = self.exchange(call, attempt).await?;
@@ -895,6 +936,7 @@ impl Upstream for UpstreamClient {
         call.headers
             .push((ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT)));
         let call = &call;
+        let _permit = self.fetch_permit().await;
         let response = self
             .with_retries(call, |attempt| self.exchange(call, attempt))
             .await?;
@@ -920,6 +962,7 @@ impl Upstream for UpstreamClient {
 
     async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, UpstreamError> {
         let call = &self.call(Method::HEAD, repo, format!("blobs/{digest}"));
+        let _permit = self.fetch_permit().await;
         let response = self
             .with_retries(call, |attempt| self.exchange(call, attempt))
             .await?;
@@ -940,6 +983,8 @@ impl Upstream for UpstreamClient {
             call.headers.push((RANGE, range));
         }
         let call = &call;
+        // Held until the body ends: a blob in transfer is a fetch in flight.
+        let permit = self.fetch_permit().await;
         let response = self
             .with_retries(call, |attempt| self.exchange(call, attempt))
             .await?;
@@ -980,11 +1025,25 @@ impl Upstream for UpstreamClient {
             }
         };
         debug!(upstream = %self.name, repo = %repo, %digest, offset, size, skip, "streaming blob from upstream");
-        Ok(BlobFetched {
-            size,
-            stream: body_stream(response.into_body(), self.timeout, skip),
-        })
+        let stream = body_stream(response.into_body(), self.timeout, skip);
+        let stream: ByteStream = match permit {
+            Some(permit) => Box::pin(futures_util::StreamExt::map(stream, move |item| {
+                let _held = &permit;
+                item
+            })),
+            None => stream,
+        };
+        Ok(BlobFetched { size, stream })
     }
+}
+
+/// A `Retry-After` in seconds (the HTTP-date form is not used by registries).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 /// The body as a stream: each chunk must arrive within `idle` of the previous one; the

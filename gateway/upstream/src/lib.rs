@@ -15,12 +15,14 @@ use futures_util::Stream;
 use pier_oci::{Digest, Reference, RepoName};
 
 pub mod backoff;
+pub mod budget;
 pub mod challenge;
 pub mod client;
 pub mod outbound;
 pub mod proxy;
 mod timings;
 pub use backoff::Backoff;
+pub use budget::{Budget, BudgetConfig, UpstreamBudgets};
 
 /// The TLS client configuration every outbound client of Pier uses: ring, TLS 1.2 and 1.3,
 /// `roots`, no client certificate.
@@ -182,4 +184,9 @@ pub trait Upstream: Send + Sync + 'static {
         digest: &Digest,
         offset: u64,
     ) -> Result<BlobFetched, UpstreamError>;
+    /// How long the upstream has asked Pier to leave it alone (a `429`'s pause), if it
+    /// has: the mirror then serves what it holds without asking.
+    fn paused_for(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

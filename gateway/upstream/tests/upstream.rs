@@ -626,6 +626,180 @@ async fn retries_5xx_and_429_honouring_retry_after() {
     assert_eq!(count.load(Ordering::SeqCst), 1);
 }
 
+/// The pull budget against a real HTTP server: a 429 pauses every request to the
+/// upstream for its Retry-After (none sent meanwhile), concurrent fetches are capped with
+/// a blob counting until its body ends, and the request rate holds.
+#[tokio::test]
+async fn the_budget_pauses_on_429_and_caps_fetches_and_rate() {
+    use pier_upstream::{Budget, BudgetConfig};
+    let root = TempDir::new().unwrap();
+    let registry = Registry::plain(root.path());
+    let image = support::seed(registry.port, "pier/budget", "v1");
+    let registry_port = registry.port;
+
+    // 1. The first request gets 429 with Retry-After: 2 (longer than a request may wait
+    //    here: timeout 1 s), everything later a redirect to the registry.
+    let count = Arc::new(AtomicUsize::new(0));
+    let limited = {
+        let count = count.clone();
+        TinyServer::start(move |req, stream| {
+            if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                respond(
+                    stream,
+                    429,
+                    &[
+                        ("Retry-After", "2"),
+                        ("ratelimit-limit", "100;w=21600"),
+                        ("ratelimit-remaining", "0;w=21600"),
+                    ],
+                    b"toomanyrequests",
+                );
+            } else {
+                let location = format!("http://127.0.0.1:{registry_port}{}", req.target);
+                respond(stream, 307, &[("Location", &location)], b"");
+            }
+        })
+    };
+    let budget = Arc::new(Budget::new("limited", BudgetConfig::default()));
+    let upstream = UpstreamClient::new(config(&limited.url(), None, Duration::from_secs(1), 3))
+        .unwrap()
+        .with_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .with_budget(budget.clone());
+    let err = upstream
+        .head_manifest(&image.repo, &tag(&image))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, UpstreamError::TooManyRequests { retry_after: Some(d) } if d == Duration::from_secs(2)),
+        "{err:?}"
+    );
+    assert_eq!(budget.upstream_view(), (Some(100), Some(0)));
+    assert!(upstream.paused_for().is_some(), "paused after the 429");
+    // During the pause: refused at once, nothing sent.
+    for _ in 0..3 {
+        let err = upstream
+            .get_manifest(&image.repo, &tag(&image))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, UpstreamError::TooManyRequests { .. }),
+            "{err:?}"
+        );
+    }
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        1,
+        "requests sent during the pause"
+    );
+    assert_eq!(budget.pauses(), 1);
+    // After it: asked again, and answered.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(upstream.paused_for().is_none());
+    let m = upstream
+        .get_manifest(&image.repo, &tag(&image))
+        .await
+        .unwrap();
+    assert_eq!(m.bytes, image.manifest);
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+
+    // 2. max_concurrent_fetches = 2 against an upstream that takes 300 ms per answer:
+    //    never more than 2 in flight there; and a blob being read holds its slot.
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let slow = {
+        let (now, peak) = (now.clone(), peak.clone());
+        TinyServer::start(move |req, stream| {
+            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(n, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+            now.fetch_sub(1, Ordering::SeqCst);
+            let location = format!("http://127.0.0.1:{registry_port}{}", req.target);
+            respond(stream, 307, &[("Location", &location)], b"");
+        })
+    };
+    let budget = Arc::new(Budget::new(
+        "slow",
+        BudgetConfig {
+            max_concurrent: 2,
+            per_second: 0.0,
+        },
+    ));
+    let upstream = Arc::new(client(&slow.url(), None).with_budget(budget.clone()));
+    let heads: Vec<_> = (0..6)
+        .map(|_| {
+            let (u, repo, d) = (
+                upstream.clone(),
+                image.repo.clone(),
+                image.layer_digest.clone(),
+            );
+            tokio::spawn(async move { u.head_blob(&repo, &d).await })
+        })
+        .collect();
+    for h in heads {
+        assert_eq!(h.await.unwrap().unwrap(), image.layer.len() as u64);
+    }
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        2,
+        "upstream requests in flight at once"
+    );
+    let a = upstream
+        .get_blob(&image.repo, &image.layer_digest, 0)
+        .await
+        .unwrap();
+    let b = upstream
+        .get_blob(&image.repo, &image.layer_digest, 0)
+        .await
+        .unwrap();
+    assert_eq!(budget.in_flight(), 2, "two blobs being read");
+    let third = {
+        let (u, repo, d) = (
+            upstream.clone(),
+            image.repo.clone(),
+            image.layer_digest.clone(),
+        );
+        tokio::spawn(async move { u.head_blob(&repo, &d).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !third.is_finished(),
+        "a third fetch ran beside two open blobs"
+    );
+    assert_eq!(collect(a.stream).await.unwrap(), image.layer);
+    third.await.unwrap().unwrap();
+    drop(b);
+    assert_eq!(budget.in_flight(), 0);
+
+    // 3. max_requests_per_second = 5: ten requests take at least a second (five at
+    //    once, then one every 200 ms).
+    let fast = {
+        TinyServer::start(move |req, stream| {
+            let location = format!("http://127.0.0.1:{registry_port}{}", req.target);
+            respond(stream, 307, &[("Location", &location)], b"");
+        })
+    };
+    let budget = Arc::new(Budget::new(
+        "fast",
+        BudgetConfig {
+            max_concurrent: 0,
+            per_second: 5.0,
+        },
+    ));
+    let upstream = client(&fast.url(), None).with_budget(budget);
+    let started = Instant::now();
+    for _ in 0..10 {
+        upstream
+            .head_blob(&image.repo, &image.layer_digest)
+            .await
+            .unwrap();
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "10 requests at 5/s took {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn timeouts_cover_headers_and_stalls_but_not_slow_bodies() {
     let timeout = Duration::from_millis(400);
