@@ -767,14 +767,9 @@ impl Config {
                 entry.budget.max_concurrent = n;
             }
             if let Some(r) = u.max_requests_per_second {
-                if !(r.is_finite() && r >= 0.0) {
-                    return Err(ServerError::Config(format!(
-                        "{}: upstream {}: max_requests_per_second must be a number >= 0 (0: no limit), not {r}",
-                        path.display(),
-                        u.url
-                    )));
-                }
-                entry.budget.per_second = r;
+                let bad =
+                    |e| ServerError::Config(format!("{}: upstream {}: {e}", path.display(), u.url));
+                entry.budget = entry.budget.with_rate(r).map_err(bad)?;
             }
             entry.stale_while_revalidate = file_duration(
                 u.stale_while_revalidate,

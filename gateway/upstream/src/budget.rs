@@ -40,6 +40,19 @@ pub struct BudgetConfig {
     pub per_second: f64,
 }
 
+impl BudgetConfig {
+    /// With at most `per_second` requests started per second (0: no limit).
+    pub fn with_rate(mut self, per_second: f64) -> Result<BudgetConfig, String> {
+        if !(per_second.is_finite() && per_second >= 0.0) {
+            return Err(format!(
+                "max_requests_per_second must be a number >= 0 (0: no limit), not {per_second}"
+            ));
+        }
+        self.per_second = per_second;
+        Ok(self)
+    }
+}
+
 impl Default for BudgetConfig {
     fn default() -> BudgetConfig {
         BudgetConfig {
