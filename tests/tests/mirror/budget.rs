@@ -119,7 +119,7 @@ fn a_429_pauses_the_upstream_while_cached_tags_are_served() {
         1,
         "the revalidation that met the 429"
     );
-    let metrics = pier.get("/metrics");
+    let metrics = pier_e2e::http::get(pier.admin_addr, "/metrics");
     let text = String::from_utf8_lossy(&metrics.body);
     let pause = text
         .lines()
