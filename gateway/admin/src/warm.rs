@@ -3,7 +3,7 @@
 //! works against any Pier (or any registry) it can reach.
 
 use futures_util::StreamExt;
-use pier_oci::{Descriptor, Manifest, Reference, RepoName};
+use pier_oci::{Manifest, Reference, RepoName};
 use pier_upstream::{Upstream, UpstreamClient, UpstreamConfig};
 
 use crate::AdminError;
@@ -25,25 +25,6 @@ pub fn parse_image(image: &str) -> Result<(RepoName, Reference), AdminError> {
         .parse()
         .map_err(|e: pier_oci::NameError| bad(e.to_string()))?;
     Ok((name, reference))
-}
-
-/// Whether an index entry is one of the wanted platforms (`os/arch[/variant]`); all are
-/// wanted when none is named.
-fn wanted(d: &Descriptor, platforms: &[String]) -> bool {
-    if platforms.is_empty() {
-        return true;
-    }
-    let Some(p) = &d.platform else { return false };
-    let field = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or("");
-    let (os, arch, variant) = (field("os"), field("architecture"), field("variant"));
-    platforms.iter().any(|want| {
-        let parts: Vec<&str> = want.split('/').collect();
-        match parts.as_slice() {
-            [o, a] => *o == os && *a == arch,
-            [o, a, v] => *o == os && *a == arch && *v == variant,
-            _ => false,
-        }
-    })
 }
 
 struct Warmer<'p> {
@@ -73,7 +54,7 @@ impl Warmer<'_> {
             let children: Vec<Reference> = manifest
                 .manifests
                 .iter()
-                .filter(|c| wanted(c, &self.platforms))
+                .filter(|c| c.is_for(&self.platforms))
                 .map(|c| Reference::Digest(c.digest.clone()))
                 .collect();
             for r in children {
@@ -158,6 +139,7 @@ pub async fn pull(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pier_oci::Descriptor;
 
     #[test]
     fn images() {
@@ -180,9 +162,9 @@ mod tests {
             r#"{"mediaType":"x","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":1,"platform":{"os":"linux","architecture":"arm64","variant":"v8"}}"#,
         )
         .unwrap();
-        assert!(wanted(&d, &[]));
-        assert!(wanted(&d, &["linux/arm64".into()]));
-        assert!(wanted(&d, &["linux/arm64/v8".into()]));
-        assert!(!wanted(&d, &["linux/amd64".into()]));
+        assert!(d.is_for(&[]));
+        assert!(d.is_for(&["linux/arm64".into()]));
+        assert!(d.is_for(&["linux/arm64/v8".into()]));
+        assert!(!d.is_for(&["linux/amd64".into()]));
     }
 }

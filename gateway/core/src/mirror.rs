@@ -48,6 +48,9 @@ pub struct UpstreamSpec {
     pub docker_hub: bool,
     /// Keep serving a cached tag the upstream no longer has.
     pub keep_deleted: bool,
+    /// The platforms (`os/arch[/variant]`) whose index children are fetched with the
+    /// index; the others on their first pull. Empty: every child.
+    pub platforms: Vec<String>,
     pub client: Arc<dyn Upstream>,
 }
 
@@ -700,8 +703,9 @@ impl Mirror {
         }
     }
 
-    /// Verifies and stores a manifest fetched from the upstream; an index's children are
-    /// fetched in the background so pulls by platform work from the cache later.
+    /// Verifies and stores a manifest fetched from the upstream; an index's children (of
+    /// the upstream's `platforms`) are fetched in the background so pulls by platform work
+    /// from the cache later, without the upstream, and each costs one request now.
     async fn store_manifest(
         self: &Arc<Self>,
         t: &Target,
@@ -715,8 +719,14 @@ impl Mirror {
                 "upstream served manifest bytes with digest {computed} for {digest}"
             ))));
         }
+        let platforms = &self.upstream(t).platforms;
         let children: Vec<Digest> = Manifest::parse(&fetched.bytes, Some(&fetched.media_type))
-            .map(|m| m.manifests.into_iter().map(|c| c.digest).collect())
+            .map(|m| {
+                (m.manifests.into_iter())
+                    .filter(|c| c.is_for(platforms))
+                    .map(|c| c.digest)
+                    .collect()
+            })
             .unwrap_or_default();
         let size = fetched.bytes.len() as u64;
         self.registry
@@ -1269,6 +1279,7 @@ mod tests {
                 stale_while_revalidate,
                 docker_hub: true,
                 keep_deleted,
+                platforms: Vec::new(),
                 client: up,
             }],
             default: Some(0),

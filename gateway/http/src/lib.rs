@@ -18,6 +18,7 @@ pub mod query;
 pub mod range;
 pub mod ready;
 pub mod route;
+pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

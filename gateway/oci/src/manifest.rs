@@ -105,6 +105,26 @@ pub struct Descriptor {
 }
 
 impl Descriptor {
+    /// Whether this index entry is one of `platforms` (`os/arch[/variant]`); every entry is
+    /// when none is named, none without a `platform` otherwise.
+    pub fn is_for(&self, platforms: &[String]) -> bool {
+        if platforms.is_empty() {
+            return true;
+        }
+        let Some(p) = &self.platform else {
+            return false;
+        };
+        let field = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or("");
+        let (os, arch, variant) = (field("os"), field("architecture"), field("variant"));
+        platforms.iter().any(
+            |want| match want.split('/').collect::<Vec<_>>().as_slice() {
+                [o, a] => *o == os && *a == arch,
+                [o, a, v] => *o == os && *a == arch && *v == variant,
+                _ => false,
+            },
+        )
+    }
+
     /// A layer the registry is not expected to hold (foreign / non-distributable with URLs).
     pub fn is_foreign(&self) -> bool {
         self.media_type == media_types::DOCKER_FOREIGN_LAYER

@@ -514,6 +514,8 @@ struct FileUpstream {
     allow_private: bool,
     max_concurrent_fetches: Option<usize>,
     max_requests_per_second: Option<f64>,
+    #[serde(default)]
+    platforms: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -542,6 +544,8 @@ pub struct UpstreamEntry {
     pub allow_private: bool,
     /// Its pull budget: concurrent fetches and requests per second (0: no limit).
     pub budget: pier_upstream::BudgetConfig,
+    /// Index children fetched with their index (`os/arch[/variant]`); empty: all.
+    pub platforms: Vec<String>,
 }
 
 /// The part of a URL between `://` and the path.
@@ -613,6 +617,7 @@ fn upstream_entry(
         keep_deleted: false,
         allow_private: false,
         budget: pier_upstream::BudgetConfig::default(),
+        platforms: Vec::new(),
     })
 }
 
@@ -763,6 +768,18 @@ impl Config {
             let mut entry = upstream_entry(&u.url, u.name, u.namespace, creds, ttl)?;
             entry.keep_deleted = u.keep_deleted;
             entry.allow_private = u.allow_private;
+            if let Some(bad) = u
+                .platforms
+                .iter()
+                .find(|p| !(2..=3).contains(&p.split('/').count()))
+            {
+                let msg = format!(
+                    "upstream {}: platform {bad:?} is not os/arch[/variant]",
+                    u.url
+                );
+                return Err(ServerError::Config(format!("{}: {msg}", path.display())));
+            }
+            entry.platforms = u.platforms;
             if let Some(n) = u.max_concurrent_fetches {
                 entry.budget.max_concurrent = n;
             }
@@ -1008,6 +1025,7 @@ mod config_props {
             ("[upstreams]", "stale_while_revalidate"),
             ("[upstreams]", "max_concurrent_fetches"),
             ("[upstreams]", "max_requests_per_second"),
+            ("[upstreams]", "platforms"),
             ("redis", "mode"),
             ("redis", "url"),
             ("redis", "op_timeout_ms"),

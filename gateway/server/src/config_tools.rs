@@ -29,7 +29,7 @@ pub fn check(file: PathBuf) -> Result<(), ServerError> {
     })
     .map_err(at_line)?;
     if let Some(tls) = &config.tls {
-        crate::tls::server_config(tls).map_err(at_line)?;
+        pier_http::tls::server_config(&tls.cert, &tls.key).map_err(|e| at_line(e.into()))?;
     }
     if !config.plugins.is_empty() {
         let cache = std::env::temp_dir().join(format!("pier-config-check-{}", std::process::id()));

@@ -1,5 +1,3 @@
-use std::path::PathBuf;
-
 /// Why the `pier` binary could not do what it was asked; printed for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -11,8 +9,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("TLS setup with {}: {reason}", path.display())]
-    Tls { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Tls(#[from] pier_http::tls::TlsError),
     #[error("storage")]
     Storage(#[from] pier_storage::StorageError),
     #[error("garbage collection")]

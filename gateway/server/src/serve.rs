@@ -266,7 +266,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let tls = config
         .tls
         .as_ref()
-        .map(crate::tls::server_config)
+        .map(|t| pier_http::tls::server_config(&t.cert, &t.key))
         .transpose()?
         .map(TlsAcceptor::from);
 
@@ -505,6 +505,7 @@ fn mirror(
             stale_while_revalidate: u.stale_while_revalidate,
             docker_hub: u.docker_hub,
             keep_deleted: u.keep_deleted,
+            platforms: u.platforms.clone(),
             client: Arc::new(client),
         });
     }

@@ -396,3 +396,71 @@ fn index_children_are_prefetched_and_served_with_the_upstream_down() {
         assert_layout_is(&out, img, &format!("{arch} image from the cache"));
     }
 }
+
+/// `platforms = ["linux/<this machine's arch>"]` on the upstream: pulling the index
+/// fetches that child with it and not the other; the other platform still pulls (skopeo
+/// `--override-arch`), its child fetched on demand.
+#[test]
+fn only_the_configured_platforms_are_fetched_with_an_index() {
+    let sk = Skopeo::new();
+    let up = Upstream::start();
+    let idx = TestIndex::new("plat");
+    up.push_index(&sk, "library/plat", &idx);
+    let (pier, _dir) = pier_with_config(&format!(
+        "[[upstreams]]\nname = \"up\"\nurl = \"{}\"\ndefault = true\nplatforms = [\"linux/{}\"]\n",
+        up.url(),
+        oci_arch()
+    ));
+    let r = get_manifest(pier.addr, "library/plat", "plat");
+    r.expect_status(200, "GET the index through Pier");
+    assert_eq!(sha256_digest(&r.body), idx.index_digest, "index digest");
+    let (mine, other) = (&idx.images[0], &idx.images[1]);
+    let child_gets = |d: &str| up.count("GET", &format!("/v2/library/plat/manifests/{d}"));
+    assert!(
+        pier_e2e::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            blob_data_path(&pier.root, &mine.manifest_digest).is_file()
+        }),
+        "this platform's child was not fetched with the index\n{}",
+        up.access_lines("/manifests/")
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        child_gets(&mine.manifest_digest),
+        1,
+        "{}",
+        up.access_lines("/manifests/")
+    );
+    assert_eq!(
+        child_gets(&other.manifest_digest),
+        0,
+        "the other platform's child was fetched with the index\n{}",
+        up.access_lines("/manifests/")
+    );
+
+    let other_arch = if oci_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    let out = sk.dir.path().join("other-platform");
+    sk.ok(
+        &[
+            "--override-arch",
+            other_arch,
+            "--override-os",
+            "linux",
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{}/library/plat:plat", pier.host()),
+            &format!("oci:{}:p", out.display()),
+        ],
+        "skopeo pull of the other platform through Pier",
+    );
+    assert_layout_is(&out, other, "the other platform, fetched on demand");
+    assert_eq!(
+        child_gets(&other.manifest_digest),
+        1,
+        "{}",
+        up.access_lines("/manifests/")
+    );
+}
