@@ -30,6 +30,10 @@ pub const DEFAULT_PAUSE: Duration = Duration::from_secs(10);
 /// The longest pause a `Retry-After` can impose (a hostile or broken upstream asking
 /// for a year is held to this).
 pub const MAX_PAUSE: Duration = Duration::from_secs(3600);
+/// The longest a request waits for its turn under the rate limit; past it (a flood of
+/// cold requests) it is refused at once with the wait as `Retry-After`, and its turn is
+/// given back, so the queue never outgrows what clients would wait for.
+pub const MAX_RATE_WAIT: Duration = Duration::from_secs(30);
 /// Default `max_concurrent_fetches` of an upstream.
 pub const DEFAULT_MAX_CONCURRENT: usize = 32;
 
@@ -129,7 +133,7 @@ impl Budget {
     }
 
     /// Before one request: refused at once during a pause, else waits for the request's
-    /// turn under the rate limit.
+    /// turn under the rate limit (refused when that is more than [`MAX_RATE_WAIT`] away).
     pub async fn admit(&self) -> Result<(), UpstreamError> {
         if let Some(left) = self.paused_for() {
             return Err(UpstreamError::TooManyRequests {
@@ -137,10 +141,17 @@ impl Budget {
             });
         }
         if let Some(rate) = &self.rate {
-            let wait = rate
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .reserve(Instant::now());
+            let wait = {
+                let mut bucket = rate.lock().unwrap_or_else(PoisonError::into_inner);
+                let wait = bucket.reserve(Instant::now());
+                if wait > MAX_RATE_WAIT {
+                    bucket.tokens += 1.0;
+                    return Err(UpstreamError::TooManyRequests {
+                        retry_after: Some(wait),
+                    });
+                }
+                wait
+            };
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
@@ -391,6 +402,44 @@ mod tests {
         assert!(b.pause(Some(Duration::from_secs(365 * 86400))) == MAX_PAUSE);
         b.pause(Some(Duration::from_secs(1)));
         assert!(b.paused_for().unwrap() > Duration::from_secs(3000));
+    }
+
+    /// A flood of requests under a rate limit: those whose turn is more than
+    /// MAX_RATE_WAIT away are refused at once and give their turn back.
+    #[tokio::test]
+    async fn a_rate_queue_longer_than_the_wait_bound_is_refused() {
+        let b = Budget::new(
+            "hub",
+            BudgetConfig {
+                max_concurrent: 0,
+                per_second: 0.1,
+            },
+        );
+        // A burst of one, then one every 10 s: three more turns reach 30 s ahead, so the
+        // next is past the bound.
+        b.admit().await.unwrap();
+        let tokens = |b: &Budget| b.rate.as_ref().unwrap().lock().unwrap().tokens;
+        let before = tokens(&b);
+        {
+            let mut bucket = b.rate.as_ref().unwrap().lock().unwrap();
+            for _ in 0..3 {
+                bucket.reserve(Instant::now());
+            }
+        }
+        let queued = tokens(&b);
+        assert!(queued < before - 2.9, "three turns reserved");
+        match b.admit().await {
+            Err(UpstreamError::TooManyRequests {
+                retry_after: Some(d),
+            }) => {
+                assert!(d > MAX_RATE_WAIT, "{d:?}")
+            }
+            other => panic!("a turn {:?} away was admitted: {other:?}", MAX_RATE_WAIT),
+        }
+        assert!(
+            (tokens(&b) - queued).abs() < 0.01,
+            "the refused turn was given back"
+        );
     }
 
     #[tokio::test]
