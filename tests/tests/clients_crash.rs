@@ -173,6 +173,23 @@ fn get_digest(addr: SocketAddr, path: &str) -> (u16, u64, String) {
     (status, n, format!("sha256:{}", hex::encode(h.finalize())))
 }
 
+/// Closes the upload session at `loc` with an empty `PUT ?digest=`: 201 naming the digest.
+#[track_caller]
+fn close_upload(pier: &TestPier, loc: &str, digest: &str, what: &str) {
+    let r = pier.request(
+        "PUT",
+        &with_query(loc, &format!("digest={digest}")),
+        &[],
+        b"",
+    );
+    r.expect_status(201, what);
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(digest),
+        "{what}\n{r}"
+    );
+}
+
 /// The next offset of an upload session from its `Range: 0-<last>` header.
 #[track_caller]
 fn upload_offset(r: &Response) -> u64 {
@@ -258,14 +275,12 @@ fn kill9_mid_patch_leaves_no_partial_blob_and_the_upload_resumes() {
         loc = location_path(&r);
         off = end;
     }
-    let r = pier.request(
-        "PUT",
-        &with_query(&loc, &format!("digest={digest}")),
-        &[],
-        b"",
+    close_upload(
+        &pier,
+        &loc,
+        &digest,
+        "PUT ?digest= completing the resumed upload",
     );
-    r.expect_status(201, "PUT ?digest= completing the resumed upload");
-    assert_eq!(r.header("docker-content-digest"), Some(digest.as_str()));
 
     let h = pier.head(&format!("/v2/{repo}/blobs/{digest}"));
     h.expect_status(200, "HEAD of the completed blob");
@@ -401,14 +416,7 @@ fn crash_between_the_write_and_the_rename_leaves_no_blob_and_the_upload_finishes
         SIZE,
         "offset of the interrupted session\n{st}"
     );
-    let r = pier.request(
-        "PUT",
-        &with_query(&loc, &format!("digest={digest}")),
-        &[],
-        b"",
-    );
-    r.expect_status(201, "PUT ?digest= again after the crash");
-    assert_eq!(r.header("docker-content-digest"), Some(digest.as_str()));
+    close_upload(&pier, &loc, &digest, "PUT ?digest= again after the crash");
     let (status, len, got) = get_digest(pier.addr, &blob);
     assert_eq!(
         (status, len, got.as_str()),
