@@ -173,6 +173,13 @@ fn get_digest(addr: SocketAddr, path: &str) -> (u16, u64, String) {
     (status, n, format!("sha256:{}", hex::encode(h.finalize())))
 }
 
+/// GET `path` answers 200 with the whole blob (SIZE bytes) of `digest`.
+#[track_caller]
+fn assert_reads_back(pier: &TestPier, path: &str, digest: &str, what: &str) {
+    let (status, len, got) = get_digest(pier.addr, path);
+    assert_eq!((status, len, got.as_str()), (200, SIZE, digest), "{what}");
+}
+
 /// Closes the upload session at `loc` with an empty `PUT ?digest=`: 201 naming the digest.
 #[track_caller]
 fn close_upload(pier: &TestPier, loc: &str, digest: &str, what: &str) {
@@ -289,9 +296,12 @@ fn kill9_mid_patch_leaves_no_partial_blob_and_the_upload_resumes() {
         Some(SIZE),
         "Content-Length of the blob\n{h}"
     );
-    let (status, len, got) = get_digest(pier.addr, &format!("/v2/{repo}/blobs/{digest}"));
-    assert_eq!((status, len), (200, SIZE), "GET of the completed blob");
-    assert_eq!(got, digest, "bytes of the resumed upload");
+    assert_reads_back(
+        &pier,
+        &format!("/v2/{repo}/blobs/{digest}"),
+        &digest,
+        "GET of the resumed upload's blob",
+    );
     assert_blob_store_consistent(&pier.root);
 }
 
@@ -332,11 +342,11 @@ fn kill9_mid_monolithic_push_then_a_fresh_push_succeeds() {
     let h = pier.head(&format!("/v2/{repo}/blobs/{digest}"));
     h.expect_status(200, "HEAD after the fresh push");
     assert_eq!(h.content_length(), Some(SIZE));
-    let (status, len, got) = get_digest(pier.addr, &format!("/v2/{repo}/blobs/{digest}"));
-    assert_eq!(
-        (status, len, got.as_str()),
-        (200, SIZE, digest.as_str()),
-        "GET after the fresh push"
+    assert_reads_back(
+        &pier,
+        &format!("/v2/{repo}/blobs/{digest}"),
+        &digest,
+        "GET after the fresh push",
     );
 
     // And through POST + a single PUT carrying the body, into another repository.
@@ -417,12 +427,7 @@ fn crash_between_the_write_and_the_rename_leaves_no_blob_and_the_upload_finishes
         "offset of the interrupted session\n{st}"
     );
     close_upload(&pier, &loc, &digest, "PUT ?digest= again after the crash");
-    let (status, len, got) = get_digest(pier.addr, &blob);
-    assert_eq!(
-        (status, len, got.as_str()),
-        (200, SIZE, digest.as_str()),
-        "GET of the blob"
-    );
+    assert_reads_back(&pier, &blob, &digest, "GET of the blob");
     assert_blob_store_consistent(&pier.root);
 }
 
@@ -450,12 +455,7 @@ fn crash_after_the_rename_keeps_the_whole_blob_and_a_retried_push_succeeds() {
     send_range(pier.addr, "POST", &post, &headers, &generator, 0, SIZE)
         .expect_status(201, "the client's retried push after the crash");
     let blob = format!("/v2/crash/commit/blobs/{digest}");
-    let (status, len, got) = get_digest(pier.addr, &blob);
-    assert_eq!(
-        (status, len, got.as_str()),
-        (200, SIZE, digest.as_str()),
-        "GET of the blob"
-    );
+    assert_reads_back(&pier, &blob, &digest, "GET of the blob");
     assert_blob_store_consistent(&pier.root);
 }
 

@@ -2,7 +2,7 @@
 //! the collector writes nothing).
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -96,49 +96,43 @@ impl Collector for ProcessCollector {
             None,
             MetricType::Counter,
         )?)?;
-        let whole: [(&str, &str, u64); 2] = [
-            (
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes.",
-                s.resident_bytes,
-            ),
-            (
-                "process_open_fds",
-                "Number of open file descriptors.",
-                s.open_fds,
-            ),
-        ];
-        for (name, help, v) in whole {
-            let v = i64::try_from(v).unwrap_or(i64::MAX);
-            ConstGauge::new(v).encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Gauge,
-            )?)?;
-        }
-        let fractional: [(&str, &str, f64); 2] = [
-            (
-                "process_max_fds",
-                "Maximum number of open file descriptors.",
-                s.max_fds.map_or(f64::INFINITY, |n| n as f64),
-            ),
-            (
-                "process_start_time_seconds",
-                "Start time of the process since unix epoch in seconds.",
-                s.start_time_seconds,
-            ),
-        ];
-        for (name, help, v) in fractional {
-            ConstGauge::new(v).encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Gauge,
-            )?)?;
-        }
+        let whole = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+        gauge(
+            &mut encoder,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            whole(s.resident_bytes),
+        )?;
+        gauge(
+            &mut encoder,
+            "process_open_fds",
+            "Number of open file descriptors.",
+            whole(s.open_fds),
+        )?;
+        gauge(
+            &mut encoder,
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            ConstGauge::new(s.max_fds.map_or(f64::INFINITY, |n| n as f64)),
+        )?;
+        gauge(
+            &mut encoder,
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            ConstGauge::new(s.start_time_seconds),
+        )?;
         Ok(())
     }
+}
+
+/// One gauge family of a single unlabelled value.
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: impl EncodeMetric,
+) -> std::fmt::Result {
+    value.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
 
 #[cfg(test)]
