@@ -110,9 +110,15 @@ impl Budget {
         self.config
     }
 
-    /// One of the concurrent fetches; waits while all are taken.
-    pub async fn fetch_permit(&self) -> Permit {
-        match &self.permits {
+    /// One of the concurrent fetches; waits while all are taken. Refused at once during a
+    /// pause, rather than queueing for a slot only to be refused then.
+    pub async fn fetch_permit(&self) -> Result<Permit, UpstreamError> {
+        if let Some(left) = self.paused_for() {
+            return Err(UpstreamError::TooManyRequests {
+                retry_after: Some(left),
+            });
+        }
+        Ok(match &self.permits {
             Some(s) => Permit {
                 _held: Some(
                     s.clone()
@@ -122,7 +128,7 @@ impl Budget {
                 ),
             },
             None => Permit { _held: None },
-        }
+        })
     }
 
     /// Fetches in flight now.
@@ -392,6 +398,10 @@ mod tests {
             }
             other => panic!("admitted during a pause: {other:?}"),
         }
+        assert!(
+            b.fetch_permit().await.is_err(),
+            "no fetch slot is handed out during a pause"
+        );
         tokio::time::sleep(Duration::from_millis(350)).await;
         assert!(b.paused_for().is_none());
         b.admit().await.expect("the pause is over");
@@ -451,11 +461,11 @@ mod tests {
                 per_second: 0.0,
             },
         ));
-        let p1 = b.fetch_permit().await;
-        let _p2 = b.fetch_permit().await;
+        let p1 = b.fetch_permit().await.unwrap();
+        let _p2 = b.fetch_permit().await.unwrap();
         assert_eq!(b.in_flight(), 2);
         let b2 = b.clone();
-        let third = tokio::spawn(async move { b2.fetch_permit().await });
+        let third = tokio::spawn(async move { b2.fetch_permit().await.unwrap() });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!third.is_finished(), "a third fetch started beside two");
         drop(p1);

@@ -287,10 +287,10 @@ impl UpstreamClient {
     }
 
     /// One of the budget's concurrent fetches (none without a budget).
-    async fn fetch_permit(&self) -> Option<crate::budget::Permit> {
+    async fn fetch_permit(&self) -> Result<Option<crate::budget::Permit>, UpstreamError> {
         match &self.budget {
-            Some(b) => Some(b.fetch_permit().await),
-            None => None,
+            Some(b) => b.fetch_permit().await.map(Some),
+            None => Ok(None),
         }
     }
 
@@ -888,7 +888,7 @@ impl Upstream for UpstreamClient {
         call.headers
             .push((ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT)));
         let call = &call;
-        let _permit = self.fetch_permit().await;
+        let _permit = self.fetch_permit().await?;
         let (headers, bytes) = self
             .with_retries(call, |attempt| async move {
                 let response = self.exchange(call, attempt).await?;
@@ -936,7 +936,7 @@ impl Upstream for UpstreamClient {
         call.headers
             .push((ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT)));
         let call = &call;
-        let _permit = self.fetch_permit().await;
+        let _permit = self.fetch_permit().await?;
         let response = self
             .with_retries(call, |attempt| self.exchange(call, attempt))
             .await?;
@@ -962,7 +962,7 @@ impl Upstream for UpstreamClient {
 
     async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, UpstreamError> {
         let call = &self.call(Method::HEAD, repo, format!("blobs/{digest}"));
-        let _permit = self.fetch_permit().await;
+        let _permit = self.fetch_permit().await?;
         let response = self
             .with_retries(call, |attempt| self.exchange(call, attempt))
             .await?;
@@ -984,7 +984,7 @@ impl Upstream for UpstreamClient {
         }
         let call = &call;
         // Held until the body ends: a blob in transfer is a fetch in flight.
-        let permit = self.fetch_permit().await;
+        let permit = self.fetch_permit().await?;
         let response = self
             .with_retries(call, |attempt| self.exchange(call, attempt))
             .await?;
