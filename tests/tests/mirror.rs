@@ -15,6 +15,8 @@ mod clients_support;
 mod blobs;
 #[path = "mirror/budget.rs"]
 mod budget;
+#[path = "mirror/fleet.rs"]
+mod fleet;
 #[path = "mirror/freshness.rs"]
 mod freshness;
 #[path = "mirror/podman.rs"]

@@ -46,6 +46,10 @@ pub struct AdminState {
     /// Every series `/metrics` serves (built by the binary: each part registers its own).
     pub series: Arc<prometheus_client::registry::Registry>,
     pub mirror: Option<Arc<pier_core::Mirror>>,
+    /// The edge fleet this node belongs to, if any.
+    pub fleet: Option<Arc<pier_core::fleet::Fleet>>,
+    /// Every upstream's pull budget.
+    pub budgets: pier_upstream::UpstreamBudgets,
     /// Whether this node should get traffic (`/readyz`), shared with the registry listener.
     pub ready: Arc<pier_http::ready::Readiness>,
     pub plugins: Arc<dyn Plugins>,

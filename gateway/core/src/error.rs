@@ -38,6 +38,10 @@ pub enum CoreError {
     /// The shared state of a scaled-out deployment (Redis) could not be reached.
     #[error("cluster coordination unavailable: {0}")]
     Coordination(String),
+    /// A fleet peer asked for a blob this node is fetching from that same peer (the
+    /// nodes disagree on the owner for a moment): the peer takes its next source.
+    #[error("this node is fetching {0} from the asking peer")]
+    PeerBusy(Digest),
 }
 
 impl From<StorageError> for CoreError {

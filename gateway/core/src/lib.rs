@@ -4,6 +4,7 @@
 #![deny(rust_2018_idioms)]
 
 mod error;
+pub mod fleet;
 pub mod gc;
 mod histogram;
 pub mod lease;

@@ -6,7 +6,7 @@
 //! nothing. Tags are revalidated with a HEAD after a TTL and served stale when the upstream
 //! fails.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +18,7 @@ use pier_storage::{BlobRead, ByteStream, IngestStore, RangeSpec};
 use pier_upstream::{BlobFetched, ManifestFetched, Upstream, UpstreamError};
 use tokio::sync::watch;
 
+use crate::fleet::{PeerSource, Peers};
 use crate::registry::ManifestContent;
 use crate::{CoreError, Registry, Result};
 
@@ -88,10 +89,20 @@ impl Place {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     upstream: usize,
+    /// The fleet peer this request came from ([`Mirror::peer_target`]): it is answered
+    /// from this node's cache or its upstream, never from another peer.
+    peer: Option<Arc<str>>,
     /// The repository's name at the upstream.
     pub remote: RepoName,
     /// Where its content is kept locally.
     pub local: RepoName,
+}
+
+impl Target {
+    /// The fleet peer this request came from, if one did.
+    pub fn from_peer(&self) -> Option<&str> {
+        self.peer.as_deref()
+    }
 }
 
 /// A blob read through the mirror.
@@ -117,6 +128,8 @@ struct Fill {
     reader: Arc<dyn pier_storage::PartialReader>,
     size: Option<u64>,
     progress: watch::Receiver<Progress>,
+    /// The fleet peer the bytes come from now (`None`: the upstream).
+    source: Mutex<Option<Arc<str>>>,
 }
 
 /// Per-key async locks, removed when nobody holds or waits for them.
@@ -170,6 +183,10 @@ struct Counters {
     manifest_misses: AtomicU64,
     stale_serves: AtomicU64,
     upstream_bytes: AtomicU64,
+    /// Blob bytes received from fleet peers instead of the upstream.
+    peer_bytes: AtomicU64,
+    /// Requests a fleet peer answered instead of the upstream.
+    peer_answers: AtomicU64,
     /// Blob bytes answered from the cache (what upstreams did not have to send again).
     cache_bytes: AtomicU64,
     fill_failures: AtomicU64,
@@ -191,6 +208,10 @@ pub struct MirrorStats {
     pub stale_serves: u64,
     /// Blob bytes received from upstreams.
     pub upstream_bytes: u64,
+    /// Blob bytes received from fleet peers instead of the upstream.
+    pub peer_bytes: u64,
+    /// Upstream requests saved: requests a fleet peer answered instead.
+    pub peer_answers: u64,
     /// Blob bytes answered from the cache: what the upstreams were spared.
     pub cache_bytes: u64,
     pub fill_failures: u64,
@@ -221,6 +242,8 @@ pub struct Mirror {
     leases: Option<Arc<dyn crate::Leases>>,
     /// Told about every manifest fetched from an upstream and stored (events).
     observer: Option<Arc<dyn FillObserver>>,
+    /// The other nodes of an edge fleet, asked before the upstream.
+    peers: Option<Arc<dyn Peers>>,
 }
 
 /// Told when the mirror stored a manifest it fetched from an upstream (the binary turns
@@ -278,7 +301,103 @@ impl Mirror {
                 .build(),
             leases: None,
             observer: None,
+            peers: None,
         }
+    }
+
+    /// Asks the fleet's owner of each blob, manifest and tag before the upstream.
+    pub fn with_peers(mut self, peers: Arc<dyn Peers>) -> Mirror {
+        self.peers = Some(peers);
+        self
+    }
+
+    /// The peers to ask for `key` before the upstream: none for a peer's own request.
+    fn sources(&self, t: &Target, key: &str) -> VecDeque<PeerSource> {
+        match (&self.peers, &t.peer) {
+            (Some(p), None) => p
+                .ahead(t.upstream, &format!("{}/{key}", self.upstream(t).name))
+                .into(),
+            _ => VecDeque::new(),
+        }
+    }
+
+    /// Whether to go on to the next source after `peer` failed with `e`: yes, except on
+    /// a 429 (the fleet's budget is spent: going around it would spend it twice). A
+    /// failing peer is cooled down; a "not found" or "busy" answer is no fault.
+    fn peer_failed(&self, peer: &PeerSource, e: &UpstreamError) -> bool {
+        if matches!(e, UpstreamError::TooManyRequests { .. }) {
+            return false;
+        }
+        let fault = !e.is_not_found() && !matches!(e, UpstreamError::Status { status: 409, .. });
+        if let (Some(p), true) = (&self.peers, fault) {
+            p.failed(&peer.id, &e.to_string());
+        }
+        tracing::debug!(peer = %peer.id, error = %e, "fleet peer did not answer; asking the next source");
+        true
+    }
+
+    /// `op` on the first source that answers: the peers in order, then the upstream.
+    async fn ask<T, F, Fut>(
+        &self,
+        t: &Target,
+        sources: &VecDeque<PeerSource>,
+        op: F,
+    ) -> std::result::Result<T, UpstreamError>
+    where
+        F: Fn(Arc<dyn Upstream>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, UpstreamError>>,
+    {
+        for p in sources {
+            match op(p.client.clone()).await {
+                Ok(v) => {
+                    bump(&self.counters.peer_answers);
+                    return Ok(v);
+                }
+                Err(e) if self.peer_failed(p, &e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        op(self.upstream(t).client.clone()).await
+    }
+
+    /// Opens `digest` at `offset` from the first source that answers: the peers in
+    /// order, then the upstream. Also returns the peer that answered (`None`: the
+    /// upstream) and the peers not asked yet.
+    async fn open_blob(
+        &self,
+        t: &Target,
+        mut sources: VecDeque<PeerSource>,
+        digest: &Digest,
+        offset: u64,
+    ) -> std::result::Result<(BlobFetched, Option<PeerSource>, VecDeque<PeerSource>), UpstreamError>
+    {
+        while let Some(p) = sources.pop_front() {
+            match p.client.get_blob(&t.remote, digest, offset).await {
+                Ok(b) => {
+                    bump(&self.counters.peer_answers);
+                    return Ok((b, Some(p), sources));
+                }
+                Err(e) if self.peer_failed(&p, &e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let b = (self.upstream(t).client)
+            .get_blob(&t.remote, digest, offset)
+            .await?;
+        Ok((b, None, sources))
+    }
+
+    /// Where a fleet peer's request for `remote` of the upstream named `upstream` goes:
+    /// answered from this node's cache or its upstream, never another peer's.
+    pub fn peer_target(&self, upstream: &str, remote: &str, peer: &str) -> Option<Target> {
+        let i = self
+            .config
+            .upstreams
+            .iter()
+            .position(|u| u.name == upstream)?;
+        let mut t = self.target(i, remote)?;
+        t.peer = Some(Arc::from(peer));
+        Some(t)
     }
 
     /// Coordinates fills with other nodes sharing the blob store: one node fetches a
@@ -418,6 +537,8 @@ impl Mirror {
             manifest_misses: get(&c.manifest_misses),
             stale_serves: get(&c.stale_serves),
             upstream_bytes: get(&c.upstream_bytes),
+            peer_bytes: get(&c.peer_bytes),
+            peer_answers: get(&c.peer_answers),
             cache_bytes: get(&c.cache_bytes),
             fill_failures: get(&c.fill_failures),
             evictions: get(&c.evictions),
@@ -441,6 +562,7 @@ impl Mirror {
         };
         Some(Target {
             upstream,
+            peer: None,
             local: format!("{}/{remote}", spec.name).parse().ok()?,
             remote: remote.parse().ok()?,
         })
@@ -515,7 +637,11 @@ impl Mirror {
                     bump(&self.counters.manifest_hits);
                     return Ok(m);
                 }
-                let _guard = self.locks.lock(format!("{}@{d}", t.local)).await;
+                let sources = self.sources(t, &d.to_string());
+                let _guard = self
+                    .locks
+                    .lock(lock_name(&sources, format!("{}@{d}", t.local)))
+                    .await;
                 if let Some(m) = self.local_manifest(t, reference).await? {
                     return Ok(m);
                 }
@@ -524,10 +650,11 @@ impl Mirror {
                     return Err(CoreError::ManifestUnknown(d.to_string()));
                 }
                 bump(&self.counters.manifest_misses);
+                let remote = &t.remote;
                 let fetched = self
-                    .upstream(t)
-                    .client
-                    .get_manifest(&t.remote, reference)
+                    .ask(t, &sources, |c| async move {
+                        c.get_manifest(remote, reference).await
+                    })
                     .await
                     .map_err(|e| {
                         self.remember(key, e, || CoreError::ManifestUnknown(d.to_string()))
@@ -612,7 +739,11 @@ impl Mirror {
     ) -> Result<Arc<ManifestContent>> {
         let reference = Reference::Tag(tag.clone());
         let local = self.local_manifest(t, &reference).await?;
-        let _guard = self.locks.lock(format!("{}:{tag}", t.local)).await;
+        let sources = self.sources(t, &format!("{}:{tag}", t.remote));
+        let _guard = self
+            .locks
+            .lock(lock_name(&sources, format!("{}:{tag}", t.local)))
+            .await;
         let local = match self.fresh(t, tag) {
             // Another request revalidated while this one waited.
             true => match self.local_manifest(t, &reference).await? {
@@ -637,7 +768,14 @@ impl Mirror {
                 pause_left_s = left.as_secs(), "upstream paused after a 429; serving the cached tag");
             return Ok(m.clone());
         }
-        match client.head_manifest(&t.remote, &reference).await {
+        let remote = &t.remote;
+        let head = self
+            .ask(t, &sources, |c| {
+                let reference = &reference;
+                async move { c.head_manifest(remote, reference).await }
+            })
+            .await;
+        match head {
             Ok(head) => {
                 if let Some(m) = local.filter(|m| m.digest == head.digest) {
                     bump(&self.counters.manifest_hits);
@@ -662,8 +800,11 @@ impl Mirror {
                     return Ok(m);
                 }
                 bump(&self.counters.manifest_misses);
-                let fetched = client
-                    .get_manifest(&t.remote, &by_digest)
+                let by_digest = &by_digest;
+                let fetched = self
+                    .ask(t, &sources, |c| async move {
+                        c.get_manifest(remote, by_digest).await
+                    })
                     .await
                     .map_err(|e| upstream_err(e, unknown))?;
                 let m = self
@@ -783,11 +924,15 @@ impl Mirror {
         if self.negative.contains_key(&key) {
             return Err(CoreError::BlobUnknown(digest.clone()));
         }
-        self.upstream(t)
-            .client
-            .head_blob(&t.remote, digest)
-            .await
-            .map_err(|e| self.remember(key, e, || CoreError::BlobUnknown(digest.clone())))
+        let sources = self.sources(t, &digest.to_string());
+        let remote = &t.remote;
+        self.ask(
+            t,
+            &sources,
+            |c| async move { c.head_blob(remote, digest).await },
+        )
+        .await
+        .map_err(|e| self.remember(key, e, || CoreError::BlobUnknown(digest.clone())))
     }
 
     /// A blob from the store, or streamed from a (shared) fetch from the upstream.
@@ -874,14 +1019,18 @@ impl Mirror {
     /// The fill for `digest`: joins the one in progress or starts one. `None` when the blob
     /// was stored meanwhile.
     async fn fill(self: &Arc<Self>, t: &Target, digest: &Digest) -> Result<Option<Arc<Fill>>> {
-        if let Some(f) = self.fills.lock().expect("fills poisoned").get(digest) {
-            bump(&self.counters.blob_coalesced);
-            return Ok(Some(f.clone()));
+        if let Some(f) = self.joinable(t, digest)? {
+            return Ok(Some(f));
         }
-        let _guard = self.locks.lock(format!("blob {digest}")).await;
-        if let Some(f) = self.fills.lock().expect("fills poisoned").get(digest) {
-            bump(&self.counters.blob_coalesced);
-            return Ok(Some(f.clone()));
+        // Fills from a peer wait on their own lock: a peer's request, filled from the
+        // upstream, never waits for this node's request to that peer (or to another).
+        let sources = self.sources(t, &digest.to_string());
+        let _guard = self
+            .locks
+            .lock(lock_name(&sources, format!("blob {digest}")))
+            .await;
+        if let Some(f) = self.joinable(t, digest)? {
+            return Ok(Some(f));
         }
         if self.registry.stores().blobs.stat(digest).await?.is_some() {
             return Ok(None);
@@ -893,7 +1042,7 @@ impl Mirror {
         if !self.lease_or_wait(digest).await? {
             return Ok(None);
         }
-        let fetched = match self.upstream(t).client.get_blob(&t.remote, digest, 0).await {
+        let (fetched, source, rest) = match self.open_blob(t, sources, digest, 0).await {
             Ok(f) => f,
             Err(e) => {
                 self.release_lease(digest).await;
@@ -913,17 +1062,62 @@ impl Mirror {
             reader: ingest.reader(),
             size: fetched.size,
             progress: rx,
+            source: Mutex::new(source.as_ref().map(|p| p.id.clone())),
         });
-        self.fills
-            .lock()
-            .expect("fills poisoned")
-            .insert(digest.clone(), fill.clone());
-        tracing::info!(upstream = %self.upstream(t).name, repository = %t.remote, digest = %digest, size = ?fetched.size, "fetching blob from upstream");
-        tokio::spawn(
-            self.clone()
-                .run_fill(t.clone(), digest.clone(), ingest, fetched, tx),
-        );
+        // A peer's request (under the other lock) may have started the same fill
+        // meanwhile: then join it. Its lease, if any, is this node's too.
+        let started = {
+            let mut fills = self.fills.lock().expect("fills poisoned");
+            match fills.get(digest) {
+                Some(f) => Some(f.clone()),
+                None => {
+                    fills.insert(digest.clone(), fill.clone());
+                    None
+                }
+            }
+        };
+        if let Some(f) = started {
+            ingest.abort().await;
+            bump(&self.counters.blob_coalesced);
+            return Ok(Some(f));
+        }
+        match &source {
+            Some(p) => {
+                tracing::info!(peer = %p.id, repository = %t.remote, digest = %digest, size = ?fetched.size, "fetching blob from its fleet owner")
+            }
+            None => {
+                tracing::info!(upstream = %self.upstream(t).name, repository = %t.remote, digest = %digest, size = ?fetched.size, "fetching blob from upstream")
+            }
+        }
+        let from = Sources {
+            current: source,
+            rest,
+        };
+        tokio::spawn(self.clone().run_fill(
+            t.clone(),
+            digest.clone(),
+            (ingest, fill.clone()),
+            (fetched, from),
+            tx,
+        ));
         Ok(Some(fill))
+    }
+
+    /// The fill of `digest` in progress, if a request may join it: not a peer's request
+    /// for a blob this node is fetching from that same peer (they would wait on each
+    /// other).
+    fn joinable(&self, t: &Target, digest: &Digest) -> Result<Option<Arc<Fill>>> {
+        let fills = self.fills.lock().expect("fills poisoned");
+        let Some(f) = fills.get(digest) else {
+            return Ok(None);
+        };
+        if let Some(asker) = &t.peer
+            && f.source.lock().expect("fill source poisoned").as_ref() == Some(asker)
+        {
+            return Err(CoreError::PeerBusy(digest.clone()));
+        }
+        bump(&self.counters.blob_coalesced);
+        Ok(Some(f.clone()))
     }
 
     async fn release_lease(&self, digest: &Digest) {
@@ -938,11 +1132,10 @@ impl Mirror {
         self: Arc<Self>,
         t: Target,
         digest: Digest,
-        mut ingest: Box<dyn pier_storage::Ingest>,
-        first: BlobFetched,
+        (mut ingest, fill): (Box<dyn pier_storage::Ingest>, Arc<Fill>),
+        (first, mut from): (BlobFetched, Sources),
         tx: watch::Sender<Progress>,
     ) {
-        let client = self.upstream(&t).client.clone();
         let renewer = self.leases.clone().map(|leases| {
             let name = format!("fill {digest}");
             tokio::spawn(async move {
@@ -959,9 +1152,16 @@ impl Mirror {
         let transferred: std::result::Result<(), String> = loop {
             match stream.next().await {
                 Some(Ok(chunk)) => {
-                    self.counters
-                        .upstream_bytes
-                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    let n = chunk.len() as u64;
+                    match (&from.current, &self.peers) {
+                        (Some(p), Some(peers)) => {
+                            self.counters.peer_bytes.fetch_add(n, Ordering::Relaxed);
+                            peers.received(&p.id, n);
+                        }
+                        _ => {
+                            self.counters.upstream_bytes.fetch_add(n, Ordering::Relaxed);
+                        }
+                    }
                     if let Err(e) = ingest.write(chunk).await {
                         break Err(format!("storing the blob failed: {e}"));
                     }
@@ -971,10 +1171,25 @@ impl Mirror {
                 Some(Err(e)) if resumes < MAX_RESUMES => {
                     resumes += 1;
                     let offset = ingest.written();
-                    tracing::warn!(digest = %digest, offset, error = %e, attempt = resumes, "upstream transfer broke; resuming");
-                    match client.get_blob(&t.remote, &digest, offset).await {
-                        Ok(b) => stream = b.stream,
-                        Err(e) => break Err(format!("resuming the upstream transfer failed: {e}")),
+                    tracing::warn!(digest = %digest, offset, error = %e, attempt = resumes, peer = ?from.current.as_ref().map(|p| &p.id), "transfer broke; resuming");
+                    // A peer that broke off (killed, partitioned) is cooled down and the
+                    // transfer resumes from the next source.
+                    let mut rest = std::mem::take(&mut from.rest);
+                    if let Some(p) = from.current.take() {
+                        if let Some(peers) = &self.peers {
+                            peers.failed(&p.id, &format!("transfer broke: {e}"));
+                        }
+                    } else {
+                        rest.clear();
+                    }
+                    match self.open_blob(&t, rest, &digest, offset).await {
+                        Ok((b, current, rest)) => {
+                            stream = b.stream;
+                            *fill.source.lock().expect("fill source poisoned") =
+                                current.as_ref().map(|p| p.id.clone());
+                            from = Sources { current, rest };
+                        }
+                        Err(e) => break Err(format!("resuming the transfer failed: {e}")),
                     }
                 }
                 Some(Err(e)) => break Err(format!("upstream transfer failed: {e}")),
@@ -996,7 +1211,18 @@ impl Mirror {
                 .time("blob_put", ingest.commit())
                 .await
                 .map(drop)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| {
+                    // A peer that served bytes of another digest is cooled down.
+                    if let (
+                        pier_storage::StorageError::DigestMismatch { .. },
+                        Some(p),
+                        Some(peers),
+                    ) = (&e, &from.current, &self.peers)
+                    {
+                        peers.failed(&p.id, &format!("served bytes that do not verify: {e}"));
+                    }
+                    e.to_string()
+                }),
             Err(e) => {
                 ingest.abort().await;
                 Err(e)
@@ -1008,7 +1234,8 @@ impl Mirror {
                 tracing::info!(digest = %digest, "blob fetched from upstream and verified")
             }
             Err(e) => {
-                tracing::error!(digest = %digest, error = %e, "blob fetch from upstream failed; nothing cached")
+                bump(&self.counters.fill_failures);
+                tracing::error!(digest = %digest, error = %e, "blob fetch failed; nothing cached")
             }
         }
         if let Some(r) = renewer {
@@ -1017,6 +1244,23 @@ impl Mirror {
         self.release_lease(&digest).await;
         self.fills.lock().expect("fills poisoned").remove(&digest);
         tx.send_modify(|p| p.done = Some(outcome.map_err(Arc::from)));
+    }
+}
+
+/// Where a fill's bytes come from: the peer answering now (`None`: the upstream), and the
+/// peers to try after it, in order.
+struct Sources {
+    current: Option<PeerSource>,
+    rest: VecDeque<PeerSource>,
+}
+
+/// The lock for `key`: requests that ask peers first lock apart from requests answered
+/// from the upstream, so the latter (every peer's request) never wait for the former.
+fn lock_name(sources: &VecDeque<PeerSource>, key: String) -> String {
+    if sources.is_empty() {
+        key
+    } else {
+        format!("peer {key}")
     }
 }
 
@@ -1120,6 +1364,16 @@ impl prometheus_client::collector::Collector for MirrorSeries {
                 "pier_mirror_upstream_bytes",
                 "Blob bytes received from upstreams.",
                 &c.upstream_bytes,
+            ),
+            (
+                "pier_mirror_peer_bytes",
+                "Blob bytes received from fleet peers instead of the upstream.",
+                &c.peer_bytes,
+            ),
+            (
+                "pier_mirror_peer_answers",
+                "Upstream requests saved: blob, manifest and tag requests a fleet peer answered.",
+                &c.peer_answers,
             ),
             (
                 "pier_mirror_cache_bytes",

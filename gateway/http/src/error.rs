@@ -142,6 +142,8 @@ fn classify(
                 vec![("Retry-After", "1".to_owned())],
             ),
             CoreError::Storage(_) => simple(C::Unknown),
+            // Only fleet peers get this; they ask their next source (never a cool-down).
+            CoreError::PeerBusy(_) => (StatusCode::CONFLICT, C::Unavailable, none, vec![]),
             CoreError::Upstream(u) => match u {
                 pier_upstream::UpstreamError::TooManyRequests { retry_after } => (
                     by_code(C::TooManyRequests),

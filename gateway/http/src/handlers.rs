@@ -111,7 +111,7 @@ pub(crate) async fn dispatch(
 }
 
 /// A request for a mirrored repository: reads go through the mirror, writes are refused.
-async fn mirrored(
+pub(crate) async fn mirrored(
     state: &AppState,
     mirror: &Arc<Mirror>,
     t: &Target,
@@ -122,7 +122,10 @@ async fn mirrored(
     match (route, &method) {
         (Route::Manifest(_, r), &Method::GET | &Method::HEAD) => {
             let m = mirror.manifest(t, &r).await?;
-            note_pull(state, &t.local, &r, &req);
+            // A fleet peer's fill is not a pull of this node's clients.
+            if t.from_peer().is_none() {
+                note_pull(state, &t.local, &r, &req);
+            }
             Ok(manifest_response(&m, &req))
         }
         (Route::Blob(_, d), &Method::HEAD) => {

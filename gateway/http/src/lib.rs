@@ -12,6 +12,7 @@ pub mod client;
 pub mod conn;
 pub mod error;
 pub mod events;
+pub mod fleet;
 mod handlers;
 pub mod metrics;
 pub mod query;

@@ -106,6 +106,7 @@ struct FileConfig {
     redis: Option<pier_cluster::RedisConfig>,
     events: Option<pier_dispatch::config::FileEvents>,
     replication: Option<pier_dispatch::config::FileReplication>,
+    fleet: Option<pier_http::fleet::FileFleet>,
 }
 
 /// `[limits]`: bounds on connections (see [`pier_http::conn::Limits`] for the defaults).
@@ -668,6 +669,8 @@ pub struct Config {
     /// Event journal and webhook delivery (used when a notifier or replicator is loaded).
     pub events: pier_dispatch::EventsSettings,
     pub replication: pier_dispatch::ReplicationSettings,
+    /// The edge fleet this node belongs to; `None`: alone.
+    pub fleet: Option<pier_http::fleet::FleetConfig>,
 }
 
 fn file_duration(
@@ -899,7 +902,19 @@ impl Config {
                 }
             },
         };
+        let fleet = file
+            .fleet
+            .map(|f| f.resolve(parse_duration))
+            .transpose()
+            .map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))?;
+        if fleet.is_some() && upstreams.is_empty() {
+            return Err(ServerError::Config(format!(
+                "{}: [fleet] shares upstream fetches between nodes, but no upstream is configured",
+                path.display()
+            )));
+        }
         Ok(Config {
+            fleet,
             storage,
             redis: file.redis,
             events,

@@ -217,7 +217,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         .map(|s| Arc::new(crate::cluster::RedisPulls { shared: s }));
     let upstream_timings = pier_upstream::UpstreamTimings::default();
     let budgets = pier_upstream::UpstreamBudgets::default();
-    let mirror = mirror(
+    let (mirror, fleet) = mirror(
         &config,
         registry.clone(),
         ingest,
@@ -271,6 +271,26 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         .map(TlsAcceptor::from);
 
     let listener = bind(config.listen).await?;
+    let fleet_task = match (&config.fleet, &fleet) {
+        (Some(c), Some(f)) => {
+            let peer_listener = bind(c.listen).await?;
+            tracing::info!(listen = %peer_listener.local_addr()?, me = %f.me(), "fleet peer listener");
+            let svc = Arc::new(pier_http::fleet::PeerService {
+                state: state.clone(),
+                fleet: f.clone(),
+                key: c.key.clone(),
+            });
+            Some((
+                tokio::spawn(pier_http::fleet::listen(
+                    peer_listener,
+                    svc,
+                    config.limits.clone(),
+                )),
+                tokio::spawn(f.clone().run()),
+            ))
+        }
+        _ => None,
+    };
     let admin_listener = bind(config.admin_listen).await?;
     let admin_state = Arc::new(AdminState {
         guard: pier_admin::guard::AdminGuard::new(&config.admin_hostnames),
@@ -286,6 +306,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         metrics,
         series,
         mirror,
+        fleet: fleet.clone(),
+        budgets: budgets.clone(),
         ready: state.ready.clone(),
         plugins: plugins.clone(),
         access,
@@ -394,6 +416,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     }
     admin_task.abort();
     history_task.abort();
+    if let Some((listen, run)) = fleet_task {
+        listen.abort();
+        run.abort();
+    }
     if let Some(t) = evict_task {
         t.abort();
     }
@@ -466,6 +492,9 @@ async fn connection(
     }
 }
 
+/// The mirror (when upstreams are configured) and the fleet it asks (when `[fleet]` is).
+type MirrorAndFleet = (Option<Arc<Mirror>>, Option<Arc<pier_core::fleet::Fleet>>);
+
 /// The pull-through mirror, when upstreams are configured.
 fn mirror(
     config: &Config,
@@ -477,9 +506,9 @@ fn mirror(
         &pier_upstream::UpstreamTimings,
         &pier_upstream::UpstreamBudgets,
     ),
-) -> Result<Option<Arc<Mirror>>, ServerError> {
+) -> Result<MirrorAndFleet, ServerError> {
     if config.upstreams.is_empty() {
-        return Ok(None);
+        return Ok((None, None));
     }
     let mut upstreams = Vec::new();
     for u in &config.upstreams {
@@ -509,6 +538,11 @@ fn mirror(
             client: Arc::new(client),
         });
     }
+    let fleet = config.fleet.as_ref().map(|f| {
+        let names = config.upstreams.iter().map(|u| u.name.clone()).collect();
+        let connector = Arc::new(pier_http::fleet::Connector::new(f, names));
+        Arc::new(pier_core::fleet::Fleet::new(f.settings.clone(), connector))
+    });
     let config = MirrorConfig {
         upstreams,
         default: config.default_upstream,
@@ -524,7 +558,10 @@ fn mirror(
             owner: pier_cluster::adapters::node_id(),
         }));
     }
-    Ok(Some(Arc::new(mirror)))
+    if let Some(f) = &fleet {
+        mirror = mirror.with_peers(f.clone());
+    }
+    Ok((Some(Arc::new(mirror)), fleet))
 }
 
 async fn admin_loop(listener: TcpListener, state: Arc<AdminState>, limits: Limits) {

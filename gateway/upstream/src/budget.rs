@@ -276,7 +276,8 @@ impl UpstreamBudgets {
         budget
     }
 
-    fn all(&self) -> Vec<Arc<Budget>> {
+    /// Every upstream's budget, in the order they were added.
+    pub fn all(&self) -> Vec<Arc<Budget>> {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -261,13 +261,7 @@ impl Activity {
 impl UpstreamClient {
     /// A client with the system's trusted roots (rustls-native-certs) for https upstreams.
     pub fn new(config: UpstreamConfig) -> Result<UpstreamClient, UpstreamError> {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for error in &native.errors {
-            debug!(upstream = %config.name, %error, "skipping unreadable system certificate");
-        }
-        let (added, ignored) = roots.add_parsable_certificates(native.certs);
-        debug!(upstream = %config.name, added, ignored, "loaded system trust roots");
+        let roots = crate::system_roots();
         if roots.is_empty() && config.url.starts_with("https:") {
             warn!(upstream = %config.name, "no system trust roots found: https to this upstream will fail");
         }
@@ -363,6 +357,21 @@ impl UpstreamClient {
             timings: None,
             budget: None,
         })
+    }
+
+    /// `GET /v2/`: whether the registry answers, and takes this client's credentials (a
+    /// health check; fleet peers are probed with it).
+    pub async fn ping(&self) -> Result<(), UpstreamError> {
+        let repo: RepoName = "pier/ping"
+            .parse()
+            .map_err(|e| UpstreamError::Protocol(format!("{e}")))?;
+        let mut call = self.call(Method::GET, &repo, String::new());
+        call.path = "/v2/".to_owned();
+        call.scope = String::new();
+        let call = &call;
+        self.with_retries(call, |attempt| self.exchange(call, attempt))
+            .await
+            .map(drop)
     }
 
     /// Change the retry backoff: the first wait is from `base`, each next one doubles, up

@@ -36,6 +36,18 @@ pub fn tls_client_config(
         .with_no_client_auth())
 }
 
+/// The system's trusted roots (rustls-native-certs); unreadable certificates are skipped.
+pub fn system_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::debug!(%error, "skipping unreadable system certificate");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(added, ignored, "loaded system trust roots");
+    roots
+}
+
 /// `e` and its sources, `: `-separated, on one line (hyper-util's errors say only "client
 /// error (Connect)" themselves).
 pub fn error_chain(e: &dyn std::error::Error) -> String {

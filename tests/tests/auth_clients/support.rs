@@ -132,27 +132,7 @@ impl RbacPier {
 // Raw HTTP: the token endpoint, Basic and Bearer
 // ---------------------------------------------------------------------------------------
 
-/// Standard base64 with padding (for `Authorization: Basic`).
-pub fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let b = [
-            c[0],
-            c.get(1).copied().unwrap_or(0),
-            c.get(2).copied().unwrap_or(0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
+pub use pier_e2e::base64;
 
 /// `Basic base64(user:pass)`.
 pub fn basic(who: (&str, &str)) -> String {

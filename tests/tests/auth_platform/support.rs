@@ -19,26 +19,6 @@ use crate::clients_support;
 // Headers, tokens, claims
 // ---------------------------------------------------------------------------------------
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding.
-pub fn base64(data: &[u8]) -> String {
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (c.get(1).copied().unwrap_or(0) as u32) << 8
-            | c.get(2).copied().unwrap_or(0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// Decodes base64url without padding (JWT segments); `None` on a bad character.
 pub fn base64url_decode(s: &str) -> Option<Vec<u8>> {
     let mut out = Vec::new();
@@ -63,10 +43,7 @@ pub fn base64url_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// `Basic base64(user:password)`.
-pub fn basic(user: &str, password: &str) -> String {
-    format!("Basic {}", base64(format!("{user}:{password}").as_bytes()))
-}
+pub use pier_e2e::basic_auth as basic;
 
 /// `Bearer TOKEN`.
 pub fn bearer(token: &str) -> String {

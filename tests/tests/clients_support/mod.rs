@@ -627,22 +627,38 @@ impl TestImage {
 
     /// As [`TestImage::new`], for another architecture.
     pub fn for_arch(tag: &str, n_layers: usize, arch: &str) -> TestImage {
+        let mut sizes = vec![0; n_layers];
+        if let Some(first) = sizes.first_mut() {
+            *first = 4096;
+        }
+        TestImage::build(tag, &sizes, arch)
+    }
+
+    /// An image whose layer `i` holds `random[i]` random bytes (large layers; gzip -1).
+    pub fn with_random_layers(tag: &str, random: &[usize]) -> TestImage {
+        TestImage::build(tag, random, oci_arch())
+    }
+
+    fn build(tag: &str, random: &[usize], arch: &str) -> TestImage {
+        let n_layers = random.len();
         let salt = hex::encode(unique_bytes(8));
         let mut layers = Vec::new();
         let mut diff_ids = Vec::new();
-        for i in 0..n_layers {
+        for (i, &n) in random.iter().enumerate() {
             let mut t = Tar::new().dir("etc").file(
                 &format!("etc/layer-{i}.txt"),
                 format!("pier test layer {i} salt {salt}\n").as_bytes(),
             );
-            if i == 0 {
-                t = t
-                    .dir("data")
-                    .file("data/random.bin", &unique_bytes(4096 + 1000 * i));
+            if n > 0 {
+                t = t.dir("data").file("data/random.bin", &unique_bytes(n));
             }
             let tar = t.finish();
             diff_ids.push(format!("sha256:{}", sha256_hex(&tar)));
-            let gz = gzip(&tar);
+            let gz = if n > 1 << 20 {
+                gzip_level(&tar, 1)
+            } else {
+                gzip(&tar)
+            };
             let d = format!("sha256:{}", sha256_hex(&gz));
             layers.push((gz, d));
         }

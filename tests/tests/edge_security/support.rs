@@ -22,24 +22,7 @@ pub fn pier_with_auth() -> (TestPier, tempfile::TempDir) {
     (pier, dir)
 }
 
-/// Standard base64 with padding.
-pub fn base64_encode(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
+pub use pier_e2e::base64 as base64_encode;
 
 /// Opens `PATCH path` promising `len` body bytes and sends only the first one.
 pub fn patch_one_byte_of(addr: SocketAddr, path: &str, len: usize) -> TcpStream {

@@ -14,6 +14,7 @@
 //! DELETE /api/v1/repositories/{name}/-/tags/{tag}
 //! GET    /api/v1/plugins
 //! GET    /api/v1/mirror
+//! GET    /api/v1/fleet                                (peers, their health, bytes, budgets)
 //! GET    /api/v1/history?minutes=                     (the dashboard's counters over time)
 //! POST   /api/v1/plugins/reload
 //! GET    /api/v1/me                                   (any account: who, system admin?)
@@ -183,6 +184,7 @@ enum Route {
     Manifest(String, String),
     Plugins,
     Mirror,
+    Fleet,
     Me,
     History,
     PluginsReload,
@@ -232,6 +234,7 @@ impl Route {
             "/repositories" | "/repositories/" => return Some(Route::Repositories),
             "/plugins" => return Some(Route::Plugins),
             "/mirror" => return Some(Route::Mirror),
+            "/fleet" => return Some(Route::Fleet),
             "/me" => return Some(Route::Me),
             "/history" => return Some(Route::History),
             "/plugins/reload" => return Some(Route::PluginsReload),
@@ -567,6 +570,7 @@ pub async fn serve(state: &AdminState, req: Request<Incoming>) -> Response<Full<
         Route::Tag(name, tag) => repos::delete_tag(state, &caller, &name, &tag).await,
         Route::Plugins => Ok(status::plugins(state)),
         Route::Mirror => Ok(status::mirror(state)),
+        Route::Fleet => Ok(status::fleet(state)),
         Route::ReplicationJobs => replication::jobs(state, &query).await,
         Route::ReplicationJob(id) => replication::job(state, &id).await,
         Route::ReplicationJobLog(id) => replication::job_log(state, &id).await,
@@ -724,6 +728,7 @@ mod tests {
             "/api/v1/repositories/{name}/-/manifests/{reference}",
             "/api/v1/plugins",
             "/api/v1/mirror",
+            "/api/v1/fleet",
             "/api/v1/me",
             "/api/v1/history",
             "/api/v1/plugins/reload",

@@ -72,10 +72,48 @@ pub fn mirror(state: &AdminState) -> Response<Full<Bytes>> {
             "manifestHits": s.manifest_hits,
             "manifestMisses": s.manifest_misses,
             "upstreamBytes": s.upstream_bytes,
+            "peerBytes": s.peer_bytes,
+            "peerAnswers": s.peer_answers,
             "cacheBytes": s.cache_bytes,
             "staleServes": s.stale_serves,
             "evictions": s.evictions,
             "fillFailures": s.fill_failures,
+        }),
+    )
+}
+
+/// `GET /api/v1/fleet`: the edge fleet's peers and their health, the bytes moved between
+/// nodes, the upstream requests the fleet saved, and each upstream's budget.
+pub fn fleet(state: &AdminState) -> Response<Full<Bytes>> {
+    let s = state.mirror.as_ref().map(|m| m.stats()).unwrap_or_default();
+    let budgets: Vec<_> = (state.budgets.all().iter())
+        .map(|b| {
+            let (limit, remaining) = b.upstream_view();
+            json!({
+                "upstream": b.name(),
+                "maxConcurrentFetches": b.config().max_concurrent,
+                "fetchesInFlight": b.in_flight(),
+                "pausedForSeconds": b.paused_for().map(|d| d.as_secs_f64()),
+                "pauses": b.pauses(),
+                "rateLimitLimit": limit,
+                "rateLimitRemaining": remaining,
+            })
+        })
+        .collect();
+    let fleet = state.fleet.as_ref().map(|f| f.status());
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "enabled": fleet.is_some(),
+            "me": fleet.as_ref().map(|f| &f.me),
+            "discovery": fleet.as_ref().map(|f| &f.discovery),
+            "peers": fleet.as_ref().map(|f| &f.peers),
+            "servedToPeersRequests": fleet.as_ref().map_or(0, |f| f.served_requests),
+            "servedToPeersBytes": fleet.as_ref().map_or(0, |f| f.served_bytes),
+            "bytesFromPeers": s.peer_bytes,
+            "upstreamRequestsSaved": s.peer_answers,
+            "upstreamBytes": s.upstream_bytes,
+            "budgets": budgets,
         }),
     )
 }
