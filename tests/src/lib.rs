@@ -112,6 +112,23 @@ pub fn basic_auth(user: &str, password: &str) -> String {
     format!("Basic {}", base64(format!("{user}:{password}").as_bytes()))
 }
 
+/// The edge fleet's rendezvous order of `nodes` (peer URLs) for `key` (`<upstream name>/<digest>`,
+/// `<upstream name>/<repository>:<tag>`), owner first: Pier's own rule (the highest
+/// SHA-256 of `node \0 key`), so tests know which node owns what.
+pub fn fleet_order(nodes: &[String], key: &str) -> Vec<usize> {
+    use sha2::Digest as _;
+    let weight = |i: usize| {
+        let mut h = sha2::Sha256::new();
+        h.update(nodes[i].as_bytes());
+        h.update([0]);
+        h.update(key.as_bytes());
+        u64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
+    };
+    let mut v: Vec<usize> = (0..nodes.len()).collect();
+    v.sort_by_key(|i| std::cmp::Reverse(weight(*i)));
+    v
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

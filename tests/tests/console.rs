@@ -556,3 +556,69 @@ fn console_adds_a_member_whose_docker_login_and_push_then_succeed() {
         "{context}"
     );
 }
+
+/// Two fleet nodes mirroring one upstream; a blob pulled through both reached the node
+/// that does not own it from its owner. That node's Fleet page shows the owner healthy and
+/// the bytes received from peers, then, after the test stops the owner, shows it down.
+#[test]
+fn the_fleet_page_shows_peers_their_health_and_bytes() {
+    require_browser();
+    const KEY: &str = "console-fleet-test-key-0123456789abcdef0123456789";
+    let upstream = TestPier::start();
+    let layer = pier_e2e::random_bytes(256 * 1024);
+    let img = pier_e2e::push_image(upstream.addr, "library/app", Some("v1"), &[&layer]);
+    let layer_digest = img.layer_digests[0].clone();
+    let ports = [pier_e2e::free_port(), pier_e2e::free_port()];
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let dir = temp_dir("console-fleet");
+    let mut nodes: Vec<TestPier> = (0..2)
+        .map(|i| {
+            let cfg = dir.path().join(format!("node-{i}.toml"));
+            fs::write(
+                &cfg,
+                format!(
+                    "[[upstreams]]\nurl = \"{}\"\ndefault = true\n\n[fleet]\n\
+                     listen = \"127.0.0.1:{}\"\nadvertise = {:?}\npeers = [{:?}, {:?}]\n\
+                     secret = {KEY:?}\nhealth_interval = \"500ms\"\n",
+                    upstream.url(),
+                    ports[i],
+                    urls[i],
+                    urls[0],
+                    urls[1]
+                ),
+            )
+            .unwrap();
+            TestPier::builder().arg("--config").arg(&cfg).start()
+        })
+        .collect();
+    let upstream_name = format!("127.0.0.1-{}", upstream.addr.port());
+    let order = pier_e2e::fleet_order(&urls, &format!("{upstream_name}/{layer_digest}"));
+    let (owner, other) = (order[0], order[1]);
+    // Both healthy in each other's eyes first (the first node's first check found the
+    // second one not started yet).
+    thread::sleep(Duration::from_millis(1200));
+    for n in [owner, other] {
+        let r = nodes[n].get(&format!("/v2/library/app/blobs/{layer_digest}"));
+        r.expect_status(200, "blob through a fleet node");
+        assert_eq!(pier_e2e::sha256_digest(&r.body), layer_digest);
+    }
+    let env = [
+        ("MODE", "fleet".to_owned()),
+        ("PEER_URL", urls[owner].clone()),
+        ("ADMIN_USER", "operator".to_owned()),
+        ("ADMIN_PASS", "anything".to_owned()),
+    ];
+    let mut owner_node = nodes.swap_remove(owner);
+    let other_node = nodes.pop().expect("the other node");
+    let BrowserRun { result, context } = run_browser(&other_node, "fleet", &env, |waiting| {
+        assert_eq!(waiting, "stop-peer", "what the driver waits for");
+        owner_node.kill9();
+    });
+    assert_eq!(result["peerBefore"], "healthy", "{context}");
+    assert_eq!(result["peerAfter"], "down", "{context}");
+    assert_eq!(result["bytesFromPeers"], "256.0 KiB", "{context}");
+    assert_eq!(result["saved"], "1", "{context}");
+}

@@ -163,6 +163,55 @@ fn the_edge_configmap_starts_pier_and_its_ports_and_probes_match() {
     ] {
         assert!(ds.contains(probe), "daemonset probes {probe}");
     }
+    // The fleet: its port is the pod's `fleet` port and the headless Service's; the pod
+    // advertises itself on it; the key comes from the Secret's mount.
+    let fleet_port = toml
+        .lines()
+        .skip_while(|l| l.trim() != "[fleet]")
+        .find(|l| l.trim_start().starts_with("listen ="))
+        .and_then(|l| l.split('#').next()?.rsplit(':').next())
+        .and_then(|p| p.trim().trim_matches('"').parse::<u16>().ok())
+        .expect("[fleet] listen in the edge ConfigMap");
+    let svc = read("deploy/kubernetes/edge/fleet-service.yaml");
+    assert!(
+        ds.contains(&format!("name: fleet, containerPort: {fleet_port}"))
+            && ds.contains(&format!("value: \"http://$(POD_IP):{fleet_port}\""))
+            && svc.contains(&format!("port: {fleet_port}, targetPort: fleet"))
+            && svc.contains("clusterIP: None"),
+        "fleet port {fleet_port}: the pod, its advertised URL and the headless Service agree"
+    );
+    assert!(
+        toml.contains("dns = \"pier-fleet.pier.svc.cluster.local\"")
+            && svc.contains("name: pier-fleet\n  namespace: pier"),
+        "the fleet's DNS name is the headless Service's"
+    );
+    let key_dir = toml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("secret_file = \""))
+        .and_then(|v| v.split('"').next())
+        .and_then(|p| p.rsplit_once('/'))
+        .map(|(dir, _)| dir.to_owned())
+        .expect("[fleet] secret_file");
+    assert!(
+        ds.contains(&format!("mountPath: {key_dir}, readOnly: true")),
+        "the fleet key's directory {key_dir} is mounted"
+    );
+    // Here: the key from a file of its own, the advertised address through the same
+    // variable the pod sets, the peer port free, and DNS that resolves nowhere (Pier
+    // starts anyway and keeps asking).
+    let key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key.path(), "k".repeat(64)).unwrap();
+    let fleet_listen = port();
+    let toml = toml
+        .replace("/etc/pier-fleet/key", &key.path().display().to_string())
+        .replace(
+            &format!("listen = \"0.0.0.0:{fleet_port}\""),
+            &format!("listen = \"127.0.0.1:{fleet_listen}\""),
+        )
+        .replace(
+            "[fleet]\n",
+            &format!("[fleet]\nadvertise = \"http://127.0.0.1:{fleet_listen}\"\n"),
+        );
     let pier = serves(&toml, "edge ConfigMap");
     // It really mirrors: the upstream is configured (unreachable from here, so a 502).
     let r = http::get(pier.addr, "/v2/library/alpine/manifests/latest");

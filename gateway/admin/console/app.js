@@ -10,6 +10,7 @@
 //   #/replication                /api/v1/replication/jobs (and .../ID/log), POST .../ID/retry
 //   #/deliveries                 /api/v1/events/deliveries, POST .../ID/redeliver
 //   #/plugins                    /api/v1/plugins, POST /api/v1/plugins/reload
+//   #/fleet                      /api/v1/fleet: peers and their health, bytes, budgets (refreshed)
 //   #/projects                   /api/v1/projects (the ones the user manages), create
 //   #/project/NAME               /api/v1/projects/NAME: public, members (add, change, remove)
 //   #/robots                     /api/v1/robots: create (secret shown once), rotate, delete
@@ -138,7 +139,7 @@ function parseHash() {
   return { page: parts[0] || "dashboard", args: parts.slice(1), query: new URLSearchParams(query) };
 }
 
-const pages = { login, dashboard, repositories, repository, manifest, replication, deliveries, plugins, projects, project, robots, users, rules };
+const pages = { login, dashboard, repositories, repository, manifest, replication, deliveries, plugins, fleet, projects, project, robots, users, rules };
 /** Pages an account that is not a system administrator may open. */
 const MEMBER_PAGES = new Set(["login", "projects", "project"]);
 
@@ -494,6 +495,51 @@ async function plugins(show) {
       h("p", {}, h("button", { onclick: reload }, "Reload plugins")));
   };
   await load();
+}
+
+/** The edge fleet: this node, its peers and their health, bytes moved, upstream budgets. */
+async function fleet(show) {
+  const load = async () => {
+    const f = await api("/api/v1/fleet");
+    const num = (n) => (n ?? 0).toLocaleString("en");
+    const budgets = table(
+      ["Upstream", "Fetches in flight", "Max concurrent", "Paused for", "Pauses (429)", "Rate limit left"],
+      f.budgets.map((b) => h("tr", { "data-upstream": b.upstream },
+        h("td", {}, b.upstream),
+        h("td", {}, num(b.fetchesInFlight)),
+        h("td", {}, b.maxConcurrentFetches ? num(b.maxConcurrentFetches) : "no limit"),
+        h("td", {}, b.pausedForSeconds ? `${Math.ceil(b.pausedForSeconds)} s` : "–"),
+        h("td", {}, num(b.pauses)),
+        h("td", {}, b.rateLimitRemaining === null ? "–" : `${num(b.rateLimitRemaining)} of ${num(b.rateLimitLimit)}`))),
+      "No upstreams configured.");
+    if (!f.enabled) {
+      show(h("h1", {}, "Fleet"),
+        h("p", { class: "muted", "data-testid": "fleet-off" }, "This node is not part of a fleet ([fleet] is not configured)."),
+        h("h2", {}, "Upstream budgets"), budgets);
+      return;
+    }
+    const peers = table(
+      ["Peer", "Health", "Last error", "Last health check passed", "Bytes received from it"],
+      f.peers.map((p) => h("tr", { "data-peer": p.url },
+        h("td", {}, p.url),
+        h("td", {}, h("span", { class: `badge ${p.healthy ? "succeeded" : "failed"}` },
+          p.healthy ? "healthy" : p.coolDownS ? `cooling down (${p.coolDownS} s)` : "down")),
+        h("td", {}, p.lastError || ""),
+        h("td", {}, p.lastSeen ? new Date(p.lastSeen * 1000).toLocaleString() : "never"),
+        h("td", {}, bytes(p.bytesFrom)))),
+      "No peers known yet.");
+    show(h("h1", {}, "Fleet"),
+      h("p", {}, "This node: ", h("code", {}, f.me), ` (members: ${f.discovery})`),
+      h("div", { class: "cards" },
+        card("Upstream requests saved (answered by peers)", num(f.upstreamRequestsSaved), "fleet-saved"),
+        card("Bytes received from peers", bytes(f.bytesFromPeers), "fleet-from-peers"),
+        card("Bytes served to peers", bytes(f.servedToPeersBytes), "fleet-to-peers"),
+        card("Bytes fetched from upstreams", bytes(f.upstreamBytes), "fleet-upstream")),
+      h("h2", {}, "Peers"), peers,
+      h("h2", {}, "Upstream budgets"), budgets);
+  };
+  await load();
+  every(REFRESH_EVERY_MS, () => load().catch((e) => flash(e.message)));
 }
 
 const ROLES = ["project-admin", "developer", "guest"];

@@ -102,3 +102,74 @@ fn access_follows_the_mirrored_content_not_the_path() {
         r.expect_error(405, "UNSUPPORTED", &format!("admin PUT {path}"));
     }
 }
+
+/// An edge fleet of two nodes: A with the RBAC example, B with no access control. B pulls
+/// `hub/library/app` (so B holds every blob); on A, anonymous clients and accounts
+/// without rights on `hub` still get nothing of it, the blob included: peers move
+/// bytes, each node authorizes its own clients. The admin gets it through A.
+#[test]
+fn a_peer_holding_the_content_opens_nothing_on_a_node_with_access_control() {
+    const KEY: &str = "fleet-access-test-key-0123456789abcdef0123456789";
+    let upstream = TestPier::start();
+    let img = pier_e2e::push_image(upstream.addr, "library/app", Some("v1"), &[b"fleet layer"]);
+    let layer_digest = img.layer_digests[0].clone();
+    let (pa, pb) = (pier_e2e::free_port(), pier_e2e::free_port());
+    let fleet = |me: u16| {
+        format!(
+            "\n[[upstreams]]\nname = \"hub\"\nurl = \"{}\"\n\n[fleet]\nlisten = \"127.0.0.1:{me}\"\n\
+             advertise = \"http://127.0.0.1:{me}\"\n\
+             peers = [\"http://127.0.0.1:{pa}\", \"http://127.0.0.1:{pb}\"]\n\
+             secret = {KEY:?}\nhealth_interval = \"500ms\"\n",
+            upstream.url()
+        )
+    };
+    let b_dir = tempfile::TempDir::new().unwrap();
+    let b_cfg = b_dir.path().join("pier.toml");
+    std::fs::write(&b_cfg, fleet(pb)).unwrap();
+    let b = TestPier::builder().arg("--config").arg(&b_cfg).start();
+    let mut ex = RbacExample::new();
+    ex.toml.push_str(&fleet(pa));
+    let a = ex.start();
+
+    // B (no access control) fills its cache: every blob is on B now.
+    get_ns(b.addr, None, "/v2/hub/library/app/manifests/v1").expect_status(200, "B: manifest");
+    let blob_path = format!("/v2/hub/library/app/blobs/{layer_digest}");
+    let r = http::get(b.addr, &blob_path);
+    r.expect_status(200, "B: blob");
+
+    // On A: anonymous, an anonymous token, and bob (no rights on hub) get nothing.
+    get_ns(a.addr, None, &blob_path).expect_error(401, "UNAUTHORIZED", "anonymous blob on A");
+    get_ns(a.addr, None, "/v2/hub/library/app/manifests/v1").expect_error(
+        401,
+        "UNAUTHORIZED",
+        "anonymous manifest on A",
+    );
+    let anon = token(a.addr, None, "repository:hub/library/app:pull");
+    get_ns(a.addr, Some(&bearer(&anon)), &blob_path).expect_error(
+        401,
+        "DENIED",
+        "an anonymous token's blob on A",
+    );
+    let bob = token(
+        a.addr,
+        Some(("bob", "bob-pass")),
+        "repository:hub/library/app:pull",
+    );
+    get_ns(a.addr, Some(&bearer(&bob)), &blob_path).expect_error(
+        401,
+        "DENIED",
+        "bob's token: blob on A",
+    );
+    let r = get_ns(a.addr, Some(&basic("bob", "bob-pass")), &blob_path);
+    assert!(r.status == 401 || r.status == 403, "bob's Basic on A: {r}");
+    assert!(
+        r.body != b"fleet layer",
+        "bob got the blob's bytes through A"
+    );
+
+    // The admin gets it through A, byte-exact, wherever A found it.
+    let admin = basic("admin", "admin-pass");
+    let r = get_ns(a.addr, Some(&admin), &blob_path);
+    r.expect_status(200, "admin: blob on A");
+    assert_eq!(pier_e2e::sha256_digest(&r.body), layer_digest);
+}

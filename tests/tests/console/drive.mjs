@@ -5,7 +5,8 @@
 // PLAYWRIGHT_DIR (where node_modules/playwright-core is), CHROMIUM, and either REPO, TAG,
 // JOB_ID, RULE, RULE_REPOSITORY, RULE_TARGET (browse a repository, retry a failed job, add
 // and delete a replication rule), or MODE=mirror and EXPECTED_RATIO (watch
-// the hit ratio), or MODE=members with NEW_USER, NEW_PASS, PROJECT, ROBOT, PROJECT_ADMIN_USER
+// the hit ratio), or MODE=fleet and PEER_URL (the Fleet page: the peer healthy, bytes from
+// peers, then the peer down once the test stopped it), or MODE=members with NEW_USER, NEW_PASS, PROJECT, ROBOT, PROJECT_ADMIN_USER
 // and PROJECT_ADMIN_PASS (create a user, make them a member, create and rotate a robot,
 // then sign in as a project admin).
 // Prints one JSON line per step on stdout, a `{"waiting":...}` line when it wants the test
@@ -98,6 +99,26 @@ async function mirror() {
   result.historyAfterReload = Boolean(await (await page.waitForFunction(historyMoved, [history])).jsonValue());
   step("history", { points: result.historyRatioPoints });
   await shot("dashboard-history");
+}
+
+/** The Fleet page: the peer healthy and bytes received from it; then, once the test has
+ * stopped the peer, the page (refreshing itself) shows it down. */
+async function fleet() {
+  await page.click('#nav a[data-page="fleet"]');
+  await onPage("fleet");
+  const badge = `tr[data-peer="${env("PEER_URL")}"] .badge`;
+  await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === "healthy", badge);
+  result.peerBefore = (await page.textContent(badge)).trim();
+  result.bytesFromPeers = (await page.textContent("[data-testid=fleet-from-peers] .value")).trim();
+  result.saved = (await page.textContent("[data-testid=fleet-saved] .value")).trim();
+  step("fleet-peer-healthy", { bytesFromPeers: result.bytesFromPeers });
+  await shot("fleet-healthy");
+  out({ waiting: "stop-peer" });
+  await stdinLines.next();
+  await page.waitForFunction((sel) => document.querySelector(sel)?.textContent !== "healthy", badge);
+  result.peerAfter = (await page.textContent(badge)).trim();
+  step("fleet-peer-down", { peer: result.peerAfter });
+  await shot("fleet-peer-down");
 }
 
 async function browse() {
@@ -276,7 +297,7 @@ try {
   page.on("request", (r) => { if (!r.url().startsWith(origin) && !r.url().startsWith("data:")) foreign.push(r.url()); });
 
   await login();
-  await (mirrorMode ? mirror() : mode === "members" ? members() : browse());
+  await (mirrorMode ? mirror() : mode === "fleet" ? fleet() : mode === "members" ? members() : browse());
   result.foreignRequests = foreign;
   result.ok = true;
 } catch (e) {

@@ -9,7 +9,6 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use pier_e2e::{TestPier, http};
-use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 
 use crate::clients_support::*;
@@ -93,17 +92,11 @@ impl Fleet {
 
     /// `live` nodes in rendezvous order for `key`, owner first.
     pub fn order(&self, up: &Upstream, key: &str, live: &[usize]) -> Vec<usize> {
-        let full = format!("{}/{key}", up.name());
-        let weight = |i: usize| {
-            let mut h = Sha256::new();
-            h.update(self.peer_urls[i].as_bytes());
-            h.update([0]);
-            h.update(full.as_bytes());
-            u64::from_be_bytes(h.finalize()[..8].try_into().unwrap())
-        };
-        let mut v = live.to_vec();
-        v.sort_by_key(|i| std::cmp::Reverse(weight(*i)));
-        v
+        let urls: Vec<String> = live.iter().map(|i| self.peer_urls[*i].clone()).collect();
+        pier_e2e::fleet_order(&urls, &format!("{}/{key}", up.name()))
+            .into_iter()
+            .map(|j| live[j])
+            .collect()
     }
 
     /// `GET /api/v1/fleet` of node `i`.
@@ -314,6 +307,13 @@ fn the_owner_killed_mid_fill_costs_at_most_one_extra_fetch() {
         up.access_lines("/blobs/")
     );
     std::thread::sleep(Duration::from_millis(300));
+    // Only the owner went to the upstream: the other nodes stream from it.
+    assert_eq!(
+        up.count("GET", &path),
+        1,
+        "upstream GETs of the layer before the kill\n{}",
+        up.access_lines(&layer)
+    );
     fleet.nodes[owner].kill9();
     for (i, c) in clients {
         let got = c.join().expect("client thread");
