@@ -2,6 +2,8 @@
 //! the first client asks (preheat). It speaks the registry API like any client, so it
 //! works against any Pier (or any registry) it can reach.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 use futures_util::StreamExt;
 use pier_oci::{Manifest, Reference, RepoName};
 use pier_upstream::{Upstream, UpstreamClient, UpstreamConfig};
@@ -27,17 +29,41 @@ pub fn parse_image(image: &str) -> Result<(RepoName, Reference), AdminError> {
     Ok((name, reference))
 }
 
+/// Images pulled at once.
+const IMAGES_AT_ONCE: usize = 2;
+/// Blobs of one image pulled at once. The upstream's `max_concurrent_fetches` bounds what
+/// reaches the upstream; this only keeps the warm-up from being one blob at a time.
+const BLOBS_AT_ONCE: usize = 4;
+
 struct Warmer<'p> {
-    progress: &'p mut (dyn FnMut(String) + Send),
+    progress: std::sync::Mutex<&'p mut (dyn FnMut(String) + Send)>,
     client: UpstreamClient,
     platforms: Vec<String>,
-    bytes: u64,
-    blobs: usize,
+    bytes: AtomicU64,
+    blobs: AtomicUsize,
 }
 
 impl Warmer<'_> {
+    /// Reads a blob through the registry to its end: its digest and length.
+    async fn blob(
+        &self,
+        repo: &RepoName,
+        digest: pier_oci::Digest,
+    ) -> Result<(pier_oci::Digest, u64), AdminError> {
+        let mut body = self.client.get_blob(repo, &digest, 0).await?.stream;
+        let mut n = 0u64;
+        while let Some(chunk) = body.next().await {
+            n += chunk.map_err(AdminError::Io)?.len() as u64;
+        }
+        Ok((digest, n))
+    }
+
+    fn report(&self, line: String) {
+        (self.progress.lock().expect("progress poisoned"))(line);
+    }
+
     async fn manifest(
-        &mut self,
+        &self,
         repo: &RepoName,
         reference: &Reference,
         depth: usize,
@@ -46,7 +72,7 @@ impl Warmer<'_> {
         let fetched = self.client.get_manifest(repo, reference).await?;
         let manifest = Manifest::parse(&fetched.bytes, Some(&fetched.media_type))
             .map_err(|e| AdminError::Failed(format!("{repo}:{reference}: {e}")))?;
-        (self.progress)(format!(
+        self.report(format!(
             "{indent}{repo}:{reference}: {}",
             fetched.media_type
         ));
@@ -62,15 +88,18 @@ impl Warmer<'_> {
             }
             return Ok(());
         }
-        for blob in manifest.blob_references() {
-            let mut body = self.client.get_blob(repo, &blob.digest, 0).await?.stream;
-            let mut n = 0u64;
-            while let Some(chunk) = body.next().await {
-                n += chunk.map_err(AdminError::Io)?.len() as u64;
-            }
-            (self.progress)(format!("{indent}  {}: {n} bytes", blob.digest));
-            self.bytes += n;
-            self.blobs += 1;
+        // The futures are built first (a closure returning them would not be `Send` for
+        // every lifetime, which the admin listener's task needs).
+        let fetches: Vec<_> = manifest
+            .blob_references()
+            .map(|blob| self.blob(repo, blob.digest.clone()))
+            .collect();
+        let mut fetches = futures_util::stream::iter(fetches).buffer_unordered(BLOBS_AT_ONCE);
+        while let Some(done) = fetches.next().await {
+            let (digest, n) = done?;
+            self.report(format!("{indent}  {digest}: {n} bytes"));
+            self.bytes.fetch_add(n, Ordering::Relaxed);
+            self.blobs.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -112,28 +141,37 @@ pub async fn pull(
         retries: 2,
         allow_private: false,
     })?;
-    let mut w = Warmer {
-        progress,
+    let w = Warmer {
+        progress: std::sync::Mutex::new(progress),
         client,
         platforms,
-        bytes: 0,
-        blobs: 0,
+        bytes: AtomicU64::new(0),
+        blobs: AtomicUsize::new(0),
     };
-    for image in &images {
-        let (repo, reference) = parse_image(image)?;
-        w.manifest(&repo, &reference, 0).await?;
+    let parsed = images
+        .iter()
+        .map(|i| parse_image(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pulls: Vec<_> = parsed
+        .iter()
+        .map(|(repo, reference)| w.manifest(repo, reference, 0))
+        .collect();
+    let mut pulls = futures_util::stream::iter(pulls).buffer_unordered(IMAGES_AT_ONCE);
+    while let Some(done) = pulls.next().await {
+        done?;
     }
-    let summary = format!(
+    drop(pulls);
+    let pulled = Pulled {
+        blobs: w.blobs.load(Ordering::Relaxed),
+        bytes: w.bytes.load(Ordering::Relaxed),
+    };
+    w.report(format!(
         "warm: {} images, {} blobs, {} bytes pulled through {server}",
         images.len(),
-        w.blobs,
-        w.bytes
-    );
-    (w.progress)(summary);
-    Ok(Pulled {
-        blobs: w.blobs,
-        bytes: w.bytes,
-    })
+        pulled.blobs,
+        pulled.bytes
+    ));
+    Ok(pulled)
 }
 
 #[cfg(test)]

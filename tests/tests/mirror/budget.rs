@@ -181,3 +181,132 @@ fn a_429_pauses_the_upstream_while_cached_tags_are_served() {
         "the upstream is asked again after its pause"
     );
 }
+
+/// In front of the upstream: relays each request to it on a connection of its own
+/// (`Connection: close`), blob bodies slowed to 64 KiB every 10 ms, and counts the blob
+/// GETs in flight (request read to last byte sent), keeping the most seen at once.
+struct Relay {
+    addr: SocketAddr,
+    in_flight: Arc<Mutex<(usize, usize)>>,
+}
+
+impl Relay {
+    fn start(upstream: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let in_flight = Arc::new(Mutex::new((0, 0)));
+        let counts = in_flight.clone();
+        thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let counts = counts.clone();
+                thread::spawn(move || relay(conn, upstream, &counts));
+            }
+        });
+        Relay { addr, in_flight }
+    }
+
+    fn most_at_once(&self) -> usize {
+        self.in_flight.lock().unwrap().1
+    }
+}
+
+fn relay(conn: TcpStream, upstream: SocketAddr, counts: &Mutex<(usize, usize)>) {
+    use std::io::Read;
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut head = String::new();
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    let blob_get = line.starts_with("GET ") && line.contains("/blobs/");
+    head.push_str(&line);
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+            return;
+        }
+        if h == "\r\n" || h == "\n" {
+            break;
+        }
+        if !h.to_ascii_lowercase().starts_with("connection:") {
+            head.push_str(&h);
+        }
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    let Ok(mut up) = TcpStream::connect(upstream) else {
+        return;
+    };
+    if blob_get {
+        let mut c = counts.lock().unwrap();
+        c.0 += 1;
+        c.1 = c.1.max(c.0);
+    }
+    let mut out = conn;
+    // The whole answer first, then relayed slowly; a GET stops counting just before its
+    // last byte goes out (Pier cannot have ended the fetch before it has that byte).
+    let mut answer = Vec::new();
+    let read = up
+        .write_all(head.as_bytes())
+        .and_then(|()| up.read_to_end(&mut answer));
+    let (body, last) = answer.split_at(answer.len().saturating_sub(1));
+    if read.is_ok() {
+        for chunk in body.chunks(64 * 1024) {
+            if out.write_all(chunk).is_err() {
+                break;
+            }
+            if blob_get {
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    if blob_get {
+        counts.lock().unwrap().0 -= 1;
+    }
+    let _ = out.write_all(last);
+}
+
+/// Preheating 10 images (two at a time, four blobs of each at a time) through a Pier
+/// whose upstream has `max_concurrent_fetches = 2`: never more than 2 blob GETs reach the
+/// upstream at once, and every image is cached (then served with the upstream gone).
+#[test]
+fn preheating_ten_images_keeps_to_max_concurrent_fetches() {
+    let sk = Skopeo::new();
+    let mut up = Upstream::start();
+    let images: Vec<TestImage> = (0..10)
+        .map(|i| TestImage::with_random_layers(&format!("v{i}"), &[1 << 20, 1 << 20]))
+        .collect();
+    for (i, img) in images.iter().enumerate() {
+        up.push_image(&sk, &format!("library/pre{i}"), img);
+    }
+    let relay = Relay::start(up.addr());
+    let (pier, _dir) = pier_with_config(&format!(
+        "[[upstreams]]\nname = \"hub\"\nurl = \"http://{}\"\ndefault = true\nmax_concurrent_fetches = 2\n",
+        relay.addr
+    ));
+    let names: Vec<String> = (0..10)
+        .map(|i| format!("\"library/pre{i}:v{i}\""))
+        .collect();
+    let body = format!("{{\"images\": [{}]}}", names.join(", "));
+    let r = pier_e2e::http::request(
+        pier.admin_addr,
+        "POST",
+        "/api/v1/mirror/preheat",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    r.expect_status(200, "preheat 10 images");
+    let most = relay.most_at_once();
+    assert!(
+        most <= 2,
+        "blob GETs in flight at the upstream at once: {most} (max_concurrent_fetches = 2)"
+    );
+    assert!(most >= 1, "the relay saw no blob GET");
+    up.stop();
+    for (i, img) in images.iter().enumerate() {
+        for d in img.blob_digests() {
+            let r = pier_e2e::http::get(pier.addr, &format!("/v2/library/pre{i}/blobs/{d}"));
+            r.expect_status(200, &format!("pre{i}: {d} from the cache, upstream down"));
+            assert_eq!(sha256_digest(&r.body), d);
+        }
+    }
+}
