@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use pier_oci::{Digest, Manifest, Reference, RepoName, Tag};
 use pier_storage::{BlobRead, ByteStream, IngestStore, RangeSpec};
@@ -24,8 +25,13 @@ use crate::{CoreError, Registry, Result};
 
 /// How many times a broken upstream transfer is resumed with a Range request.
 const MAX_RESUMES: u32 = 5;
-/// Largest read handed to a client of a fill at a time.
+/// Largest read from the store handed to a client of a fill at a time.
 const FOLLOW_CHUNK: u64 = 256 * 1024;
+/// Stored bytes of a fill kept in memory besides what is still being stored: clients up to
+/// this far behind the source are served from memory, the others from the store.
+const RECENT_MAX: u64 = 8 * 1024 * 1024;
+/// Chunks received and waiting for the store (the source slows down beyond).
+const STORE_QUEUE: usize = 32;
 /// Lifetime of a cross-node fill lease; renewed every third of it while the fill runs.
 const FILL_LEASE_TTL: Duration = Duration::from_secs(15);
 /// How long a node waits for another node's fill to land in the shared store.
@@ -119,7 +125,10 @@ pub enum MirrorBlob {
 
 #[derive(Clone, Default)]
 struct Progress {
+    /// Bytes stored (readable through [`Fill::reader`]).
     available: u64,
+    /// Bytes received from the source (the newest in [`Fill::recent`]).
+    received: u64,
     done: Option<std::result::Result<(), Arc<str>>>,
 }
 
@@ -130,6 +139,42 @@ struct Fill {
     progress: watch::Receiver<Progress>,
     /// The fleet peer the bytes come from now (`None`: the upstream).
     source: Mutex<Option<Arc<str>>>,
+    /// The newest received chunks by offset: what is not stored yet, and up to
+    /// [`RECENT_MAX`] bytes that are. Clients that keep up are served from here, so bytes
+    /// go from the source to them while the store writes and hashes the same buffers.
+    recent: Mutex<Recent>,
+}
+
+#[derive(Default)]
+struct Recent {
+    chunks: VecDeque<(u64, Bytes)>,
+    bytes: u64,
+}
+
+impl Recent {
+    fn push(&mut self, offset: u64, chunk: Bytes) {
+        self.bytes += chunk.len() as u64;
+        self.chunks.push_back((offset, chunk));
+    }
+
+    /// Drops the oldest chunks that are stored, down to [`RECENT_MAX`] bytes.
+    fn trim(&mut self, stored: u64) {
+        while self.bytes > RECENT_MAX
+            && let Some((off, c)) = self.chunks.front()
+            && off + c.len() as u64 <= stored
+        {
+            self.bytes -= c.len() as u64;
+            self.chunks.pop_front();
+        }
+    }
+
+    /// Bytes from `pos` (short of `limit`) if a chunk in memory holds `pos`.
+    fn slice(&self, pos: u64, limit: u64) -> Option<Bytes> {
+        let i = self.chunks.partition_point(|(off, _)| *off <= pos);
+        let (off, c) = self.chunks.get(i.checked_sub(1)?)?;
+        let end = (off + c.len() as u64).min(limit);
+        (end > pos).then(|| c.slice((pos - off) as usize..(end - off) as usize))
+    }
 }
 
 /// Per-key async locks, removed when nobody holds or waits for them.
@@ -1063,6 +1108,7 @@ impl Mirror {
             size: fetched.size,
             progress: rx,
             source: Mutex::new(source.as_ref().map(|p| p.id.clone())),
+            recent: Mutex::new(Recent::default()),
         });
         // A peer's request (under the other lock) may have started the same fill
         // meanwhile: then join it. Its lease, if any, is this node's too.
@@ -1132,10 +1178,15 @@ impl Mirror {
         self: Arc<Self>,
         t: Target,
         digest: Digest,
-        (mut ingest, fill): (Box<dyn pier_storage::Ingest>, Arc<Fill>),
+        (ingest, fill): (Box<dyn pier_storage::Ingest>, Arc<Fill>),
         (first, mut from): (BlobFetched, Sources),
         tx: watch::Sender<Progress>,
     ) {
+        let tx = Arc::new(tx);
+        // The store writes and hashes on its own task while the source keeps sending.
+        let (chunks, queue) = tokio::sync::mpsc::channel::<Bytes>(STORE_QUEUE);
+        let writer = tokio::spawn(store_chunks(ingest, queue, fill.clone(), tx.clone()));
+        let mut received = 0u64;
         let renewer = self.leases.clone().map(|leases| {
             let name = format!("fill {digest}");
             tokio::spawn(async move {
@@ -1162,15 +1213,16 @@ impl Mirror {
                             self.counters.upstream_bytes.fetch_add(n, Ordering::Relaxed);
                         }
                     }
-                    if let Err(e) = ingest.write(chunk).await {
-                        break Err(format!("storing the blob failed: {e}"));
+                    (fill.recent.lock().expect("recent poisoned")).push(received, chunk.clone());
+                    received += n;
+                    tx.send_modify(|p| p.received = received);
+                    if chunks.send(chunk).await.is_err() {
+                        break Err("storing the blob failed".to_owned());
                     }
-                    let written = ingest.written();
-                    tx.send_modify(|p| p.available = written);
                 }
                 Some(Err(e)) if resumes < MAX_RESUMES => {
                     resumes += 1;
-                    let offset = ingest.written();
+                    let offset = received;
                     tracing::warn!(digest = %digest, offset, error = %e, attempt = resumes, peer = ?from.current.as_ref().map(|p| &p.id), "transfer broke; resuming");
                     // A peer that broke off (killed, partitioned) is cooled down and the
                     // transfer resumes from the next source.
@@ -1196,6 +1248,18 @@ impl Mirror {
                 None => break Ok(()),
             }
         };
+        drop(chunks);
+        let (ingest, stored) = match writer.await {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(digest = %digest, error = %e, "the store task of a fill failed");
+                self.release_lease(&digest).await;
+                self.fills.lock().expect("fills poisoned").remove(&digest);
+                tx.send_modify(|p| p.done = Some(Err(Arc::from("storing the blob failed"))));
+                return;
+            }
+        };
+        let transferred = transferred.and(stored);
         // Every byte is stored, the last one still held back from the clients: the tests
         // pause here to prove that nothing reaches a client whole before the digest check.
         // `FAILPOINTS=mirror-fill-before-verify=return(MS)` waits MS milliseconds (without
@@ -1247,6 +1311,29 @@ impl Mirror {
     }
 }
 
+/// Stores a fill's chunks as they come, a batch per write, and tells its clients how far
+/// the store is. Returns the ingest, and whether every chunk was stored.
+async fn store_chunks(
+    mut ingest: Box<dyn pier_storage::Ingest>,
+    mut queue: tokio::sync::mpsc::Receiver<Bytes>,
+    fill: Arc<Fill>,
+    tx: Arc<watch::Sender<Progress>>,
+) -> (
+    Box<dyn pier_storage::Ingest>,
+    std::result::Result<(), String>,
+) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, STORE_QUEUE).await > 0 {
+        if let Err(e) = ingest.write_batch(std::mem::take(&mut batch)).await {
+            return (ingest, Err(format!("storing the blob failed: {e}")));
+        }
+        let stored = ingest.written();
+        (fill.recent.lock().expect("recent poisoned")).trim(stored);
+        tx.send_modify(|p| p.available = stored);
+    }
+    (ingest, Ok(()))
+}
+
 /// Where a fill's bytes come from: the peer answering now (`None`: the upstream), and the
 /// peers to try after it, in order.
 struct Sources {
@@ -1264,9 +1351,10 @@ fn lock_name(sources: &VecDeque<PeerSource>, key: String) -> String {
     }
 }
 
-/// Streams bytes `[start, end)` of a fill as they become available. The blob's last byte
-/// is held back until the digest is verified, so no client ever receives a whole blob
-/// that turns out corrupt: a mismatch ends every response with an error instead.
+/// Streams bytes `[start, end)` of a fill as they become available: from memory while
+/// the client keeps up with the source, else from the store. The blob's last byte is held
+/// back until the digest is verified, so no client ever receives a whole blob that turns
+/// out corrupt: a mismatch ends every response with an error instead.
 fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> ByteStream {
     let rx = fill.progress.clone();
     let state = (fill, rx, start, false);
@@ -1289,17 +1377,25 @@ fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> ByteStream {
                 let releasable = if verified {
                     p.available
                 } else {
-                    p.available.saturating_sub(1)
+                    p.received.max(p.available).saturating_sub(1)
                 };
                 let limit = releasable.min(end.unwrap_or(u64::MAX));
                 if limit > pos {
-                    let n = (limit - pos).min(FOLLOW_CHUNK);
-                    return match fill.reader.read_at(pos, n as usize).await {
-                        Ok(b) => Some((Ok(b), (fill, rx, pos + n, false))),
-                        Err(e) => Some((Err(e), (fill, rx, pos, true))),
-                    };
+                    let recent = (fill.recent.lock().expect("recent poisoned")).slice(pos, limit);
+                    if let Some(b) = recent {
+                        let next = pos + b.len() as u64;
+                        return Some((Ok(b), (fill, rx, next, false)));
+                    }
+                    let stored = limit.min(p.available);
+                    if stored > pos {
+                        let n = (stored - pos).min(FOLLOW_CHUNK);
+                        return match fill.reader.read_at(pos, n as usize).await {
+                            Ok(b) => Some((Ok(b), (fill, rx, pos + n, false))),
+                            Err(e) => Some((Err(e), (fill, rx, pos, true))),
+                        };
+                    }
                 }
-                if verified {
+                if verified && limit <= pos {
                     return None;
                 }
                 if rx.changed().await.is_err() {
@@ -1590,6 +1686,35 @@ mod tests {
             out.extend_from_slice(&c?);
         }
         Ok(out)
+    }
+
+    #[test]
+    fn recent_chunks_serve_what_they_hold_and_keep_only_what_is_not_stored() {
+        let mut r = Recent::default();
+        let chunk = |n: usize, b: u8| Bytes::from(vec![b; n]);
+        let mb = 1024 * 1024;
+        for i in 0..10u8 {
+            r.push(u64::from(i) * mb as u64, chunk(mb, i));
+        }
+        // A slice stops at the chunk's end and at the limit.
+        assert_eq!(r.slice(0, u64::MAX).map(|b| b.len()), Some(mb));
+        let b = r.slice(3 * mb as u64 + 10, 3 * mb as u64 + 20).unwrap();
+        assert_eq!((b.len(), b[0]), (10, 3));
+        assert!(
+            r.slice(10 * mb as u64, u64::MAX).is_none(),
+            "not received yet"
+        );
+        // Nothing stored: nothing goes, however much is held.
+        r.trim(0);
+        assert_eq!(r.chunks.len(), 10);
+        // All stored: down to RECENT_MAX (8 MiB), the oldest first.
+        r.trim(10 * mb as u64);
+        assert_eq!(r.bytes, RECENT_MAX);
+        assert!(
+            r.slice(0, u64::MAX).is_none(),
+            "the oldest chunk left memory"
+        );
+        assert_eq!(r.slice(2 * mb as u64, u64::MAX).map(|b| b[0]), Some(2));
     }
 
     #[test]

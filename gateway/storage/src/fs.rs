@@ -1237,18 +1237,25 @@ impl PartialReader for FsPartialReader {
 #[async_trait]
 impl Ingest for FsIngest {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.write_batch(vec![chunk]).await
+    }
+
+    /// One trip to the blocking pool for the whole batch.
+    async fn write_batch(&mut self, chunks: Vec<Bytes>) -> Result<()> {
         let mut hasher = self
             .hasher
             .take()
             .expect("ingest used after a failed write");
         let file = self.file.clone();
-        let len = chunk.len() as u64;
+        let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         let path = self.layout.upload_data(&self.repo, &self.id);
         let hasher = blocking(move || {
-            (&*file)
-                .write_all(&chunk)
-                .map_err(StorageError::io("write", path))?;
-            hasher.update(&chunk);
+            for chunk in &chunks {
+                (&*file)
+                    .write_all(chunk)
+                    .map_err(StorageError::io("write", path.clone()))?;
+                hasher.update(chunk);
+            }
             Ok(hasher)
         })
         .await?;

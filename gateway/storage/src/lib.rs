@@ -335,6 +335,14 @@ pub trait IngestStore: Send + Sync + 'static {
 pub trait Ingest: Send + Sync {
     /// Appends bytes, hashing them.
     async fn write(&mut self, chunk: Bytes) -> Result<()>;
+    /// Appends chunks in order, hashing them (one write per chunk unless a backend does
+    /// better).
+    async fn write_batch(&mut self, chunks: Vec<Bytes>) -> Result<()> {
+        for c in chunks {
+            self.write(c).await?;
+        }
+        Ok(())
+    }
     /// Bytes written so far.
     fn written(&self) -> u64;
     /// Reads what has been written, while writing goes on and after commit.
