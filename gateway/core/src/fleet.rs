@@ -368,6 +368,82 @@ impl Peers for Fleet {
 mod tests {
     use super::*;
 
+    /// Clients that are never used; probes that always pass.
+    struct NoConnector;
+
+    #[async_trait::async_trait]
+    impl PeerConnector for NoConnector {
+        fn clients(&self, _: &str) -> Result<Vec<Arc<dyn Upstream>>, String> {
+            Ok(Vec::new())
+        }
+        async fn probe(&self, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn fleet(discovery: Discovery) -> Fleet {
+        Fleet::new(
+            FleetSettings {
+                me: "http://127.0.0.1:7002".into(),
+                discovery,
+                refresh: Duration::from_secs(30),
+                health_interval: Duration::from_secs(5),
+                cool_down: Duration::from_secs(30),
+            },
+            Arc::new(NoConnector),
+        )
+    }
+
+    #[tokio::test]
+    async fn dns_names_every_address_and_a_node_skips_itself() {
+        let f = fleet(Discovery::Dns {
+            name: "localhost".into(),
+            port: 7002,
+            scheme: "http".into(),
+        });
+        let urls = f.resolve().await.expect("localhost resolves");
+        assert!(
+            urls.contains(&"http://127.0.0.1:7002".to_owned()),
+            "{urls:?}"
+        );
+        f.set_members(urls);
+        // This node's own address is not a peer.
+        assert!(
+            f.status().peers.iter().all(|p| p.url != f.me()),
+            "{:?}",
+            f.status()
+        );
+        let gone = fleet(Discovery::Dns {
+            name: "no-such-name.invalid".into(),
+            port: 7002,
+            scheme: "http".into(),
+        });
+        assert!(gone.resolve().await.is_err());
+    }
+
+    #[test]
+    fn a_failed_peer_is_skipped_until_its_cool_down_ends() {
+        let f = fleet(Discovery::Static(vec![
+            "http://127.0.0.1:7002".into(),
+            "http://10.0.0.2:7002/".into(),
+        ]));
+        let peer = "http://10.0.0.2:7002";
+        assert_eq!(
+            f.status().peers.len(),
+            1,
+            "itself skipped, the slash trimmed"
+        );
+        f.failed(peer, "boom");
+        let s = f.status();
+        assert!(!s.peers[0].healthy && s.peers[0].cool_down_s > 0, "{s:?}");
+        assert_eq!(s.peers[0].last_error.as_deref(), Some("boom"));
+        f.checked(peer, Ok(()));
+        assert!(
+            !f.status().peers[0].healthy,
+            "a passing health check does not end a cool-down"
+        );
+    }
+
     #[test]
     fn rendezvous_moves_only_the_keys_of_a_node_that_leaves() {
         let all = ["http://a:5001", "http://b:5001", "http://c:5001"];
