@@ -4,23 +4,32 @@
 //! The peer listener is its own port. It serves other nodes a read-only registry API over
 //! this node's mirror, one prefix per upstream:
 //! `/fleet/<upstream>/v2/<repository>/(manifests|blobs)/<reference>`, answered from this
-//! node's cache or its upstream, never from a third node. Every request needs the fleet
-//! key (HTTP Basic: the asking node's URL as the user name, the key as the password);
-//! there is nothing else on the port, so ordinary clients get only a `401`. Peers move
-//! bytes: a node authorizes its own clients before its mirror asks a peer, and a peer's
-//! bytes are verified against their digest before a client receives the last of them.
+//! node's cache or its upstream, never from a third node. Every request is signed with the
+//! fleet key, which never travels itself:
+//!
+//! ```text
+//! Authorization: PierFleet node="<the asking node's URL, `%` and `:` percent-encoded>",
+//!     ts="<unix seconds>", sig="<base64url, no padding, of HMAC-SHA256(key,
+//!     "pier-fleet-v1\n" METHOD "\n" PATH?QUERY "\n" ts "\n" node)>"
+//! ```
+//!
+//! accepted within [`MAX_SKEW`] of this node's clock. Someone who sees a request can only
+//! repeat that same read for that long. There is nothing else on the port, so ordinary
+//! clients get only a `401`. Peers move bytes: a node authorizes its own clients before its
+//! mirror asks a peer, and a peer's bytes are verified against their digest before a
+//! client receives the last of them.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderValue, Method, Request, Response, header};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use pier_core::fleet::{Discovery, Fleet, FleetSettings, PeerConnector};
-use pier_upstream::{Credentials, Upstream, UpstreamClient, UpstreamConfig};
+use pier_upstream::{RequestSigner, Upstream, UpstreamClient, UpstreamConfig};
 use serde::Deserialize;
 
 use crate::AppState;
@@ -28,8 +37,12 @@ use crate::body::RespBody;
 use crate::error::ApiError;
 use crate::route::Route;
 
-/// The realm of the peer listener's Basic challenge.
-const REALM: &str = "Basic realm=\"pier-fleet\"";
+/// The peer listener's challenge.
+const CHALLENGE: &str = "PierFleet realm=\"pier-fleet\"";
+/// How far a signed request's time may be from this node's clock.
+pub const MAX_SKEW: Duration = Duration::from_secs(60);
+/// What the signature covers comes after this.
+const SIGNED_PREFIX: &str = "pier-fleet-v1";
 /// Shortest fleet key accepted (bytes): a key is a secret, not a password.
 const MIN_KEY_LEN: usize = 32;
 /// Longest peer name (its URL) a request may claim.
@@ -38,9 +51,9 @@ const MAX_PEER_NAME: usize = 512;
 /// bytes arrive). A peer's first bytes wait for its own upstream's, so this is generous.
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The fleet's shared secret. Never printed.
+/// The fleet's shared secret, as an HMAC key. Never printed, never sent.
 #[derive(Clone)]
-pub struct FleetKey(String);
+pub struct FleetKey(ring::hmac::Key);
 
 impl FleetKey {
     pub fn new(key: &str) -> Result<FleetKey, String> {
@@ -54,13 +67,47 @@ impl FleetKey {
         if !key.bytes().all(|b| b.is_ascii_graphic()) {
             return Err("the fleet key must be printable ASCII without spaces".to_owned());
         }
-        Ok(FleetKey(key.to_owned()))
+        Ok(FleetKey(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            key.as_bytes(),
+        )))
     }
+}
 
-    /// Compares in time independent of where `other` differs.
-    fn matches(&self, other: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), other.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// What a request's signature covers.
+fn signed_text(method: &Method, target: &str, ts: u64, node: &str) -> String {
+    format!("{SIGNED_PREFIX}\n{method}\n{target}\n{ts}\n{node}")
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Signs this node's requests to its peers.
+struct Signer {
+    /// This node's URL, percent-encoded for the header.
+    node: String,
+    key: FleetKey,
+}
+
+impl RequestSigner for Signer {
+    fn authorization(&self, method: &Method, target: &str) -> HeaderValue {
+        use base64::Engine as _;
+        let ts = unix_now();
+        let tag = ring::hmac::sign(
+            &self.key.0,
+            signed_text(method, target, ts, &self.node).as_bytes(),
+        );
+        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref());
+        let mut v = HeaderValue::try_from(format!(
+            "PierFleet node=\"{}\", ts=\"{ts}\", sig=\"{sig}\"",
+            self.node
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static("PierFleet"));
+        v.set_sensitive(true);
+        v
     }
 }
 
@@ -182,16 +229,17 @@ impl Connector {
     }
 
     fn client(&self, peer: &str, upstream: &str) -> Result<UpstreamClient, String> {
-        // Peers are private addresses of the site, reached directly (no proxy), with the
-        // fleet key; a failure goes on to the next source at once (no retries).
+        // Peers are private addresses of the site, reached directly (no proxy), every
+        // request signed; a failure goes on to the next source at once (no retries).
+        let signer = Signer {
+            node: node_to_header(&self.me),
+            key: self.key.clone(),
+        };
         UpstreamClient::with_roots_and_proxies(
             UpstreamConfig {
                 name: format!("peer {peer}"),
                 url: format!("{peer}/fleet/{upstream}"),
-                credentials: Some(Credentials {
-                    username: node_to_user(&self.me),
-                    password: self.key.0.clone(),
-                }),
+                credentials: None,
                 timeout: PEER_TIMEOUT,
                 retries: 0,
                 allow_private: true,
@@ -199,6 +247,7 @@ impl Connector {
             pier_upstream::system_roots(),
             Arc::new(pier_upstream::proxy::Proxies::none()),
         )
+        .map(|c| c.with_signer(Arc::new(signer)))
         .map_err(|e| e.to_string())
     }
 }
@@ -241,30 +290,46 @@ pub struct PeerService {
     pub key: FleetKey,
 }
 
-/// A node's URL as a Basic user name, which cannot hold a `:` (RFC 7617).
-fn node_to_user(node: &str) -> String {
+/// A node's URL inside the header's quotes: `%` and `:` percent-encoded.
+fn node_to_header(node: &str) -> String {
     node.replace('%', "%25").replace(':', "%3A")
 }
 
-fn user_to_node(user: &str) -> String {
-    user.replace("%3A", ":").replace("%25", "%")
+fn header_to_node(v: &str) -> String {
+    v.replace("%3A", ":").replace("%25", "%")
 }
 
-/// The asking node's name when the request carries the fleet key.
+/// The asking node's name when the request is signed with the fleet key, recently.
 fn authenticate(key: &FleetKey, req: &Request<Incoming>) -> Option<String> {
     use base64::Engine as _;
     let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, rest) = v.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
+    let params = v.strip_prefix("PierFleet ")?;
+    let (mut node, mut ts, mut sig) = (None, None, None);
+    for part in params.split(',') {
+        let (k, v) = part.trim().split_once('=')?;
+        let v = v.strip_prefix('"')?.strip_suffix('"')?;
+        match k {
+            "node" => node = Some(v),
+            "ts" => ts = Some(v),
+            "sig" => sig = Some(v),
+            _ => return None,
+        }
+    }
+    let (node, ts_text) = (node?, ts?);
+    if node.is_empty() || node.len() > MAX_PEER_NAME {
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim())
+    let ts: u64 = ts_text.parse().ok()?;
+    if unix_now().abs_diff(ts) > MAX_SKEW.as_secs() {
+        return None;
+    }
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig?)
         .ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
-    let (user, password) = decoded.split_once(':')?;
-    (key.matches(password) && !user.is_empty() && user.len() <= MAX_PEER_NAME)
-        .then(|| user_to_node(user))
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let text = signed_text(req.method(), target, ts, node);
+    ring::hmac::verify(&key.0, text.as_bytes(), &sig).ok()?;
+    Some(header_to_node(node))
 }
 
 /// Serves one request on the peer listener.
@@ -288,8 +353,9 @@ pub async fn serve(
 async fn answer(svc: &PeerService, req: Request<Incoming>) -> Result<Response<RespBody>, ApiError> {
     let Some(peer) = authenticate(&svc.key, &req) else {
         return Err(ApiError::Unauthorized {
-            challenge: REALM.to_owned(),
-            message: "the fleet's peer listener needs the fleet key".to_owned(),
+            challenge: CHALLENGE.to_owned(),
+            message: "the fleet's peer listener takes only requests signed with the fleet key"
+                .to_owned(),
             denied: false,
         });
     };

@@ -93,6 +93,8 @@ pub struct UpstreamClient {
     timings: Option<crate::UpstreamTimings>,
     /// The upstream's pull budget (concurrency, rate, 429 pauses); none: unlimited.
     budget: Option<Arc<crate::Budget>>,
+    /// Signs every request to the origin instead of any credentials (fleet peers).
+    signer: Option<Arc<dyn crate::RequestSigner>>,
 }
 
 impl fmt::Debug for UpstreamClient {
@@ -274,6 +276,13 @@ impl UpstreamClient {
         self
     }
 
+    /// Signs every request to the origin with `signer` (its `Authorization`), instead of
+    /// credentials and challenges.
+    pub fn with_signer(mut self, signer: Arc<dyn crate::RequestSigner>) -> UpstreamClient {
+        self.signer = Some(signer);
+        self
+    }
+
     /// Keeps this client inside `budget` ([`crate::budget`]).
     pub fn with_budget(mut self, budget: Arc<crate::Budget>) -> UpstreamClient {
         self.budget = Some(budget);
@@ -356,6 +365,7 @@ impl UpstreamClient {
             auth: AuthState::default(),
             timings: None,
             budget: None,
+            signer: None,
         })
     }
 
@@ -468,10 +478,13 @@ impl UpstreamClient {
         let mut auth_rounds = 0;
         loop {
             let on_origin = self.is_origin(&uri);
-            let authorization = if on_origin {
-                self.authorization(&sent)?
-            } else {
-                None
+            let authorization = match (&self.signer, on_origin) {
+                (_, false) => None,
+                (Some(signer), true) => {
+                    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+                    Some(signer.authorization(&call.method, target))
+                }
+                (None, true) => self.authorization(&sent)?,
             };
             let response = self
                 .send_one(

@@ -170,6 +170,12 @@ pub struct BlobFetched {
     pub stream: ByteStream,
 }
 
+/// Signs a request (its method and path with query) for its `Authorization` header: the
+/// fleet's peers prove they hold the key without sending it.
+pub trait RequestSigner: Send + Sync {
+    fn authorization(&self, method: &http::Method, path_and_query: &str) -> http::HeaderValue;
+}
+
 /// The operations the mirror and replication need from an upstream registry.
 /// `client::UpstreamClient` is the real one.
 #[async_trait::async_trait]

@@ -346,8 +346,36 @@ fn the_owner_killed_mid_fill_costs_at_most_one_extra_fetch() {
     assert_eq!(peer["healthy"], false, "{s}");
 }
 
-/// The peer listener serves nobody without the fleet key: no credentials, a wrong key, a
-/// registry client's path, or a write all get nothing; with the key a node reads.
+/// `Authorization` of a peer request: Pier's documented scheme, computed here with ring
+/// (`node` already percent-encoded).
+fn signed(key: &str, method: &str, target: &str, ts: u64, node: &str) -> String {
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes());
+    let text = format!("pier-fleet-v1\n{method}\n{target}\n{ts}\n{node}");
+    let tag = ring::hmac::sign(&k, text.as_bytes());
+    format!(
+        "PierFleet node=\"{node}\", ts=\"{ts}\", sig=\"{}\"",
+        base64url(tag.as_ref())
+    )
+}
+
+fn base64url(data: &[u8]) -> String {
+    pier_e2e::base64(data)
+        .trim_end_matches('=')
+        .replace('+', "-")
+        .replace('/', "_")
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The peer listener serves nobody without the fleet key, and the key never travels:
+/// no credentials, the key itself (Basic), a wrong key's signature, a signature 2 minutes
+/// old, a signature of another path, and a registry client's path all get nothing; a
+/// request signed now with the key reads.
 #[test]
 fn the_peer_listener_needs_the_fleet_key() {
     let sk = Skopeo::new();
@@ -356,24 +384,58 @@ fn the_peer_listener_needs_the_fleet_key() {
     up.push_image(&sk, "library/small", &img);
     let fleet = Fleet::start(&up, 2, "", &[]);
     let url = &fleet.peer_urls[0];
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
     let name = up.name();
     let blob = format!("/fleet/{name}/v2/library/small/blobs/{}", img.layers[0].1);
-    let wrong = pier_e2e::basic_auth(
-        "http%3A//127.0.0.1%3A1",
-        "not-the-fleet-key-0123456789abcdef0123",
-    );
-    let right = pier_e2e::basic_auth("http%3A//127.0.0.1%3A1", KEY);
-    for (path, auth, what) in [
-        (blob.as_str(), None, "no credentials"),
-        (blob.as_str(), Some(wrong.as_str()), "a wrong key"),
+    let manifest = format!("/fleet/{name}/v2/library/small/manifests/1");
+    let node = "http%3A//127.0.0.1%3A1";
+    let t = now();
+    let refused = [
+        (blob.clone(), None, "no credentials"),
         (
-            &format!("/fleet/{name}/v2/"),
+            blob.clone(),
+            Some(pier_e2e::basic_auth(node, KEY)),
+            "the key itself, as Basic",
+        ),
+        (
+            blob.clone(),
+            Some(signed(
+                "not-the-fleet-key-0123456789abcdef0123",
+                "GET",
+                &blob,
+                t,
+                node,
+            )),
+            "a wrong key's signature",
+        ),
+        (
+            blob.clone(),
+            Some(signed(KEY, "GET", &blob, t - 120, node)),
+            "a signature 2 minutes old",
+        ),
+        (
+            blob.clone(),
+            Some(signed(KEY, "GET", &manifest, t, node)),
+            "the signature of another path",
+        ),
+        (
+            format!("/fleet/{name}/v2/"),
             None,
             "the ping without credentials",
         ),
-        ("/v2/library/small/manifests/1", None, "a registry path"),
-    ] {
-        let r = peer_get(url, path, auth);
+        (
+            "/v2/library/small/manifests/1".to_owned(),
+            None,
+            "a registry path",
+        ),
+    ];
+    for (path, auth, what) in refused {
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| ("Authorization", a))
+            .into_iter()
+            .collect();
+        let r = http::request(addr, "GET", &path, &headers, b"");
         assert_eq!(r.status, 401, "{what}: {r}");
         assert!(
             r.header("www-authenticate")
@@ -381,21 +443,24 @@ fn the_peer_listener_needs_the_fleet_key() {
             "{what}: challenge\n{r}"
         );
     }
-    // A registry client's path with the key: nothing there either.
-    let r = peer_get(url, "/v2/library/small/manifests/1", Some(&right));
-    assert_eq!(r.status, 404, "a registry path with the key: {r}");
-    let addr = url.trim_start_matches("http://").parse().unwrap();
+    // Signed now with the key: a registry client's path is not there, a write is not
+    // allowed, the blob reads byte-exact.
+    let path = "/v2/library/small/manifests/1";
+    let auth = signed(KEY, "GET", path, now(), node);
+    let r = http::request(addr, "GET", path, &[("Authorization", auth.as_str())], b"");
+    assert_eq!(r.status, 404, "a registry path, signed: {r}");
+    let auth = signed(KEY, "PUT", &blob, now(), node);
     let r = http::request(
         addr,
         "PUT",
         &blob,
-        &[("Authorization", right.as_str())],
+        &[("Authorization", auth.as_str())],
         b"x",
     );
-    assert_eq!(r.status, 405, "a write with the key: {r}");
-    // With the key: the blob, byte-exact.
-    let r = peer_get(url, &blob, Some(&right));
-    r.expect_status(200, "a blob with the fleet key");
+    assert_eq!(r.status, 405, "a signed write: {r}");
+    let auth = signed(KEY, "GET", &blob, now(), node);
+    let r = http::request(addr, "GET", &blob, &[("Authorization", auth.as_str())], b"");
+    r.expect_status(200, "a blob, signed with the fleet key");
     assert_eq!(pier_e2e::sha256_digest(&r.body), img.layers[0].1);
     // The registry listener knows nothing of /fleet.
     let r = fleet.nodes[0].get(&blob);
