@@ -107,16 +107,6 @@ impl Fleet {
     }
 }
 
-/// A GET of `path` on the peer listener at `url` with `auth` (an Authorization value).
-fn peer_get(url: &str, path: &str, auth: Option<&str>) -> pier_e2e::Response {
-    let addr = url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("peer addr");
-    let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
-    http::request(addr, "GET", path, &headers, b"")
-}
-
 /// Every blob of `img` in the OCI layout at `out` hashes to its digest.
 fn layout_is_exact(out: &std::path::Path, img: &TestImage) -> Result<(), String> {
     let l = OciLayoutRead::open(out, None);
