@@ -122,7 +122,7 @@ TICK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 ticks_to_s() { awk -v t="$1" -v h="$TICK" 'BEGIN { printf "%.2f\n", t / h }'; }
 
 # A number field of a compact JSON object (the admin API's answers): the first "key":N.
-json_num() { grep -o "\"$2\":[0-9]*" <<<"$1" | head -n 1 | cut -d: -f2; }
+json_num() { grep -oE "\"$2\": *[0-9]+" <<<"$1" | head -n 1 | grep -oE '[0-9]+$'; }
 
 # ---------------------------------------------------------------- servers
 # Every server is a name (upstream, fleet0, pier1, ref2, ...) with a directory $WORK/<name>/
@@ -267,13 +267,13 @@ wait_fleet() { # timeout_s name...
         n=0
         for name in "$@"; do
             out=$(curl -s "${ADMIN[$name]}/api/v1/fleet" 2>/dev/null)
-            (($(grep -o '"healthy":true' <<<"$out" | wc -l) >= need &&
-              $(grep -o '"lastSeen":[0-9]' <<<"$out" | wc -l) >= need)) && n=$((n + 1))
+            (($(grep -oE '"healthy": *true' <<<"$out" | wc -l) >= need &&
+              $(grep -oE '"lastSeen": *[0-9]' <<<"$out" | wc -l) >= need)) && n=$((n + 1))
         done
         ((n == $#)) && return 0
         sleep 0.2
     done
-    fail "fleet $*: peers not all healthy after ${t}s (last answer: $out)"
+    fail "fleet $*: peers not all healthy after ${t}s (last answer: $(tr -d ' \n' <<<"$out" | cut -c1-400))"
     return 1
 }
 
