@@ -13,13 +13,14 @@
 # Every server is started by this script on a free 127.0.0.1 port below the ephemeral range,
 # with its own temporary directory, and stopped again on exit (trap). Rounds alternate between
 # the systems (A B C A B C ...), every run on fresh roots; the summary uses medians. Rounds:
-# 3 fan-out and 5 peer rounds (--quick: 1 and 3; --rounds N: N of each). See benches/README.md.
+# 3 fan-out and 7 peer rounds (--quick: 1 and 3; --rounds N: N of each). See benches/README.md.
 #
 # Environment:
 #   PIER_BIN        Pier binary (default: $CARGO_TARGET_DIR/release/pier, then
 #                   /root/.cache/pier/target/release/pier, then <repo>/target/release/pier)
 #   PIER_LOG        Pier's log filter (default here: warn)
-#   BENCH_TMPDIR    where the temporary directory goes (default: $TMPDIR or /tmp); ~1.5 GiB
+#   BENCH_TMPDIR    where the temporary directory goes (default: $TMPDIR or /tmp); ~0.5 GiB,
+#                   ~1 GiB with --keep (the last data directory of every node is kept)
 #
 # Exit status: 0 when everything ran (a MISS against a target is a finding, not a failure),
 # 1 when some measurement could not be taken (a server did not start, a pull failed or came
@@ -65,7 +66,7 @@ if [[ -n "$ROUNDS" ]]; then
 elif ((QUICK)); then
     FAN_ROUNDS=1 PEER_ROUNDS=3
 else
-    FAN_ROUNDS=3 PEER_ROUNDS=5
+    FAN_ROUNDS=3 PEER_ROUNDS=7
 fi
 for t in ${TESTS//,/ }; do
     case "$t" in fanout|peer) ;; *) echo "run.sh: --tests: unknown test '$t'" >&2; exit 2 ;; esac
@@ -220,6 +221,7 @@ health_interval = "1s"
 EOF
         PEERURL[$name]="http://127.0.0.1:$4"
     fi
+    echo "#### bench: starting $(date -u '+%H:%M:%S')" >>"$d/server.log"
     PIER_LOG="${PIER_LOG:-warn}" "$PIER_BIN" serve --config "$d/config.toml" >>"$d/server.log" 2>&1 &
     PID[$name]=$!
     URL[$name]="http://127.0.0.1:$port"
@@ -280,6 +282,9 @@ wait_fleet() { # timeout_s name...
 stop_group() {
     local name
     for name in "${GROUP[@]}"; do
+        [[ -f "$WORK/$name/server.log" ]] && echo "#### bench: stopping" >>"$WORK/$name/server.log"
+    done
+    for name in "${GROUP[@]}"; do
         stop_server "$name"
         # Keep disk use low: only --keep keeps the data of the run that ran last.
         ((KEEP)) || { [[ -n "${DATA[$name]:-}" ]] && rm -rf "${DATA[$name]}"; unset "DATA[$name]"; }
@@ -318,10 +323,13 @@ start_group() { # kind n
             return 1
         done
         if ((ok)); then
-            [[ $kind != fleet ]] && return 0
-            wait_fleet 30 "${GROUP[@]}" && return 0
-            stop_group
-            return 1
+            if [[ $kind == fleet ]] && ! wait_fleet 30 "${GROUP[@]}"; then
+                stop_group
+                return 1
+            fi
+            # What a node logs from here on is logged while it is measured (see the end).
+            for name in "${GROUP[@]}"; do echo "#### bench: ready" >>"$WORK/$name/server.log"; done
+            return 0
         fi
         stop_group   # a port was taken meanwhile: new ports for the whole group
     done
@@ -582,12 +590,12 @@ if has "$TESTS" peer; then
                     if ((owned[fleet1] < owned[fleet0])); then X=fleet1 Y=fleet0; else X=fleet0 Y=fleet1; fi
                     tag_owner=$(owner_of "up/$IMG_REPO:v1" "${nodes[@]}")
                     base=${URL[$X]}
-                    c0=$(group_cpu "${nodes[@]}") ;;
+                    c0=$(group_cpu "${nodes[@]}") cx0=$(group_cpu "$X") ;;
                 single)
                     start_group pier 1 || continue
                     nodes=("${GROUP[@]}")
-                    base=${URL[pier0]}
-                    c0=$(group_cpu "${nodes[@]}") ;;
+                    base=${URL[pier0]} X=pier0
+                    c0=$(group_cpu "${nodes[@]}") cx0=$(group_cpu "$X") ;;
             esac
             one_pull "$base" "$WORK/peer.$s"
             read -r ok bytes ns <"$WORK/peer.$s.res"
@@ -607,10 +615,12 @@ if has "$TESTS" peer; then
             extra=""
             if [[ $s != upstream ]]; then
                 cpu=$(ticks_to_s $(($(group_cpu "${nodes[@]}") - c0)))
+                cpux=$(ticks_to_s $(($(group_cpu "$X") - cx0)))
                 record peer.cpu "$s" "$cpu"
+                record peer.cpux "$s" "$cpux"
                 record peer.upx "$s" "$(div "$UP_BLOB_BYTES" "$IMG_BLOB_BYTES")"
                 verify_image "${nodes[0]}"
-                extra=" CPU $cpu s |"
+                extra=" CPU $cpu s$([[ $s == fleet ]] && echo " (X $cpux s)") |"
             fi
             if [[ $s == fleet ]]; then
                 from=$(fleet_sum bytesFromPeers "$X")
@@ -665,7 +675,7 @@ if has "$TESTS" fanout; then
 fi
 if has "$TESTS" peer; then
     log ""
-    log "(2) peer: one cold pull through a fleet node whose peer owns a median $(fmt "$(awk -v s="$(med peer.share fleet)" 'BEGIN { if (s != "") printf "%.0f", s * 100 }')")% of the" \
+    log "(2) peer: one cold pull through a fleet node whose peer owns a median $(awk -v s="$(med peer.share fleet)" 'BEGIN { if (s != "") printf "%.0f", s * 100; else printf "-" }')% of the" \
         "blob bytes vs through a single Pier, $PEER_ROUNDS round(s)"
     printf '| %-46s | %8s | %8s | %7s | %-9s | %-6s |\n' "check" "fleet" "1 x Pier" "ratio" "target" "result"
     hr 46 8 8 7 9 6
@@ -676,7 +686,8 @@ if has "$TESTS" peer; then
             "${3:+$3 ${4}x}" "$([[ -n "${3:-}" ]] && verdict "$r" "$3" "$4")"
     }
     prow "first cold pull through a node, s" peer.secs "<=" 1.3
-    prow "CPU of the node(s) during the pull, s" peer.cpu
+    prow "CPU of both fleet nodes / of the Pier, s" peer.cpu
+    prow "CPU of the node pulled through (X) alone, s" peer.cpux
     prow "upstream blob bytes / image blob bytes" peer.upx
     up=$(med peer.secs upstream)
     log ""
@@ -684,15 +695,24 @@ if has "$TESTS" peer; then
         "$(fmt "$(ratio "$(med peer.secs single)" "$up")")x that, the fleet node's $(fmt "$(ratio "$(med peer.secs fleet)" "$up")")x"
 fi
 
-# Pier's own warnings and errors (PIER_LOG=warn: nothing else is logged), one line per kind.
+# Pier's own warnings and errors (PIER_LOG=warn: nothing else is logged), one line per kind;
+# those between a node's start and the moment its group was ready (e.g. a fleet node's first
+# health check of a peer that did not listen yet), and from the group's stop on (its peers
+# going away), are counted apart.
 plogs=$(ls "$WORK"/fleet*/server.log "$WORK"/pier*/server.log 2>/dev/null)
 if [[ -n "$plogs" ]]; then
-    nwarn=$(cat $plogs | grep -cE 'WARN|ERROR')
-    if ((nwarn > 0)); then
+    # shellcheck disable=SC2086
+    awk '/^#### bench: starting/ { st = "startup"; next } /^#### bench: ready/ { st = "measured"; next }
+        /^#### bench: stopping/ { st = "shutdown"; next } /WARN|ERROR/ { print (st ? st : "measured") "\t" $0 }' $plogs |
+        sed -E 's/\x1b\[[0-9;]*m//g; s/\t[^ ]*Z /\t/; s/(http:\/\/127\.0\.0\.1:)[0-9]+/\1P/g; s/[0-9a-f]{64}/<hex>/g' >"$WORK/pier-warnings"
+    nm=$(grep -c '^measured' "$WORK/pier-warnings")
+    ns=$(grep -c '^startup' "$WORK/pier-warnings")
+    nd=$(grep -c '^shutdown' "$WORK/pier-warnings")
+    if ((nm + ns + nd > 0)); then
         log ""
-        log "Pier logged $nwarn warnings/errors (kinds, most frequent first; --keep keeps the logs):"
-        cat $plogs | grep -E 'WARN|ERROR' | sed -E 's/^[^ ]*Z //; s/\x1b\[[0-9;]*m//g; s/(http:\/\/127\.0\.0\.1:)[0-9]+/\1P/g; s/[0-9a-f]{64}/<hex>/g' |
-            cut -c1-220 | sort | uniq -c | sort -rn | head -n 8 | sed 's/^/  /'
+        log "Pier logged $nm warnings/errors while measured, $ns while its group started and $nd while it was" \
+            "stopped (kinds, most frequent first; --keep keeps the logs):"
+        cut -c1-230 "$WORK/pier-warnings" | sort | uniq -c | sort -rn | head -n 10 | sed 's/^/  /'
     fi
 fi
 
