@@ -266,8 +266,15 @@ impl Fleet {
                 p.unhealthy = false;
             }
             Err(e) => {
-                if !p.unhealthy {
-                    tracing::warn!(peer = %url, error = %e, "fleet peer failed its health check; not asked until it passes one");
+                // A peer never seen yet is most likely still starting: no warning for it.
+                match (p.unhealthy, p.last_seen) {
+                    (false, Some(_)) => {
+                        tracing::warn!(peer = %url, error = %e, "fleet peer failed its health check; not asked until it passes one")
+                    }
+                    (false, None) => {
+                        tracing::info!(peer = %url, error = %e, "fleet peer not answering yet; not asked until it passes a health check")
+                    }
+                    (true, _) => {}
                 }
                 p.unhealthy = true;
                 p.last_error = Some(format!(
