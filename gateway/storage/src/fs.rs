@@ -1249,17 +1249,26 @@ impl Ingest for FsIngest {
         let file = self.file.clone();
         let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         let path = self.layout.upload_data(&self.repo, &self.id);
-        let hasher = blocking(move || {
+        // Written and hashed on two threads at once: on a cold blob the hash is the
+        // larger cost, and the two only share the (reference-counted) buffers.
+        let to_hash = chunks.clone();
+        let write = blocking(move || {
             for chunk in &chunks {
                 (&*file)
                     .write_all(chunk)
                     .map_err(StorageError::io("write", path.clone()))?;
+            }
+            Ok(())
+        });
+        let hash = blocking(move || {
+            for chunk in &to_hash {
                 hasher.update(chunk);
             }
             Ok(hasher)
-        })
-        .await?;
-        self.hasher = Some(hasher);
+        });
+        let (written, hasher) = tokio::join!(write, hash);
+        written?;
+        self.hasher = Some(hasher?);
         self.written += len;
         Ok(())
     }
