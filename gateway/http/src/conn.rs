@@ -354,3 +354,65 @@ pub fn with_send_timeout(stream: TcpStream, limits: &Limits) -> Io {
     s.set_write_timeout(Some(limits.send_timeout));
     Box::pin(s)
 }
+
+/// Serves HTTP/1.1 on `listener` until the task is aborted: at most `max_connections` at
+/// once (over it: [`refuse_plain`]; no cap per address), `limits`' header, send and idle
+/// timeouts, every request counted as activity until its response body is sent. `handle`
+/// answers each request; the peer's address is in its extensions. The admin and the
+/// fleet's peer listeners.
+pub async fn serve_http1<F, Fut, B>(
+    listener: TcpListener,
+    name: &'static str,
+    max_connections: usize,
+    limits: Limits,
+    handle: F,
+) where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<http::Response<B>, std::convert::Infallible>>
+        + Send
+        + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt as _;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let gate = Gate::new(name, max_connections, 0, crate::TrustedProxies::default());
+    // These listeners stop with the process; connections end on their own or idle.
+    let (_never, stop) = tokio::sync::watch::channel(false);
+    loop {
+        let (stream, peer) = accept(&listener, name).await;
+        let Some(permit) = gate.admit(peer.ip()) else {
+            tokio::spawn(refuse_plain(stream));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (handle, builder) = (handle.clone(), builder.clone());
+        let stream = with_send_timeout(stream, &limits);
+        let (idle_timeout, mut stop) = (limits.idle_timeout, stop.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let activity = Activity::new();
+            let tracker = activity.clone();
+            let service = hyper::service::service_fn(move |mut req| {
+                req.extensions_mut().insert(peer);
+                let flight = tracker.begin();
+                let reply = handle(req);
+                async move {
+                    let resp = reply.await?;
+                    Ok::<_, std::convert::Infallible>(resp.map(move |body| {
+                        body.map_frame(move |frame| {
+                            let _in_flight = &flight;
+                            frame
+                        })
+                    }))
+                }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let _ = drive(conn, &activity, idle_timeout, &mut stop).await;
+        });
+    }
+}

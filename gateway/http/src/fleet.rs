@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderValue, Method, Request, Response, header};
-use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use pier_core::fleet::{Discovery, Fleet, FleetSettings, PeerConnector};
 use pier_upstream::{RequestSigner, Upstream, UpstreamClient, UpstreamConfig};
@@ -410,48 +409,9 @@ pub async fn listen(
     svc: Arc<PeerService>,
     limits: crate::conn::Limits,
 ) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    let gate = crate::conn::Gate::new(
-        "fleet",
-        limits.max_connections,
-        0,
-        crate::TrustedProxies::default(),
-    );
-    let (_never, stop) = tokio::sync::watch::channel(false);
-    loop {
-        let (stream, peer) = crate::conn::accept(&listener, "fleet").await;
-        let Some(permit) = gate.admit(peer.ip()) else {
-            tokio::spawn(crate::conn::refuse_plain(stream));
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let (svc, builder) = (svc.clone(), builder.clone());
-        let stream = crate::conn::with_send_timeout(stream, &limits);
-        let (idle_timeout, mut stop) = (limits.idle_timeout, stop.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let activity = crate::conn::Activity::new();
-            let tracker = activity.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let flight = tracker.begin();
-                let reply = serve(svc.clone(), req);
-                async move {
-                    let resp = reply.await?;
-                    Ok::<_, Infallible>(resp.map(move |body| {
-                        body.map_frame(move |frame| {
-                            let _in_flight = &flight;
-                            frame
-                        })
-                        .boxed_unsync()
-                    }))
-                }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            let _ = crate::conn::drive(conn, &activity, idle_timeout, &mut stop).await;
-        });
-    }
+    let max = limits.max_connections;
+    crate::conn::serve_http1(listener, "fleet", max, limits, move |req| {
+        serve(svc.clone(), req)
+    })
+    .await
 }

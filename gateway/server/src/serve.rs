@@ -564,52 +564,14 @@ fn mirror(
     Ok((Some(Arc::new(mirror)), fleet))
 }
 
+/// The admin listener: HTTP/1.1, operators only, so no cap per address (loopback would
+/// share it with everything).
 async fn admin_loop(listener: TcpListener, state: Arc<AdminState>, limits: Limits) {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    // Operators only: no cap per address (loopback would share it with everything).
-    let gate = Gate::new(
-        "admin",
-        limits.admin_max_connections,
-        0,
-        pier_http::TrustedProxies::default(),
-    );
-    // The admin listener stops with the process; connections end on their own or idle.
-    let (_never, stop) = tokio::sync::watch::channel(false);
-    loop {
-        let (stream, peer) = pier_http::conn::accept(&listener, "admin").await;
-        let Some(permit) = gate.admit(peer.ip()) else {
-            tokio::spawn(pier_http::conn::refuse_plain(stream));
-            continue;
-        };
-        let state = state.clone();
-        let builder = builder.clone();
-        let stream = pier_http::conn::with_send_timeout(stream, &limits);
-        let (idle_timeout, mut stop) = (limits.idle_timeout, stop.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let activity = pier_http::conn::Activity::new();
-            let tracker = activity.clone();
-            let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(peer);
-                let flight = tracker.begin();
-                let reply = admin::serve(state.clone(), req);
-                async move {
-                    let resp = reply.await?;
-                    Ok::<_, std::convert::Infallible>(resp.map(move |body| {
-                        body.map_frame(move |frame| {
-                            let _in_flight = &flight;
-                            frame
-                        })
-                    }))
-                }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            let _ = pier_http::conn::drive(conn, &activity, idle_timeout, &mut stop).await;
-        });
-    }
+    let max = limits.admin_max_connections;
+    pier_http::conn::serve_http1(listener, "admin", max, limits, move |req| {
+        admin::serve(state.clone(), req)
+    })
+    .await
 }
 
 /// Keeps the mirror cache within its size bound.
