@@ -48,6 +48,26 @@ impl Front {
     }
 }
 
+/// A request's line and header lines (each with its line end), up to the blank line;
+/// `None` when the connection ends first.
+fn read_head(reader: &mut impl BufRead) -> Option<(String, Vec<String>)> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+            return None;
+        }
+        if h == "\r\n" || h == "\n" {
+            return Some((line, headers));
+        }
+        headers.push(h);
+    }
+}
+
 /// Answers every request on one keep-alive connection.
 fn serve(
     conn: TcpStream,
@@ -58,20 +78,10 @@ fn serve(
     let mut out = conn.try_clone().unwrap();
     let mut reader = BufReader::new(conn);
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        let Some((line, _)) = read_head(&mut reader) else {
             return;
-        }
+        };
         let request = line.trim().to_owned();
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            if h == "\r\n" || h == "\n" {
-                break;
-            }
-        }
         log.lock().unwrap().push((Instant::now(), request.clone()));
         let target = request.split(' ').nth(1).unwrap_or("/");
         let answer = if limited.load(Ordering::SeqCst) {
@@ -213,21 +223,12 @@ impl Relay {
 fn relay(conn: TcpStream, upstream: SocketAddr, counts: &Mutex<(usize, usize)>) {
     use std::io::Read;
     let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let mut head = String::new();
-    let mut line = String::new();
-    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+    let Some((line, headers)) = read_head(&mut reader) else {
         return;
-    }
+    };
     let blob_get = line.starts_with("GET ") && line.contains("/blobs/");
-    head.push_str(&line);
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).unwrap_or(0) == 0 {
-            return;
-        }
-        if h == "\r\n" || h == "\n" {
-            break;
-        }
+    let mut head = line;
+    for h in headers {
         if !h.to_ascii_lowercase().starts_with("connection:") {
             head.push_str(&h);
         }
