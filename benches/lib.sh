@@ -15,8 +15,9 @@
 #   FREE_PORT     free_port's result
 #   EPH_LOW, PORT_LO, PORT_N   the port range free_port picks from
 #
-# Functions that differ between the scripts (fmt, wait_ready, row, cleanup, usage, ...) stay
-# in the scripts.
+# Functions of the benchmarks with a docker-registry upstream (mirror, fleet) are in
+# benches/upstream.sh; functions that differ between the scripts (row, usage, ...) stay in the
+# scripts.
 
 log() { printf '%s\n' "$*"; }
 fail() { FAILURES+=("$*"); printf 'FAILED: %s\n' "$*" >&2; }

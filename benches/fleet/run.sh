@@ -31,6 +31,8 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$SCRIPT_DIR/../.." && pwd)"
 # shellcheck source=../lib.sh
 source "$SCRIPT_DIR/../lib.sh"
+# shellcheck source=../upstream.sh
+source "$SCRIPT_DIR/../upstream.sh"
 
 # ---------------------------------------------------------------- options
 QUICK=0
@@ -95,30 +97,17 @@ chmod 755 "$WORK"
 declare -A PID=()
 FAILURES=()
 
-cleanup() {
-    local name
-    for name in "${!PID[@]}"; do stop_server "$name"; done
-    if ((KEEP)); then
-        echo "run.sh: kept $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- small helpers
 # (log, fail, has, free_port, now_ns, median, record, med, ratio, verdict, sha256_of,
-# gen_random_file, running, stop_server, resolve_location, with_digest, header_of: benches/lib.sh)
-secs_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN { printf "%.6f\n", (b - a) / 1e9 }'; }
-fmt() { # number -> short human form; "-" if empty
-    [[ -z "${1:-}" ]] && { echo "-"; return; }
-    awk -v x="$1" 'BEGIN { if (x >= 100) printf "%.0f", x; else if (x >= 10) printf "%.1f", x; else if (x >= 1) printf "%.2f", x; else printf "%.3f", x }'
-}
+# gen_random_file, running, stop_server, resolve_location, with_digest, header_of: benches/lib.sh;
+# cleanup, secs_since, cpu_ticks, fmt, wait_ready, start_upstream, push_blob, up_mark, up_settle,
+# has_blob, verify_image: benches/upstream.sh)
 div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.4f\n", a / b }'; }
 mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1e6 }'; }
 
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 TICK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 ticks_to_s() { awk -v t="$1" -v h="$TICK" 'BEGIN { printf "%.2f\n", t / h }'; }
 
@@ -131,59 +120,6 @@ json_num() { grep -oE "\"$2\": *[0-9]+" <<<"$1" | head -n 1 | grep -oE '[0-9]+$'
 declare -A URL=() ADMIN=() PEERURL=() DATA=() FAN_DONE=() FAN_ALL=()
 GEN=0
 FLEET_SECRET=$(openssl rand -hex 32)
-
-# Returns 2 (and records no failure) when the server exited because its port was taken, so
-# that the caller can try other ports.
-wait_ready() { # name url timeout_s
-    local name=$1 url=$2 t=$3 i
-    for ((i = 0; i < t * 20; i++)); do
-        if ! kill -0 "${PID[$name]}" 2>/dev/null; then
-            wait "${PID[$name]}" 2>/dev/null
-            if tail -n 5 "$WORK/$name/server.log" 2>/dev/null | grep -qi 'address already in use'; then
-                unset "PID[$name]"
-                return 2
-            fi
-            fail "$name exited during startup (log: $WORK/$name/server.log)"
-            tail -n 20 "$WORK/$name/server.log" >&2 2>/dev/null
-            unset "PID[$name]"
-            return 1
-        fi
-        [[ "$(curl -s -o /dev/null -w '%{http_code}' "$url" 2>/dev/null)" == 200 ]] && return 0
-        sleep 0.05
-    done
-    fail "$name not ready after ${t}s ($url)"
-    return 1
-}
-
-# The upstream: a plain docker-registry with its access log on (combined log format on stdout;
-# the size column is the body bytes the handler wrote), as in benches/mirror.
-start_upstream() {
-    local d="$WORK/upstream" port
-    mkdir -p "$d/data"
-    free_port || return 1
-    port=$FREE_PORT
-    cat >"$d/config.yml" <<EOF
-version: 0.1
-log:
-  level: info
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: $d/data
-  cache:
-    blobdescriptor: inmemory
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:$port
-EOF
-    docker-registry serve "$d/config.yml" >>"$d/access.log" 2>>"$d/server.log" &
-    PID[upstream]=$!
-    URL[upstream]="http://127.0.0.1:$port"
-    wait_ready upstream "${URL[upstream]}/v2/" 30
-}
 
 fresh_data() { # name -> sets DATA[name] to a new empty directory (the previous one removed)
     [[ -n "${DATA[$1]:-}" ]] && rm -rf "${DATA[$1]}"
@@ -337,11 +273,6 @@ start_group() { # kind n
     return 1
 }
 
-# Both Pier and the reference keep blobs in distribution's layout: is this blob on disk?
-has_blob() { # name digest
-    local hex=${2#sha256:}
-    [[ -f "${DATA[$1]}/docker/registry/v2/blobs/sha256/${hex:0:2}/$hex/data" ]]
-}
 has_blobs() { # "name..." digest...
     local names=$1 name d
     shift
@@ -351,25 +282,6 @@ has_blobs() { # "name..." digest...
 }
 
 # ---------------------------------------------------------------- upstream accounting
-up_mark() { wc -l <"$WORK/upstream/access.log"; }
-# Waits until the upstream has logged everything (log unchanged for 0.6 s; a request is logged
-# when it ends) and, if given, until the nodes have these blobs on disk (the reference proxy
-# stores a blob in a background goroutine that may outlive the client's request).
-up_settle() { # ["name..." digest...]
-    local i last="" cur stable=0
-    for ((i = 0; i < 600; i++)); do
-        cur=$(stat -c %s "$WORK/upstream/access.log")
-        if [[ "$cur" == "$last" ]] && { (($# == 0)) || has_blobs "$@"; }; then
-            stable=$((stable + 1))
-            ((stable >= 3)) && return 0
-        else
-            stable=0
-        fi
-        last=$cur
-        sleep 0.2
-    done
-    log "  note: upstream log still moving (or blobs missing on disk) after 120 s"
-}
 # For the access log lines after the mark: UP_REQS (all requests), UP_GETS (GETs answered
 # 200/206), UP_BLOB_GETS and UP_BLOB_BYTES (those of blobs: their body bytes), UP_MAN_GETS
 # (GETs of manifests).
@@ -381,18 +293,6 @@ up_count() { # mark
 }
 
 # ---------------------------------------------------------------- registry client (curl)
-# Push a blob: POST a session, PUT ?digest= with the body (distribution wants the
-# Content-Type, or it answers 400). As benches/mirror.
-push_blob() { # base repo file digest
-    local base=$1 repo=$2 file=$3 digest=$4 hdr="$WORK/hdr.push" code loc
-    code=$(curl -s -o /dev/null -D "$hdr" -w '%{http_code}' -X POST "$base/v2/$repo/blobs/uploads/")
-    [[ "$code" == 202 ]] || { echo "POST /v2/$repo/blobs/uploads/ -> $code" >&2; return 1; }
-    loc=$(resolve_location "$base" "$(header_of "$hdr" location)")
-    code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Expect:' -H 'Content-Type: application/octet-stream' \
-        -T "$file" "$(with_digest "$loc" "$digest")")
-    [[ "$code" == 201 ]] || { echo "PUT ?digest=$digest -> $code" >&2; return 1; }
-}
-
 ACCEPT='application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json'
 
 # One pull as docker does it (as benches/mirror's pull): GET the manifest by tag, then GET
@@ -474,14 +374,6 @@ rm -f "$FIX"/layer* "$WORK"/warmup.*
 log "image: $IMG_BLOB_BYTES blob bytes (config + $LAYERS layers) + a $(stat -c %s "$FIX/manifest.json")-byte manifest"
 log ""
 
-# Content check: every blob of the image, fetched from the node, has its digest.
-verify_image() { # name
-    local d got
-    for d in "${IMG_DIGESTS[@]}"; do
-        got="sha256:$(curl -s "${URL[$1]}/v2/$IMG_REPO/blobs/$d" | openssl dgst -sha256 -r | awk '{print $1}')"
-        [[ "$got" == "$d" ]] || { fail "$1: GET /v2/$IMG_REPO/blobs/$d returned other content ($got)"; return 1; }
-    done
-}
 # Sums a number field of /api/v1/fleet over Pier nodes.
 fleet_sum() { # field name...
     local f=$1 name v t=0

@@ -24,6 +24,8 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$SCRIPT_DIR/../.." && pwd)"
 # shellcheck source=../lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+# shellcheck source=../upstream.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../upstream.sh"
 
 # ---------------------------------------------------------------- options
 QUICK=0
@@ -88,30 +90,15 @@ chmod 755 "$WORK"
 declare -A PID=()
 FAILURES=()
 
-cleanup() {
-    local name
-    for name in "${!PID[@]}"; do stop_server "$name"; done
-    if ((KEEP)); then
-        echo "run.sh: kept $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- small helpers
 # (log, fail, has, free_port, now_ns, median, record, med, sha256_of, gen_random_file, running,
-# stop_server: benches/lib.sh)
-secs_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN { printf "%.6f\n", (b - a) / 1e9 }'; }
+# stop_server: benches/lib.sh; cleanup, secs_since, cpu_ticks, fmt, wait_ready, start_upstream,
+# push_blob, up_mark, up_settle, has_blob, verify_image: benches/upstream.sh)
 
-fmt() { # number -> short human form; "-" if empty
-    [[ -z "${1:-}" ]] && { echo "-"; return; }
-    awk -v x="$1" 'BEGIN { if (x >= 100) printf "%.0f", x; else if (x >= 10) printf "%.1f", x; else if (x >= 1) printf "%.2f", x; else printf "%.3f", x }'
-}
-
-# CPU time (user + system, all threads) a process has used, in clock ticks.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# CPU seconds a process has used since cpu_ticks said ticks_before.
 TICK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 cpu_since() { # pid ticks_before -> seconds
     awk -v a="$2" -v b="$(cpu_ticks "$1")" -v t="$TICK" 'BEGIN { printf "%.2f\n", (b - a) / t }'
@@ -120,60 +107,6 @@ cpu_since() { # pid ticks_before -> seconds
 # ---------------------------------------------------------------- servers
 declare -A URL=() DATA=()
 GEN=0   # bumps for every fresh data directory
-
-# Returns 2 (and records no failure) when the server exited because its port was taken, so that
-# start() can try another port.
-wait_ready() { # name url timeout_s
-    local name=$1 url=$2 t=$3 i
-    for ((i = 0; i < t * 20; i++)); do
-        if ! kill -0 "${PID[$name]}" 2>/dev/null; then
-            wait "${PID[$name]}" 2>/dev/null
-            if tail -n 5 "$WORK/$name/server.log" 2>/dev/null | grep -qi 'address already in use'; then
-                unset "PID[$name]"
-                return 2
-            fi
-            fail "$name exited during startup (log: $WORK/$name/server.log)"
-            tail -n 20 "$WORK/$name/server.log" >&2 2>/dev/null
-            unset "PID[$name]"
-            return 1
-        fi
-        [[ "$(curl -s -o /dev/null -w '%{http_code}' "$url" 2>/dev/null)" == 200 ]] && return 0
-        sleep 0.05
-    done
-    fail "$name not ready after ${t}s ($url)"
-    return 1
-}
-
-# The upstream: a plain docker-registry with its access log on (combined log format on stdout,
-# the body size column is what the handler wrote), so the script can count upstream GETs and bytes.
-start_upstream() {
-    local d="$WORK/upstream" port
-    mkdir -p "$d/data"
-    free_port || return 1
-    port=$FREE_PORT
-    cat >"$d/config.yml" <<EOF
-version: 0.1
-log:
-  level: info
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: $d/data
-  cache:
-    blobdescriptor: inmemory
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:$port
-EOF
-    docker-registry serve "$d/config.yml" >>"$d/access.log" 2>>"$d/server.log" &
-    PID[upstream]=$!
-    URL[upstream]="http://127.0.0.1:$port"
-    UP_HOSTPORT="127.0.0.1:$port"
-    wait_ready upstream "${URL[upstream]}/v2/" 30
-}
 
 # Pier, mirroring the upstream as its default upstream, on a fresh root unless told "keep".
 start_pier() { # [keep]
@@ -249,35 +182,14 @@ start() { # name [keep]
 restart_fresh() { stop_server "$1"; start "$1"; }
 
 # Both mirrors keep blobs in distribution's layout: is this blob complete on disk?
-has_blob() { # system digest
-    local hex=${2#sha256:}
-    [[ -f "${DATA[$1]}/docker/registry/v2/blobs/sha256/${hex:0:2}/$hex/data" ]]
-}
 
 # ---------------------------------------------------------------- upstream accounting
-up_mark() { wc -l <"$WORK/upstream/access.log"; }
-# Waits until the upstream has logged everything (log unchanged for 0.6 s; a request is logged
-# when it ends) and, if given, until the system has these blobs on disk (the reference proxy
-# stores a blob in a background goroutine that may outlive the client's request).
+# Whether the system has these blobs on disk (for up_settle: the reference proxy stores a
+# blob in a background goroutine that may outlive the client's request).
 has_blobs() { # system digest...
     local s=$1 d
     shift
     for d in "$@"; do has_blob "$s" "$d" || return 1; done
-}
-up_settle() { # [system digest...]
-    local i last="" cur stable=0
-    for ((i = 0; i < 600; i++)); do
-        cur=$(stat -c %s "$WORK/upstream/access.log")
-        if [[ "$cur" == "$last" ]] && { (($# == 0)) || has_blobs "$@"; }; then
-            stable=$((stable + 1))
-            ((stable >= 3)) && return 0
-        else
-            stable=0
-        fi
-        last=$cur
-        sleep 0.2
-    done
-    log "  note: upstream log still moving after 120 s"
 }
 # Sets UP_GETS (GETs answered 200/206), UP_BYTES (their body bytes), UP_REQS (all requests),
 # UP_BLOB_GETS (GETs of the given digest) for the access log lines after the mark.
@@ -291,18 +203,6 @@ up_count() { # mark [digest]
 
 # ---------------------------------------------------------------- registry client (curl)
 # (resolve_location, with_digest, header_of: benches/lib.sh)
-# Push a blob: POST a session, PUT ?digest= with the body (distribution wants the
-# Content-Type, or it answers 400).
-push_blob() { # base repo file digest
-    local base=$1 repo=$2 file=$3 digest=$4 hdr="$WORK/hdr.push" code loc
-    code=$(curl -s -o /dev/null -D "$hdr" -w '%{http_code}' -X POST "$base/v2/$repo/blobs/uploads/")
-    [[ "$code" == 202 ]] || { echo "POST /v2/$repo/blobs/uploads/ -> $code" >&2; return 1; }
-    loc=$(resolve_location "$base" "$(header_of "$hdr" location)")
-    code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Expect:' -H 'Content-Type: application/octet-stream' \
-        -T "$file" "$(with_digest "$loc" "$digest")")
-    [[ "$code" == 201 ]] || { echo "PUT ?digest=$digest -> $code" >&2; return 1; }
-}
-
 ACCEPT='application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json'
 
 # One pull as docker does it: GET the manifest by tag, then GET every blob it names (config and
@@ -409,14 +309,6 @@ rm -f "$FIX"/layer* "$FIX/big"
 log "image: $IMG_BYTES bytes (manifest + config + $LAYERS layers); blob: $BIG_SIZE bytes"
 log ""
 
-# Content check: every blob of the image, fetched from the system, has its digest.
-verify_image() { # system
-    local d got
-    for d in "${IMG_DIGESTS[@]}"; do
-        got="sha256:$(curl -s "${URL[$1]}/v2/$IMG_REPO/blobs/$d" | openssl dgst -sha256 -r | awk '{print $1}')"
-        [[ "$got" == "$d" ]] || { fail "$1: GET /v2/$IMG_REPO/blobs/$d returned other content ($got)"; return 1; }
-    done
-}
 mbs() { awk -v b="$1" -v t="$2" 'BEGIN { if (t > 0) printf "%.2f\n", b / t / 1e6 }'; }
 declare -A LABEL=([upstream]="upstream" [pier]="Pier" [proxy]="reference")
 
