@@ -148,3 +148,29 @@ upload_chunked() { # base repo chunkdir digest
     [[ "$code" == 201 ]] || { echo "PUT ?digest= (close) -> $code" >&2; return 1; }
     awk -v a="$total" -v b="$t" 'BEGIN { printf "%.6f\n", a + b }'
 }
+
+# Exits 2, naming it, at the first of these tools that is not installed.
+require_tools() { # tool...
+    local t
+    for t in "$@"; do
+        command -v "$t" >/dev/null 2>&1 || { echo "run.sh: missing tool: $t (see scripts/install-test-deps.sh)" >&2; exit 2; }
+    done
+}
+
+# Sets PIER_BIN, unless it is set, to the first release build found: $CARGO_TARGET_DIR's,
+# /root/.cache/pier/target's, the repository's ($REPO_DIR). Exits 2 when there is none;
+# the argument is added to the hint (another way to run without Pier).
+find_pier_bin() { # [hint]
+    local c
+    if [[ -z "${PIER_BIN:-}" ]]; then
+        for c in "${CARGO_TARGET_DIR:+$CARGO_TARGET_DIR/release/pier}" /root/.cache/pier/target/release/pier \
+                 "$REPO_DIR/target/release/pier"; do
+            [[ -n "$c" && -x "$c" ]] && { PIER_BIN="$c"; break; }
+        done
+    fi
+    if [[ -z "${PIER_BIN:-}" || ! -x "$PIER_BIN" ]]; then
+        echo "run.sh: Pier binary not found (set PIER_BIN, or build it:" >&2
+        echo "  cargo build --release -p pier-server --bin pier)${1:-}" >&2
+        exit 2
+    fi
+}

@@ -55,9 +55,7 @@ while (($#)); do
     shift
 done
 ((ROUNDS >= 1 && DUR >= 1)) || { echo "run.sh: --rounds and --duration must be >= 1" >&2; exit 2; }
-for t in curl node wrk openssl awk jq; do
-    command -v "$t" >/dev/null 2>&1 || { echo "run.sh: missing tool: $t (scripts/install-test-deps.sh)" >&2; exit 2; }
-done
+require_tools curl node wrk openssl awk jq
 
 WORK="$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/pier-bench-admin.XXXXXX")"
 LOADS=()

@@ -54,9 +54,7 @@ done
 
 PLAYWRIGHT_DIR="${PIER_CACHE:-$HOME/.cache/pier}/console-test"
 CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
-for t in curl node jq awk; do
-    command -v "$t" >/dev/null 2>&1 || { echo "run.sh: missing tool: $t (scripts/install-test-deps.sh)" >&2; exit 2; }
-done
+require_tools curl node jq awk
 if ((!SEED_ONLY)); then
     [[ -x "$CHROMIUM" ]] || { echo "run.sh: no chromium at $CHROMIUM (scripts/install-test-deps.sh)" >&2; exit 2; }
     [[ -d "$PLAYWRIGHT_DIR/node_modules/playwright-core" ]] \

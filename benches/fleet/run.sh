@@ -75,20 +75,8 @@ for t in ${TESTS//,/ }; do
 done
 
 # ---------------------------------------------------------------- tools
-for t in curl openssl awk sort grep docker-registry; do
-    command -v "$t" >/dev/null 2>&1 || { echo "run.sh: missing tool: $t (see scripts/install-test-deps.sh)" >&2; exit 2; }
-done
-if [[ -z "${PIER_BIN:-}" ]]; then
-    for c in "${CARGO_TARGET_DIR:+$CARGO_TARGET_DIR/release/pier}" /root/.cache/pier/target/release/pier \
-             "$REPO_DIR/target/release/pier"; do
-        [[ -n "$c" && -x "$c" ]] && { PIER_BIN="$c"; break; }
-    done
-fi
-if [[ -z "${PIER_BIN:-}" || ! -x "$PIER_BIN" ]]; then
-    echo "run.sh: Pier binary not found (set PIER_BIN, or build it:" >&2
-    echo "  cargo build --release -p pier-server --bin pier)" >&2
-    exit 2
-fi
+require_tools curl openssl awk sort grep docker-registry
+find_pier_bin
 
 # ---------------------------------------------------------------- workspace and cleanup
 BASE_TMP="${BENCH_TMPDIR:-${TMPDIR:-/tmp}}"

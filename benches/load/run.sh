@@ -83,22 +83,10 @@ has "$ONLY" reference && REGS+=(reference)
 need_tools=(curl wrk ab openssl awk sort split dd)
 has "$ONLY" reference && need_tools+=(docker-registry)
 has "$ONLY" nginx && need_tools+=(nginx)
-for t in "${need_tools[@]}"; do
-    command -v "$t" >/dev/null 2>&1 || { echo "run.sh: missing tool: $t (see scripts/install-test-deps.sh)" >&2; exit 2; }
-done
+require_tools "${need_tools[@]}"
 
 if has "$ONLY" pier; then
-    if [[ -z "${PIER_BIN:-}" ]]; then
-        for c in "${CARGO_TARGET_DIR:+$CARGO_TARGET_DIR/release/pier}" /root/.cache/pier/target/release/pier \
-                 "$REPO_DIR/target/release/pier"; do
-            [[ -n "$c" && -x "$c" ]] && { PIER_BIN="$c"; break; }
-        done
-    fi
-    if [[ -z "${PIER_BIN:-}" || ! -x "$PIER_BIN" ]]; then
-        echo "run.sh: Pier binary not found (set PIER_BIN, or build it:" >&2
-        echo "  cargo build --release -p pier-server --bin pier), or run with --only reference,nginx" >&2
-        exit 2
-    fi
+    find_pier_bin ", or run with --only reference,nginx"
 fi
 
 if has "$ONLY" baseline && [[ -z "${PIER_BASELINE_BIN:-}" || ! -x "${PIER_BASELINE_BIN:-}" ]]; then
