@@ -20,6 +20,8 @@ pub struct PluginPaths {
     pub replicate: PathBuf,
     /// `plugins/hostile-events`: a notifier and replicator that misbehaves on purpose.
     pub hostile_events: PathBuf,
+    /// `plugins/immutable`: an admission plugin, immutable tags.
+    pub immutable: PathBuf,
 }
 
 /// Environment variables of the outer build that would change the nested one (flags
@@ -118,6 +120,7 @@ pub fn build() -> &'static PluginPaths {
             webhook: wasm("pier_webhook"),
             replicate: wasm("pier_replicate"),
             hostile_events: wasm("pier_hostile_events"),
+            immutable: wasm("pier_immutable"),
         }
     })
 }

@@ -25,6 +25,10 @@ pub trait Plugins: Send + Sync {
     async fn reload_all(&self) -> Vec<String>;
     /// The loaded authorizers by name.
     fn authorizers(&self) -> Vec<(String, Arc<pier_plugin_host::PluginAuthorizer>)>;
+    /// The loaded admission plugins by name.
+    fn admissions(&self) -> Vec<(String, Arc<pier_plugin_host::PluginAdmission>)> {
+        Vec::new()
+    }
     /// The project store of the authorizer, when one is loaded (it may still answer
     /// that it doesn't manage projects).
     fn projects(&self) -> Option<Arc<dyn pier_auth::projects::ProjectStore>> {

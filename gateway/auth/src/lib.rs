@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod admission;
 pub mod authn;
 mod error;
 mod model;

@@ -42,6 +42,12 @@ pub enum CoreError {
     /// nodes disagree on the owner for a moment): the peer takes its next source.
     #[error("this node is fetching {0} from the asking peer")]
     PeerBusy(Digest),
+    /// An admission policy refused the manifest; `reason` is the policy's own words.
+    #[error("denied by policy {policy:?}: {reason}")]
+    Denied { policy: String, reason: String },
+    /// An admission policy could not decide: refused (fail closed).
+    #[error("admission plugin {:?} failed ({}): {}", .0.plugin, .0.kind.as_str(), .0.message)]
+    PolicyFailed(pier_auth::PolicyError),
 }
 
 impl From<StorageError> for CoreError {

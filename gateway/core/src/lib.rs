@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod admission;
 mod error;
 pub mod fleet;
 pub mod gc;
@@ -13,6 +14,7 @@ mod page;
 mod registry;
 mod timings;
 
+pub use admission::{Caller, Gate};
 pub use error::{CoreError, Result};
 pub use histogram::AtomicHistogram;
 pub use lease::{Leases, MemoryLeases};

@@ -914,6 +914,11 @@ impl Mirror {
                     .collect()
             })
             .unwrap_or_default();
+        // Admission before anything is kept: a refused manifest is neither cached nor
+        // served, and its children are not fetched.
+        self.registry
+            .admit_fill(&t.local, tag, digest, &fetched.media_type, &fetched.bytes)
+            .await?;
         let size = fetched.bytes.len() as u64;
         self.registry
             .manifest_put_mirrored(

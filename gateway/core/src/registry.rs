@@ -15,7 +15,9 @@ use pier_storage::{
     UploadStatus, UploadStore,
 };
 
+use crate::admission::{Caller, Gate, RepoContent, bounded};
 use crate::{CoreError, Page, Result, paginate};
+use pier_auth::admission::{AdmissionRequest, MAX_REFERRERS, Referrer, Stage};
 
 /// The storage roles the registry works on. One backend may fill all of them.
 #[derive(Clone)]
@@ -170,6 +172,8 @@ pub struct Registry {
     /// Keeps an online garbage collection from removing what a write references.
     gc: crate::gc::GcFence,
     timings: crate::StorageTimings,
+    /// The admission policies; `None`: everything is admitted.
+    gate: Option<Arc<Gate>>,
 }
 
 /// Every digest storing `manifest` as `digest` makes it name: itself, its blobs and
@@ -183,7 +187,7 @@ fn referenced<'a>(manifest: &'a Manifest, digest: &'a Digest) -> impl Iterator<I
 }
 
 /// The media type to serve stored manifest bytes with.
-fn media_type_of(bytes: &[u8]) -> String {
+pub(crate) fn media_type_of(bytes: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Probe {
         #[serde(rename = "mediaType")]
@@ -214,7 +218,15 @@ impl Registry {
             sink: None,
             gc: crate::gc::GcFence::default(),
             timings: crate::StorageTimings::default(),
+            gate: None,
         }
+    }
+
+    /// Asks `gate`'s policies before manifests are stored, served, deleted or cached from
+    /// an upstream.
+    pub fn with_gate(mut self, gate: Arc<Gate>) -> Registry {
+        self.gate = Some(gate);
+        self
     }
 
     /// Announces every change to `sink` (other nodes sharing the storage).
@@ -510,6 +522,7 @@ impl Registry {
         reference: &Reference,
         content_type: Option<&str>,
         bytes: Bytes,
+        by: &Caller,
     ) -> Result<PutManifest> {
         let manifest = Manifest::parse(&bytes, content_type)?;
         let algorithm = match reference {
@@ -564,6 +577,11 @@ impl Registry {
             Reference::Tag(t) => Some(t),
             Reference::Digest(_) => None,
         };
+        let media_type = content_type
+            .map(str::to_owned)
+            .unwrap_or_else(|| media_type_of(&bytes));
+        self.admit(Stage::Push, repo, tag, &digest, &media_type, &bytes, by)
+            .await?;
         self.store_manifest(repo, tag, digest, manifest, bytes)
             .await
     }
@@ -614,6 +632,170 @@ impl Registry {
             self.announce(Change::Tag(repo.clone(), t.clone()));
         }
         Ok(PutManifest { digest, subject })
+    }
+
+    /// [`manifest_delete`](Self::manifest_delete) for `by`, when the admission policies
+    /// let it (a client's, the admin API's or a replication job's delete).
+    pub async fn manifest_delete_by(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        by: &Caller,
+    ) -> Result<()> {
+        if self.gate.as_ref().is_some_and(|g| g.governs(repo)) {
+            // What is not there is not there: the delete below says so.
+            if let Ok(m) = self.manifest_get(repo, reference).await {
+                let tag = match reference {
+                    Reference::Tag(t) => Some(t),
+                    Reference::Digest(_) => None,
+                };
+                self.admit(
+                    Stage::Delete,
+                    repo,
+                    tag,
+                    &m.digest,
+                    &m.media_type,
+                    &m.bytes,
+                    by,
+                )
+                .await?;
+            }
+        }
+        self.manifest_delete(repo, reference).await
+    }
+
+    /// Asks the admission policies whether `by` may pull `m` (got by `reference`); an
+    /// admit is remembered a while ([`crate::admission::PULL_DECISION_TTL`]).
+    pub async fn admit_pull(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        m: &ManifestContent,
+        by: &Caller,
+    ) -> Result<()> {
+        let Some(gate) = self.gate.as_ref().filter(|g| g.governs(repo)) else {
+            return Ok(());
+        };
+        if gate.pull_admitted(repo, &m.digest) {
+            return Ok(());
+        }
+        let tag = match reference {
+            Reference::Tag(t) => Some(t),
+            Reference::Digest(_) => None,
+        };
+        self.admit(
+            Stage::Pull,
+            repo,
+            tag,
+            &m.digest,
+            &m.media_type,
+            &m.bytes,
+            by,
+        )
+        .await
+    }
+
+    /// Asks the admission policies whether a manifest fetched from an upstream may be
+    /// cached and served (Pier itself asks).
+    pub(crate) async fn admit_fill(
+        &self,
+        repo: &RepoName,
+        tag: Option<&Tag>,
+        digest: &Digest,
+        media_type: &str,
+        bytes: &Bytes,
+    ) -> Result<()> {
+        self.admit(
+            Stage::MirrorFill,
+            repo,
+            tag,
+            digest,
+            media_type,
+            bytes,
+            &Caller::pier(),
+        )
+        .await
+    }
+
+    /// One admission decision, when a policy governs `repo`: the request is built from
+    /// the manifest and what this repository holds around it (referrers, cosign tags,
+    /// the tag's current digest, the tags on the manifest).
+    #[allow(clippy::too_many_arguments)]
+    async fn admit(
+        &self,
+        stage: Stage,
+        repo: &RepoName,
+        tag: Option<&Tag>,
+        digest: &Digest,
+        media_type: &str,
+        bytes: &Bytes,
+        by: &Caller,
+    ) -> Result<()> {
+        let Some(gate) = self.gate.as_ref().filter(|g| g.governs(repo)) else {
+            return Ok(());
+        };
+        let subject_digest = Manifest::parse(bytes, Some(media_type))
+            .ok()
+            .and_then(|m| m.subject.map(|s| s.digest.to_string()));
+        let referrers = match self.referrers(repo, digest, None).await {
+            Ok(r) => r,
+            Err(CoreError::NameUnknown(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let referrers = referrers
+            .into_iter()
+            .take(MAX_REFERRERS)
+            .map(|d| Referrer {
+                digest: d.digest.to_string(),
+                media_type: d.media_type,
+                artifact_type: d.artifact_type,
+                annotations: d.annotations.unwrap_or_default().into_iter().collect(),
+            })
+            .collect();
+        let mut signature_tags = Vec::new();
+        for suffix in ["sig", "att", "sbom"] {
+            let name = format!("{}-{}.{suffix}", digest.algorithm(), digest.hex());
+            if let Ok(t) = name.parse::<Tag>()
+                && self.resolve_tag(repo, &t).await?.is_some()
+            {
+                signature_tags.push(name);
+            }
+        }
+        let current_digest = match (stage, tag) {
+            (Stage::Push | Stage::Delete, Some(t)) => {
+                self.resolve_tag(repo, t).await?.map(|d| d.to_string())
+            }
+            _ => None,
+        };
+        let mut tags = Vec::new();
+        if stage == Stage::Delete && tag.is_none() {
+            for t in self.stores.manifests.tags(repo).await?.unwrap_or_default() {
+                if self.resolve_tag(repo, &t).await?.as_ref() == Some(digest) {
+                    tags.push(t.to_string());
+                }
+            }
+        }
+        let request = AdmissionRequest {
+            stage,
+            repository: repo.to_string(),
+            tag: tag.map(|t| t.to_string()),
+            digest: digest.to_string(),
+            media_type: media_type.to_owned(),
+            manifest: bounded(bytes),
+            manifest_size: bytes.len() as u64,
+            subject_digest,
+            referrers,
+            signature_tags,
+            current_digest,
+            tags,
+            caller: by.subject.clone(),
+            client: by.client.clone(),
+        };
+        let content = Arc::new(RepoContent {
+            stores: self.stores.clone(),
+            repo: repo.clone(),
+        });
+        gate.decide(&request, content).await
     }
 
     /// Deleting by tag removes the tag only; by digest, the manifest and every tag on it.
@@ -790,6 +972,7 @@ mod tests {
             &Reference::Tag(tag.clone()),
             Some("application/vnd.oci.image.manifest.v1+json"),
             Bytes::from(m),
+            &Caller::pier(),
         )
         .await
         .unwrap()
@@ -830,5 +1013,152 @@ mod tests {
             second,
             "b after the announcement"
         );
+    }
+
+    /// Denies pushes over a tag that points elsewhere, deletes of `keep`, and counts calls;
+    /// fails when `broken`.
+    struct NoOverwrite {
+        calls: std::sync::Mutex<Vec<AdmissionRequest>>,
+        broken: std::sync::atomic::AtomicBool,
+        generation: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl pier_auth::admission::Admission for NoOverwrite {
+        fn name(&self) -> &str {
+            "no-overwrite"
+        }
+        fn governs(&self, repository: &str) -> bool {
+            repository.starts_with("team/")
+        }
+        fn generation(&self) -> u64 {
+            self.generation.load(Ordering::SeqCst)
+        }
+        async fn admit(
+            &self,
+            r: &AdmissionRequest,
+            content: Arc<dyn pier_auth::admission::ContentReader>,
+        ) -> std::result::Result<pier_auth::Decision, pier_auth::PolicyError> {
+            self.calls.lock().unwrap().push(r.clone());
+            if self.broken.load(Ordering::SeqCst) {
+                return Err(pier_auth::PolicyError {
+                    plugin: "no-overwrite".into(),
+                    kind: pier_auth::PolicyFailure::Trap,
+                    message: "trapped".into(),
+                });
+            }
+            // What it reads is the repository's own content.
+            if r.stage == Stage::Push
+                && let Some(cur) = &r.current_digest
+            {
+                let old = content.manifest(cur).await.unwrap();
+                assert_eq!(old.digest, *cur);
+                assert!(content.blob(cur, 1 << 20).await.is_ok());
+                assert!(content.manifest("other").await.is_err());
+                if cur != &r.digest {
+                    return Ok(pier_auth::Decision::Deny(format!(
+                        "{} is immutable",
+                        r.tag.as_deref().unwrap_or("")
+                    )));
+                }
+            }
+            let keep = |t: &str| t == "keep";
+            if r.stage == Stage::Delete
+                && (r.tag.as_deref().is_some_and(keep) || r.tags.iter().any(|t| keep(t)))
+            {
+                return Ok(pier_auth::Decision::Deny("keep stays".into()));
+            }
+            Ok(pier_auth::Decision::Allow)
+        }
+    }
+
+    #[tokio::test]
+    async fn admission_refuses_before_storing_remembers_pulls_and_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(pier_storage::fs::FsStore::new(dir.path()).unwrap());
+        let policy = Arc::new(NoOverwrite {
+            calls: Default::default(),
+            broken: Default::default(),
+            generation: AtomicU64::new(1),
+        });
+        let reg = Registry::new(Stores::from_backend(store))
+            .with_gate(Arc::new(Gate::new(vec![policy.clone()])));
+        let repo: RepoName = "team/app".parse().unwrap();
+        let keep: Tag = "keep".parse().unwrap();
+        let first = put(&reg, &repo, &keep, 1).await;
+        // Over an existing tag: refused, nothing moved.
+        let config = vec![2u8; 3];
+        let cd = Digest::of(pier_oci::Algorithm::Sha256, &config);
+        let body = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(config))]);
+        reg.upload_monolithic(&repo, &cd, Box::pin(body))
+            .await
+            .unwrap();
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":3}},"layers":[]}}"#
+        );
+        let err = reg
+            .manifest_put(
+                &repo,
+                &Reference::Tag(keep.clone()),
+                None,
+                Bytes::from(m.clone()),
+                &Caller::pier(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, CoreError::Denied { policy, reason } if policy == "no-overwrite" && reason == "keep is immutable"),
+            "{err:?}"
+        );
+        let second = Digest::of(pier_oci::Algorithm::Sha256, m.as_bytes());
+        assert!(matches!(
+            reg.manifest_get(&repo, &Reference::Digest(second)).await,
+            Err(CoreError::ManifestUnknown(_))
+        ));
+        assert_eq!(
+            reg.tag_digest(&repo, &keep).await.unwrap(),
+            Some(first.clone())
+        );
+        // Deletes of the tag, or of the manifest it is on: refused.
+        for r in [
+            Reference::Tag(keep.clone()),
+            Reference::Digest(first.clone()),
+        ] {
+            let err = reg
+                .manifest_delete_by(&repo, &r, &Caller::pier())
+                .await
+                .unwrap_err();
+            assert!(matches!(err, CoreError::Denied { .. }), "{r}: {err:?}");
+        }
+        let calls = policy.calls.lock().unwrap().clone();
+        let by_digest = calls.last().unwrap();
+        assert_eq!(by_digest.tags, vec!["keep".to_owned()]);
+        assert_eq!(by_digest.stage, Stage::Delete);
+        // Pulls: asked once, then remembered, until the policy changes.
+        let m = reg
+            .manifest_get(&repo, &Reference::Tag(keep.clone()))
+            .await
+            .unwrap();
+        let count = || policy.calls.lock().unwrap().len();
+        let before = count();
+        for _ in 0..3 {
+            reg.admit_pull(&repo, &Reference::Tag(keep.clone()), &m, &Caller::pier())
+                .await
+                .unwrap();
+        }
+        assert_eq!(count(), before + 1);
+        policy.generation.store(2, Ordering::SeqCst);
+        policy.broken.store(true, Ordering::SeqCst);
+        let err = reg
+            .admit_pull(&repo, &Reference::Tag(keep.clone()), &m, &Caller::pier())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CoreError::PolicyFailed(_)), "{err:?}");
+        // A repository it does not govern: never asked.
+        let other: RepoName = "other/app".parse().unwrap();
+        let before = count();
+        put(&reg, &other, &keep, 3).await;
+        put(&reg, &other, &keep, 4).await;
+        assert_eq!(count(), before);
     }
 }

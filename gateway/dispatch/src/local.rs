@@ -187,7 +187,11 @@ impl Destination for LocalRegistry {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<(), ReplicateError> {
-        match self.registry.manifest_delete(repo, reference).await {
+        match self
+            .registry
+            .manifest_delete_by(repo, reference, &pier_core::Caller::pier())
+            .await
+        {
             Ok(()) | Err(CoreError::ManifestUnknown(_) | CoreError::NameUnknown(_)) => Ok(()),
             Err(e) => Err(error(
                 Side::Destination,
@@ -205,7 +209,13 @@ impl Destination for LocalRegistry {
         bytes: Bytes,
     ) -> Result<(), ReplicateError> {
         self.registry
-            .manifest_put(repo, reference, Some(media_type), bytes)
+            .manifest_put(
+                repo,
+                reference,
+                Some(media_type),
+                bytes,
+                &pier_core::Caller::pier(),
+            )
             .await
             .map(drop)
             .map_err(|e| error(Side::Destination, format!("manifest {repo}:{reference}"), e))

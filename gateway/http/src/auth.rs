@@ -298,6 +298,10 @@ impl AccessControl {
                 subject
             }
         };
+        req.extensions_mut().insert(pier_core::Caller {
+            subject: subject.clone(),
+            client,
+        });
         req.extensions_mut().insert(Caller(subject));
         Ok(())
     }

@@ -144,6 +144,18 @@ fn classify(
             CoreError::Storage(_) => simple(C::Unknown),
             // Only fleet peers get this; they ask their next source (never a cool-down).
             CoreError::PeerBusy(_) => (StatusCode::CONFLICT, C::Unavailable, none, vec![]),
+            CoreError::Denied { policy, .. } => (
+                by_code(C::Denied),
+                C::Denied,
+                json!({ "policy": policy }),
+                vec![],
+            ),
+            CoreError::PolicyFailed(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                C::Unavailable,
+                none,
+                vec![("Retry-After", "1".to_owned())],
+            ),
             CoreError::Upstream(u) => match u {
                 pier_upstream::UpstreamError::TooManyRequests { retry_after } => (
                     by_code(C::TooManyRequests),

@@ -68,7 +68,10 @@ pub(crate) async fn dispatch(
         }
         (Route::Manifest(repo, r), &Method::PUT) => manifest_put(state, &repo, &r, req).await,
         (Route::Manifest(repo, r), &Method::DELETE) => {
-            state.registry.manifest_delete(&repo, &r).await?;
+            state
+                .registry
+                .manifest_delete_by(&repo, &r, &caller(&req))
+                .await?;
             if let Some(sink) = &state.events {
                 let (tag, digest) = match r {
                     Reference::Tag(t) => (Some(t), None),
@@ -122,8 +125,13 @@ pub(crate) async fn mirrored(
     match (route, &method) {
         (Route::Manifest(_, r), &Method::GET | &Method::HEAD) => {
             let m = mirror.manifest(t, &r).await?;
-            // A fleet peer's fill is not a pull of this node's clients.
+            // A fleet peer's fill is not a pull of this node's clients (each node admits
+            // what it serves to its own).
             if t.from_peer().is_none() {
+                state
+                    .registry
+                    .admit_pull(&t.local, &r, &m, &caller(&req))
+                    .await?;
                 note_pull(state, &t.local, &r, &req);
             }
             Ok(manifest_response(&m, &req))
@@ -351,6 +359,10 @@ async fn manifest_get(
     req: &Request<Incoming>,
 ) -> HandlerResult {
     let m = state.registry.manifest_get(repo, reference).await?;
+    state
+        .registry
+        .admit_pull(repo, reference, &m, &caller(req))
+        .await?;
     note_pull(state, repo, reference, req);
     if req.method() == Method::GET
         && let Some(sink) = state.events.as_ref().filter(|s| s.wants_pulls())
@@ -396,6 +408,22 @@ fn actor(req: &Request<Incoming>) -> Option<String> {
     }
 }
 
+/// Who a request comes from, for admission policies: the verified subject (anonymous
+/// without access control) and the client's address.
+fn caller(req: &Request<Incoming>) -> pier_core::Caller {
+    if let Some(c) = req.extensions().get::<pier_core::Caller>() {
+        return c.clone();
+    }
+    pier_core::Caller {
+        subject: pier_auth::Subject::Anonymous,
+        client: req
+            .extensions()
+            .get::<crate::auth::ConnInfo>()
+            .map(|c| c.peer.to_string())
+            .unwrap_or_default(),
+    }
+}
+
 fn manifest_response(m: &ManifestContent, req: &Request<Incoming>) -> Response<RespBody> {
     let head = req.method() == Method::HEAD;
     let cached = not_modified(req, &m.digest);
@@ -427,6 +455,7 @@ async fn manifest_put(
     }
     let content_type = header_str(req.headers(), header::CONTENT_TYPE).map(str::to_owned);
     let who = actor(&req);
+    let by = caller(&req);
     // A manifest (at most 4 MiB) arrives whole within the idle timeout.
     let collected = tokio::time::timeout(
         state.body_pace.idle,
@@ -446,7 +475,7 @@ async fn manifest_put(
     let size = bytes.len() as u64;
     let put = state
         .registry
-        .manifest_put(repo, reference, content_type.as_deref(), bytes)
+        .manifest_put(repo, reference, content_type.as_deref(), bytes, &by)
         .await?;
     if let Some(sink) = &state.events {
         sink.record(ManifestEvent {

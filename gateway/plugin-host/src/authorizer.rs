@@ -36,7 +36,7 @@ fn action(a: Action) -> wit::Action {
     }
 }
 
-fn subject(s: &Subject) -> wit::Subject {
+pub(crate) fn subject(s: &Subject) -> wit::Subject {
     match s {
         Subject::Anonymous => wit::Subject::Anonymous,
         Subject::User(i) => wit::Subject::User(wit::Principal {

@@ -19,6 +19,8 @@ use crate::world::{Bindings, World};
 pub type Announcer = Arc<dyn Fn(&str) + Send + Sync>;
 
 pub(crate) struct Hook {
+    /// The plugin's name (the same in every version).
+    name: String,
     runtime: Arc<Runtime>,
     world: World,
     current: RwLock<Arc<Plugin>>,
@@ -26,6 +28,8 @@ pub(crate) struct Hook {
     announcer: OnceLock<Announcer>,
     /// Changes through the management export run one at a time.
     changes: tokio::sync::Mutex<()>,
+    /// Bumped by every swap of versions (or settings).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Hook {
@@ -43,12 +47,14 @@ impl Hook {
             "plugin loaded"
         );
         Ok(Hook {
+            name: plugin.name().to_owned(),
             runtime,
             world,
             current: RwLock::new(Arc::new(plugin)),
             metrics,
             announcer: OnceLock::new(),
             changes: tokio::sync::Mutex::new(()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -104,6 +110,15 @@ impl Hook {
         Some(r)
     }
 
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Changes with every version swapped in.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub(crate) fn digest(&self) -> String {
         self.current().digest().to_owned()
     }
@@ -133,6 +148,8 @@ impl Hook {
             Ok(mut c) => *c = Arc::new(plugin),
             Err(p) => *p.into_inner() = Arc::new(plugin),
         }
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(true)
     }
 }

@@ -25,6 +25,8 @@ pub struct Grants {
     pub kv: bool,
     pub http: bool,
     pub ldap: bool,
+    /// `registry-read` (admission plugins).
+    pub registry: bool,
 }
 
 impl Grants {
@@ -38,9 +40,10 @@ impl Grants {
                 "kv" => g.kv = true,
                 "http" | "http-outbound" => g.http = true,
                 "ldap" => g.ldap = true,
+                "registry" | "registry-read" => g.registry = true,
                 other => {
                     return Err(format!(
-                        "unknown capability {other:?}: grant any of log, config, kv, http, ldap"
+                        "unknown capability {other:?}: grant any of log, config, kv, http, ldap, registry"
                     ));
                 }
             }
@@ -70,6 +73,8 @@ pub(crate) struct HostState {
     pub table: ResourceTable,
     pub limits: StoreLimits,
     pub caps: Arc<Capabilities>,
+    /// What `registry-read` reads during an `admit` call; `None` between calls.
+    pub content: Option<Arc<dyn pier_auth::admission::ContentReader>>,
 }
 
 impl WasiView for HostState {

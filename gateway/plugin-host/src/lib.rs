@@ -11,6 +11,9 @@
 //! - [`PluginNotifier`] and [`PluginReplicator`]: the `notifier` and `replicator` worlds
 //!   on the same pools and limits: a [`PluginEvent`] in, [`Delivery`]s or
 //!   [`ReplicationAction`]s out, a [`PluginFailure`] when the plugin misbehaved.
+//! - [`PluginAdmission`]: implements [`pier_auth::admission::Admission`] with an
+//!   admission plugin (world `admission`), whose `registry-read` reads the content of the
+//!   repository in question during the call.
 //! - [`RuleStore`]: the rules of a replicator plugin that manages them (world
 //!   `managed-replicator`), implemented by [`PluginReplicator`].
 //! - [`check`]: what `pier plugin check FILE.wasm` prints.
@@ -61,8 +64,14 @@ mod bindings {
         "managed-replicator"
     );
     sharing_the_authorizer_imports!(replicator, "replicator");
+    sharing_the_authorizer_imports!(
+        /// Also generates `registry-read` (its host side is in `crate::admission`).
+        admission,
+        "admission"
+    );
 }
 
+mod admission;
 mod authorizer;
 mod check;
 mod directory;
@@ -78,6 +87,7 @@ pub mod rules;
 mod runtime;
 mod world;
 
+pub use admission::PluginAdmission;
 pub use authorizer::PluginAuthorizer;
 pub use check::{CheckReport, check};
 pub use directory::LdapDirectory;

@@ -39,6 +39,8 @@ pub struct PluginSettings {
     pub allowed_hosts: Vec<String>,
     /// The directory of the `ldap` capability.
     pub ldap: Option<LdapDirectory>,
+    /// The repositories an admission plugin governs (`*`/`?` patterns); empty: all.
+    pub repositories: Vec<String>,
 }
 
 impl PluginSettings {
@@ -56,6 +58,7 @@ impl PluginSettings {
             kv: KvPlace::Dir(kv_dir),
             allowed_hosts: Vec::new(),
             ldap: None,
+            repositories: Vec::new(),
         }
     }
 }
@@ -218,6 +221,7 @@ impl Plugin {
             table: ResourceTable::new(),
             limits,
             caps: self.caps.clone(),
+            content: None,
         };
         let generation = self.generation.load(Ordering::SeqCst);
         let mut store = Store::new(&self.engine, state);

@@ -44,6 +44,11 @@ impl Runtime {
             .map_err(|e| PluginError::Runtime(format!("linking WASI: {e:#}")))?;
         Authorizer::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Runtime(format!("linking host capabilities: {e:#}")))?;
+        crate::bindings::admission::pier::plugin::registry_read::add_to_linker::<
+            HostState,
+            HasSelf<HostState>,
+        >(&mut linker, |s| s)
+        .map_err(|e| PluginError::Runtime(format!("linking registry-read: {e:#}")))?;
         std::fs::create_dir_all(cache_dir)
             .map_err(|e| PluginError::Runtime(format!("creating {}: {e}", cache_dir.display())))?;
         let stop = Arc::new(AtomicBool::new(false));

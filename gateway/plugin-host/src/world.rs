@@ -5,6 +5,7 @@
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
+use crate::bindings::admission::{Admission, AdmissionPre};
 use crate::bindings::managed::exports::pier::plugin::projects;
 use crate::bindings::managed_replicator::exports::pier::plugin::rules;
 use crate::bindings::notifier::{Notifier, NotifierPre};
@@ -21,10 +22,17 @@ pub enum World {
     Notifier,
     /// `on-event` and `on-tick` ([`crate::PluginReplicator`]).
     Replicator,
+    /// `admit` ([`crate::PluginAdmission`]).
+    Admission,
 }
 
 impl World {
-    pub const ALL: [World; 3] = [World::Authorizer, World::Notifier, World::Replicator];
+    pub const ALL: [World; 4] = [
+        World::Authorizer,
+        World::Notifier,
+        World::Replicator,
+        World::Admission,
+    ];
 
     /// The world's name in WIT, e.g. `authorizer`.
     pub fn as_str(self) -> &'static str {
@@ -32,6 +40,7 @@ impl World {
             World::Authorizer => "authorizer",
             World::Notifier => "notifier",
             World::Replicator => "replicator",
+            World::Admission => "admission",
         }
     }
 }
@@ -57,6 +66,7 @@ pub(crate) enum Pre {
         indices: ReplicatorIndices,
         rules: Option<rules::GuestIndices>,
     },
+    Admission(AdmissionPre<HostState>),
 }
 
 /// The exports of one instance.
@@ -64,6 +74,7 @@ pub(crate) enum Bindings {
     Authorizer(Authorizer, Option<projects::Guest>),
     Notifier(Notifier),
     Replicator(Replicator, Option<rules::Guest>),
+    Admission(Admission),
 }
 
 impl Pre {
@@ -97,6 +108,7 @@ impl Pre {
                 rules: rules::GuestIndices::new(&pre).ok(),
                 pre,
             },
+            World::Admission => Pre::Admission(AdmissionPre::new(pre)?),
         })
     }
 
@@ -130,6 +142,7 @@ impl Pre {
                 };
                 Bindings::Replicator(indices.load(&mut *store, &instance)?, rules)
             }
+            Pre::Admission(p) => Bindings::Admission(p.instantiate_async(store).await?),
         })
     }
 }
@@ -165,6 +178,13 @@ impl Bindings {
     pub(crate) fn replicator(&self) -> wasmtime::Result<&Replicator> {
         match self {
             Bindings::Replicator(b, _) => Ok(b),
+            _ => Err(other_world()),
+        }
+    }
+
+    pub(crate) fn admission(&self) -> wasmtime::Result<&Admission> {
+        match self {
+            Bindings::Admission(b) => Ok(b),
             _ => Err(other_world()),
         }
     }

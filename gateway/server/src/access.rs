@@ -11,7 +11,7 @@ use pier_auth::token::{SigningKey, TokenService, TokenSettings, TrustedIssuer};
 use pier_auth::users::UserFile;
 use pier_auth::{AllowAll, Authorizer};
 use pier_http::AccessControl;
-use pier_plugin_host::{Grants, PluginAuthorizer, PluginSettings, Runtime};
+use pier_plugin_host::{Grants, PluginAdmission, PluginAuthorizer, PluginSettings, Runtime};
 
 use crate::config::{Config, PluginEntry};
 use crate::error::ServerError;
@@ -28,7 +28,7 @@ pub async fn start_events(
     let entries: Vec<_> = config
         .plugins
         .iter()
-        .filter(|p| p.hook != Hook::Authorizer)
+        .filter(|p| matches!(p.hook, Hook::Notifier | Hook::Replicator))
         .collect();
     if entries.is_empty() {
         return Ok(None);
@@ -47,7 +47,7 @@ pub async fn start_events(
                 e.name.clone(),
                 Arc::new(PluginReplicator::load(runtime.clone(), settings).await?),
             )),
-            Hook::Authorizer => {}
+            Hook::Authorizer | Hook::Admission => {}
         }
     }
     let setup = pier_dispatch::Setup {
@@ -60,10 +60,36 @@ pub async fn start_events(
     Ok(Some(pier_dispatch::start(setup, registry, shared).await?))
 }
 
+/// Loads the admission plugins, in configuration order; `None` when there is none.
+pub async fn admission(
+    config: &Config,
+    shared: Option<&pier_cluster::Shared>,
+) -> Result<Vec<(PluginEntry, Arc<PluginAdmission>)>, ServerError> {
+    let entries: Vec<_> = config
+        .plugins
+        .iter()
+        .filter(|p| p.hook == crate::config::Hook::Admission)
+        .collect();
+    let mut out = Vec::new();
+    if entries.is_empty() {
+        return Ok(out);
+    }
+    let rt = runtime(&config.root)?;
+    for e in entries {
+        let settings = plugin_settings(e, &config.root, shared)?;
+        out.push((
+            e.clone(),
+            Arc::new(PluginAdmission::load(rt.clone(), settings).await?),
+        ));
+    }
+    Ok(out)
+}
+
 /// The loaded plugins, for reloads and metrics.
 #[derive(Default)]
 pub struct Plugins {
     pub authorizers: Vec<(PluginEntry, Arc<PluginAuthorizer>)>,
+    pub admissions: Vec<(PluginEntry, Arc<PluginAdmission>)>,
     /// The config file, read again on reload so `[plugins.config]` edits apply.
     config: Option<Config>,
     config_file: Option<std::path::PathBuf>,
@@ -98,25 +124,29 @@ impl pier_admin::Plugins for Plugins {
     async fn reload_all(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (entry, p) in &self.authorizers {
-            let reloaded = match self.fresh_settings(entry) {
-                Ok(s) => p.reload_with(s).await.map_err(|e| e.to_string()),
-                Err(e) => Err(format!(
-                    "{e}: {}",
-                    std::error::Error::source(&e)
-                        .map(|s| s.to_string())
-                        .unwrap_or_default()
-                )),
-            };
-            out.push(match reloaded {
-                Ok(true) => format!("{}: reloaded, now {}", entry.name, p.digest()),
-                Ok(false) => format!("{}: unchanged ({})", entry.name, p.digest()),
-                Err(e) => {
-                    tracing::error!(plugin = %entry.name, error = %e, "plugin reload failed; the previous version keeps running");
-                    format!("{}: reload failed, previous version kept: {e}", entry.name)
-                }
-            });
+            let settings = self.fresh_settings(entry);
+            out.push(reloaded(
+                entry,
+                p.reload_with_settings(settings).await,
+                p.digest(),
+            ));
+        }
+        for (entry, p) in &self.admissions {
+            let settings = self.fresh_settings(entry);
+            out.push(reloaded(
+                entry,
+                p.reload_with_settings(settings).await,
+                p.digest(),
+            ));
         }
         out
+    }
+
+    fn admissions(&self) -> Vec<(String, Arc<PluginAdmission>)> {
+        self.admissions
+            .iter()
+            .map(|(e, p)| (e.name.clone(), p.clone()))
+            .collect()
     }
 
     fn authorizers(&self) -> Vec<(String, Arc<PluginAuthorizer>)> {
@@ -124,6 +154,53 @@ impl pier_admin::Plugins for Plugins {
             .iter()
             .map(|(e, p)| (e.name.clone(), p.clone()))
             .collect()
+    }
+}
+
+/// A plugin type that reloads (authorizers, admission plugins).
+trait Reload {
+    async fn reload_with_settings(
+        &self,
+        settings: Result<PluginSettings, ServerError>,
+    ) -> Result<bool, String>;
+    async fn reload_file(&self) -> Result<bool, String>;
+}
+
+macro_rules! reloads {
+    ($t:ty) => {
+        impl Reload for $t {
+            async fn reload_with_settings(
+                &self,
+                settings: Result<PluginSettings, ServerError>,
+            ) -> Result<bool, String> {
+                match settings {
+                    Ok(s) => self.reload_with(s).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(format!(
+                        "{e}: {}",
+                        std::error::Error::source(&e)
+                            .map(|s| s.to_string())
+                            .unwrap_or_default()
+                    )),
+                }
+            }
+            async fn reload_file(&self) -> Result<bool, String> {
+                self.reload().await.map_err(|e| e.to_string())
+            }
+        }
+    };
+}
+reloads!(PluginAuthorizer);
+reloads!(PluginAdmission);
+
+/// One line of a reload's report.
+fn reloaded(entry: &PluginEntry, r: Result<bool, String>, digest: String) -> String {
+    match r {
+        Ok(true) => format!("{}: reloaded, now {digest}", entry.name),
+        Ok(false) => format!("{}: unchanged ({digest})", entry.name),
+        Err(e) => {
+            tracing::error!(plugin = %entry.name, error = %e, "plugin reload failed; the previous version keeps running");
+            format!("{}: reload failed, previous version kept: {e}", entry.name)
+        }
     }
 }
 
@@ -135,21 +212,28 @@ impl Plugins {
                 .ok()
                 .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
         };
-        let mut seen: Vec<_> = self
-            .authorizers
-            .iter()
-            .map(|(e, _)| stamp(&e.path))
+        let mut seen: Vec<_> = (self.authorizers.iter().map(|(e, _)| stamp(&e.path)))
+            .chain(self.admissions.iter().map(|(e, _)| stamp(&e.path)))
             .collect();
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            for (i, (entry, p)) in self.authorizers.iter().enumerate() {
+            let n = self.authorizers.len();
+            for (i, last) in seen.iter_mut().enumerate() {
+                let entry = match i < n {
+                    true => &self.authorizers[i].0,
+                    false => &self.admissions[i - n].0,
+                };
                 if !entry.watch {
                     continue;
                 }
                 let now = stamp(&entry.path);
-                if now != seen[i] && now.is_some() {
-                    seen[i] = now;
-                    if let Err(e) = p.reload().await {
+                if now != *last && now.is_some() {
+                    *last = now;
+                    let r = match i < n {
+                        true => self.authorizers[i].1.reload_file().await,
+                        false => self.admissions[i - n].1.reload_file().await,
+                    };
+                    if let Err(e) = r {
                         tracing::error!(plugin = %entry.name, error = %e, "plugin file changed but the new version failed to load; the previous version keeps running");
                     }
                 }
@@ -189,6 +273,7 @@ pub fn plugin_settings(
     s.config = entry.config.clone();
     s.allowed_hosts = entry.allowed_hosts.clone();
     s.ldap = entry.ldap.clone();
+    s.repositories = entry.repositories.clone();
     if let Some(shared) = shared {
         s.kv = pier_plugin_host::KvPlace::Shared(Arc::new(pier_cluster::adapters::RedisPluginKv {
             shared: shared.clone(),
@@ -208,15 +293,17 @@ pub fn runtime(root: &Path) -> Result<Arc<Runtime>, ServerError> {
 pub async fn build(
     config: &Config,
     shared: Option<&pier_cluster::Shared>,
+    admissions: Vec<(PluginEntry, Arc<PluginAdmission>)>,
 ) -> Result<(Option<Arc<AccessControl>>, Arc<Plugins>), ServerError> {
-    let Some(auth) = &config.auth else {
-        return Ok((None, Arc::new(Plugins::default())));
-    };
     let mut plugins = Plugins {
         config: Some(config.clone()),
         config_file: config.config_file.clone(),
         shared: shared.cloned(),
+        admissions,
         ..Default::default()
+    };
+    let Some(auth) = &config.auth else {
+        return Ok((None, Arc::new(plugins)));
     };
     let authorizers: Vec<&PluginEntry> = config
         .plugins

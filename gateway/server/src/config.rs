@@ -316,6 +316,8 @@ struct FilePlugin {
     ldap_ca_file: Option<PathBuf>,
     watch: Option<bool>,
     config: Option<toml::Table>,
+    #[serde(default)]
+    repositories: Vec<String>,
 }
 
 /// Access control (`[auth]`): Docker token auth, local users, robots.
@@ -379,6 +381,8 @@ pub struct PluginEntry {
     /// Reload when the file changes.
     pub watch: bool,
     pub config: serde_json::Map<String, serde_json::Value>,
+    /// The repositories an admission plugin governs (`*`/`?` patterns); empty: all.
+    pub repositories: Vec<String>,
 }
 
 fn toml_to_json(v: toml::Value) -> serde_json::Value {
@@ -404,6 +408,19 @@ pub enum Hook {
     Authorizer,
     Notifier,
     Replicator,
+    Admission,
+}
+
+impl Hook {
+    /// The world's name in `wit/`.
+    pub fn world(self) -> &'static str {
+        match self {
+            Hook::Authorizer => "authorizer",
+            Hook::Notifier => "notifier",
+            Hook::Replicator => "replicator",
+            Hook::Admission => "admission",
+        }
+    }
 }
 
 /// Relative paths in the config file are relative to the file's directory.
@@ -419,12 +436,18 @@ fn plugin_entry(p: FilePlugin, base: &Path, cfg_path: &Path) -> Result<PluginEnt
         "authorizer" => Hook::Authorizer,
         "notifier" => Hook::Notifier,
         "replicator" => Hook::Replicator,
+        "admission" => Hook::Admission,
         other => {
             return Err(err(format!(
-                "unknown hook {other:?}: use \"authorizer\", \"notifier\" or \"replicator\""
+                "unknown hook {other:?}: use \"authorizer\", \"notifier\", \"replicator\" or \"admission\""
             )));
         }
     };
+    if hook != Hook::Admission && !p.repositories.is_empty() {
+        return Err(err(
+            "`repositories` is for admission plugins (hook = \"admission\")".into(),
+        ));
+    }
     let timeout = file_duration(p.timeout.clone(), "plugins.timeout", cfg_path)?
         .unwrap_or(Duration::from_millis(100));
     let memory_limit = p
@@ -493,6 +516,7 @@ fn plugin_entry(p: FilePlugin, base: &Path, cfg_path: &Path) -> Result<PluginEnt
             .config
             .map(|t| t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
             .unwrap_or_default(),
+        repositories: p.repositories,
         name: p.name,
     })
 }

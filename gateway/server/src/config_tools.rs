@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{Config, Hook, ServeArgs};
+use crate::config::{Config, ServeArgs};
 use crate::error::ServerError;
 
 /// Checks `file` as `pier serve --config FILE` would read it (environment included);
@@ -43,11 +43,7 @@ pub fn check(file: PathBuf) -> Result<(), ServerError> {
                     crate::error::chain(&e)
                 )))
             })?;
-            let world = match p.hook {
-                Hook::Authorizer => "authorizer",
-                Hook::Notifier => "notifier",
-                Hook::Replicator => "replicator",
-            };
+            let world = p.hook.world();
             if !r.worlds.contains(&world) {
                 return Err(at_line(ServerError::Config(format!(
                     "plugin {} ({}) does not implement pier:plugin/{world}",

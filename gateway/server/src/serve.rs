@@ -179,11 +179,19 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             shared: s.clone(),
         }));
     }
+    let admissions = crate::access::admission(&config, shared.as_ref()).await?;
+    if !admissions.is_empty() {
+        let policies = admissions
+            .iter()
+            .map(|(_, p)| p.clone() as Arc<dyn pier_auth::admission::Admission>)
+            .collect();
+        registry = registry.with_gate(Arc::new(pier_core::Gate::new(policies)));
+    }
     let registry = Arc::new(registry);
     let changes_task = shared
         .clone()
         .map(|s| tokio::spawn(pier_cluster::adapters::follow_changes(s, registry.clone())));
-    let (access, plugins) = crate::access::build(&config, shared.as_ref()).await?;
+    let (access, plugins) = crate::access::build(&config, shared.as_ref(), admissions).await?;
     let sweep_task = access
         .as_ref()
         .map(|a| tokio::spawn(sweep_revocations(a.revocations.clone())));
@@ -193,6 +201,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         let mut recyclers: pier_cluster::adapters::Recyclers = Vec::new();
         for (entry, p) in &plugins.authorizers {
             p.announce_changes(announce.clone());
+            let p = p.clone();
+            recyclers.push((entry.name.clone(), Box::new(move || p.recycle())));
+        }
+        for (entry, p) in &plugins.admissions {
             let p = p.clone();
             recyclers.push((entry.name.clone(), Box::new(move || p.recycle())));
         }
@@ -234,10 +246,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         budgets: &budgets,
         mirror: mirror.as_ref(),
         access: access.as_ref(),
-        authorizers: plugins
-            .authorizers
-            .iter()
-            .map(|(_, a)| a.metrics().clone())
+        authorizers: (plugins.authorizers.iter().map(|(_, a)| a.metrics().clone()))
+            .chain(plugins.admissions.iter().map(|(_, a)| a.metrics().clone()))
             .collect(),
         events: events.as_ref(),
     }));

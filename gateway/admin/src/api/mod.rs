@@ -107,6 +107,9 @@ pub enum ApiFailure {
         path: String,
         allow: &'static str,
     },
+    /// An admission policy refused the change (an immutable tag).
+    #[error("{0}")]
+    Denied(String),
     #[error("internal error; see the server log")]
     Internal(#[source] CoreError),
     /// The change took effect but its event could not be recorded.
@@ -120,6 +123,8 @@ impl From<CoreError> for ApiFailure {
             CoreError::NameUnknown(_)
             | CoreError::ManifestUnknown(_)
             | CoreError::BlobUnknown(_) => ApiFailure::NotFound(e.to_string()),
+            CoreError::Denied { .. } => ApiFailure::Denied(e.to_string()),
+            CoreError::PolicyFailed(_) => ApiFailure::Backend(e.to_string()),
             other => ApiFailure::Internal(other),
         }
     }
@@ -131,6 +136,7 @@ impl ApiFailure {
             ApiFailure::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiFailure::NotFound(_) => StatusCode::NOT_FOUND,
             ApiFailure::Conflict(_) => StatusCode::CONFLICT,
+            ApiFailure::Denied(_) => StatusCode::FORBIDDEN,
             ApiFailure::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiFailure::NotManaged(_) => StatusCode::NOT_IMPLEMENTED,
             ApiFailure::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -388,6 +394,17 @@ pub(crate) struct Caller {
 }
 
 impl Caller {
+    /// The caller as admission policies see it.
+    pub(crate) fn core(&self) -> pier_core::Caller {
+        pier_core::Caller {
+            subject: self
+                .subject
+                .clone()
+                .unwrap_or(pier_auth::Subject::Anonymous),
+            client: self.client.clone(),
+        }
+    }
+
     /// Whether the caller may do `action` in `project` (always, with access control off).
     pub(crate) async fn may(
         &self,

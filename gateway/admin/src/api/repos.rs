@@ -213,7 +213,7 @@ pub async fn delete_tag(state: &AdminState, caller: &Caller, name: &str, tag: &s
         .map_err(|e: pier_oci::NameError| ApiFailure::BadRequest(e.to_string()))?;
     let outcome = state
         .registry
-        .manifest_delete(&repo, &Reference::Tag(tag.clone()))
+        .manifest_delete_by(&repo, &Reference::Tag(tag.clone()), &caller.core())
         .await;
     audit(caller, "delete_tag", &repo, tag.as_str(), &outcome);
     outcome?;
@@ -237,7 +237,7 @@ pub async fn delete_manifest(
     })?;
     let outcome = state
         .registry
-        .manifest_delete(&repo, &Reference::Digest(digest.clone()))
+        .manifest_delete_by(&repo, &Reference::Digest(digest.clone()), &caller.core())
         .await;
     audit(
         caller,

@@ -1,0 +1,240 @@
+//! Admission: the policies (plugins) asked before a manifest is stored, cached from an
+//! upstream, served or deleted ([`Gate`]), and what they read ([`RepoContent`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use pier_auth::admission::{
+    Admission, AdmissionRequest, ContentReader, MAX_ADMISSION_MANIFEST, MAX_READ, ReadError,
+    ReadManifest, Stage,
+};
+use pier_auth::{Decision, Subject};
+use pier_oci::{Digest, Reference, RepoName};
+use pier_storage::{BlobBody, BlobRead};
+
+use crate::registry::Stores;
+use crate::{CoreError, Result};
+
+/// How long an `admit` of a pull is remembered (per policy generation, repository and
+/// digest): a signature removed or a key revoked by a reload takes effect at once, a
+/// change a policy reads from storage within this time.
+pub const PULL_DECISION_TTL: Duration = Duration::from_secs(60);
+
+/// Who asks for an admission decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub subject: Subject,
+    /// The client's address; `pier` for Pier itself.
+    pub client: String,
+}
+
+impl Caller {
+    /// Pier itself (mirror fills, replication jobs, the admin API acting for nobody).
+    pub fn pier() -> Caller {
+        Caller {
+            subject: Subject::Anonymous,
+            client: "pier".to_owned(),
+        }
+    }
+}
+
+/// The admission policies of a registry, in order: every one that governs a repository
+/// must admit.
+pub struct Gate {
+    policies: Vec<Arc<dyn Admission>>,
+    /// Pulls admitted: (generations, repository, digest).
+    pulls: moka::sync::Cache<(u64, RepoName, Digest), ()>,
+}
+
+impl Gate {
+    pub fn new(policies: Vec<Arc<dyn Admission>>) -> Gate {
+        Gate {
+            policies,
+            pulls: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(PULL_DECISION_TTL)
+                .build(),
+        }
+    }
+
+    /// Whether any policy decides about `repo`.
+    pub fn governs(&self, repo: &RepoName) -> bool {
+        self.policies.iter().any(|p| p.governs(repo.as_str()))
+    }
+
+    /// The policies' generations, folded into one number.
+    fn generation(&self) -> u64 {
+        self.policies.iter().fold(0xcbf2_9ce4_8422_2325, |h, p| {
+            (h ^ p.generation()).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+
+    /// Whether a pull of `digest` in `repo` was admitted lately by these very policies.
+    pub(crate) fn pull_admitted(&self, repo: &RepoName, digest: &Digest) -> bool {
+        self.pulls
+            .contains_key(&(self.generation(), repo.clone(), digest.clone()))
+    }
+
+    fn remember_pull(&self, generation: u64, repo: &RepoName, digest: &Digest) {
+        self.pulls
+            .insert((generation, repo.clone(), digest.clone()), ());
+    }
+
+    /// Asks every policy that governs the request's repository; the first deny (or
+    /// failure) ends it.
+    pub(crate) async fn decide(
+        &self,
+        request: &AdmissionRequest,
+        content: Arc<dyn ContentReader>,
+    ) -> Result<()> {
+        let generation = self.generation();
+        for p in self
+            .policies
+            .iter()
+            .filter(|p| p.governs(&request.repository))
+        {
+            match p.admit(request, content.clone()).await {
+                Ok(Decision::Allow) => {}
+                Ok(Decision::Deny(reason)) => {
+                    tracing::info!(
+                        policy = p.name(),
+                        stage = request.stage.as_str(),
+                        repository = %request.repository,
+                        tag = request.tag.as_deref().unwrap_or(""),
+                        digest = %request.digest,
+                        caller = %request.caller,
+                        client = %request.client,
+                        reason = %reason,
+                        "admission denied"
+                    );
+                    return Err(CoreError::Denied {
+                        policy: p.name().to_owned(),
+                        reason,
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(
+                        policy = p.name(),
+                        stage = request.stage.as_str(),
+                        repository = %request.repository,
+                        digest = %request.digest,
+                        kind = e.kind.as_str(),
+                        error = %e.message,
+                        "admission plugin failed; refused (fail closed)"
+                    );
+                    return Err(CoreError::PolicyFailed(e));
+                }
+            }
+        }
+        if request.stage == Stage::Pull
+            && let Ok(repo) = request.repository.parse::<RepoName>()
+            && let Ok(d) = request.digest.parse::<Digest>()
+        {
+            self.remember_pull(generation, &repo, &d);
+        }
+        Ok(())
+    }
+}
+
+/// The content of one repository, as a policy reads it during a decision.
+pub struct RepoContent {
+    pub(crate) stores: Stores,
+    pub(crate) repo: RepoName,
+}
+
+impl RepoContent {
+    async fn read_bytes(&self, digest: &Digest, max: u64) -> std::result::Result<Bytes, ReadError> {
+        let unavailable = |e: &dyn std::fmt::Display| ReadError::Unavailable(e.to_string());
+        match self.stores.blobs.stat(digest).await {
+            Ok(Some(size)) if size > max => return Err(ReadError::TooLarge),
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(ReadError::NotFound),
+            Err(e) => return Err(unavailable(&e)),
+        }
+        match self.stores.blobs.read(digest, None).await {
+            Ok(BlobRead::Content {
+                body: BlobBody::Bytes(b),
+                ..
+            }) => Ok(b),
+            Ok(BlobRead::Content {
+                body: BlobBody::Stream(mut s),
+                ..
+            }) => {
+                let mut buf = BytesMut::new();
+                while let Some(chunk) = s.next().await {
+                    let chunk = chunk.map_err(|e| unavailable(&e))?;
+                    if (buf.len() + chunk.len()) as u64 > max {
+                        return Err(ReadError::TooLarge);
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(buf.freeze())
+            }
+            Ok(BlobRead::Redirect(_)) => Err(ReadError::Unavailable(
+                "the storage answers with a redirect".into(),
+            )),
+            Err(pier_storage::StorageError::BlobNotFound(_)) => Err(ReadError::NotFound),
+            Err(e) => Err(unavailable(&e)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ContentReader for RepoContent {
+    async fn manifest(&self, reference: &str) -> std::result::Result<ReadManifest, ReadError> {
+        let unavailable = |e: &dyn std::fmt::Display| ReadError::Unavailable(e.to_string());
+        let reference: Reference = reference.parse().map_err(|_| ReadError::NotFound)?;
+        let m = &self.stores.manifests;
+        let digest = match reference {
+            Reference::Digest(d) => d,
+            Reference::Tag(t) => m
+                .resolve_tag(&self.repo, &t)
+                .await
+                .map_err(|e| unavailable(&e))?
+                .ok_or(ReadError::NotFound)?,
+        };
+        if !m
+            .manifest_linked(&self.repo, &digest)
+            .await
+            .map_err(|e| unavailable(&e))?
+        {
+            return Err(ReadError::NotFound);
+        }
+        let bytes = self
+            .read_bytes(&digest, pier_oci::MAX_MANIFEST_SIZE as u64)
+            .await?;
+        Ok(ReadManifest {
+            digest: digest.to_string(),
+            media_type: crate::registry::media_type_of(&bytes),
+            bytes,
+        })
+    }
+
+    async fn blob(&self, digest: &str, max_size: u64) -> std::result::Result<Bytes, ReadError> {
+        let unavailable = |e: &dyn std::fmt::Display| ReadError::Unavailable(e.to_string());
+        let digest: Digest = digest.parse().map_err(|_| ReadError::NotFound)?;
+        let linked = self
+            .stores
+            .repos
+            .blob_linked(&self.repo, &digest)
+            .await
+            .map_err(|e| unavailable(&e))?
+            || self
+                .stores
+                .manifests
+                .manifest_linked(&self.repo, &digest)
+                .await
+                .map_err(|e| unavailable(&e))?;
+        if !linked {
+            return Err(ReadError::NotFound);
+        }
+        self.read_bytes(&digest, max_size.min(MAX_READ)).await
+    }
+}
+
+/// The manifest as a policy sees it: cut at [`MAX_ADMISSION_MANIFEST`].
+pub(crate) fn bounded(bytes: &Bytes) -> Bytes {
+    bytes.slice(..bytes.len().min(MAX_ADMISSION_MANIFEST))
+}
