@@ -282,4 +282,15 @@ else
     log "playwright-core $PLAYWRIGHT_VERSION present in $CONSOLE_TEST"
 fi
 
+# @sigstore/sign and @sigstore/verify for the signature tests, pinned in
+# tests/tools/sigstore/package-lock.json (node_modules stays in that folder, untracked).
+SIGSTORE_TOOLS="$(cd "$(dirname "$0")/.." && pwd)/tests/tools/sigstore"
+if ! cmp -s "$SIGSTORE_TOOLS/package-lock.json" "$SIGSTORE_TOOLS/node_modules/.pier-installed-lock"; then
+    log "installing the sigstore test tools into $SIGSTORE_TOOLS/node_modules"
+    (cd "$SIGSTORE_TOOLS" && npm ci --no-audit --no-fund --silent &&
+        cp package-lock.json node_modules/.pier-installed-lock)
+else
+    log "sigstore test tools present"
+fi
+
 log "done"

@@ -22,6 +22,8 @@ pub struct PluginPaths {
     pub hostile_events: PathBuf,
     /// `plugins/immutable`: an admission plugin, immutable tags.
     pub immutable: PathBuf,
+    /// `plugins/signatures`: an admission plugin, signed images only.
+    pub signatures: PathBuf,
 }
 
 /// Environment variables of the outer build that would change the nested one (flags
@@ -121,6 +123,7 @@ pub fn build() -> &'static PluginPaths {
             replicate: wasm("pier_replicate"),
             hostile_events: wasm("pier_hostile_events"),
             immutable: wasm("pier_immutable"),
+            signatures: wasm("pier_signatures"),
         }
     })
 }

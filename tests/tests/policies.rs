@@ -1,11 +1,20 @@
 //! Admission plugins (`wit/admission.wit`) in a real `pier` process with real clients:
 //! immutable tags (`plugins/immutable`) against docker pushes, the registry API's deletes
-//! and the admin API's.
+//! and the admin API's; signed images only (`plugins/signatures`) with cosign-layout
+//! signatures made by openssl and Sigstore bundles made by sigstore-js, locally and in a
+//! mirror.
 //!
 //! `cargo test -p pier-e2e --test policies` (needs the binary, dockerd and
 //! `rustup target add wasm32-wasip2`).
 
 mod clients_support;
+
+#[path = "policies/signatures.rs"]
+mod signatures;
+// The mirror tests' upstream (docker-registry with its access log).
+#[path = "mirror/support.rs"]
+#[allow(dead_code)]
+mod support;
 
 use std::fs;
 use std::path::Path;

@@ -44,15 +44,17 @@ impl Caller {
 /// must admit.
 pub struct Gate {
     policies: Vec<Arc<dyn Admission>>,
-    /// Pulls admitted: (generations, repository, digest).
-    pulls: moka::sync::Cache<(u64, RepoName, Digest), ()>,
+    /// Recent admits: (generations, stage, repository, digest). A pull admitted is not
+    /// asked again for a while; an index admitted (pulled or filled) admits its children
+    /// at the same stage, as the signature of an index covers its platforms.
+    admitted: moka::sync::Cache<(u64, Stage, RepoName, Digest), ()>,
 }
 
 impl Gate {
     pub fn new(policies: Vec<Arc<dyn Admission>>) -> Gate {
         Gate {
             policies,
-            pulls: moka::sync::Cache::builder()
+            admitted: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(PULL_DECISION_TTL)
                 .build(),
@@ -71,15 +73,35 @@ impl Gate {
         })
     }
 
-    /// Whether a pull of `digest` in `repo` was admitted lately by these very policies.
-    pub(crate) fn pull_admitted(&self, repo: &RepoName, digest: &Digest) -> bool {
-        self.pulls
-            .contains_key(&(self.generation(), repo.clone(), digest.clone()))
+    /// Whether `digest` in `repo` was admitted at `stage` lately by these very policies
+    /// (itself for pulls, or an index it is a child of).
+    pub(crate) fn admitted(&self, stage: Stage, repo: &RepoName, digest: &Digest) -> bool {
+        self.admitted
+            .contains_key(&(self.generation(), stage, repo.clone(), digest.clone()))
     }
 
-    fn remember_pull(&self, generation: u64, repo: &RepoName, digest: &Digest) {
-        self.pulls
-            .insert((generation, repo.clone(), digest.clone()), ());
+    /// Remembers an admit of `request` (made under `generation`).
+    fn remember(&self, generation: u64, request: &AdmissionRequest) {
+        let (Ok(repo), Ok(digest)) = (
+            request.repository.parse::<RepoName>(),
+            request.digest.parse::<Digest>(),
+        ) else {
+            return;
+        };
+        let stage = request.stage;
+        if !matches!(stage, Stage::Pull | Stage::MirrorFill) {
+            return;
+        }
+        if stage == Stage::Pull {
+            self.admitted
+                .insert((generation, stage, repo.clone(), digest), ());
+        }
+        if let Ok(m) = pier_oci::Manifest::parse(&request.manifest, Some(&request.media_type)) {
+            for child in m.manifests {
+                self.admitted
+                    .insert((generation, stage, repo.clone(), child.digest), ());
+            }
+        }
     }
 
     /// Asks every policy that governs the request's repository; the first deny (or
@@ -128,12 +150,7 @@ impl Gate {
                 }
             }
         }
-        if request.stage == Stage::Pull
-            && let Ok(repo) = request.repository.parse::<RepoName>()
-            && let Ok(d) = request.digest.parse::<Digest>()
-        {
-            self.remember_pull(generation, &repo, &d);
-        }
+        self.remember(generation, request);
         Ok(())
     }
 }

@@ -916,8 +916,19 @@ impl Mirror {
             .unwrap_or_default();
         // Admission before anything is kept: a refused manifest is neither cached nor
         // served, and its children are not fetched.
+        let content = Arc::new(MirrorContent {
+            mirror: self.clone(),
+            t: t.clone(),
+        });
         self.registry
-            .admit_fill(&t.local, tag, digest, &fetched.media_type, &fetched.bytes)
+            .admit_fill(
+                &t.local,
+                tag,
+                digest,
+                &fetched.media_type,
+                &fetched.bytes,
+                content,
+            )
             .await?;
         let size = fetched.bytes.len() as u64;
         self.registry
@@ -1496,6 +1507,93 @@ impl prometheus_client::collector::Collector for MirrorSeries {
             )?)?;
         }
         Ok(())
+    }
+}
+
+/// What an admission policy reads while a manifest is filled: the upstream's content,
+/// through the mirror (signature manifests and payloads are cached like any other).
+struct MirrorContent {
+    mirror: Arc<Mirror>,
+    t: Target,
+}
+
+#[async_trait::async_trait]
+impl pier_auth::admission::ContentReader for MirrorContent {
+    async fn manifest(
+        &self,
+        reference: &str,
+    ) -> std::result::Result<pier_auth::admission::ReadManifest, pier_auth::admission::ReadError>
+    {
+        use pier_auth::admission::ReadError;
+        let r: Reference = reference.parse().map_err(|_| ReadError::NotFound)?;
+        match self.mirror.manifest(&self.t, &r).await {
+            Ok(m) => Ok(pier_auth::admission::ReadManifest {
+                digest: m.digest.to_string(),
+                media_type: m.media_type.clone(),
+                bytes: m.bytes.clone(),
+            }),
+            Err(
+                CoreError::ManifestUnknown(_)
+                | CoreError::NameUnknown(_)
+                | CoreError::Upstream(UpstreamError::NotFound),
+            ) => Err(ReadError::NotFound),
+            Err(e) => Err(ReadError::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn blob(
+        &self,
+        digest: &str,
+        max_size: u64,
+    ) -> std::result::Result<Bytes, pier_auth::admission::ReadError> {
+        use pier_auth::admission::ReadError;
+        let d: Digest = digest.parse().map_err(|_| ReadError::NotFound)?;
+        let unavailable = |e: CoreError| match e {
+            CoreError::BlobUnknown(_) | CoreError::Upstream(UpstreamError::NotFound) => {
+                ReadError::NotFound
+            }
+            e => ReadError::Unavailable(e.to_string()),
+        };
+        let max = max_size.min(pier_auth::admission::MAX_READ);
+        if self
+            .mirror
+            .blob_size(&self.t, &d)
+            .await
+            .map_err(unavailable)?
+            > max
+        {
+            return Err(ReadError::TooLarge);
+        }
+        let mut body = match self
+            .mirror
+            .blob(&self.t, &d, None)
+            .await
+            .map_err(unavailable)?
+        {
+            MirrorBlob::Stored(BlobRead::Content {
+                body: pier_storage::BlobBody::Bytes(b),
+                ..
+            }) => return Ok(b),
+            MirrorBlob::Stored(BlobRead::Content {
+                body: pier_storage::BlobBody::Stream(s),
+                ..
+            }) => s,
+            MirrorBlob::Streaming { body, .. } => body,
+            MirrorBlob::Stored(BlobRead::Redirect(_)) => {
+                return Err(ReadError::Unavailable(
+                    "the storage answers with a redirect".into(),
+                ));
+            }
+        };
+        let mut buf = bytes::BytesMut::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| ReadError::Unavailable(e.to_string()))?;
+            if (buf.len() + chunk.len()) as u64 > max {
+                return Err(ReadError::TooLarge);
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
     }
 }
 

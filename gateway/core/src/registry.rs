@@ -17,7 +17,7 @@ use pier_storage::{
 
 use crate::admission::{Caller, Gate, RepoContent, bounded};
 use crate::{CoreError, Page, Result, paginate};
-use pier_auth::admission::{AdmissionRequest, MAX_REFERRERS, Referrer, Stage};
+use pier_auth::admission::{AdmissionRequest, ContentReader, MAX_REFERRERS, Referrer, Stage};
 
 /// The storage roles the registry works on. One backend may fill all of them.
 #[derive(Clone)]
@@ -673,12 +673,6 @@ impl Registry {
         m: &ManifestContent,
         by: &Caller,
     ) -> Result<()> {
-        let Some(gate) = self.gate.as_ref().filter(|g| g.governs(repo)) else {
-            return Ok(());
-        };
-        if gate.pull_admitted(repo, &m.digest) {
-            return Ok(());
-        }
         let tag = match reference {
             Reference::Tag(t) => Some(t),
             Reference::Digest(_) => None,
@@ -696,7 +690,9 @@ impl Registry {
     }
 
     /// Asks the admission policies whether a manifest fetched from an upstream may be
-    /// cached and served (Pier itself asks).
+    /// cached and served (Pier itself asks); they read the upstream's content through
+    /// `content` (the mirror).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn admit_fill(
         &self,
         repo: &RepoName,
@@ -704,15 +700,14 @@ impl Registry {
         digest: &Digest,
         media_type: &str,
         bytes: &Bytes,
+        content: Arc<dyn ContentReader>,
     ) -> Result<()> {
-        self.admit(
-            Stage::MirrorFill,
-            repo,
-            tag,
-            digest,
+        self.admit_reading(
+            (Stage::MirrorFill, repo, tag, digest),
             media_type,
             bytes,
             &Caller::pier(),
+            Some(content),
         )
         .await
     }
@@ -731,9 +726,26 @@ impl Registry {
         bytes: &Bytes,
         by: &Caller,
     ) -> Result<()> {
+        self.admit_reading((stage, repo, tag, digest), media_type, bytes, by, None)
+            .await
+    }
+
+    /// [`admit`](Self::admit), the policies reading `content` (this repository's when
+    /// `None`).
+    async fn admit_reading(
+        &self,
+        (stage, repo, tag, digest): (Stage, &RepoName, Option<&Tag>, &Digest),
+        media_type: &str,
+        bytes: &Bytes,
+        by: &Caller,
+        content: Option<Arc<dyn ContentReader>>,
+    ) -> Result<()> {
         let Some(gate) = self.gate.as_ref().filter(|g| g.governs(repo)) else {
             return Ok(());
         };
+        if gate.admitted(stage, repo, digest) {
+            return Ok(());
+        }
         let subject_digest = Manifest::parse(bytes, Some(media_type))
             .ok()
             .and_then(|m| m.subject.map(|s| s.digest.to_string()));
@@ -791,9 +803,11 @@ impl Registry {
             caller: by.subject.clone(),
             client: by.client.clone(),
         };
-        let content = Arc::new(RepoContent {
-            stores: self.stores.clone(),
-            repo: repo.clone(),
+        let content = content.unwrap_or_else(|| {
+            Arc::new(RepoContent {
+                stores: self.stores.clone(),
+                repo: repo.clone(),
+            })
         });
         gate.decide(&request, content).await
     }

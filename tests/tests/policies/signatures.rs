@@ -1,0 +1,481 @@
+//! `plugins/signatures`: only images signed by a configured key are pulled, and a mirror
+//! never caches what is not signed. Signatures are made by other implementations:
+//! openssl (cosign's `.sig` layout, ECDSA P-256) and sigstore-js (`@sigstore/sign`
+//! bundles, checked again with `@sigstore/verify`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pier_e2e::{TestPier, get_manifest, http, openssl, plugins, sha256_digest};
+use serde_json::json;
+
+use crate::clients_support::*;
+use crate::support::*;
+
+const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// An ECDSA P-256 key pair made by openssl: (private PKCS#8 PEM, public PEM) paths.
+pub struct Key {
+    pub private: PathBuf,
+    pub public: PathBuf,
+}
+
+impl Key {
+    pub fn new(dir: &Path, name: &str) -> Key {
+        let ec = format!("{name}.ec.pem");
+        let private = format!("{name}.pem");
+        let public = format!("{name}.pub.pem");
+        openssl(
+            dir,
+            &[
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                &ec,
+            ],
+        );
+        openssl(
+            dir,
+            &["pkcs8", "-topk8", "-nocrypt", "-in", &ec, "-out", &private],
+        );
+        openssl(dir, &["ec", "-in", &private, "-pubout", "-out", &public]);
+        Key {
+            private: dir.join(private),
+            public: dir.join(public),
+        }
+    }
+
+    pub fn public_pem(&self) -> String {
+        fs::read_to_string(&self.public).unwrap()
+    }
+
+    /// `openssl dgst -sha256 -sign`: a DER ECDSA signature of `data`.
+    pub fn sign(&self, data: &[u8]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let (input, out) = (dir.path().join("in"), dir.path().join("sig"));
+        fs::write(&input, data).unwrap();
+        let key = self.private.display().to_string();
+        openssl(
+            dir.path(),
+            &["dgst", "-sha256", "-sign", &key, "-out", "sig", "in"],
+        );
+        fs::read(out).unwrap()
+    }
+}
+
+/// Uploads a blob with a session (POST, then PUT with the bytes): works on Pier and on
+/// docker-registry alike.
+pub fn upload(addr: std::net::SocketAddr, repo: &str, data: &[u8]) -> String {
+    let digest = sha256_digest(data);
+    let loc = pier_e2e::start_upload(addr, repo);
+    let r = http::request(
+        addr,
+        "PUT",
+        &pier_e2e::with_query(&loc, &format!("digest={digest}")),
+        &[("Content-Type", "application/octet-stream")],
+        data,
+    );
+    r.expect_status(201, &format!("upload of {digest} to {repo}"));
+    digest
+}
+
+fn put_manifest(
+    addr: std::net::SocketAddr,
+    repo: &str,
+    reference: &str,
+    m: &serde_json::Value,
+) -> String {
+    let bytes = serde_json::to_vec(m).unwrap();
+    pier_e2e::push_manifest(addr, repo, reference, OCI_MANIFEST, &bytes)
+        .expect_status(201, &format!("PUT {repo}:{reference}"));
+    sha256_digest(&bytes)
+}
+
+/// The empty config of artifacts (`{}`), uploaded to `repo`.
+fn empty_config(addr: std::net::SocketAddr, repo: &str) -> serde_json::Value {
+    let d = upload(addr, repo, b"{}");
+    json!({"mediaType": "application/vnd.oci.empty.v1+json", "digest": d, "size": 2})
+}
+
+/// Signs `digest` of `repo` as cosign does: a simple-signing payload and a manifest
+/// tagged `sha256-<hex>.sig`. `tamper` flips a byte of the signature.
+pub fn cosign_sign(addr: std::net::SocketAddr, repo: &str, digest: &str, key: &Key, tamper: bool) {
+    let payload = serde_json::to_vec(&json!({"critical": {
+        "identity": {"docker-reference": format!("registry.test/{repo}")},
+        "image": {"docker-manifest-digest": digest},
+        "type": "cosign container image signature"}, "optional": null}))
+    .unwrap();
+    let mut sig = key.sign(&payload);
+    if tamper {
+        let n = sig.len();
+        sig[n - 3] ^= 0x01;
+    }
+    let pd = upload(addr, repo, &payload);
+    let m = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": empty_config(addr, repo),
+        "layers": [{"mediaType": SIMPLE_SIGNING, "digest": pd, "size": payload.len(),
+            "annotations": {"dev.cosignproject.cosign/signature": pier_e2e::base64(&sig)}}]});
+    let tag = format!("sha256-{}.sig", digest.strip_prefix("sha256:").unwrap());
+    put_manifest(addr, repo, &tag, &m);
+}
+
+/// `node tests/tools/sigstore/SCRIPT ARGS`.
+fn sigstore_js(script: &str, args: &[&str]) -> Output {
+    let dir = pier_e2e::manifest_dir().join("tools").join("sigstore");
+    assert!(
+        dir.join("node_modules/@sigstore/sign").is_dir(),
+        "the sigstore tools are not installed: run scripts/install-test-deps.sh"
+    );
+    run(
+        Command::new("node").arg(dir.join(script)).args(args),
+        CMD_TIMEOUT,
+    )
+}
+
+/// A Sigstore bundle over `manifest` made by sigstore-js with `key`, attached to it as a
+/// referrer in `repo`; returns the bundle's bytes. `tamper` flips a character of the
+/// bundle's signature.
+fn attach_bundle(
+    pier: &TestPier,
+    dir: &Path,
+    repo: &str,
+    manifest: &[u8],
+    key: &Key,
+    tamper: bool,
+) -> Vec<u8> {
+    let artifact = dir.join(format!("artifact-{}", sha256_digest(manifest)));
+    let out = dir.join(format!("bundle-{}.json", sha256_digest(manifest)));
+    fs::write(&artifact, manifest).unwrap();
+    let o = sigstore_js(
+        "sign.js",
+        &[
+            "--key",
+            key.private.to_str().unwrap(),
+            "--artifact",
+            artifact.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.success(), "sigstore-js sign\n{o}");
+    let mut bundle: serde_json::Value = serde_json::from_slice(&fs::read(&out).unwrap()).unwrap();
+    assert_eq!(bundle["mediaType"], BUNDLE);
+    if tamper {
+        let s = bundle["messageSignature"]["signature"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let flipped = if s.starts_with('M') { 'N' } else { 'M' };
+        bundle["messageSignature"]["signature"] = json!(format!("{flipped}{}", &s[1..]));
+    }
+    let bytes = serde_json::to_vec(&bundle).unwrap();
+    fs::write(&out, &bytes).unwrap();
+    let bd = upload(pier.addr, repo, &bytes);
+    let m = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": BUNDLE,
+        "config": empty_config(pier.addr, repo),
+        "layers": [{"mediaType": BUNDLE, "digest": bd, "size": bytes.len()}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": sha256_digest(manifest), "size": manifest.len()}});
+    let d = put_manifest(pier.addr, repo, "latest-bundle", &m);
+    // Attached by digest only, as referrers are.
+    http::request(
+        pier.addr,
+        "DELETE",
+        &format!("/v2/{repo}/manifests/latest-bundle"),
+        &[],
+        b"",
+    )
+    .expect_status(202, "untag the bundle");
+    assert!(d.starts_with("sha256:"));
+    bytes
+}
+
+/// `node verify.js`: whether sigstore-js accepts the bundle over `manifest` with `key`.
+fn sigstore_js_verifies(dir: &Path, manifest: &[u8], bundle: &[u8], key: &Key) -> bool {
+    let (a, b) = (dir.join("verify-artifact"), dir.join("verify-bundle.json"));
+    fs::write(&a, manifest).unwrap();
+    fs::write(&b, bundle).unwrap();
+    sigstore_js(
+        "verify.js",
+        &[
+            "--key",
+            key.public.to_str().unwrap(),
+            "--artifact",
+            a.to_str().unwrap(),
+            "--bundle",
+            b.to_str().unwrap(),
+        ],
+    )
+    .success()
+}
+
+fn plugin_entry(rules: &serde_json::Value) -> String {
+    format!(
+        "[[plugins]]\nname = \"signatures\"\nhook = \"admission\"\npath = \"{}\"\n\
+         grants = [\"config\", \"log\", \"registry\"]\n\n[plugins.config]\nrules = {}\n",
+        plugins::build().signatures.display(),
+        toml_value(rules)
+    )
+}
+
+/// A JSON array of objects of strings, string arrays as TOML inline values.
+fn toml_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Array(a) => {
+            format!(
+                "[{}]",
+                a.iter().map(toml_value).collect::<Vec<_>>().join(", ")
+            )
+        }
+        serde_json::Value::Object(o) => format!(
+            "{{ {} }}",
+            o.iter()
+                .map(|(k, v)| format!("{k} = {}", toml_value(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        serde_json::Value::String(s) => format!("{:?}", s),
+        other => other.to_string(),
+    }
+}
+
+fn pier_with(toml: &str) -> (TestPier, tempfile::TempDir) {
+    let dir = temp_dir("signatures");
+    let config = dir.path().join("pier.toml");
+    fs::write(&config, toml).unwrap();
+    (
+        TestPier::builder().arg("--config").arg(&config).start(),
+        dir,
+    )
+}
+
+#[track_caller]
+fn expect_denied(r: &pier_e2e::Response, what: &str) -> String {
+    r.expect_status(403, what);
+    let e = &r.json()["errors"][0];
+    assert_eq!(e["code"], "DENIED", "{what}: {r}");
+    e["message"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn only_images_with_a_cosign_signature_by_a_configured_key_are_pulled() {
+    let keys = temp_dir("keys");
+    let (key, other) = (
+        Key::new(keys.path(), "team"),
+        Key::new(keys.path(), "other"),
+    );
+    let rules = json!([
+        {"name": "team-keys", "projects": ["team"], "keys": [key.public_pem()]},
+        {"name": "soft", "projects": ["soft"], "keys": [key.public_pem()], "mode": "warn"}
+    ]);
+    let (pier, _dir) = pier_with(&plugin_entry(&rules));
+    let a = pier.addr;
+    let layer = gzip(&unique_bytes(1024));
+    let push = |repo: &str, tag: &str| pier_e2e::push_image(a, repo, Some(tag), &[&layer]);
+
+    let signed = push("team/app", "signed");
+    cosign_sign(a, "team/app", &signed.digest, &key, false);
+    let unsigned = push("team/app", "unsigned");
+    let wrong_key = push("team/app", "wrong-key");
+    cosign_sign(a, "team/app", &wrong_key.digest, &other, false);
+    let tampered = push("team/app", "tampered");
+    cosign_sign(a, "team/app", &tampered.digest, &key, true);
+
+    // skopeo pulls the signed image, byte for byte, and is refused the others.
+    let sk = Skopeo::new();
+    let src = |tag: &str| format!("docker://{}/team/app:{tag}", pier.host());
+    let out = sk.pull_to_oci(&src("signed"), "signed");
+    assert!(
+        fs::read_dir(out.join("blobs/sha256"))
+            .unwrap()
+            .any(
+                |e| format!("sha256:{}", e.unwrap().file_name().to_string_lossy()) == signed.digest
+            ),
+        "skopeo got the signed manifest"
+    );
+    let o = sk.run(&[
+        "copy",
+        "--src-tls-verify=false",
+        &src("unsigned"),
+        &format!("oci:{}:x", sk.dir.path().join("refused").display()),
+    ]);
+    assert!(!o.success(), "skopeo must not get the unsigned image\n{o}");
+    assert!(o.all().contains("not signed"), "skopeo shows why\n{o}");
+
+    for (tag, img, why) in [
+        ("unsigned", &unsigned, "no cosign signature"),
+        (
+            "wrong-key",
+            &wrong_key,
+            "does not verify with the keys of team-keys",
+        ),
+        (
+            "tampered",
+            &tampered,
+            "does not verify with the keys of team-keys",
+        ),
+    ] {
+        for reference in [tag, img.digest.as_str()] {
+            let m = expect_denied(&get_manifest(a, "team/app", reference), reference);
+            assert!(
+                m.contains("policy \"signatures\"") && m.contains("team-keys") && m.contains(why),
+                "{reference}: {m}"
+            );
+        }
+        let head = http::request(
+            a,
+            "HEAD",
+            &format!("/v2/team/app/manifests/{tag}"),
+            &[],
+            b"",
+        );
+        head.expect_status(403, &format!("HEAD {tag}"));
+    }
+    // The signature itself is served (clients verify it), and blobs are not gated.
+    let tag = format!(
+        "sha256-{}.sig",
+        signed.digest.strip_prefix("sha256:").unwrap()
+    );
+    get_manifest(a, "team/app", &tag).expect_status(200, "the .sig manifest");
+
+    // Signed later: refused, then served once the signature is there (refusals are
+    // not remembered).
+    cosign_sign(a, "team/app", &unsigned.digest, &key, false);
+    get_manifest(a, "team/app", "unsigned").expect_status(200, "signed after the fact");
+
+    // warn: served, logged; no rule: served.
+    push("soft/app", "unsigned");
+    get_manifest(a, "soft/app", "unsigned").expect_status(200, "warn mode");
+    push("other/app", "unsigned");
+    get_manifest(a, "other/app", "unsigned").expect_status(200, "no rule");
+    let log = fs::read_to_string(pier.log_path()).unwrap();
+    assert!(
+        log.contains("served unsigned (warn)") && log.contains("soft/app"),
+        "the warn line\n{}",
+        pier.log_tail(30)
+    );
+    assert!(log.contains("admission denied"), "the refusals are logged");
+}
+
+#[test]
+fn sigstore_bundles_attached_as_referrers_are_verified_as_sigstore_js_does() {
+    let keys = temp_dir("keys");
+    let (key, other) = (
+        Key::new(keys.path(), "team"),
+        Key::new(keys.path(), "other"),
+    );
+    let rules = json!([{"name": "team-keys", "projects": ["team"], "keys": [key.public_pem()]}]);
+    let (pier, dir) = pier_with(&plugin_entry(&rules));
+    let a = pier.addr;
+    let layer = gzip(&unique_bytes(1024));
+    let push = |tag: &str| pier_e2e::push_image(a, "team/app", Some(tag), &[&layer]);
+
+    let good = push("bundled");
+    expect_denied(&get_manifest(a, "team/app", "bundled"), "before the bundle");
+    let bundle = attach_bundle(&pier, dir.path(), "team/app", &good.manifest, &key, false);
+    assert!(
+        sigstore_js_verifies(dir.path(), &good.manifest, &bundle, &key),
+        "@sigstore/verify accepts the bundle"
+    );
+    let r = get_manifest(a, "team/app", "bundled");
+    r.expect_status(200, "with a valid bundle");
+    assert_eq!(r.body, good.manifest);
+
+    // Tampered, another key: neither sigstore-js nor Pier accepts them.
+    let tampered = push("tampered");
+    let bundle = attach_bundle(
+        &pier,
+        dir.path(),
+        "team/app",
+        &tampered.manifest,
+        &key,
+        true,
+    );
+    assert!(!sigstore_js_verifies(
+        dir.path(),
+        &tampered.manifest,
+        &bundle,
+        &key
+    ));
+    let m = expect_denied(&get_manifest(a, "team/app", "tampered"), "tampered bundle");
+    assert!(m.contains("bundle"), "{m}");
+    let wrong = push("wrong-key");
+    let bundle = attach_bundle(
+        &pier,
+        dir.path(),
+        "team/app",
+        &wrong.manifest,
+        &other,
+        false,
+    );
+    assert!(!sigstore_js_verifies(
+        dir.path(),
+        &wrong.manifest,
+        &bundle,
+        &key
+    ));
+    expect_denied(
+        &get_manifest(a, "team/app", "wrong-key"),
+        "bundle by another key",
+    );
+}
+
+#[test]
+fn a_mirror_never_caches_an_image_that_is_not_signed() {
+    let keys = temp_dir("keys");
+    let key = Key::new(keys.path(), "hub");
+    let sk = Skopeo::new();
+    let up = Upstream::start();
+    let signed = TestImage::new("v1", 2);
+    let unsigned = TestImage::new("v1", 2);
+    up.push_image(&sk, "library/signed", &signed);
+    up.push_image(&sk, "library/unsigned", &unsigned);
+    cosign_sign(
+        up.addr(),
+        "library/signed",
+        &signed.manifest_digest,
+        &key,
+        false,
+    );
+    // Mirrored repositories are named as stored and as the authorizer sees them:
+    // `<upstream name>/<repository>`, so the upstream's name is their project.
+    let rules = json!([{"name": "hub-keys", "projects": ["hub"], "keys": [key.public_pem()]}]);
+    let (pier, _dir) = pier_with(&format!(
+        "[[upstreams]]\nname = \"hub\"\nurl = \"{}\"\ndefault = true\n\n{}",
+        up.url(),
+        plugin_entry(&rules)
+    ));
+
+    // The signed image comes through whole (skopeo), the unsigned one is refused.
+    let out = sk.pull_to_oci(
+        &format!("docker://{}/library/signed:v1", pier.host()),
+        "signed",
+    );
+    assert!(out.join("index.json").is_file());
+    assert_registry_has_image(pier.addr, "library/signed", "v1", &signed);
+    for reference in ["v1", unsigned.manifest_digest.as_str()] {
+        let m = expect_denied(
+            &get_manifest(pier.addr, "library/unsigned", reference),
+            reference,
+        );
+        assert!(m.contains("hub-keys"), "{m}");
+    }
+    // Nothing of it is kept, and its layers were never fetched.
+    assert!(
+        !blob_data_path(&pier.root, &unsigned.manifest_digest).exists(),
+        "the refused manifest is not cached"
+    );
+    for d in unsigned.blob_digests() {
+        assert_eq!(
+            up.count("GET", &format!("/v2/library/unsigned/blobs/{d}")),
+            0,
+            "{d} fetched"
+        );
+        assert!(!blob_data_path(&pier.root, &d).exists());
+    }
+}
