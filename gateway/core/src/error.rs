@@ -45,6 +45,20 @@ pub enum CoreError {
     /// An admission policy refused the manifest; `reason` is the policy's own words.
     #[error("denied by policy {policy:?}: {reason}")]
     Denied { policy: String, reason: String },
+    /// The push would take the project over its quota.
+    #[error(
+        "quota exceeded: project {project} uses {} of its {} quota, and this push needs {} more",
+        crate::quota::human(*used), crate::quota::human(*limit), crate::quota::human(*needed)
+    )]
+    QuotaExceeded {
+        project: String,
+        used: u64,
+        limit: u64,
+        needed: u64,
+    },
+    /// The quota limits could not be read or written.
+    #[error("quota limits unavailable: {0}")]
+    QuotaStore(String),
     /// An admission policy could not decide: refused (fail closed).
     #[error("admission plugin {:?} failed ({}): {}", .0.plugin, .0.kind.as_str(), .0.message)]
     PolicyFailed(pier_auth::PolicyError),

@@ -148,9 +148,11 @@ pub async fn collect(
     let Some(run) = registry.gc_fence().begin().await else {
         return Ok(None);
     };
-    run_collection(&run, registry, opts, progress)
-        .await
-        .map(Some)
+    let report = run_collection(&run, registry, opts, progress).await;
+    if let Some(q) = registry.quotas() {
+        q.forget_all();
+    }
+    report.map(Some)
 }
 
 async fn run_collection(

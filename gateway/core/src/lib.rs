@@ -11,6 +11,7 @@ mod histogram;
 pub mod lease;
 pub mod mirror;
 mod page;
+pub mod quota;
 mod registry;
 mod timings;
 

@@ -16,6 +16,7 @@ use pier_storage::{
 };
 
 use crate::admission::{Caller, Gate, RepoContent, bounded};
+use crate::quota::{Quotas, Usage, project_of};
 use crate::{CoreError, Page, Result, paginate};
 use pier_auth::admission::{AdmissionRequest, ContentReader, MAX_REFERRERS, Referrer, Stage};
 
@@ -174,6 +175,8 @@ pub struct Registry {
     timings: crate::StorageTimings,
     /// The admission policies; `None`: everything is admitted.
     gate: Option<Arc<Gate>>,
+    /// Project quotas; `None`: no limits.
+    quotas: Option<Arc<Quotas>>,
 }
 
 /// Every digest storing `manifest` as `digest` makes it name: itself, its blobs and
@@ -219,7 +222,87 @@ impl Registry {
             gc: crate::gc::GcFence::default(),
             timings: crate::StorageTimings::default(),
             gate: None,
+            quotas: None,
         }
+    }
+
+    /// Counts each project's storage and refuses pushes over its limit.
+    pub fn with_quotas(mut self, quotas: Arc<Quotas>) -> Registry {
+        self.quotas = Some(quotas);
+        self
+    }
+
+    pub fn quotas(&self) -> Option<&Arc<Quotas>> {
+        self.quotas.as_ref()
+    }
+
+    /// What the manifests of `project`'s repositories reference (each digest once).
+    pub async fn project_usage(&self, project: &str) -> Result<Arc<Usage>> {
+        if let Some(u) = self.quotas.as_ref().and_then(|q| q.cached(project)) {
+            return Ok(u);
+        }
+        let mut usage = Usage::default();
+        for repo in self.stores.repos.repositories().await? {
+            if project_of(&repo) != project {
+                continue;
+            }
+            for d in self.stores.manifests.manifests(&repo).await? {
+                let content = match self.load_manifest(&d).await {
+                    Ok(c) => c,
+                    Err(CoreError::ManifestUnknown(_)) => continue,
+                    Err(e) => return Err(e),
+                };
+                let len = content.bytes.len() as u64;
+                match Manifest::parse(&content.bytes, Some(&content.media_type)) {
+                    Ok(m) => usage.add_manifest(&d, len, &m),
+                    Err(_) => {
+                        usage.digests.insert(d.clone(), len);
+                    }
+                }
+            }
+        }
+        if let Some(q) = &self.quotas {
+            q.keep(project, usage.clone());
+        }
+        Ok(Arc::new(usage))
+    }
+
+    /// Refuses a blob of `size` bytes that alone would take `repo`'s project over its
+    /// limit (an upload whose size is known); blobs the project holds already are free.
+    pub async fn quota_allows_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
+        let Some(q) = &self.quotas else {
+            return Ok(());
+        };
+        let project = project_of(repo);
+        let Some(limit) = q.limit(project).await? else {
+            return Ok(());
+        };
+        let usage = self.project_usage(project).await?;
+        if usage.digests.contains_key(digest) || usage.bytes() + size <= limit {
+            return Ok(());
+        }
+        Err(CoreError::QuotaExceeded {
+            project: project.to_owned(),
+            used: usage.bytes(),
+            limit,
+            needed: size,
+        })
+    }
+
+    /// After a commit: an upload over the quota leaves the repository again.
+    async fn quota_after_commit(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<u64> {
+        if let Err(e) = self.quota_allows_blob(repo, digest, size).await {
+            self.stores.repos.unlink_blob(repo, digest).await?;
+            self.blob_links.changed(&(repo.clone(), digest.clone()));
+            self.announce(Change::BlobLink(repo.clone(), digest.clone()));
+            return Err(e);
+        }
+        Ok(size)
     }
 
     /// Asks `gate`'s policies before manifests are stored, served, deleted or cached from
@@ -410,7 +493,8 @@ impl Registry {
         // Around the commit only: a body streaming in never holds a collection back.
         let _gc = self.gc.enter([digest]).await;
         let commit = self.stores.uploads.commit(repo, id, digest);
-        Ok(self.timings.time("upload_commit", commit).await?)
+        let size = self.timings.time("upload_commit", commit).await?;
+        self.quota_after_commit(repo, digest, size).await
     }
 
     /// A whole blob in one request.
@@ -433,7 +517,7 @@ impl Registry {
             // Nothing partial stays behind; the session may already be gone.
             let _ = self.stores.uploads.abort(repo, &session.id).await;
         }
-        Ok(res?)
+        self.quota_after_commit(repo, digest, res?).await
     }
 
     pub async fn upload_cancel(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
@@ -582,8 +666,43 @@ impl Registry {
             .unwrap_or_else(|| media_type_of(&bytes));
         self.admit(Stage::Push, repo, tag, &digest, &media_type, &bytes, by)
             .await?;
-        self.store_manifest(repo, tag, digest, manifest, bytes)
-            .await
+        let Some(q) = self.quotas.clone() else {
+            return self
+                .store_manifest(repo, tag, digest, manifest, bytes)
+                .await;
+        };
+        let project = project_of(repo);
+        let Some(limit) = q.limit(project).await? else {
+            let put = self
+                .store_manifest(repo, tag, digest, manifest, bytes)
+                .await;
+            q.forget(project);
+            return put;
+        };
+        // Checked and stored one push at a time per project.
+        let lock = q.lock(project);
+        let _one = lock.lock().await;
+        let usage = self.project_usage(project).await?;
+        let len = bytes.len() as u64;
+        let needed = usage.added_by(&digest, len, &manifest);
+        if needed > 0 && usage.bytes() + needed > limit {
+            return Err(CoreError::QuotaExceeded {
+                project: project.to_owned(),
+                used: usage.bytes(),
+                limit,
+                needed,
+            });
+        }
+        let mut after = (*usage).clone();
+        after.add_manifest(&digest, len, &manifest);
+        let put = self
+            .store_manifest(repo, tag, digest, manifest, bytes)
+            .await;
+        match &put {
+            Ok(_) => q.keep(project, after),
+            Err(_) => q.forget(project),
+        }
+        put
     }
 
     /// Stores a manifest copied from an upstream registry: it must parse and hash to
@@ -814,6 +933,14 @@ impl Registry {
 
     /// Deleting by tag removes the tag only; by digest, the manifest and every tag on it.
     pub async fn manifest_delete(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        let deleted = self.delete_manifest(repo, reference).await;
+        if let Some(q) = &self.quotas {
+            q.forget(project_of(repo));
+        }
+        deleted
+    }
+
+    async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         match reference {
             Reference::Tag(t) => {
                 let deleted = self.stores.manifests.delete_tag(repo, t).await?;

@@ -150,6 +150,23 @@ fn classify(
                 json!({ "policy": policy }),
                 vec![],
             ),
+            CoreError::QuotaExceeded {
+                project,
+                used,
+                limit,
+                needed,
+            } => (
+                by_code(C::Denied),
+                C::Denied,
+                json!({"project": project, "used": used, "limit": limit, "needed": needed}),
+                vec![],
+            ),
+            CoreError::QuotaStore(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                C::Unavailable,
+                none,
+                vec![("Retry-After", "1".to_owned())],
+            ),
             CoreError::PolicyFailed(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 C::Unavailable,

@@ -602,6 +602,12 @@ async fn upload_start(state: &AppState, repo: &RepoName, req: Request<Incoming>)
         }
     } else if let Some(digest) = query(&params, "digest") {
         let d = parse_digest_param(digest)?;
+        // The size is known: over the project's quota, nothing is read.
+        if let Some(size) =
+            header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok())
+        {
+            state.registry.quota_allows_blob(repo, &d, size).await?;
+        }
         let body = request_stream(req.into_body(), state.body_pace);
         state.registry.upload_monolithic(repo, &d, body).await?;
         return Ok(blob_created(repo, &d));

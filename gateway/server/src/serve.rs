@@ -179,6 +179,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             shared: s.clone(),
         }));
     }
+    // Project quotas: limits set through the admin API, kept under the root.
+    registry = registry.with_quotas(Arc::new(pier_core::quota::Quotas::new(Arc::new(
+        pier_core::quota::FileQuotaLimits::new(config.root.join("pier").join("quotas.json")),
+    ))));
     let admissions = crate::access::admission(&config, shared.as_ref()).await?;
     if !admissions.is_empty() {
         let policies = admissions

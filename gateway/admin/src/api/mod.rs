@@ -47,6 +47,9 @@
 //! GET    /api/v1/gc                                   (running? and the last result)
 //! POST   /api/v1/gc?dry_run=&untagged=&grace=
 //! POST   /api/v1/mirror/preheat
+//! GET    /api/v1/quotas                               (projects with a limit, their usage)
+//! GET    /api/v1/quotas/{project}                     (project admins too)
+//! PUT    /api/v1/quotas/{project}                     {"limit": BYTES | null}
 //! ```
 //!
 //! Every call but the document needs basic credentials when access control is on: a
@@ -57,6 +60,7 @@ mod accounts;
 mod gc;
 mod preheat;
 mod projects;
+mod quotas;
 mod replication;
 mod repos;
 mod rules;
@@ -123,7 +127,10 @@ impl From<CoreError> for ApiFailure {
             CoreError::NameUnknown(_)
             | CoreError::ManifestUnknown(_)
             | CoreError::BlobUnknown(_) => ApiFailure::NotFound(e.to_string()),
-            CoreError::Denied { .. } => ApiFailure::Denied(e.to_string()),
+            CoreError::Denied { .. } | CoreError::QuotaExceeded { .. } => {
+                ApiFailure::Denied(e.to_string())
+            }
+            CoreError::QuotaStore(_) => ApiFailure::Backend(e.to_string()),
             CoreError::PolicyFailed(_) => ApiFailure::Backend(e.to_string()),
             other => ApiFailure::Internal(other),
         }
@@ -219,6 +226,8 @@ enum Route {
     Redeliver(String),
     Gc,
     Preheat,
+    Quotas,
+    Quota(String),
 }
 
 /// Who may call a route.
@@ -253,6 +262,7 @@ impl Route {
             "/events/deliveries" => return Some(Route::Deliveries),
             "/gc" => return Some(Route::Gc),
             "/mirror/preheat" => return Some(Route::Preheat),
+            "/quotas" => return Some(Route::Quotas),
             _ => {}
         }
         let segments = |p: &str| -> Option<Vec<String>> {
@@ -266,6 +276,12 @@ impl Route {
                 [name, m, kind, member] if m == "members" => {
                     Some(Route::Member(name.clone(), kind.clone(), member.clone()))
                 }
+                _ => None,
+            };
+        }
+        if let Some(p) = rest.strip_prefix("/quotas/") {
+            return match segments(p)?.as_slice() {
+                [name] => Some(Route::Quota(name.clone())),
                 _ => None,
             };
         }
@@ -345,6 +361,7 @@ impl Route {
             Route::ReplicationRule(_) => "PUT, DELETE",
             Route::ReplicationJobRetry(_) | Route::Redeliver(_) | Route::Preheat => "POST",
             Route::Gc => "GET, POST",
+            Route::Quota(_) => "GET, PUT",
             _ => "GET",
         }
     }
@@ -356,6 +373,8 @@ impl Route {
             Route::Projects if method == Method::GET => Scope::Anyone,
             Route::Project(p) if method != Method::DELETE => Scope::Project(p.clone()),
             Route::Member(p, ..) => Scope::Project(p.clone()),
+            // A project's admins see its usage; only system admins set limits.
+            Route::Quota(p) if method == Method::GET => Scope::Project(p.clone()),
             _ => Scope::System,
         }
     }
@@ -604,6 +623,9 @@ pub async fn serve(state: &AdminState, req: Request<Incoming>) -> Response<Full<
         Route::Gc if method == Method::GET => gc::status(state).await,
         Route::Gc => gc::run(state, &caller, &query).await,
         Route::Preheat => preheat::preheat(state, &caller, body).await,
+        Route::Quotas => quotas::list(state).await,
+        Route::Quota(name) if method == Method::GET => quotas::get(state, &name).await,
+        Route::Quota(name) => quotas::set(state, &caller, &name, body).await,
     };
     result.unwrap_or_else(ApiFailure::response)
 }
@@ -769,6 +791,8 @@ mod tests {
             "/api/v1/events/deliveries/{id}/redeliver",
             "/api/v1/gc",
             "/api/v1/mirror/preheat",
+            "/api/v1/quotas",
+            "/api/v1/quotas/{name}",
         ] {
             assert!(doc["paths"][p].is_object(), "{p} missing from the document");
         }

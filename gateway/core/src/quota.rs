@@ -1,0 +1,226 @@
+//! Project quotas: the storage a project uses, counted as Harbor counts it (each blob and
+//! manifest once per project, however many of its repositories and manifests name it),
+//! against a limit set per project through the admin API.
+//!
+//! Usage is what the manifests of the project's repositories reference: their own bytes,
+//! their configs and layers (index children are manifests of the repository, counted
+//! themselves). It is computed from storage when first needed, kept current by this
+//! process's pushes, and computed again after deletes and garbage collections, and at
+//! least every [`USAGE_TTL`] (other nodes' pushes). A manifest push that would take a
+//! project over its limit is refused before anything is stored; so is an upload whose
+//! size alone would (its bytes are removed from the repository again). Blobs uploaded
+//! by a refused push stay unreferenced: they count for nothing and the next garbage
+//! collection removes them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pier_oci::{Digest, Manifest, RepoName};
+
+use crate::{CoreError, Result};
+
+/// How long a computed usage is trusted without a change seen by this process.
+pub const USAGE_TTL: Duration = Duration::from_secs(30);
+
+/// Where project limits are kept.
+#[async_trait::async_trait]
+pub trait QuotaLimits: Send + Sync {
+    /// Every project with a limit, in bytes.
+    async fn limits(&self) -> Result<BTreeMap<String, u64>>;
+    /// Sets (or with `None` removes) a project's limit.
+    async fn set(&self, project: &str, limit: Option<u64>) -> Result<()>;
+}
+
+/// Limits in a JSON file (`{"team": 1073741824}`), written through a temp file and a
+/// rename.
+pub struct FileQuotaLimits {
+    path: PathBuf,
+    write: tokio::sync::Mutex<()>,
+}
+
+impl FileQuotaLimits {
+    pub fn new(path: PathBuf) -> FileQuotaLimits {
+        FileQuotaLimits {
+            path,
+            write: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn failed(&self, e: impl std::fmt::Display) -> CoreError {
+        CoreError::QuotaStore(format!("{}: {e}", self.path.display()))
+    }
+}
+
+#[async_trait::async_trait]
+impl QuotaLimits for FileQuotaLimits {
+    async fn limits(&self) -> Result<BTreeMap<String, u64>> {
+        match tokio::fs::read(&self.path).await {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| self.failed(e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    async fn set(&self, project: &str, limit: Option<u64>) -> Result<()> {
+        let _one = self.write.lock().await;
+        let mut all = self.limits().await?;
+        match limit {
+            Some(l) => all.insert(project.to_owned(), l),
+            None => all.remove(project),
+        };
+        if let Some(dir) = self.path.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| self.failed(e))?;
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        let body = serde_json::to_vec_pretty(&all).map_err(|e| self.failed(e))?;
+        tokio::fs::write(&tmp, body)
+            .await
+            .map_err(|e| self.failed(e))?;
+        tokio::fs::rename(&tmp, &self.path)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+}
+
+/// What a project's manifests reference: digest -> size.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    pub digests: HashMap<Digest, u64>,
+}
+
+impl Usage {
+    pub fn bytes(&self) -> u64 {
+        self.digests.values().sum()
+    }
+
+    /// Adds what `manifest` (stored as `digest`, `len` bytes) references.
+    pub(crate) fn add_manifest(&mut self, digest: &Digest, len: u64, manifest: &Manifest) {
+        self.digests.insert(digest.clone(), len);
+        for d in manifest.blob_references() {
+            self.digests.insert(d.digest.clone(), d.size);
+        }
+    }
+
+    /// The bytes `manifest` would add.
+    pub(crate) fn added_by(&self, digest: &Digest, len: u64, manifest: &Manifest) -> u64 {
+        let mut new: HashMap<&Digest, u64> = HashMap::new();
+        if !self.digests.contains_key(digest) {
+            new.insert(digest, len);
+        }
+        for d in manifest.blob_references() {
+            if !self.digests.contains_key(&d.digest) {
+                new.insert(&d.digest, d.size);
+            }
+        }
+        new.values().sum()
+    }
+}
+
+/// Limits and the usage of projects that have one.
+pub struct Quotas {
+    limits: Arc<dyn QuotaLimits>,
+    usage: moka::sync::Cache<String, Arc<Usage>>,
+    /// Checks and the stores they allow run one at a time per project.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Quotas {
+    pub fn new(limits: Arc<dyn QuotaLimits>) -> Quotas {
+        Quotas {
+            limits,
+            usage: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(USAGE_TTL)
+                .build(),
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn limits(&self) -> &Arc<dyn QuotaLimits> {
+        &self.limits
+    }
+
+    pub(crate) async fn limit(&self, project: &str) -> Result<Option<u64>> {
+        Ok(self.limits.limits().await?.get(project).copied())
+    }
+
+    pub(crate) fn lock(&self, project: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("quota locks poisoned")
+            .entry(project.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    pub(crate) fn cached(&self, project: &str) -> Option<Arc<Usage>> {
+        self.usage.get(project)
+    }
+
+    pub(crate) fn keep(&self, project: &str, usage: Usage) {
+        self.usage.insert(project.to_owned(), Arc::new(usage));
+    }
+
+    /// Drops what is known of `project`'s usage (a delete): computed again when needed.
+    pub fn forget(&self, project: &str) {
+        self.usage.invalidate(project);
+    }
+
+    /// Drops every computed usage (a garbage collection).
+    pub fn forget_all(&self) {
+        self.usage.invalidate_all();
+    }
+}
+
+/// The project of a repository: its first path segment.
+pub fn project_of(repo: &RepoName) -> &str {
+    let s = repo.as_str();
+    s.split('/').next().unwrap_or(s)
+}
+
+/// `1.5 GiB`, `300.0 KiB`, `12 bytes`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_people_write_them() {
+        assert_eq!(human(12), "12 bytes");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(10 << 20), "10.0 MiB");
+        assert_eq!(human(3 << 30), "3.0 GiB");
+    }
+
+    #[tokio::test]
+    async fn limits_persist_and_a_removed_limit_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = FileQuotaLimits::new(dir.path().join("q").join("quotas.json"));
+        assert!(f.limits().await.unwrap().is_empty());
+        f.set("team", Some(100)).await.unwrap();
+        f.set("ops", Some(5)).await.unwrap();
+        f.set("ops", None).await.unwrap();
+        let again = FileQuotaLimits::new(dir.path().join("q").join("quotas.json"));
+        assert_eq!(
+            again.limits().await.unwrap(),
+            BTreeMap::from([("team".to_owned(), 100)])
+        );
+    }
+}
