@@ -24,6 +24,8 @@ pub struct PluginPaths {
     pub immutable: PathBuf,
     /// `plugins/signatures`: an admission plugin, signed images only.
     pub signatures: PathBuf,
+    /// `plugins/retain`: a retention plugin, Harbor's rule shapes.
+    pub retain: PathBuf,
 }
 
 /// Environment variables of the outer build that would change the nested one (flags
@@ -124,6 +126,7 @@ pub fn build() -> &'static PluginPaths {
             hostile_events: wasm("pier_hostile_events"),
             immutable: wasm("pier_immutable"),
             signatures: wasm("pier_signatures"),
+            retain: wasm("pier_retain"),
         }
     })
 }

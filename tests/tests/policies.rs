@@ -11,6 +11,8 @@ mod clients_support;
 
 #[path = "policies/quotas.rs"]
 mod quotas;
+#[path = "policies/retention.rs"]
+mod retention;
 #[path = "policies/signatures.rs"]
 mod signatures;
 // The mirror tests' upstream (docker-registry with its access log).

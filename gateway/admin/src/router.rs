@@ -29,6 +29,10 @@ pub trait Plugins: Send + Sync {
     fn admissions(&self) -> Vec<(String, Arc<pier_plugin_host::PluginAdmission>)> {
         Vec::new()
     }
+    /// The loaded retention plugin, by name.
+    fn retention(&self) -> Option<(String, Arc<pier_plugin_host::PluginRetention>)> {
+        None
+    }
     /// The project store of the authorizer, when one is loaded (it may still answer
     /// that it doesn't manage projects).
     fn projects(&self) -> Option<Arc<dyn pier_auth::projects::ProjectStore>> {
@@ -70,6 +74,8 @@ pub struct AdminState {
     pub pulls: Arc<crate::activity::PullLog>,
     /// Whether other nodes share the storage (`[redis]`): online gc is refused then.
     pub clustered: bool,
+    /// The retention plugin, when one is configured.
+    pub retention: Option<Arc<dyn pier_auth::retention::RetentionPolicy>>,
 }
 
 /// `POST /warm?image=NAME:TAG[&image=...][&platform=os/arch]`: pulls the images through

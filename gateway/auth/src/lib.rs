@@ -13,6 +13,7 @@ pub mod authn;
 mod error;
 mod model;
 pub mod projects;
+pub mod retention;
 pub mod revoke;
 pub mod robots;
 pub mod scope;

@@ -278,8 +278,8 @@ async fn run_collection(
     Ok(report)
 }
 
-/// Manifests reachable from `roots`: index children and referrers, transitively.
-async fn reachable(
+/// Manifests of `repo` reachable from `roots`: index children and referrers, transitively.
+pub async fn reachable(
     registry: &Registry,
     repo: &RepoName,
     roots: Vec<Digest>,

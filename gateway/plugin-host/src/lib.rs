@@ -69,6 +69,22 @@ mod bindings {
         admission,
         "admission"
     );
+    /// Retention imports the host interfaces but no shared type.
+    pub(crate) mod retention {
+        wasmtime::component::bindgen!({
+            path: "../../wit",
+            world: "retention",
+            imports: { default: async },
+            exports: { default: async },
+            with: {
+                "pier:plugin/log": crate::bindings::pier::plugin::log,
+                "pier:plugin/config": crate::bindings::pier::plugin::config,
+                "pier:plugin/kv": crate::bindings::pier::plugin::kv,
+                "pier:plugin/http-outbound": crate::bindings::pier::plugin::http_outbound,
+                "pier:plugin/ldap": crate::bindings::pier::plugin::ldap,
+            },
+        });
+    }
 }
 
 mod admission;
@@ -83,6 +99,7 @@ pub mod kv;
 mod metrics;
 mod outbound;
 mod plugin;
+mod retention;
 pub mod rules;
 mod runtime;
 mod world;
@@ -101,6 +118,7 @@ pub use host::Grants;
 pub use kv::{KvFault, KvPlace, KvStore};
 pub use metrics::{PluginMetrics, PluginSeries};
 pub use plugin::{Plugin, PluginSettings};
+pub use retention::PluginRetention;
 pub use rules::{Rule, RuleError, RuleSource, RuleStore, RuleTrigger};
 pub use runtime::Runtime;
 pub use world::World;

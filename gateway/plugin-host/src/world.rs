@@ -10,6 +10,7 @@ use crate::bindings::managed::exports::pier::plugin::projects;
 use crate::bindings::managed_replicator::exports::pier::plugin::rules;
 use crate::bindings::notifier::{Notifier, NotifierPre};
 use crate::bindings::replicator::{Replicator, ReplicatorIndices};
+use crate::bindings::retention::{Retention, RetentionPre};
 use crate::bindings::{Authorizer, AuthorizerIndices};
 use crate::host::HostState;
 
@@ -24,14 +25,17 @@ pub enum World {
     Replicator,
     /// `admit` ([`crate::PluginAdmission`]).
     Admission,
+    /// `plan` ([`crate::PluginRetention`]).
+    Retention,
 }
 
 impl World {
-    pub const ALL: [World; 4] = [
+    pub const ALL: [World; 5] = [
         World::Authorizer,
         World::Notifier,
         World::Replicator,
         World::Admission,
+        World::Retention,
     ];
 
     /// The world's name in WIT, e.g. `authorizer`.
@@ -41,6 +45,7 @@ impl World {
             World::Notifier => "notifier",
             World::Replicator => "replicator",
             World::Admission => "admission",
+            World::Retention => "retention",
         }
     }
 }
@@ -67,6 +72,7 @@ pub(crate) enum Pre {
         rules: Option<rules::GuestIndices>,
     },
     Admission(AdmissionPre<HostState>),
+    Retention(RetentionPre<HostState>),
 }
 
 /// The exports of one instance.
@@ -75,6 +81,7 @@ pub(crate) enum Bindings {
     Notifier(Notifier),
     Replicator(Replicator, Option<rules::Guest>),
     Admission(Admission),
+    Retention(Retention),
 }
 
 impl Pre {
@@ -109,6 +116,7 @@ impl Pre {
                 pre,
             },
             World::Admission => Pre::Admission(AdmissionPre::new(pre)?),
+            World::Retention => Pre::Retention(RetentionPre::new(pre)?),
         })
     }
 
@@ -143,6 +151,7 @@ impl Pre {
                 Bindings::Replicator(indices.load(&mut *store, &instance)?, rules)
             }
             Pre::Admission(p) => Bindings::Admission(p.instantiate_async(store).await?),
+            Pre::Retention(p) => Bindings::Retention(p.instantiate_async(store).await?),
         })
     }
 }
@@ -185,6 +194,13 @@ impl Bindings {
     pub(crate) fn admission(&self) -> wasmtime::Result<&Admission> {
         match self {
             Bindings::Admission(b) => Ok(b),
+            _ => Err(other_world()),
+        }
+    }
+
+    pub(crate) fn retention(&self) -> wasmtime::Result<&Retention> {
+        match self {
+            Bindings::Retention(b) => Ok(b),
             _ => Err(other_world()),
         }
     }

@@ -47,7 +47,7 @@ pub async fn start_events(
                 e.name.clone(),
                 Arc::new(PluginReplicator::load(runtime.clone(), settings).await?),
             )),
-            Hook::Authorizer | Hook::Admission => {}
+            Hook::Authorizer | Hook::Admission | Hook::Retention => {}
         }
     }
     let setup = pier_dispatch::Setup {
@@ -85,11 +85,36 @@ pub async fn admission(
     Ok(out)
 }
 
+/// Loads the retention plugin (at most one), with its schedule.
+pub async fn retention(
+    config: &Config,
+    shared: Option<&pier_cluster::Shared>,
+) -> Result<Option<(PluginEntry, Arc<pier_plugin_host::PluginRetention>)>, ServerError> {
+    let entries: Vec<_> = config
+        .plugins
+        .iter()
+        .filter(|p| p.hook == crate::config::Hook::Retention)
+        .collect();
+    let entry = match entries.as_slice() {
+        [] => return Ok(None),
+        [e] => *e,
+        _ => {
+            return Err(ServerError::Config(
+                "one retention plugin at a time is supported".into(),
+            ));
+        }
+    };
+    let settings = plugin_settings(entry, &config.root, shared)?;
+    let p = pier_plugin_host::PluginRetention::load(runtime(&config.root)?, settings).await?;
+    Ok(Some((entry.clone(), Arc::new(p))))
+}
+
 /// The loaded plugins, for reloads and metrics.
 #[derive(Default)]
 pub struct Plugins {
     pub authorizers: Vec<(PluginEntry, Arc<PluginAuthorizer>)>,
     pub admissions: Vec<(PluginEntry, Arc<PluginAdmission>)>,
+    pub retention: Option<(PluginEntry, Arc<pier_plugin_host::PluginRetention>)>,
     /// The config file, read again on reload so `[plugins.config]` edits apply.
     config: Option<Config>,
     config_file: Option<std::path::PathBuf>,
@@ -139,7 +164,21 @@ impl pier_admin::Plugins for Plugins {
                 p.digest(),
             ));
         }
+        if let Some((entry, p)) = &self.retention {
+            let settings = self.fresh_settings(entry);
+            out.push(reloaded(
+                entry,
+                p.reload_with_settings(settings).await,
+                p.digest(),
+            ));
+        }
         out
+    }
+
+    fn retention(&self) -> Option<(String, Arc<pier_plugin_host::PluginRetention>)> {
+        self.retention
+            .as_ref()
+            .map(|(e, p)| (e.name.clone(), p.clone()))
     }
 
     fn admissions(&self) -> Vec<(String, Arc<PluginAdmission>)> {
@@ -191,6 +230,7 @@ macro_rules! reloads {
 }
 reloads!(PluginAuthorizer);
 reloads!(PluginAdmission);
+reloads!(pier_plugin_host::PluginRetention);
 
 /// One line of a reload's report.
 fn reloaded(entry: &PluginEntry, r: Result<bool, String>, digest: String) -> String {
@@ -294,12 +334,14 @@ pub async fn build(
     config: &Config,
     shared: Option<&pier_cluster::Shared>,
     admissions: Vec<(PluginEntry, Arc<PluginAdmission>)>,
+    retention: Option<(PluginEntry, Arc<pier_plugin_host::PluginRetention>)>,
 ) -> Result<(Option<Arc<AccessControl>>, Arc<Plugins>), ServerError> {
     let mut plugins = Plugins {
         config: Some(config.clone()),
         config_file: config.config_file.clone(),
         shared: shared.cloned(),
         admissions,
+        retention,
         ..Default::default()
     };
     let Some(auth) = &config.auth else {

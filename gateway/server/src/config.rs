@@ -318,6 +318,7 @@ struct FilePlugin {
     config: Option<toml::Table>,
     #[serde(default)]
     repositories: Vec<String>,
+    every: Option<String>,
 }
 
 /// Access control (`[auth]`): Docker token auth, local users, robots.
@@ -383,6 +384,8 @@ pub struct PluginEntry {
     pub config: serde_json::Map<String, serde_json::Value>,
     /// The repositories an admission plugin governs (`*`/`?` patterns); empty: all.
     pub repositories: Vec<String>,
+    /// How often a retention plugin runs over every project; `None`: on demand only.
+    pub every: Option<Duration>,
 }
 
 fn toml_to_json(v: toml::Value) -> serde_json::Value {
@@ -409,6 +412,7 @@ pub enum Hook {
     Notifier,
     Replicator,
     Admission,
+    Retention,
 }
 
 impl Hook {
@@ -419,6 +423,7 @@ impl Hook {
             Hook::Notifier => "notifier",
             Hook::Replicator => "replicator",
             Hook::Admission => "admission",
+            Hook::Retention => "retention",
         }
     }
 }
@@ -437,12 +442,22 @@ fn plugin_entry(p: FilePlugin, base: &Path, cfg_path: &Path) -> Result<PluginEnt
         "notifier" => Hook::Notifier,
         "replicator" => Hook::Replicator,
         "admission" => Hook::Admission,
+        "retention" => Hook::Retention,
         other => {
             return Err(err(format!(
-                "unknown hook {other:?}: use \"authorizer\", \"notifier\", \"replicator\" or \"admission\""
+                "unknown hook {other:?}: use \"authorizer\", \"notifier\", \"replicator\", \"admission\" or \"retention\""
             )));
         }
     };
+    if hook != Hook::Retention && p.every.is_some() {
+        return Err(err(
+            "`every` is for retention plugins (hook = \"retention\")".into(),
+        ));
+    }
+    let every = file_duration(p.every.clone(), "plugins.every", cfg_path)?;
+    if every.is_some_and(|e| e < Duration::from_secs(60)) {
+        return Err(err("`every` is at least 1m".into()));
+    }
     if hook != Hook::Admission && !p.repositories.is_empty() {
         return Err(err(
             "`repositories` is for admission plugins (hook = \"admission\")".into(),
@@ -517,6 +532,7 @@ fn plugin_entry(p: FilePlugin, base: &Path, cfg_path: &Path) -> Result<PluginEnt
             .map(|t| t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
             .unwrap_or_default(),
         repositories: p.repositories,
+        every,
         name: p.name,
     })
 }

@@ -184,6 +184,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         pier_core::quota::FileQuotaLimits::new(config.root.join("pier").join("quotas.json")),
     ))));
     let admissions = crate::access::admission(&config, shared.as_ref()).await?;
+    let retention = crate::access::retention(&config, shared.as_ref()).await?;
     if !admissions.is_empty() {
         let policies = admissions
             .iter()
@@ -195,7 +196,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let changes_task = shared
         .clone()
         .map(|s| tokio::spawn(pier_cluster::adapters::follow_changes(s, registry.clone())));
-    let (access, plugins) = crate::access::build(&config, shared.as_ref(), admissions).await?;
+    let (access, plugins) =
+        crate::access::build(&config, shared.as_ref(), admissions, retention.clone()).await?;
     let sweep_task = access
         .as_ref()
         .map(|a| tokio::spawn(sweep_revocations(a.revocations.clone())));
@@ -330,6 +332,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         registry: registry.clone(),
         pulls: pulls.clone(),
         clustered: config.redis.is_some(),
+        retention: retention
+            .as_ref()
+            .map(|(_, p)| p.clone() as Arc<dyn pier_auth::retention::RetentionPolicy>),
         registry_url: tls
             .is_none()
             .then(|| listener.local_addr().map(|a| format!("http://{a}")).ok())
@@ -344,6 +349,12 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         "pier serving"
     );
 
+    let retention_task = retention.as_ref().and_then(|(e, _)| e.every).map(|every| {
+        tokio::spawn(pier_admin::api::retention::schedule(
+            admin_state.clone(),
+            every,
+        ))
+    });
     let admin_task = tokio::spawn(admin_loop(
         admin_listener,
         admin_state.clone(),
@@ -429,6 +440,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         t.abort();
     }
     admin_task.abort();
+    if let Some(t) = retention_task {
+        t.abort();
+    }
     history_task.abort();
     if let Some((listen, run)) = fleet_task {
         listen.abort();

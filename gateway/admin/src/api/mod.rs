@@ -50,6 +50,8 @@
 //! GET    /api/v1/quotas                               (projects with a limit, their usage)
 //! GET    /api/v1/quotas/{project}                     (project admins too)
 //! PUT    /api/v1/quotas/{project}                     {"limit": BYTES | null}
+//! GET    /api/v1/retention/{project}                  (the last run)
+//! POST   /api/v1/retention/{project}?dry_run=         (dry run by default)
 //! ```
 //!
 //! Every call but the document needs basic credentials when access control is on: a
@@ -63,6 +65,7 @@ mod projects;
 mod quotas;
 mod replication;
 mod repos;
+pub mod retention;
 mod rules;
 mod status;
 
@@ -228,6 +231,7 @@ enum Route {
     Preheat,
     Quotas,
     Quota(String),
+    Retention(String),
 }
 
 /// Who may call a route.
@@ -276,6 +280,12 @@ impl Route {
                 [name, m, kind, member] if m == "members" => {
                     Some(Route::Member(name.clone(), kind.clone(), member.clone()))
                 }
+                _ => None,
+            };
+        }
+        if let Some(p) = rest.strip_prefix("/retention/") {
+            return match segments(p)?.as_slice() {
+                [name] => Some(Route::Retention(name.clone())),
                 _ => None,
             };
         }
@@ -343,6 +353,7 @@ impl Route {
             Route::ReplicationJobs | Route::Deliveries => &["n", "last", "status"],
             Route::Gc => &["dry_run", "untagged", "grace"],
             Route::ReplicationRule(_) => &["plugin"],
+            Route::Retention(_) => &["dry_run"],
             _ => &[],
         }
     }
@@ -362,6 +373,7 @@ impl Route {
             Route::ReplicationJobRetry(_) | Route::Redeliver(_) | Route::Preheat => "POST",
             Route::Gc => "GET, POST",
             Route::Quota(_) => "GET, PUT",
+            Route::Retention(_) => "GET, POST",
             _ => "GET",
         }
     }
@@ -626,6 +638,8 @@ pub async fn serve(state: &AdminState, req: Request<Incoming>) -> Response<Full<
         Route::Quotas => quotas::list(state).await,
         Route::Quota(name) if method == Method::GET => quotas::get(state, &name).await,
         Route::Quota(name) => quotas::set(state, &caller, &name, body).await,
+        Route::Retention(name) if method == Method::GET => retention::last(state, &name).await,
+        Route::Retention(name) => retention::post(state, &caller, &name, &query).await,
     };
     result.unwrap_or_else(ApiFailure::response)
 }
@@ -793,6 +807,7 @@ mod tests {
             "/api/v1/mirror/preheat",
             "/api/v1/quotas",
             "/api/v1/quotas/{name}",
+            "/api/v1/retention/{name}",
         ] {
             assert!(doc["paths"][p].is_object(), "{p} missing from the document");
         }

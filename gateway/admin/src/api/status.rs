@@ -43,6 +43,9 @@ pub fn plugins(state: &AdminState) -> Response<Full<Bytes>> {
     for (name, p) in state.plugins.admissions() {
         out.push(plugin(&name, "admission", p.digest(), p.metrics()));
     }
+    if let Some((name, p)) = state.plugins.retention() {
+        out.push(plugin(&name, "retention", p.digest(), p.metrics()));
+    }
     if let Some(e) = &state.events {
         for (name, p) in &e.notifiers {
             out.push(plugin(name, "notifier", p.digest(), p.metrics()));
