@@ -713,8 +713,8 @@ async fn check_reports_worlds_imports_and_exports() {
     let r = pier_plugin_host::check(&rt, &empty).unwrap();
     assert!(r.worlds.is_empty(), "{:?}", r.worlds);
     assert!(r.imports.is_empty() && r.exports.is_empty(), "{r:?}");
-    // one line per world (authorizer, notifier, replicator, admission)
-    assert_eq!(r.problems.len(), 4, "{:?}", r.problems);
+    // one line per world (authorizer, notifier, replicator, admission, retention)
+    assert_eq!(r.problems.len(), 5, "{:?}", r.problems);
     assert!(
         r.problems[0].starts_with("authorizer: "),
         "{:?}",
