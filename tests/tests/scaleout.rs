@@ -27,6 +27,8 @@ mod clients;
 mod cluster;
 #[path = "scaleout/crash.rs"]
 mod crash;
+#[path = "scaleout/gc.rs"]
+mod gc;
 #[path = "scaleout/interop.rs"]
 mod interop;
 #[path = "scaleout/mirror.rs"]

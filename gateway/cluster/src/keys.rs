@@ -57,6 +57,20 @@ impl Keys {
         format!("{}plugin-kv:{plugin}", self.prefix)
     }
 
+    /// The running garbage collection's id (`SET NX`), and the digests writes reference
+    /// and the collection removes while it runs.
+    pub(crate) fn gc_running(&self) -> String {
+        format!("{}gc:running", self.prefix)
+    }
+
+    pub(crate) fn gc_touched(&self, run: &str) -> String {
+        format!("{}gc:touched:{run}", self.prefix)
+    }
+
+    pub(crate) fn gc_removing(&self, run: &str) -> String {
+        format!("{}gc:removing:{run}", self.prefix)
+    }
+
     pub(crate) fn channel(&self, channel: &str) -> String {
         format!("{}bus:{channel}", self.prefix)
     }
@@ -83,6 +97,9 @@ mod tests {
         assert_eq!(k.revoked("j"), "pier:revoked:j");
         assert_eq!(k.plugin_kv("rbac"), "pier:plugin-kv:rbac");
         assert_eq!(k.pulls(), "pier:pulls");
+        assert_eq!(k.gc_running(), "pier:gc:running");
+        assert_eq!(k.gc_touched("n1-5"), "pier:gc:touched:n1-5");
+        assert_eq!(k.gc_removing("n1-5"), "pier:gc:removing:n1-5");
         assert_eq!(k.channel("manifests"), "pier:bus:manifests");
         assert_eq!(k.session_pattern(), "pier:session:*");
         assert_eq!(k.events(), "pier:{events}:");

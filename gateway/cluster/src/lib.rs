@@ -23,6 +23,7 @@ mod config;
 mod conn;
 mod error;
 mod events;
+mod gc;
 mod keys;
 mod lease;
 mod plugin_kv;
@@ -40,6 +41,7 @@ pub use bus::{BusEvent, GapReason, Subscription};
 pub use config::{DEFAULT_KEY_PREFIX, DEFAULT_OP_TIMEOUT, RedisConfig, RedisMode};
 pub use error::{ClusterError, UnavailableCause};
 pub use events::{DEFAULT_LEADER_TTL, DISPATCHER_LEASE, EventsLeader, RedisJournal, RedisOutbox};
+pub use gc::RedisGcPeers;
 pub use session::Versioned;
 
 use conn::{Backend, Conn};
@@ -58,6 +60,9 @@ use keys::Keys;
 /// | `revoked:{jti}`          | string  | `1`                                                | the token's own expiry |
 /// | `plugin-kv:{plugin}`     | hash    | the plugin's `kv`: a field per key                 | none |
 /// | `pulls`                  | hash    | last pull (Unix s) per `repo:tag` / `repo@digest`  | none |
+/// | `gc:running`             | string  | the running garbage collection's id (`SET NX`)     | 6 h (deleted when it ends) |
+/// | `gc:touched:{run}`       | set     | digests writes referenced while it ran             | 6 h (deleted when it ends) |
+/// | `gc:removing:{run}`      | set     | digests it is removing                             | 6 h (deleted when it ends) |
 /// | `bus:{channel}`          | pub/sub | UTF-8 message                                      | — |
 /// | `{events}:…`             | several | the event journal and outbox (layout in `src/events.rs`) | none (trimmed by release/prune) |
 #[derive(Clone)]

@@ -12,8 +12,18 @@
 //! and, for each removal, to check those names and delete. So either the sweep sees the
 //! digest and keeps it, or the write's check sees the blob gone and fails cleanly
 //! (`MANIFEST_BLOB_UNKNOWN`, the client uploads again): a stored manifest never names
-//! content the collection removed. Processes sharing the storage (scaled-out nodes, an
-//! offline `pier gc` beside a server) are not fenced from each other.
+//! content the collection removed.
+//!
+//! Scaled out ([`GcPeers`], Redis): a collection is announced to every node sharing the
+//! storage; while it runs, each node's fenced writes record the digests they reference
+//! in the shared state, and then check that the collection is not removing them; the
+//! collection, for each removal, marks the digest as being removed and then checks that
+//! no write recorded it. Each side writes its mark before it reads the other's, so at
+//! least one of them sees the other: the collection keeps the digest, or the write fails
+//! cleanly (503, the client retries). A collection waits [`SETTLE`] after announcing
+//! itself, so writes that looked before the announcement have linked what they
+//! reference by the time it marks. An offline `pier gc` beside running servers is not
+//! fenced.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
@@ -24,6 +34,24 @@ use tokio::sync::{RwLock, RwLockReadGuard};
 
 use crate::{CoreError, Registry, Result};
 
+/// How long a collection waits between announcing itself to the other nodes and marking.
+pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// The other nodes sharing the storage, as a collection coordinates with them (see the
+/// module documentation).
+#[async_trait::async_trait]
+pub trait GcPeers: Send + Sync {
+    /// Announces a collection; `false` when one already runs on some node.
+    async fn begin(&self) -> Result<bool>;
+    /// Ends it (forgets what was recorded).
+    async fn end(&self) -> Result<()>;
+    /// While a collection runs on some node: records that a write references `digests`,
+    /// and returns one of them the collection is removing (the write must fail), if any.
+    async fn touch(&self, digests: &[Digest]) -> Result<Option<Digest>>;
+    /// Marks `digest` as being removed; `false` when a write recorded it (keep it).
+    async fn claim(&self, digest: &Digest) -> Result<bool>;
+}
+
 /// Serializes an online collection with the writes that reference content (see the
 /// module documentation).
 #[derive(Default)]
@@ -32,6 +60,8 @@ pub struct GcFence {
     /// holds it exclusively to start and around each removal.
     gate: RwLock<()>,
     state: Mutex<FenceState>,
+    /// The other nodes, when scaled out.
+    peers: Option<std::sync::Arc<dyn GcPeers>>,
 }
 
 #[derive(Default)]
@@ -64,18 +94,38 @@ impl GcFence {
         Some(GcRun { fence: self })
     }
 
+    /// Coordinates with the other nodes sharing the storage through `peers`.
+    pub(crate) fn set_peers(&mut self, peers: std::sync::Arc<dyn GcPeers>) {
+        self.peers = Some(peers);
+    }
+
+    /// Whether collections coordinate with other nodes.
+    pub fn shared(&self) -> bool {
+        self.peers.is_some()
+    }
+
     /// Names the digests a write is about to reference; hold the guard until they are
-    /// linked.
+    /// linked. Fails when a collection on another node is removing one of them.
     pub(crate) async fn enter<'a>(
         &self,
         digests: impl IntoIterator<Item = &'a Digest>,
-    ) -> RwLockReadGuard<'_, ()> {
+    ) -> Result<RwLockReadGuard<'_, ()>> {
+        let digests: Vec<Digest> = digests.into_iter().cloned().collect();
         let guard = self.gate.read().await;
-        let mut s = self.state.lock().expect("gc fence poisoned");
-        if s.running {
-            s.touched.extend(digests.into_iter().cloned());
+        {
+            let mut s = self.state.lock().expect("gc fence poisoned");
+            if s.running {
+                s.touched.extend(digests.iter().cloned());
+            }
         }
-        guard
+        if let Some(p) = &self.peers
+            && let Some(d) = p.touch(&digests).await?
+        {
+            return Err(CoreError::Coordination(format!(
+                "a garbage collection is removing {d}; push it again"
+            )));
+        }
+        Ok(guard)
     }
 
     /// Runs `remove` unless a write referenced `digest` during the collection; whether
@@ -93,6 +143,19 @@ impl GcFence {
             .contains(digest)
         {
             return Ok(false);
+        }
+        if let Some(p) = &self.peers
+            && !p.claim(digest).await?
+        {
+            return Ok(false);
+        }
+        // The scale-out test pauses here, between the claim and the removal:
+        // `FAILPOINTS=gc-before-remove=return(MS)` waits MS milliseconds.
+        #[cfg(feature = "failpoints")]
+        if let Some(ms) = fail::eval("gc-before-remove", |ms| {
+            ms.and_then(|ms| ms.parse::<u64>().ok()).unwrap_or(1000)
+        }) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         remove.await?;
         Ok(true)
@@ -139,16 +202,30 @@ impl GcReport {
 }
 
 /// Runs one collection, calling `progress` with a line per item freed; `None` when
-/// another collection is running in this process.
+/// another collection is running in this process (or, scaled out, on another node).
 pub async fn collect(
     registry: &Registry,
     opts: &GcOptions,
     progress: impl FnMut(&str),
 ) -> Result<Option<GcReport>> {
-    let Some(run) = registry.gc_fence().begin().await else {
+    let fence = registry.gc_fence();
+    let Some(run) = fence.begin().await else {
         return Ok(None);
     };
+    if let Some(p) = &fence.peers {
+        if !p.begin().await? {
+            return Ok(None);
+        }
+        // Writes that looked before the announcement link what they reference meanwhile.
+        tokio::time::sleep(SETTLE).await;
+    }
     let report = run_collection(&run, registry, opts, progress).await;
+    if let Some(p) = &fence.peers
+        && let Err(e) = p.end().await
+    {
+        tracing::warn!(error = %e, "ending the shared garbage collection failed; its marks expire");
+    }
+    drop(run);
     if let Some(q) = registry.quotas() {
         q.forget_all();
     }

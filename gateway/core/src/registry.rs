@@ -226,6 +226,12 @@ impl Registry {
         }
     }
 
+    /// Coordinates garbage collections with the other nodes sharing the storage.
+    pub fn with_gc_peers(mut self, peers: Arc<dyn crate::gc::GcPeers>) -> Registry {
+        self.gc.set_peers(peers);
+        self
+    }
+
     /// Counts each project's storage and refuses pushes over its limit.
     pub fn with_quotas(mut self, quotas: Arc<Quotas>) -> Registry {
         self.quotas = Some(quotas);
@@ -451,7 +457,7 @@ impl Registry {
         from: &RepoName,
         digest: &Digest,
     ) -> Result<Option<u64>> {
-        let _gc = self.gc.enter([digest]).await;
+        let _gc = self.gc.enter([digest]).await?;
         if !self.stores.repos.blob_linked(from, digest).await? {
             return Ok(None);
         }
@@ -491,7 +497,7 @@ impl Registry {
             self.timings.time("upload_append", append).await?;
         }
         // Around the commit only: a body streaming in never holds a collection back.
-        let _gc = self.gc.enter([digest]).await;
+        let _gc = self.gc.enter([digest]).await?;
         let commit = self.stores.uploads.commit(repo, id, digest);
         let size = self.timings.time("upload_commit", commit).await?;
         self.quota_after_commit(repo, digest, size).await
@@ -508,9 +514,9 @@ impl Registry {
         let res = async {
             let append = self.stores.uploads.append(repo, &session.id, Some(0), body);
             self.timings.time("upload_append", append).await?;
-            let _gc = self.gc.enter([digest]).await;
+            let _gc = self.gc.enter([digest]).await?;
             let commit = self.stores.uploads.commit(repo, &session.id, digest);
-            self.timings.time("upload_commit", commit).await
+            Ok::<u64, CoreError>(self.timings.time("upload_commit", commit).await?)
         }
         .await;
         if res.is_err() {
@@ -622,7 +628,7 @@ impl Registry {
                 computed: digest,
             });
         }
-        let _gc = self.gc.enter(referenced(&manifest, &digest)).await;
+        let _gc = self.gc.enter(referenced(&manifest, &digest)).await?;
         for d in manifest.blob_references() {
             if !self.blob_linked(repo, &d.digest).await? {
                 return Err(CoreError::ManifestBlobUnknown(d.digest.clone()));
@@ -723,7 +729,7 @@ impl Registry {
                 computed,
             });
         }
-        let _gc = self.gc.enter(referenced(&manifest, &computed)).await;
+        let _gc = self.gc.enter(referenced(&manifest, &computed)).await?;
         self.store_manifest(repo, tag, computed, manifest, bytes)
             .await
     }

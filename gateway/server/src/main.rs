@@ -109,6 +109,10 @@ struct GcArgs {
     /// Storage root directory
     #[arg(long, env = "PIER_ROOT", default_value = "./pier-data")]
     root: PathBuf,
+    /// Collect the storage this configuration file names (`[storage]`: the filesystem
+    /// root or an S3 bucket) instead of --root; the servers on it must not be pushed to
+    #[arg(long, conflicts_with = "admin")]
+    config: Option<PathBuf>,
     /// Print what would be removed, remove nothing
     #[arg(long)]
     dry_run: bool,
@@ -156,8 +160,16 @@ async fn gc(args: GcArgs) -> Result<(), ServerError> {
         )
         .await?);
     }
-    let store = Arc::new(FsStore::new(&args.root)?);
-    let registry = Registry::new(Stores::from_backend(store));
+    let registry = match &args.config {
+        Some(file) => {
+            let config = config::Config::resolve(config::ServeArgs {
+                config: Some(file.clone()),
+                ..Default::default()
+            })?;
+            Registry::new(serve::open_stores(&config).await?)
+        }
+        None => Registry::new(Stores::from_backend(Arc::new(FsStore::new(&args.root)?))),
+    };
     let opts = GcOptions {
         dry_run: args.dry_run,
         untagged: args.untagged,

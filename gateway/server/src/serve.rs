@@ -96,6 +96,11 @@ async fn reload_on_sighup(plugins: Arc<crate::access::Plugins>) {
 
 /// The configured storage backend, with its roles for the registry and the mirror.
 /// The storage roles, the mirror's ingest, and the storage's readiness check.
+/// The storage `config` names, for offline work (`pier gc --config`): no shared state.
+pub async fn open_stores(config: &Config) -> Result<Stores, ServerError> {
+    Ok(open_storage(config, None).await?.0)
+}
+
 async fn open_storage(
     config: &Config,
     shared: Option<&pier_cluster::Shared>,
@@ -175,9 +180,12 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     }
     let mut registry = Registry::new(stores);
     if let Some(s) = &shared {
-        registry = registry.with_change_sink(Arc::new(pier_cluster::adapters::RedisChanges {
-            shared: s.clone(),
-        }));
+        registry = registry
+            .with_change_sink(Arc::new(pier_cluster::adapters::RedisChanges {
+                shared: s.clone(),
+            }))
+            // Online garbage collection fenced across the nodes.
+            .with_gc_peers(Arc::new(pier_cluster::RedisGcPeers::new(s.clone())));
     }
     // Project quotas: limits set through the admin API, kept under the root.
     registry = registry.with_quotas(Arc::new(pier_core::quota::Quotas::new(Arc::new(

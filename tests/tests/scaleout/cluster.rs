@@ -150,6 +150,8 @@ pub struct Node {
     pub config: PathBuf,
     pub root: PathBuf,
     pub log: PathBuf,
+    /// Extra environment variables.
+    env: Vec<(String, String)>,
     daemon: Option<Daemon>,
 }
 
@@ -194,6 +196,9 @@ impl Node {
             .arg(&self.config)
             .arg("--root")
             .arg(&self.root);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
         self.daemon = Some(Daemon::spawn(
             &format!("pier node{}", self.n),
             &mut cmd,
@@ -262,6 +267,8 @@ impl Node {
 #[derive(Default)]
 pub struct ClusterBuilder {
     extra_toml: String,
+    /// (node number, name, value): environment variables of one node.
+    node_env: Vec<(usize, String, String)>,
     /// Sentinel processes; 0: one standalone redis-server.
     sentinels: usize,
 }
@@ -283,9 +290,15 @@ impl ClusterBuilder {
         self
     }
 
+    /// An environment variable of node `n` (1-based), e.g. `FAILPOINTS`.
+    pub fn node_env(mut self, n: usize, k: &str, v: &str) -> Self {
+        self.node_env.push((n, k.to_owned(), v.to_owned()));
+        self
+    }
+
     #[track_caller]
     pub fn start(self) -> Cluster {
-        Cluster::start_with(&self.extra_toml, self.sentinels)
+        Cluster::start_with(&self.extra_toml, self.sentinels, &self.node_env)
     }
 }
 
@@ -490,7 +503,11 @@ impl Cluster {
     }
 
     #[track_caller]
-    fn start_with(extra_toml: &str, sentinels: usize) -> Cluster {
+    fn start_with(
+        extra_toml: &str,
+        sentinels: usize,
+        node_env: &[(usize, String, String)],
+    ) -> Cluster {
         let dir = temp_dir("scaleout");
         let d = dir.path().to_owned();
         // nginx's workers run as `nobody`: let them reach the temp paths under the dir.
@@ -551,6 +568,11 @@ impl Cluster {
                     config,
                     root: d.join(format!("node{n}")),
                     log: d.join(format!("node{n}-{attempt}.log")),
+                    env: node_env
+                        .iter()
+                        .filter(|(i, _, _)| *i == n)
+                        .map(|(_, k, v)| (k.clone(), v.clone()))
+                        .collect(),
                     daemon: None,
                 };
                 node.spawn();

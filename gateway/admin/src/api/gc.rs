@@ -5,8 +5,9 @@
 //! Safety: the collection and this process's pushes coordinate through the registry's
 //! `GcFence` (see `pier_core::gc`): a push that references content the collection
 //! would remove either keeps it or fails cleanly and uploads again. Nodes sharing
-//! storage (`[redis]`) are not fenced from each other, so there the API refuses (409)
-//! and `pier gc` runs offline. One collection at a time (409 while one runs).
+//! storage (`[redis]`) are fenced from each other through Redis
+//! (`pier_cluster::RedisGcPeers`); without that coordination the API refuses (409). One
+//! collection at a time, on any node (409 while one runs).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -91,7 +92,7 @@ pub async fn run(state: &AdminState, caller: &Caller, query: &[(String, String)]
         untagged: flag(query, "untagged", false)?,
         grace: grace(query)?,
     };
-    if state.clustered {
+    if state.clustered && !state.registry.gc_fence().shared() {
         return Err(ApiFailure::Conflict(
             "garbage collection through the API is refused when nodes share storage ([redis]): \
              pushes on other nodes are not fenced from it; stop pushes and run `pier gc` instead"
@@ -154,6 +155,7 @@ pub async fn run(state: &AdminState, caller: &Caller, query: &[(String, String)]
     let result = task
         .await
         .map_err(|e| ApiFailure::Backend(format!("the collection stopped: {e}")))?;
+    // This node's collection runs, or (scaled out) another node's.
     let Some(result) = result else {
         return Err(ApiFailure::Conflict(
             "a garbage collection is already running".into(),
