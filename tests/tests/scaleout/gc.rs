@@ -152,6 +152,25 @@ fn online_gc_across_nodes_removes_garbage_and_loses_nothing_a_push_references() 
             .any(|f| f.to_string_lossy().contains(&lost_hex)),
         "the unreferenced layer is removed"
     );
+    // Offline, `pier gc --config` collects the bucket a node's configuration names: the
+    // old image's config (unreferenced since its manifest went) would go; the rest stays.
+    let out = pier_e2e::pier_command()
+        .args(["gc", "--config"])
+        .arg(&c.node(0).config)
+        .args(["--dry-run", "--grace", "0s"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pier gc --config\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("gc: would remove 0 manifests and"), "{text}");
+    assert!(
+        !text.contains(&k.trim_start_matches("sha256:")[..12]),
+        "kept image listed\n{text}"
+    );
     let log = c.node(0).log_text();
     assert!(
         !log.contains("refused when nodes share storage"),
