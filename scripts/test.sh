@@ -129,6 +129,10 @@ if (($# == 0)); then
     if [[ -z ${PIER_SKIP_LINT:-} ]]; then
         cargo clippy "${PLUGINS_HOST[@]}" --lib --tests -- -D warnings ||
             FAILED+=("cargo clippy (plugins)")
+        # The template is a workspace of its own (a copy builds anywhere).
+        cargo clippy --manifest-path plugins/template/Cargo.toml --locked \
+            --target wasm32-wasip2 --target-dir "$CARGO_TARGET_DIR/wasm-plugins" -- -D warnings ||
+            FAILED+=("cargo clippy (plugins/template)")
     fi
 fi
 

@@ -107,6 +107,44 @@ pub fn build() -> &'static PluginPaths {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        // The template is a workspace of its own (so that a copy builds anywhere): built
+        // into the same target directory.
+        let mut template = Command::new(&cargo);
+        template
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--target",
+                "wasm32-wasip2",
+            ])
+            .arg("--manifest-path")
+            .arg(
+                repo_root()
+                    .join("plugins")
+                    .join("template")
+                    .join("Cargo.toml"),
+            )
+            .arg("--target-dir")
+            .arg(&target);
+        for k in LEAKY_ENV {
+            template.env_remove(k);
+        }
+        for (k, _) in std::env::vars_os() {
+            if let Some(k) = k.to_str()
+                && k.starts_with("CARGO_TARGET_")
+            {
+                template.env_remove(k);
+            }
+        }
+        let t = template
+            .output()
+            .unwrap_or_else(|e| panic!("building the template: {e}"));
+        assert!(
+            t.status.success(),
+            "building plugins/template failed: {}",
+            String::from_utf8_lossy(&t.stderr)
+        );
         let dir = target.join("wasm32-wasip2").join("release");
         let wasm = |name: &str| {
             let p = dir.join(format!("{name}.wasm"));

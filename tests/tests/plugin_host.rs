@@ -880,3 +880,74 @@ async fn http_outbound_from_a_component() {
     let _ = s_server.kill();
     let _ = s_server.wait();
 }
+
+/// A newcomer's first plugin, as docs/plugins.md says: the template copied out of Pier's
+/// tree with a copy of `wit/`, renamed, built on its own, and `pier plugin check`ed (it
+/// used to fail with "failed to find a workspace root").
+#[test]
+fn the_template_copied_out_of_the_tree_builds_and_checks() {
+    let repo = pier_e2e::manifest_dir().parent().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("my-authz");
+    std::fs::create_dir_all(crate_dir.join("src")).unwrap();
+    std::fs::create_dir_all(crate_dir.join("wit")).unwrap();
+    let template = repo.join("plugins").join("template");
+    for f in ["Cargo.toml", "Cargo.lock", "src/lib.rs"] {
+        std::fs::copy(template.join(f), crate_dir.join(f)).unwrap();
+    }
+    for e in std::fs::read_dir(repo.join("wit")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), crate_dir.join("wit").join(e.file_name())).unwrap();
+    }
+    let edit = |f: &str, from: &str, to: &str| {
+        let p = crate_dir.join(f);
+        let s = std::fs::read_to_string(&p).unwrap();
+        assert!(s.contains(from), "{f} has {from:?}");
+        std::fs::write(&p, s.replace(from, to)).unwrap();
+    };
+    edit(
+        "Cargo.toml",
+        "name = \"pier-template\"",
+        "name = \"my-authz\"",
+    );
+    edit("src/lib.rs", "path: \"../../wit\"", "path: \"wit\"");
+    // A target dir kept between runs (the first build compiles wit-bindgen).
+    let target = plugins::target_dir().join("out-of-tree");
+    let mut cmd = std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
+    cmd.args([
+        "build",
+        "--release",
+        "--offline",
+        "--target",
+        "wasm32-wasip2",
+    ])
+    .arg("--target-dir")
+    .arg(&target)
+    .current_dir(&crate_dir);
+    for (k, _) in std::env::vars_os() {
+        if let Some(k) = k.to_str()
+            && (k.starts_with("CARGO_") || k.ends_with("RUSTFLAGS") || k.contains("MAKEFLAGS"))
+            && k != "CARGO_HOME"
+        {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "cargo build of the copied template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wasm = target.join("wasm32-wasip2/release/my_authz.wasm");
+    let check = pier_e2e::pier_command()
+        .args(["plugin", "check"])
+        .arg(&wasm)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "pier plugin check: {text}");
+    assert!(
+        text.contains("implements: pier:plugin/authorizer@0.1.0"),
+        "{text}"
+    );
+}

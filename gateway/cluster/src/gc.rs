@@ -16,12 +16,20 @@ use crate::Shared;
 /// A collection's marks outlive a node that died running it by this much at most.
 pub const RUN_TTL: Duration = Duration::from_secs(6 * 3600);
 
+/// How long a node trusts what it last read of `gc:running`. Shorter than
+/// [`pier_core::gc::SETTLE`]: every write that starts after a collection announced
+/// itself and settled sees the announcement. When Redis cannot be read, the last answer
+/// read stands, so writes keep working through a failover.
+pub const RUNNING_CACHE: Duration = Duration::from_secs(1);
+
 /// [`GcPeers`] in Redis.
 pub struct RedisGcPeers {
     /// The shared state.
     pub shared: Shared,
     /// The id of the collection this node runs.
     run: Mutex<Option<String>>,
+    /// `gc:running` as last read, and when.
+    running: Mutex<Option<(std::time::Instant, Option<String>)>>,
 }
 
 impl RedisGcPeers {
@@ -30,11 +38,39 @@ impl RedisGcPeers {
         RedisGcPeers {
             shared,
             run: Mutex::new(None),
+            running: Mutex::new(None),
         }
     }
 
     fn mine(&self) -> Option<String> {
         self.run.lock().expect("gc run poisoned").clone()
+    }
+
+    /// The running collection's id, read at most every [`RUNNING_CACHE`].
+    async fn running(&self) -> Option<String> {
+        let cached = self.running.lock().expect("gc running poisoned").clone();
+        if let Some((at, id)) = &cached
+            && at.elapsed() < RUNNING_CACHE
+        {
+            return id.clone();
+        }
+        let mut get = redis::cmd("GET");
+        get.arg(self.shared.inner.keys.gc_running());
+        match self
+            .shared
+            .query::<Option<String>>("gc_running", &get)
+            .await
+        {
+            Ok(id) => {
+                *self.running.lock().expect("gc running poisoned") =
+                    Some((std::time::Instant::now(), id.clone()));
+                id
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading gc:running failed; using the last answer");
+                cached.and_then(|(_, id)| id)
+            }
+        }
     }
 }
 
@@ -101,14 +137,7 @@ impl GcPeers for RedisGcPeers {
             return Ok(None);
         }
         let keys = &self.shared.inner.keys;
-        let mut get = redis::cmd("GET");
-        get.arg(keys.gc_running());
-        let Some(run) = self
-            .shared
-            .query::<Option<String>>("gc_running", &get)
-            .await
-            .map_err(failed)?
-        else {
+        let Some(run) = self.running().await else {
             return Ok(None);
         };
         let names: Vec<String> = digests.iter().map(|d| d.to_string()).collect();

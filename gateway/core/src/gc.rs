@@ -21,8 +21,8 @@
 //! no write recorded it. Each side writes its mark before it reads the other's, so at
 //! least one of them sees the other: the collection keeps the digest, or the write fails
 //! cleanly (503, the client retries). A collection waits [`SETTLE`] after announcing
-//! itself, so writes that looked before the announcement have linked what they
-//! reference by the time it marks. An offline `pier gc` beside running servers is not
+//! itself, so writes that looked before the announcement (nodes read it at most every
+//! second) have linked what they reference by the time it marks. An offline `pier gc` beside running servers is not
 //! fenced.
 
 use std::collections::{BTreeSet, HashMap, HashSet};

@@ -44,6 +44,41 @@ pub struct AccessControl {
     pub trusted_proxies: TrustedProxies,
     /// Calls of the revocation endpoint per client address.
     pub revoke_limit: RateLimit,
+    /// The authorizer's recent deny reasons per (subject, repository, action), for the
+    /// registry's error when a token lacks the scope the authorizer refused.
+    pub denials: Denials,
+}
+
+/// Deny reasons of the token endpoint, remembered [`DENIAL_TTL`]: the token protocol
+/// answers a token with fewer scopes (no error), so the reason reaches the client with
+/// the registry's `insufficient_scope` error that follows.
+pub struct Denials(moka::sync::Cache<(String, String, Action), String>);
+
+/// How long a deny reason is remembered for the registry's error.
+pub const DENIAL_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl Default for Denials {
+    fn default() -> Self {
+        Denials(
+            moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(DENIAL_TTL)
+                .build(),
+        )
+    }
+}
+
+impl Denials {
+    fn remember(&self, subject: &str, repo: &str, action: Action, reason: &str) {
+        self.0.insert(
+            (subject.to_owned(), repo.to_owned(), action),
+            reason.to_owned(),
+        );
+    }
+
+    fn reason(&self, subject: &str, repo: &str, action: Action) -> Option<String> {
+        self.0.get(&(subject.to_owned(), repo.to_owned(), action))
+    }
 }
 
 /// The connection a request arrived on.
@@ -253,10 +288,16 @@ impl AccessControl {
                 if let Some((repo, action)) = needs.iter().find(|(r, a)| {
                     !claims.allows("repository", r, a.as_str()) && !alias_allows(&claims, a)
                 }) {
+                    // The authorizer's reason, when it refused this scope lately.
+                    let why = self
+                        .denials
+                        .reason(&claims.sub, repo, *action)
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default();
                     return Err(ApiError::Unauthorized {
                         challenge: challenge(Some("insufficient_scope")),
                         message: format!(
-                            "requested access to the resource is denied: the token does not grant {action} on {repo}"
+                            "requested access to the resource is denied: the token does not grant {action} on {repo}{why}"
                         ),
                         denied: true,
                     });
@@ -319,11 +360,17 @@ impl AccessControl {
             repository: Some(repo.to_owned()),
             client: client.to_owned(),
         };
-        Ok(self
+        let d = self
             .authorizer
             .authorize(&req)
             .await
-            .map_err(AuthError::from)?)
+            .map_err(AuthError::from)?;
+        if let Decision::Deny(reason) = &d {
+            tracing::debug!(subject = %subject, action = action.as_str(), repository = repo, client, reason = %reason, "authorizer denied");
+            self.denials
+                .remember(&subject.token_name(), repo, action, reason);
+        }
+        Ok(d)
     }
 
     /// Checks an administrative request (admin listener): Basic credentials of an account

@@ -424,6 +424,7 @@ pub async fn build(
         revocations,
         realm: auth.realm.clone(),
         trusted_proxies: config.trusted_proxies.clone(),
+        denials: pier_http::auth::Denials::default(),
         revoke_limit: pier_auth::throttle::RateLimit::per_minute(
             auth.throttle.revocations_per_minute,
             100_000,

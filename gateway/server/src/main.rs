@@ -106,9 +106,9 @@ struct WarmArgs {
 
 #[derive(Args)]
 struct GcArgs {
-    /// Storage root directory
-    #[arg(long, env = "PIER_ROOT", default_value = "./pier-data")]
-    root: PathBuf,
+    /// Storage root directory [default: ./pier-data, or the configuration's]
+    #[arg(long, env = "PIER_ROOT")]
+    root: Option<PathBuf>,
     /// Collect the storage this configuration file names (`[storage]`: the filesystem
     /// root or an S3 bucket) instead of --root; the servers on it must not be pushed to
     #[arg(long, conflicts_with = "admin")]
@@ -164,11 +164,18 @@ async fn gc(args: GcArgs) -> Result<(), ServerError> {
         Some(file) => {
             let config = config::Config::resolve(config::ServeArgs {
                 config: Some(file.clone()),
+                root: args.root.clone(),
                 ..Default::default()
             })?;
             Registry::new(serve::open_stores(&config).await?)
         }
-        None => Registry::new(Stores::from_backend(Arc::new(FsStore::new(&args.root)?))),
+        None => {
+            let root = args
+                .root
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("./pier-data"));
+            Registry::new(Stores::from_backend(Arc::new(FsStore::new(&root)?)))
+        }
     };
     let opts = GcOptions {
         dry_run: args.dry_run,

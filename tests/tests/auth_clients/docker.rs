@@ -108,6 +108,23 @@ fn docker_login_push_pull_and_logout_follow_the_roles() {
     docker_import(&docker, &carols);
     let o = run(docker.cmd().args(["push", &carols]), CMD_TIMEOUT);
     assert_refused(&o, &["denied"], "carol: docker push team/web:carol");
+    // The registry's refusal of a token without the scope carries the authorizer's own
+    // reason, remembered from the token endpoint (docker 20.10 prints only the code's
+    // text, "denied: requested access to the resource is denied"; the JSON has it all).
+    let t = token(addr, Some(CAROL), &["repository:team/web:pull,push"]);
+    let r = pier_e2e::http::request(
+        addr,
+        "POST",
+        "/v2/team/web/blobs/uploads/",
+        &[("Authorization", &bearer(&t))],
+        b"",
+    );
+    r.expect_status(401, "carol's upload with a pull-only token");
+    assert!(
+        r.text()
+            .contains("carol is guest in project team: push not allowed"),
+        "the authorizer's reason in the registry's error\n{r}"
+    );
     assert_no_manifest_as(addr, &admin, "team/web", "carol");
     docker.ok(&["rmi", &web], "docker rmi");
     docker.ok(&["pull", &web], "carol: docker pull team/web");

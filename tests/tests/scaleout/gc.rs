@@ -157,6 +157,8 @@ fn online_gc_across_nodes_removes_garbage_and_loses_nothing_a_push_references() 
     let out = pier_e2e::pier_command()
         .args(["gc", "--config"])
         .arg(&c.node(0).config)
+        .arg("--root")
+        .arg(&c.node(0).root)
         .args(["--dry-run", "--grace", "0s"])
         .output()
         .unwrap();

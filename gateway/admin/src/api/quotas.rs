@@ -23,6 +23,13 @@ fn quotas(registry: &Registry) -> Result<&std::sync::Arc<pier_core::quota::Quota
 
 /// A project name as the registry's first path segment.
 fn project_name(name: &str) -> Result<String, ApiFailure> {
+    // As the OpenAPI document says (and projects elsewhere): at most 128 characters.
+    if name.len() > 128 {
+        return Err(ApiFailure::BadRequest(format!(
+            "project names are at most 128 characters, not {}",
+            name.len()
+        )));
+    }
     let repo: pier_oci::RepoName = name.parse().map_err(|e: pier_oci::NameError| {
         ApiFailure::BadRequest(format!("invalid project name {name:?}: {e}"))
     })?;
@@ -80,6 +87,13 @@ struct SetQuota {
 pub async fn set(state: &AdminState, caller: &Caller, name: &str, body: Bytes) -> Answer {
     let project = project_name(name)?;
     let q = quotas(&state.registry)?;
+    // `limit` must be there: `null` removes a limit, a missing key is a mistake.
+    let fields: serde_json::Map<String, Value> = parse_json(&body)?;
+    if !fields.contains_key("limit") {
+        return Err(ApiFailure::BadRequest(
+            "the body needs \"limit\": bytes, or null to remove the limit".into(),
+        ));
+    }
     let SetQuota { limit } = parse_json(&body)?;
     let outcome = q.limits().set(&project, limit).await;
     let target = match limit {

@@ -45,13 +45,21 @@ fn last_path(root: &std::path::Path, project: &str) -> PathBuf {
 }
 
 fn policy(state: &AdminState) -> Result<&Arc<dyn RetentionPolicy>, ApiFailure> {
+    // 409 as the events endpoints without their plugins: a state of this configuration.
     state.retention.as_ref().ok_or_else(|| {
-        ApiFailure::NotManaged("no retention plugin is configured (hook = \"retention\")".into())
+        ApiFailure::Conflict("no retention plugin is configured (hook = \"retention\")".into())
     })
 }
 
 /// A project name: one path segment of a repository name.
 fn project_name(name: &str) -> Result<String, ApiFailure> {
+    // As the OpenAPI document says (and projects elsewhere): at most 128 characters.
+    if name.len() > 128 {
+        return Err(ApiFailure::BadRequest(format!(
+            "project names are at most 128 characters, not {}",
+            name.len()
+        )));
+    }
     let repo: RepoName = name.parse().map_err(|e: pier_oci::NameError| {
         ApiFailure::BadRequest(format!("invalid project name {name:?}: {e}"))
     })?;
