@@ -11,6 +11,7 @@ use pier_auth::{Decision, PolicyError};
 
 use crate::authorizer::{subject, tidy_reason};
 use crate::bindings::admission::pier::plugin::admission_types as wit;
+use crate::bindings::admission::pier::plugin::crypto;
 use crate::bindings::admission::pier::plugin::registry_read as rr;
 use crate::bindings::pier::plugin::types;
 use crate::host::HostState;
@@ -143,5 +144,26 @@ impl rr::Host for HostState {
             .await
             .map_err(read_error)?;
         Ok(b.to_vec())
+    }
+}
+
+impl crypto::Host for HostState {
+    async fn verify_ecdsa_p256_sha256(
+        &mut self,
+        public_key: Vec<u8>,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<bool, crypto::CryptoError> {
+        if !self.caps.grants.crypto {
+            return Err(crypto::CryptoError::Denied);
+        }
+        if public_key.len() != 65 || public_key[0] != 4 {
+            return Err(crypto::CryptoError::InvalidKey);
+        }
+        let key = ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            public_key,
+        );
+        Ok(key.verify(&message, &signature).is_ok())
     }
 }

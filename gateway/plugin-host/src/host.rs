@@ -27,6 +27,8 @@ pub struct Grants {
     pub ldap: bool,
     /// `registry-read` (admission plugins).
     pub registry: bool,
+    /// `crypto` (native signature checks).
+    pub crypto: bool,
 }
 
 impl Grants {
@@ -41,9 +43,10 @@ impl Grants {
                 "http" | "http-outbound" => g.http = true,
                 "ldap" => g.ldap = true,
                 "registry" | "registry-read" => g.registry = true,
+                "crypto" => g.crypto = true,
                 other => {
                     return Err(format!(
-                        "unknown capability {other:?}: grant any of log, config, kv, http, ldap, registry"
+                        "unknown capability {other:?}: grant any of log, config, kv, http, ldap, registry, crypto"
                     ));
                 }
             }

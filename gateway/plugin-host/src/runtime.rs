@@ -49,6 +49,11 @@ impl Runtime {
             HasSelf<HostState>,
         >(&mut linker, |s| s)
         .map_err(|e| PluginError::Runtime(format!("linking registry-read: {e:#}")))?;
+        crate::bindings::admission::pier::plugin::crypto::add_to_linker::<
+            HostState,
+            HasSelf<HostState>,
+        >(&mut linker, |s| s)
+        .map_err(|e| PluginError::Runtime(format!("linking crypto: {e:#}")))?;
         std::fs::create_dir_all(cache_dir)
             .map_err(|e| PluginError::Runtime(format!("creating {}: {e}", cache_dir.display())))?;
         let stop = Arc::new(AtomicBool::new(false));

@@ -20,6 +20,7 @@ mod guest {
 
     use crate::verify;
     use pier::plugin::admission_types::Stage;
+    use pier::plugin::crypto;
     use pier::plugin::registry_read::{self, ReadError};
     use pier::plugin::{config, log};
 
@@ -62,6 +63,11 @@ mod guest {
 
         fn blob(&self, digest: &str, max: u64) -> Result<Vec<u8>, verify::ReadError> {
             registry_read::blob(digest, max).map_err(read_error)
+        }
+
+        fn verify(&self, key: &[u8], message: &[u8], der: &[u8]) -> Option<bool> {
+            // Native when granted `crypto`; otherwise the plugin verifies itself.
+            crypto::verify_ecdsa_p256_sha256(key, message, der).ok()
         }
     }
 

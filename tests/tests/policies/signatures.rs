@@ -214,13 +214,20 @@ fn sigstore_js_verifies(dir: &Path, manifest: &[u8], bundle: &[u8], key: &Key) -
     .success()
 }
 
-fn plugin_entry(rules: &serde_json::Value) -> String {
+/// The signatures plugin's entry; with `crypto`, it verifies through the host's native
+/// ECDSA (without, in its own wasm code: both paths are tested).
+fn plugin_entry_with(rules: &serde_json::Value, crypto: bool) -> String {
     format!(
         "[[plugins]]\nname = \"signatures\"\nhook = \"admission\"\npath = \"{}\"\n\
-         grants = [\"config\", \"log\", \"registry\"]\n\n[plugins.config]\nrules = {}\n",
+         grants = [\"config\", \"log\", \"registry\"{}]\n\n[plugins.config]\nrules = {}\n",
         plugins::build().signatures.display(),
+        if crypto { ", \"crypto\"" } else { "" },
         toml_value(rules)
     )
+}
+
+fn plugin_entry(rules: &serde_json::Value) -> String {
+    plugin_entry_with(rules, true)
 }
 
 /// A JSON array of objects of strings, string arrays as TOML inline values.
@@ -448,7 +455,7 @@ fn a_mirror_never_caches_an_image_that_is_not_signed() {
     let (pier, _dir) = pier_with(&format!(
         "[[upstreams]]\nname = \"hub\"\nurl = \"{}\"\ndefault = true\n\n{}",
         up.url(),
-        plugin_entry(&rules)
+        plugin_entry_with(&rules, false)
     ));
 
     // The signed image comes through whole (skopeo), the unsigned one is refused.
