@@ -28,6 +28,9 @@
 #                         pier_signatures.wasm, then $CARGO_TARGET_DIR/wasm-plugins/...; build:
 #                         cargo build --release --target wasm32-wasip2
 #                           --manifest-path plugins/Cargo.toml -p pier-signatures)
+#   SIG_GRANTS            the plugin's grants (default: "config", "log", "registry", "crypto":
+#                         verification in the host's native code; drop "crypto" to measure
+#                         the plugin verifying in its own wasm code)
 #   PIER_LOG              Pier's log filter (default here: warn; the access log off)
 #   BENCH_TMPDIR          where the temporary directory goes (default: $TMPDIR or /tmp; ~50 MiB)
 #
@@ -36,6 +39,8 @@
 # plugin did not refuse what it must, a load run got error answers), 2 on bad usage or
 # missing tools.
 set -uo pipefail
+
+SIG_GRANTS="${SIG_GRANTS:-\"config\", \"log\", \"registry\", \"crypto\"}"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$SCRIPT_DIR/../.." && pwd)"
@@ -163,7 +168,7 @@ EOF
 name = "signatures"
 hook = "admission"
 path = "$PIER_SIGNATURES_WASM"
-grants = ["config", "log", "registry"]
+grants = [$SIG_GRANTS]
 
 [plugins.config]
 rules = [{ name = "team-keys", projects = ["team"], keys = ["$(awk '{ printf "%s\\n", $0 }' "$KEYS/key.pub.pem")"], mode = "enforce" }]
