@@ -176,19 +176,9 @@ impl RepoContent {
                 ..
             }) => Ok(b),
             Ok(BlobRead::Content {
-                body: BlobBody::Stream(mut s),
+                body: BlobBody::Stream(s),
                 ..
-            }) => {
-                let mut buf = BytesMut::new();
-                while let Some(chunk) = s.next().await {
-                    let chunk = chunk.map_err(|e| unavailable(&e))?;
-                    if (buf.len() + chunk.len()) as u64 > max {
-                        return Err(ReadError::TooLarge);
-                    }
-                    buf.extend_from_slice(&chunk);
-                }
-                Ok(buf.freeze())
-            }
+            }) => collect_bounded(s, max).await,
             Ok(BlobRead::Redirect(_)) => Err(ReadError::Unavailable(
                 "the storage answers with a redirect".into(),
             )),
@@ -249,6 +239,23 @@ impl ContentReader for RepoContent {
         }
         self.read_bytes(&digest, max_size.min(MAX_READ)).await
     }
+}
+
+/// A blob's bytes for a policy, refused past `max` bytes (this repository's or, through
+/// the mirror, the upstream's).
+pub(crate) async fn collect_bounded(
+    mut body: pier_storage::ByteStream,
+    max: u64,
+) -> std::result::Result<Bytes, ReadError> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ReadError::Unavailable(e.to_string()))?;
+        if (buf.len() + chunk.len()) as u64 > max {
+            return Err(ReadError::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }
 
 /// The manifest as a policy sees it: cut at [`MAX_ADMISSION_MANIFEST`].

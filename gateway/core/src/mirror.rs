@@ -1564,7 +1564,7 @@ impl pier_auth::admission::ContentReader for MirrorContent {
         {
             return Err(ReadError::TooLarge);
         }
-        let mut body = match self
+        let body = match self
             .mirror
             .blob(&self.t, &d, None)
             .await
@@ -1585,15 +1585,7 @@ impl pier_auth::admission::ContentReader for MirrorContent {
                 ));
             }
         };
-        let mut buf = bytes::BytesMut::new();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| ReadError::Unavailable(e.to_string()))?;
-            if (buf.len() + chunk.len()) as u64 > max {
-                return Err(ReadError::TooLarge);
-            }
-            buf.extend_from_slice(&chunk);
-        }
-        Ok(buf.freeze())
+        crate::admission::collect_bounded(body, max).await
     }
 }
 

@@ -34,17 +34,21 @@ pub trait QuotaLimits: Send + Sync {
 }
 
 /// Limits in a JSON file (`{"team": 1073741824}`), written through a temp file and a
-/// rename.
+/// rename; read once, then kept in memory (every push asks, and only [`set`] changes
+/// them).
+///
+/// [`set`]: QuotaLimits::set
 pub struct FileQuotaLimits {
     path: PathBuf,
-    write: tokio::sync::Mutex<()>,
+    /// The limits as last read or written; also serializes writes.
+    known: tokio::sync::Mutex<Option<BTreeMap<String, u64>>>,
 }
 
 impl FileQuotaLimits {
     pub fn new(path: PathBuf) -> FileQuotaLimits {
         FileQuotaLimits {
             path,
-            write: tokio::sync::Mutex::new(()),
+            known: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -53,9 +57,8 @@ impl FileQuotaLimits {
     }
 }
 
-#[async_trait::async_trait]
-impl QuotaLimits for FileQuotaLimits {
-    async fn limits(&self) -> Result<BTreeMap<String, u64>> {
+impl FileQuotaLimits {
+    async fn read(&self) -> Result<BTreeMap<String, u64>> {
         match tokio::fs::read(&self.path).await {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| self.failed(e)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
@@ -63,9 +66,25 @@ impl QuotaLimits for FileQuotaLimits {
         }
     }
 
+    /// The known limits, read from the file the first time.
+    async fn loaded(&self) -> Result<tokio::sync::MutexGuard<'_, Option<BTreeMap<String, u64>>>> {
+        let mut known = self.known.lock().await;
+        if known.is_none() {
+            *known = Some(self.read().await?);
+        }
+        Ok(known)
+    }
+}
+
+#[async_trait::async_trait]
+impl QuotaLimits for FileQuotaLimits {
+    async fn limits(&self) -> Result<BTreeMap<String, u64>> {
+        Ok(self.loaded().await?.clone().unwrap_or_default())
+    }
+
     async fn set(&self, project: &str, limit: Option<u64>) -> Result<()> {
-        let _one = self.write.lock().await;
-        let mut all = self.limits().await?;
+        let mut known = self.loaded().await?;
+        let mut all = known.clone().unwrap_or_default();
         match limit {
             Some(l) => all.insert(project.to_owned(), l),
             None => all.remove(project),
@@ -82,7 +101,9 @@ impl QuotaLimits for FileQuotaLimits {
             .map_err(|e| self.failed(e))?;
         tokio::fs::rename(&tmp, &self.path)
             .await
-            .map_err(|e| self.failed(e))
+            .map_err(|e| self.failed(e))?;
+        *known = Some(all);
+        Ok(())
     }
 }
 

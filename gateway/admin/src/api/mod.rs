@@ -475,6 +475,26 @@ pub(crate) fn audit<T, E: std::fmt::Display>(
     );
 }
 
+/// A project name in a path (quotas, retention): one repository path component, at most
+/// 128 characters, as the OpenAPI document says.
+pub(crate) fn project_name(name: &str) -> Result<String, ApiFailure> {
+    if name.len() > 128 {
+        return Err(ApiFailure::BadRequest(format!(
+            "project names are at most 128 characters, not {}",
+            name.len()
+        )));
+    }
+    let repo: pier_oci::RepoName = name.parse().map_err(|e: pier_oci::NameError| {
+        ApiFailure::BadRequest(format!("invalid project name {name:?}: {e}"))
+    })?;
+    if repo.as_str().contains('/') {
+        return Err(ApiFailure::BadRequest(format!(
+            "{name:?} is a repository; a project is one path segment"
+        )));
+    }
+    Ok(repo.as_str().to_owned())
+}
+
 /// Parses a JSON request body into `T`, with a clear 400 when it doesn't fit.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiFailure> {
     serde_json::from_slice(body)

@@ -10,7 +10,7 @@ use http_body_util::Full;
 use pier_core::Registry;
 use serde_json::{Value, json};
 
-use super::{ApiFailure, Caller, audit, json_response, parse_json};
+use super::{ApiFailure, Caller, audit, json_response, parse_json, project_name};
 use crate::router::AdminState;
 
 type Answer = Result<Response<Full<Bytes>>, ApiFailure>;
@@ -19,26 +19,6 @@ fn quotas(registry: &Registry) -> Result<&std::sync::Arc<pier_core::quota::Quota
     registry
         .quotas()
         .ok_or_else(|| ApiFailure::NotManaged("quotas are not configured".into()))
-}
-
-/// A project name as the registry's first path segment.
-fn project_name(name: &str) -> Result<String, ApiFailure> {
-    // As the OpenAPI document says (and projects elsewhere): at most 128 characters.
-    if name.len() > 128 {
-        return Err(ApiFailure::BadRequest(format!(
-            "project names are at most 128 characters, not {}",
-            name.len()
-        )));
-    }
-    let repo: pier_oci::RepoName = name.parse().map_err(|e: pier_oci::NameError| {
-        ApiFailure::BadRequest(format!("invalid project name {name:?}: {e}"))
-    })?;
-    if repo.as_str().contains('/') {
-        return Err(ApiFailure::BadRequest(format!(
-            "{name:?} is a repository; a project is one path segment"
-        )));
-    }
-    Ok(repo.as_str().to_owned())
 }
 
 async fn entry(

@@ -27,7 +27,7 @@ use pier_core::{CoreError, Registry};
 use pier_oci::{Digest, Manifest, Reference, RepoName, Tag};
 use serde_json::{Value, json};
 
-use super::{ApiFailure, Caller, audit, json_response};
+use super::{ApiFailure, Caller, audit, json_response, project_name};
 use crate::router::AdminState;
 
 type Answer = Result<Response<Full<Bytes>>, ApiFailure>;
@@ -49,26 +49,6 @@ fn policy(state: &AdminState) -> Result<&Arc<dyn RetentionPolicy>, ApiFailure> {
     state.retention.as_ref().ok_or_else(|| {
         ApiFailure::Conflict("no retention plugin is configured (hook = \"retention\")".into())
     })
-}
-
-/// A project name: one path segment of a repository name.
-fn project_name(name: &str) -> Result<String, ApiFailure> {
-    // As the OpenAPI document says (and projects elsewhere): at most 128 characters.
-    if name.len() > 128 {
-        return Err(ApiFailure::BadRequest(format!(
-            "project names are at most 128 characters, not {}",
-            name.len()
-        )));
-    }
-    let repo: RepoName = name.parse().map_err(|e: pier_oci::NameError| {
-        ApiFailure::BadRequest(format!("invalid project name {name:?}: {e}"))
-    })?;
-    match repo.as_str().contains('/') {
-        true => Err(ApiFailure::BadRequest(format!(
-            "{name:?} is a repository; a project is one path segment"
-        ))),
-        false => Ok(repo.as_str().to_owned()),
-    }
 }
 
 /// A manifest's size: its bytes, its config's and its layers'.
