@@ -26,6 +26,10 @@ pub struct PluginPaths {
     pub signatures: PathBuf,
     /// `plugins/retain`: a retention plugin, Harbor's rule shapes.
     pub retain: PathBuf,
+    /// `plugins/probe`: an authorizer denying with the request's context (tests only).
+    pub probe: PathBuf,
+    /// `plugins/legacy`: a managed authorizer built against `pier:plugin@0.1.0`.
+    pub legacy: PathBuf,
 }
 
 /// Environment variables of the outer build that would change the nested one (flags
@@ -165,6 +169,8 @@ pub fn build() -> &'static PluginPaths {
             immutable: wasm("pier_immutable"),
             signatures: wasm("pier_signatures"),
             retain: wasm("pier_retain"),
+            probe: wasm("pier_probe"),
+            legacy: wasm("pier_legacy"),
         }
     })
 }

@@ -666,7 +666,7 @@ async fn check_and_load_name_the_right_world() {
         (
             &p.replicate,
             vec!["replicator", "managed-replicator"],
-            vec!["on-event", "on-tick", "pier:plugin/rules@0.1.0"],
+            vec!["on-event", "on-tick", "pier:plugin/rules@0.2.0"],
         ),
         (
             &p.hostile_events,
@@ -676,7 +676,7 @@ async fn check_and_load_name_the_right_world() {
         (
             &p.rbac,
             vec!["authorizer", "managed-authorizer"],
-            vec!["authorize", "authenticate", "pier:plugin/projects@0.1.0"],
+            vec!["authorize", "authenticate", "pier:plugin/projects@0.2.0"],
         ),
     ] {
         let r = pier_plugin_host::check(&rt, path).unwrap();
@@ -697,12 +697,12 @@ async fn check_and_load_name_the_right_world() {
     let r = pier_plugin_host::check(&rt, &p.webhook).unwrap();
     assert_eq!(
         caps(&r.imports),
-        ["config@0.1.0", "log@0.1.0", "types@0.1.0"]
+        ["config@0.2.0", "log@0.2.0", "types@0.2.0"]
     );
     let r = pier_plugin_host::check(&rt, &p.replicate).unwrap();
     assert_eq!(
         caps(&r.imports),
-        ["config@0.1.0", "kv@0.1.0", "log@0.1.0", "types@0.1.0"]
+        ["config@0.2.0", "kv@0.2.0", "log@0.2.0", "types@0.2.0"]
     );
 
     // loading a plugin as a world it does not implement fails with that world's name

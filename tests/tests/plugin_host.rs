@@ -64,6 +64,7 @@ fn req(subject: &Subject, action: Action, repository: Option<&str>) -> AccessReq
         action,
         repository: repository.map(str::to_owned),
         client: "127.0.0.1:40000".to_owned(),
+        context: pier_auth::RequestContext::new(pier_auth::RequestRoute::Token),
     }
 }
 
@@ -649,22 +650,22 @@ async fn check_reports_worlds_imports_and_exports() {
             &p.rbac,
             &["authorizer", "managed-authorizer"][..],
             vec![
-                "types@0.1.0",
-                "log@0.1.0",
-                "config@0.1.0",
-                "kv@0.1.0",
-                "ldap@0.1.0",
+                "types@0.2.0",
+                "log@0.2.0",
+                "config@0.2.0",
+                "kv@0.2.0",
+                "ldap@0.2.0",
             ],
         ),
         (
             &p.template,
             &["authorizer"][..],
-            vec!["types@0.1.0", "log@0.1.0", "config@0.1.0"],
+            vec!["types@0.2.0", "log@0.2.0", "config@0.2.0"],
         ),
         (
             &p.hostile,
             &["authorizer"][..],
-            vec!["types@0.1.0", "http-outbound@0.1.0"],
+            vec!["types@0.2.0", "http-outbound@0.2.0"],
         ),
     ] {
         let r = pier_plugin_host::check(&rt, path).unwrap();
@@ -684,7 +685,7 @@ async fn check_reports_worlds_imports_and_exports() {
         );
         let mut exports = vec!["authenticate", "authorize"];
         if worlds.contains(&"managed-authorizer") {
-            exports.push("pier:plugin/projects@0.1.0");
+            exports.push("pier:plugin/projects@0.2.0");
         }
         let mut got = r.exports.clone();
         got.sort();
@@ -895,8 +896,12 @@ fn the_template_copied_out_of_the_tree_builds_and_checks() {
     for f in ["Cargo.toml", "Cargo.lock", "src/lib.rs"] {
         std::fs::copy(template.join(f), crate_dir.join(f)).unwrap();
     }
+    // the `*.wit` files of the current version (not `wit/v0.1.0/`)
     for e in std::fs::read_dir(repo.join("wit")).unwrap() {
         let e = e.unwrap();
+        if !e.file_type().unwrap().is_file() {
+            continue;
+        }
         std::fs::copy(e.path(), crate_dir.join("wit").join(e.file_name())).unwrap();
     }
     let edit = |f: &str, from: &str, to: &str| {
@@ -947,7 +952,107 @@ fn the_template_copied_out_of_the_tree_builds_and_checks() {
     let text = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "pier plugin check: {text}");
     assert!(
-        text.contains("implements: pier:plugin/authorizer@0.1.0"),
+        text.contains("implements: pier:plugin/authorizer@0.2.0"),
         "{text}"
+    );
+}
+
+/// A component built against `pier:plugin@0.1.0` (`plugins/legacy`, `wit/v0.1.0`) loads
+/// and works whole: its 0.1.0 imports (`log`, `kv`) are linked, `authorize` gets the
+/// 0.1.0 `access-request`, and its `projects@0.1.0` export serves the project API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_built_against_0_1_0_keep_loading() {
+    use pier_auth::projects::{ProjectError, ProjectStore};
+    let p = plugins::build();
+    let dir = tempfile::tempdir().unwrap();
+    let r = pier_plugin_host::check(&runtime(dir.path()), &p.legacy).unwrap();
+    assert_eq!(r.version, "0.1.0");
+    assert_eq!(
+        r.worlds,
+        ["authorizer", "managed-authorizer"],
+        "{:?}",
+        r.problems
+    );
+    assert!(
+        r.imports.iter().any(|i| i == "pier:plugin/kv@0.1.0"),
+        "{:?}",
+        r.imports
+    );
+    assert!(
+        r.exports.iter().any(|e| e == "pier:plugin/projects@0.1.0"),
+        "{:?}",
+        r.exports
+    );
+    let r = pier_plugin_host::check(&runtime(dir.path()), &p.probe).unwrap();
+    assert_eq!(
+        (r.version, r.worlds.as_slice()),
+        ("0.2.0", &["authorizer"][..])
+    );
+
+    let (_dir, a) = load("legacy", &p.legacy, |s| s.grants.kv = true).await;
+    let alice = user("alice", &[]);
+    assert_eq!(
+        a.authorize(&req(&alice, Action::Pull, Some("team/app")))
+            .await
+            .unwrap(),
+        Decision::Allow
+    );
+    assert_eq!(
+        deny_reason(&a, req(&alice, Action::Push, Some("team/app"))).await,
+        "legacy 0.1.0: Action::Push on team/app for alice"
+    );
+    let creds = Credentials {
+        username: "alice".into(),
+        password: "pw".into(),
+        client: "127.0.0.1:1".into(),
+    };
+    assert!(matches!(
+        a.authenticate(&creds).await.unwrap(),
+        AuthnOutcome::NotHandled
+    ));
+
+    assert!(a.manages_projects());
+    let list = ProjectStore::list(&a).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!((list[0].name.as_str(), list[0].public), ("legacy", false));
+    let changed = ProjectStore::set_public(&a, "legacy", true).await.unwrap();
+    assert!(changed.public, "{changed:?}");
+    assert!(ProjectStore::get(&a, "legacy").await.unwrap().public);
+    assert!(matches!(
+        ProjectStore::get(&a, "other").await,
+        Err(ProjectError::NotFound(m)) if m == "no project other"
+    ));
+}
+
+/// A 0.2.0 authorizer sees the request's context: route, method, tag, digest and the
+/// client's user agent (`plugins/probe` echoes them in its deny reason).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorizers_see_the_request_context() {
+    use pier_auth::{RequestContext, RequestRoute};
+    let (_dir, a) = load("probe", &plugins::build().probe, |_| {}).await;
+    let alice = user("alice", &[]);
+    let mut r = req(&alice, Action::Push, Some("team/app"));
+    r.context = RequestContext::new(RequestRoute::Manifest)
+        .with_method("PUT")
+        .with_user_agent(Some(b"docker/27.5.1 go/go1.22 \x01evil"));
+    r.context.tag = Some("v1".into());
+    assert_eq!(
+        deny_reason(&a, r.clone()).await,
+        "probe: Action::Push route=Route::Manifest method=PUT tag=v1 digest=- ua=docker/27.5.1 go/go1.22 ?evil"
+    );
+    r.action = Action::Delete;
+    r.context = RequestContext::new(RequestRoute::Blob).with_method("DELETE");
+    r.context.digest = Some(format!("sha256:{}", "a".repeat(64)));
+    assert_eq!(
+        deny_reason(&a, r.clone()).await,
+        format!(
+            "probe: Action::Delete route=Route::Blob method=DELETE tag=- digest=sha256:{} ua=-",
+            "a".repeat(64)
+        )
+    );
+    r.context = RequestContext::new(RequestRoute::Token);
+    assert_eq!(
+        deny_reason(&a, r).await,
+        "probe: Action::Delete route=Route::Token method=- tag=- digest=- ua=-"
     );
 }

@@ -178,7 +178,7 @@ pub async fn serve(
     let protected = !matches!(path.as_str(), "/metrics" | "/healthz" | "/readyz");
     if protected && let Some(ac) = &state.access {
         let client = ac.client(peer_of(&req), req.headers());
-        match ac.check_admin(req.headers(), &client).await {
+        match ac.check_admin(req.method(), req.headers(), &client).await {
             Ok(c) => {
                 credentials = Some(pier_upstream::Credentials {
                     username: c.username,

@@ -26,7 +26,7 @@ mod watched;
 pub use error::AuthError;
 pub use model::{
     AccessRequest, Action, AuthnOutcome, Credentials, Decision, Identity, PolicyError,
-    PolicyFailure, ProjectPermission, Robot, Subject,
+    PolicyFailure, ProjectPermission, RequestContext, RequestRoute, Robot, Subject,
 };
 
 use async_trait::async_trait;

@@ -105,6 +105,83 @@ pub struct AccessRequest {
     pub action: Action,
     pub repository: Option<String>,
     pub client: String,
+    /// The request it is asked for.
+    pub context: RequestContext,
+}
+
+/// Longest `User-Agent` passed to a policy; longer ones are cut.
+pub const MAX_USER_AGENT: usize = 256;
+
+/// What the authorizer is told of the request behind an [`AccessRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestContext {
+    pub route: RequestRoute,
+    /// The HTTP method; `None` at the token endpoint and in per-subject listings.
+    pub method: Option<String>,
+    /// The tag of a manifest request by tag.
+    pub tag: Option<String>,
+    /// The digest of a manifest request by digest, a blob or a referrers request.
+    pub digest: Option<String>,
+    /// The client's `User-Agent`, at most [`MAX_USER_AGENT`] bytes.
+    pub user_agent: Option<String>,
+}
+
+impl RequestContext {
+    /// A context with only its route known.
+    pub fn new(route: RequestRoute) -> RequestContext {
+        RequestContext {
+            route,
+            method: None,
+            tag: None,
+            digest: None,
+            user_agent: None,
+        }
+    }
+
+    pub fn with_method(mut self, method: &str) -> RequestContext {
+        self.method = Some(method.to_owned());
+        self
+    }
+
+    /// Keeps a `User-Agent` value: visible ASCII and spaces, cut at [`MAX_USER_AGENT`].
+    pub fn with_user_agent(mut self, ua: Option<&[u8]>) -> RequestContext {
+        self.user_agent = ua.map(|v| {
+            v.iter()
+                .take(MAX_USER_AGENT)
+                .map(|&b| {
+                    if (0x20..0x7f).contains(&b) {
+                        b as char
+                    } else {
+                        '?'
+                    }
+                })
+                .collect()
+        });
+        self
+    }
+}
+
+/// Where an access request comes from (`route` in `wit/types.wit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestRoute {
+    /// The token endpoint, granting a scope.
+    Token,
+    /// `/v2/`.
+    Base,
+    /// `/v2/_catalog`.
+    Catalog,
+    /// `/v2/<name>/tags/list`.
+    Tags,
+    /// `/v2/<name>/manifests/<reference>`.
+    Manifest,
+    /// `/v2/<name>/blobs/<digest>`.
+    Blob,
+    /// `/v2/<name>/blobs/uploads/...`.
+    Upload,
+    /// `/v2/<name>/referrers/<digest>`.
+    Referrers,
+    /// The admin API and console.
+    Admin,
 }
 
 impl AccessRequest {

@@ -16,7 +16,10 @@ use pier_auth::revoke::Revocations;
 use pier_auth::scope::{self, ResourceActions};
 use pier_auth::throttle::RateLimit;
 use pier_auth::token::{Claims, TokenService};
-use pier_auth::{AccessRequest, Action, AuthError, Authorizer, Credentials, Decision, Subject};
+use pier_auth::{
+    AccessRequest, Action, AuthError, Authorizer, Credentials, Decision, RequestContext,
+    RequestRoute, Subject,
+};
 use pier_core::Mirror;
 use pier_oci::RepoName;
 use serde_json::json;
@@ -134,6 +137,34 @@ fn needs(route: &Route, repo: Option<&RepoName>, method: &Method) -> Vec<(String
         v.insert(0, (repo.to_string(), Action::Pull));
     }
     v
+}
+
+/// What an authorizer is told of a registry request.
+fn request_context(route: &Route, req: &Request<Incoming>) -> RequestContext {
+    let r = match route {
+        Route::Base => RequestRoute::Base,
+        Route::Catalog => RequestRoute::Catalog,
+        Route::Tags(_) => RequestRoute::Tags,
+        Route::Manifest(..) => RequestRoute::Manifest,
+        Route::Blob(..) => RequestRoute::Blob,
+        Route::UploadStart(_) | Route::Upload(..) => RequestRoute::Upload,
+        Route::Referrers(..) => RequestRoute::Referrers,
+    };
+    let mut c = RequestContext::new(r)
+        .with_method(req.method().as_str())
+        .with_user_agent(user_agent(req.headers()));
+    match route {
+        Route::Manifest(_, pier_oci::Reference::Tag(t)) => c.tag = Some(t.to_string()),
+        Route::Manifest(_, pier_oci::Reference::Digest(d))
+        | Route::Blob(_, d)
+        | Route::Referrers(_, d) => c.digest = Some(d.to_string()),
+        _ => {}
+    }
+    c
+}
+
+fn user_agent(headers: &HeaderMap) -> Option<&[u8]> {
+    headers.get(header::USER_AGENT).map(|v| v.as_bytes())
 }
 
 /// The mount source of `POST .../blobs/uploads/?mount=D&from=REPO`.
@@ -321,16 +352,17 @@ impl AccessControl {
                         message: "invalid username or password".into(),
                         denied: false,
                     })?;
+                let ctx = request_context(route, req);
                 for (repo, action) in &needs {
                     if let Decision::Deny(reason) =
-                        self.decide(&subject, *action, repo, &client).await?
+                        self.decide(&subject, *action, repo, &client, &ctx).await?
                     {
                         return Err(ApiError::Denied(reason));
                     }
                 }
                 if let Some(from) = mount_source(route, req)
                     && !self
-                        .decide(&subject, Action::Pull, &from, &client)
+                        .decide(&subject, Action::Pull, &from, &client, &ctx)
                         .await?
                         .is_allow()
                 {
@@ -353,12 +385,14 @@ impl AccessControl {
         action: Action,
         repo: &str,
         client: &str,
+        ctx: &RequestContext,
     ) -> Result<Decision, ApiError> {
         let req = AccessRequest {
             subject: subject.clone(),
             action,
             repository: Some(repo.to_owned()),
             client: client.to_owned(),
+            context: ctx.clone(),
         };
         let d = self
             .authorizer
@@ -377,10 +411,11 @@ impl AccessControl {
     /// the authorizer allows the `admin` action. Returns the verified credentials.
     pub async fn check_admin(
         &self,
+        method: &Method,
         headers: &HeaderMap,
         client: &ClientAddr,
     ) -> Result<Credentials, ApiError> {
-        self.check_basic(headers, client, Action::Admin, None)
+        self.check_basic(method, headers, client, Action::Admin, None)
             .await
             .map(|(c, _)| c)
     }
@@ -419,6 +454,7 @@ impl AccessControl {
     /// credentials and who they belong to.
     pub async fn check_basic(
         &self,
+        method: &Method,
         headers: &HeaderMap,
         client: &ClientAddr,
         action: Action,
@@ -426,8 +462,11 @@ impl AccessControl {
     ) -> Result<(Credentials, Subject), ApiError> {
         let (creds, subject) = self.authenticate_basic(headers, client).await?;
         let client = client.label.as_str();
+        let ctx = RequestContext::new(RequestRoute::Admin)
+            .with_method(method.as_str())
+            .with_user_agent(user_agent(headers));
         let decision = match project {
-            Some(p) => self.decide(&subject, action, p, client).await?,
+            Some(p) => self.decide(&subject, action, p, client, &ctx).await?,
             None => self
                 .authorizer
                 .authorize(&AccessRequest {
@@ -435,6 +474,7 @@ impl AccessControl {
                     action,
                     repository: None,
                     client: client.to_owned(),
+                    context: ctx,
                 })
                 .await
                 .map_err(AuthError::from)?,
@@ -457,6 +497,7 @@ impl AccessControl {
             action,
             repository: None,
             client: client.to_owned(),
+            context: RequestContext::new(RequestRoute::Admin),
         };
         Ok(self
             .authorizer
@@ -475,7 +516,13 @@ impl AccessControl {
         client: &str,
     ) -> Result<bool, ApiError> {
         Ok(self
-            .decide(subject, action, project, client)
+            .decide(
+                subject,
+                action,
+                project,
+                client,
+                &RequestContext::new(RequestRoute::Admin),
+            )
             .await?
             .is_allow())
     }
@@ -488,7 +535,13 @@ impl AccessControl {
         client: &str,
     ) -> Result<bool, ApiError> {
         Ok(self
-            .decide(subject, Action::Search, repo, client)
+            .decide(
+                subject,
+                Action::Search,
+                repo,
+                client,
+                &RequestContext::new(RequestRoute::Catalog),
+            )
             .await?
             .is_allow())
     }
@@ -664,7 +717,13 @@ impl AccessControl {
             requested.push(ResourceActions::parse(s).map_err(ApiError::Auth)?);
         }
         let granted = self
-            .grant(&subject, scope::merge(requested), &client, mirror)
+            .grant(
+                &subject,
+                scope::merge(requested),
+                &client,
+                mirror,
+                &RequestContext::new(RequestRoute::Token).with_user_agent(user_agent(&headers)),
+            )
             .await?;
         let groups = match &subject {
             Subject::User(i) => i.groups.clone(),
@@ -743,6 +802,7 @@ impl AccessControl {
         requested: Vec<ResourceActions>,
         client: &str,
         mirror: Option<&Mirror>,
+        ctx: &RequestContext,
     ) -> Result<Vec<ResourceActions>, ApiError> {
         let mut out = Vec::new();
         for r in requested {
@@ -762,7 +822,7 @@ impl AccessControl {
                         let mut all = !wanted.is_empty();
                         for w in wanted {
                             all &= self
-                                .decide(subject, w, &decided_on, client)
+                                .decide(subject, w, &decided_on, client, ctx)
                                 .await?
                                 .is_allow();
                         }

@@ -53,6 +53,8 @@ fn main() {
             action: Action::Push,
             repository: Some("team/app".into()),
             client: "127.0.0.1:40000".into(),
+            context: pier_auth::RequestContext::new(pier_auth::RequestRoute::Manifest)
+                .with_method("PUT"),
         };
         for _ in 0..20_000 {
             auth.authorize(&req).await.expect("warm-up call");

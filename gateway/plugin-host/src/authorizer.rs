@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use pier_auth::projects::{Member, MemberKind, Project, ProjectError, ProjectStore, Role};
 use pier_auth::{
     AccessRequest, Action, AuthnOutcome, Authorizer, Credentials, Decision, Identity, PolicyError,
-    PolicyFailure, Subject,
+    PolicyFailure, RequestRoute, Subject,
 };
 
 use crate::bindings::managed::exports::pier::plugin::projects as wp;
@@ -33,6 +33,20 @@ fn action(a: Action) -> wit::Action {
         Action::Search => wit::Action::Search,
         Action::Manage => wit::Action::Manage,
         Action::Admin => wit::Action::Admin,
+    }
+}
+
+fn route(r: RequestRoute) -> wit::Route {
+    match r {
+        RequestRoute::Token => wit::Route::Token,
+        RequestRoute::Base => wit::Route::Base,
+        RequestRoute::Catalog => wit::Route::Catalog,
+        RequestRoute::Tags => wit::Route::Tags,
+        RequestRoute::Manifest => wit::Route::Manifest,
+        RequestRoute::Blob => wit::Route::Blob,
+        RequestRoute::Upload => wit::Route::Upload,
+        RequestRoute::Referrers => wit::Route::Referrers,
+        RequestRoute::Admin => wit::Route::Admin,
     }
 }
 
@@ -80,9 +94,14 @@ impl Authorizer for PluginAuthorizer {
             repository: req.repository.clone(),
             project: req.project().map(str::to_owned),
             client: req.client.clone(),
+            route: route(req.context.route),
+            method: req.context.method.clone(),
+            tag: req.context.tag.clone(),
+            digest: req.context.digest.clone(),
+            user_agent: req.context.user_agent.clone(),
         };
         let d = plugin
-            .with_instance(async |b, store| b.authorizer()?.call_authorize(store, &wreq).await)
+            .with_instance(async |b, store| b.authorizer()?.authorize(store, &wreq).await)
             .await?;
         Ok(match d {
             wit::Decision::Allow => Decision::Allow,
@@ -101,7 +120,7 @@ impl Authorizer for PluginAuthorizer {
             client: creds.client.clone(),
         };
         let r = plugin
-            .with_instance(async |b, store| b.authorizer()?.call_authenticate(store, &wc).await)
+            .with_instance(async |b, store| b.authorizer()?.authenticate(store, &wc).await)
             .await?;
         match r {
             Ok(id) => Ok(AuthnOutcome::Verified(Identity {
@@ -183,7 +202,7 @@ impl PluginAuthorizer {
         &self,
         change: bool,
         call: impl AsyncFnOnce(
-            &wp::Guest,
+            &crate::compat::Projects,
             &mut wasmtime::Store<crate::host::HostState>,
         ) -> wasmtime::Result<Result<R, wp::ProjectError>>,
     ) -> Result<R, ProjectError> {
@@ -212,33 +231,31 @@ impl PluginAuthorizer {
 impl ProjectStore for PluginAuthorizer {
     async fn list(&self) -> Result<Vec<Project>, ProjectError> {
         let ps = self
-            .projects_call(false, async |p, s| p.call_list_projects(s).await)
+            .projects_call(false, async |p, s| p.list(s).await)
             .await?;
         Ok(ps.into_iter().map(project).collect())
     }
 
     async fn get(&self, name: &str) -> Result<Project, ProjectError> {
-        self.projects_call(false, async |p, s| p.call_get_project(s, name).await)
+        self.projects_call(false, async |p, s| p.get(s, name).await)
             .await
             .map(project)
     }
 
     async fn create(&self, name: &str, public: bool) -> Result<Project, ProjectError> {
-        self.projects_call(true, async |p, s| {
-            p.call_create_project(s, name, public).await
-        })
-        .await
-        .map(project)
+        self.projects_call(true, async |p, s| p.create(s, name, public).await)
+            .await
+            .map(project)
     }
 
     async fn set_public(&self, name: &str, public: bool) -> Result<Project, ProjectError> {
-        self.projects_call(true, async |p, s| p.call_set_public(s, name, public).await)
+        self.projects_call(true, async |p, s| p.set_public(s, name, public).await)
             .await
             .map(project)
     }
 
     async fn delete(&self, name: &str) -> Result<(), ProjectError> {
-        self.projects_call(true, async |p, s| p.call_delete_project(s, name).await)
+        self.projects_call(true, async |p, s| p.delete(s, name).await)
             .await
     }
 
@@ -252,11 +269,9 @@ impl ProjectStore for PluginAuthorizer {
             name: member.name.clone(),
             role: wit_role(member.role),
         };
-        self.projects_call(true, async |p, s| {
-            p.call_set_member(s, project_name, &m).await
-        })
-        .await
-        .map(project)
+        self.projects_call(true, async |p, s| p.set_member(s, project_name, &m).await)
+            .await
+            .map(project)
     }
 
     async fn remove_member(
@@ -266,8 +281,7 @@ impl ProjectStore for PluginAuthorizer {
         name: &str,
     ) -> Result<Project, ProjectError> {
         self.projects_call(true, async |p, s| {
-            p.call_remove_member(s, project_name, wit_kind(kind), name)
-                .await
+            p.remove_member(s, project_name, wit_kind(kind), name).await
         })
         .await
         .map(project)

@@ -21,6 +21,8 @@ pub struct CheckReport {
     /// `managed-authorizer` follows `authorizer` when it also exports `projects`,
     /// `managed-replicator` follows `replicator` when it also exports `rules`.
     pub worlds: Vec<&'static str>,
+    /// The version of `pier:plugin` it was built against ([`crate::world::VERSIONS`]).
+    pub version: &'static str,
     /// When it implements none: why not, one line per world (`authorizer: ...`).
     pub problems: Vec<String>,
 }
@@ -45,8 +47,10 @@ pub fn check(runtime: &Arc<Runtime>, path: &Path) -> Result<CheckReport, PluginE
     let exports = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
     let mut worlds = Vec::new();
     let mut problems = Vec::new();
+    let mut version = crate::world::VERSIONS[0];
     match runtime.linker.instantiate_pre(&component) {
         Ok(pre) => {
+            version = crate::world::built_against(&pre);
             for world in World::ALL {
                 match Pre::new(world, pre.clone()) {
                     Ok(p) => {
@@ -77,6 +81,7 @@ pub fn check(runtime: &Arc<Runtime>, path: &Path) -> Result<CheckReport, PluginE
         imports,
         exports,
         worlds,
+        version,
         problems,
     })
 }

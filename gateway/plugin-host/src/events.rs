@@ -337,7 +337,7 @@ impl PluginReplicator {
         &self,
         change: bool,
         call: impl AsyncFnOnce(
-            &wr::Guest,
+            &crate::compat::Rules,
             &mut wasmtime::Store<crate::host::HostState>,
         ) -> wasmtime::Result<Result<R, wr::RuleError>>,
     ) -> Result<R, RuleError> {
@@ -370,21 +370,19 @@ impl RuleStore for PluginReplicator {
     }
 
     async fn list_rules(&self) -> Result<Vec<Rule>, RuleError> {
-        let rs = self
-            .rules_call(false, async |r, s| r.call_list_rules(s).await)
-            .await?;
+        let rs = self.rules_call(false, async |r, s| r.list(s).await).await?;
         Ok(rs.into_iter().map(rule).collect())
     }
 
     async fn put_rule(&self, new: &Rule) -> Result<Rule, RuleError> {
         let w = wit_rule(new);
-        self.rules_call(true, async |r, s| r.call_put_rule(s, &w).await)
+        self.rules_call(true, async |r, s| r.put(s, &w).await)
             .await
             .map(rule)
     }
 
     async fn delete_rule(&self, name: &str) -> Result<(), RuleError> {
-        self.rules_call(true, async |r, s| r.call_delete_rule(s, name).await)
+        self.rules_call(true, async |r, s| r.delete(s, name).await)
             .await
     }
 }

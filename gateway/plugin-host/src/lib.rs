@@ -69,6 +69,43 @@ mod bindings {
         admission,
         "admission"
     );
+    /// The contract as it was in `pier:plugin@0.1.0` (`wit/v0.1.0`), for components built
+    /// against it: the host interfaces under their 0.1.0 names (world `admission`
+    /// imports them all), and the exports whose types or names changed in 0.2.0.
+    pub(crate) mod v0_1 {
+        wasmtime::component::bindgen!({
+            path: "../../wit/v0.1.0",
+            world: "admission",
+            imports: { default: async },
+            exports: { default: async },
+        });
+
+        macro_rules! sharing_the_old_imports {
+            ($module:ident, $world:tt) => {
+                pub(crate) mod $module {
+                    wasmtime::component::bindgen!({
+                        path: "../../wit/v0.1.0",
+                        world: $world,
+                        imports: { default: async },
+                        exports: { default: async },
+                        with: {
+                            "pier:plugin/types": crate::bindings::v0_1::pier::plugin::types,
+                            "pier:plugin/log": crate::bindings::v0_1::pier::plugin::log,
+                            "pier:plugin/config": crate::bindings::v0_1::pier::plugin::config,
+                            "pier:plugin/kv": crate::bindings::v0_1::pier::plugin::kv,
+                            "pier:plugin/http-outbound": crate::bindings::v0_1::pier::plugin::http_outbound,
+                            "pier:plugin/ldap": crate::bindings::v0_1::pier::plugin::ldap,
+                        },
+                    });
+                }
+            };
+        }
+
+        sharing_the_old_imports!(authorizer, "authorizer");
+        sharing_the_old_imports!(managed, "managed-authorizer");
+        sharing_the_old_imports!(managed_replicator, "managed-replicator");
+    }
+
     /// Retention imports the host interfaces but no shared type.
     pub(crate) mod retention {
         wasmtime::component::bindgen!({
@@ -90,6 +127,7 @@ mod bindings {
 mod admission;
 mod authorizer;
 mod check;
+mod compat;
 mod directory;
 mod error;
 mod events;

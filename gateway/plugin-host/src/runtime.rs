@@ -54,6 +54,13 @@ impl Runtime {
             HasSelf<HostState>,
         >(&mut linker, |s| s)
         .map_err(|e| PluginError::Runtime(format!("linking crypto: {e:#}")))?;
+        // The same capabilities under their 0.1.0 names, for components built against
+        // that version (`crate::compat`).
+        crate::bindings::v0_1::Admission::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| PluginError::Runtime(format!("linking the 0.1.0 capabilities: {e:#}")))?;
         std::fs::create_dir_all(cache_dir)
             .map_err(|e| PluginError::Runtime(format!("creating {}: {e}", cache_dir.display())))?;
         let stop = Arc::new(AtomicBool::new(false));

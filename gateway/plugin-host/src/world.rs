@@ -11,8 +11,42 @@ use crate::bindings::managed_replicator::exports::pier::plugin::rules;
 use crate::bindings::notifier::{Notifier, NotifierPre};
 use crate::bindings::replicator::{Replicator, ReplicatorIndices};
 use crate::bindings::retention::{Retention, RetentionPre};
-use crate::bindings::{Authorizer, AuthorizerIndices};
+use crate::bindings::v0_1;
+use crate::compat;
 use crate::host::HostState;
+
+/// The package versions a component may be built against, newest first.
+pub const VERSIONS: [&str; 2] = ["0.2.0", "0.1.0"];
+
+/// Export indices of one version or the other.
+pub(crate) enum Either<N, O> {
+    /// Built against 0.2.0.
+    New(N),
+    /// Built against 0.1.0.
+    Old(O),
+}
+
+type AuthorizerIndices =
+    Either<crate::bindings::AuthorizerIndices, v0_1::authorizer::AuthorizerIndices>;
+type ProjectsIndices =
+    Either<projects::GuestIndices, v0_1::managed::exports::pier::plugin::projects::GuestIndices>;
+type RulesIndices = Either<
+    rules::GuestIndices,
+    v0_1::managed_replicator::exports::pier::plugin::rules::GuestIndices,
+>;
+
+/// The version of `pier:plugin` whose interfaces a component imports or exports:
+/// 0.1.0 when any name carries `@0.1.0`, else 0.2.0.
+pub(crate) fn built_against(pre: &InstancePre<HostState>) -> &'static str {
+    let engine = pre.engine();
+    let ty = pre.component().component_type();
+    let old = |name: &str| name.starts_with("pier:plugin/") && name.ends_with("@0.1.0");
+    if ty.imports(engine).any(|(n, _)| old(n)) || ty.exports(engine).any(|(n, _)| old(n)) {
+        VERSIONS[1]
+    } else {
+        VERSIONS[0]
+    }
+}
 
 /// A hook of `package pier:plugin`: which world a plugin is loaded as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,14 +96,14 @@ pub(crate) enum Pre {
     Authorizer {
         pre: InstancePre<HostState>,
         indices: AuthorizerIndices,
-        projects: Option<projects::GuestIndices>,
+        projects: Option<ProjectsIndices>,
     },
     Notifier(NotifierPre<HostState>),
     /// With the `rules` export when the component has it (world `managed-replicator`).
     Replicator {
         pre: InstancePre<HostState>,
         indices: ReplicatorIndices,
-        rules: Option<rules::GuestIndices>,
+        rules: Option<RulesIndices>,
     },
     Admission(AdmissionPre<HostState>),
     Retention(RetentionPre<HostState>),
@@ -77,9 +111,9 @@ pub(crate) enum Pre {
 
 /// The exports of one instance.
 pub(crate) enum Bindings {
-    Authorizer(Authorizer, Option<projects::Guest>),
+    Authorizer(compat::Authorizer, Option<compat::Projects>),
     Notifier(Notifier),
-    Replicator(Replicator, Option<rules::Guest>),
+    Replicator(Replicator, Option<compat::Rules>),
     Admission(Admission),
     Retention(Retention),
 }
@@ -102,17 +136,34 @@ impl Pre {
     }
 
     /// Fails when the component lacks an export of `world` (or has it with another type).
+    /// Exports whose shape is the same in both versions are checked with the 0.2.0
+    /// bindings (component types are structural); `authorize`, `projects` and `rules`
+    /// with the bindings of the version the component was built against.
     pub(crate) fn new(world: World, pre: InstancePre<HostState>) -> wasmtime::Result<Pre> {
+        let old = built_against(&pre) == VERSIONS[1];
         Ok(match world {
+            World::Authorizer if old => Pre::Authorizer {
+                indices: Either::Old(v0_1::authorizer::AuthorizerIndices::new(&pre)?),
+                projects: v0_1::managed::exports::pier::plugin::projects::GuestIndices::new(&pre)
+                    .ok()
+                    .map(Either::Old),
+                pre,
+            },
             World::Authorizer => Pre::Authorizer {
-                indices: AuthorizerIndices::new(&pre)?,
-                projects: projects::GuestIndices::new(&pre).ok(),
+                indices: Either::New(crate::bindings::AuthorizerIndices::new(&pre)?),
+                projects: projects::GuestIndices::new(&pre).ok().map(Either::New),
                 pre,
             },
             World::Notifier => Pre::Notifier(NotifierPre::new(pre)?),
             World::Replicator => Pre::Replicator {
                 indices: ReplicatorIndices::new(&pre)?,
-                rules: rules::GuestIndices::new(&pre).ok(),
+                rules: if old {
+                    v0_1::managed_replicator::exports::pier::plugin::rules::GuestIndices::new(&pre)
+                        .ok()
+                        .map(Either::Old)
+                } else {
+                    rules::GuestIndices::new(&pre).ok().map(Either::New)
+                },
                 pre,
             },
             World::Admission => Pre::Admission(AdmissionPre::new(pre)?),
@@ -132,10 +183,19 @@ impl Pre {
             } => {
                 let instance = pre.instantiate_async(&mut *store).await?;
                 let projects = match projects {
-                    Some(p) => Some(p.load(&mut *store, &instance)?),
+                    Some(Either::New(p)) => {
+                        Some(compat::Projects::V2(p.load(&mut *store, &instance)?))
+                    }
+                    Some(Either::Old(p)) => {
+                        Some(compat::Projects::V1(p.load(&mut *store, &instance)?))
+                    }
                     None => None,
                 };
-                Bindings::Authorizer(indices.load(&mut *store, &instance)?, projects)
+                let exports = match indices {
+                    Either::New(i) => compat::Authorizer::V2(i.load(&mut *store, &instance)?),
+                    Either::Old(i) => compat::Authorizer::V1(i.load(&mut *store, &instance)?),
+                };
+                Bindings::Authorizer(exports, projects)
             }
             Pre::Notifier(p) => Bindings::Notifier(p.instantiate_async(store).await?),
             Pre::Replicator {
@@ -145,7 +205,12 @@ impl Pre {
             } => {
                 let instance = pre.instantiate_async(&mut *store).await?;
                 let rules = match rules {
-                    Some(r) => Some(r.load(&mut *store, &instance)?),
+                    Some(Either::New(r)) => {
+                        Some(compat::Rules::V2(r.load(&mut *store, &instance)?))
+                    }
+                    Some(Either::Old(r)) => {
+                        Some(compat::Rules::V1(r.load(&mut *store, &instance)?))
+                    }
                     None => None,
                 };
                 Bindings::Replicator(indices.load(&mut *store, &instance)?, rules)
@@ -162,7 +227,7 @@ fn other_world() -> wasmtime::Error {
 }
 
 impl Bindings {
-    pub(crate) fn authorizer(&self) -> wasmtime::Result<&Authorizer> {
+    pub(crate) fn authorizer(&self) -> wasmtime::Result<&compat::Authorizer> {
         match self {
             Bindings::Authorizer(b, _) => Ok(b),
             _ => Err(other_world()),
@@ -170,7 +235,7 @@ impl Bindings {
     }
 
     /// The `projects` export (`None`: the plugin doesn't manage projects).
-    pub(crate) fn projects(&self) -> wasmtime::Result<Option<&projects::Guest>> {
+    pub(crate) fn projects(&self) -> wasmtime::Result<Option<&compat::Projects>> {
         match self {
             Bindings::Authorizer(_, p) => Ok(p.as_ref()),
             _ => Err(other_world()),
@@ -206,7 +271,7 @@ impl Bindings {
     }
 
     /// The `rules` export (`None`: the plugin doesn't manage rules).
-    pub(crate) fn rules(&self) -> wasmtime::Result<Option<&rules::Guest>> {
+    pub(crate) fn rules(&self) -> wasmtime::Result<Option<&compat::Rules>> {
         match self {
             Bindings::Replicator(_, r) => Ok(r.as_ref()),
             _ => Err(other_world()),

@@ -237,7 +237,7 @@ pub fn plugin(cmd: PluginCommand) -> Result<bool, ServerError> {
                     "implements: {}",
                     r.worlds
                         .iter()
-                        .map(|w| format!("pier:plugin/{w}@0.1.0"))
+                        .map(|w| format!("pier:plugin/{w}@{}", r.version))
                         .collect::<Vec<_>>()
                         .join(", ")
                 );

@@ -34,7 +34,7 @@ wit_bindgen::generate!({
             export on-tick: func(unix-secs: u64) -> result<list<replication-action>, string>;
         }
     ",
-    path: "../../wit",
+    path: "../../wit/v0.1.0",
     generate_all,
 });
 

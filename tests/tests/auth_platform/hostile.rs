@@ -259,7 +259,7 @@ fn a_file_that_is_not_a_component_is_refused() {
     assert!(check.success(), "plugin check on rbac\n{check}");
     assert!(
         check.stdout.lines().any(|l| l
-            == "implements: pier:plugin/authorizer@0.1.0, pier:plugin/managed-authorizer@0.1.0"),
+            == "implements: pier:plugin/authorizer@0.2.0, pier:plugin/managed-authorizer@0.2.0"),
         "{check}"
     );
     let imports: Vec<&str> = check
@@ -271,10 +271,10 @@ fn a_file_that_is_not_a_component_is_refused() {
         .map(str::trim)
         .collect();
     for i in [
-        "pier:plugin/log@0.1.0",
-        "pier:plugin/config@0.1.0",
-        "pier:plugin/kv@0.1.0",
-        "pier:plugin/ldap@0.1.0",
+        "pier:plugin/log@0.2.0",
+        "pier:plugin/config@0.2.0",
+        "pier:plugin/kv@0.2.0",
+        "pier:plugin/ldap@0.2.0",
     ] {
         assert!(
             imports.contains(&i),
@@ -295,7 +295,7 @@ fn a_file_that_is_not_a_component_is_refused() {
         .collect();
     assert_eq!(
         exports,
-        ["authorize", "authenticate", "pier:plugin/projects@0.1.0"],
+        ["authorize", "authenticate", "pier:plugin/projects@0.2.0"],
         "{check}"
     );
 }

@@ -548,12 +548,24 @@ pub async fn serve(state: &AdminState, req: Request<Incoming>) -> Response<Full<
             let client = ac.client(peer, req.headers());
             let checked = match route.scope(&method) {
                 Scope::System => {
-                    ac.check_basic(req.headers(), &client, pier_auth::Action::Admin, None)
-                        .await
+                    ac.check_basic(
+                        req.method(),
+                        req.headers(),
+                        &client,
+                        pier_auth::Action::Admin,
+                        None,
+                    )
+                    .await
                 }
                 Scope::Project(p) => {
-                    ac.check_basic(req.headers(), &client, pier_auth::Action::Manage, Some(&p))
-                        .await
+                    ac.check_basic(
+                        req.method(),
+                        req.headers(),
+                        &client,
+                        pier_auth::Action::Manage,
+                        Some(&p),
+                    )
+                    .await
                 }
                 Scope::Anyone => ac.authenticate_basic(req.headers(), &client).await,
             };
