@@ -18,6 +18,8 @@
 
 mod clients_support;
 
+#[path = "auth_platform/context.rs"]
+mod context;
 #[path = "auth_platform/hostile.rs"]
 mod hostile;
 #[path = "auth_platform/issuer.rs"]

@@ -1,5 +1,6 @@
 //! Tests only: a `managed-authorizer` built against `pier:plugin@0.1.0` (`wit/v0.1.0`),
-//! as a plugin compiled before 0.2.0 would be. It allows pulls and denies the rest with
+//! as a plugin compiled before 0.2.0 would be. It allows pulls and project management
+//! (so the admin API lists its projects) and denies the rest with
 //! the reason `legacy 0.1.0: ACTION on REPO for WHO`, logs each call through `log`, and
 //! its `projects` export keeps one project, `legacy`, in the plugin's `kv`.
 #![deny(rust_2018_idioms)]
@@ -26,7 +27,7 @@ mod guest {
                 log::Level::Info,
                 &format!("legacy 0.1.0 asked {:?}", r.action),
             );
-            if matches!(r.action, Action::Pull | Action::Search) {
+            if matches!(r.action, Action::Pull | Action::Search | Action::Manage) {
                 return Decision::Allow;
             }
             let who = match &r.subject {
