@@ -498,6 +498,38 @@ impl TestPierBuilder {
         self
     }
 
+    /// Starts the server and returns at once, before it is ready (the caller polls; a
+    /// port race is not retried).
+    pub fn start_unready(self) -> TestPier {
+        let dir = tempfile::Builder::new()
+            .prefix("pier-e2e-")
+            .tempdir()
+            .expect("create temp dir");
+        let root = self.root.unwrap_or_else(|| dir.path().join("root"));
+        let log_path = dir.path().join("pier.log");
+        let tls = self.args.iter().any(|a| a == "--tls-cert");
+        let (addr, admin_addr) = loop {
+            let (a, b) = (free_port(), free_port());
+            if a != b {
+                break (a, b);
+            }
+        };
+        let mut p = TestPier {
+            addr: SocketAddr::from(([127, 0, 0, 1], addr)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], admin_addr)),
+            root,
+            child: None,
+            dir: None,
+            log_path,
+            args: self.args.clone(),
+            envs: self.envs.clone(),
+            tls,
+        };
+        p.spawn();
+        p.dir = Some(dir);
+        p
+    }
+
     /// Starts the server and waits until it is ready.
     #[track_caller]
     pub fn start(self) -> TestPier {

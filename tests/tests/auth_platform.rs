@@ -32,5 +32,7 @@ mod mirror;
 mod mirror_access;
 #[path = "auth_platform/reload.rs"]
 mod reload;
+#[path = "auth_platform/startup.rs"]
+mod startup;
 #[path = "auth_platform/support.rs"]
 mod support;

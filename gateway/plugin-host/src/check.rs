@@ -21,6 +21,8 @@ pub struct CheckReport {
     /// `managed-authorizer` follows `authorizer` when it also exports `projects`,
     /// `managed-replicator` follows `replicator` when it also exports `rules`.
     pub worlds: Vec<&'static str>,
+    /// Whether the compiled component came from the compile cache.
+    pub cached: bool,
     /// The version of `pier:plugin` it was built against ([`crate::world::VERSIONS`]).
     pub version: &'static str,
     /// When it implements none: why not, one line per world (`authorizer: ...`).
@@ -40,7 +42,8 @@ pub fn check(runtime: &Arc<Runtime>, path: &Path) -> Result<CheckReport, PluginE
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let (component, digest): (Component, String) = runtime.compile(&name, path)?;
+    let (component, digest, cached): (Component, String, bool) =
+        runtime.compile_or_load(&name, path)?;
     let ty = component.component_type();
     let engine = &runtime.engine;
     let imports = ty.imports(engine).map(|(n, _)| n.to_owned()).collect();
@@ -81,6 +84,7 @@ pub fn check(runtime: &Arc<Runtime>, path: &Path) -> Result<CheckReport, PluginE
         imports,
         exports,
         worlds,
+        cached,
         version,
         problems,
     })

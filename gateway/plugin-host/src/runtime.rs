@@ -85,16 +85,27 @@ impl Runtime {
     }
 
     /// Compiles a component, or loads it from the cache when this exact component was
-    /// compiled before by a compatible engine. Returns it with its sha256 digest.
-    pub(crate) fn compile(
+    /// compiled before by a compatible engine. Returns it with its sha256 digest and a flag:
+    /// whether it came from the cache (`true`) or was compiled now.
+    pub(crate) fn compile_or_load(
         &self,
         name: &str,
         path: &Path,
-    ) -> Result<(Component, String), PluginError> {
+    ) -> Result<(Component, String, bool), PluginError> {
         compile(&self.engine, &self.cache_dir, name, path)
     }
 
-    /// [`compile`](Self::compile) on a blocking thread, off the async workers.
+    /// Puts a component into the compile cache (on a blocking thread); `Ok(true)` when
+    /// it was compiled now, `Ok(false)` when the cache had it.
+    pub async fn precompile(&self, name: &str, path: &Path) -> Result<bool, PluginError> {
+        let (engine, dir) = (self.engine.clone(), self.cache_dir.clone());
+        let (n, p) = (name.to_owned(), path.to_owned());
+        tokio::task::spawn_blocking(move || compile(&engine, &dir, &n, &p).map(|(_, _, c)| !c))
+            .await
+            .map_err(|e| PluginError::Runtime(format!("compile task failed: {e}")))?
+    }
+
+    /// [`compile_or_load`](Self::compile_or_load) on a blocking thread, off the async workers.
     pub(crate) async fn compile_async(
         &self,
         name: &str,
@@ -102,7 +113,7 @@ impl Runtime {
     ) -> Result<(Component, String), PluginError> {
         let (engine, dir) = (self.engine.clone(), self.cache_dir.clone());
         let (n, p) = (name.to_owned(), path.to_owned());
-        tokio::task::spawn_blocking(move || compile(&engine, &dir, &n, &p))
+        tokio::task::spawn_blocking(move || compile(&engine, &dir, &n, &p).map(|(c, d, _)| (c, d)))
             .await
             .map_err(|e| PluginError::Runtime(format!("compile task failed: {e}")))?
     }
@@ -113,7 +124,7 @@ fn compile(
     cache_dir: &Path,
     name: &str,
     path: &Path,
-) -> Result<(Component, String), PluginError> {
+) -> Result<(Component, String, bool), PluginError> {
     let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
         name: name.to_owned(),
         path: path.to_owned(),
@@ -125,7 +136,7 @@ fn compile(
     let cached = cache_dir.join(format!("{digest}-{:016x}.cwasm", h.finish()));
     if cached.exists() {
         match load_cached(engine, &cached) {
-            Ok(c) => return Ok((c, digest)),
+            Ok(c) => return Ok((c, digest, true)),
             Err(e) => {
                 tracing::warn!(path = %cached.display(), error = %e, "compile cache entry unusable; recompiling")
             }
@@ -156,11 +167,11 @@ fn compile(
         let _ = std::fs::remove_file(&tmp);
         tracing::warn!(dir = %cache_dir.display(), "could not write the compile cache");
         return Component::new(engine, &bytes)
-            .map(|c| (c, digest))
+            .map(|c| (c, digest, false))
             .map_err(|e| invalid(format!("{e:#}")));
     }
     load_cached(engine, &cached)
-        .map(|c| (c, digest))
+        .map(|c| (c, digest, false))
         .map_err(|e| invalid(format!("{e:#}")))
 }
 

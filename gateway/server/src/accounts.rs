@@ -97,8 +97,47 @@ pub enum RobotCommand {
 
 #[derive(Subcommand)]
 pub enum PluginCommand {
-    /// Validate a component against Pier's worlds; print its imports and exports
-    Check { file: PathBuf },
+    /// Validate a component against Pier's worlds; print its imports and exports.
+    /// The compiled component is kept in the compile cache of the data root (from
+    /// --root, --config, or ./pier-data when it exists), so `pier serve` loads it
+    /// without compiling again
+    Check {
+        file: PathBuf,
+        /// The data root whose compile cache to use (ROOT/pier/plugin-cache)
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Use the data root of this configuration file
+        #[arg(long, conflicts_with = "root")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// The compile cache `pier plugin check` uses, and whether it is a temporary one.
+fn check_cache(
+    root: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> Result<(PathBuf, bool), ServerError> {
+    let root = match (root, config) {
+        (Some(r), _) => Some(r),
+        (None, Some(c)) => Some(
+            crate::config::Config::resolve(crate::config::ServeArgs {
+                config: Some(c),
+                ..Default::default()
+            })?
+            .root,
+        ),
+        (None, None) => {
+            let default = PathBuf::from("./pier-data");
+            default.is_dir().then_some(default)
+        }
+    };
+    Ok(match root {
+        Some(r) => (r.join("pier").join("plugin-cache"), false),
+        None => (
+            std::env::temp_dir().join(format!("pier-plugin-check-{}", std::process::id())),
+            true,
+        ),
+    })
 }
 
 fn read_password(from_stdin: bool) -> Result<String, ServerError> {
@@ -210,14 +249,28 @@ pub fn robot(cmd: RobotCommand) -> Result<(), ServerError> {
 
 pub fn plugin(cmd: PluginCommand) -> Result<bool, ServerError> {
     match cmd {
-        PluginCommand::Check { file } => {
-            let cache =
-                std::env::temp_dir().join(format!("pier-plugin-check-{}", std::process::id()));
+        PluginCommand::Check { file, root, config } => {
+            let (cache, temporary) = check_cache(root, config)?;
             let rt = Arc::new(pier_plugin_host::Runtime::new(&cache)?);
+            let started = std::time::Instant::now();
             let result = pier_plugin_host::check(&rt, &file);
-            let _ = std::fs::remove_dir_all(&cache);
+            if temporary {
+                let _ = std::fs::remove_dir_all(&cache);
+            }
             let r = result?;
             println!("{}: sha256:{} ({} bytes)", file.display(), r.digest, r.size);
+            match (r.cached, temporary) {
+                (true, _) => println!("compile cache: {} (already compiled)", cache.display()),
+                (false, false) => println!(
+                    "compiled in {:.1} s, kept in the compile cache {}",
+                    started.elapsed().as_secs_f64(),
+                    cache.display()
+                ),
+                (false, true) => println!(
+                    "compiled in {:.1} s (no data root: --root or --config keeps it for pier serve)",
+                    started.elapsed().as_secs_f64()
+                ),
+            }
             println!("imports:");
             for i in &r.imports {
                 println!("  {i}");

@@ -32,7 +32,14 @@ pub fn check(file: PathBuf) -> Result<(), ServerError> {
         pier_http::tls::server_config(&tls.cert, &tls.key).map_err(|e| at_line(e.into()))?;
     }
     if !config.plugins.is_empty() {
-        let cache = std::env::temp_dir().join(format!("pier-config-check-{}", std::process::id()));
+        // The root's compile cache when the root exists (a check then spares `pier serve`
+        // the compile); a temporary one otherwise, so a check creates nothing.
+        let temporary = !config.root.is_dir();
+        let cache = if temporary {
+            std::env::temp_dir().join(format!("pier-config-check-{}", std::process::id()))
+        } else {
+            config.root.join("pier").join("plugin-cache")
+        };
         let rt = Arc::new(pier_plugin_host::Runtime::new(&cache)?);
         let checked: Result<(), ServerError> = config.plugins.iter().try_for_each(|p| {
             let r = pier_plugin_host::check(&rt, &p.path).map_err(|e| {
@@ -53,7 +60,9 @@ pub fn check(file: PathBuf) -> Result<(), ServerError> {
             }
             Ok(())
         });
-        let _ = std::fs::remove_dir_all(&cache);
+        if temporary {
+            let _ = std::fs::remove_dir_all(&cache);
+        }
         checked?;
     }
     println!("{}: ok", file.display());

@@ -9,6 +9,7 @@ mod config;
 mod config_tools;
 mod error;
 mod serve;
+mod starting;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -154,6 +154,22 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     pier_http::conn::raise_fd_limit();
     // The root holds Pier's own state (keys, plugin cache) whatever the blob backend.
     std::fs::create_dir_all(&config.root)?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|t| pier_http::tls::server_config(&t.cert, &t.key))
+        .transpose()?
+        .map(TlsAcceptor::from);
+    // Bound first: probes and clients get answers while plugins compile.
+    let listener = bind(config.listen).await?;
+    let admin_listener = bind(config.admin_listen).await?;
+    crate::starting::answer_while(
+        &listener,
+        &admin_listener,
+        tls.clone(),
+        crate::starting::precompile(&config),
+    )
+    .await;
     let shared = match &config.redis {
         Some(r) => {
             let s = pier_cluster::Shared::connect(r.clone())
@@ -287,14 +303,6 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let pulls = Arc::new(pulls);
     state = state.with_pulls(pulls.clone());
     let state = Arc::new(state);
-    let tls = config
-        .tls
-        .as_ref()
-        .map(|t| pier_http::tls::server_config(&t.cert, &t.key))
-        .transpose()?
-        .map(TlsAcceptor::from);
-
-    let listener = bind(config.listen).await?;
     let fleet_task = match (&config.fleet, &fleet) {
         (Some(c), Some(f)) => {
             let peer_listener = bind(c.listen).await?;
@@ -315,7 +323,6 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         }
         _ => None,
     };
-    let admin_listener = bind(config.admin_listen).await?;
     let admin_state = Arc::new(AdminState {
         guard: pier_admin::guard::AdminGuard::new(&config.admin_hostnames),
         history: pier_admin::history::History::open(

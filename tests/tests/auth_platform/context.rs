@@ -52,7 +52,9 @@ fn authorizers_are_told_the_route_method_tag_digest_and_user_agent() {
     r.expect_error(403, "DENIED", "a manifest push the probe denies");
     assert_eq!(
         error_message(&r),
-        format!("requested access to the resource is denied: probe: Action::Push route=Route::Manifest method=PUT tag=v1 digest=- ua={ua}"),
+        format!(
+            "requested access to the resource is denied: probe: Action::Push route=Route::Manifest method=PUT tag=v1 digest=- ua={ua}"
+        ),
         "{r}"
     );
 
@@ -84,7 +86,11 @@ fn authorizers_are_told_the_route_method_tag_digest_and_user_agent() {
 
     // The token endpoint asks with route `token` and no method: the refusal of the
     // token without `push` carries that reason.
-    let t = token(pier.addr, Some(("u", "u-pass")), "repository:team/app:pull,push");
+    let t = token(
+        pier.addr,
+        Some(("u", "u-pass")),
+        "repository:team/app:pull,push",
+    );
     let r = http::request(
         pier.addr,
         "POST",
