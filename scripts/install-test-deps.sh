@@ -293,4 +293,9 @@ else
     log "sigstore test tools present"
 fi
 
+# componentize-py and componentize-js for the Python and JavaScript example plugins
+# (plugins/polyglot), pinned; under $PIER_POLYGLOT_DIR (default ~/.cache/pier/polyglot).
+log "polyglot plugin toolchains"
+"$(cd "$(dirname "$0")/.." && pwd)/plugins/polyglot/install.sh"
+
 log "done"

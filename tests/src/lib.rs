@@ -9,6 +9,7 @@
 
 pub mod http;
 pub mod plugins;
+pub mod polyglot;
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};

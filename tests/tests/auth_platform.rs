@@ -30,6 +30,8 @@ mod ldap;
 mod mirror;
 #[path = "auth_platform/mirror_access.rs"]
 mod mirror_access;
+#[path = "auth_platform/polyglot.rs"]
+mod polyglot;
 #[path = "auth_platform/reload.rs"]
 mod reload;
 #[path = "auth_platform/startup.rs"]
