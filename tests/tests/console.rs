@@ -21,6 +21,9 @@
 
 mod clients_support;
 #[allow(dead_code)]
+#[path = "policies/cosign.rs"]
+mod cosign;
+#[allow(dead_code)]
 #[path = "events/support.rs"]
 mod events_support;
 #[allow(dead_code)]
@@ -621,4 +624,90 @@ fn the_fleet_page_shows_peers_their_health_and_bytes() {
     assert_eq!(result["peerAfter"], "down", "{context}");
     assert_eq!(result["bytesFromPeers"], "256.0 KiB", "{context}");
     assert_eq!(result["saved"], "1", "{context}");
+}
+
+/// A project governed by the `signatures` admission plugin and the `retain` retention
+/// plugin: the Policies page lists it, its page shows the plugin, the quota in use, a
+/// dry run of retention made by a click and a limit set; the repository page shows
+/// each tag's signatures and what the policy says of pulling it.
+#[test]
+fn the_console_shows_policies_quota_retention_and_signature_status() {
+    require_browser();
+    let dir = temp_dir("console-policies");
+    let key = cosign::Key::new(dir.path(), "team");
+    let built = pier_e2e::plugins::build();
+    let cfg = dir.path().join("pier.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[[plugins]]\nname = \"signatures\"\nhook = \"admission\"\npath = {:?}\n\
+             grants = [\"config\", \"log\", \"registry\", \"crypto\"]\n\n\
+             [plugins.config]\nrules = [{{ name = \"team-keys\", projects = [\"team\"], keys = [{:?}] }}]\n\n\
+             [[plugins]]\nname = \"retain\"\nhook = \"retention\"\npath = {:?}\n\
+             grants = [\"config\"]\n\n\
+             [plugins.config]\nrules = [{{ name = \"recent\", projects = [\"team\"], keep_last_pushed = 3 }}]\n",
+            built.signatures.display().to_string(),
+            key.public_pem(),
+            built.retain.display().to_string()
+        ),
+    )
+    .unwrap();
+    let pier = TestPier::builder().arg("--config").arg(&cfg).start();
+    let a = pier.addr;
+    let layer = pier_e2e::random_bytes(2048);
+    let push = |tag: &str| pier_e2e::push_image(a, "team/app", Some(tag), &[&layer]);
+    push("old");
+    let signed = push("signed");
+    cosign::cosign_sign(a, "team/app", &signed.digest, &key, false);
+    push("unsigned");
+
+    // Access control is off: any name and password sign in.
+    let env = [
+        ("MODE", "policies".to_owned()),
+        ("PROJECT", "team".to_owned()),
+        ("REPO", "team/app".to_owned()),
+        ("ADMIN_USER", "operator".to_owned()),
+        ("ADMIN_PASS", "anything".to_owned()),
+    ];
+    let BrowserRun { result, context } =
+        run_browser(&pier, "policies", &env, |w| panic!("unexpected wait {w}"));
+    assert_eq!(
+        result["admissionPolicies"],
+        json!(["signatures"]),
+        "{context}"
+    );
+    assert!(
+        result["quotaUsed"].as_str().unwrap_or("").ends_with("KiB"),
+        "{context}"
+    );
+    assert_eq!(
+        result["retentionBefore"], "Plugin retain. Never run.",
+        "{context}"
+    );
+    // Four tags (old, signed, its .sig, unsigned), three kept: the oldest goes.
+    assert_eq!(
+        result["dryRunMessage"], "Dry run: 1 removal(s).",
+        "{context}"
+    );
+    assert_eq!(result["removalRows"], json!(["team/app:old"]), "{context}");
+    assert!(
+        result["retentionAfter"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Last dry run"),
+        "{context}"
+    );
+    assert_eq!(result["quotaLimit"], "10.0 MiB", "{context}");
+    let r = http::request(pier.admin_addr, "GET", "/api/v1/quotas/team", &[], b"");
+    assert_eq!(r.json()["limit"], json!(10 * 1024 * 1024), "{r}");
+    // A dry run deleted nothing.
+    pier_e2e::get_manifest(a, "team/app", "old").expect_status(403, "old: unsigned, still there");
+    let tags = &result["tagPolicies"];
+    assert_eq!(tags["signed"], json!(["cosign", "admitted"]), "{context}");
+    assert_eq!(tags["unsigned"][0], "none", "{context}");
+    let policy = tags["unsigned"][1].as_str().unwrap_or("");
+    assert!(
+        policy.starts_with("denied signatures:") && policy.contains("no cosign signature"),
+        "{context}"
+    );
 }

@@ -9,6 +9,8 @@
 
 mod clients_support;
 
+#[path = "policies/cosign.rs"]
+mod cosign;
 #[path = "policies/quotas.rs"]
 mod quotas;
 #[path = "policies/retention.rs"]

@@ -139,7 +139,7 @@ function parseHash() {
   return { page: parts[0] || "dashboard", args: parts.slice(1), query: new URLSearchParams(query) };
 }
 
-const pages = { login, dashboard, repositories, repository, manifest, replication, deliveries, plugins, fleet, projects, project, robots, users, rules };
+const pages = { login, dashboard, repositories, repository, manifest, replication, deliveries, plugins, fleet, projects, project, robots, users, rules, policies };
 /** Pages an account that is not a system administrator may open. */
 const MEMBER_PAGES = new Set(["login", "projects", "project"]);
 
@@ -357,15 +357,115 @@ async function repository(show, [name], query) {
     h("td", {}, bytes(t.size)),
     h("td", {}, t.platforms.length ? t.platforms.join(", ") : "–"),
     h("td", {}, t.referrers),
+    h("td", { "data-col": "signatures" }, signatureText(t.signatures)),
+    h("td", { "data-col": "policy" }, policyCell(t.admission)),
     h("td", { "data-col": "last-push" }, time(t.lastPush && Date.parse(t.lastPush))),
     h("td", { "data-col": "last-pull" }, time(t.lastPull && Date.parse(t.lastPull)))));
   const nextLast = page.next && new URL(page.next, location.href).searchParams.get("last");
   show(
     h("p", {}, h("a", { href: "#/repositories" }, "« Repositories")),
     h("h1", {}, name),
-    table(["Tag", "Digest", "Size", "Platforms", "Referrers", "Last push", "Last pull"], rows, "No tags."),
+    table(["Tag", "Digest", "Size", "Platforms", "Referrers", "Signatures", "Pull policy", "Last push", "Last pull"], rows, "No tags."),
     h("div", { class: "pager" },
       nextLast && h("a", { href: `#/repository/${enc(name)}?last=${enc(nextLast)}` }, "Next page »")));
+}
+
+/** A tag's signatures: a cosign `.sig` tag and Sigstore bundles attached as referrers. */
+function signatureText(s) {
+  if (!s) return "–";
+  const parts = [];
+  if (s.cosign) parts.push("cosign");
+  if (s.bundles) parts.push(`${s.bundles} Sigstore bundle${s.bundles > 1 ? "s" : ""}`);
+  return parts.length ? parts.join(", ") : "none";
+}
+
+/** What the admission policies say of pulling a tag (null: none governs it). */
+function policyCell(a) {
+  if (!a) return "–";
+  if (a.state === "admitted") return badge("admitted");
+  const why = a.policy ? `${a.policy}: ${a.reason}` : a.reason;
+  return [badge(a.state), " ", h("span", { class: "reason" }, why)];
+}
+
+/** Bytes from "500MiB", "2 GiB", "10GB" or a plain number; NaN when unreadable. */
+function parseSize(text) {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$/i.exec(text);
+  if (!m) return NaN;
+  const unit = (m[2] || "B").toUpperCase();
+  const pow = { B: 0, KB: 1, KIB: 1, MB: 2, MIB: 2, GB: 3, GIB: 3, TB: 4, TIB: 4 }[unit];
+  const base = unit.includes("I") ? 1024 : 1000;
+  return pow === undefined ? NaN : Math.round(Number(m[1]) * base ** pow);
+}
+
+/** A project's policies: admission plugins, quota, retention and its last run. */
+async function projectPolicies(name, reload) {
+  const pol = await api(`/api/v1/policies/${enc(name)}`);
+  const admin = session.get()?.admin;
+  const admission = table(["Admission plugin", "Repositories"], pol.admission.map((a) =>
+    h("tr", { "data-policy": a.name }, h("td", {}, a.name), h("td", { class: "mono" }, a.repositories.join(", ") || "all"))),
+  "No admission plugin governs this project.");
+  let quota = h("p", { class: "muted" }, "Quotas are not configured.");
+  if (pol.quota) {
+    const q = pol.quota;
+    const share = q.limit ? ` (${Math.round((100 * q.used) / q.limit)} %)` : "";
+    const limit = h("input", { name: "quota-limit", placeholder: "e.g. 10GiB, empty: none" });
+    const set = action(() => {
+      const text = limit.value.trim();
+      const limitBytes = text === "" ? null : parseSize(text);
+      if (Number.isNaN(limitBytes)) throw new Error(`not a size: ${text}`);
+      return api(`/api/v1/quotas/${enc(name)}`, { method: "PUT", json: { limit: limitBytes } });
+    }, () => "Quota set.", reload);
+    quota = [h("dl", { "data-testid": "quota" },
+      h("dt", {}, "Used"), h("dd", { "data-testid": "quota-used" }, `${bytes(q.used)}${share}`),
+      h("dt", {}, "Limit"), h("dd", { "data-testid": "quota-limit" }, q.limit === null ? "none" : bytes(q.limit)),
+      h("dt", {}, "Digests"), h("dd", {}, q.items)),
+    admin && h("form", { class: "inline", id: "set-quota", onsubmit: set }, limit, h("button", { type: "submit" }, "Set limit"))];
+  }
+  let retention = h("p", { class: "muted" }, "No retention plugin is configured.");
+  if (pol.retention) {
+    const run = pol.retention.lastRun;
+    const rows = (run ? run.removals : []).map((r) => h("tr", { "data-removal": `${r.repository}:${r.tag || r.digest}` },
+      h("td", {}, r.repository), h("td", { class: "mono" }, r.tag || r.digest), h("td", {}, r.reason), h("td", {}, r.result)));
+    const start = (dryRun) => action(() => api(`/api/v1/retention/${enc(name)}?dry_run=${dryRun}`, { method: "POST" }),
+      (r) => `${dryRun ? "Dry run" : "Run"}: ${r.removals.length} removal(s).`, reload);
+    retention = [
+      h("p", { "data-testid": "retention-last" }, `Plugin ${pol.retention.plugin}. `,
+        run ? `Last ${run.dryRun ? "dry run" : "run"} ${time(run.at)}: ${run.removals.length} removal(s), ${run.manifestsDeleted.length} untagged manifest(s) deleted.` : "Never run."),
+      run && table(["Repository", "Tag or digest", "Why", "Result"], rows, "Nothing to remove."),
+      admin && h("p", {}, h("button", { id: "retention-dry-run", onclick: start(true) }, "Dry run"), " ",
+        h("button", { id: "retention-run", class: "danger", onclick: start(false) }, "Run and delete"))];
+  }
+  return h("section", { id: "policies" }, h("h2", {}, "Admission policies"), admission,
+    h("h2", {}, "Quota"), quota, h("h2", {}, "Retention"), retention);
+}
+
+/** Projects (the first segment of repository names, and those with a quota) with their
+ * quota; each links to its policies. */
+async function policies(show, [name]) {
+  if (name) {
+    const load = async () => show(h("p", {}, h("a", { href: "#/policies" }, "« Policies")),
+      h("h1", {}, `Project ${name}`), await projectPolicies(name, load));
+    return load();
+  }
+  const [repos, quotas] = await Promise.all([
+    api("/api/v1/repositories?n=1000"),
+    api("/api/v1/quotas").catch(() => ({ quotas: [] })),
+  ]);
+  const byName = new Map(quotas.quotas.map((q) => [q.project, q]));
+  for (const r of repos.repositories) {
+    const p = r.name.split("/")[0];
+    if (!byName.has(p)) byName.set(p, null);
+  }
+  const rows = [...byName.keys()].sort().map((p) => {
+    const q = byName.get(p);
+    return h("tr", { "data-project": p },
+      h("td", {}, h("a", { href: `#/policies/${enc(p)}` }, p)),
+      h("td", {}, q ? bytes(q.used) : "–"),
+      h("td", {}, q ? bytes(q.limit) : "none"));
+  });
+  show(h("h1", {}, "Policies"),
+    h("p", { class: "muted" }, "Admission plugins, quotas and retention, per project."),
+    table(["Project", "Used", "Quota"], rows, "No projects yet."));
 }
 
 async function manifest(show, [name, reference]) {
@@ -608,6 +708,7 @@ async function project(show, [name]) {
       `${name} is now ${p.public ? "private" : "public"}.`, load);
     const remove = action(() => api(base, { method: "DELETE" }), `Project ${name} deleted.`,
       async () => { location.hash = "#/projects"; });
+    const policies = await projectPolicies(name, load);
     show(h("p", {}, h("a", { href: "#/projects" }, "« Projects")),
       h("h1", {}, name),
       h("p", {}, p.public ? "Public: everyone may pull and search. " : "Private: members only. ",
@@ -615,6 +716,7 @@ async function project(show, [name]) {
       h("h2", {}, "Members"),
       table(["Name", "Kind", "Role", ""], rows, "No members."),
       h("form", { class: "inline", id: "add-member", onsubmit: add }, who, kind, role, h("button", { type: "submit" }, "Add member")),
+      policies,
       session.get()?.admin && h("p", {}, h("button", { id: "delete-project", class: "danger", onclick: remove }, "Delete project")));
   };
   await load();

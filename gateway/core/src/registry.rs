@@ -242,6 +242,11 @@ impl Registry {
         self.quotas.as_ref()
     }
 
+    /// Whether an admission policy decides about `repo`.
+    pub fn admission_governs(&self, repo: &RepoName) -> bool {
+        self.gate.as_ref().is_some_and(|g| g.governs(repo))
+    }
+
     /// What the manifests of `project`'s repositories reference (each digest once).
     pub async fn project_usage(&self, project: &str) -> Result<Arc<Usage>> {
         if let Some(u) = self.quotas.as_ref().and_then(|q| q.cached(project)) {

@@ -61,6 +61,13 @@ fn request(r: &AdmissionRequest) -> wit::AdmissionRequest {
     }
 }
 
+impl PluginAdmission {
+    /// The `repositories` patterns of the loaded version (empty: every repository).
+    pub fn repositories(&self) -> Vec<String> {
+        self.hook.current().settings.repositories.clone()
+    }
+}
+
 #[async_trait]
 impl Admission for PluginAdmission {
     fn name(&self) -> &str {

@@ -8,7 +8,8 @@
 // the hit ratio), or MODE=fleet and PEER_URL (the Fleet page: the peer healthy, bytes from
 // peers, then the peer down once the test stopped it), or MODE=members with NEW_USER, NEW_PASS, PROJECT, ROBOT, PROJECT_ADMIN_USER
 // and PROJECT_ADMIN_PASS (create a user, make them a member, create and rotate a robot,
-// then sign in as a project admin).
+// then sign in as a project admin), or MODE=policies with PROJECT and REPO (a project's
+// policies, quota and retention; each tag's signatures and pull policy).
 // Prints one JSON line per step on stdout, a `{"waiting":...}` line when it wants the test
 // to act (start the replication target, pull through the mirror; the test answers with a
 // line on stdin), and a last line `{"ok":true,...}`. Any failure exits 1 with
@@ -214,6 +215,45 @@ async function browse() {
   step("logged-out");
 }
 
+/** Per project its policies, quota and retention (a dry run, a limit set), then per tag
+ * its signatures and what the admission policies say of pulling it. */
+async function policies() {
+  const project = env("PROJECT");
+  await page.click("#nav a[data-page=policies]");
+  await onPage("policies");
+  await page.waitForSelector(`tr[data-project="${project}"]`);
+  await shot("policies");
+  await page.click(`tr[data-project="${project}"] a`);
+  await page.waitForSelector("[data-testid=quota-used]");
+  result.admissionPolicies = await page.locator("tr[data-policy]").evaluateAll((rows) => rows.map((r) => r.dataset.policy));
+  result.quotaUsed = (await page.textContent("[data-testid=quota-used]")).trim();
+  result.retentionBefore = (await page.textContent("[data-testid=retention-last]")).trim();
+  await page.click("#retention-dry-run");
+  await page.waitForSelector("#flash.info");
+  result.dryRunMessage = (await page.textContent("#flash")).trim();
+  await page.waitForFunction((before) => document.querySelector("[data-testid=retention-last]")?.textContent.trim() !== before, result.retentionBefore);
+  result.retentionAfter = (await page.textContent("[data-testid=retention-last]")).trim();
+  result.removalRows = await page.locator("tr[data-removal]").evaluateAll((rows) => rows.map((r) => r.dataset.removal));
+  await page.fill("input[name=quota-limit]", "10MiB");
+  await page.click("#set-quota button");
+  await page.waitForFunction(() => document.querySelector("[data-testid=quota-limit]")?.textContent.trim() === "10.0 MiB");
+  result.quotaLimit = (await page.textContent("[data-testid=quota-limit]")).trim();
+  step("project-policies", { policies: result.admissionPolicies, used: result.quotaUsed, limit: result.quotaLimit });
+  await shot("project-policies");
+
+  await page.click("#nav a[data-page=repositories]");
+  await onPage("repositories");
+  await page.click(`a[data-repo="${env("REPO")}"]`);
+  await onPage("repository");
+  await page.waitForSelector("tr[data-tag]");
+  result.tagPolicies = Object.fromEntries(await page.locator("tr[data-tag]").evaluateAll((rows) => rows.map((r) => [
+    r.dataset.tag,
+    [r.querySelector("td[data-col=signatures]").textContent.trim(), r.querySelector("td[data-col=policy]").textContent.trim()],
+  ])));
+  step("tag-policies", { tags: result.tagPolicies });
+  await shot("repository-policies");
+}
+
 /** Users, members and robots, as the issue's operator would do them. */
 async function members() {
   const user = env("NEW_USER");
@@ -297,7 +337,8 @@ try {
   page.on("request", (r) => { if (!r.url().startsWith(origin) && !r.url().startsWith("data:")) foreign.push(r.url()); });
 
   await login();
-  await (mirrorMode ? mirror() : mode === "fleet" ? fleet() : mode === "members" ? members() : browse());
+  const modes = { fleet, members, policies };
+  await (mirrorMode ? mirror() : (modes[mode] || browse)());
   result.foreignRequests = foreign;
   result.ok = true;
 } catch (e) {

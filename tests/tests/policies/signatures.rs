@@ -4,126 +4,17 @@
 //! bundles, checked again with `@sigstore/verify`).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use pier_e2e::{TestPier, get_manifest, http, openssl, plugins, sha256_digest};
+use pier_e2e::{TestPier, get_manifest, http, plugins, sha256_digest};
 use serde_json::json;
 
 use crate::clients_support::*;
+use crate::cosign::{Key, OCI_MANIFEST, cosign_sign, empty_config, put_manifest, upload};
 use crate::support::*;
 
-const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
-/// An ECDSA P-256 key pair made by openssl: (private PKCS#8 PEM, public PEM) paths.
-pub struct Key {
-    pub private: PathBuf,
-    pub public: PathBuf,
-}
-
-impl Key {
-    pub fn new(dir: &Path, name: &str) -> Key {
-        let ec = format!("{name}.ec.pem");
-        let private = format!("{name}.pem");
-        let public = format!("{name}.pub.pem");
-        openssl(
-            dir,
-            &[
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-                &ec,
-            ],
-        );
-        openssl(
-            dir,
-            &["pkcs8", "-topk8", "-nocrypt", "-in", &ec, "-out", &private],
-        );
-        openssl(dir, &["ec", "-in", &private, "-pubout", "-out", &public]);
-        Key {
-            private: dir.join(private),
-            public: dir.join(public),
-        }
-    }
-
-    pub fn public_pem(&self) -> String {
-        fs::read_to_string(&self.public).unwrap()
-    }
-
-    /// `openssl dgst -sha256 -sign`: a DER ECDSA signature of `data`.
-    pub fn sign(&self, data: &[u8]) -> Vec<u8> {
-        let dir = tempfile::tempdir().unwrap();
-        let (input, out) = (dir.path().join("in"), dir.path().join("sig"));
-        fs::write(&input, data).unwrap();
-        let key = self.private.display().to_string();
-        openssl(
-            dir.path(),
-            &["dgst", "-sha256", "-sign", &key, "-out", "sig", "in"],
-        );
-        fs::read(out).unwrap()
-    }
-}
-
-/// Uploads a blob with a session (POST, then PUT with the bytes): works on Pier and on
-/// docker-registry alike.
-pub fn upload(addr: std::net::SocketAddr, repo: &str, data: &[u8]) -> String {
-    let digest = sha256_digest(data);
-    let loc = pier_e2e::start_upload(addr, repo);
-    let r = http::request(
-        addr,
-        "PUT",
-        &pier_e2e::with_query(&loc, &format!("digest={digest}")),
-        &[("Content-Type", "application/octet-stream")],
-        data,
-    );
-    r.expect_status(201, &format!("upload of {digest} to {repo}"));
-    digest
-}
-
-fn put_manifest(
-    addr: std::net::SocketAddr,
-    repo: &str,
-    reference: &str,
-    m: &serde_json::Value,
-) -> String {
-    let bytes = serde_json::to_vec(m).unwrap();
-    pier_e2e::push_manifest(addr, repo, reference, OCI_MANIFEST, &bytes)
-        .expect_status(201, &format!("PUT {repo}:{reference}"));
-    sha256_digest(&bytes)
-}
-
-/// The empty config of artifacts (`{}`), uploaded to `repo`.
-fn empty_config(addr: std::net::SocketAddr, repo: &str) -> serde_json::Value {
-    let d = upload(addr, repo, b"{}");
-    json!({"mediaType": "application/vnd.oci.empty.v1+json", "digest": d, "size": 2})
-}
-
-/// Signs `digest` of `repo` as cosign does: a simple-signing payload and a manifest
-/// tagged `sha256-<hex>.sig`. `tamper` flips a byte of the signature.
-pub fn cosign_sign(addr: std::net::SocketAddr, repo: &str, digest: &str, key: &Key, tamper: bool) {
-    let payload = serde_json::to_vec(&json!({"critical": {
-        "identity": {"docker-reference": format!("registry.test/{repo}")},
-        "image": {"docker-manifest-digest": digest},
-        "type": "cosign container image signature"}, "optional": null}))
-    .unwrap();
-    let mut sig = key.sign(&payload);
-    if tamper {
-        let n = sig.len();
-        sig[n - 3] ^= 0x01;
-    }
-    let pd = upload(addr, repo, &payload);
-    let m = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": empty_config(addr, repo),
-        "layers": [{"mediaType": SIMPLE_SIGNING, "digest": pd, "size": payload.len(),
-            "annotations": {"dev.cosignproject.cosign/signature": pier_e2e::base64(&sig)}}]});
-    let tag = format!("sha256-{}.sig", digest.strip_prefix("sha256:").unwrap());
-    put_manifest(addr, repo, &tag, &m);
-}
 
 /// `node tests/tools/sigstore/SCRIPT ARGS`.
 fn sigstore_js(script: &str, args: &[&str]) -> Output {
@@ -485,4 +376,94 @@ fn a_mirror_never_caches_an_image_that_is_not_signed() {
         );
         assert!(!blob_data_path(&pier.root, &d).exists());
     }
+}
+
+/// The admin API (and so the console) shows each tag's signatures and what the
+/// admission policies say of pulling it, and per project the policies, quota and
+/// retention that govern it.
+#[test]
+fn the_admin_api_shows_signature_status_per_tag_and_policies_per_project() {
+    let keys = temp_dir("keys");
+    let (key, other) = (
+        Key::new(keys.path(), "team"),
+        Key::new(keys.path(), "other"),
+    );
+    let rules = json!([{"name": "team-keys", "projects": ["team"], "keys": [key.public_pem()]}]);
+    let (pier, _dir) = pier_with(&plugin_entry(&rules));
+    let a = pier.addr;
+    let layer = gzip(&unique_bytes(1024));
+    let push = |tag: &str| pier_e2e::push_image(a, "team/app", Some(tag), &[&layer]);
+    let signed = push("signed");
+    cosign_sign(a, "team/app", &signed.digest, &key, false);
+    push("unsigned");
+    let wrong = push("wrong-key");
+    cosign_sign(a, "team/app", &wrong.digest, &other, false);
+
+    let admin = |path: &str| {
+        let r = http::request(pier.admin_addr, "GET", path, &[], b"");
+        r.expect_status(200, path);
+        r.json()
+    };
+    let page = admin("/api/v1/repositories/team/app/-/tags");
+    let tag = |name: &str| {
+        page["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("no tag {name} in {page}"))
+            .clone()
+    };
+    let t = tag("signed");
+    assert_eq!(
+        t["signatures"],
+        json!({"cosign": true, "bundles": 0}),
+        "{t}"
+    );
+    assert_eq!(t["admission"], json!({"state": "admitted"}), "{t}");
+    let t = tag("unsigned");
+    assert_eq!(
+        t["signatures"],
+        json!({"cosign": false, "bundles": 0}),
+        "{t}"
+    );
+    assert_eq!(t["admission"]["state"], "denied", "{t}");
+    assert_eq!(t["admission"]["policy"], "signatures", "{t}");
+    assert!(
+        t["admission"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no cosign signature"),
+        "{t}"
+    );
+    let t = tag("wrong-key");
+    assert_eq!(t["signatures"]["cosign"], true, "{t}");
+    assert_eq!(t["admission"]["state"], "denied", "{t}");
+    assert!(
+        t["admission"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not verify with the keys of team-keys"),
+        "{t}"
+    );
+
+    let p = admin("/api/v1/policies/team");
+    assert_eq!(p["project"], "team", "{p}");
+    assert_eq!(p["admission"][0]["name"], "signatures", "{p}");
+    assert_eq!(p["admission"][0]["repositories"], json!([]), "{p}");
+    assert_eq!(p["quota"]["limit"], serde_json::Value::Null, "{p}");
+    assert!(p["quota"]["used"].as_u64().unwrap() > 1024, "{p}");
+    assert_eq!(
+        p["retention"],
+        serde_json::Value::Null,
+        "no retention plugin: {p}"
+    );
+    let r = http::request(
+        pier.admin_addr,
+        "GET",
+        "/api/v1/policies/Team%2Fx",
+        &[],
+        b"",
+    );
+    r.expect_status(400, "a project name with a slash");
 }

@@ -60,6 +60,7 @@
 
 mod accounts;
 mod gc;
+mod policies;
 mod preheat;
 mod projects;
 mod quotas;
@@ -232,6 +233,7 @@ enum Route {
     Quotas,
     Quota(String),
     Retention(String),
+    Policies(String),
 }
 
 /// Who may call a route.
@@ -286,6 +288,12 @@ impl Route {
         if let Some(p) = rest.strip_prefix("/retention/") {
             return match segments(p)?.as_slice() {
                 [name] => Some(Route::Retention(name.clone())),
+                _ => None,
+            };
+        }
+        if let Some(p) = rest.strip_prefix("/policies/") {
+            return match segments(p)?.as_slice() {
+                [name] => Some(Route::Policies(name.clone())),
                 _ => None,
             };
         }
@@ -387,6 +395,7 @@ impl Route {
             Route::Member(p, ..) => Scope::Project(p.clone()),
             // A project's admins see its usage; only system admins set limits.
             Route::Quota(p) if method == Method::GET => Scope::Project(p.clone()),
+            Route::Policies(p) => Scope::Project(p.clone()),
             _ => Scope::System,
         }
     }
@@ -640,7 +649,7 @@ pub async fn serve(state: &AdminState, req: Request<Incoming>) -> Response<Full<
         Route::Users => accounts::create_user(state, &caller, body).await,
         Route::User(name) => accounts::delete_user(state, &caller, &name).await,
         Route::Repositories => repos::list(state, &query).await,
-        Route::Tags(name) => repos::tags(state, &name, &query).await,
+        Route::Tags(name) => repos::tags(state, &caller, &name, &query).await,
         Route::Manifest(name, reference) if method == Method::GET => {
             repos::manifest(state, &name, &reference).await
         }
@@ -671,6 +680,7 @@ pub async fn serve(state: &AdminState, req: Request<Incoming>) -> Response<Full<
         Route::Quota(name) if method == Method::GET => quotas::get(state, &name).await,
         Route::Quota(name) => quotas::set(state, &caller, &name, body).await,
         Route::Retention(name) if method == Method::GET => retention::last(state, &name).await,
+        Route::Policies(name) => policies::get(state, &name).await,
         Route::Retention(name) => retention::post(state, &caller, &name, &query).await,
     };
     result.unwrap_or_else(ApiFailure::response)

@@ -91,8 +91,67 @@ fn unix_secs(t: std::time::SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// `GET /api/v1/repositories/{name}/-/tags?n=&last=`.
-pub async fn tags(state: &AdminState, name: &str, query: &[(String, String)]) -> Answer {
+/// The signatures of `digest` in `repo` a policy can check: whether a cosign signature
+/// (`sha256-<hex>.sig`) is there, and how many Sigstore bundles refer to it.
+async fn signatures(
+    state: &AdminState,
+    repo: &RepoName,
+    digest: &pier_oci::Digest,
+    referrers: &[pier_oci::Descriptor],
+) -> Value {
+    let cosign = match format!("{}-{}.sig", digest.algorithm().as_str(), digest.hex()).parse() {
+        Ok(tag) => state
+            .registry
+            .manifest_get(repo, &Reference::Tag(tag))
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
+    let bundles = referrers
+        .iter()
+        .filter(|d| {
+            d.artifact_type
+                .as_deref()
+                .is_some_and(|t| t.starts_with("application/vnd.dev.sigstore.bundle"))
+        })
+        .count();
+    json!({ "cosign": cosign, "bundles": bundles })
+}
+
+/// What the admission policies say of pulling `tag` (`null`: none governs `repo`):
+/// asked as the caller would pull it, answered from their decision cache when warm.
+async fn admission(
+    state: &AdminState,
+    caller: &Caller,
+    repo: &RepoName,
+    tag: &pier_oci::Tag,
+    content: &ManifestContent,
+) -> Value {
+    if !state.registry.admission_governs(repo) {
+        return Value::Null;
+    }
+    match state
+        .registry
+        .admit_pull(repo, &Reference::Tag(tag.clone()), content, &caller.core())
+        .await
+    {
+        Ok(()) => json!({ "state": "admitted" }),
+        Err(pier_core::CoreError::Denied { policy, reason }) => {
+            json!({ "state": "denied", "policy": policy, "reason": reason })
+        }
+        Err(e) => json!({ "state": "failed", "reason": e.to_string() }),
+    }
+}
+
+/// `GET /api/v1/repositories/{name}/-/tags?n=&last=`: each tag with its digest, size,
+/// platforms, referrers, push and pull times, signatures and what the admission
+/// policies say of pulling it.
+pub async fn tags(
+    state: &AdminState,
+    caller: &Caller,
+    name: &str,
+    query: &[(String, String)],
+) -> Answer {
     let repo = repo_name(name)?;
     let (n, last) = page_params(query)?;
     let page = state.registry.tags(&repo, Some(n), last.as_deref()).await?;
@@ -110,11 +169,12 @@ pub async fn tags(state: &AdminState, name: &str, query: &[(String, String)]) ->
             Err(e) => return Err(e.into()),
         };
         let m = parse(&content);
-        let referrers = state
+        let refs = state
             .registry
             .referrers(&repo, &content.digest, None)
-            .await?
-            .len();
+            .await?;
+        let signatures = signatures(state, &repo, &content.digest, &refs).await;
+        let admission = admission(state, caller, &repo, tag, &content).await;
         // Pushes as the storage dates the tag (every node sees them); pulls below.
         let pushed = state.registry.tag_modified(&repo, tag).await?;
         pulls.push((tag.clone(), content.digest.clone(), pushed));
@@ -124,7 +184,9 @@ pub async fn tags(state: &AdminState, name: &str, query: &[(String, String)]) ->
             "mediaType": content.media_type,
             "size": total_size(&content, m.as_ref()),
             "platforms": m.as_ref().map(platforms).unwrap_or_default(),
-            "referrers": referrers,
+            "referrers": refs.len(),
+            "signatures": signatures,
+            "admission": admission,
             "lastPush": pushed.map(|t| rfc3339(unix_secs(t))),
             "lastPull": null,
         }));

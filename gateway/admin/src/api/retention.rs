@@ -328,15 +328,24 @@ pub(crate) async fn post(
 /// `GET /api/v1/retention/{project}`: the last run.
 pub(crate) async fn last(state: &AdminState, name: &str) -> Answer {
     let project = project_name(name)?;
-    match tokio::fs::read(last_path(&state.root, &project)).await {
-        Ok(b) => {
-            let v: Value = serde_json::from_slice(&b)
-                .map_err(|e| ApiFailure::Backend(format!("the last retention result: {e}")))?;
-            Ok(json_response(StatusCode::OK, &v))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiFailure::NotFound(format!(
+    match last_report(state, &project).await? {
+        Some(v) => Ok(json_response(StatusCode::OK, &v)),
+        None => Err(ApiFailure::NotFound(format!(
             "no retention run of project {project} yet"
         ))),
+    }
+}
+
+/// The last run of `project` (a checked project name), if any.
+pub(crate) async fn last_report(
+    state: &AdminState,
+    project: &str,
+) -> Result<Option<Value>, ApiFailure> {
+    match tokio::fs::read(last_path(&state.root, project)).await {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| ApiFailure::Backend(format!("the last retention result: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(ApiFailure::Backend(e.to_string())),
     }
 }
