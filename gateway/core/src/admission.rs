@@ -1,6 +1,7 @@
 //! Admission: the policies (plugins) asked before a manifest is stored, cached from an
 //! upstream, served or deleted ([`Gate`]), and what they read ([`RepoContent`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +49,33 @@ pub struct Gate {
     /// asked again for a while; an index admitted (pulled or filled) admits its children
     /// at the same stage, as the signature of an index covers its platforms.
     admitted: moka::sync::Cache<(u64, Stage, RepoName, Digest), ()>,
+    /// Decisions under way, one per (stage, repository, digest): concurrent requests for
+    /// the same manifest wait for the first one's decision instead of asking too.
+    /// Each with the number of requests holding or waiting for it.
+    flights: std::sync::Mutex<HashMap<FlightKey, FlightEntry>>,
+}
+
+type FlightKey = (Stage, RepoName, Digest);
+/// The decision's lock and how many requests hold or wait for it.
+type FlightEntry = (Arc<tokio::sync::Mutex<()>>, usize);
+
+/// Held while one decision of a key is being made (see [`Gate::flight`]).
+pub(crate) struct Flight<'a> {
+    gate: &'a Gate,
+    key: FlightKey,
+    _held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut flights = self.gate.flights.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, n)) = flights.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                flights.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Gate {
@@ -58,6 +86,7 @@ impl Gate {
                 .max_capacity(100_000)
                 .time_to_live(PULL_DECISION_TTL)
                 .build(),
+            flights: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -71,6 +100,39 @@ impl Gate {
         self.policies.iter().fold(0xcbf2_9ce4_8422_2325, |h, p| {
             (h ^ p.generation()).wrapping_mul(0x0100_0000_01b3)
         })
+    }
+
+    /// Waits for a decision of the same (stage, repository, digest) under way, then holds
+    /// the key while the caller decides: of many requests that miss the cache at once,
+    /// one asks the policies and the others find its admit remembered (a refusal is not
+    /// remembered: they ask in turn).
+    pub(crate) async fn flight(
+        &self,
+        stage: Stage,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Flight<'_> {
+        let key = (stage, repo.clone(), digest.clone());
+        let lock = {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = flights.entry(key.clone()).or_default();
+            entry.1 += 1;
+            entry.0.clone()
+        };
+        // Counted before waiting: a request dropped while it waits uncounts itself too.
+        let mut flight = Flight {
+            gate: self,
+            key,
+            _held: None,
+        };
+        flight._held = Some(lock.lock_owned().await);
+        flight
+    }
+
+    /// How many keys have a decision under way or waiting.
+    #[cfg(test)]
+    pub(crate) fn flights_in_progress(&self) -> usize {
+        self.flights.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Whether `digest` in `repo` was admitted at `stage` lately by these very policies

@@ -876,6 +876,14 @@ impl Registry {
         if gate.admitted(stage, repo, digest) {
             return Ok(());
         }
+        // Pull admits are remembered: one decision for the requests missing at once.
+        let _flight = match stage {
+            Stage::Pull => Some(gate.flight(stage, repo, digest).await),
+            Stage::MirrorFill | Stage::Push | Stage::Delete => None,
+        };
+        if gate.admitted(stage, repo, digest) {
+            return Ok(());
+        }
         let subject_digest = Manifest::parse(bytes, Some(media_type))
             .ok()
             .and_then(|m| m.subject.map(|s| s.digest.to_string()));
@@ -1222,6 +1230,68 @@ mod tests {
             }
             Ok(pier_auth::Decision::Allow)
         }
+    }
+
+    /// Admits everything; pulls after a pause, counted.
+    struct SlowAdmit(AtomicU64);
+
+    #[async_trait::async_trait]
+    impl pier_auth::admission::Admission for SlowAdmit {
+        fn name(&self) -> &str {
+            "slow"
+        }
+        fn governs(&self, _: &str) -> bool {
+            true
+        }
+        fn generation(&self) -> u64 {
+            1
+        }
+        async fn admit(
+            &self,
+            r: &AdmissionRequest,
+            _: Arc<dyn pier_auth::admission::ContentReader>,
+        ) -> std::result::Result<pier_auth::Decision, pier_auth::PolicyError> {
+            if r.stage == Stage::Pull {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Ok(pier_auth::Decision::Allow)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pulls_missing_the_decision_cache_at_once_make_one_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(pier_storage::fs::FsStore::new(dir.path()).unwrap());
+        let policy = Arc::new(SlowAdmit(AtomicU64::new(0)));
+        let reg = Arc::new(
+            Registry::new(Stores::from_backend(store))
+                .with_gate(Arc::new(Gate::new(vec![policy.clone()]))),
+        );
+        let repo: RepoName = "team/app".parse().unwrap();
+        let tag: Tag = "v1".parse().unwrap();
+        put(&reg, &repo, &tag, 1).await;
+        let r = Reference::Tag(tag);
+        let content = reg.manifest_get(&repo, &r).await.unwrap();
+        let pulls: Vec<_> = (0..16)
+            .map(|_| {
+                let (reg, repo, r, content) =
+                    (reg.clone(), repo.clone(), r.clone(), content.clone());
+                tokio::spawn(
+                    async move { reg.admit_pull(&repo, &r, &content, &Caller::pier()).await },
+                )
+            })
+            .collect();
+        for p in pulls {
+            p.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            policy.0.load(Ordering::SeqCst),
+            1,
+            "one decision for 16 pulls"
+        );
+        let gate = reg.gate.as_ref().unwrap();
+        assert!(gate.flights_in_progress() == 0, "no flight left behind");
     }
 
     #[tokio::test]
