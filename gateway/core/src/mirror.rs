@@ -906,7 +906,13 @@ impl Mirror {
             ))));
         }
         let platforms = &self.upstream(t).platforms;
-        let children: Vec<Digest> = Manifest::parse(&fetched.bytes, Some(&fetched.media_type))
+        let parsed = Manifest::parse(&fetched.bytes, Some(&fetched.media_type)).ok();
+        // A signature, attestation or other artifact about another manifest (a `subject`,
+        // or cosign's `sha256-<hex>.sig|att|sbom` tags): its own referrers are nobody's
+        // concern, and the policies read these while deciding about their subject.
+        let about_another = parsed.as_ref().is_some_and(|m| m.subject.is_some())
+            || tag.is_some_and(|t| is_cosign_tag(t.as_str()));
+        let children: Vec<Digest> = parsed
             .map(|m| {
                 (m.manifests.into_iter())
                     .filter(|c| c.is_for(platforms))
@@ -920,13 +926,26 @@ impl Mirror {
             mirror: self.clone(),
             t: t.clone(),
         });
+        // What refers to it at the upstream (signature bundles), for the policies: only
+        // when one governs the repository, and nothing when the upstream cannot say.
+        let referrers = if !about_another && self.registry.admission_governs(&t.local) {
+            match self.upstream(t).client.referrers(&t.remote, digest).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(repository = %t.remote, digest = %digest, error = %e, "upstream referrers unavailable to the admission policies");
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
         self.registry
             .admit_fill(
                 &t.local,
                 tag,
                 digest,
-                &fetched.media_type,
-                &fetched.bytes,
+                (&fetched.media_type, &fetched.bytes),
+                referrers,
                 content,
             )
             .await?;
@@ -1512,6 +1531,19 @@ impl prometheus_client::collector::Collector for MirrorSeries {
 
 /// What an admission policy reads while a manifest is filled: the upstream's content,
 /// through the mirror (signature manifests and payloads are cached like any other).
+/// cosign's tag of a signature, attestation or SBOM: `sha256-<64 hex>.sig|att|sbom`.
+fn is_cosign_tag(tag: &str) -> bool {
+    let Some((hex, suffix)) = tag
+        .strip_prefix("sha256-")
+        .and_then(|rest| rest.split_once('.'))
+    else {
+        return false;
+    };
+    hex.len() == 64
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        && matches!(suffix, "sig" | "att" | "sbom")
+}
+
 struct MirrorContent {
     mirror: Arc<Mirror>,
     t: Target,

@@ -822,14 +822,14 @@ impl Registry {
     /// Asks the admission policies whether a manifest fetched from an upstream may be
     /// cached and served (Pier itself asks); they read the upstream's content through
     /// `content` (the mirror).
-    #[allow(clippy::too_many_arguments)]
+    /// `referrers`: the upstream's, as the cache has none of them yet.
     pub(crate) async fn admit_fill(
         &self,
         repo: &RepoName,
         tag: Option<&Tag>,
         digest: &Digest,
-        media_type: &str,
-        bytes: &Bytes,
+        (media_type, bytes): (&str, &Bytes),
+        referrers: Vec<Descriptor>,
         content: Arc<dyn ContentReader>,
     ) -> Result<()> {
         self.admit_reading(
@@ -837,7 +837,7 @@ impl Registry {
             media_type,
             bytes,
             &Caller::pier(),
-            Some(content),
+            Some((content, referrers)),
         )
         .await
     }
@@ -860,15 +860,15 @@ impl Registry {
             .await
     }
 
-    /// [`admit`](Self::admit), the policies reading `content` (this repository's when
-    /// `None`).
+    /// [`admit`](Self::admit), the policies reading `content` and told of its
+    /// referrers (this repository's own when `None`).
     async fn admit_reading(
         &self,
         (stage, repo, tag, digest): (Stage, &RepoName, Option<&Tag>, &Digest),
         media_type: &str,
         bytes: &Bytes,
         by: &Caller,
-        content: Option<Arc<dyn ContentReader>>,
+        elsewhere: Option<(Arc<dyn ContentReader>, Vec<Descriptor>)>,
     ) -> Result<()> {
         let Some(gate) = self.gate.as_ref().filter(|g| g.governs(repo)) else {
             return Ok(());
@@ -887,10 +887,13 @@ impl Registry {
         let subject_digest = Manifest::parse(bytes, Some(media_type))
             .ok()
             .and_then(|m| m.subject.map(|s| s.digest.to_string()));
-        let referrers = match self.referrers(repo, digest, None).await {
-            Ok(r) => r,
-            Err(CoreError::NameUnknown(_)) => Vec::new(),
-            Err(e) => return Err(e),
+        let (content, referrers) = match elsewhere {
+            Some((c, r)) => (Some(c), r),
+            None => match self.referrers(repo, digest, None).await {
+                Ok(r) => (None, r),
+                Err(CoreError::NameUnknown(_)) => (None, Vec::new()),
+                Err(e) => return Err(e),
+            },
         };
         let referrers = referrers
             .into_iter()

@@ -897,6 +897,14 @@ impl Upstream for UpstreamClient {
         &self.name
     }
 
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Vec<pier_oci::Descriptor>, UpstreamError> {
+        UpstreamClient::referrers(self, repo, digest).await
+    }
+
     fn paused_for(&self) -> Option<Duration> {
         self.budget.as_ref().and_then(|b| b.paused_for())
     }

@@ -207,4 +207,14 @@ pub trait Upstream: Send + Sync + 'static {
     fn paused_for(&self) -> Option<std::time::Duration> {
         None
     }
+    /// The referrers of a manifest (`GET /v2/<name>/referrers/<digest>`): what an
+    /// admission policy checks of a manifest being cached (Sigstore bundles). None when
+    /// the upstream has no referrers API.
+    async fn referrers(
+        &self,
+        _repo: &RepoName,
+        _digest: &Digest,
+    ) -> Result<Vec<pier_oci::Descriptor>, UpstreamError> {
+        Ok(Vec::new())
+    }
 }

@@ -121,6 +121,16 @@ fn plugin_entry(rules: &serde_json::Value) -> String {
     plugin_entry_with(rules, true)
 }
 
+/// For a mirror: the plugin reads the upstream during its call (through the mirror),
+/// which takes longer than the default 100 ms deadline allows on a loaded machine.
+fn mirror_entry(rules: &serde_json::Value, crypto: bool) -> String {
+    plugin_entry_with(rules, crypto).replacen(
+        "\n\n[plugins.config]",
+        "\ntimeout = \"2s\"\n\n[plugins.config]",
+        1,
+    )
+}
+
 /// A JSON array of objects of strings, string arrays as TOML inline values.
 fn toml_value(v: &serde_json::Value) -> String {
     match v {
@@ -346,7 +356,7 @@ fn a_mirror_never_caches_an_image_that_is_not_signed() {
     let (pier, _dir) = pier_with(&format!(
         "[[upstreams]]\nname = \"hub\"\nurl = \"{}\"\ndefault = true\n\n{}",
         up.url(),
-        plugin_entry_with(&rules, false)
+        mirror_entry(&rules, false)
     ));
 
     // The signed image comes through whole (skopeo), the unsigned one is refused.
@@ -376,6 +386,52 @@ fn a_mirror_never_caches_an_image_that_is_not_signed() {
         );
         assert!(!blob_data_path(&pier.root, &d).exists());
     }
+}
+
+/// A mirror asks its upstream for the referrers of what it caches: an image signed with a
+/// Sigstore bundle attached as a referrer at the upstream (a Pier, which has the
+/// referrers API) comes through; one whose bundle was tampered with is refused and not
+/// cached.
+#[test]
+fn a_mirror_sees_the_sigstore_bundles_its_upstream_has() {
+    let dir = temp_dir("mirror-bundles");
+    let key = Key::new(dir.path(), "hub");
+    let upstream = TestPier::start();
+    let layer = gzip(&unique_bytes(1024));
+    let mut manifests = Vec::new();
+    for (repo, tamper) in [("library/good", false), ("library/bad", true)] {
+        pier_e2e::push_image(upstream.addr, repo, Some("v1"), &[&layer]);
+        let m = get_manifest(upstream.addr, repo, "v1").body.to_vec();
+        attach_bundle(&upstream, dir.path(), repo, &m, &key, tamper);
+        let refs = http::request(
+            upstream.addr,
+            "GET",
+            &format!("/v2/{repo}/referrers/{}", sha256_digest(&m)),
+            &[],
+            b"",
+        );
+        assert_eq!(
+            refs.json()["manifests"][0]["artifactType"],
+            BUNDLE,
+            "{refs}"
+        );
+        manifests.push(m);
+    }
+    let rules = json!([{"name": "hub-keys", "projects": ["hub"], "keys": [key.public_pem()]}]);
+    let (pier, _dir) = pier_with(&format!(
+        "[[upstreams]]\nname = \"hub\"\nurl = \"{}\"\ndefault = true\n\n{}",
+        upstream.url(),
+        mirror_entry(&rules, true)
+    ));
+    let r = get_manifest(pier.addr, "library/good", "v1");
+    r.expect_status(200, "the bundle-signed image through the mirror");
+    assert_eq!(r.body.to_vec(), manifests[0]);
+    let m = expect_denied(&get_manifest(pier.addr, "library/bad", "v1"), "tampered");
+    assert!(m.contains("hub-keys"), "{m}");
+    assert!(
+        !blob_data_path(&pier.root, &sha256_digest(&manifests[1])).exists(),
+        "the refused manifest is not cached"
+    );
 }
 
 /// The admin API (and so the console) shows each tag's signatures and what the
