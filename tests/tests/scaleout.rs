@@ -38,6 +38,8 @@ mod mirror;
 mod mirror_support;
 #[path = "scaleout/projects.rs"]
 mod projects;
+#[path = "scaleout/quotas.rs"]
+mod quotas;
 #[path = "scaleout/readiness.rs"]
 mod readiness;
 #[path = "scaleout/redis_down.rs"]

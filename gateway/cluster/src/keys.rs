@@ -53,6 +53,10 @@ impl Keys {
         format!("{}pulls", self.prefix)
     }
 
+    pub(crate) fn quota_limits(&self) -> String {
+        format!("{}quota:limits", self.prefix)
+    }
+
     pub(crate) fn plugin_kv(&self, plugin: &str) -> String {
         format!("{}plugin-kv:{plugin}", self.prefix)
     }

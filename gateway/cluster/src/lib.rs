@@ -28,6 +28,7 @@ mod keys;
 mod lease;
 mod plugin_kv;
 mod pulls;
+mod quota;
 mod revoke;
 mod session;
 
@@ -42,6 +43,7 @@ pub use config::{DEFAULT_KEY_PREFIX, DEFAULT_OP_TIMEOUT, RedisConfig, RedisMode}
 pub use error::{ClusterError, UnavailableCause};
 pub use events::{DEFAULT_LEADER_TTL, DISPATCHER_LEASE, EventsLeader, RedisJournal, RedisOutbox};
 pub use gc::RedisGcPeers;
+pub use quota::{LIMITS_CACHE, RedisQuotaLimits};
 pub use session::Versioned;
 
 use conn::{Backend, Conn};
@@ -60,6 +62,7 @@ use keys::Keys;
 /// | `revoked:{jti}`          | string  | `1`                                                | the token's own expiry |
 /// | `plugin-kv:{plugin}`     | hash    | the plugin's `kv`: a field per key                 | none |
 /// | `pulls`                  | hash    | last pull (Unix s) per `repo:tag` / `repo@digest`  | none |
+/// | `quota:limits`           | hash    | project quota limits in bytes, a field per project | none |
 /// | `gc:running`             | string  | the running garbage collection's id (`SET NX`)     | 6 h (deleted when it ends) |
 /// | `gc:touched:{run}`       | set     | digests writes referenced while it ran             | 6 h (deleted when it ends) |
 /// | `gc:removing:{run}`      | set     | digests it is removing                             | 6 h (deleted when it ends) |

@@ -203,10 +203,15 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             // Online garbage collection fenced across the nodes.
             .with_gc_peers(Arc::new(pier_cluster::RedisGcPeers::new(s.clone())));
     }
-    // Project quotas: limits set through the admin API, kept under the root.
-    registry = registry.with_quotas(Arc::new(pier_core::quota::Quotas::new(Arc::new(
-        pier_core::quota::FileQuotaLimits::new(config.root.join("pier").join("quotas.json")),
-    ))));
+    // Project quotas: limits set through the admin API, kept under the root, or in Redis
+    // when scaled out (the same on every node).
+    let limits: Arc<dyn pier_core::quota::QuotaLimits> = match &shared {
+        Some(s) => Arc::new(pier_cluster::RedisQuotaLimits::new(s.clone())),
+        None => Arc::new(pier_core::quota::FileQuotaLimits::new(
+            config.root.join("pier").join("quotas.json"),
+        )),
+    };
+    registry = registry.with_quotas(Arc::new(pier_core::quota::Quotas::new(limits)));
     let admissions = crate::access::admission(&config, shared.as_ref()).await?;
     let retention = crate::access::retention(&config, shared.as_ref()).await?;
     if !admissions.is_empty() {
