@@ -499,33 +499,40 @@ impl TestPierBuilder {
         self
     }
 
+    /// A temporary directory (kept by the server once it runs), and a server on two
+    /// distinct free ports, not started.
+    fn unstarted(&self, dir: &Path) -> TestPier {
+        loop {
+            let (addr, admin) = (free_port(), free_port());
+            if addr == admin {
+                continue;
+            }
+            return TestPier {
+                addr: SocketAddr::from(([127, 0, 0, 1], addr)),
+                admin_addr: SocketAddr::from(([127, 0, 0, 1], admin)),
+                root: self.root.clone().unwrap_or_else(|| dir.join("root")),
+                child: None,
+                dir: None,
+                log_path: dir.join("pier.log"),
+                args: self.args.clone(),
+                envs: self.envs.clone(),
+                tls: self.args.iter().any(|a| a == "--tls-cert"),
+            };
+        }
+    }
+
+    fn temp_dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("pier-e2e-")
+            .tempdir()
+            .expect("create temp dir")
+    }
+
     /// Starts the server and returns at once, before it is ready (the caller polls; a
     /// port race is not retried).
     pub fn start_unready(self) -> TestPier {
-        let dir = tempfile::Builder::new()
-            .prefix("pier-e2e-")
-            .tempdir()
-            .expect("create temp dir");
-        let root = self.root.unwrap_or_else(|| dir.path().join("root"));
-        let log_path = dir.path().join("pier.log");
-        let tls = self.args.iter().any(|a| a == "--tls-cert");
-        let (addr, admin_addr) = loop {
-            let (a, b) = (free_port(), free_port());
-            if a != b {
-                break (a, b);
-            }
-        };
-        let mut p = TestPier {
-            addr: SocketAddr::from(([127, 0, 0, 1], addr)),
-            admin_addr: SocketAddr::from(([127, 0, 0, 1], admin_addr)),
-            root,
-            child: None,
-            dir: None,
-            log_path,
-            args: self.args.clone(),
-            envs: self.envs.clone(),
-            tls,
-        };
+        let dir = Self::temp_dir();
+        let mut p = self.unstarted(dir.path());
         p.spawn();
         p.dir = Some(dir);
         p
@@ -534,30 +541,11 @@ impl TestPierBuilder {
     /// Starts the server and waits until it is ready.
     #[track_caller]
     pub fn start(self) -> TestPier {
-        let dir = tempfile::Builder::new()
-            .prefix("pier-e2e-")
-            .tempdir()
-            .expect("create temp dir");
-        let root = self.root.unwrap_or_else(|| dir.path().join("root"));
-        let log_path = dir.path().join("pier.log");
-        let tls = self.args.iter().any(|a| a == "--tls-cert");
+        let dir = Self::temp_dir();
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let mut p = TestPier {
-                addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-                admin_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-                root: root.clone(),
-                child: None,
-                dir: None,
-                log_path: log_path.clone(),
-                args: self.args.clone(),
-                envs: self.envs.clone(),
-                tls,
-            };
-            if p.addr == p.admin_addr {
-                continue;
-            }
+            let mut p = self.unstarted(dir.path());
             p.spawn();
             match p.wait_ready() {
                 Ok(()) => {
@@ -565,7 +553,7 @@ impl TestPierBuilder {
                     return p;
                 }
                 Err(e) => {
-                    let log = tail(&log_path, 40);
+                    let log = tail(&p.log_path, 40);
                     let in_use = log.to_ascii_lowercase().contains("in use");
                     p.kill9();
                     if in_use && attempts < 4 {
@@ -575,7 +563,7 @@ impl TestPierBuilder {
                         "pier did not become ready: {e}\ncommand: {} serve {:?}\n--- log tail ({}):\n{log}",
                         pier_bin().display(),
                         p.serve_args(),
-                        log_path.display()
+                        p.log_path.display()
                     );
                 }
             }
