@@ -107,33 +107,71 @@ impl QuotaLimits for FileQuotaLimits {
     }
 }
 
-/// What a project's manifests reference: digest -> size.
-#[derive(Debug, Clone, Default)]
+/// What a project's manifests reference: digest -> size, with their total. Shared by
+/// the cache and its readers and updated in place by pushes (under the project's lock),
+/// so a check costs a lookup and a push no copy, however big the project.
+#[derive(Debug, Default)]
 pub struct Usage {
-    pub digests: HashMap<Digest, u64>,
+    counted: Mutex<Counted>,
+}
+
+#[derive(Debug, Default)]
+struct Counted {
+    digests: HashMap<Digest, u64>,
+    total: u64,
+}
+
+impl Counted {
+    fn insert(&mut self, digest: Digest, size: u64) {
+        if let Some(old) = self.digests.insert(digest, size) {
+            self.total -= old;
+        }
+        self.total += size;
+    }
 }
 
 impl Usage {
+    fn counted(&self) -> std::sync::MutexGuard<'_, Counted> {
+        self.counted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes referenced, each digest once.
     pub fn bytes(&self) -> u64 {
-        self.digests.values().sum()
+        self.counted().total
+    }
+
+    /// Distinct digests counted.
+    pub fn items(&self) -> usize {
+        self.counted().digests.len()
+    }
+
+    pub(crate) fn contains(&self, digest: &Digest) -> bool {
+        self.counted().digests.contains_key(digest)
+    }
+
+    /// Counts a manifest that does not parse: its own bytes.
+    pub(crate) fn add(&self, digest: &Digest, len: u64) {
+        self.counted().insert(digest.clone(), len);
     }
 
     /// Adds what `manifest` (stored as `digest`, `len` bytes) references.
-    pub(crate) fn add_manifest(&mut self, digest: &Digest, len: u64, manifest: &Manifest) {
-        self.digests.insert(digest.clone(), len);
+    pub(crate) fn add_manifest(&self, digest: &Digest, len: u64, manifest: &Manifest) {
+        let mut c = self.counted();
+        c.insert(digest.clone(), len);
         for d in manifest.blob_references() {
-            self.digests.insert(d.digest.clone(), d.size);
+            c.insert(d.digest.clone(), d.size);
         }
     }
 
     /// The bytes `manifest` would add.
     pub(crate) fn added_by(&self, digest: &Digest, len: u64, manifest: &Manifest) -> u64 {
+        let c = self.counted();
         let mut new: HashMap<&Digest, u64> = HashMap::new();
-        if !self.digests.contains_key(digest) {
+        if !c.digests.contains_key(digest) {
             new.insert(digest, len);
         }
         for d in manifest.blob_references() {
-            if !self.digests.contains_key(&d.digest) {
+            if !c.digests.contains_key(&d.digest) {
                 new.insert(&d.digest, d.size);
             }
         }
@@ -182,8 +220,8 @@ impl Quotas {
         self.usage.get(project)
     }
 
-    pub(crate) fn keep(&self, project: &str, usage: Usage) {
-        self.usage.insert(project.to_owned(), Arc::new(usage));
+    pub(crate) fn keep(&self, project: &str, usage: Arc<Usage>) {
+        self.usage.insert(project.to_owned(), usage);
     }
 
     /// Drops what is known of `project`'s usage (a delete): computed again when needed.
@@ -228,6 +266,35 @@ mod tests {
         assert_eq!(human(1536), "1.5 KiB");
         assert_eq!(human(10 << 20), "10.0 MiB");
         assert_eq!(human(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn usage_counts_each_digest_once_and_keeps_its_total() {
+        let d = |b: u8| Digest::of(pier_oci::Algorithm::Sha256, &[b]);
+        let u = Usage::default();
+        u.add(&d(1), 100);
+        u.add(&d(2), 50);
+        u.add(&d(1), 100);
+        assert_eq!((u.bytes(), u.items()), (150, 2));
+        // A digest counted again with another size (a manifest re-read) replaces it.
+        u.add(&d(2), 70);
+        assert_eq!((u.bytes(), u.items()), (170, 2));
+        assert!(u.contains(&d(1)) && !u.contains(&d(3)));
+        let m = Manifest::parse(
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":70}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":30}}]}}"#,
+                d(2),
+                d(4)
+            )
+            .as_bytes(),
+            None,
+        )
+        .unwrap();
+        // Only what is new counts: the manifest's bytes and the layer, not the config.
+        assert_eq!(u.added_by(&d(5), 10, &m), 40);
+        u.add_manifest(&d(5), 10, &m);
+        assert_eq!((u.bytes(), u.items()), (210, 4));
+        assert_eq!(u.added_by(&d(5), 10, &m), 0);
     }
 
     #[tokio::test]

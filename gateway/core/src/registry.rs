@@ -252,7 +252,7 @@ impl Registry {
         if let Some(u) = self.quotas.as_ref().and_then(|q| q.cached(project)) {
             return Ok(u);
         }
-        let mut usage = Usage::default();
+        let usage = Arc::new(Usage::default());
         for repo in self.stores.repos.repositories().await? {
             if project_of(&repo) != project {
                 continue;
@@ -266,16 +266,14 @@ impl Registry {
                 let len = content.bytes.len() as u64;
                 match Manifest::parse(&content.bytes, Some(&content.media_type)) {
                     Ok(m) => usage.add_manifest(&d, len, &m),
-                    Err(_) => {
-                        usage.digests.insert(d.clone(), len);
-                    }
+                    Err(_) => usage.add(&d, len),
                 }
             }
         }
         if let Some(q) = &self.quotas {
             q.keep(project, usage.clone());
         }
-        Ok(Arc::new(usage))
+        Ok(usage)
     }
 
     /// Refuses a blob of `size` bytes that alone would take `repo`'s project over its
@@ -294,7 +292,7 @@ impl Registry {
             return Ok(());
         };
         let usage = self.project_usage(project).await?;
-        if usage.digests.contains_key(digest) || usage.bytes() + size <= limit {
+        if usage.contains(digest) || usage.bytes() + size <= limit {
             return Ok(());
         }
         Err(CoreError::QuotaExceeded {
@@ -704,13 +702,13 @@ impl Registry {
                 needed,
             });
         }
-        let mut after = (*usage).clone();
-        after.add_manifest(&digest, len, &manifest);
+        let (counted_digest, counted) = (digest.clone(), manifest.clone());
         let put = self
             .store_manifest(repo, tag, digest, manifest, bytes)
             .await;
         match &put {
-            Ok(_) => q.keep(project, after),
+            // In place: every holder of this usage sees it.
+            Ok(_) => usage.add_manifest(&counted_digest, len, &counted),
             Err(_) => q.forget(project),
         }
         put

@@ -43,7 +43,7 @@ pub async fn get(state: &AdminState, name: &str) -> Answer {
         Some(q) => {
             let limit = q.limits().limits().await?.get(&project).copied();
             let usage = state.registry.project_usage(&project).await?;
-            json!({ "limit": limit, "used": usage.bytes(), "items": usage.digests.len() })
+            json!({ "limit": limit, "used": usage.bytes(), "items": usage.items() })
         }
         None => Value::Null,
     };

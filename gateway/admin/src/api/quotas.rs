@@ -31,7 +31,7 @@ async fn entry(
         "project": project,
         "limit": limit,
         "used": usage.bytes(),
-        "items": usage.digests.len(),
+        "items": usage.items(),
     }))
 }
 
