@@ -174,3 +174,31 @@ find_pier_bin() { # [hint]
         exit 2
     fi
 }
+
+# Pier's own warnings and errors after its "#### bench: ready" line, one line per kind
+# (most frequent first), from the server logs under $WORK given by name; $1 says which are
+# expected. Writes $WORK/pier-warnings.
+report_pier_warnings() { # expected logname...
+    local expected=$1 plogs=() f
+    shift
+    for f in "$@"; do [[ -f "$WORK/$f" ]] && plogs+=("$WORK/$f"); done
+    ((${#plogs[@]})) || return 0
+    awk 'FNR == 1 { st = 0 } /^#### bench: ready/ { st = 1; next } st && /WARN|ERROR/ { print FILENAME ": " $0 }' "${plogs[@]}" |
+        sed -E "s|$WORK/||; s/\x1b\[[0-9;]*m//g; s/ [^ ]*Z / /; s/[0-9a-f]{64}/<hex>/g; s/[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+:[0-9]+/ADDR/g" >"$WORK/pier-warnings"
+    if [[ -s "$WORK/pier-warnings" ]]; then
+        log ""
+        log "Pier logged $(wc -l <"$WORK/pier-warnings") warnings/errors after startup (kinds, most frequent first; $expected):"
+        cut -c1-230 "$WORK/pier-warnings" | sort | uniq -c | sort -rn | head -n 10 | sed 's/^/  /'
+    fi
+}
+
+# Exits 1 listing FAILURES when some measurement could not be taken, else 0.
+finish() {
+    if ((${#FAILURES[@]})); then
+        log ""
+        log "Some measurements could not be taken:"
+        printf '  - %s\n' "${FAILURES[@]}"
+        exit 1
+    fi
+    exit 0
+}

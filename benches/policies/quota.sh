@@ -435,23 +435,5 @@ for t in new retag; do
 done
 row "A's team usage by the quota = bytes pushed" "$(fmt "$used")" "-" "" "exact" "$([[ "$used" == "$expect" ]] && echo PASS || echo MISS)"
 
-# Pier's own warnings and errors after startup, one line per kind.
-plogs=$(ls "$WORK"/quota/server.log "$WORK"/plain/server.log 2>/dev/null)
-if [[ -n "$plogs" ]]; then
-    # shellcheck disable=SC2086
-    awk 'FNR == 1 { st = 0 } /^#### bench: ready/ { st = 1; next } st && /WARN|ERROR/ { print FILENAME ": " $0 }' $plogs |
-        sed -E "s|$WORK/||; s/\x1b\[[0-9;]*m//g; s/ [^ ]*Z / /; s/[0-9a-f]{64}/<hex>/g; s/[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+:[0-9]+/ADDR/g" >"$WORK/pier-warnings"
-    if [[ -s "$WORK/pier-warnings" ]]; then
-        log ""
-        log "Pier logged $(wc -l <"$WORK/pier-warnings") warnings/errors after startup (kinds, most frequent first; the refusals of the checks are expected):"
-        cut -c1-230 "$WORK/pier-warnings" | sort | uniq -c | sort -rn | head -n 10 | sed 's/^/  /'
-    fi
-fi
-
-if ((${#FAILURES[@]})); then
-    log ""
-    log "Some measurements could not be taken:"
-    printf '  - %s\n' "${FAILURES[@]}"
-    exit 1
-fi
-exit 0
+report_pier_warnings "the refusals of the checks are expected" quota/server.log plain/server.log
+finish
