@@ -59,6 +59,9 @@ pub enum ApiError {
         what: &'static str,
         retry_after: std::time::Duration,
     },
+    /// The process is starting (compiling its plugins) and serves nothing yet.
+    #[error("the registry is starting (loading its plugins); retry shortly")]
+    Starting,
     /// The operation took effect but its event could not be recorded.
     #[error("the operation was stored but its event could not be recorded ({0}); retry it")]
     EventNotRecorded(String),
@@ -237,6 +240,12 @@ fn classify(
             C::TooManyRequests,
             none,
             vec![("Retry-After", retry_after_secs(*retry_after).to_string())],
+        ),
+        ApiError::Starting => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            C::Unavailable,
+            none,
+            vec![("Retry-After", "5".to_owned())],
         ),
         ApiError::EventNotRecorded(_) => (
             StatusCode::SERVICE_UNAVAILABLE,

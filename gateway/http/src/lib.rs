@@ -19,6 +19,7 @@ pub mod query;
 pub mod range;
 pub mod ready;
 pub mod route;
+pub mod starting;
 pub mod tls;
 
 use std::sync::Arc;

@@ -96,13 +96,20 @@ impl Runtime {
     }
 
     /// Puts a component into the compile cache (on a blocking thread); `Ok(true)` when
-    /// it was compiled now, `Ok(false)` when the cache had it.
+    /// it was compiled now, `Ok(false)` when the cache had it (not loaded: the plugin's
+    /// own load reads it).
     pub async fn precompile(&self, name: &str, path: &Path) -> Result<bool, PluginError> {
         let (engine, dir) = (self.engine.clone(), self.cache_dir.clone());
         let (n, p) = (name.to_owned(), path.to_owned());
-        tokio::task::spawn_blocking(move || compile(&engine, &dir, &n, &p).map(|(_, _, c)| !c))
-            .await
-            .map_err(|e| PluginError::Runtime(format!("compile task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let (_, _, cached) = cache_entry(&engine, &dir, &n, &p)?;
+            if cached.exists() {
+                return Ok(false);
+            }
+            compile(&engine, &dir, &n, &p).map(|(_, _, c)| !c)
+        })
+        .await
+        .map_err(|e| PluginError::Runtime(format!("compile task failed: {e}")))?
     }
 
     /// [`compile_or_load`](Self::compile_or_load) on a blocking thread, off the async workers.
@@ -119,12 +126,14 @@ impl Runtime {
     }
 }
 
-fn compile(
+/// A component's bytes, sha256 digest and where its compiled form is kept (named by the
+/// digest and the engine's compatibility hash).
+fn cache_entry(
     engine: &Engine,
     cache_dir: &Path,
     name: &str,
     path: &Path,
-) -> Result<(Component, String, bool), PluginError> {
+) -> Result<(Vec<u8>, String, PathBuf), PluginError> {
     let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
         name: name.to_owned(),
         path: path.to_owned(),
@@ -134,6 +143,16 @@ fn compile(
     let mut h = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
     let cached = cache_dir.join(format!("{digest}-{:016x}.cwasm", h.finish()));
+    Ok((bytes, digest, cached))
+}
+
+fn compile(
+    engine: &Engine,
+    cache_dir: &Path,
+    name: &str,
+    path: &Path,
+) -> Result<(Component, String, bool), PluginError> {
+    let (bytes, digest, cached) = cache_entry(engine, cache_dir, name, path)?;
     if cached.exists() {
         match load_cached(engine, &cached) {
             Ok(c) => return Ok((c, digest, true)),

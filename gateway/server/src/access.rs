@@ -323,6 +323,37 @@ pub fn plugin_settings(
     Ok(s)
 }
 
+/// Compiles every configured plugin into the compile cache (`ROOT/pier/plugin-cache`),
+/// so that loading them afterwards only reads the cache. Problems are left to the load
+/// that follows, which reports them with the plugin's name and configuration.
+pub async fn precompile(config: &crate::config::Config) {
+    if config.plugins.is_empty() {
+        return;
+    }
+    #[cfg(feature = "failpoints")]
+    if let Some(ms) = fail::eval("plugin-precompile", |ms| {
+        ms.and_then(|m| m.parse::<u64>().ok()).unwrap_or(0)
+    }) {
+        // `FAILPOINTS=plugin-precompile=return(MS)`: a compile that takes MS longer.
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let Ok(rt) = runtime(&config.root) else {
+        return;
+    };
+    for p in &config.plugins {
+        let t = std::time::Instant::now();
+        match rt.precompile(&p.name, &p.path).await {
+            Ok(true) => tracing::info!(
+                plugin = %p.name,
+                seconds = t.elapsed().as_secs_f64(),
+                "plugin compiled into the compile cache"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::debug!(plugin = %p.name, error = %e, "precompiling failed"),
+        }
+    }
+}
+
 pub fn runtime(root: &Path) -> Result<Arc<Runtime>, ServerError> {
     Ok(Arc::new(Runtime::new(
         &root.join("pier").join("plugin-cache"),

@@ -9,7 +9,6 @@ mod config;
 mod config_tools;
 mod error;
 mod serve;
-mod starting;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -163,11 +163,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     // Bound first: probes and clients get answers while plugins compile.
     let listener = bind(config.listen).await?;
     let admin_listener = bind(config.admin_listen).await?;
-    crate::starting::answer_while(
+    pier_http::starting::answer_while(
         &listener,
         &admin_listener,
         tls.clone(),
-        crate::starting::precompile(&config),
+        crate::access::precompile(&config),
     )
     .await;
     let shared = match &config.redis {
