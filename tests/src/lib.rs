@@ -191,6 +191,23 @@ pub fn push_blob(addr: SocketAddr, repo: &str, data: &[u8]) -> String {
     digest
 }
 
+/// Pushes a blob with an upload session (POST, then PUT with the bytes), as registries
+/// without monolithic POST (docker-registry) take it; asserts 201 and returns the digest.
+#[track_caller]
+pub fn push_blob_in_session(addr: SocketAddr, repo: &str, data: &[u8]) -> String {
+    let digest = sha256_digest(data);
+    let loc = start_upload(addr, repo);
+    let r = http::request(
+        addr,
+        "PUT",
+        &with_query(&loc, &format!("digest={digest}")),
+        &[("Content-Type", "application/octet-stream")],
+        data,
+    );
+    r.expect_status(201, &format!("upload of {digest} to {repo}"));
+    digest
+}
+
 /// `PUT /v2/<repo>/manifests/<reference>` with `Content-Type: media_type`.
 pub fn push_manifest(
     addr: SocketAddr,

@@ -46,6 +46,21 @@ const LEAKY_ENV: [&str; 9] = [
     "MFLAGS",
 ];
 
+/// Leaves out of a nested cargo build the outer build's [`LEAKY_ENV`] and its per-target
+/// flags, linkers and runners (`CARGO_TARGET_<TRIPLE>_RUSTFLAGS`, ...).
+fn without_outer_build_env(cmd: &mut Command) {
+    for k in LEAKY_ENV {
+        cmd.env_remove(k);
+    }
+    for (k, _) in std::env::vars_os() {
+        if let Some(k) = k.to_str()
+            && k.starts_with("CARGO_TARGET_")
+        {
+            cmd.env_remove(k);
+        }
+    }
+}
+
 /// The repository root (the parent of this crate).
 fn repo_root() -> PathBuf {
     crate::manifest_dir()
@@ -86,17 +101,7 @@ pub fn build() -> &'static PluginPaths {
         .arg(&manifest)
         .arg("--target-dir")
         .arg(&target);
-        for k in LEAKY_ENV {
-            cmd.env_remove(k);
-        }
-        // per-target flags, linkers and runners (CARGO_TARGET_<TRIPLE>_RUSTFLAGS, ...)
-        for (k, _) in std::env::vars_os() {
-            if let Some(k) = k.to_str()
-                && k.starts_with("CARGO_TARGET_")
-            {
-                cmd.env_remove(k);
-            }
-        }
+        without_outer_build_env(&mut cmd);
         let out = cmd.output().unwrap_or_else(|e| {
             panic!(
                 "running {} to build the plugins: {e}",
@@ -131,16 +136,7 @@ pub fn build() -> &'static PluginPaths {
             )
             .arg("--target-dir")
             .arg(&target);
-        for k in LEAKY_ENV {
-            template.env_remove(k);
-        }
-        for (k, _) in std::env::vars_os() {
-            if let Some(k) = k.to_str()
-                && k.starts_with("CARGO_TARGET_")
-            {
-                template.env_remove(k);
-            }
-        }
+        without_outer_build_env(&mut template);
         let t = template
             .output()
             .unwrap_or_else(|e| panic!("building the template: {e}"));

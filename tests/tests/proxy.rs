@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pier_e2e::{TestPier, descriptor, http, media, random_bytes, sha256_digest};
+use pier_e2e::{TestPier, descriptor, media, random_bytes, sha256_digest};
 use tempfile::TempDir;
 
 use crate::clients_support::{Daemon, RefRegistry, poll, require_bin, temp_dir};
@@ -155,22 +155,6 @@ struct Image {
     layer_digest: String,
 }
 
-/// A blob pushed to a distribution registry (POST, then PUT with the bytes).
-#[track_caller]
-fn push_blob(addr: SocketAddr, repo: &str, data: &[u8]) -> String {
-    let digest = sha256_digest(data);
-    let loc = pier_e2e::start_upload(addr, repo);
-    let r = http::request(
-        addr,
-        "PUT",
-        &pier_e2e::with_query(&loc, &format!("digest={digest}")),
-        &[("Content-Type", "application/octet-stream")],
-        data,
-    );
-    r.expect_status(201, "upstream: PUT the blob");
-    digest
-}
-
 /// Seeds `repo:tag` into the registry on `addr` (plain http).
 #[track_caller]
 fn seed(addr: SocketAddr, repo: &str, tag: &str) -> Image {
@@ -180,8 +164,8 @@ fn seed(addr: SocketAddr, repo: &str, tag: &str) -> Image {
     )
     .into_bytes();
     let layer = random_bytes(1 << 20);
-    push_blob(addr, repo, &config);
-    let layer_digest = push_blob(addr, repo, &layer);
+    pier_e2e::push_blob_in_session(addr, repo, &config);
+    let layer_digest = pier_e2e::push_blob_in_session(addr, repo, &layer);
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": media::OCI_MANIFEST,

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use pier_e2e::{http, openssl, sha256_digest};
+use pier_e2e::{openssl, push_blob_in_session, sha256_digest};
 use serde_json::json;
 
 const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -63,22 +63,6 @@ impl Key {
     }
 }
 
-/// Uploads a blob with a session (POST, then PUT with the bytes): works on Pier and on
-/// docker-registry alike.
-pub fn upload(addr: std::net::SocketAddr, repo: &str, data: &[u8]) -> String {
-    let digest = sha256_digest(data);
-    let loc = pier_e2e::start_upload(addr, repo);
-    let r = http::request(
-        addr,
-        "PUT",
-        &pier_e2e::with_query(&loc, &format!("digest={digest}")),
-        &[("Content-Type", "application/octet-stream")],
-        data,
-    );
-    r.expect_status(201, &format!("upload of {digest} to {repo}"));
-    digest
-}
-
 pub fn put_manifest(
     addr: std::net::SocketAddr,
     repo: &str,
@@ -93,7 +77,7 @@ pub fn put_manifest(
 
 /// The empty config of artifacts (`{}`), uploaded to `repo`.
 pub fn empty_config(addr: std::net::SocketAddr, repo: &str) -> serde_json::Value {
-    let d = upload(addr, repo, b"{}");
+    let d = push_blob_in_session(addr, repo, b"{}");
     json!({"mediaType": "application/vnd.oci.empty.v1+json", "digest": d, "size": 2})
 }
 
@@ -110,7 +94,7 @@ pub fn cosign_sign(addr: std::net::SocketAddr, repo: &str, digest: &str, key: &K
         let n = sig.len();
         sig[n - 3] ^= 0x01;
     }
-    let pd = upload(addr, repo, &payload);
+    let pd = push_blob_in_session(addr, repo, &payload);
     let m = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "config": empty_config(addr, repo),
         "layers": [{"mediaType": SIMPLE_SIGNING, "digest": pd, "size": payload.len(),

@@ -11,7 +11,7 @@ use pier_e2e::{TestPier, get_manifest, http, plugins, sha256_digest};
 use serde_json::json;
 
 use crate::clients_support::*;
-use crate::cosign::{Key, OCI_MANIFEST, cosign_sign, empty_config, put_manifest, upload};
+use crate::cosign::{Key, OCI_MANIFEST, cosign_sign, empty_config, put_manifest};
 use crate::support::*;
 
 const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
@@ -67,7 +67,7 @@ fn attach_bundle(
     }
     let bytes = serde_json::to_vec(&bundle).unwrap();
     fs::write(&out, &bytes).unwrap();
-    let bd = upload(pier.addr, repo, &bytes);
+    let bd = pier_e2e::push_blob_in_session(pier.addr, repo, &bytes);
     let m = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": BUNDLE,
         "config": empty_config(pier.addr, repo),
         "layers": [{"mediaType": BUNDLE, "digest": bd, "size": bytes.len()}],
