@@ -202,3 +202,21 @@ finish() {
     fi
     exit 0
 }
+
+# Starts server NAME with the script's `launch_pier NAME PORT ADMIN_PORT` (which sets
+# URL[NAME]) on two free ports, again on new ports when it lost a port race (wait_ready's
+# 2), up to 5 times; marks its log "#### bench: ready" (see report_pier_warnings).
+start_pier_retrying() { # name
+    local try rc port admin
+    for ((try = 0; try < 5; try++)); do
+        free_port || return 1; port=$FREE_PORT
+        free_port || return 1; admin=$FREE_PORT
+        launch_pier "$1" "$port" "$admin"
+        wait_ready "$1" "${URL[$1]}/v2/" 30
+        rc=$?
+        ((rc == 0)) && { echo "#### bench: ready" >>"$WORK/$1/server.log"; return 0; }
+        ((rc == 2)) || return 1
+    done
+    fail "$1: no free ports after 5 tries"
+    return 1
+}

@@ -596,10 +596,4 @@ if [[ -n "$plogs" ]]; then
     fi
 fi
 
-if ((${#FAILURES[@]})); then
-    log ""
-    log "Some measurements could not be taken:"
-    printf '  - %s\n' "${FAILURES[@]}"
-    exit 1
-fi
-exit 0
+finish

@@ -623,10 +623,4 @@ log "context (not targets): req/s GET 1 MiB pier/ref/nginx = $(fmt "$(med get1m.
     "RSS MiB idle/pulls/push: Pier $(fmt "$(med rss.idle pier)")/$(fmt "$(med rss.pull pier)")/$(fmt "$(med rss.push pier)")," \
     "reference $(fmt "$(med rss.idle reference)")/$(fmt "$(med rss.pull reference)")/$(fmt "$(med rss.push reference)")"
 
-if ((${#FAILURES[@]})); then
-    log ""
-    log "Some measurements could not be taken:"
-    printf '  - %s\n' "${FAILURES[@]}"
-    exit 1
-fi
-exit 0
+finish

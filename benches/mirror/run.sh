@@ -487,10 +487,4 @@ log "context (not targets): cold pull through the reference proxy $(fmt "$(med c
     "$CLIENTS warm pulls from the filled cache: Pier $(fmt "$(med "fan.warm$CLIENTS.secs" pier)") s, reference $(fmt "$(med "fan.warm$CLIENTS.secs" proxy)") s" \
     "(Pier's $CLIENTS cold / $CLIENTS warm = $(fmt "$(ratio "$(med "fan.cold$CLIENTS.secs" pier)" "$(med "fan.warm$CLIENTS.secs" pier)")")x)"
 
-if ((${#FAILURES[@]})); then
-    log ""
-    log "Some measurements could not be taken:"
-    printf '  - %s\n' "${FAILURES[@]}"
-    exit 1
-fi
-exit 0
+finish

@@ -138,20 +138,6 @@ launch_pier() { # name port admin_port
     ADMIN[$name]="http://127.0.0.1:$admin"
 }
 
-start_pier() { # name
-    local try rc port admin
-    for ((try = 0; try < 5; try++)); do
-        free_port || return 1; port=$FREE_PORT
-        free_port || return 1; admin=$FREE_PORT
-        launch_pier "$1" "$port" "$admin"
-        wait_ready "$1" "${URL[$1]}/v2/" 30
-        rc=$?
-        ((rc == 0)) && { echo "#### bench: ready" >>"$WORK/$1/server.log"; return 0; }
-        ((rc == 2)) || return 1
-    done
-    fail "$1: no free ports after 5 tries"
-    return 1
-}
 
 # PUT /api/v1/quotas/<project> {"limit": N}; prints the answer.
 set_limit() { # name project bytes
@@ -299,8 +285,8 @@ image_list | python3 "$WORK/gen.py" "$FIX" "$LAYERS" "$LAYER_KIB" || { fail "gen
 log "fixtures: $(grep -o '"digest"' "$FIX/index.json" | wc -l) images, $(ls "$FIX/blobs/sha256" | wc -l) blobs," \
     "$(du -sh "$FIX" | cut -f1) in $(fmt "$(secs_since "$t0")") s"
 
-start_pier quota || exit 1
-start_pier plain || exit 1
+start_pier_retrying quota || exit 1
+start_pier_retrying plain || exit 1
 log "A (limit on team): ${URL[quota]} (admin ${ADMIN[quota]}), pid ${PID[quota]}"
 log "B (no limit):      ${URL[plain]} (admin ${ADMIN[plain]}), pid ${PID[plain]}"
 set_limit quota team "$QUOTA_LIMIT" >/dev/null || exit 1

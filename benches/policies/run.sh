@@ -181,20 +181,6 @@ EOF
     ADMIN[$name]="http://127.0.0.1:$admin"
 }
 
-start_pier() { # name
-    local try rc port admin
-    for ((try = 0; try < 5; try++)); do
-        free_port || return 1; port=$FREE_PORT
-        free_port || return 1; admin=$FREE_PORT
-        launch_pier "$1" "$port" "$admin"
-        wait_ready "$1" "${URL[$1]}/v2/" 30
-        rc=$?
-        ((rc == 0)) && { echo "#### bench: ready" >>"$WORK/$1/server.log"; return 0; }
-        ((rc == 2)) || return 1
-    done
-    fail "$1: no free ports after 5 tries"
-    return 1
-}
 
 # ---------------------------------------------------------------- fixtures
 # Every image: a config of its own (so its own digest) and the shared 1 KiB layer, tagged
@@ -292,7 +278,7 @@ LAYER_SIZE=1024
 printf '{}' >"$FIX/empty"
 
 for s in "${SYSTEMS[@]}"; do
-    start_pier "$s" || exit 1
+    start_pier_retrying "$s" || exit 1
     log "$s (${LABEL[$s]}): ${URL[$s]}, admin ${ADMIN[$s]}, pid ${PID[$s]}"
 done
 
