@@ -90,6 +90,11 @@ if [[ -z ${PIER_SKIP_LINT:-} ]]; then
         FAILED+=("cargo fmt --check (plugins)")
 fi
 
+# --- disk -------------------------------------------------------------------------------
+# The target dir is shared by every run and checkout; below PIER_MIN_FREE_GB free, its
+# stale builds go first (scripts/prune-target.sh).
+scripts/prune-target.sh "$CARGO_TARGET_DIR"
+
 # --- build ------------------------------------------------------------------------------
 # The test binary has the crash tests' fail points compiled in (the `failpoints` feature;
 # inert unless FAILPOINTS is set). Release builds never have them. The same features for
