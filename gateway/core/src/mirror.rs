@@ -129,6 +129,10 @@ struct Progress {
     available: u64,
     /// Bytes received from the source (the newest in [`Fill::recent`]).
     received: u64,
+    /// Every byte is stored and matched the digest: clients may have the last byte, while
+    /// the store makes the blob durable (the commit's fsync or object-store calls are no
+    /// client's wait). A commit failing after this ends no client's stream.
+    verified: bool,
     done: Option<std::result::Result<(), Arc<str>>>,
 }
 
@@ -1306,22 +1310,40 @@ impl Mirror {
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
         let outcome = match transferred {
-            Ok(()) => (self.registry.storage_timings())
-                .time("blob_put", ingest.commit())
-                .await
-                .map(drop)
-                .map_err(|e| {
-                    // A peer that served bytes of another digest is cooled down.
-                    if let (
-                        pier_storage::StorageError::DigestMismatch { .. },
-                        Some(p),
-                        Some(peers),
-                    ) = (&e, &from.current, &self.peers)
-                    {
-                        peers.failed(&p.id, &format!("served bytes that do not verify: {e}"));
+            Ok(()) => {
+                let mut ingest = ingest;
+                match ingest.verify().await {
+                    Ok(()) => {
+                        tx.send_modify(|p| p.verified = true);
+                        // The tests hold the commit here to prove that clients have every
+                        // byte before the blob is durable
+                        // (`FAILPOINTS=mirror-fill-before-commit=return(MS)`).
+                        #[cfg(feature = "failpoints")]
+                        if let Some(ms) = fail::eval("mirror-fill-before-commit", |ms| {
+                            ms.and_then(|ms| ms.parse::<u64>().ok()).unwrap_or(1000)
+                        }) {
+                            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                        }
+                        (self.registry.storage_timings())
+                            .time("blob_put", ingest.commit())
+                            .await
+                            .map(drop)
+                            .map_err(|e| e.to_string())
                     }
-                    e.to_string()
-                }),
+                    Err(e) => {
+                        // A peer that served bytes of another digest is cooled down.
+                        if let (
+                            pier_storage::StorageError::DigestMismatch { .. },
+                            Some(p),
+                            Some(peers),
+                        ) = (&e, &from.current, &self.peers)
+                        {
+                            peers.failed(&p.id, &format!("served bytes that do not verify: {e}"));
+                        }
+                        Err(e.to_string())
+                    }
+                }
+            }
             Err(e) => {
                 ingest.abort().await;
                 Err(e)
@@ -1402,6 +1424,7 @@ fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> ByteStream {
             loop {
                 let p = rx.borrow_and_update().clone();
                 let verified = match &p.done {
+                    _ if p.verified => true,
                     Some(Err(msg)) => {
                         let e = io::Error::other(format!("upstream fetch failed: {msg}"));
                         return Some((Err(e), (fill, rx, pos, true)));

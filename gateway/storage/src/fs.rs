@@ -1204,6 +1204,7 @@ impl IngestStore for FsStore {
             file: Arc::new(file),
             hasher: Some(digest.algorithm().hasher()),
             written: 0,
+            verified: false,
         }))
     }
 }
@@ -1216,8 +1217,10 @@ struct FsIngest {
     id: UploadId,
     digest: Digest,
     file: Arc<File>,
+    /// `None` after a failed write or once verified.
     hasher: Option<Hasher>,
     written: u64,
+    verified: bool,
 }
 
 struct FsPartialReader(Arc<File>);
@@ -1281,22 +1284,22 @@ impl Ingest for FsIngest {
         Arc::new(FsPartialReader(self.file.clone()))
     }
 
-    async fn commit(self: Box<Self>) -> Result<u64> {
-        let this = *self;
-        let computed = this.hasher.map(Hasher::finish);
-        let dir = this.layout.upload_dir(&this.repo, &this.id);
-        if computed.as_ref() != Some(&this.digest) {
-            blocking(move || remove_tree(&dir)).await?;
-            return Err(match computed {
-                Some(computed) => StorageError::DigestMismatch {
-                    expected: this.digest,
-                    computed,
-                },
-                None => {
-                    StorageError::Task(io::Error::other("ingest committed after a failed write"))
-                }
-            });
+    async fn verify(&mut self) -> Result<()> {
+        if self.verified {
+            return Ok(());
         }
+        if let Err(e) = crate::check_ingest_digest(self.hasher.take(), &self.digest) {
+            let dir = self.layout.upload_dir(&self.repo, &self.id);
+            blocking(move || remove_tree(&dir)).await?;
+            return Err(e);
+        }
+        self.verified = true;
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<u64> {
+        self.verify().await?;
+        let this = *self;
         let written = this.written;
         blocking(move || publish_upload(&this.layout, &this.repo, &this.id, &this.digest)).await?;
         Ok(written)

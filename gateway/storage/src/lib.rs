@@ -347,10 +347,30 @@ pub trait Ingest: Send + Sync {
     fn written(&self) -> u64;
     /// Reads what has been written, while writing goes on and after commit.
     fn reader(&self) -> std::sync::Arc<dyn PartialReader>;
-    /// Verifies the digest and makes the blob visible, linked into the repository; returns
-    /// its size. On a mismatch nothing is kept.
+    /// Checks the digest of everything written. Once it passed, the bytes may be served
+    /// (they are readable through [`Ingest::reader`]) while [`Ingest::commit`] makes them
+    /// durable: a mirror's clients need not wait for the fsync or the object store. On a
+    /// mismatch nothing is kept, and commit fails.
+    async fn verify(&mut self) -> Result<()>;
+    /// Verifies the digest (unless [`Ingest::verify`] did) and makes the blob durable and
+    /// visible, linked into the repository; returns its size. On a mismatch nothing is kept.
     async fn commit(self: Box<Self>) -> Result<u64>;
     async fn abort(self: Box<Self>);
+}
+
+/// The check behind [`Ingest::verify`]: the hash of what was written against the digest
+/// expected (no hasher: a write failed, and nothing can be verified).
+fn check_ingest_digest(hasher: Option<pier_oci::Hasher>, expected: &Digest) -> Result<()> {
+    match hasher.map(pier_oci::Hasher::finish) {
+        Some(computed) if &computed == expected => Ok(()),
+        Some(computed) => Err(StorageError::DigestMismatch {
+            expected: expected.clone(),
+            computed,
+        }),
+        None => Err(StorageError::Task(io::Error::other(
+            "ingest verified after a failed write",
+        ))),
+    }
 }
 
 #[async_trait]

@@ -175,3 +175,61 @@ fn corrupted_upstream_blob_reaches_no_client_and_is_not_cached() {
     );
     assert_blob_store_consistent(&pier.root);
 }
+
+/// A cold blob's clients have every byte once the digest matched, before the store has
+/// made it durable (the fsync and the rename into place are no client's wait): with the
+/// commit held for 4 s, two clients at once finish, exactly right, while the blob is not
+/// yet in the store; then it lands there, and the upstream sent it once.
+#[test]
+fn cold_clients_finish_before_the_fill_is_made_durable() {
+    let up = Upstream::start();
+    let g = Generator::new(
+        0x6475_7261_626c_6501 ^ unique_bytes(8)[0] as u64,
+        8 * 1024 * 1024 + 3,
+    );
+    let digest = up.push_blob("library/durable", &g);
+    let pier = TestPier::builder()
+        .arg("--upstream")
+        .arg(up.url())
+        .env("FAILPOINTS", "mirror-fill-before-commit=return(4000)")
+        .start();
+    let path = format!("/v2/library/durable/blobs/{digest}");
+    let cached = blob_data_path(&pier.root, &digest);
+
+    let first = {
+        let (addr, path) = (pier.addr, path.clone());
+        thread::spawn(move || stream_get(addr, &path, &[]))
+    };
+    let second = stream_get(pier.addr, &path, &[]);
+    let first = first.join().expect("client thread");
+    for (i, p) in [&first, &second].into_iter().enumerate() {
+        assert!(
+            p.is_exactly(&digest, g.len),
+            "client {i}: {}\n{}",
+            p.summary(),
+            pier.log_tail(20)
+        );
+    }
+    assert!(
+        !cached.exists(),
+        "the blob was already stored when its clients finished: they waited for the commit \
+         held 4 s by the fail point"
+    );
+    assert!(
+        pier_e2e::wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+            cached.is_file()
+        }),
+        "the blob was not stored after the commit's hold\n{}",
+        pier.log_tail(20)
+    );
+    assert_blob_store_consistent(&pier.root);
+    // From the store now: no second upstream GET.
+    let p = stream_get(pier.addr, &path, &[]);
+    assert!(p.is_exactly(&digest, g.len), "warm pull: {}", p.summary());
+    assert_eq!(
+        up.count("GET", &format!("/v2/library/durable/blobs/{digest}")),
+        1,
+        "upstream GETs of the blob:\n{}",
+        up.access_lines(&digest)
+    );
+}

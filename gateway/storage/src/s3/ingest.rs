@@ -43,6 +43,7 @@ impl IngestStore for S3Store {
             buffer: BytesMut::new(),
             upload_id: None,
             parts: Vec::new(),
+            verified: false,
         }))
     }
 }
@@ -75,6 +76,7 @@ struct S3Ingest {
     buffer: BytesMut,
     upload_id: Option<String>,
     parts: Vec<Part>,
+    verified: bool,
 }
 
 impl S3Ingest {
@@ -180,20 +182,20 @@ impl Ingest for S3Ingest {
         Arc::new(SpoolReader(self.spool.clone()))
     }
 
-    async fn commit(mut self: Box<Self>) -> Result<u64> {
-        let computed = self.hasher.take().map(Hasher::finish);
-        if computed.as_ref() != Some(&self.digest) {
-            self.abort_upload().await;
-            return Err(match computed {
-                Some(computed) => StorageError::DigestMismatch {
-                    expected: self.digest.clone(),
-                    computed,
-                },
-                None => {
-                    StorageError::Task(io::Error::other("ingest committed after a failed write"))
-                }
-            });
+    async fn verify(&mut self) -> Result<()> {
+        if self.verified {
+            return Ok(());
         }
+        if let Err(e) = crate::check_ingest_digest(self.hasher.take(), &self.digest) {
+            self.abort_upload().await;
+            return Err(e);
+        }
+        self.verified = true;
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<u64> {
+        self.verify().await?;
         if let Err(e) = self.publish().await {
             self.abort_upload().await;
             return Err(e);
