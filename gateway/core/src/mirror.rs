@@ -1818,6 +1818,18 @@ mod tests {
         (mirror, up, t, d)
     }
 
+    /// Waits for the fill of `d` to end: its clients have every byte once the digest
+    /// matched, while the commit (fsync, rename into place) may still run.
+    async fn committed(m: &Mirror, d: &Digest) {
+        for _ in 0..500 {
+            if !m.fills.lock().unwrap().contains_key(d) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the fill of {d} did not end");
+    }
+
     async fn read_all(m: MirrorBlob) -> io::Result<Vec<u8>> {
         let mut s = match m {
             MirrorBlob::Streaming { body, .. } => body,
@@ -1917,6 +1929,7 @@ mod tests {
         for task in tasks {
             assert!(task.await.unwrap() == blob, "a client got wrong bytes");
         }
+        committed(&m, &d).await;
         assert_eq!(
             up.blob_gets.load(Ordering::SeqCst),
             1,
@@ -1958,6 +1971,7 @@ mod tests {
             read_all(m.blob(&t, &d, None).await.unwrap()).await.unwrap(),
             blob
         );
+        committed(&m, &d).await;
         // a locally pushed blob is never evicted
         let local_repo: RepoName = "team/app".parse().unwrap();
         let local_blob = vec![3u8; 300_000];
@@ -1998,6 +2012,7 @@ mod tests {
             vec![0, 5 * 64 * 1024],
             "resumed with a range, not from 0"
         );
+        committed(&m, &d).await;
         assert!(m.registry.stores().blobs.stat(&d).await.unwrap().is_some());
     }
 

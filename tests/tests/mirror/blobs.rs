@@ -75,8 +75,12 @@ fn concurrent_cold_pulls_share_one_upstream_get() {
         "upstream GETs of the blob for {CLIENTS} concurrent cold pulls\n{}",
         up.access_lines("/blobs/")
     );
+    // Clients have every byte once the digest matched; the commit (fsync, rename) may
+    // still be running.
     assert!(
-        blob_data_path(&pier.root, &digest).is_file(),
+        pier_e2e::wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+            blob_data_path(&pier.root, &digest).is_file()
+        }),
         "the blob was not cached"
     );
     assert_blob_store_consistent(&pier.root);
