@@ -149,6 +149,14 @@ struct Fill {
     recent: Mutex<Recent>,
 }
 
+impl Fill {
+    /// The blob's size once every byte is stored and verified.
+    fn verified_size(&self) -> Option<u64> {
+        let p = self.progress.borrow();
+        p.verified.then_some(p.available)
+    }
+}
+
 #[derive(Default)]
 struct Recent {
     chunks: VecDeque<(u64, Bytes)>,
@@ -1000,7 +1008,7 @@ impl Mirror {
             .lock()
             .expect("fills poisoned")
             .get(digest)
-            .and_then(|f| f.size)
+            .and_then(|f| f.size.or_else(|| f.verified_size()))
         {
             return Ok(size);
         }
@@ -1034,6 +1042,25 @@ impl Mirror {
             }
             self.last_used.insert(digest.clone(), SystemTime::now());
             return Ok(MirrorBlob::Stored(read));
+        }
+        if let Some((fill, size)) = self.verified_fill(digest) {
+            // Every byte is here and matched the digest; only the commit runs: a hit.
+            bump(&self.counters.blob_hits);
+            let (start, end) = match range {
+                None => (0, size),
+                Some(r) => {
+                    let (s, e) = r
+                        .resolve(size)
+                        .ok_or(CoreError::RangeNotSatisfiable { size })?;
+                    (s, e + 1)
+                }
+            };
+            (self.counters.cache_bytes).fetch_add(end - start, Ordering::Relaxed);
+            return Ok(MirrorBlob::Streaming {
+                size: Some(size),
+                range: range.map(|_| (start, end - 1)),
+                body: follow(fill, start, Some(end)),
+            });
         }
         let Some(fill) = self.fill(t, digest).await? else {
             // Stored while this request waited for the fetch to start.
@@ -1186,6 +1213,14 @@ impl Mirror {
             tx,
         ));
         Ok(Some(fill))
+    }
+
+    /// The fill of `digest` and the blob's size, if every byte of it is stored and
+    /// verified (its commit is what runs).
+    fn verified_fill(&self, digest: &Digest) -> Option<(Arc<Fill>, u64)> {
+        let fills = self.fills.lock().expect("fills poisoned");
+        let f = fills.get(digest)?;
+        Some((f.clone(), f.verified_size()?))
     }
 
     /// The fill of `digest` in progress, if a request may join it: not a peer's request

@@ -219,6 +219,31 @@ fn cold_clients_finish_before_the_fill_is_made_durable() {
         "the blob was already stored when its clients finished: they waited for the commit \
          held 4 s by the fail point"
     );
+    // A request while the commit runs is a hit: every byte is here and verified.
+    let stats = || {
+        let r = pier_e2e::http::request(pier.admin_addr, "GET", "/api/v1/mirror", &[], b"");
+        r.expect_status(200, "mirror stats");
+        r.json()
+    };
+    let before = stats();
+    let third = stream_get(pier.addr, &path, &[]);
+    assert!(
+        third.is_exactly(&digest, g.len),
+        "client 2: {}",
+        third.summary()
+    );
+    let after = stats();
+    assert!(
+        !cached.exists(),
+        "the commit ended before the third client was served"
+    );
+    for (field, more) in [("blobHits", 1), ("cacheBytes", g.len), ("blobMisses", 0)] {
+        assert_eq!(
+            after[field].as_u64().unwrap() - before[field].as_u64().unwrap(),
+            more,
+            "{field}: before {before}, after {after}"
+        );
+    }
     assert!(
         pier_e2e::wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
             cached.is_file()
