@@ -97,12 +97,7 @@ fn concurrent_cold_pulls_share_one_upstream_get() {
 /// Pier's blob store; once the upstream's file is restored the next pull succeeds.
 #[test]
 fn corrupted_upstream_blob_reaches_no_client_and_is_not_cached() {
-    let up = Upstream::start();
-    let g = Generator::new(
-        0x636f_7272_7570_7401 ^ unique_bytes(8)[0] as u64,
-        16 * 1024 * 1024 + 7,
-    );
-    let digest = up.push_blob("library/corrupt", &g);
+    let (up, g, digest) = upstream_with_blob("library/corrupt", 0x636f_7272_7570_7401, 16 << 20);
     let file = up.blob_data_path(&digest);
     assert_eq!(
         fs::metadata(&file).map(|m| m.len()).ok(),
@@ -118,11 +113,7 @@ fn corrupted_upstream_blob_reaches_no_client_and_is_not_cached() {
     // With every byte stored, the fill waits 1.5 s before it checks the digest: time for
     // each client to receive whatever Pier releases before the check, so a Pier that
     // released the last byte early is caught on every run, not only when it loses a race.
-    let pier = TestPier::builder()
-        .arg("--upstream")
-        .arg(up.url())
-        .env("FAILPOINTS", "mirror-fill-before-verify=return(1500)")
-        .start();
+    let pier = pier_with_fail_point(&up, "mirror-fill-before-verify=return(1500)");
     let path = format!("/v2/library/corrupt/blobs/{digest}");
     let barrier = Arc::new(Barrier::new(3));
     let handles: Vec<_> = (0..3)
@@ -186,17 +177,8 @@ fn corrupted_upstream_blob_reaches_no_client_and_is_not_cached() {
 /// yet in the store; then it lands there, and the upstream sent it once.
 #[test]
 fn cold_clients_finish_before_the_fill_is_made_durable() {
-    let up = Upstream::start();
-    let g = Generator::new(
-        0x6475_7261_626c_6501 ^ unique_bytes(8)[0] as u64,
-        8 * 1024 * 1024 + 3,
-    );
-    let digest = up.push_blob("library/durable", &g);
-    let pier = TestPier::builder()
-        .arg("--upstream")
-        .arg(up.url())
-        .env("FAILPOINTS", "mirror-fill-before-commit=return(4000)")
-        .start();
+    let (up, g, digest) = upstream_with_blob("library/durable", 0x6475_7261_626c_6501, 8 << 20);
+    let pier = pier_with_fail_point(&up, "mirror-fill-before-commit=return(4000)");
     let path = format!("/v2/library/durable/blobs/{digest}");
     let cached = blob_data_path(&pier.root, &digest);
 
@@ -261,4 +243,22 @@ fn cold_clients_finish_before_the_fill_is_made_durable() {
         "upstream GETs of the blob:\n{}",
         up.access_lines(&digest)
     );
+}
+
+/// An upstream holding one blob of `repo`: a little over `len` bytes (so that no chunk
+/// boundary lines up with the end) from `seed` and this run's random bytes.
+fn upstream_with_blob(repo: &str, seed: u64, len: u64) -> (Upstream, Generator, String) {
+    let up = Upstream::start();
+    let g = Generator::new(seed ^ unique_bytes(8)[0] as u64, len + 7);
+    let digest = up.push_blob(repo, &g);
+    (up, g, digest)
+}
+
+/// Pier mirroring `up`, with one fail point set.
+fn pier_with_fail_point(up: &Upstream, fail_point: &str) -> TestPier {
+    TestPier::builder()
+        .arg("--upstream")
+        .arg(up.url())
+        .env("FAILPOINTS", fail_point)
+        .start()
 }
