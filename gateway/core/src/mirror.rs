@@ -1043,34 +1043,26 @@ impl Mirror {
             self.last_used.insert(digest.clone(), SystemTime::now());
             return Ok(MirrorBlob::Stored(read));
         }
-        if let Some((fill, size)) = self.verified_fill(digest) {
-            // Every byte is here and matched the digest; only the commit runs: a hit.
-            bump(&self.counters.blob_hits);
-            let (start, end) = match range {
-                None => (0, size),
-                Some(r) => {
-                    let (s, e) = r
-                        .resolve(size)
-                        .ok_or(CoreError::RangeNotSatisfiable { size })?;
-                    (s, e + 1)
+        // A fill whose every byte is here and matched the digest (only its commit runs)
+        // answers as the cache does: a hit, of known size.
+        let (fill, size, hit) = match self.verified_fill(digest) {
+            Some((fill, size)) => (fill, Some(size), true),
+            None => match self.fill(t, digest).await? {
+                Some(fill) => {
+                    let size = fill.size;
+                    (fill, size, false)
                 }
-            };
-            (self.counters.cache_bytes).fetch_add(end - start, Ordering::Relaxed);
-            return Ok(MirrorBlob::Streaming {
-                size: Some(size),
-                range: range.map(|_| (start, end - 1)),
-                body: follow(fill, start, Some(end)),
-            });
-        }
-        let Some(fill) = self.fill(t, digest).await? else {
-            // Stored while this request waited for the fetch to start.
-            return self
-                .stored(t, digest, range)
-                .await?
-                .map(MirrorBlob::Stored)
-                .ok_or_else(|| CoreError::BlobUnknown(digest.clone()));
+                None => {
+                    // Stored while this request waited for the fetch to start.
+                    return self
+                        .stored(t, digest, range)
+                        .await?
+                        .map(MirrorBlob::Stored)
+                        .ok_or_else(|| CoreError::BlobUnknown(digest.clone()));
+                }
+            },
         };
-        let (start, end, resolved) = match (range, fill.size) {
+        let (start, end, resolved) = match (range, size) {
             (None, size) => (0, size, None),
             (Some(r), Some(size)) => {
                 let (s, e) = r
@@ -1093,8 +1085,13 @@ impl Mirror {
                     .ok_or_else(|| CoreError::BlobUnknown(digest.clone()));
             }
         };
+        if hit {
+            bump(&self.counters.blob_hits);
+            let n = end.map_or(0, |e| e - start);
+            self.counters.cache_bytes.fetch_add(n, Ordering::Relaxed);
+        }
         Ok(MirrorBlob::Streaming {
-            size: fill.size,
+            size,
             range: resolved,
             body: follow(fill, start, end),
         })
@@ -1323,7 +1320,7 @@ impl Mirror {
             }
         };
         drop(chunks);
-        let (ingest, stored) = match writer.await {
+        let (mut ingest, stored) = match writer.await {
             Ok(done) => done,
             Err(e) => {
                 tracing::error!(digest = %digest, error = %e, "the store task of a fill failed");
@@ -1346,7 +1343,6 @@ impl Mirror {
         }
         let outcome = match transferred {
             Ok(()) => {
-                let mut ingest = ingest;
                 match ingest.verify().await {
                     Ok(()) => {
                         tx.send_modify(|p| p.verified = true);
@@ -1458,15 +1454,14 @@ fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> ByteStream {
             }
             loop {
                 let p = rx.borrow_and_update().clone();
-                let verified = match &p.done {
-                    _ if p.verified => true,
-                    Some(Err(msg)) => {
-                        let e = io::Error::other(format!("upstream fetch failed: {msg}"));
-                        return Some((Err(e), (fill, rx, pos, true)));
-                    }
-                    Some(Ok(())) => true,
-                    None => false,
-                };
+                // Once verified, a failing commit ends no client's stream.
+                if !p.verified
+                    && let Some(Err(msg)) = &p.done
+                {
+                    let e = io::Error::other(format!("upstream fetch failed: {msg}"));
+                    return Some((Err(e), (fill, rx, pos, true)));
+                }
+                let verified = p.verified || p.done.is_some();
                 let releasable = if verified {
                     p.available
                 } else {
