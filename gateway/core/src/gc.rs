@@ -152,11 +152,7 @@ impl GcFence {
         // The scale-out test pauses here, between the claim and the removal:
         // `FAILPOINTS=gc-before-remove=return(MS)` waits MS milliseconds.
         #[cfg(feature = "failpoints")]
-        if let Some(ms) = fail::eval("gc-before-remove", |ms| {
-            ms.and_then(|ms| ms.parse::<u64>().ok()).unwrap_or(1000)
-        }) {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
+        crate::fail_pause("gc-before-remove").await;
         remove.await?;
         Ok(true)
     }

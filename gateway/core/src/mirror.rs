@@ -1333,14 +1333,9 @@ impl Mirror {
         let transferred = transferred.and(stored);
         // Every byte is stored, the last one still held back from the clients: the tests
         // pause here to prove that nothing reaches a client whole before the digest check.
-        // `FAILPOINTS=mirror-fill-before-verify=return(MS)` waits MS milliseconds (without
-        // blocking a runtime thread, so the clients' streams keep running).
+        // (`FAILPOINTS=mirror-fill-before-verify=return(MS)`).
         #[cfg(feature = "failpoints")]
-        if let Some(ms) = fail::eval("mirror-fill-before-verify", |ms| {
-            ms.and_then(|ms| ms.parse::<u64>().ok()).unwrap_or(1000)
-        }) {
-            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-        }
+        crate::fail_pause("mirror-fill-before-verify").await;
         let outcome = match transferred {
             Ok(()) => {
                 match ingest.verify().await {
@@ -1350,11 +1345,7 @@ impl Mirror {
                         // byte before the blob is durable
                         // (`FAILPOINTS=mirror-fill-before-commit=return(MS)`).
                         #[cfg(feature = "failpoints")]
-                        if let Some(ms) = fail::eval("mirror-fill-before-commit", |ms| {
-                            ms.and_then(|ms| ms.parse::<u64>().ok()).unwrap_or(1000)
-                        }) {
-                            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-                        }
+                        crate::fail_pause("mirror-fill-before-commit").await;
                         (self.registry.storage_timings())
                             .time("blob_put", ingest.commit())
                             .await
