@@ -379,6 +379,9 @@ row() { # check A B ratio target result
     printf '| %-68s | %9s | %9s | %7s | %-8s | %-6s |\n' "$@"
 }
 diffms() { [[ -n "$1" && -n "$2" ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.2f", a - b }'; }
+# The lowest and highest of the values recorded under KEY ("NAME|SYSTEM"), as "min-max".
+# shellcheck disable=SC2086
+minmax() { printf '%s\n' ${RES["$1"]:-} | sort -g | awk 'NR == 1 { a = $1 } { b = $1 } END { if (NR) printf "%.2f-%.2f", a, b }'; }
 log "== Summary (medians of all pushes; $(date -u '+%Y-%m-%d'), $(hostname), $(nproc) cores;" \
     "$(git -C "$REPO_DIR" log --oneline -1 2>/dev/null | cut -c1-60))"
 row "check" "A: limit" "B: none" "A/B" "target" "result"
@@ -401,21 +404,14 @@ for t in new retag; do
         row "    round $r, $( ((r % 2)) && echo "A first" || echo "B first") (median of its pairs' A/B: $(printf '%.3f' "$(med "$t.r$r.pair" all)"))" "$(fmt "$p")" "$(fmt "$q")" \
             "$([[ -n "$p" && -n "$q" ]] && awk -v a="$p" -v b="$q" 'BEGIN { printf "%.3f", a / b }')" "" ""
     done
-    p=$(printf '%s\n' ${RES["$t.secs|quota"]:-} | sort -g | awk 'NR == 1 { a = $1 } { b = $1 } END { if (NR) printf "%.2f-%.2f", a, b }')
-    q=$(printf '%s\n' ${RES["$t.secs|plain"]:-} | sort -g | awk 'NR == 1 { a = $1 } { b = $1 } END { if (NR) printf "%.2f-%.2f", a, b }')
-    row "    min-max of the pushes, s" "$p" "$q" "" "" ""
+    row "    min-max of the pushes, s" "$(minmax "$t.secs|quota")" "$(minmax "$t.secs|plain")" "" "" ""
     p=$(med "$t.cpu" quota) q=$(med "$t.cpu" plain)
     row "    Pier CPU per push, s" "$(fmt "$p")" "$(fmt "$q")" "$(ratio "$p" "$q")" "" ""
-    p=$(med "$t.man" quota) q=$(med "$t.man" plain)
-    row "    server time: manifest PUT, ms" "$(fmt "$p")" "$(fmt "$q")" "$(diffms "$p" "$q")" "" ""
-    p=$(med "$t.com" quota) q=$(med "$t.com" plain)
-    row "    server time: upload commits (PUT, summed), ms" "$(fmt "$p")" "$(fmt "$q")" "$(diffms "$p" "$q")" "" ""
-    p=$(med "$t.com1" quota) q=$(med "$t.com1" plain)
-    row "    server time: one upload commit (mean in a push), ms" "$(fmt "$p")" "$(fmt "$q")" "$(diffms "$p" "$q")" "" ""
-    p=$(med "$t.up" quota) q=$(med "$t.up" plain)
-    row "    server time: upload POST+PATCH (summed), ms" "$(fmt "$p")" "$(fmt "$q")" "$(diffms "$p" "$q")" "" ""
-    p=$(med "$t.head" quota) q=$(med "$t.head" plain)
-    row "    server time: blob HEADs (summed), ms" "$(fmt "$p")" "$(fmt "$q")" "$(diffms "$p" "$q")" "" ""
+    for m in "man|manifest PUT" "com|upload commits (PUT, summed)" "com1|one upload commit (mean in a push)" \
+        "up|upload POST+PATCH (summed)" "head|blob HEADs (summed)"; do
+        p=$(med "$t.${m%%|*}" quota) q=$(med "$t.${m%%|*}" plain)
+        row "    server time: ${m#*|}, ms" "$(fmt "$p")" "$(fmt "$q")" "$(diffms "$p" "$q")" "" ""
+    done
     p=$(med "$t.nreq" quota) q=$(med "$t.nreq" plain)
     row "    requests per push (HEAD + upload + manifest PUT)" "$p" "$q" "" "" ""
 done
